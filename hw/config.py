@@ -1,0 +1,216 @@
+"""Accelerator configuration: every elaboration parameter of a RecFabric kernel, in one place.
+
+Hardware is generated for an :class:`AcceleratorConfig`; models are runtime data. A config is a
+frozen dataclass, validated on construction, with derived properties and named presets (small
+deltas of one another, as Gemmini's configs are). Its :attr:`~AcceleratorConfig.config_hash` is
+exposed by the hardware in a register; the host refuses to drive a kernel whose hash differs from
+the one a model was compiled for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+
+__all__ = ["AcceleratorConfig", "ConfigError", "PRESETS", "get_preset"]
+
+
+class ConfigError(ValueError):
+    """An accelerator configuration is invalid; the message names the field and the value."""
+
+
+def _pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+@dataclass(frozen=True)
+class AcceleratorConfig:
+    """Elaboration parameters of one RecFabric kernel.
+
+    Parameters
+    ----------
+    name : str
+        Preset name; not part of the hash (two presets with equal parameters are one design).
+    data_bits : int
+        Element width of embeddings, dense inputs, weights and activations: 8 or 16.
+    acc_bits : int
+        MAC accumulator width (numerics spec default: 32 for int8, 48 for int16).
+    mem_channels : int
+        AXI4 memory masters serving embedding lookups (HBM pseudo-channels or DDR banks).
+    mem_data_width : int
+        AXI data width in bits of each lookup master: 256 (HBM pseudo-channel) or 512 (DDR).
+    mem_addr_width : int
+        AXI address width (64 for Vitis kernels).
+    mem_id_width : int
+        AXI ID width of each lookup master.
+    channel_bytes : int
+        Capacity of one memory channel in bytes (256 MiB on U280/U50, 512 MiB on U55C).
+    max_outstanding : int
+        Reads each lookup unit keeps in flight (covers memory latency; >= 64 for HBM).
+    onchip_units : int
+        On-chip table units (each an independent BRAM/URAM lookup port).
+    onchip_bytes : int
+        Capacity of one on-chip table unit in bytes.
+    max_features : int
+        Sparse feature slots per request.
+    max_bag : int
+        Largest bag (IDs per feature per request).
+    max_dim : int
+        Largest embedding dim of one table (a Cartesian-merged table counts its summed dims).
+    max_dense : int
+        Largest dense feature count.
+    max_concat : int
+        Largest top-MLP input width (the concatenated vector).
+    max_width : int
+        Largest output width of any MLP layer.
+    max_top_layers, max_bottom_layers : int
+        Layer count limits of the top and bottom MLPs (bottom 0: no bottom-MLP engine).
+    mlp_pe_rows, mlp_pe_cols : int
+        Systolic array shape of each MLP layer engine (rows x cols MAC units).
+    inflight : int
+        Requests in flight between dispatch and score write-back.
+    clock_mhz : float
+        Target kernel clock, used to convert simulated cycles into time.
+    """
+
+    name: str = "custom"
+    data_bits: int = 16
+    acc_bits: int = 48
+    mem_channels: int = 4
+    mem_data_width: int = 256
+    mem_addr_width: int = 64
+    mem_id_width: int = 6
+    channel_bytes: int = 256 << 20
+    max_outstanding: int = 64
+    onchip_units: int = 2
+    onchip_bytes: int = 64 << 10
+    max_features: int = 16
+    max_bag: int = 4
+    max_dim: int = 32
+    max_dense: int = 16
+    max_concat: int = 128
+    max_width: int = 64
+    max_top_layers: int = 4
+    max_bottom_layers: int = 0
+    mlp_pe_rows: int = 4
+    mlp_pe_cols: int = 4
+    inflight: int = 8
+    clock_mhz: float = 250.0
+
+    def __post_init__(self):
+        def need(cond, field, msg):
+            if not cond:
+                raise ConfigError(f"{field} {msg}, not {getattr(self, field)!r}")
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name == "name":
+                need(isinstance(v, str) and v, "name", "must be a non-empty string")
+            elif f.name == "clock_mhz":
+                need(isinstance(v, (int, float)) and v > 0, f.name, "must be a positive number")
+            else:
+                need(isinstance(v, int) and not isinstance(v, bool), f.name, "must be an integer")
+        need(self.data_bits in (8, 16), "data_bits", "must be 8 or 16")
+        need(2 * self.data_bits + 4 <= self.acc_bits <= 64, "acc_bits",
+             f"must be in {2 * self.data_bits + 4}..64")
+        need(self.mem_channels >= 1, "mem_channels", "must be at least 1")
+        need(self.mem_data_width in (32, 64, 128, 256, 512, 1024), "mem_data_width",
+             "must be a power of two from 32 to 1024")
+        need(32 <= self.mem_addr_width <= 64, "mem_addr_width", "must be in 32..64")
+        need(1 <= self.mem_id_width <= 16, "mem_id_width", "must be in 1..16")
+        need(self.channel_bytes >= 4096, "channel_bytes", "must be at least 4096")
+        need(_pow2(self.max_outstanding) and self.max_outstanding >= 2, "max_outstanding",
+             "must be a power of two >= 2")
+        need(self.onchip_units >= 0, "onchip_units", "must be >= 0")
+        need(self.onchip_bytes >= 0, "onchip_bytes", "must be >= 0")
+        for f in ("max_features", "max_bag", "max_dim", "max_concat", "max_width",
+                  "max_top_layers", "mlp_pe_rows", "mlp_pe_cols", "inflight"):
+            need(getattr(self, f) >= 1, f, "must be at least 1")
+        need(self.max_dense >= 0, "max_dense", "must be >= 0")
+        need(self.max_bottom_layers >= 0, "max_bottom_layers", "must be >= 0")
+        need(self.max_dim * self.data_bits <= 64 * self.mem_data_width, "max_dim",
+             "must fit a 64-beat burst")
+
+    # ---- derived ------------------------------------------------------------------------
+
+    @property
+    def element_bytes(self) -> int:
+        return self.data_bits // 8
+
+    @property
+    def beat_bytes(self) -> int:
+        """Bytes per memory beat of a lookup master."""
+        return self.mem_data_width // 8
+
+    @property
+    def elements_per_beat(self) -> int:
+        return self.mem_data_width // self.data_bits
+
+    @property
+    def mac_units(self) -> int:
+        """MAC units per MLP layer engine."""
+        return self.mlp_pe_rows * self.mlp_pe_cols
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict) -> AcceleratorConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(obj) - names)
+        if unknown:
+            raise ConfigError(f"unknown accelerator config field(s): {', '.join(unknown)}")
+        return cls(**obj)
+
+    @property
+    def config_hash(self) -> int:
+        """32-bit hash of every parameter except the name (the hardware exposes it)."""
+        params = {k: v for k, v in self.to_json().items() if k != "name"}
+        digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).digest()
+        return int.from_bytes(digest[:4], "little")
+
+    def replace(self, **changes) -> AcceleratorConfig:
+        return dataclasses.replace(self, **changes)
+
+
+_TINY = AcceleratorConfig(
+    name="tiny", data_bits=16, acc_bits=48, mem_channels=2, mem_data_width=256, mem_id_width=4,
+    channel_bytes=1 << 20, max_outstanding=16, onchip_units=1, onchip_bytes=4 << 10,
+    max_features=4, max_bag=4, max_dim=16, max_dense=4, max_concat=32, max_width=16,
+    max_top_layers=3, max_bottom_layers=1, mlp_pe_rows=2, mlp_pe_cols=2, inflight=4,
+    clock_mhz=250.0)
+
+_SMALL = AcceleratorConfig(
+    name="small", data_bits=16, acc_bits=48, mem_channels=4, mem_data_width=256, mem_id_width=6,
+    channel_bytes=16 << 20, max_outstanding=64, onchip_units=2, onchip_bytes=64 << 10,
+    max_features=16, max_bag=4, max_dim=32, max_dense=16, max_concat=128, max_width=64,
+    max_top_layers=4, max_bottom_layers=2, mlp_pe_rows=4, mlp_pe_cols=4, inflight=8,
+    clock_mhz=250.0)
+
+# U280 / U50: 32 HBM pseudo-channels of 256 MiB, 256-bit AXI at the kernel side. MicroRec used
+# 28-32 channels; 28 leaves room for request/score/weight masters. On-chip budget: 8 table units of
+# 256 KiB (URAM). MLP engine sized for the MicroRec small/large top MLPs.
+_U280 = AcceleratorConfig(
+    name="u280", data_bits=16, acc_bits=48, mem_channels=28, mem_data_width=256, mem_id_width=6,
+    channel_bytes=256 << 20, max_outstanding=64, onchip_units=8, onchip_bytes=256 << 10,
+    max_features=128, max_bag=8, max_dim=64, max_dense=64, max_concat=1024, max_width=1024,
+    max_top_layers=4, max_bottom_layers=3, mlp_pe_rows=16, mlp_pe_cols=16, inflight=32,
+    clock_mhz=250.0)
+
+PRESETS = {
+    "tiny": _TINY,
+    "small": _SMALL,
+    "u280": _U280,
+    "u280-int8": _U280.replace(name="u280-int8", data_bits=8, acc_bits=32),
+    "u50": _U280.replace(name="u50"),
+    "u55c": _U280.replace(name="u55c", channel_bytes=512 << 20),
+}
+
+
+def get_preset(name: str) -> AcceleratorConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown accelerator config {name!r}; presets: "
+                          f"{', '.join(PRESETS)}") from None

