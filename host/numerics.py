@@ -314,7 +314,8 @@ def sigmoid_lookup(logit_q) -> np.ndarray:
     return _SIGMOID_TABLE[logit_q - SIGMOID_IN.min_int]
 
 
-def dot_interaction(vectors, acc_bits: int, shift: int, out: FixedFormat) -> np.ndarray:
+def dot_interaction(vectors, acc_bits: int, shift: int, out: FixedFormat,
+                    rounding: Rounding = Rounding.HALF_UP) -> np.ndarray:
     """DLRM pairwise dot interaction on integer vectors.
 
     ``vectors`` has shape (batch, n, d); returns, for each pair i > j in row-major order of the
@@ -324,11 +325,12 @@ def dot_interaction(vectors, acc_bits: int, shift: int, out: FixedFormat) -> np.
     n = v.shape[1]
     z = np.einsum("bnd,bmd->bnm", v, v)
     li, lj = np.tril_indices(n, k=-1)
-    return requantize(wrap(z[:, li, lj], acc_bits), shift, out)
+    return requantize(wrap(z[:, li, lj], acc_bits), shift, out, rounding)
 
 
-def accumulator_headroom_ok(fan_in: int, x_fmt: FixedFormat, w_fmt: FixedFormat, acc_bits: int,
-                            bias_bits: int = BIAS_BITS) -> bool:
-    """True when ``fan_in`` worst-case products plus a bias cannot overflow the accumulator."""
-    worst = fan_in * (1 << (x_fmt.bits - 1)) * (1 << (w_fmt.bits - 1)) + (1 << (bias_bits - 1))
-    return worst <= (1 << (acc_bits - 1)) - 1
+def accumulator_headroom_ok(w, b, x_fmt: FixedFormat, acc_bits: int) -> bool:
+    """True when no input in ``x_fmt`` can overflow ``acc_bits`` for weights ``w`` (N, K) and
+    biases ``b`` (N,): for every output, sum|w| * max|x| + |b| < 2**(acc_bits-1)."""
+    w, b = _as_int64(w, "weights"), _as_int64(b, "bias")
+    worst = np.abs(w).sum(axis=1) * (1 << (x_fmt.bits - 1)) + np.abs(b)
+    return bool(np.all(worst <= (1 << (acc_bits - 1)) - 1))
