@@ -172,8 +172,10 @@ class StreamChecker:
         s = self.stream
         payload_bits = Value.cast(s.payload)
         pending = None  # payload bits offered but not transferred at the previous edge
-        async for _, rst, valid, ready, bits in ctx.tick(self.domain).sample(
-                s.valid, s.ready, payload_bits):
+        while True:
+            # One-shot waits: an abandoned async-for iterator makes noise when a test fails.
+            _, rst, valid, ready, bits = await ctx.tick(self.domain).sample(
+                s.valid, s.ready, payload_bits)
             self.cycles += 1
             if rst:
                 pending = None
