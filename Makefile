@@ -39,7 +39,7 @@ install: apt-deps venv pip-deps verilator warm
 # --- them only if missing.
 apt-deps:
 	@need=""; \
-	ver=$$(iverilog -V 2>/dev/null | sed -n 's/^Icarus Verilog version \([0-9][0-9]*\)\..*/\1/p' | head -n1); \
+	ver=$$( { iverilog -V 2>/dev/null || true; } | sed -n 's/^Icarus Verilog version \([0-9][0-9]*\)\..*/\1/p' | head -n1); \
 	if [ -n "$$ver" ] && [ "$$ver" -ge 11 ] && command -v vvp >/dev/null; then \
 	  echo "==> apt: iverilog $$ver already present, skipping"; \
 	else need="$$need iverilog"; fi; \
