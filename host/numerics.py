@@ -24,8 +24,9 @@ Multiply-accumulate
     accumulator is exact. Default accumulators: 32 bits for int8, 48 bits for int16 (the DSP48E2
     accumulator width).
 Bias
-    Biases live in the accumulator's format (``frac = frac_x + frac_w``) and are stored as
-    ``bias_bits`` (32) bit integers; they are the accumulator's initial value.
+    Biases live in the accumulator's format (``frac = frac_x + frac_w``, ``acc_bits`` wide) and
+    are the accumulator's initial value. A narrower bias store would saturate small biases of
+    layers whose scales are fine (frac_x + frac_w of 35 leaves a 32-bit bias only +-0.0625).
 Requantize (accumulator -> activation)
     Arithmetic shift right by ``s = frac_acc - frac_out`` with round-half-up (add ``2**(s-1)`` then
     shift: one adder, no sticky logic, unbiased except at exact ties), then saturate to the output
@@ -76,7 +77,6 @@ __all__ = [
     "sigmoid_lookup",
     "dot_interaction",
     "accumulator_headroom_ok",
-    "BIAS_BITS",
 ]
 
 
@@ -151,8 +151,6 @@ SCORE_BITS = 16
 SCORE_FRAC = 16
 #: Score format, for documentation and conversion: unsigned 16 bits, 16 fraction bits.
 SCORE = (SCORE_BITS, SCORE_FRAC)
-#: Width of stored biases (in the accumulator's format).
-BIAS_BITS = 32
 
 
 def default_acc_bits(bits: int) -> int:

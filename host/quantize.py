@@ -36,7 +36,7 @@ def _fmt(bits, max_abs) -> FixedFormat:
 
 def _qlayer(layer, in_fmt, out_fmt, bits, acc_bits, relu) -> QLayer:
     w_fmt = _fmt(bits, _max_abs(layer.weight))
-    acc_fmt = FixedFormat(min(nx.BIAS_BITS, acc_bits), in_fmt.frac + w_fmt.frac)
+    acc_fmt = FixedFormat(acc_bits, in_fmt.frac + w_fmt.frac)
     q = QLayer(nx.quantize(layer.weight, w_fmt), nx.quantize(layer.bias, acc_fmt), in_fmt, w_fmt,
                out_fmt, relu)
     if not nx.accumulator_headroom_ok(q.w, q.b, in_fmt, acc_bits):

@@ -167,10 +167,19 @@ def _random_layer(rng, n_in, n_out, gain):
                  rng.uniform(-0.1, 0.1, size=n_out))
 
 
-def random_weights(spec: ModelSpec, seed: int = 0) -> ModelWeights:
-    """Deterministic synthetic weights: hashed tables (uniform, scale 1/sqrt(dim)... bounded by
-    0.5), Glorot-uniform layers with a ReLU gain, and a final layer scaled so that logits spread
-    over roughly [-4, 4] (scores that use the sigmoid's whole range)."""
+def random_weights(spec: ModelSpec, seed: int = 0, logit_std: float = 1.5,
+                   logit_mean: float = -1.0) -> ModelWeights:
+    """Deterministic synthetic weights for a spec.
+
+    Tables are :class:`HashedTable` (uniform, bound ``min(0.5, 1/sqrt(dim))``), layers Glorot-
+    uniform with a ReLU gain. The last layer of each output path is then rescaled so that, on a
+    synthetic Zipf-skewed batch, logits have mean ``logit_mean`` and standard deviation
+    ``logit_std``: scores spread like a click-through-rate model's (positive rate about 0.3), so
+    that AUC and log-loss comparisons are meaningful rather than all scores sitting near 0.5.
+    """
+    from .golden import float_forward  # noqa: PLC0415 (golden imports this module)
+    from .synthetic import synthetic_batch  # noqa: PLC0415
+
     rng = np.random.default_rng(seed)
     tables = [HashedTable(f.rows, f.dim, seed * 1_000_003 + i, min(0.5, 1.0 / np.sqrt(f.dim)))
               for i, f in enumerate(spec.sparse)]
@@ -179,5 +188,14 @@ def random_weights(spec: ModelSpec, seed: int = 0) -> ModelWeights:
     def chain(pairs):
         return [_random_layer(rng, i, o, np.sqrt(2.0) if k + 1 < len(pairs) else 1.0)
                 for k, (i, o) in enumerate(pairs)]
-    return ModelWeights(spec, tables, chain(shapes["bottom"]), chain(shapes["top"]),
-                        [chain(h) for h in shapes["heads"]])
+    w = ModelWeights(spec, tables, chain(shapes["bottom"]), chain(shapes["top"]),
+                     [chain(h) for h in shapes["heads"]])
+    dense, sparse = synthetic_batch(spec, 512, seed=seed + 12345)
+    _, logits = float_forward(w, dense, sparse, return_logits=True)
+    finals = [h[-1] for h in w.heads] if w.heads else [w.top[-1]]
+    for k, layer in enumerate(finals):
+        z = logits[:, k].astype(np.float64)
+        a = logit_std / max(float(z.std()), 1e-6)
+        layer.weight = (layer.weight * a).astype(np.float32)
+        layer.bias = (layer.bias * a + (logit_mean - a * z.mean())).astype(np.float32)
+    return w
