@@ -17,7 +17,7 @@ Specs load and save as JSON; construction validates every field and names the ba
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["SparseFeature", "ModelSpec", "SpecError"]
@@ -317,8 +317,9 @@ class ModelSpec:
     def summary(self) -> str:
         multi = sum(f.multi_hot for f in self.sparse)
         gib = self.table_bytes(2) / 2**30
+        bottom = "-".join(map(str, [self.dense, *self.bottom_mlp]))
         return (f"{len(self.sparse)} sparse ({multi} multi-hot), {self.dense} dense, "
-                f"{'bottom ' + '-'.join(map(str, [self.dense, *self.bottom_mlp])) + ', ' if self.bottom_mlp else ''}"
+                f"{'bottom ' + bottom + ', ' if self.bottom_mlp else ''}"
                 f"{self.interaction}, top {self.shape_string()}, "
                 f"{sum(f.rows for f in self.sparse):,} rows ({gib:.2f} GiB at int16), "
                 f"{self.macs_per_inference():,} MACs")

@@ -78,7 +78,8 @@ def _kaggle():
         name="kaggle",
         description="Facebook DLRM, Criteo Kaggle config: 26 tables with the real cardinalities, "
                     "dim 16, bottom 13-512-256-64-16, dot interaction, top 367-512-256-1.",
-        sparse=tuple(SparseFeature(f"C{i + 1}", r, 16) for i, r in enumerate(_KAGGLE_CARDINALITIES)),
+        sparse=tuple(SparseFeature(f"C{i + 1}", r, 16)
+                     for i, r in enumerate(_KAGGLE_CARDINALITIES)),
         dense=13, bottom_mlp=(512, 256, 64, 16), interaction="dot", top_mlp=(512, 256, 1))
 
 
@@ -97,7 +98,8 @@ def _rmc(name, n, rows, dim, bag, bottom, top):
 def _ncf():
     return ModelSpec(
         name="ncf",
-        description="DeepRecSys NCF: 4 tables (140K, 140K, 28K, 28K) x 64, MLP 256-256-128-64-64-1.",
+        description="DeepRecSys NCF: 4 tables (140K, 140K, 28K, 28K) x 64, "
+                    "MLP 256-256-128-64-64-1.",
         sparse=(SparseFeature("user_mlp", 140_000, 64), SparseFeature("item_mlp", 140_000, 64),
                 SparseFeature("user_mf", 28_000, 64), SparseFeature("item_mf", 28_000, 64)),
         dense=0, top_mlp=(256, 128, 64, 64, 1),

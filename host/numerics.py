@@ -105,7 +105,8 @@ class FixedFormat:
     frac: int
 
     def __post_init__(self):
-        if not isinstance(self.bits, int) or isinstance(self.bits, bool) or not 2 <= self.bits <= 64:
+        if (not isinstance(self.bits, int) or isinstance(self.bits, bool)
+                or not 2 <= self.bits <= 64):
             raise ValueError(f"Fixed-point width must be an integer in 2..64, not {self.bits!r}")
         if not isinstance(self.frac, int) or isinstance(self.frac, bool):
             raise ValueError(f"Fixed-point fraction bits must be an integer, not {self.frac!r}")
@@ -243,7 +244,8 @@ def mac(x, w, acc_bits: int, bias=None) -> np.ndarray:
     x = _as_int64(x, "activations")
     w = _as_int64(w, "weights")
     if x.shape[-1] != w.shape[1]:
-        raise ValueError(f"activation width {x.shape[-1]} does not match weight fan-in {w.shape[1]}")
+        raise ValueError(
+            f"activation width {x.shape[-1]} does not match weight fan-in {w.shape[1]}")
     acc = x @ w.T
     if bias is not None:
         acc = acc + _as_int64(bias, "bias")

@@ -1,4 +1,4 @@
-"""Numerics spec against naive pure-Python twins: exhaustive at small widths, hypothesis at large."""
+"""Numerics spec against naive Python twins: exhaustive at small widths, hypothesis at large."""
 
 import math
 from fractions import Fraction

@@ -1,0 +1,109 @@
+"""The kernel's control register map and argument list: one definition for hardware and host.
+
+The control port is the Vitis ``ap_ctrl_hs`` AXI4-Lite slave ``s_axi_control``:
+
+========  ==========================================================================
+offset    register
+========  ==========================================================================
+0x00      control: bit0 ap_start (RW, cleared by the kernel when it starts), bit1 ap_done
+          (clear on read), bit2 ap_idle, bit3 ap_ready (clear on read)
+0x04      global interrupt enable (bit0)
+0x08      IP interrupt enable (bit0 done, bit1 ready)
+0x0C      IP interrupt status (bit0 done, bit1 ready; toggle on write)
+0x10...   kernel arguments (:data:`ARGS`): 64-bit pointers take two words, low word first
+0x100...  read-only identification, status and performance counters (:data:`STATUS_REGS`)
+========  ==========================================================================
+
+XRT's Python binding (``pyxrt``) sets arguments and waits for ``ap_done`` but cannot read
+arbitrary registers of an ``ap_ctrl_hs`` kernel, so the kernel also writes the status registers
+as a *status block* to the end of the results buffer when a run finishes (see
+:func:`status_block_offset`). The driver reads counters from there on every backend; simulation
+tests check that the block equals the registers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "CTRL", "GIE", "IER", "ISR", "CTRL_START", "CTRL_DONE", "CTRL_IDLE", "CTRL_READY",
+    "KernelArg", "kernel_args", "STATUS_REGS", "STATUS_BASE", "KERNEL_ID", "KERNEL_VERSION",
+    "ERROR_BAD_INDEX", "ERROR_AXI", "ERROR_BAD_REQUEST", "status_block_offset",
+    "STATUS_BLOCK_BYTES", "CONTROL_RANGE",
+]
+
+CTRL, GIE, IER, ISR = 0x00, 0x04, 0x08, 0x0C
+CTRL_START, CTRL_DONE, CTRL_IDLE, CTRL_READY = 1 << 0, 1 << 1, 1 << 2, 1 << 3
+CONTROL_RANGE = 0x1000
+
+#: ASCII "RFab" read from the ID register.
+KERNEL_ID = 0x62614652
+#: Major << 16 | minor of the register map and wire format.
+KERNEL_VERSION = 0x0001_0000
+
+#: Sticky error flags (cleared by ap_start).
+ERROR_BAD_INDEX = 1 << 0  # a row index outside its table; that feature's vector is zero
+ERROR_AXI = 1 << 1  # SLVERR/DECERR on any master
+ERROR_BAD_REQUEST = 1 << 2  # a bag length over the feature's maximum in a request record
+
+
+@dataclass(frozen=True)
+class KernelArg:
+    """One kernel argument: a 64-bit buffer pointer on a master bundle, or a 32-bit scalar."""
+
+    name: str
+    offset: int
+    bundle: str | None  # AXI master bundle for pointers (m_axi_<bundle>), None for scalars
+    description: str
+
+    @property
+    def is_pointer(self) -> bool:
+        return self.bundle is not None
+
+    @property
+    def size(self) -> int:
+        return 8 if self.is_pointer else 4
+
+
+def kernel_args(num_table_channels: int) -> list[KernelArg]:
+    """Argument list, in XRT argument-index order."""
+    if num_table_channels < 1:
+        raise ValueError(f"a kernel needs at least one table channel, not {num_table_channels}")
+    args = [
+        KernelArg("requests", 0x10, "requests", "request records (wire format v1)"),
+        KernelArg("results", 0x18, "results", "score records, then the status block"),
+        KernelArg("model", 0x20, "model", "descriptor tables, on-chip table and weight images"),
+        KernelArg("batch", 0x28, None, "number of requests in the request buffer"),
+    ]
+    for i in range(num_table_channels):
+        args.append(KernelArg(f"tables{i}", 0x30 + 8 * i, f"tables{i}",
+                              f"embedding table image of memory channel {i}"))
+    if args[-1].offset + 8 > STATUS_BASE:
+        raise ValueError(f"{num_table_channels} table channels do not fit below the status "
+                         f"registers at {STATUS_BASE:#x}")
+    return args
+
+
+STATUS_BASE = 0x100
+#: Read-only registers: name -> offset. 64-bit counters are two words, low first.
+STATUS_REGS = {
+    "id": 0x100,
+    "version": 0x104,
+    "config_hash": 0x108,
+    "errors": 0x10C,
+    "first_error_request": 0x110,
+    "requests_done": 0x114,
+    "cycles_lo": 0x118,
+    "cycles_hi": 0x11C,
+    "lookups_issued": 0x120,
+    "stall_memory": 0x124,  # cycles a lookup unit had a lookup but could not issue its read
+    "stall_mlp": 0x128,  # cycles the concat stage held a full vector the MLP did not take
+    "stall_results": 0x12C,  # cycles a score waited for the results master
+}
+#: Size of the status block appended to the results (one 64-byte line).
+STATUS_BLOCK_BYTES = 64
+
+
+def status_block_offset(results_bytes: int) -> int:
+    """Byte offset of the status block in the results buffer (after the score records)."""
+    return (results_bytes + STATUS_BLOCK_BYTES - 1) // STATUS_BLOCK_BYTES * STATUS_BLOCK_BYTES
