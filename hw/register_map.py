@@ -11,7 +11,7 @@ offset    register
 0x08      IP interrupt enable (bit0 done, bit1 ready)
 0x0C      IP interrupt status (bit0 done, bit1 ready; toggle on write)
 0x10...   kernel arguments (:data:`ARGS`): 64-bit pointers take two words, low word first
-0x100...  read-only identification, status and performance counters (:data:`STATUS_REGS`)
+0x200...  read-only identification, status and performance counters (:data:`STATUS_REGS`)
 ========  ==========================================================================
 
 XRT's Python binding (``pyxrt``) sets arguments and waits for ``ap_done`` but cannot read
@@ -84,21 +84,21 @@ def kernel_args(num_table_channels: int) -> list[KernelArg]:
     return args
 
 
-STATUS_BASE = 0x100
+STATUS_BASE = 0x200
 #: Read-only registers: name -> offset. 64-bit counters are two words, low first.
 STATUS_REGS = {
-    "id": 0x100,
-    "version": 0x104,
-    "config_hash": 0x108,
-    "errors": 0x10C,
-    "first_error_request": 0x110,
-    "requests_done": 0x114,
-    "cycles_lo": 0x118,
-    "cycles_hi": 0x11C,
-    "lookups_issued": 0x120,
-    "stall_memory": 0x124,  # cycles a lookup unit had a lookup but could not issue its read
-    "stall_mlp": 0x128,  # cycles the concat stage held a full vector the MLP did not take
-    "stall_results": 0x12C,  # cycles a score waited for the results master
+    "id": 0x200,
+    "version": 0x204,
+    "config_hash": 0x208,
+    "errors": 0x20C,
+    "first_error_request": 0x210,
+    "requests_done": 0x214,
+    "cycles_lo": 0x218,
+    "cycles_hi": 0x21C,
+    "lookups_issued": 0x220,
+    "stall_memory": 0x224,  # cycles a lookup unit had a lookup but could not issue its read
+    "stall_mlp": 0x228,  # cycles the concat stage held a full vector the MLP did not take
+    "stall_results": 0x22C,  # cycles a score waited for the results master
 }
 #: Size of the status block appended to the results (one 64-byte line).
 STATUS_BLOCK_BYTES = 64
