@@ -470,7 +470,8 @@ def _json_diff(a, b, path="") -> list:
                 out += _json_diff(a[k], b[k], f"{path}/{k}")
         return out
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in _json_diff(x, y, f"{path}/{i}")]
+        pairs = enumerate(zip(a, b, strict=True))
+        return [d for i, (x, y) in pairs for d in _json_diff(x, y, f"{path}/{i}")]
     return [] if a == b else [f"{path or '/'}: expected {a!r}, found {b!r}"]
 
 
