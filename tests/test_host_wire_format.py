@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from recfabric.host import numerics as nx
 from recfabric.host.golden import Bags, golden_forward
 from recfabric.host.model_spec import ModelSpec, SparseFeature
@@ -18,8 +19,8 @@ from recfabric.host.quantize import quantize_model
 from recfabric.host.synthetic import synthetic_batch
 from recfabric.host.weights import random_weights
 from recfabric.host.wire_format import (
-    ResultStatus,
     RequestLayout,
+    ResultStatus,
     WireFormatError,
     WireTypeError,
     pack_float_requests,
