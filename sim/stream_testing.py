@@ -151,7 +151,8 @@ class StreamChecker:
     name : str
         Used in error messages.
     record : bool
-        Keep the raw payload bits of every transfer in :attr:`transfers`.
+        Keep the raw payload bits of every transfer in :attr:`transfers`, and the cycle number
+        (counted from 1 at the first edge) of each in :attr:`transfer_cycles`.
     domain : str
         Clock domain of the stream.
     """
@@ -163,6 +164,7 @@ class StreamChecker:
         self.record = record
         self.domain = domain
         self.transfers: list[int] = []
+        self.transfer_cycles: list[int] = []
         self.count = 0
         self.cycles = 0
         self.first_transfer_cycle: int | None = None
@@ -196,6 +198,7 @@ class StreamChecker:
                 self.last_transfer_cycle = self.cycles
                 if self.record:
                     self.transfers.append(bits)
+                    self.transfer_cycles.append(self.cycles)
                 pending = None
             elif valid:
                 pending = bits

@@ -1,0 +1,530 @@
+"""Embedding lookup unit: one AXI4 memory channel's worth of table lookups and sum pooling.
+
+The lookup side of the accelerator is a set of units that all speak the same interface: a stream
+of *lookups* in (:class:`LookupLayout`), a stream of *pooled vectors* out
+(:class:`~recfabric.hw.stream_types.PooledVectorLayout`). :class:`EmbeddingLookupUnit` serves its
+lookups from an AXI4 memory channel (an HBM pseudo-channel or a DDR bank);
+:class:`~recfabric.hw.onchip_table.OnChipTable` from on-chip RAM. Both reassemble rows from
+memory words and pool bags with the shared :class:`RowPooler`.
+
+Lookup semantics (the contract with the dispatcher, the golden model and the host)
+----------------------------------------------------------------------------------
+* A *bag* is the lookups of one (request ``tag``, ``slot``) pair; they reach a unit contiguously,
+  the first with ``first=1`` and the last with ``last=1`` (a one-lookup bag has both). Each bag
+  produces exactly one pooled vector, in bag order: the unit never reorders.
+* ``kind=ROW`` reads row ``row`` of table descriptor ``desc``; ``kind=EMPTY`` contributes
+  nothing (a bag of length 0 is a single ``EMPTY`` lookup with ``first=last=1``, pooling to
+  zeros, which is what :func:`recfabric.host.numerics.pool_sum` gives for no rows);
+  ``kind=BAD`` is a lookup the dispatcher already found invalid (an ID out of range of its
+  feature).
+* Pooling follows the numerics spec: the rows of a bag are summed exactly in a
+  ``pool_acc_bits(data_bits, max_bag)``-bit accumulator, then saturated once to ``data_bits``.
+  Elements past the table's ``dim`` are zero.
+* **Errors.** A lookup is bad if it is ``kind=BAD``, if ``row >= rows`` of its descriptor
+  (cause ``ROW``), if its descriptor index or contents are invalid or its row would cross a
+  4 KiB boundary (cause ``DESC``), or if the memory answered any beat of the row with SLVERR or
+  DECERR (cause ``RESP``). A bad ``ROW``/``DESC`` lookup issues no memory read at all, so no
+  address outside a table is ever read. The pooled vector of a bag containing any bad lookup has
+  ``error=1`` and all-zero ``data``; the unit keeps going (it never hangs: every read is answered
+  by AXI, and an errored read still returns all its beats). The first bad lookup after reset or
+  ``error_clear`` is latched in the sticky ``error``/``error_tag``/``error_slot``/
+  ``error_cause`` outputs.
+
+  *Golden-model equivalent*: for a feature whose bag contains an ID outside ``[0, rows)``, the
+  pooled vector is ``zeros(dim)`` and the request is flagged as erroneous (hardware reports the
+  first offending tag); other features of the request are pooled normally.
+
+Table descriptors (runtime data, written by the host)
+-----------------------------------------------------
+:class:`TableDescriptorLayout`: ``base`` (byte address of row 0), ``stride`` (bytes between
+rows), ``rows`` (row count), ``dim`` (elements per row, ``1..max_dim``). Rows hold ``dim``
+little-endian two's-complement ``data_bits``-bit elements, element 0 at the row's lowest
+address; the row occupies ``ceil(dim * data_bits / data_width)`` beats, read as one INCR burst.
+Valid descriptors have ``base`` and ``stride`` multiples of the beat size, ``stride`` at least
+the row's burst length in bytes, and rows that do not cross a 4 KiB boundary (true whenever
+``stride`` is a power of two and ``base`` is aligned to ``min(stride, 4096)``: the host layout
+rule).
+
+AXI behaviour
+-------------
+Reads use one ID (``arid``, a constructor parameter), so the memory returns them in order; a
+context FIFO of ``max_outstanding`` entries tracks the reads in flight (and limits them). Bursts
+are INCR, full-width (``arsize = log2(data_width / 8)``), ``arcache=0b0011``. ``rready`` is
+deasserted only when the pooled-vector output is back-pressured. The unit counts beats itself
+(``rlast`` is not used).
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Array, Module, Mux, Signal, signed
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+from ..host.numerics import pool_acc_bits
+from .axi4 import AXI4Signature, AXIBurst
+from .stream_types import PooledVectorLayout
+
+__all__ = [
+    "LookupKind",
+    "LookupErrorCause",
+    "LookupLayout",
+    "TableDescriptorLayout",
+    "DescriptorWriteLayout",
+    "PoolContextLayout",
+    "BeatLayout",
+    "RowPooler",
+    "EmbeddingLookupUnit",
+    "index_bits",
+]
+
+
+def index_bits(n: int) -> int:
+    """Bits of an index into ``n`` things (at least 1)."""
+    return max(1, (n - 1).bit_length())
+
+
+def _positive(name, value):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise TypeError(f"{name} must be a positive integer, not {value!r}")
+
+
+class LookupKind(enum.Enum, shape=2):
+    """What a lookup asks for."""
+
+    #: Read and pool one table row.
+    ROW = 0
+    #: No row: a bag of length 0 (pools to zeros).
+    EMPTY = 1
+    #: Already known to be invalid (the dispatcher found an ID out of range).
+    BAD = 2
+
+
+class LookupErrorCause(enum.Enum, shape=2):
+    """Why a lookup was flagged."""
+
+    NONE = 0
+    #: Row index out of range (or ``kind=BAD`` from the dispatcher).
+    ROW = 1
+    #: Descriptor index out of range, invalid descriptor, or a row crossing 4 KiB.
+    DESC = 2
+    #: The memory answered with SLVERR or DECERR.
+    RESP = 3
+
+
+class LookupLayout(data.StructLayout):
+    """One lookup on its way to a lookup unit or on-chip table.
+
+    Members
+    -------
+    tag : unsigned(tag_bits)
+        Request tag.
+    slot : unsigned(slot_bits)
+        Lookup slot within the request (the pooled vector's slot).
+    desc : unsigned(desc_bits)
+        Table descriptor index in the unit.
+    row : unsigned(row_bits)
+        Row index within the table.
+    kind : LookupKind
+    first, last : unsigned(1)
+        First / last lookup of the bag.
+    """
+
+    def __init__(self, *, tag_bits: int, slot_bits: int, desc_bits: int, row_bits: int):
+        for n, v in (("tag_bits", tag_bits), ("slot_bits", slot_bits),
+                     ("desc_bits", desc_bits), ("row_bits", row_bits)):
+            _positive(n, v)
+        super().__init__({
+            "tag": tag_bits, "slot": slot_bits, "desc": desc_bits, "row": row_bits,
+            "kind": LookupKind, "first": 1, "last": 1,
+        })
+
+
+class TableDescriptorLayout(data.StructLayout):
+    """A table in memory, as the host describes it (see the module docstring).
+
+    Members
+    -------
+    base : unsigned(addr_width)
+        Byte address of row 0 (word address for an on-chip table).
+    stride : unsigned(stride_bits)
+        Bytes from one row to the next (words for an on-chip table).
+    rows : unsigned(row_bits)
+        Row count; lookups of ``row >= rows`` are errors.
+    dim : unsigned(16)
+        Elements per row, 1..max_dim.
+    """
+
+    def __init__(self, *, addr_width: int, stride_bits: int, row_bits: int):
+        for n, v in (("addr_width", addr_width), ("stride_bits", stride_bits),
+                     ("row_bits", row_bits)):
+            _positive(n, v)
+        super().__init__({"base": addr_width, "stride": stride_bits, "rows": row_bits,
+                          "dim": 16})
+
+
+class DescriptorWriteLayout(data.StructLayout):
+    """Host write of one table descriptor: ``index`` and the descriptor ``desc``."""
+
+    def __init__(self, *, desc_bits: int, desc_layout: data.StructLayout):
+        super().__init__({"index": desc_bits, "desc": desc_layout})
+
+
+class PoolContextLayout(data.StructLayout):
+    """What :class:`RowPooler` needs to know about each lookup, in lookup order.
+
+    Members
+    -------
+    tag, slot, first, last
+        As in :class:`LookupLayout`.
+    read : unsigned(1)
+        ``beats`` memory words follow on the beat stream for this lookup (0: none do).
+    cause : LookupErrorCause
+        Error found before reading (``NONE`` for good and ``EMPTY`` lookups).
+    beats : unsigned
+        Words of this row (when ``read``).
+    dim : unsigned
+        Elements of this row; later elements of a word are ignored.
+    """
+
+    def __init__(self, *, tag_bits: int, slot_bits: int, max_beats: int, max_dim: int):
+        super().__init__({
+            "tag": tag_bits, "slot": slot_bits, "first": 1, "last": 1, "read": 1,
+            "cause": LookupErrorCause, "beats": range(max_beats + 1), "dim": range(max_dim + 1),
+        })
+
+
+class BeatLayout(data.StructLayout):
+    """One memory word of a row: ``data`` and ``err`` (the memory reported an error)."""
+
+    def __init__(self, width: int):
+        super().__init__({"data": width, "err": 1})
+
+
+class RowPooler(wiring.Component):
+    """Reassembles rows from memory words and sum-pools bags (numerics spec pooling).
+
+    Consumes one context per lookup (in lookup order) and, for contexts with ``read=1``, that
+    many words from the beat stream; emits one pooled vector per bag. One word (or one
+    ``read=0`` context) is consumed per cycle.
+
+    Parameters
+    ----------
+    data_bits : int
+        Element width.
+    max_dim : int
+        Elements per pooled vector.
+    beat_width : int
+        Width of a memory word; a multiple of ``data_bits``.
+    tag_bits, slot_bits : int
+    max_bag : int
+        Largest bag; sets the exact accumulator width (:func:`numerics.pool_acc_bits`).
+
+    Members
+    -------
+    i_ctx : In(stream.Signature(PoolContextLayout))
+    i_beat : In(stream.Signature(BeatLayout))
+    o_pooled : Out(stream.Signature(PooledVectorLayout))
+    error : Out(1)
+        Sticky: a bad lookup was seen since reset or ``error_clear``.
+    error_tag, error_slot : Out
+        Tag and slot of the first bad lookup.
+    error_cause : Out(LookupErrorCause)
+        Its cause.
+    error_clear : In(1)
+        Clears the sticky error (an error on the same cycle is latched afresh).
+    """
+
+    def __init__(self, *, data_bits: int, max_dim: int, beat_width: int, tag_bits: int,
+                 slot_bits: int, max_bag: int):
+        for n, v in (("data_bits", data_bits), ("max_dim", max_dim), ("beat_width", beat_width),
+                     ("max_bag", max_bag)):
+            _positive(n, v)
+        if beat_width % data_bits:
+            raise ValueError(f"Beat width {beat_width} is not a multiple of the element width "
+                             f"{data_bits}")
+        self.data_bits, self.max_dim, self.beat_width = data_bits, max_dim, beat_width
+        self.max_bag = max_bag
+        self.elems_per_beat = beat_width // data_bits
+        self.max_beats = -(-max_dim // self.elems_per_beat)
+        self.acc_bits = pool_acc_bits(data_bits, max_bag)
+        self.ctx_layout = PoolContextLayout(tag_bits=tag_bits, slot_bits=slot_bits,
+                                            max_beats=self.max_beats, max_dim=max_dim)
+        self.out_layout = PooledVectorLayout(tag_bits=tag_bits, slot_bits=slot_bits,
+                                             data_bits=data_bits, max_dim=max_dim)
+        super().__init__({
+            "i_ctx": In(stream.Signature(self.ctx_layout)),
+            "i_beat": In(stream.Signature(BeatLayout(beat_width))),
+            "o_pooled": Out(stream.Signature(self.out_layout)),
+            "error": Out(1), "error_tag": Out(tag_bits), "error_slot": Out(slot_bits),
+            "error_cause": Out(LookupErrorCause), "error_clear": In(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        db, epb = self.data_bits, self.elems_per_beat
+        ctx, beat, o = self.i_ctx.payload, self.i_beat.payload, self.o_pooled
+
+        acc = [Signal(signed(self.acc_bits), name=f"acc{i}") for i in range(self.max_dim)]
+        bag_err = Signal()
+        beat_idx = Signal(range(max(2, self.max_beats)))
+
+        can_emit = ~o.valid | o.ready
+        last_beat = beat_idx == ctx.beats - 1
+        step, ctx_done = Signal(), Signal()
+        with m.If(self.i_ctx.valid):
+            with m.If(~ctx.read):
+                m.d.comb += step.eq(~ctx.last | can_emit), ctx_done.eq(step)
+            with m.Else():
+                m.d.comb += self.i_beat.ready.eq(~last_beat | ~ctx.last | can_emit)
+                m.d.comb += step.eq(self.i_beat.ready & self.i_beat.valid)
+                m.d.comb += ctx_done.eq(step & last_beat)
+        m.d.comb += self.i_ctx.ready.eq(ctx_done)
+
+        clear = ctx.first & (beat_idx == 0)
+        resp_err = ctx.read & beat.err
+        this_err = (ctx.cause != LookupErrorCause.NONE) | resp_err
+        new_err = Mux(clear, 0, bag_err) | this_err
+        new_acc = []
+        for i, a in enumerate(acc):
+            g, j = divmod(i, epb)
+            elem = beat.data[j * db:(j + 1) * db].as_signed()
+            use = ctx.read & (beat_idx == g) & (ctx.dim > i)
+            s = Signal(signed(self.acc_bits), name=f"new_acc{i}")
+            m.d.comb += s.eq(Mux(clear, 0, a) + Mux(use, elem, 0))
+            new_acc.append(s)
+
+        lo, hi = -(1 << (db - 1)), (1 << (db - 1)) - 1
+        with m.If(o.ready):
+            m.d.sync += o.valid.eq(0)
+        with m.If(step):
+            m.d.sync += beat_idx.eq(Mux(ctx_done, 0, beat_idx + 1))
+            m.d.sync += [a.eq(s) for a, s in zip(acc, new_acc)]
+            m.d.sync += bag_err.eq(new_err)
+            with m.If(ctx_done & ctx.last):
+                m.d.sync += [o.valid.eq(1), o.payload.tag.eq(ctx.tag),
+                             o.payload.slot.eq(ctx.slot), o.payload.error.eq(new_err)]
+                for i, s in enumerate(new_acc):
+                    sat = Mux(s > hi, hi, Mux(s < lo, lo, s))
+                    m.d.sync += o.payload.data[i].eq(Mux(new_err, 0, sat))
+
+        with m.If(self.error_clear):
+            m.d.sync += self.error.eq(0)
+        with m.If(step & this_err & (~self.error | self.error_clear)):
+            m.d.sync += [self.error.eq(1), self.error_tag.eq(ctx.tag),
+                         self.error_slot.eq(ctx.slot),
+                         self.error_cause.eq(Mux(resp_err, LookupErrorCause.RESP, ctx.cause))]
+        return m
+
+
+class EmbeddingLookupUnit(wiring.Component):
+    """Lookups in, AXI4 reads out, pooled embedding vectors back: one memory channel.
+
+    See the module docstring for the lookup, error and descriptor contracts.
+
+    Parameters
+    ----------
+    data_bits : int
+        Embedding element width (8 or 16).
+    max_dim : int
+        Largest row (elements); the pooled vectors' width.
+    data_width : int
+        AXI data width (256 for an HBM pseudo-channel, 512 for DDR).
+    addr_width : int
+        AXI address width (64 for Vitis kernels).
+    id_width : int
+        AXI ID width.
+    max_outstanding : int
+        Reads (bursts) in flight at most; at least 2. Sized to cover the memory latency.
+    tag_bits, slot_bits : int
+        Widths of the request tag and the slot index.
+    n_desc : int
+        Table descriptors held by the unit.
+    row_bits : int
+        Width of row indices and row counts.
+    stride_bits : int
+        Width of the descriptor's row stride (bytes).
+    max_bag : int
+        Largest bag (sets the pooling accumulator width).
+    arid : int
+        The ID used for every read.
+
+    Members
+    -------
+    i_lookup : In(stream.Signature(LookupLayout))
+    i_desc : In(stream.Signature(DescriptorWriteLayout))
+        Descriptor writes from the host; always ready. Write descriptors while no lookup that
+        uses them is in flight.
+    m_axi : Out(AXI4Signature(read only))
+    o_pooled : Out(stream.Signature(PooledVectorLayout))
+    error, error_tag, error_slot, error_cause : Out
+        Sticky first-error record (see :class:`RowPooler`).
+    error_clear : In(1)
+    idle : Out(1)
+        No lookup is in flight and no pooled vector is waiting.
+    """
+
+    def __init__(self, *, data_bits: int = 16, max_dim: int = 16, data_width: int = 256,
+                 addr_width: int = 64, id_width: int = 4, max_outstanding: int = 64,
+                 tag_bits: int = 4, slot_bits: int = 4, n_desc: int = 4, row_bits: int = 32,
+                 stride_bits: int = 16, max_bag: int = 4, arid: int = 0):
+        if data_bits not in (8, 16, 32):
+            raise ValueError(f"Element width must be 8, 16 or 32, not {data_bits!r}")
+        for n, v in (("max_dim", max_dim), ("n_desc", n_desc), ("max_bag", max_bag),
+                     ("tag_bits", tag_bits), ("slot_bits", slot_bits)):
+            _positive(n, v)
+        if not isinstance(max_outstanding, int) or max_outstanding < 2:
+            raise ValueError(f"Outstanding read limit must be an integer >= 2, not "
+                             f"{max_outstanding!r}")
+        if not isinstance(arid, int) or not 0 <= arid < (1 << id_width):
+            raise ValueError(f"Read ID must fit {id_width} bits, not {arid!r}")
+        self.axi_sig = AXI4Signature(addr_width=addr_width, data_width=data_width,
+                                     id_width=id_width, write=False)
+        if data_width % data_bits:
+            raise ValueError(f"AXI data width {data_width} is not a multiple of the element "
+                             f"width {data_bits}")
+        self.data_bits, self.max_dim, self.data_width = data_bits, max_dim, data_width
+        self.addr_width, self.id_width, self.max_outstanding = addr_width, id_width, max_outstanding
+        self.tag_bits, self.slot_bits, self.n_desc = tag_bits, slot_bits, n_desc
+        self.row_bits, self.stride_bits, self.max_bag, self.arid = (
+            row_bits, stride_bits, max_bag, arid)
+        self.beat_bytes = data_width // 8
+        self.elems_per_beat = data_width // data_bits
+        self.max_beats = -(-max_dim // self.elems_per_beat)
+        if self.max_beats > 256:
+            raise ValueError(f"A row of {max_dim} elements needs {self.max_beats} beats, more "
+                             f"than one AXI4 burst (256)")
+        self.desc_bits = index_bits(n_desc)
+        self.lookup_layout = LookupLayout(tag_bits=tag_bits, slot_bits=slot_bits,
+                                          desc_bits=self.desc_bits, row_bits=row_bits)
+        self.desc_layout = TableDescriptorLayout(addr_width=addr_width, stride_bits=stride_bits,
+                                                 row_bits=row_bits)
+        self.desc_write_layout = DescriptorWriteLayout(desc_bits=self.desc_bits,
+                                                       desc_layout=self.desc_layout)
+        self.out_layout = PooledVectorLayout(tag_bits=tag_bits, slot_bits=slot_bits,
+                                             data_bits=data_bits, max_dim=max_dim)
+        super().__init__({
+            "i_lookup": In(stream.Signature(self.lookup_layout)),
+            "i_desc": In(stream.Signature(self.desc_write_layout)),
+            "m_axi": Out(self.axi_sig),
+            "o_pooled": Out(stream.Signature(self.out_layout)),
+            "error": Out(1), "error_tag": Out(tag_bits), "error_slot": Out(slot_bits),
+            "error_cause": Out(LookupErrorCause), "error_clear": In(1),
+            "idle": Out(1),
+        })
+
+    @classmethod
+    def from_config(cls, config, **overrides) -> EmbeddingLookupUnit:
+        """Build a unit for an :class:`~recfabric.hw.config.AcceleratorConfig`.
+
+        Tags count ``config.inflight`` requests, slots ``config.max_features``, and the unit holds
+        ``config.max_features`` descriptors (any placement fits); ``overrides`` replace any
+        constructor argument.
+        """
+        args = dict(
+            data_bits=config.data_bits, max_dim=config.max_dim,
+            data_width=config.mem_data_width, addr_width=config.mem_addr_width,
+            id_width=config.mem_id_width, max_outstanding=config.max_outstanding,
+            tag_bits=index_bits(config.inflight), slot_bits=index_bits(config.max_features),
+            n_desc=config.max_features, max_bag=config.max_bag,
+            row_bits=32, stride_bits=16)
+        args.update(overrides)
+        return cls(**args)
+
+    def elaborate(self, platform):
+        m = Module()
+        bb_log2 = (self.beat_bytes - 1).bit_length()
+        ax = self.m_axi
+
+        # ---- descriptor registers (derived beats and validity computed once, at write) ----
+        entry = data.StructLayout({"desc": self.desc_layout, "beats": range(self.max_beats + 1),
+                                   "ok": 1})
+        entries = [Signal(entry, name=f"desc{i}") for i in range(self.n_desc)]
+        w = self.i_desc.payload.desc
+        w_beats = Signal(range(self.max_beats + 1))
+        m.d.comb += w_beats.eq(
+            (w.dim + self.elems_per_beat - 1) >> (self.elems_per_beat.bit_length() - 1))
+        w_ok = ((w.dim != 0) & (w.dim <= self.max_dim) & (w.base[:bb_log2] == 0) &
+                (w.stride[:bb_log2] == 0) & (w.stride >= (w_beats << bb_log2)))
+        m.d.comb += self.i_desc.ready.eq(1)
+        with m.If(self.i_desc.valid):
+            for i, e in enumerate(entries):
+                with m.If(self.i_desc.payload.index == i):
+                    m.d.sync += [e.desc.eq(w), e.beats.eq(w_beats), e.ok.eq(w_ok)]
+
+        # ---- stage 1: descriptor lookup, bounds check, row offset ---------------------------
+        # ---- stage 2: address, 4 KiB check, AXI read issue + context push --------------------
+        m.submodules.ctx_fifo = ctx_fifo = SyncFIFOBuffered(
+            width=PoolContextLayout(tag_bits=self.tag_bits, slot_bits=self.slot_bits,
+                                    max_beats=self.max_beats, max_dim=self.max_dim).size,
+            depth=self.max_outstanding)
+        m.submodules.pooler = pooler = RowPooler(
+            data_bits=self.data_bits, max_dim=self.max_dim, beat_width=self.data_width,
+            tag_bits=self.tag_bits, slot_bits=self.slot_bits, max_bag=self.max_bag)
+
+        v1, s1 = Signal(), Signal(self.lookup_layout)
+        v2 = Signal()
+        c2 = Signal(pooler.ctx_layout)
+        base2 = Signal(self.addr_width)
+        off2 = Signal(self.addr_width)
+
+        addr2 = Signal(self.addr_width)
+        m.d.comb += addr2.eq(base2 + off2)
+        cross4k = (addr2[:12] + (c2.beats << bb_log2)) > 4096
+        c2_out = Signal(pooler.ctx_layout)
+        m.d.comb += c2_out.eq(c2)
+        with m.If(c2.read & cross4k):
+            m.d.comb += [c2_out.read.eq(0), c2_out.cause.eq(LookupErrorCause.DESC)]
+
+        fire2 = v2 & ctx_fifo.w_rdy & (~c2_out.read | ax.arready)
+        adv2 = ~v2 | fire2
+        m.d.comb += [
+            ax.arvalid.eq(v2 & ctx_fifo.w_rdy & c2_out.read),
+            ax.araddr.eq(addr2), ax.arlen.eq(c2.beats - 1), ax.arsize.eq(bb_log2),
+            ax.arburst.eq(AXIBurst.INCR), ax.arid.eq(self.arid), ax.arcache.eq(0b0011),
+            ax.arprot.eq(0), ax.arlock.eq(0), ax.arqos.eq(0),
+            ctx_fifo.w_en.eq(fire2), ctx_fifo.w_data.eq(c2_out),
+        ]
+
+        e1 = Array(entries)[s1.desc] if self.n_desc > 1 else entries[0]
+        e1 = entry(e1) if not isinstance(e1, data.View) else e1
+        desc_in_range = s1.desc < self.n_desc
+        row_ok = s1.row < e1.desc.rows
+        m.d.comb += self.i_lookup.ready.eq(~v1 | adv2)
+        with m.If(adv2):
+            m.d.sync += v2.eq(v1)
+            with m.If(v1):
+                is_row = s1.kind == LookupKind.ROW
+                good_desc = desc_in_range & e1.ok
+                cause = Signal(LookupErrorCause)
+                with m.If(s1.kind == LookupKind.BAD):
+                    m.d.comb += cause.eq(LookupErrorCause.ROW)
+                with m.Elif(is_row & ~good_desc):
+                    m.d.comb += cause.eq(LookupErrorCause.DESC)
+                with m.Elif(is_row & ~row_ok):
+                    m.d.comb += cause.eq(LookupErrorCause.ROW)
+                m.d.sync += [
+                    c2.tag.eq(s1.tag), c2.slot.eq(s1.slot), c2.first.eq(s1.first),
+                    c2.last.eq(s1.last), c2.cause.eq(cause),
+                    c2.read.eq(is_row & (cause == LookupErrorCause.NONE)),
+                    c2.beats.eq(e1.beats), c2.dim.eq(e1.desc.dim),
+                    base2.eq(e1.desc.base), off2.eq(s1.row * e1.desc.stride),
+                ]
+        with m.If(self.i_lookup.ready):
+            m.d.sync += v1.eq(self.i_lookup.valid)
+            m.d.sync += s1.eq(self.i_lookup.payload)
+
+        # ---- responses -> pooler -------------------------------------------------------------
+        m.d.comb += [
+            pooler.i_ctx.payload.eq(ctx_fifo.r_data), pooler.i_ctx.valid.eq(ctx_fifo.r_rdy),
+            ctx_fifo.r_en.eq(pooler.i_ctx.ready),
+            pooler.i_beat.payload.data.eq(ax.rdata), pooler.i_beat.payload.err.eq(ax.rresp[1]),
+            pooler.i_beat.valid.eq(ax.rvalid), ax.rready.eq(pooler.i_beat.ready),
+            pooler.error_clear.eq(self.error_clear),
+            self.error.eq(pooler.error), self.error_tag.eq(pooler.error_tag),
+            self.error_slot.eq(pooler.error_slot), self.error_cause.eq(pooler.error_cause),
+            self.idle.eq(~v1 & ~v2 & (ctx_fifo.level == 0) & ~self.o_pooled.valid),
+        ]
+        wiring.connect(m, wiring.flipped(self.o_pooled), pooler.o_pooled)
+        return m
+
