@@ -14,6 +14,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+
 from recfabric.sim.verilator_env import (
     have_icarus,
     have_verilator,
@@ -58,7 +59,6 @@ def test_iverilog_runs():
 
 
 def _run_counter(simulator: str, tmp_path: Path, monkeypatch, record_property) -> None:
-    import cocotb_counter  # noqa: F401  (fail early and clearly if the test module does not import)
     from cocotb_tools.runner import get_runner
 
     src = tmp_path / "counter.v"
@@ -68,6 +68,7 @@ def _run_counter(simulator: str, tmp_path: Path, monkeypatch, record_property) -
     # cocotb's runner copies os.environ and sys.path into the simulator's environment.
     monkeypatch.setenv("COUNTER_OUT", str(out))
     monkeypatch.syspath_prepend(str(TESTS_DIR))
+    import cocotb_counter  # noqa: F401  (fail early and clearly if the test module does not import)
 
     runner = get_runner(simulator)
     t0 = time.perf_counter()
