@@ -8,10 +8,10 @@ table unit. All planners share one cost model and one result type, :class:`Plan`
 
 Cost model
 ----------
-- Rows are stored off chip with a power-of-two byte stride (address = base + (row << k)): a row
-  narrower than a beat never straddles two beats, a wider one starts on a beat boundary, and no
-  row crosses an AXI 4 KiB boundary since tables start on 4 KiB boundaries. A lookup reads only
-  the beats that hold data: ``ceil(row_bytes / beat_bytes)`` beats.
+- Rows are stored off chip with a stride of a power-of-two number of beats (a row never crosses an
+  AXI 4 KiB boundary when tables start on 4 KiB boundaries; address = base + (row << k)), as the
+  lookup unit requires. A lookup reads only the beats that hold data:
+  ``ceil(row_bytes / beat_bytes)`` beats.
 - On chip, rows are stored with a power-of-two byte stride; a unit returns one row per cycle.
 - A multi-hot feature with bag ``b`` costs ``b`` lookups per request (its worst case). A table
   replicated ``R`` times serves lookup ``k`` of a bag from replica ``k mod R``, so each replica
@@ -121,12 +121,13 @@ class Layout:
         return -(-dim * self.element_bytes // self.beat_bytes)
 
     def offchip_stride(self, dim: int) -> int:
-        """Off-chip row stride in bytes: the row's bytes rounded up to a power of two.
+        """Off-chip row stride in bytes: a power-of-two number of beats.
 
-        A row narrower than a beat therefore lies inside one beat (several rows share a beat),
-        a wider one starts on a beat boundary and fills a power-of-two number of beats.
+        The lookup unit (``hw/embedding_lookup.py``) wants ``base`` and ``stride`` multiples of
+        the beat and rows that never cross 4 KiB; a power-of-two number of beats gives both and
+        lets the address be ``base + (row << k)``.
         """
-        return _pow2_ceil(dim * self.element_bytes)
+        return _pow2_ceil(self.row_beats(dim)) * self.beat_bytes
 
     def onchip_stride(self, dim: int) -> int:
         """On-chip row stride in bytes: a power of two."""
