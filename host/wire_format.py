@@ -53,7 +53,7 @@ the kernel's own defensive checks (an ID or bag length out of range that slipped
 validation, or a corrupted buffer): the score of such a record is undefined.
 
 One result per word wastes most of each word (a 64 Ki-request batch is 2 MiB of results at 256
-bits instead of 192 KiB), but the ScoreWriter then writes one full beat per request and needs no
+bits instead of 256 KiB), but the ScoreWriter then writes one full beat per request and needs no
 gather register; at the published rates (3e5 inferences/s) that is 10 MB/s of a 14 GB/s channel.
 
 Validation happens before anything is packed; every error names the request, the feature and the
