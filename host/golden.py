@@ -283,6 +283,10 @@ def golden_forward(qm: QuantizedModel, dense_q, sparse) -> GoldenResult:
     batch = sparse[0].batch if sparse else np.asarray(dense_q).shape[0]
     check_sparse(spec, sparse, batch)
     x = _check_dense(spec, dense_q, batch, integer=True).astype(np.int64)
+    f = qm.dense_fmt
+    if x.size and (x.min() < f.min_int or x.max() > f.max_int):
+        raise ValueError(f"fixed-point dense input outside the dense format {f} "
+                         f"({f.min_int}..{f.max_int})")
     dense_vec = _mlp(qm, x, qm.bottom)
     pooled = pool_features(qm, sparse)
     z = interaction(qm, dense_vec, pooled)

@@ -92,6 +92,9 @@ def test_input_errors_name_feature_and_request():
         float_forward(w, dense[:, :1], sparse)
     with pytest.raises(ValueError, match="NaN"):
         float_forward(w, np.full_like(dense, np.nan), sparse)
+    qm = quantize_model(w, dense, sparse, bits=8)
+    with pytest.raises(ValueError, match="outside the dense format"):
+        golden_forward(qm, np.full(dense.shape, 200), sparse)
     with pytest.raises(ValueError, match="2 sparse features given, model has 3"):
         float_forward(w, dense, sparse[:2])
 
