@@ -15,8 +15,8 @@ Descriptor table (``descriptors.bin``)
     16-byte *feature record* per sparse feature; all little-endian, packed.
 MLP program (``mlp.bin``)
     A generic, self-describing layer program (header, 32-byte layer records, int8/int16
-    weights row-major (out, in), int32 or int64 biases at accumulator width), kept separate so that it can be adapted to the
-    MLP hardware's load format.
+    weights row-major (out, in), int32 or int64 biases at accumulator width), kept separate
+    so that it can be adapted to the MLP hardware's load format.
 
 Images of large tables are written in chunks of rows (never a whole float copy of a table).
 """
@@ -193,7 +193,8 @@ def pack_descriptors(plan: Plan, spec, config_hash: int, data_bits: int) -> byte
             _u(t.rows, 32, "row count"), _u(g.dim, 16, "dim"), MEMORY_KINDS[t.memory],
             _u(t.location, 8, "location"), _u(t.row_base, 32, "row base"),
             _u(t.group, 16, "group"), _u(t.replica, 8, "replica"), _u(t.shard, 8, "shard"),
-            _u(index, 16, "index in its channel or unit"), _u(plan.layout.row_beats(g.dim) if t.memory == "channel" else 1, 16, "beats")))
+            _u(index, 16, "index in its channel or unit"),
+            _u(plan.layout.row_beats(g.dim) if t.memory == "channel" else 1, 16, "beats")))
     for gi, g in enumerate(plan.groups):
         records.append(GROUP_RECORD.pack(
             _u(first[gi], 16, "first table"), _u(g.replicas, 8, "replicas"),

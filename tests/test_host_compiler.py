@@ -1,0 +1,135 @@
+"""Compiler: golden model from the images == golden model, same input -> same bytes, errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+from recfabric.host.compiler import (
+    CompileError,
+    compile_model,
+    golden_from_images,
+    load_compiled,
+)
+from recfabric.host.compiler_cli import register
+from recfabric.host.golden import golden_forward
+from recfabric.host.model_spec import ModelSpec, SparseFeature, SpecError
+from recfabric.host.model_zoo import get_model
+from recfabric.host.synthetic import synthetic_batch
+from recfabric.host.weights import random_weights
+from recfabric.hw.config import get_preset
+
+MIXED = ModelSpec("mixed", sparse=(SparseFeature("a", 10, 4), SparseFeature("b", 12, 4),
+                                   SparseFeature("c", 40_000, 16),
+                                   SparseFeature("m", 30, 8, bag=3)),
+                  dense=2, top_mlp=(8, 1))
+MIXED_CONFIG = get_preset("tiny").replace(max_features=8, max_concat=64, onchip_units=0)
+
+CASES = [
+    ("tiny", "tiny", "default"), ("tiny", "tiny", "none"), ("small", "small", "default"),
+    ("small", "small", "microrec"), ("small", "u280", "default"), ("mixed", None, "microrec"),
+    ("mixed", None, "default"), ("small", "u280-int8", "default"),
+]
+
+
+def _spec_config(model, config):
+    if model == "mixed":
+        return MIXED, MIXED_CONFIG
+    return get_model(model), get_preset(config)
+
+
+@pytest.mark.parametrize("model,config,planner", CASES)
+def test_golden_from_images_equals_golden(tmp_path, model, config, planner):
+    spec, cfg = _spec_config(model, config)
+    result = compile_model(spec, random_weights(spec, 1), cfg, tmp_path, planner,
+                           calib_batch=256)
+    dense, sparse = synthetic_batch(spec, 300, seed=7)
+    dq = result.qm.quantize_dense(dense)
+    want = golden_forward(result.qm, dq, sparse)
+    got = golden_from_images(tmp_path, dq, sparse)
+    assert np.array_equal(got.scores, want.scores)
+    assert np.array_equal(got.logits, want.logits)
+    for a, b in zip(got.pooled, want.pooled):
+        assert np.array_equal(a, b)
+
+
+def test_mixed_plans_exercise_merges_shards_replicas(tmp_path):
+    spec, cfg = MIXED, MIXED_CONFIG
+    r = compile_model(spec, random_weights(spec, 1), cfg, tmp_path, "microrec", calib_batch=64)
+    assert any(len(g.features) > 1 for g in r.plan.groups)
+    assert any(g.shards > 1 for g in r.plan.groups)
+    r2 = compile_model(get_model("small"), random_weights(get_model("small"), 1),
+                       get_preset("u280"), tmp_path / "u", calib_batch=64)
+    assert any(g.replicas > 1 for g in r2.plan.groups)
+
+
+def test_same_input_same_bytes(tmp_path):
+    spec, cfg = MIXED, MIXED_CONFIG
+    outs = []
+    for d in ("one", "two"):
+        compile_model(spec, random_weights(spec, 2), cfg, tmp_path / d, calib_batch=128)
+        outs.append({p.name: p.read_bytes() for p in sorted((tmp_path / d).iterdir())})
+    assert outs[0].keys() == outs[1].keys()
+    assert "manifest.json" in outs[0] and "descriptors.bin" in outs[0]
+    for name in outs[0]:
+        assert outs[0][name] == outs[1][name], name
+
+
+def test_manifest_contents(tmp_path):
+    spec, cfg = get_model("small"), get_preset("small")
+    r = compile_model(spec, random_weights(spec), cfg, tmp_path, calib_batch=64)
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    assert m["config"]["hash"] == cfg.config_hash and m["config"]["params"] == cfg.to_json()
+    assert m["formats"] == r.qm.formats_json()
+    assert m["plan"]["figures"]["rounds"] == r.plan.rounds
+    for b in m["buffers"]:
+        assert (tmp_path / b["file"]).stat().st_size == b["size"]
+        assert {"sha256", "offset", "format"} <= set(b)
+    loaded = load_compiled(tmp_path)
+    assert loaded.plan.cost() == r.plan.cost()
+
+
+def test_tampered_image_is_refused(tmp_path):
+    spec, cfg = get_model("tiny"), get_preset("tiny")
+    compile_model(spec, random_weights(spec), cfg, tmp_path, calib_batch=64)
+    f = next(tmp_path.glob("channel*.bin"))
+    data = bytearray(f.read_bytes())
+    data[0] ^= 1
+    f.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=f.name):
+        load_compiled(tmp_path)
+
+
+def test_refuses_unsupported_and_oversized_models(tmp_path):
+    kaggle = get_model("kaggle")
+    with pytest.raises(SpecError, match="dot interaction"):
+        compile_model(kaggle, None, get_preset("u280"), tmp_path)
+    spec = get_model("small")
+    with pytest.raises(CompileError, match=r"sparse features 8 exceeds max_features 4"):
+        compile_model(spec, random_weights(spec), get_preset("tiny"), tmp_path)
+    wide = ModelSpec("wide", sparse=(SparseFeature("w", 10, 64),), top_mlp=(1,))
+    with pytest.raises(CompileError, match=r"'w': dim 64 exceeds max_dim 16"):
+        compile_model(wide, random_weights(wide), get_preset("tiny"), tmp_path)
+
+
+def test_cli_plan_and_compile(tmp_path, capsys):
+    import argparse
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["plan", "microrec-small", "--planner", "microrec", "--json"])
+    assert args.func(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["planner"] == "microrec" and out["figures"]["rounds"] >= 1
+    args = parser.parse_args(["compile", "tiny", "--config", "tiny", "-o", str(tmp_path)])
+    assert args.func(args) == 0
+    assert (tmp_path / "manifest.json").exists()
+    args = parser.parse_args(["compile", "tiny", "--config", "tiny", "--bits", "8", "-o",
+                              str(tmp_path)])
+    with pytest.raises(ValueError, match="--bits 8"):
+        args.func(args)
+
+
+def test_onchip_tables_are_exercised(tmp_path):
+    spec = get_model("small")
+    r = compile_model(spec, random_weights(spec), get_preset("small"), tmp_path, calib_batch=64)
+    assert any(t.memory == "onchip" for t in r.plan.tables)
