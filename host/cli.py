@@ -3,8 +3,8 @@
 ``recfabric models``            list the built-in model zoo
 ``recfabric accuracy MODEL``    fixed point vs float accuracy report
 ``recfabric demo``              the main job on the default model
-Further verbs (``plan``, ``compile``, ``bench``, ``build``) are registered by the modules that
-implement them.
+``recfabric plan`` / ``compile``   model compiler (:mod:`recfabric.host.compiler_cli`)
+``recfabric bench lookup|mlp``    cycle-accurate block benchmarks
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from .model_zoo import DEFAULT_MODEL, ZOO, get_model
 __all__ = ["main"]
 
 # Modules that add their own verbs with ``register(subparsers)``.
-_PLUGINS = ()
+_PLUGINS = (".compiler_cli",)
+# Modules that add a benchmark below ``recfabric bench`` with ``register(subparsers)``.
+_BENCHES = (".bench_lookup",)
 
 
 def _say(msg: str):
@@ -144,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     for mod in _PLUGINS:
         importlib.import_module(mod, __package__).register(sub)
+    s = sub.add_parser("bench", help="cycle-accurate benchmarks of hardware blocks")
+    bench = s.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    for mod in _BENCHES:
+        importlib.import_module(mod, __package__).register(bench)
     return p
 
 
