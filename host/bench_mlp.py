@@ -32,8 +32,9 @@ def random_layers(rng: np.random.Generator, widths, *, bits: int = 16, top: bool
                   shifts=None) -> list:
     """Random :class:`QLayer` chain ``widths[0] -> widths[1] -> ...``.
 
-    Weights span the whole ``bits`` range (scaled by ``weight_scale``), biases of random magnitude up to 2**(2*bits+1), and
-    each shift is drawn so that outputs land mostly inside the output format (some saturate).
+    Weights span the whole ``bits`` range (scaled by ``weight_scale``), biases have a random
+    magnitude up to 2**(2*bits+1), and each shift is drawn so that outputs land mostly inside
+    the output format (some saturate).
     With ``top`` the last layer requantizes into ``SIGMOID_IN`` without ReLU, like the golden
     model's top MLP; otherwise every layer has ReLU and ``bits``-bit outputs (bottom MLP).
     """
@@ -185,9 +186,11 @@ def run_mlp_bench(cases=None, *, quick: bool = False, seed: int = 0, progress=No
         acc_bits = nx.default_acc_bits(bits)
         exact = bool(np.array_equal(r["out"], golden_mlp(layers, x, acc_bits)))
         out_last = np.asarray(r["out_last"])
-        # Steady state: spacing of the last half of the requests' completions.
-        h = batch // 2
-        ii = float(out_last[-1] - out_last[h]) / (batch - 1 - h)
+        # Steady state: spacing of the completions over the second half of the run, over whole
+        # bank periods when there are enough (bank-bound pipelines finish in bursts).
+        span = (batch - 1) - batch // 2
+        span = span - span % pipe.banks if span >= pipe.banks else span
+        ii = float(out_last[-1] - out_last[-1 - span]) / span
         latency = int(r["out_last"][0] - r["in_first"][0])
         model = MLPCycleModel(shapes=shapes, widths=widths, banks=pipe.banks)
         macs = sum(k * n for k, n in zip(widths[:-1], widths[1:]))
@@ -199,7 +202,7 @@ def run_mlp_bench(cases=None, *, quick: bool = False, seed: int = 0, progress=No
             "mac_units": units, "macs_per_inference": macs,
             "bound_cycles": round(bound, 2),
             "cycles_per_inference": round(ii, 2),
-            "model_cycles_per_inference": model.ii,
+            "model_cycles_per_inference": round(model.ii, 2),
             "latency_cycles": latency, "model_latency_cycles": model.latency,
             "mac_utilization": round(macs / (units * ii), 4),
             "vs_bound": round(ii / bound, 4),

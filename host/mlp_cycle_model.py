@@ -22,7 +22,10 @@ Steady state: every stage must keep pace, and each activation buffer's ``banks``
 cover the time a request holds a bank (from its producer allocating it to its consumer releasing
 it: ``O = D_producer + D_consumer`` with the writer's ``D = chunks``, the drain's ``D = N + 1``)::
 
-    II = max(chunks, max_l T_l, N + 1, max_buffers ceil(O / banks))
+    II = max(chunks, max_l T_l, N + 1, max_buffers O / banks)
+
+(When the bank term dominates, requests leave in bursts of ``banks`` and ``II`` is the average
+spacing over a burst period.)
 
 The bound the MAC array is measured against is ``sum_l K_l * N_l / sum_l rows[l] * cols[l]``.
 """
@@ -60,7 +63,7 @@ class MLPCycleModel:
     widths: tuple
     banks: int = 4
     stage_ii: dict = field(init=False)
-    ii: int = field(init=False)
+    ii: float = field(init=False)
     latency: int = field(init=False)
 
     def __post_init__(self):
@@ -80,7 +83,7 @@ class MLPCycleModel:
         occupancy = [stage[i] + stage[i + 1] for i in range(len(stage) - 1)]
         self.stage_ii = {"writer": chunks, **{f"engine{l}": t for l, t in enumerate(tiles)},
                          "drain": n_out + 1,
-                         "banks": max(math.ceil(o / self.banks) for o in occupancy)}
+                         "banks": max(o / self.banks for o in occupancy)}
         self.ii = max(self.stage_ii.values())
         self.latency = chunks + sum(delays) + n_out + DRAIN_OVERHEAD
         self.macs = sum(k * n for k, n in zip(self.widths[:-1], self.widths[1:]))

@@ -1,0 +1,199 @@
+"""MLP engine: requantizer exhaustively against the spec; whole pipelines bit-exact against the
+golden model's ``mlp_layer`` chain on random models, shapes and stalls; cycle model vs simulation.
+"""
+
+import gc
+import random
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from recfabric.host import numerics as nx
+from recfabric.host.bench_mlp import golden_mlp, random_layers, simulate_mlp
+from recfabric.host.golden import QLayer
+from recfabric.host.mlp_cycle_model import MLPCycleModel
+from recfabric.hw.mlp_engine import (
+    REQUANT_LATENCY,
+    SHIFT_MAX,
+    SHIFT_MIN,
+    MLPPipeline,
+    Requantizer,
+    mlp_load_words,
+)
+
+# ---- requantizer: exhaustive at small widths ----------------------------------------------------
+
+
+def _run_requantizer(acc_bits, data_bits, out_bits, shifts, accs=None, relus=(0, 1)):
+    configs = [(s, f, r, lg) for s in shifts for f in (0, 1) for r in relus for lg in (0, 1)]
+    if accs is None:
+        accs = list(range(-(1 << (acc_bits - 1)), 1 << (acc_bits - 1)))
+    dut = Requantizer(acc_bits=acc_bits, data_bits=data_bits, out_bits=out_bits)
+    got = {}
+
+    async def tb(ctx):
+        for cfg in configs:
+            s, f, r, lg = cfg
+            ctx.set(dut.shift, s)
+            ctx.set(dut.floor, f)
+            ctx.set(dut.relu, r)
+            ctx.set(dut.logit, lg)
+            out = []
+            for i in range(len(accs) + REQUANT_LATENCY):
+                if i < len(accs):
+                    ctx.set(dut.acc, accs[i])
+                await ctx.tick()
+                if i >= REQUANT_LATENCY - 1 and len(out) < len(accs):
+                    out.append(ctx.get(dut.y))
+            got[cfg] = out
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+    a = np.array(accs, dtype=np.int64)
+    for (s, f, r, lg), out in got.items():
+        fmt_bits = nx.SIGMOID_IN.bits if (lg and out_bits >= nx.SIGMOID_IN.bits) else data_bits
+        rounding = nx.Rounding.FLOOR if f else nx.Rounding.HALF_UP
+        want = nx.requantize(a, s, nx.FixedFormat(fmt_bits, 0), rounding)
+        if r:
+            want = nx.relu(want)
+        assert out == [int(v) for v in want], (s, f, r, lg)
+
+
+def test_requantizer_exhaustive_small_width():
+    # Every 8-bit accumulator, shifts past both ends of the useful range, every mode.
+    _run_requantizer(acc_bits=8, data_bits=4, out_bits=4, shifts=range(-6, 12))
+
+
+def test_requantizer_logit_saturation_exhaustive_12bit_acc():
+    # out_bits >= 11: the logit flag switches saturation to SIGMOID_IN (Q3.7, 11 bits).
+    _run_requantizer(acc_bits=12, data_bits=8, out_bits=11, shifts=[-1, 0, 2, 13], relus=(0,))
+
+
+def test_requantizer_wide_acc_extreme_shifts():
+    rng = random.Random(3)
+    top = 1 << 47
+    accs = [-top, top - 1, 0, 1, -1] + [rng.randrange(-top, top) for _ in range(60)]
+    _run_requantizer(acc_bits=48, data_bits=16, out_bits=16,
+                     shifts=[SHIFT_MIN, -17, -16, -15, -1, 0, 1, 31, 46, 47, 48, 49, SHIFT_MAX],
+                     accs=accs)
+
+
+# ---- whole pipelines ----------------------------------------------------------------------------
+
+
+def _check(shapes, widths, bits=16, batch=4, seed=0, p=0.0, top=True, banks=4, layers=None,
+           rounding=nx.Rounding.HALF_UP, max_in=None, max_width=None):
+    rng = np.random.default_rng(seed)
+    if layers is None:
+        layers = random_layers(rng, widths, bits=bits, top=top)
+    acc_bits = nx.default_acc_bits(bits)
+    pipe = MLPPipeline(shapes=shapes, data_bits=bits, acc_bits=acc_bits,
+                       max_in=max_in or widths[0], max_width=max_width or max(widths[1:]),
+                       banks=banks, sigmoid=top)
+    x = rng.integers(-(1 << (bits - 1)), 1 << (bits - 1), size=(batch, widths[0]))
+    res = simulate_mlp(pipe, layers, x, rounding=rounding, rng=random.Random(seed), p_idle=p,
+                       p_stall=p)
+    want = golden_mlp(layers, x, acc_bits, rounding, sigmoid=top)
+    assert res["out"].tolist() == want.tolist()
+    return res, pipe
+
+
+def test_single_layer_ragged_tiles():
+    # 7 inputs on 3 columns, 5 outputs on 2 rows: both tile counts padded.
+    _check([(2, 3)], (7, 5), top=False)
+
+
+def test_three_layers_with_stalls():
+    _check([(4, 2), (2, 4), (1, 2)], (16, 8, 4, 1), p=0.3, seed=1)
+
+
+def test_int8_top_mlp():
+    _check([(2, 2), (1, 2)], (6, 4, 1), bits=8, p=0.2, seed=2)
+
+
+def test_floor_rounding():
+    _check([(2, 2), (1, 2)], (5, 4, 1), rounding=nx.Rounding.FLOOR, seed=3)
+
+
+def test_bottom_mlp_relu_outputs():
+    # Bottom MLP shape (DLRM): every layer ReLU, bits-bit outputs, no sigmoid.
+    _check([(4, 2), (3, 4)], (4, 8, 6), top=False, p=0.3, seed=4)
+
+
+def test_smaller_model_on_larger_pipeline_without_rebuild():
+    # One pipeline built for 12-16-8-..; runs a narrower 2-layer model (identity-padded) and a
+    # full-size 3-layer model.
+    shapes = [(4, 3), (2, 4), (1, 2)]
+    _check(shapes, (5, 3, 1), max_in=12, max_width=16, seed=5, p=0.2)
+    _check(shapes, (12, 16, 8, 1), max_in=12, max_width=16, seed=6)
+
+
+def test_accumulator_wraps_like_spec():
+    # Huge biases and full-range operands: the 32-bit int8 accumulator overflows and wraps.
+    rng = np.random.default_rng(7)
+    w = np.full((3, 6), -128, dtype=np.int64)
+    b = np.array([(1 << 31) - 1, -(1 << 31), 12345], dtype=np.int64)
+    f8 = nx.FixedFormat(8, 0)
+    layers = [QLayer(w, b, f8, f8, f8, relu=False)]
+    assert not nx.accumulator_headroom_ok(w, b, f8, 32)
+    del rng
+    _check([(3, 2)], (6, 3), bits=8, top=False, layers=layers, batch=3)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_random_shapes_property(data):
+    n_layers = data.draw(st.integers(1, 3))
+    rows = [data.draw(st.integers(1, 4)) for _ in range(n_layers)]
+    cols0 = data.draw(st.integers(1, 4))
+    shapes = [(rows[0], cols0)] + [(rows[i], rows[i - 1]) for i in range(1, n_layers)]
+    widths = [data.draw(st.integers(1, 9)) for _ in range(n_layers + 1)]
+    top = data.draw(st.booleans())
+    if top:
+        widths[-1] = data.draw(st.integers(1, 2))
+    bits = data.draw(st.sampled_from([8, 16]))
+    _check(shapes, tuple(widths), bits=bits, top=top, batch=3,
+           seed=data.draw(st.integers(0, 1 << 16)), p=data.draw(st.sampled_from([0.0, 0.4])))
+
+
+# ---- cycle model --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shapes,widths", [
+    ([(4, 2), (2, 4), (1, 2)], (16, 8, 4, 1)),
+    ([(2, 3)], (7, 5)),
+    ([(1, 1), (1, 1)], (2, 1, 1)),  # bank-bound: tiny layers, long pipeline latency
+])
+def test_cycle_model_matches_simulation(shapes, widths):
+    res, pipe = _check(shapes, widths, batch=13, top=len(shapes) > 1)
+    model = MLPCycleModel(shapes=shapes, widths=widths, banks=pipe.banks)
+    out = np.asarray(res["out_last"])
+    ii = (out[-1] - out[-9]) / 8  # two bank periods: bank-bound pipelines leave in bursts
+    latency = res["out_last"][0] - res["in_first"][0]
+    assert abs(ii - model.ii) <= 0.05 * model.ii, (ii, model.to_json())
+    assert abs(latency - model.latency) <= 0.05 * model.latency, (latency, model.latency)
+
+
+# ---- load image errors --------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_load_words_reject_models_that_do_not_fit():
+    pipe = MLPPipeline(shapes=[(2, 2), (1, 2)], data_bits=8, acc_bits=32, max_in=4, max_width=4)
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="fan-in 5 exceeds"):
+        mlp_load_words(pipe, random_layers(rng, (5, 2, 1), bits=8))
+    with pytest.raises(ValueError, match="width 6 exceeds"):
+        mlp_load_words(pipe, random_layers(rng, (4, 6, 1), bits=8))
+    with pytest.raises(ValueError, match="11-bit output does not fit 8-bit"):
+        mlp_load_words(pipe, random_layers(rng, (4, 1), bits=8))
+    with pytest.raises(ValueError, match="shift 70 is outside"):
+        mlp_load_words(pipe, random_layers(rng, (4, 2, 1), bits=8, shifts=[70, 3]))
+    with pytest.raises(ValueError, match="3 columns but engine 0 has 2 rows"):
+        MLPPipeline(shapes=[(2, 2), (1, 3)], data_bits=8, acc_bits=32, max_in=4, max_width=4)
+    gc.collect()  # the rejected half-built component warns when collected: inside the filter
