@@ -1,0 +1,188 @@
+"""ResultWriter: writes one result record per request, then the status block, over AXI4.
+
+Result records follow wire format v1 (:mod:`recfabric.host.wire_format`): one memory word per
+request at ``base + index * word_bytes``, holding the status byte (bit 0 VALID, bit 1 ID out of
+range), a reserved byte and the u16 score. Records are written in request order as single-beat
+INCR bursts with one AXI ID, up to ``max_outstanding`` writes unanswered. When every record has
+been answered, the status block (the status registers as little-endian u32 words in register
+order, :data:`recfabric.hw.register_map.STATUS_REGS`) is written at
+:func:`~recfabric.hw.register_map.status_block_offset`, and ``done`` pulses once its write is
+answered, so the host finds results and status in memory when it sees ``ap_done``.
+A write answered with SLVERR/DECERR sets the sticky ``axi_error``; the writer never hangs on it.
+"""
+
+from amaranth.hdl import Cat, Const, Module, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .axi4 import AXI4Signature, AXIBurst
+from .register_map import STATUS_BLOCK_BYTES, STATUS_REGS
+
+__all__ = ["ResultLayout", "ResultWriter", "STATUS_WORDS"]
+
+#: Status block words, in register order.
+STATUS_WORDS = sorted(STATUS_REGS, key=STATUS_REGS.get)
+
+
+class ResultLayout(data.StructLayout):
+    """One request's result on its way to memory.
+
+    Members
+    -------
+    score : unsigned(16)
+        Sigmoid output, unsigned Q0.16.
+    bad_id : unsigned(1)
+        A lookup of this request was out of range (its vector was zero).
+    """
+
+    def __init__(self):
+        super().__init__({"score": 16, "bad_id": 1})
+
+
+class ResultWriter(wiring.Component):
+    """Result and status-block writer (an AXI4 write master).
+
+    Parameters
+    ----------
+    data_width : int
+        AXI data width (>= 128 so that the status block takes at most 4 beats).
+    addr_width, id_width : int
+    max_outstanding : int
+        Writes in flight before ``awvalid`` waits for responses (power of two).
+
+    Members
+    -------
+    m_axi : Out(AXI4Signature(write only))
+    i_result : In(stream.Signature(ResultLayout()))
+    start : In(1)
+        Pulse: begin a run (``base`` and ``batch`` are sampled).
+    base : In(64)
+        Results buffer address.
+    batch : In(32)
+        Requests in the run.
+    status : In(ArrayLayout(32, len(STATUS_WORDS)))
+        Status register values, sampled when the last record is answered.
+    done : Out(1)
+        Pulse: records and status block are in memory.
+    written : Out(32)
+        Records answered in this run.
+    axi_error : Out(1)
+        Sticky (until ``start``): a write response was SLVERR or DECERR.
+    stall : Out(32)
+        Cycles a result waited because the write channels were not ready or too many writes
+        were in flight.
+    """
+
+    def __init__(self, *, data_width: int = 256, addr_width: int = 64, id_width: int = 1,
+                 max_outstanding: int = 16):
+        if data_width < 128 or data_width & (data_width - 1):
+            raise ValueError(f"data width must be a power of two >= 128, not {data_width}")
+        if max_outstanding < 1 or max_outstanding & (max_outstanding - 1):
+            raise ValueError(f"max_outstanding must be a power of two, not {max_outstanding}")
+        self._dw, self._aw, self._idw, self._max_out = data_width, addr_width, id_width, \
+            max_outstanding
+        super().__init__({
+            "m_axi": Out(AXI4Signature(addr_width=addr_width, data_width=data_width,
+                                       id_width=id_width, read=False, write=True)),
+            "i_result": In(stream.Signature(ResultLayout())),
+            "start": In(1), "base": In(64), "batch": In(32),
+            "status": In(data.ArrayLayout(32, len(STATUS_WORDS))),
+            "done": Out(1), "written": Out(32), "axi_error": Out(1), "stall": Out(32),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        bus = self.m_axi
+        word_bytes = self._dw // 8
+        size = (word_bytes - 1).bit_length()
+        status_beats = (STATUS_BLOCK_BYTES + word_bytes - 1) // word_bytes
+
+        base = Signal(64)
+        batch = Signal(32)
+        issued = Signal(32)  # records whose AW was sent
+        answered = Signal(32)
+        inflight = Signal(range(self._max_out + 1))
+        status_words = Signal(data.ArrayLayout(32, len(STATUS_WORDS)))
+        status_beat = Signal(range(status_beats + 1))
+
+        m.d.comb += [
+            bus.awid.eq(0), bus.awburst.eq(AXIBurst.INCR), bus.awsize.eq(size),
+            bus.awcache.eq(0b0011), bus.awprot.eq(0), bus.awlock.eq(0), bus.awqos.eq(0),
+            bus.bready.eq(1), self.written.eq(answered),
+        ]
+        with m.If(self.start):
+            m.d.sync += [base.eq(self.base), batch.eq(self.batch), issued.eq(0),
+                         answered.eq(0), self.axi_error.eq(0), self.stall.eq(0)]
+
+        b_done = bus.bvalid & bus.bready
+        with m.If(b_done & bus.bresp[1]):
+            m.d.sync += self.axi_error.eq(1)
+
+        # AW and W of one record go out together: a record is taken from the stream only when
+        # both channels accept it in the same cycle, or whichever is left completes later.
+        aw_pending = Signal()
+        w_pending = Signal()
+        wdata = Signal(self._dw)
+        aw_fire = bus.awvalid & bus.awready
+        w_fire = bus.wvalid & bus.wready
+        m.d.comb += [bus.awvalid.eq(aw_pending), bus.wvalid.eq(w_pending),
+                     bus.wdata.eq(wdata)]
+
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.next = "RECORDS"
+            with m.State("RECORDS"):
+                can_take = ~aw_pending & ~w_pending & (inflight < self._max_out) & \
+                    (issued < batch)
+                m.d.comb += self.i_result.ready.eq(can_take)
+                with m.If(self.i_result.valid & ~can_take):
+                    m.d.sync += self.stall.eq(self.stall + 1)
+                with m.If(self.i_result.valid & can_take):
+                    p = self.i_result.payload
+                    status = Cat(Const(1, 1), p.bad_id, Const(0, 6))
+                    m.d.sync += [
+                        aw_pending.eq(1), w_pending.eq(1),
+                        bus.awaddr.eq(base + issued * word_bytes), bus.awlen.eq(0),
+                        wdata.eq(Cat(status, Const(0, 8), p.score)),
+                        bus.wstrb.eq(-1), bus.wlast.eq(1),
+                        issued.eq(issued + 1),
+                    ]
+                with m.If((answered == batch) & (issued == batch)):
+                    m.d.sync += [status_words.eq(self.status), status_beat.eq(0)]
+                    m.next = "STATUS_AW"
+            with m.State("STATUS_AW"):
+                m.d.sync += [
+                    aw_pending.eq(1),
+                    bus.awaddr.eq(base + ((batch * word_bytes + STATUS_BLOCK_BYTES - 1)
+                                          // STATUS_BLOCK_BYTES * STATUS_BLOCK_BYTES)),
+                    bus.awlen.eq(status_beats - 1),
+                ]
+                m.next = "STATUS_W"
+            with m.State("STATUS_W"):
+                flat = Cat(*[status_words[i] for i in range(len(STATUS_WORDS))])
+                padded = Cat(flat, Const(0, status_beats * self._dw - len(flat)))
+                with m.If(~w_pending & (status_beat < status_beats)):
+                    m.d.sync += [
+                        w_pending.eq(1),
+                        wdata.eq(padded.word_select(status_beat, self._dw)),
+                        bus.wstrb.eq(-1), bus.wlast.eq(status_beat == status_beats - 1),
+                        status_beat.eq(status_beat + 1),
+                    ]
+                with m.If(b_done & ~aw_pending & ~w_pending & (status_beat == status_beats)):
+                    m.d.comb += self.done.eq(1)
+                    m.next = "IDLE"
+
+        with m.If(aw_fire):
+            m.d.sync += aw_pending.eq(0)
+        with m.If(w_fire):
+            m.d.sync += w_pending.eq(0)
+        # Records in flight: counted from AW to B (the status block is not counted).
+        rec_b = b_done & (answered < issued)
+        with m.If(aw_fire & ~rec_b & (answered < batch) & (issued <= batch)):
+            m.d.sync += inflight.eq(inflight + 1)
+        with m.Elif(~aw_fire & rec_b):
+            m.d.sync += inflight.eq(inflight - 1)
+        with m.If(rec_b):
+            m.d.sync += answered.eq(answered + 1)
+        return m

@@ -1,0 +1,92 @@
+import random
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from recfabric.host.wire_format import RequestLayout, ResultStatus, unpack_results
+from recfabric.hw.register_map import STATUS_BLOCK_BYTES, status_block_offset
+from recfabric.hw.result_writer import STATUS_WORDS, ResultWriter
+from recfabric.sim.axi_write_model import AXIWriteModel
+from recfabric.sim.stream_testing import stream_put
+
+
+@pytest.mark.parametrize("batch, p_stall, dw", [(0, 0.0, 256), (1, 0.0, 256), (23, 0.4, 256),
+                                               (9, 0.3, 512)])
+def test_results_and_status_block_reach_memory(batch, p_stall, dw):
+    rng = random.Random(batch)
+    dut = ResultWriter(data_width=dw, max_outstanding=4)
+    word = dw // 8
+    base = 0x1000
+    mem = np.zeros(16384, np.uint8)
+    model = AXIWriteModel(dut.m_axi, mem, base=base, latency=3, p_stall=p_stall, rng=rng)
+    scores = [rng.randrange(1 << 16) for _ in range(batch)]
+    bad = [rng.random() < 0.2 for _ in range(batch)]
+    status = [rng.getrandbits(32) for _ in STATUS_WORDS]
+    log = {}
+
+    async def control(ctx):
+        ctx.set(dut.base, base)
+        ctx.set(dut.batch, batch)
+        ctx.set(dut.status, status)
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        cycles = 0
+        while not ctx.get(dut.done):
+            await ctx.tick()
+            cycles += 1
+            assert cycles < 5000, "ResultWriter never finished"
+        log["written"] = ctx.get(dut.written)
+        log["axi_error"] = ctx.get(dut.axi_error)
+
+    async def producer(ctx):
+        await ctx.tick()
+        for s, b in zip(scores, bad):
+            await stream_put(ctx, dut.i_result, {"score": s, "bad_id": b}, rng=rng, p_idle=0.3)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_process(model.process)
+    sim.add_testbench(control)
+    sim.add_testbench(producer, background=True)
+    sim.run()
+
+    layout = RequestLayout((("f", 10, 1),), 0, 1, word_bits=dw)
+    if batch:
+        got, st = unpack_results(layout, mem[:batch * word].tobytes(), batch, check=False)
+        assert got[:, 0].tolist() == scores
+        want = [int(ResultStatus.VALID | (ResultStatus.ID_RANGE if b else 0)) for b in bad]
+        assert st.tolist() == want
+    off = status_block_offset(batch * word)
+    block = mem[off: off + STATUS_BLOCK_BYTES].view("<u4")
+    assert block[:len(STATUS_WORDS)].tolist() == status
+    assert log["written"] == batch and log["axi_error"] == 0
+
+
+def test_axi_error_is_sticky_and_does_not_hang():
+    dut = ResultWriter(max_outstanding=2)
+    mem = np.zeros(4096, np.uint8)
+    model = AXIWriteModel(dut.m_axi, mem, error_writes={1})
+    log = {}
+
+    async def control(ctx):
+        ctx.set(dut.batch, 3)
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        for _ in range(3):
+            await stream_put(ctx, dut.i_result, {"score": 5, "bad_id": 0})
+        n = 0
+        while not ctx.get(dut.done):
+            await ctx.tick()
+            n += 1
+            assert n < 1000
+        log["err"] = ctx.get(dut.axi_error)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_process(model.process)
+    sim.add_testbench(control)
+    sim.run()
+    assert log["err"] == 1
