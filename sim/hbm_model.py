@@ -172,7 +172,8 @@ class HBMModel:
         ar_fields = Cat(b.arid, b.araddr, b.arlen, b.arsize, b.arburst)
         id_w, addr_w = len(b.arid), len(b.araddr)
         queue: list[_Read] = []
-        cur: _Read | None = None  # read whose beat is on R this cycle
+        cur: _Read | None = None  # read (burst) being returned
+        offering = False  # a beat of `cur` is on R (held until taken: RVALID never withdrawn)
         tokens = 1.0
         cycle = 0
         pending_ar = None  # AR payload offered without handshake at the previous edge
@@ -186,10 +187,12 @@ class HBMModel:
                 self.p_ar_stall and rng.random() < self.p_ar_stall)
             ctx.set(b.arready, arready)
             tokens = min(1.0, tokens + self.beats_per_cycle)
-            if cur is None and queue and tokens >= 1.0 and not (
+            if not offering and tokens >= 1.0 and not (
                     self.p_r_idle and rng.random() < self.p_r_idle):
-                cur = self._pick(queue, cycle)
-            if cur is not None:
+                if cur is None and queue:
+                    cur = self._pick(queue, cycle)
+                offering = cur is not None
+            if offering:
                 ctx.set(b.rvalid, 1)
                 ctx.set(b.rid, cur.arid)
                 ctx.set(b.rdata, self._beat_data(cur))
@@ -204,7 +207,7 @@ class HBMModel:
             st.cycles = cycle
             if rst:
                 queue.clear()
-                cur, pending_ar = None, None
+                cur, pending_ar, offering = None, None, False
                 continue
             if pending_ar is not None:
                 if not arvalid:
@@ -241,7 +244,8 @@ class HBMModel:
                     st.addresses.append(addr)
             elif arvalid:
                 pending_ar = ar
-            if cur is not None and rready:
+            if offering and rready:
+                offering = False
                 cur.sent += 1
                 tokens -= 1.0
                 st.beats += 1
@@ -249,7 +253,6 @@ class HBMModel:
                 if cur.sent == cur.beats:
                     queue.remove(cur)
                     cur = None
-            # An offered beat stays offered (RVALID is never withdrawn) until taken.
 
     def _pick(self, queue, cycle):
         if not self.reorder:
