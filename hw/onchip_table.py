@@ -1,0 +1,220 @@
+"""On-chip embedding tables: the lookup-unit interface served from block RAM / UltraRAM.
+
+:class:`OnChipTable` takes the same lookups and produces the same pooled vectors as
+:class:`~recfabric.hw.embedding_lookup.EmbeddingLookupUnit` (same :class:`LookupLayout`, error and
+pooling contract: see that module), but reads rows from an ``amaranth.lib.memory.Memory`` of
+``depth`` words of ``word_bits`` bits that the host fills through a load port.
+
+Descriptors (:class:`~recfabric.hw.embedding_lookup.TableDescriptorLayout`) are in *words* here:
+``base`` is the word address of row 0, ``stride`` the words from one row to the next; ``rows`` and
+``dim`` as for memory tables. A row is ``ceil(dim * data_bits / word_bits)`` consecutive words,
+element 0 in the low bits of the first word. A descriptor is valid when ``1 <= dim <= max_dim``,
+``stride`` is at least the row's word count and ``base + rows * stride <= depth`` (checked when it
+is written), so a lookup of a valid row never reads outside its table.
+
+One word is read per cycle: one-word rows sustain one lookup per cycle.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Array, Module, Mux, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .embedding_lookup import (
+    DescriptorWriteLayout,
+    LookupErrorCause,
+    LookupKind,
+    LookupLayout,
+    RowPooler,
+    TableDescriptorLayout,
+    index_bits,
+)
+from .stream_types import PooledVectorLayout
+
+__all__ = ["OnChipTable", "LoadWordLayout"]
+
+
+class LoadWordLayout(data.StructLayout):
+    """Host load of one memory word: ``addr`` (word address) and ``data``."""
+
+    def __init__(self, *, addr_bits: int, word_bits: int):
+        super().__init__({"addr": addr_bits, "data": word_bits})
+
+
+class OnChipTable(wiring.Component):
+    """Embedding tables in on-chip RAM behind the lookup-unit interface.
+
+    Parameters
+    ----------
+    data_bits : int
+        Element width.
+    max_dim : int
+        Largest row (elements); the pooled vectors' width.
+    word_bits : int
+        RAM word width, a multiple of ``data_bits``.
+    depth : int
+        RAM words.
+    tag_bits, slot_bits : int
+    n_desc : int
+        Table descriptors held.
+    row_bits : int
+        Width of row indices.
+    max_bag : int
+        Largest bag (pooling accumulator width).
+
+    Members
+    -------
+    i_lookup : In(stream.Signature(LookupLayout))
+    i_desc : In(stream.Signature(DescriptorWriteLayout))
+        Descriptor writes (word units); always ready.
+    i_load : In(stream.Signature(LoadWordLayout))
+        Host writes of RAM words; always ready. Load while no lookup is in flight.
+    o_pooled : Out(stream.Signature(PooledVectorLayout))
+    error, error_tag, error_slot, error_cause : Out
+        Sticky first-error record (see :class:`RowPooler`).
+    error_clear : In(1)
+    idle : Out(1)
+    """
+
+    def __init__(self, *, data_bits: int = 16, max_dim: int = 16, word_bits: int = 256,
+                 depth: int = 128, tag_bits: int = 4, slot_bits: int = 4, n_desc: int = 4,
+                 row_bits: int = 32, max_bag: int = 4):
+        for n, v in (("data_bits", data_bits), ("max_dim", max_dim), ("word_bits", word_bits),
+                     ("depth", depth), ("n_desc", n_desc), ("max_bag", max_bag)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise TypeError(f"{n} must be a positive integer, not {v!r}")
+        if word_bits % data_bits:
+            raise ValueError(f"Word width {word_bits} is not a multiple of the element width "
+                             f"{data_bits}")
+        self.data_bits, self.max_dim, self.word_bits, self.depth = (
+            data_bits, max_dim, word_bits, depth)
+        self.tag_bits, self.slot_bits, self.n_desc, self.row_bits, self.max_bag = (
+            tag_bits, slot_bits, n_desc, row_bits, max_bag)
+        self.elems_per_word = word_bits // data_bits
+        self.max_beats = -(-max_dim // self.elems_per_word)
+        self.addr_bits = index_bits(depth + 1)
+        self.desc_bits = index_bits(n_desc)
+        self.lookup_layout = LookupLayout(tag_bits=tag_bits, slot_bits=slot_bits,
+                                          desc_bits=self.desc_bits, row_bits=row_bits)
+        self.desc_layout = TableDescriptorLayout(addr_width=self.addr_bits,
+                                                 stride_bits=index_bits(self.max_beats + 1) + 1,
+                                                 row_bits=row_bits)
+        self.out_layout = PooledVectorLayout(tag_bits=tag_bits, slot_bits=slot_bits,
+                                             data_bits=data_bits, max_dim=max_dim)
+        super().__init__({
+            "i_lookup": In(stream.Signature(self.lookup_layout)),
+            "i_desc": In(stream.Signature(DescriptorWriteLayout(desc_bits=self.desc_bits,
+                                                                desc_layout=self.desc_layout))),
+            "i_load": In(stream.Signature(LoadWordLayout(addr_bits=index_bits(depth),
+                                                         word_bits=word_bits))),
+            "o_pooled": Out(stream.Signature(self.out_layout)),
+            "error": Out(1), "error_tag": Out(tag_bits), "error_slot": Out(slot_bits),
+            "error_cause": Out(LookupErrorCause), "error_clear": In(1),
+            "idle": Out(1),
+        })
+
+    @classmethod
+    def from_config(cls, config, **overrides) -> OnChipTable:
+        """An on-chip table unit of ``config.onchip_bytes`` in ``config.mem_data_width``-bit
+        words (tags: ``config.inflight``; slots and descriptors: ``config.max_features``)."""
+        word = config.mem_data_width
+        args = dict(data_bits=config.data_bits, max_dim=config.max_dim, word_bits=word,
+                    depth=max(1, config.onchip_bytes * 8 // word),
+                    tag_bits=index_bits(config.inflight),
+                    slot_bits=index_bits(config.max_features), n_desc=config.max_features,
+                    max_bag=config.max_bag)
+        args.update(overrides)
+        return cls(**args)
+
+    def elaborate(self, platform):
+        m = Module()
+        epw = self.elems_per_word
+
+        m.submodules.mem = mem = Memory(shape=unsigned(self.word_bits), depth=self.depth,
+                                        init=[])
+        wp = mem.write_port()
+        rp = mem.read_port()
+        m.d.comb += [wp.addr.eq(self.i_load.payload.addr), wp.data.eq(self.i_load.payload.data),
+                     wp.en.eq(self.i_load.valid), self.i_load.ready.eq(1)]
+
+        # ---- descriptors, validated when written -------------------------------------------
+        entry = data.StructLayout({"desc": self.desc_layout, "beats": range(self.max_beats + 1),
+                                   "ok": 1})
+        entries = [Signal(entry, name=f"desc{i}") for i in range(self.n_desc)]
+        w = self.i_desc.payload.desc
+        w_beats = Signal(range(self.max_beats + 1))
+        m.d.comb += w_beats.eq((w.dim + epw - 1) >> (epw.bit_length() - 1))
+        w_ok = ((w.dim != 0) & (w.dim <= self.max_dim) & (w.stride >= w_beats) &
+                (w.base + w.rows * w.stride <= self.depth))
+        m.d.comb += self.i_desc.ready.eq(1)
+        with m.If(self.i_desc.valid):
+            for i, e in enumerate(entries):
+                with m.If(self.i_desc.payload.index == i):
+                    m.d.sync += [e.desc.eq(w), e.beats.eq(w_beats), e.ok.eq(w_ok)]
+
+        m.submodules.pooler = pooler = RowPooler(
+            data_bits=self.data_bits, max_dim=self.max_dim, beat_width=self.word_bits,
+            tag_bits=self.tag_bits, slot_bits=self.slot_bits, max_bag=self.max_bag)
+        m.submodules.ctx_fifo = ctx_fifo = SyncFIFO(width=pooler.ctx_layout.size, depth=4)
+
+        # ---- stage 1: descriptor, bounds -> stage 2: word reads ---------------------------
+        v1, s1 = Signal(), Signal(self.lookup_layout)
+        v2, c2 = Signal(), Signal(pooler.ctx_layout)
+        a2 = Signal(self.addr_bits + 1)
+        k2 = Signal(range(max(2, self.max_beats)))
+
+        bv = Signal()  # the read port's output holds a word for the pooler
+        take = ~bv | pooler.i_beat.ready
+        first_word = k2 == 0
+        issue = v2 & c2.read & take & (~first_word | ctx_fifo.w_rdy)
+        noread_done = v2 & ~c2.read & ctx_fifo.w_rdy
+        done2 = noread_done | (issue & (k2 == c2.beats - 1))
+        adv2 = ~v2 | done2
+        m.d.comb += [
+            rp.addr.eq(a2 + k2), rp.en.eq(take),
+            ctx_fifo.w_data.eq(c2), ctx_fifo.w_en.eq(noread_done | (issue & first_word)),
+        ]
+        with m.If(take):
+            m.d.sync += bv.eq(issue)
+        with m.If(issue):
+            m.d.sync += k2.eq(Mux(done2, 0, k2 + 1))
+
+        e1 = Array(entries)[s1.desc] if self.n_desc > 1 else entries[0]
+        e1 = entry(e1) if not isinstance(e1, data.View) else e1
+        m.d.comb += self.i_lookup.ready.eq(~v1 | adv2)
+        with m.If(adv2):
+            m.d.sync += v2.eq(v1)
+            with m.If(v1):
+                is_row = s1.kind == LookupKind.ROW
+                cause = Signal(LookupErrorCause)
+                with m.If(s1.kind == LookupKind.BAD):
+                    m.d.comb += cause.eq(LookupErrorCause.ROW)
+                with m.Elif(is_row & ~((s1.desc < self.n_desc) & e1.ok)):
+                    m.d.comb += cause.eq(LookupErrorCause.DESC)
+                with m.Elif(is_row & (s1.row >= e1.desc.rows)):
+                    m.d.comb += cause.eq(LookupErrorCause.ROW)
+                m.d.sync += [
+                    c2.tag.eq(s1.tag), c2.slot.eq(s1.slot), c2.first.eq(s1.first),
+                    c2.last.eq(s1.last), c2.cause.eq(cause),
+                    c2.read.eq(is_row & (cause == LookupErrorCause.NONE)),
+                    c2.beats.eq(e1.beats), c2.dim.eq(e1.desc.dim),
+                    a2.eq(e1.desc.base + s1.row * e1.desc.stride), k2.eq(0),
+                ]
+        with m.If(self.i_lookup.ready):
+            m.d.sync += [v1.eq(self.i_lookup.valid), s1.eq(self.i_lookup.payload)]
+
+        m.d.comb += [
+            pooler.i_ctx.payload.eq(ctx_fifo.r_data), pooler.i_ctx.valid.eq(ctx_fifo.r_rdy),
+            ctx_fifo.r_en.eq(pooler.i_ctx.ready),
+            pooler.i_beat.payload.data.eq(rp.data), pooler.i_beat.payload.err.eq(0),
+            pooler.i_beat.valid.eq(bv),
+            pooler.error_clear.eq(self.error_clear),
+            self.error.eq(pooler.error), self.error_tag.eq(pooler.error_tag),
+            self.error_slot.eq(pooler.error_slot), self.error_cause.eq(pooler.error_cause),
+            self.idle.eq(~v1 & ~v2 & ~bv & (ctx_fifo.level == 0) & ~self.o_pooled.valid),
+        ]
+        wiring.connect(m, wiring.flipped(self.o_pooled), pooler.o_pooled)
+        return m
