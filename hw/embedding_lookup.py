@@ -271,15 +271,17 @@ class RowPooler(wiring.Component):
 
         can_emit = ~o.valid | o.ready
         last_beat = beat_idx == ctx.beats - 1
+        # Plain expressions rather than m.If: they become continuous assignments, which Icarus
+        # evaluates at time 0 (an `always @*` whose inputs never change would stay X there).
         step, ctx_done = Signal(), Signal()
-        with m.If(self.i_ctx.valid):
-            with m.If(~ctx.read):
-                m.d.comb += step.eq(~ctx.last | can_emit), ctx_done.eq(step)
-            with m.Else():
-                m.d.comb += self.i_beat.ready.eq(~last_beat | ~ctx.last | can_emit)
-                m.d.comb += step.eq(self.i_beat.ready & self.i_beat.valid)
-                m.d.comb += ctx_done.eq(step & last_beat)
-        m.d.comb += self.i_ctx.ready.eq(ctx_done)
+        noread_step = self.i_ctx.valid & ~ctx.read & (~ctx.last | can_emit)
+        m.d.comb += [
+            self.i_beat.ready.eq(self.i_ctx.valid & ctx.read &
+                                 (~last_beat | ~ctx.last | can_emit)),
+            step.eq(noread_step | (self.i_beat.ready & self.i_beat.valid)),
+            ctx_done.eq(noread_step | (self.i_beat.ready & self.i_beat.valid & last_beat)),
+            self.i_ctx.ready.eq(ctx_done),
+        ]
 
         clear = ctx.first & (beat_idx == 0)
         resp_err = ctx.read & beat.err
