@@ -299,7 +299,9 @@ class ConcatStage(wiring.Component):
         o = self.o_vector
         free = ~o.valid | o.ready
         adv = active & free
-        complete = (slot_cnt[head] == n_slots) & (dense_done[head] | (d_len == 0))
+        # An unprogrammed stage (CHUNKS 0) never emits.
+        complete = ((chunks != 0) & (slot_cnt[head] == n_slots)
+                    & (dense_done[head] | (d_len == 0)))
         m.d.comb += [rd_addr.eq(Cat(c[:self.local_bits], head)), rd_en.eq(adv),
                      o.payload.last.eq(last_d)]
         for q in range(C):
