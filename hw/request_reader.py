@@ -1,0 +1,354 @@
+"""RequestReader: fetches request records over AXI4 and parses them into feature IDs and dense values.
+
+Records follow wire format v1 (:mod:`recfabric.host.wire_format`), whose offsets depend on the
+model: they reach the hardware as runtime parameters (:class:`ParserParam`, written through
+``i_param`` by the model loader; :func:`parser_param_words` computes them from a
+:class:`~recfabric.host.wire_format.RequestLayout`).
+
+:class:`RecordFetcher` reads ``batch * words`` memory words from ``base`` with INCR bursts (never
+crossing 4 KiB), issuing a burst only when its beats have room in the word FIFO, so the R channel
+is never back-pressured by the parser. :class:`RecordParser` walks each record in the order the
+wire format lays it out (bag lengths, then ID slots feature by feature, then dense values), one
+field per cycle, and emits
+
+* one :class:`FeatureIdLayout` item per live ID (``first``/``last`` mark the bag), or a single
+  ``empty`` item for a bag of length 0, for every feature in order;
+* the dense values as a stream of elements (``last`` on the request's last one).
+
+A request gets a tag (its sequence number modulo ``inflight``) only when fewer than ``inflight``
+requests are between the parser and the point that returns credits (``credit`` pulses, one per
+finished request), so downstream per-tag buffers never overflow. A bag length over the feature's
+maximum is clamped to the maximum and flagged (``bad_bag`` on its items).
+"""
+
+from amaranth.hdl import Array, Module, Mux, Signal
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+from .axi4 import AXI4Signature, AXIBurst
+from .sigmoid import LogitLayout
+
+__all__ = ["ParserParam", "ParamWriteLayout", "FeatureIdLayout", "RecordFetcher",
+           "RecordParser", "parser_param_words"]
+
+
+def _bits_for(n: int) -> int:
+    return max(1, (n - 1).bit_length())
+
+
+class ParserParam(enum.IntEnum):
+    """Runtime parameter addresses (``addr`` of a :class:`ParamWriteLayout` write)."""
+
+    #: Memory words per request record.
+    WORDS = 0
+    #: Sparse features per request.
+    FEATURES = 1
+    #: Byte offset of the first ID slot.
+    IDS_OFFSET = 2
+    #: Byte offset of the first dense value.
+    DENSE_OFFSET = 3
+    #: Dense values per request.
+    DENSE_COUNT = 4
+    #: ``BAG + f``: maximum bag of feature ``f``.
+    BAG = 8
+
+
+class ParamWriteLayout(data.StructLayout):
+    """A runtime parameter write: ``addr`` (:class:`ParserParam`, or ``BAG + feature``), ``data``."""
+
+    def __init__(self, max_features: int):
+        super().__init__({"addr": _bits_for(ParserParam.BAG + max_features), "data": 32})
+
+
+class FeatureIdLayout(data.StructLayout):
+    """One ID of a request's feature.
+
+    Members
+    -------
+    tag : unsigned(tag_bits)
+    feature : unsigned(feature_bits)
+    id : unsigned(32)
+    first, last : unsigned(1)
+        First / last item of the feature's bag.
+    empty : unsigned(1)
+        The bag is empty (this item carries no ID).
+    bad_bag : unsigned(1)
+        The record's bag length exceeded the feature's maximum (clamped).
+    """
+
+    def __init__(self, *, tag_bits: int, feature_bits: int):
+        super().__init__({"tag": tag_bits, "feature": feature_bits, "id": 32, "first": 1,
+                          "last": 1, "empty": 1, "bad_bag": 1})
+
+
+def parser_param_words(layout) -> list:
+    """Parameter writes (``{"addr", "data"}`` dicts) for a ``RequestLayout``."""
+    words = [
+        {"addr": ParserParam.WORDS, "data": layout.words_per_record},
+        {"addr": ParserParam.FEATURES, "data": len(layout.slots)},
+        {"addr": ParserParam.IDS_OFFSET,
+         "data": layout.slots[0].ids_offset if layout.slots else 0},
+        {"addr": ParserParam.DENSE_OFFSET, "data": layout.dense_offset},
+        {"addr": ParserParam.DENSE_COUNT, "data": layout.dense},
+    ]
+    for f, s in enumerate(layout.slots):
+        words.append({"addr": ParserParam.BAG + f, "data": s.bag})
+    return words
+
+
+class RecordFetcher(wiring.Component):
+    """Reads ``batch * words`` memory words from ``base`` into a word stream (AXI4 read master).
+
+    Parameters
+    ----------
+    data_width, addr_width, id_width : int
+    max_burst : int
+        Beats per burst (power of two, <= 256).
+    fifo_depth : int
+        Word FIFO depth; bursts are issued only into reserved FIFO space.
+
+    Members
+    -------
+    m_axi : Out(AXI4Signature(read only))
+    start : In(1)
+        Pulse: sample ``base``, ``words`` and ``batch`` and begin.
+    base : In(64)
+    words : In(16)
+        Words per record.
+    batch : In(32)
+    o_word : Out(stream.Signature(data_width))
+    axi_error : Out(1)
+        Sticky until ``start``: a read answered SLVERR/DECERR (the data is passed on anyway).
+    """
+
+    def __init__(self, *, data_width: int = 256, addr_width: int = 64, id_width: int = 1,
+                 max_burst: int = 16, fifo_depth: int = 32):
+        if max_burst & (max_burst - 1) or not 1 <= max_burst <= 256:
+            raise ValueError(f"max_burst must be a power of two in 1..256, not {max_burst}")
+        if fifo_depth < max_burst:
+            raise ValueError(f"fifo_depth {fifo_depth} must hold a burst of {max_burst}")
+        self._dw, self._burst, self._depth = data_width, max_burst, fifo_depth
+        super().__init__({
+            "m_axi": Out(AXI4Signature(addr_width=addr_width, data_width=data_width,
+                                       id_width=id_width, read=True, write=False)),
+            "start": In(1), "base": In(64), "words": In(16), "batch": In(32),
+            "o_word": Out(stream.Signature(data_width)),
+            "axi_error": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        bus = self.m_axi
+        wb = self._dw // 8
+        m.submodules.fifo = fifo = SyncFIFOBuffered(width=self._dw, depth=self._depth)
+
+        addr = Signal(64)
+        remaining = Signal(48)  # words not yet requested
+        reserved = Signal(range(self._depth + 1))  # FIFO entries promised to issued bursts
+        burst = Signal(range(self._burst + 1))
+
+        m.d.comb += [
+            bus.arid.eq(0), bus.arburst.eq(AXIBurst.INCR), bus.arsize.eq((wb - 1).bit_length()),
+            bus.arcache.eq(0b0011), bus.arprot.eq(0), bus.arlock.eq(0), bus.arqos.eq(0),
+            fifo.w_data.eq(bus.rdata), fifo.w_en.eq(bus.rvalid), bus.rready.eq(1),
+            self.o_word.payload.eq(fifo.r_data), self.o_word.valid.eq(fifo.r_rdy),
+            fifo.r_en.eq(self.o_word.ready),
+        ]
+        # Beats left before the next 4 KiB boundary, and the burst length.
+        to_boundary = Signal(range(4096 // wb + 1))
+        m.d.comb += to_boundary.eq((4096 - addr[:12]) // wb)
+        capped = Signal.like(burst)
+        m.d.comb += capped.eq(Mux(remaining < self._burst, remaining, self._burst))
+        m.d.comb += burst.eq(Mux(to_boundary < capped, to_boundary, capped))
+
+        popped = fifo.r_en & fifo.r_rdy
+        issue = Signal()
+        with m.If(self.start):
+            m.d.sync += [addr.eq(self.base), remaining.eq(self.words * self.batch),
+                         self.axi_error.eq(0), bus.arvalid.eq(0)]
+        with m.Elif(bus.arvalid):
+            with m.If(bus.arready):
+                m.d.sync += bus.arvalid.eq(0)
+        with m.Elif((remaining != 0) & (reserved + burst <= self._depth)):
+            m.d.comb += issue.eq(1)
+            m.d.sync += [bus.arvalid.eq(1), bus.araddr.eq(addr), bus.arlen.eq(burst - 1),
+                         addr.eq(addr + burst * wb), remaining.eq(remaining - burst)]
+        m.d.sync += reserved.eq(reserved + Mux(issue, burst, 0) - popped)
+        with m.If(bus.rvalid & bus.rresp[1]):
+            m.d.sync += self.axi_error.eq(1)
+        return m
+
+
+class RecordParser(wiring.Component):
+    """Parses request records (a word stream) into feature IDs and dense values.
+
+    Parameters
+    ----------
+    data_width : int
+        Memory word width.
+    max_features : int
+    inflight : int
+        Requests in flight (tags ``0 .. inflight-1``), a power of two.
+    data_bits : int
+        Dense element width (8 or 16).
+
+    Members
+    -------
+    i_word : In(stream.Signature(data_width))
+    i_param : In(stream.Signature(ParamWriteLayout))
+    start : In(1)
+        Pulse: begin a run of ``batch`` requests (tags restart at 0).
+    batch : In(32)
+    credit : In(1)
+        Pulse: one request has left the per-tag buffers downstream.
+    o_id : Out(stream.Signature(FeatureIdLayout))
+    o_dense : Out(stream.Signature(LogitLayout(data_bits)))
+    parsed : Out(32)
+        Requests parsed in this run.
+    bad_bag : Out(1)
+        Sticky until ``start``: some record had a bag length over its feature's maximum.
+    """
+
+    def __init__(self, *, data_width: int = 256, max_features: int = 16, inflight: int = 8,
+                 data_bits: int = 16):
+        if inflight & (inflight - 1) or inflight < 1:
+            raise ValueError(f"inflight must be a power of two, not {inflight}")
+        if data_bits not in (8, 16):
+            raise ValueError(f"data_bits must be 8 or 16, not {data_bits}")
+        self._dw, self._maxf, self._inflight, self._bits = data_width, max_features, inflight, \
+            data_bits
+        self.tag_bits = _bits_for(inflight)
+        self.feature_bits = _bits_for(max_features)
+        super().__init__({
+            "i_word": In(stream.Signature(data_width)),
+            "i_param": In(stream.Signature(ParamWriteLayout(max_features))),
+            "start": In(1), "batch": In(32), "credit": In(1),
+            "o_id": Out(stream.Signature(FeatureIdLayout(tag_bits=self.tag_bits,
+                                                         feature_bits=self.feature_bits))),
+            "o_dense": Out(stream.Signature(LogitLayout(data_bits))),
+            "parsed": Out(32), "bad_bag": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        wb = self._dw // 8
+        eb = self._bits // 8
+
+        words = Signal(16)
+        features = Signal(range(self._maxf + 1))
+        ids_offset = Signal(16)
+        dense_offset = Signal(16)
+        dense_count = Signal(16)
+        bags = Array(Signal(16, name=f"bag{i}") for i in range(self._maxf))
+        lens = Array(Signal(16, name=f"len{i}") for i in range(self._maxf))
+        bad = Array(Signal(name=f"bad{i}") for i in range(self._maxf))
+
+        p = self.i_param
+        m.d.comb += p.ready.eq(1)
+        with m.If(p.valid):
+            with m.Switch(p.payload.addr):
+                with m.Case(ParserParam.WORDS):
+                    m.d.sync += words.eq(p.payload.data)
+                with m.Case(ParserParam.FEATURES):
+                    m.d.sync += features.eq(p.payload.data)
+                with m.Case(ParserParam.IDS_OFFSET):
+                    m.d.sync += ids_offset.eq(p.payload.data)
+                with m.Case(ParserParam.DENSE_OFFSET):
+                    m.d.sync += dense_offset.eq(p.payload.data)
+                with m.Case(ParserParam.DENSE_COUNT):
+                    m.d.sync += dense_count.eq(p.payload.data)
+                for f in range(self._maxf):
+                    with m.Case(ParserParam.BAG + f):
+                        m.d.sync += bags[f].eq(p.payload.data)
+
+        batch = Signal(32)
+        tag = Signal(self.tag_bits)
+        inuse = Signal(range(self._inflight + 1))
+        take_credit = Signal()
+        m.d.sync += inuse.eq(inuse + take_credit - self.credit)
+
+        # Current word and its index within the record (-1: none loaded yet).
+        word = Signal(self._dw)
+        widx = Signal(17)  # index of ``word`` + 1; 0 = none loaded
+        pos = Signal(17)  # byte offset of the field being parsed
+        f = Signal(range(self._maxf + 1))
+        k = Signal(16)
+        d = Signal(16)
+        need = Signal(17)  # words that must be loaded for ``pos`` (= pos // wb + 1)
+        m.d.comb += need.eq(pos // wb + 1)
+        have = Signal()
+        m.d.comb += have.eq(widx >= need)
+        m.d.comb += self.i_word.ready.eq(0)
+
+        def fetch():
+            m.d.comb += self.i_word.ready.eq(1)
+            with m.If(self.i_word.valid):
+                m.d.sync += [word.eq(self.i_word.payload), widx.eq(widx + 1)]
+
+        lane16 = word.word_select(pos[1:(wb.bit_length() - 1)], 16)
+        lane32 = word.word_select(pos[2:(wb.bit_length() - 1)], 32)
+        lane_e = word.word_select(pos[(eb.bit_length() - 1):(wb.bit_length() - 1)], self._bits)
+
+        o = self.o_id
+        with m.If(self.start):
+            m.d.sync += [batch.eq(self.batch), tag.eq(0), self.parsed.eq(0),
+                         self.bad_bag.eq(0)]
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(~self.start & (self.parsed < batch) & (inuse < self._inflight)):
+                    m.d.comb += take_credit.eq(1)
+                    m.d.sync += [pos.eq(0), f.eq(0), widx.eq(0)]
+                    m.next = "LEN"
+            with m.State("LEN"):
+                with m.If(f == features):
+                    m.d.sync += [pos.eq(ids_offset), f.eq(0), k.eq(0)]
+                    m.next = "IDS"
+                with m.Elif(~have):
+                    fetch()
+                with m.Else():
+                    over = lane16 > bags[f]
+                    m.d.sync += [lens[f].eq(Mux(over, bags[f], lane16)), bad[f].eq(over),
+                                 f.eq(f + 1), pos.eq(pos + 2)]
+                    with m.If(over):
+                        m.d.sync += self.bad_bag.eq(1)
+            with m.State("IDS"):
+                bag, length = bags[f], lens[f]
+                with m.If(f == features):
+                    m.d.sync += [pos.eq(dense_offset), d.eq(0)]
+                    m.next = "DENSE"
+                with m.Elif(~have):
+                    fetch()
+                with m.Else():
+                    live = k < length
+                    empty = (length == 0) & (k == 0)
+                    m.d.comb += [
+                        o.payload.tag.eq(tag), o.payload.feature.eq(f), o.payload.id.eq(lane32),
+                        o.payload.first.eq(k == 0), o.payload.last.eq(empty | (k + 1 == length)),
+                        o.payload.empty.eq(empty), o.payload.bad_bag.eq(bad[f]),
+                        o.valid.eq(live | empty),
+                    ]
+                    with m.If(~(live | empty) | o.ready):
+                        with m.If(k + 1 >= bag):
+                            m.d.sync += [k.eq(0), f.eq(f + 1)]
+                        with m.Else():
+                            m.d.sync += k.eq(k + 1)
+                        m.d.sync += pos.eq(pos + 4)
+            with m.State("DENSE"):
+                with m.If(d == dense_count):
+                    m.next = "SKIP"
+                with m.Elif(~have):
+                    fetch()
+                with m.Else():
+                    m.d.comb += [self.o_dense.payload.data.eq(lane_e.as_signed()),
+                                 self.o_dense.payload.last.eq(d + 1 == dense_count),
+                                 self.o_dense.valid.eq(1)]
+                    with m.If(self.o_dense.ready):
+                        m.d.sync += [d.eq(d + 1), pos.eq(pos + eb)]
+            with m.State("SKIP"):
+                with m.If(widx < words):
+                    fetch()
+                with m.Else():
+                    m.d.sync += [self.parsed.eq(self.parsed + 1), tag.eq(tag + 1)]
+                    m.next = "IDLE"
+        return m
