@@ -65,10 +65,12 @@ class AcceleratorConfig:
         Largest top-MLP input width (the concatenated vector).
     max_width : int
         Largest output width of any MLP layer.
-    max_top_layers, max_bottom_layers : int
-        Layer count limits of the top and bottom MLPs (bottom 0: no bottom-MLP engine).
-    mlp_pe_rows, mlp_pe_cols : int
-        Systolic array shape of each MLP layer engine (rows x cols MAC units).
+    mlp_top_shapes, mlp_bottom_shapes : tuple of (rows, cols)
+        Systolic array of each layer engine of the top / bottom MLP (rows = outputs computed
+        in parallel, cols = inputs consumed per cycle). An engine's cols equal the previous
+        engine's rows (:class:`~recfabric.hw.mlp_engine.MLPPipeline`); sizing engines in
+        proportion to their layers' MACs balances the pipeline's initiation interval. The
+        number of engines is the layer limit (fewer layers are padded with identity layers).
     inflight : int
         Requests in flight between dispatch and score write-back.
     clock_mhz : float
@@ -92,10 +94,8 @@ class AcceleratorConfig:
     max_dense: int = 16
     max_concat: int = 128
     max_width: int = 64
-    max_top_layers: int = 4
-    max_bottom_layers: int = 0
-    mlp_pe_rows: int = 4
-    mlp_pe_cols: int = 4
+    mlp_top_shapes: tuple = ((8, 4), (1, 8), (1, 1))
+    mlp_bottom_shapes: tuple = ()
     inflight: int = 8
     clock_mhz: float = 250.0
 
@@ -103,8 +103,22 @@ class AcceleratorConfig:
         def need(cond, field, msg):
             if not cond:
                 raise ConfigError(f"{field} {msg}, not {getattr(self, field)!r}")
+        for field in ("mlp_top_shapes", "mlp_bottom_shapes"):
+            v = tuple(tuple(x) for x in getattr(self, field))
+            object.__setattr__(self, field, v)
+            for i, rc in enumerate(v):
+                if len(rc) != 2 or any(not isinstance(x, int) or x < 1 for x in rc):
+                    raise ConfigError(f"{field}[{i}] must be (rows, cols) positive integers, "
+                                      f"not {rc!r}")
+                if i and rc[1] != v[i - 1][0]:
+                    raise ConfigError(f"{field}[{i}] has {rc[1]} cols; it must equal the "
+                                      f"previous engine's {v[i - 1][0]} rows")
+        if not self.mlp_top_shapes:
+            raise ConfigError("mlp_top_shapes needs at least one engine")
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
+            if f.name in ("mlp_top_shapes", "mlp_bottom_shapes"):
+                continue
             if f.name == "name":
                 need(isinstance(v, str) and v, "name", "must be a non-empty string")
             elif f.name == "clock_mhz":
@@ -124,11 +138,10 @@ class AcceleratorConfig:
              "must be a power of two >= 2")
         need(self.onchip_units >= 0, "onchip_units", "must be >= 0")
         need(self.onchip_bytes >= 0, "onchip_bytes", "must be >= 0")
-        for f in ("max_features", "max_bag", "max_dim", "max_concat", "max_width",
-                  "max_top_layers", "mlp_pe_rows", "mlp_pe_cols", "inflight"):
+        for f in ("max_features", "max_bag", "max_dim", "max_concat", "max_width", "inflight"):
             need(getattr(self, f) >= 1, f, "must be at least 1")
         need(self.max_dense >= 0, "max_dense", "must be >= 0")
-        need(self.max_bottom_layers >= 0, "max_bottom_layers", "must be >= 0")
+        need(_pow2(self.inflight), "inflight", "must be a power of two")
         need(self.max_dim * self.data_bits <= 64 * self.mem_data_width, "max_dim",
              "must fit a 64-beat burst")
 
@@ -148,12 +161,23 @@ class AcceleratorConfig:
         return self.mem_data_width // self.data_bits
 
     @property
+    def max_top_layers(self) -> int:
+        return len(self.mlp_top_shapes)
+
+    @property
+    def max_bottom_layers(self) -> int:
+        return len(self.mlp_bottom_shapes)
+
+    @property
     def mac_units(self) -> int:
-        """MAC units per MLP layer engine."""
-        return self.mlp_pe_rows * self.mlp_pe_cols
+        """MAC units (DSP slices) of all MLP engines."""
+        return sum(r * c for r, c in self.mlp_top_shapes + self.mlp_bottom_shapes)
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        for field in ("mlp_top_shapes", "mlp_bottom_shapes"):
+            out[field] = [list(rc) for rc in out[field]]
+        return out
 
     @classmethod
     def from_json(cls, obj: dict) -> AcceleratorConfig:
@@ -178,24 +202,26 @@ _TINY = AcceleratorConfig(
     name="tiny", data_bits=16, acc_bits=48, mem_channels=2, mem_data_width=256, mem_id_width=4,
     channel_bytes=1 << 20, max_outstanding=16, onchip_units=1, onchip_bytes=4 << 10,
     max_features=4, max_bag=4, max_dim=16, max_dense=4, max_concat=32, max_width=16,
-    max_top_layers=3, max_bottom_layers=1, mlp_pe_rows=2, mlp_pe_cols=2, inflight=4,
+    mlp_top_shapes=((4, 2), (1, 4), (1, 1)), inflight=4,
     clock_mhz=250.0)
 
 _SMALL = AcceleratorConfig(
     name="small", data_bits=16, acc_bits=48, mem_channels=4, mem_data_width=256, mem_id_width=6,
     channel_bytes=16 << 20, max_outstanding=64, onchip_units=2, onchip_bytes=64 << 10,
     max_features=16, max_bag=4, max_dim=32, max_dense=16, max_concat=128, max_width=64,
-    max_top_layers=4, max_bottom_layers=2, mlp_pe_rows=4, mlp_pe_cols=4, inflight=8,
+    mlp_top_shapes=((8, 4), (1, 8), (1, 1)), inflight=8,
     clock_mhz=250.0)
 
 # U280 / U50: 32 HBM pseudo-channels of 256 MiB, 256-bit AXI at the kernel side. MicroRec used
 # 28-32 channels; 28 leaves room for request/score/weight masters. On-chip budget: 8 table units of
-# 256 KiB (URAM). MLP engine sized for the MicroRec small/large top MLPs.
+# 256 KiB (URAM). MLP engines sized for MicroRec's 352/876-1024-512-256-1 top MLPs: 5,904 MACs
+# (of the U280's 9,024 DSP48E2), about 176 cycles per inference for the small model.
 _U280 = AcceleratorConfig(
     name="u280", data_bits=16, acc_bits=48, mem_channels=28, mem_data_width=256, mem_id_width=6,
     channel_bytes=256 << 20, max_outstanding=64, onchip_units=8, onchip_bytes=256 << 10,
     max_features=128, max_bag=8, max_dim=64, max_dense=64, max_concat=1024, max_width=1024,
-    max_top_layers=4, max_bottom_layers=3, mlp_pe_rows=16, mlp_pe_cols=16, inflight=32,
+    mlp_top_shapes=((64, 32), (48, 64), (16, 48), (1, 16)),
+    mlp_bottom_shapes=((16, 8), (8, 16), (4, 8)), inflight=32,
     clock_mhz=250.0)
 
 PRESETS = {
