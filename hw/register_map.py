@@ -74,9 +74,11 @@ def kernel_args(num_table_channels: int) -> list[KernelArg]:
         KernelArg("results", 0x18, "results", "score records, then the status block"),
         KernelArg("model", 0x20, "model", "descriptor tables, on-chip table and weight images"),
         KernelArg("batch", 0x28, None, "number of requests in the request buffer"),
+        KernelArg("flags", 0x30, None, "bit 0: execute the kernel program (load the model) "
+                                       "before the batch"),
     ]
     for i in range(num_table_channels):
-        args.append(KernelArg(f"tables{i}", 0x30 + 8 * i, f"tables{i}",
+        args.append(KernelArg(f"tables{i}", 0x38 + 8 * i, f"tables{i}",
                               f"embedding table image of memory channel {i}"))
     if args[-1].offset + 8 > STATUS_BASE:
         raise ValueError(f"{num_table_channels} table channels do not fit below the status "

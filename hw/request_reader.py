@@ -1,4 +1,4 @@
-"""RequestReader: fetches request records over AXI4 and parses them into feature IDs and dense values.
+"""RequestReader: fetch request records over AXI4, parse them into feature IDs and dense values.
 
 Records follow wire format v1 (:mod:`recfabric.host.wire_format`), whose offsets depend on the
 model: they reach the hardware as runtime parameters (:class:`ParserParam`, written through
@@ -55,7 +55,7 @@ class ParserParam(enum.IntEnum):
 
 
 class ParamWriteLayout(data.StructLayout):
-    """A runtime parameter write: ``addr`` (:class:`ParserParam`, or ``BAG + feature``), ``data``."""
+    """A runtime parameter write: ``addr`` (:class:`ParserParam` or ``BAG + feature``), ``data``."""
 
     def __init__(self, max_features: int):
         super().__init__({"addr": _bits_for(ParserParam.BAG + max_features), "data": 32})
@@ -114,7 +114,7 @@ class RecordFetcher(wiring.Component):
     start : In(1)
         Pulse: sample ``base``, ``words`` and ``batch`` and begin.
     base : In(64)
-    words : In(16)
+    words : In(32)
         Words per record.
     batch : In(32)
     o_word : Out(stream.Signature(data_width))
@@ -132,7 +132,7 @@ class RecordFetcher(wiring.Component):
         super().__init__({
             "m_axi": Out(AXI4Signature(addr_width=addr_width, data_width=data_width,
                                        id_width=id_width, read=True, write=False)),
-            "start": In(1), "base": In(64), "words": In(16), "batch": In(32),
+            "start": In(1), "base": In(64), "words": In(32), "batch": In(32),
             "o_word": Out(stream.Signature(data_width)),
             "axi_error": Out(1),
         })

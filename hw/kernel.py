@@ -1,0 +1,405 @@
+"""The RecFabric kernel: every block of the dataflow behind the Vitis RTL-kernel interface.
+
+::
+
+    s_axi_control -> ControlRegisters --start--> ModelLoader (m_axi_model, when flags.LOAD)
+                                                      | program words -> every block's runtime port
+    m_axi_requests -> RecordFetcher -> RecordParser -> RequestAssembler -> LookupDispatcher
+                                            | dense                         | lookups
+                                            v                               v
+                                       ConcatStage <- StreamArbiter <- EmbeddingLookupUnit[i]
+                                            |                           (m_axi_tables<i>)
+                                            v                          OnChipTable[j]
+                                       MLPPipeline (top, sigmoid) -> ResultWriter (m_axi_results)
+
+A run: the host writes the arguments (:func:`recfabric.hw.register_map.kernel_args`) and
+``ap_start``. With ``flags`` bit 0 (LOAD) set, the kernel first executes the *kernel program* in
+the model buffer (:mod:`recfabric.host.kernel_program` builds it): a header word, then one
+command word per runtime write, each ``target | payload << 8`` (:class:`Target`), routed to the
+block's configuration stream. Then it reads ``batch`` request records, and finishes (``ap_done``)
+once every result record and the status block are in memory.
+
+:class:`RecFabricKernel` is the Amaranth component (ports are wiring members, as tests use them);
+:func:`vitis_kernel` wraps it with Vitis names (``ap_clk``, ``ap_rst_n``, ``s_axi_control_*``,
+``m_axi_<bundle>_*``, ``interrupt``) and :func:`generate_verilog` writes that top.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from amaranth.back import verilog
+from amaranth.hdl import Cat, ClockDomain, Const, Elaboratable, Module, Mux, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .axi4 import AXI4LiteSignature, AXI4Signature
+from .concat_stage import ConcatStage
+from .config import AcceleratorConfig
+from .control_registers import ControlRegisters
+from .embedding_lookup import EmbeddingLookupUnit, LookupErrorCause
+from .lookup_dispatcher import LookupDispatcher
+from .mlp_engine import MLPPipeline
+from .onchip_table import OnChipTable
+from .register_map import KERNEL_ID, KERNEL_VERSION, kernel_args
+from .request_reader import RecordFetcher, RecordParser
+from .result_writer import STATUS_WORDS, ResultWriter
+from .stream_arbiter import StreamArbiter
+
+__all__ = ["Target", "PROGRAM_MAGIC", "MODEL_DATA_WIDTH", "FLAG_LOAD", "RecFabricKernel",
+           "RequestAssembler", "vitis_kernel", "generate_verilog", "KernelUnsupported"]
+
+#: First 32 bits of a kernel program's header word ("RFpg").
+PROGRAM_MAGIC = 0x67704652
+#: Width of the model master: one command word must hold the widest payload (on-chip rows).
+MODEL_DATA_WIDTH = 512
+#: ``flags`` argument bit 0: execute the kernel program before the batch.
+FLAG_LOAD = 1
+
+
+class KernelUnsupported(ValueError):
+    """A configuration the kernel generator does not build (the message says what and why)."""
+
+
+class Target(enum.IntEnum):
+    """Command word targets (bits 7..0 of a program word)."""
+
+    PARSER = 0x01  # RecordParser.i_param
+    PLACE = 0x02  # LookupDispatcher.i_place
+    CONCAT = 0x03  # ConcatStage.i_desc
+    MLP = 0x04  # MLPPipeline.i_load (top)
+    UNIT_DESC = 0x40  # + unit: EmbeddingLookupUnit.i_desc
+    ONCHIP_DESC = 0x80  # + unit: OnChipTable.i_desc
+    ONCHIP_LOAD = 0xC0  # + unit: OnChipTable.i_load
+
+
+class RequestAssembler(wiring.Component):
+    """Collects a request's feature IDs (RecordParser items) into one dispatcher request.
+
+    Members
+    -------
+    i_id : In(stream.Signature(FeatureIdLayout))
+    features : In(range(max_features + 1))
+        Features per request (a request is complete after the last item of the last one).
+    o_request : Out(stream.Signature(LookupRequestLayout))
+    bad_bag : Out(1)
+        The request being emitted had a clamped bag.
+    """
+
+    def __init__(self, id_layout, request_layout, max_features: int, max_bag: int):
+        self._maxf, self._maxb = max_features, max_bag
+        super().__init__({
+            "i_id": In(stream.Signature(id_layout)),
+            "features": In(range(max_features + 1)),
+            "o_request": Out(stream.Signature(request_layout)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        req = Signal(self.o_request.payload.shape())
+        full = Signal()
+        count = Signal(range(self._maxb + 1))
+        p = self.i_id.payload
+        m.d.comb += [self.o_request.valid.eq(full), self.o_request.payload.eq(req),
+                     self.i_id.ready.eq(~full)]
+        with m.If(self.o_request.valid & self.o_request.ready):
+            m.d.sync += full.eq(0)
+        with m.If(self.i_id.valid & ~full):
+            m.d.sync += req.tag.eq(p.tag)
+            slot = Signal(range(self._maxb), name="slot")
+            m.d.comb += slot.eq(Mux(p.first, 0, count))
+            for f in range(self._maxf):
+                with m.If(p.feature == f):
+                    with m.If(p.empty):
+                        m.d.sync += req.lengths[f].eq(0)
+                    with m.Else():
+                        for k in range(self._maxb):
+                            with m.If(slot == k):
+                                m.d.sync += req.ids[f][k].eq(p.id)
+                        m.d.sync += req.lengths[f].eq(slot + 1)
+            m.d.sync += count.eq(Mux(p.last, 0, slot + 1))
+            with m.If(p.last & (p.feature == self.features - 1)):
+                m.d.sync += full.eq(1)
+        return m
+
+
+class RecFabricKernel(wiring.Component):
+    """The kernel for one :class:`~recfabric.hw.config.AcceleratorConfig` (see module docs).
+
+    Members
+    -------
+    s_axi_control : In(AXI4LiteSignature(addr_width=12))
+    m_axi_<bundle> : Out(AXI4Signature)
+        ``requests``, ``results``, ``model`` and ``tables<i>`` (one per memory channel).
+    interrupt : Out(1)
+    """
+
+    def __init__(self, config: AcceleratorConfig):
+        if config.mlp_bottom_shapes:
+            raise KernelUnsupported(
+                f"config {config.name!r}: the kernel does not instantiate a bottom MLP yet "
+                "(the engine exists: recfabric.hw.mlp_engine.MLPPipeline(sigmoid=False)); use a "
+                "configuration without mlp_bottom_shapes")
+        self.config = c = config
+        self.args = kernel_args(c.mem_channels)
+        mk = dict(addr_width=c.mem_addr_width, id_width=1)
+        members = {
+            "s_axi_control": In(AXI4LiteSignature(addr_width=12)),
+            "interrupt": Out(1),
+            "m_axi_requests": Out(AXI4Signature(data_width=c.mem_data_width, read=True,
+                                                write=False, **mk)),
+            "m_axi_results": Out(AXI4Signature(data_width=c.mem_data_width, read=False,
+                                               write=True, **mk)),
+            "m_axi_model": Out(AXI4Signature(data_width=MODEL_DATA_WIDTH, read=True,
+                                             write=False, **mk)),
+        }
+        for i in range(c.mem_channels):
+            members[f"m_axi_tables{i}"] = Out(AXI4Signature(
+                data_width=c.mem_data_width, addr_width=c.mem_addr_width,
+                id_width=c.mem_id_width, read=True, write=False))
+        super().__init__(members)
+        # Blocks are built here so that the host can ask them for their load formats.
+        self.ctrl = ControlRegisters(c.mem_channels, c.config_hash)
+        self.model_fetch = RecordFetcher(data_width=MODEL_DATA_WIDTH,
+                                         addr_width=c.mem_addr_width, max_burst=16,
+                                         fifo_depth=32)
+        self.fetch = RecordFetcher(data_width=c.mem_data_width, addr_width=c.mem_addr_width,
+                                   max_burst=16, fifo_depth=32)
+        self.parser = RecordParser(data_width=c.mem_data_width, max_features=c.max_features,
+                                   inflight=c.inflight, data_bits=c.data_bits)
+        self.dispatcher = LookupDispatcher.from_config(c)
+        self.units = [EmbeddingLookupUnit.from_config(c, arid=0)
+                      for _ in range(c.mem_channels)]
+        self.onchip = [OnChipTable.from_config(c, word_bits=256) for _ in range(c.onchip_units)]
+        self.assembler = RequestAssembler(self.parser.o_id.payload.shape(),
+                                          self.dispatcher.request_layout, c.max_features,
+                                          c.max_bag)
+        pooled_shape = (self.units + self.onchip)[0].o_pooled.payload.shape()
+        self.arbiter = StreamArbiter(pooled_shape, len(self.units) + len(self.onchip))
+        lanes = c.mlp_top_shapes[0][1]
+        self.concat = ConcatStage(lanes=lanes, data_bits=c.data_bits, max_dim=c.max_dim,
+                                  max_slots=c.max_features, max_concat=c.max_concat,
+                                  max_dense=c.max_dense, inflight=c.inflight)
+        self.mlp = MLPPipeline(shapes=c.mlp_top_shapes, data_bits=c.data_bits,
+                               acc_bits=c.acc_bits, max_in=c.max_concat, max_width=c.max_width,
+                               sigmoid=True)
+        self.writer = ResultWriter(data_width=c.mem_data_width, addr_width=c.mem_addr_width)
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self.config
+        for name in ("ctrl", "model_fetch", "fetch", "parser", "dispatcher", "assembler",
+                     "arbiter", "concat", "mlp", "writer"):
+            m.submodules[name] = getattr(self, name)
+        for i, u in enumerate(self.units):
+            m.submodules[f"unit{i}"] = u
+        for i, t in enumerate(self.onchip):
+            m.submodules[f"onchip{i}"] = t
+        ctrl = self.ctrl
+
+        # ---- control port, arguments, interrupt ----
+        wiring.connect(m, wiring.flipped(self.s_axi_control), ctrl.s_axi)
+        m.d.comb += self.interrupt.eq(ctrl.interrupt)
+        wiring.connect(m, self.model_fetch.m_axi, wiring.flipped(self.m_axi_model))
+        wiring.connect(m, self.fetch.m_axi, wiring.flipped(self.m_axi_requests))
+        wiring.connect(m, self.writer.m_axi, wiring.flipped(self.m_axi_results))
+        for i, u in enumerate(self.units):
+            wiring.connect(m, u.m_axi, wiring.flipped(getattr(self, f"m_axi_tables{i}")))
+
+        # ---- run sequencing: optional program load, then the batch ----
+        start_batch = Signal()
+        load_hdr = Signal()
+        prog_words = Signal(32)
+        word = self.model_fetch.o_word
+        m.d.comb += [self.model_fetch.batch.eq(1)]
+        with m.FSM(name="run"):
+            with m.State("IDLE"):
+                with m.If(ctrl.start):
+                    with m.If(ctrl.arg_flags[0]):
+                        m.d.comb += [self.model_fetch.start.eq(1),
+                                     self.model_fetch.base.eq(ctrl.arg_model),
+                                     self.model_fetch.words.eq(1)]
+                        m.next = "HEADER"
+                    with m.Else():
+                        m.next = "BATCH"
+            with m.State("HEADER"):
+                m.d.comb += word.ready.eq(1)
+                with m.If(word.valid):
+                    m.d.sync += prog_words.eq(word.payload[32:64])
+                    with m.If(word.payload[:32] != PROGRAM_MAGIC):
+                        m.d.sync += load_hdr.eq(1)  # bad program: skip it, flag the run
+                        m.next = "BATCH"
+                    with m.Else():
+                        m.next = "PROGRAM_START"
+            with m.State("PROGRAM_START"):
+                m.d.comb += [self.model_fetch.start.eq(1),
+                             self.model_fetch.base.eq(ctrl.arg_model + MODEL_DATA_WIDTH // 8),
+                             self.model_fetch.words.eq(prog_words), ]
+                with m.If(prog_words == 0):
+                    m.next = "BATCH"
+                with m.Else():
+                    m.next = "PROGRAM"
+            with m.State("PROGRAM"):
+                self._route_program(m, word)
+                with m.If(word.valid & word.ready):
+                    m.d.sync += prog_words.eq(prog_words - 1)
+                    with m.If(prog_words == 1):
+                        m.next = "BATCH"
+            with m.State("BATCH"):
+                m.d.comb += start_batch.eq(1)
+                m.next = "RUNNING"
+            with m.State("RUNNING"):
+                with m.If(self.writer.done):
+                    m.next = "IDLE"
+        with m.If(ctrl.start):
+            m.d.sync += load_hdr.eq(0)
+
+        batch = ctrl.arg_batch
+        m.d.comb += [
+            self.fetch.start.eq(start_batch), self.fetch.base.eq(ctrl.arg_requests),
+            self.fetch.batch.eq(batch),
+            self.parser.start.eq(start_batch), self.parser.batch.eq(batch),
+            self.writer.start.eq(start_batch), self.writer.base.eq(ctrl.arg_results),
+            self.writer.batch.eq(batch),
+            ctrl.done.eq(self.writer.done),
+        ]
+        words_per_record = Signal(16)
+        m.d.comb += self.fetch.words.eq(words_per_record)
+
+        # ---- datapath ----
+        wiring.connect(m, self.fetch.o_word, self.parser.i_word)
+        wiring.connect(m, self.parser.o_id, self.assembler.i_id)
+        wiring.connect(m, self.assembler.o_request, self.dispatcher.i_request)
+        for k, unit in enumerate(self.units + self.onchip):
+            wiring.connect(m, self.dispatcher.o_lookup[k], unit.i_lookup)
+            wiring.connect(m, unit.o_pooled, self.arbiter.i[k])
+            m.d.comb += unit.error_clear.eq(ctrl.start)
+        wiring.connect(m, self.arbiter.o, self.concat.i_pooled)
+        wiring.connect(m, self.parser.o_dense, self.concat.i_dense)
+        m.d.comb += self.parser.credit.eq(self.concat.released)
+        wiring.connect(m, self.concat.o_vector, self.mlp.i_vector)
+        m.d.comb += [
+            self.writer.i_result.valid.eq(self.mlp.o_scores.valid),
+            self.writer.i_result.payload.score.eq(self.mlp.o_scores.payload.score),
+            self.writer.i_result.payload.bad_id.eq(0),
+            self.mlp.o_scores.ready.eq(self.writer.i_result.ready),
+        ]
+
+        # Parser parameters the kernel itself needs (words per record, feature count).
+        pp = self.parser.i_param
+        features = Signal(range(c.max_features + 1))
+        with m.If(pp.valid & pp.ready):
+            with m.If(pp.payload.addr == 0):
+                m.d.sync += words_per_record.eq(pp.payload.data)
+            with m.If(pp.payload.addr == 1):
+                m.d.sync += features.eq(pp.payload.data)
+        m.d.comb += self.assembler.features.eq(features)
+
+        # ---- status and counters ----
+        units = self.units + self.onchip
+        errors = Signal(32)
+        bad_index = Cat(u.error & ((u.error_cause == LookupErrorCause.ROW) |
+                                   (u.error_cause == LookupErrorCause.DESC))
+                        for u in units).any()
+        axi_err = Cat(*(u.error & (u.error_cause == LookupErrorCause.RESP) for u in units),
+                      self.fetch.axi_error, self.model_fetch.axi_error,
+                      self.writer.axi_error).any()
+        m.d.comb += errors.eq(Cat(bad_index, axi_err, self.parser.bad_bag | load_hdr))
+        first_tag = Signal(32)
+        seen = Signal()
+        with m.If(ctrl.start):
+            m.d.sync += seen.eq(0)
+        with m.Elif(~seen):
+            for u in reversed(units):
+                with m.If(u.error):
+                    m.d.sync += [seen.eq(1), first_tag.eq(u.error_tag)]
+        lookups = Signal(32)
+        stall_mem = Signal(32)
+        stall_mlp = Signal(32)
+        issued_now = Signal(range(len(units) + 1))
+        m.d.comb += issued_now.eq(sum(u.i_lookup.valid & u.i_lookup.ready for u in units))
+        mem_stall = Cat(u.i_lookup.valid & ~u.i_lookup.ready for u in self.units).any() \
+            if self.units else Const(0)
+        with m.If(ctrl.start):
+            m.d.sync += [lookups.eq(0), stall_mem.eq(0), stall_mlp.eq(0)]
+        with m.Else():
+            m.d.sync += lookups.eq(lookups + issued_now)
+            with m.If(mem_stall):
+                m.d.sync += stall_mem.eq(stall_mem + 1)
+            with m.If(self.concat.o_vector.valid & ~self.concat.o_vector.ready):
+                m.d.sync += stall_mlp.eq(stall_mlp + 1)
+        status = {
+            "errors": errors, "first_error_request": first_tag,
+            "requests_done": self.writer.written, "lookups_issued": lookups,
+            "stall_memory": stall_mem, "stall_mlp": stall_mlp,
+            "stall_results": self.writer.stall,
+        }
+        for name, sig in status.items():
+            m.d.comb += getattr(ctrl, f"status_{name}").eq(sig)
+        # Status block: the registers in register order, as ControlRegisters shows them.
+        block = {"id": Const(KERNEL_ID, 32), "version": Const(KERNEL_VERSION, 32),
+                 "config_hash": Const(c.config_hash, 32), "cycles_lo": ctrl.cycles[:32],
+                 "cycles_hi": ctrl.cycles[32:], **status}
+        for i, name in enumerate(STATUS_WORDS):
+            m.d.comb += self.writer.status[i].eq(block[name])
+        return m
+
+    def _route_program(self, m, word):
+        """Route one program word to its target's configuration stream."""
+        tgt = word.payload[:8]
+        body = word.payload[8:]
+        sinks = [(Target.PARSER, self.parser.i_param), (Target.PLACE, self.dispatcher.i_place),
+                 (Target.CONCAT, self.concat.i_desc), (Target.MLP, self.mlp.i_load)]
+        for i, u in enumerate(self.units):
+            sinks.append((Target.UNIT_DESC + i, u.i_desc))
+        for i, t in enumerate(self.onchip):
+            sinks.append((Target.ONCHIP_DESC + i, t.i_desc))
+            sinks.append((Target.ONCHIP_LOAD + i, t.i_load))
+        ready = Const(1)  # unknown targets are dropped
+        for code, sink in sinks:
+            width = len(sink.payload.as_value())
+            if width > len(body):
+                raise KernelUnsupported(f"{code!r} payload of {width} bits does not fit a "
+                                        f"{len(word.payload)}-bit program word")
+            hit = tgt == int(code)
+            m.d.comb += [sink.payload.eq(body[:width]), sink.valid.eq(word.valid & hit)]
+            ready = ready & (~hit | sink.ready)
+        m.d.comb += word.ready.eq(ready)
+
+
+class _VitisTop(Elaboratable):
+    """Clock/reset adaptation: ``ap_clk``, active-low ``ap_rst_n``."""
+
+    def __init__(self, kernel: RecFabricKernel):
+        self.kernel = kernel
+        self.ap_clk = Signal()
+        self.ap_rst_n = Signal()
+
+    def elaborate(self, platform):
+        m = Module()
+        m.domains.sync = cd = ClockDomain("sync", local=True)
+        m.d.comb += [cd.clk.eq(self.ap_clk), cd.rst.eq(~self.ap_rst_n)]
+        m.submodules.kernel = self.kernel
+        return m
+
+
+def vitis_kernel(config: AcceleratorConfig):
+    """``(top, ports)`` for :func:`amaranth.back.verilog.convert` with Vitis port names."""
+    from amaranth.hdl._ir import PortDirection
+
+    kernel = RecFabricKernel(config)
+    top = _VitisTop(kernel)
+    ports = {"ap_clk": (top.ap_clk, PortDirection.Input),
+             "ap_rst_n": (top.ap_rst_n, PortDirection.Input)}
+    for path, member, value in kernel.signature.flatten(kernel):
+        name = "_".join(map(str, path))
+        value = value.as_value() if hasattr(value, "as_value") else value
+        d = PortDirection.Input if member.flow == In else PortDirection.Output
+        ports[name] = (value, d)
+    return top, ports
+
+
+def generate_verilog(config: AcceleratorConfig, name: str = "recfabric_kernel") -> str:
+    """Verilog of the kernel with Vitis port names (top module ``name``)."""
+    top, ports = vitis_kernel(config)
+    return verilog.convert(top, name=name, ports=ports, emit_src=False)
