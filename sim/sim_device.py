@@ -1,0 +1,149 @@
+"""The ``sim`` driver backend: the generated kernel, cycle-accurate, in the Amaranth simulator.
+
+:class:`SimDevice` implements :class:`recfabric.host.driver.RegisterDevice`: register accesses
+are real AXI4-Lite transactions on ``s_axi_control`` (driven by
+:class:`~recfabric.sim.axi_lite_master.AXILiteMaster`), and every AXI master of the kernel is
+served from one simulated device memory (:class:`~recfabric.sim.hbm_model.HBMModel` for reads,
+:class:`~recfabric.sim.axi_write_model.AXIWriteModel` for the results), so the driver's buffers
+are where the kernel reads and writes them. Buffer reads and writes by the host take no
+simulated time (they stand for DMA before and after a run).
+
+The simulator is stepped from the driver's thread: each register access or wait queues a command
+for a testbench coroutine and advances the simulation until it completes.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import deque
+
+from amaranth.sim import Simulator
+
+from ..host.driver import DeviceError, RegisterDevice, _BumpMemory
+from ..hw.config import AcceleratorConfig
+from ..hw.kernel import RecFabricKernel
+from ..hw.register_map import CTRL, CTRL_DONE
+from .axi_lite_master import AXILiteMaster
+from .axi_write_model import AXIWriteModel
+from .hbm_model import HBMModel
+
+__all__ = ["SimDevice"]
+
+
+class SimDevice(RegisterDevice):
+    """Cycle-accurate simulation of :class:`~recfabric.hw.kernel.RecFabricKernel`.
+
+    Parameters
+    ----------
+    config : AcceleratorConfig
+    memory_bytes : int
+        Simulated device memory.
+    mem_latency : int
+        Read latency of the table channels (cycles), as an HBM pseudo-channel behind the
+        Vitis memory subsystem (200-300 ns is 50-75 cycles at 250 MHz).
+    p_stall : float
+        Random AXI back-pressure on every memory port (0 for benchmarks).
+    max_cycles : int
+        A run that takes longer raises :class:`~recfabric.host.driver.DeviceError`.
+    progress : callable, optional
+        Called as ``progress(cycles)`` every ``progress_every`` simulated cycles of a run.
+    """
+
+    def __init__(self, config: AcceleratorConfig, *, memory_bytes: int = 64 << 20,
+                 mem_latency: int = 64, p_stall: float = 0.0, seed: int = 0,
+                 max_cycles: int = 5_000_000, progress=None, progress_every: int = 20_000):
+        self.config = config
+        self.kernel_component = dut = RecFabricKernel(config)
+        self._mem = _BumpMemory(memory_bytes)
+        rng = random.Random(seed)
+        mem, base = self._mem.mem, self._mem.base
+        self.max_cycles, self.progress, self.progress_every = max_cycles, progress, \
+            progress_every
+        self.cycles = 0
+        self.run_cycles = 0
+        sim = Simulator(dut)
+        sim.add_clock(1e-9 * 1000 / config.clock_mhz)
+        readers = [("requests", dut.m_axi_requests, 32), ("model", dut.m_axi_model, 32)]
+        readers += [(f"tables{i}", getattr(dut, f"m_axi_tables{i}"), mem_latency)
+                    for i in range(config.mem_channels)]
+        self.memory_models = {}
+        for name, bus, lat in readers:
+            model = HBMModel(bus, mem, base=base, latency=lat,
+                             max_outstanding=max(config.max_outstanding, 64),
+                             p_ar_stall=p_stall, p_r_idle=p_stall,
+                             rng=random.Random(rng.random()))
+            self.memory_models[name] = model
+            sim.add_process(model.process)
+        writer = AXIWriteModel(dut.m_axi_results, mem, base=base, latency=8, p_stall=p_stall,
+                               rng=random.Random(rng.random()))
+        sim.add_process(writer.process)
+        self.memory_models["results"] = writer
+        self._master = AXILiteMaster(dut.s_axi_control)
+        self._ops: deque = deque()
+        sim.add_testbench(self._host, background=True)
+        sim.add_process(self._count)
+        self.sim = sim
+
+    async def _count(self, ctx):
+        async for _ in ctx.tick():
+            self.cycles += 1
+
+    async def _host(self, ctx):
+        while True:
+            if not self._ops:
+                await ctx.tick()
+                continue
+            op = self._ops[0]
+            kind = op["kind"]
+            if kind == "write":
+                await self._master.write(ctx, op["addr"], op["value"])
+            elif kind == "read":
+                op["result"] = await self._master.read(ctx, op["addr"])
+            elif kind == "wait":
+                # The driver's polling loop, inside the simulation: read CTRL until ap_done.
+                start = self.cycles
+                while True:
+                    before = self.cycles
+                    ctrl = await self._master.read(ctx, CTRL)
+                    if ctrl & CTRL_DONE:
+                        break
+                    await ctx.tick().repeat(op["interval"])
+                    if self.cycles - start > op["limit"]:
+                        op["error"] = f"kernel did not finish within {op['limit']} cycles"
+                        break
+                    if self.progress and (self.cycles // self.progress_every
+                                          != before // self.progress_every):
+                        self.progress(self.cycles - start)
+                op["result"] = self.cycles - start
+            op["done"] = True
+            self._ops.popleft()
+
+    def _do(self, **op):
+        op["done"] = False
+        self._ops.append(op)
+        while not op["done"]:
+            self.sim.advance()
+        if "error" in op:
+            raise DeviceError(op["error"])
+        return op.get("result")
+
+    def read_register(self, offset):
+        return self._do(kind="read", addr=offset)
+
+    def write_register(self, offset, value):
+        self._do(kind="write", addr=offset, value=value)
+
+    def wait_done(self, timeout):
+        t0 = time.perf_counter()
+        self.run_cycles = self._do(kind="wait", interval=16, limit=self.max_cycles)
+        self.wall_seconds = time.perf_counter() - t0
+
+    def allocate(self, name, size, bank=None):
+        return self._mem.allocate(name, size, bank)
+
+    def write(self, buf, data, offset=0):
+        self._mem.write(buf, data, offset)
+
+    def read(self, buf, size, offset=0):
+        return self._mem.read(buf, size, offset)
