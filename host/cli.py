@@ -75,46 +75,105 @@ def _cmd_accuracy(args):
 
 
 def _cmd_demo(args):
+    """Main job: compile the model, run a batch through a backend, compare with the golden
+    model, report cycles, latency and throughput at the configuration's clock."""
+    import tempfile
+
     import numpy as np
 
-    from .golden import float_forward, golden_forward
-    from .quantize import quantize_model
+    from ..hw.config import get_preset
+    from .compiler import compile_model, golden_from_images, load_compiled
+    from .driver import Accelerator
+    from .golden import float_forward
     from .synthetic import synthetic_batch
     from .weights import random_weights
-    spec = get_model(args.model)
+
     quiet = args.json
-    if not quiet:
-        _say(f"model {spec.name}: {spec.summary()}")
+    say = (lambda msg: None) if quiet else _say
+    spec = get_model(args.model)
+    config = get_preset(args.config)
     weights = random_weights(spec, seed=args.seed)
-    cd, cs = synthetic_batch(spec, 1024, seed=args.seed + 1)
-    qm = quantize_model(weights, cd, cs, bits=args.bits)
-    dense, sparse = synthetic_batch(spec, args.batch, seed=args.seed + 2)
-    t0 = time.perf_counter()
-    golden = golden_forward(qm, qm.quantize_dense(dense), sparse)
-    t_golden = time.perf_counter() - t0
-    p_float = float_forward(weights, dense, sparse)
-    err = np.abs(golden.probabilities - p_float)
+    with tempfile.TemporaryDirectory(prefix="recfabric-demo-") as tmp:
+        out_dir = args.out or tmp
+        say(f"compiling {spec.name} for config {config.name} into {out_dir}")
+        compile_model(spec, weights, config, out_dir, seed=args.seed, progress=say)
+        cm = load_compiled(out_dir)
+        dense, sparse = synthetic_batch(spec, args.batch, seed=args.seed + 2)
+        qm = cm.quantized_model()
+        golden = golden_from_images(cm, qm.quantize_dense(dense), sparse)
+        p_float = float_forward(weights, dense, sparse)
+        kwargs = {}
+        if args.backend == "sim":
+            kwargs["progress"] = lambda n: say(f"  ... {n:,} cycles simulated")
+        say(f"opening the {args.backend} backend")
+        t0 = time.perf_counter()
+        with Accelerator.open(args.backend, config, **kwargs) as acc:
+            acc.load(out_dir)
+            say(f"running a batch of {args.batch} (first run also executes the model program)")
+            first = acc.infer(dense, sparse)
+            load_cycles = first.counters["cycles"]
+            say("running the batch again, model loaded: the steady-state measurement")
+            result = acc.infer(dense, sparse)
+            wall = time.perf_counter() - t0
+            sim_cycles = getattr(acc.device, "cycles", None)
+    cycles = result.counters["cycles"]
+    match = bool(np.array_equal(result.scores, golden.scores)
+                 and np.array_equal(first.scores, golden.scores))
+    err = np.abs(result.probabilities - p_float)
     out = {
-        "model": spec.name, "backend": "golden", "bits": args.bits, "inferences": args.batch,
-        "scores": golden.probabilities[:, 0].round(6).tolist(),
-        "scores_raw": golden.scores[:, 0].tolist(),
-        "float_scores": p_float[:, 0].astype(float).round(6).tolist(),
+        "model": spec.name, "config": config.name, "backend": args.backend,
+        "inferences": args.batch, "match": match,
+        "cycles": cycles if args.backend != "reference" else None,
+        "cycles_with_model_load": load_cycles if args.backend != "reference" else None,
+        "clock_mhz": config.clock_mhz,
+        "scores": result.probabilities[:, 0].round(6).tolist(),
+        "scores_raw": result.scores[:, 0].tolist(),
+        "golden_raw": golden.scores[:, 0].tolist(),
         "max_abs_error_vs_float": float(err.max()),
-        "mean_abs_error_vs_float": float(err.mean()),
-        "golden_seconds": round(t_golden, 4),
+        "counters": result.counters,
+        "wall_seconds": round(wall, 3),
     }
+    if args.backend != "reference":
+        t_us = cycles / config.clock_mhz
+        out["batch_time_us"] = round(t_us, 3)
+        out["throughput_per_s"] = round(args.batch / (t_us * 1e-6), 1)
+        if sim_cycles:
+            out["simulated_cycles_per_second"] = round(sim_cycles / wall, 1)
     if args.json:
         print(json.dumps(out, indent=1))
-        return 0
+        return 0 if match else 1
     show = min(args.batch, 8)
-    print(f"{'request':>8} {'score':>9} {'raw Q0.16':>10} {'float':>9}")
+    print(f"{'request':>8} {'score':>9} {'raw Q0.16':>10} {'golden':>8} {'float':>9}")
     for i in range(show):
         print(f"{i:>8} {out['scores'][i]:>9.5f} {out['scores_raw'][i]:>10} "
-              f"{out['float_scores'][i]:>9.5f}")
+              f"{out['golden_raw'][i]:>8} {float(p_float[i, 0]):>9.5f}")
     if args.batch > show:
         print(f"{'...':>8} ({args.batch - show} more)")
-    print(f"int{args.bits} vs float over {args.batch} requests: max |error| "
-          f"{out['max_abs_error_vs_float']:.5f}, mean {out['mean_abs_error_vs_float']:.6f}")
+    print(f"{args.backend} backend vs golden model: "
+          f"{'MATCH (bit-exact)' if match else 'MISMATCH'} over {args.batch} inferences")
+    print(f"int{config.data_bits} vs float: max |score error| {out['max_abs_error_vs_float']:.5f}")
+    if args.backend != "reference":
+        print(f"cycles: {cycles:,} for the batch ({load_cycles:,} with the model load); at "
+              f"{config.clock_mhz:g} MHz: {out['batch_time_us']:.2f} us, "
+              f"{out['throughput_per_s']:,.0f} inferences/s")
+        c = result.counters
+        print(f"counters: lookups {c['lookups_issued']:,}, memory stalls {c['stall_memory']:,}, "
+              f"MLP-input stalls {c['stall_mlp']:,}, result stalls {c['stall_results']:,}")
+    return 0 if match else 1
+
+
+def _cmd_build(args):
+    """Generate the kernel Verilog and the Vitis packaging files for a configuration."""
+    from ..hw.config import get_preset
+    from ..hw.kernel import generate_verilog
+    from ..hw.vitis_package import write_vitis_files
+    config = get_preset(args.config)
+    _say(f"generating Verilog for config {config.name} (hash {config.config_hash:08x})")
+    t0 = time.perf_counter()
+    text = generate_verilog(config)
+    files = write_vitis_files(config, text, args.output, board=args.board)
+    _say(f"wrote {len(files)} files to {args.output} in {time.perf_counter() - t0:.1f} s: "
+         f"{', '.join(files)}")
     return 0
 
 
@@ -136,13 +195,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_accuracy)
 
-    s = sub.add_parser("demo", help="main job: run a batch of the default model end to end")
+    s = sub.add_parser("demo", help="main job: the default model through the simulated kernel")
     s.add_argument("--model", default=DEFAULT_MODEL, help=f"zoo name (default {DEFAULT_MODEL})")
+    s.add_argument("--config", default="small", help="accelerator preset (default small)")
+    s.add_argument("--backend", default="sim", choices=("sim", "reference", "xrt"))
     s.add_argument("--batch", type=int, default=16)
-    s.add_argument("--bits", type=int, choices=(8, 16), default=16)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", help="keep the compiled model in this directory")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_demo)
+
+    s = sub.add_parser("build", help="generate kernel Verilog and Vitis packaging files")
+    s.add_argument("--config", default="u280", help="accelerator preset (default u280)")
+    s.add_argument("--board", default="u280", help="u280, u50 or u55c")
+    s.add_argument("-o", "--output", required=True, help="output directory")
+    s.set_defaults(func=_cmd_build)
 
     for mod in _PLUGINS:
         importlib.import_module(mod, __package__).register(sub)
@@ -157,7 +224,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except (SpecError, ValueError) as e:
+    except (SpecError, ValueError, RuntimeError) as e:
         print(f"recfabric {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -220,8 +220,7 @@ _U280 = AcceleratorConfig(
     name="u280", data_bits=16, acc_bits=48, mem_channels=28, mem_data_width=256, mem_id_width=6,
     channel_bytes=256 << 20, max_outstanding=64, onchip_units=8, onchip_bytes=256 << 10,
     max_features=128, max_bag=8, max_dim=64, max_dense=64, max_concat=1024, max_width=1024,
-    mlp_top_shapes=((64, 32), (48, 64), (16, 48), (1, 16)),
-    mlp_bottom_shapes=((16, 8), (8, 16), (4, 8)), inflight=32,
+    mlp_top_shapes=((64, 32), (48, 64), (16, 48), (1, 16)), inflight=32,
     clock_mhz=250.0)
 
 PRESETS = {

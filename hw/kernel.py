@@ -185,6 +185,16 @@ class RecFabricKernel(wiring.Component):
                                sigmoid=True)
         self.writer = ResultWriter(data_width=c.mem_data_width, addr_width=c.mem_addr_width)
 
+    def silence_unused(self):
+        """Mark this kernel and its blocks as intentionally not elaborated (the host builds a
+        kernel object only to ask its blocks for their load formats)."""
+        blocks = [self, self.ctrl, self.model_fetch, self.fetch, self.parser, self.dispatcher,
+                  self.assembler, self.arbiter, self.concat, self.mlp, self.writer,
+                  *self.units, *self.onchip]
+        for b in blocks:
+            b._MustUse__silence = True
+        return self
+
     def elaborate(self, platform):
         m = Module()
         c = self.config

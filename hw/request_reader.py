@@ -198,7 +198,7 @@ class RecordParser(wiring.Component):
     i_word : In(stream.Signature(data_width))
     i_param : In(stream.Signature(ParamWriteLayout))
     start : In(1)
-        Pulse: begin a run of ``batch`` requests (tags restart at 0).
+        Pulse: begin a run of ``batch`` requests (tags continue from the previous run).
     batch : In(32)
     credit : In(1)
         Pulse: one request has left the per-tag buffers downstream.
@@ -292,8 +292,8 @@ class RecordParser(wiring.Component):
 
         o = self.o_id
         with m.If(self.start):
-            m.d.sync += [batch.eq(self.batch), tag.eq(0), self.parsed.eq(0),
-                         self.bad_bag.eq(0)]
+            # Tags keep counting across runs: downstream blocks expect requests in tag order.
+            m.d.sync += [batch.eq(self.batch), self.parsed.eq(0), self.bad_bag.eq(0)]
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(~self.start & (self.parsed < batch) & (inuse < self._inflight)):
