@@ -19,10 +19,12 @@ def test_accuracy_json(capsys):
     assert r["bits"] == 8 and r["requests"] == 512 and r["max_abs_error"] > 0
 
 
-def test_demo_json(capsys):
-    assert main(["demo", "--batch", "4", "--json"]) == 0
+def test_demo_json_runs_the_simulated_kernel(capsys):
+    assert main(["demo", "--model", "tiny", "--config", "tiny", "--batch", "3", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert r["inferences"] == 4 and len(r["scores"]) == 4
+    assert r["backend"] == "sim" and r["inferences"] == 3 and r["match"] is True
+    assert r["scores_raw"] == r["golden_raw"] and len(r["scores"]) == 3
+    assert 0 < r["cycles"] < r["cycles_with_model_load"]
     assert all(0 <= s <= 1 for s in r["scores"])
 
 
