@@ -134,54 +134,62 @@ class ControlRegisters(wiring.Component):
                 arg_regs[a.offset + 4] = sig[32:]
         regs.update(arg_regs)
 
-        # AXI4-Lite write: take address and data together, answer OKAY (writes to read-only or
-        # unmapped registers are ignored, as HLS control slaves do).
+        # AXI4-Lite slave. Every handshake output is a register (not decoded from an FSM
+        # state): the port is then free of combinational paths from inputs to outputs, and
+        # simulators that evaluate `always @*` lazily (Icarus) see the same thing as hardware.
+        # Write: take AW and W (in either order), apply, answer OKAY. Writes to read-only or
+        # unmapped registers are ignored, as HLS control slaves do.
         waddr = Signal(12)
         wdata = Signal(32)
-        with m.FSM(name="write"):
-            with m.State("IDLE"):
-                m.d.comb += [bus.awready.eq(bus.wvalid), bus.wready.eq(bus.awvalid)]
-                with m.If(bus.awvalid & bus.wvalid):
-                    m.d.sync += [waddr.eq(bus.awaddr), wdata.eq(bus.wdata)]
-                    m.next = "APPLY"
-            with m.State("APPLY"):
-                with m.Switch(waddr[2:]):
-                    with m.Case(CTRL >> 2):
-                        with m.If(wdata[0]):
-                            m.d.sync += ap_start.eq(1)
-                    with m.Case(GIE >> 2):
-                        m.d.sync += gie.eq(wdata[0])
-                    with m.Case(IER >> 2):
-                        m.d.sync += ier.eq(wdata[:2])
-                    with m.Case(ISR >> 2):
-                        m.d.sync += isr.eq(isr ^ wdata[:2])
-                    for off, sig in arg_regs.items():
-                        with m.Case(off >> 2):
-                            m.d.sync += sig.eq(wdata)
-                m.next = "RESP"
-            with m.State("RESP"):
-                m.d.comb += [bus.bvalid.eq(1), bus.bresp.eq(0)]
-                with m.If(bus.bready):
-                    m.next = "IDLE"
+        have_aw = Signal()
+        have_w = Signal()
+        awready = Signal(init=1)
+        wready = Signal(init=1)
+        bvalid = Signal()
+        m.d.comb += [bus.awready.eq(awready), bus.wready.eq(wready), bus.bvalid.eq(bvalid),
+                     bus.bresp.eq(0)]
+        with m.If(bus.awvalid & awready):
+            m.d.sync += [waddr.eq(bus.awaddr), have_aw.eq(1), awready.eq(0)]
+        with m.If(bus.wvalid & wready):
+            m.d.sync += [wdata.eq(bus.wdata), have_w.eq(1), wready.eq(0)]
+        with m.If(have_aw & have_w & ~bvalid):
+            with m.Switch(waddr[2:]):
+                with m.Case(CTRL >> 2):
+                    with m.If(wdata[0]):
+                        m.d.sync += ap_start.eq(1)
+                with m.Case(GIE >> 2):
+                    m.d.sync += gie.eq(wdata[0])
+                with m.Case(IER >> 2):
+                    m.d.sync += ier.eq(wdata[:2])
+                with m.Case(ISR >> 2):
+                    m.d.sync += isr.eq(isr ^ wdata[:2])
+                for off, sig in arg_regs.items():
+                    with m.Case(off >> 2):
+                        m.d.sync += sig.eq(wdata)
+            m.d.sync += [bvalid.eq(1), have_aw.eq(0), have_w.eq(0)]
+        with m.If(bvalid & bus.bready):
+            m.d.sync += [bvalid.eq(0), awready.eq(1), wready.eq(1)]
 
-        # AXI4-Lite read: one cycle to select, then hold rdata until taken.
+        # Read: take the address, select, then hold rdata until taken.
+        raddr = Signal(12)
         rdata = Signal(32)
-        with m.FSM(name="read"):
-            with m.State("IDLE"):
-                m.d.comb += bus.arready.eq(1)
-                with m.If(bus.arvalid):
-                    m.d.sync += rdata.eq(0)
-                    with m.Switch(bus.araddr[2:]):
-                        for off, sig in regs.items():
-                            with m.Case(off >> 2):
-                                m.d.sync += rdata.eq(sig)
-                    with m.If(bus.araddr[2:] == CTRL >> 2):
-                        # ap_done and ap_ready clear on read (unless set again this cycle).
-                        with m.If(~(self.busy & self.done)):
-                            m.d.sync += [ap_done.eq(0), ap_ready.eq(0)]
-                    m.next = "RESP"
-            with m.State("RESP"):
-                m.d.comb += [bus.rvalid.eq(1), bus.rdata.eq(rdata), bus.rresp.eq(0)]
-                with m.If(bus.rready):
-                    m.next = "IDLE"
+        arready = Signal(init=1)
+        rvalid = Signal()
+        selecting = Signal()
+        m.d.comb += [bus.arready.eq(arready), bus.rvalid.eq(rvalid), bus.rdata.eq(rdata),
+                     bus.rresp.eq(0)]
+        with m.If(bus.arvalid & arready):
+            m.d.sync += [raddr.eq(bus.araddr), arready.eq(0), selecting.eq(1)]
+        with m.If(selecting):
+            m.d.sync += [rdata.eq(0), selecting.eq(0), rvalid.eq(1)]
+            with m.Switch(raddr[2:]):
+                for off, sig in regs.items():
+                    with m.Case(off >> 2):
+                        m.d.sync += rdata.eq(sig)
+            with m.If(raddr[2:] == CTRL >> 2):
+                # ap_done and ap_ready clear on read (unless set again this cycle).
+                with m.If(~(self.busy & self.done)):
+                    m.d.sync += [ap_done.eq(0), ap_ready.eq(0)]
+        with m.If(rvalid & bus.rready):
+            m.d.sync += [rvalid.eq(0), arready.eq(1)]
         return m
