@@ -266,7 +266,12 @@ class RecordParser(wiring.Component):
         tag = Signal(self.tag_bits)
         inuse = Signal(range(self._inflight + 1))
         take_credit = Signal()
-        m.d.sync += inuse.eq(inuse + take_credit - self.credit)
+        with m.If(self.start):
+            m.d.sync += inuse.eq(0)  # a run starts with nothing in flight
+        with m.Elif(take_credit & ~self.credit):
+            m.d.sync += inuse.eq(inuse + 1)
+        with m.Elif(~take_credit & self.credit):
+            m.d.sync += inuse.eq(inuse - 1)
 
         # Current word and its index within the record (-1: none loaded yet).
         word = Signal(self._dw)

@@ -1,10 +1,16 @@
 """Round-robin arbiter: many streams of one payload shape into one."""
 
-from amaranth.hdl import Array, Module, Signal
+from functools import reduce
+
+from amaranth.hdl import Array, Cat, Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 __all__ = ["StreamArbiter"]
+
+
+def _or_all(values):
+    return reduce(lambda a, b: a | b, values)
 
 
 class StreamArbiter(wiring.Component):
@@ -31,8 +37,14 @@ class StreamArbiter(wiring.Component):
         n = self._n
         grant = Signal(range(n))
         valids = Array(s.valid for s in self.i)
-        payloads = Array(s.payload for s in self.i)
-        m.d.comb += [self.o.valid.eq(valids[grant]), self.o.payload.eq(payloads[grant])]
+        # The output mux is an AND-OR of plain expressions (continuous assignments in Verilog,
+        # not a `case` in an `always @*` block that Icarus would not evaluate at time 0).
+        sel = [grant == k for k in range(n)]
+        m.d.comb += [
+            self.o.valid.eq(Cat(sel[k] & s.valid for k, s in enumerate(self.i)).any()),
+            self.o.payload.eq(_or_all([Mux(sel[k], s.payload.as_value(), 0)
+                                       for k, s in enumerate(self.i)])),
+        ]
         for k, s in enumerate(self.i):
             m.d.comb += s.ready.eq((grant == k) & self.o.ready)
         hold = self.o.valid & ~self.o.ready

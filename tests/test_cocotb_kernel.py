@@ -122,10 +122,6 @@ def _missing(what):
 
 
 @pytest.mark.cocotb
-@pytest.mark.xfail(strict=True, reason=(
-    "known open bug: under Icarus 11 the kernel issues no lookup after loading its program "
-    "(the same Verilog passes under Verilator and the Amaranth simulator); suspected: Icarus "
-    "evaluates an `always @*` block only when an input changes, as found in the pooler"))
 def test_kernel_icarus(tmp_path, monkeypatch):
     if not have_icarus():
         _missing("Icarus Verilog >= 11")
