@@ -2,7 +2,7 @@
 
 from functools import reduce
 
-from amaranth.hdl import Array, Cat, Module, Mux, Signal
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, Value
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -42,7 +42,7 @@ class StreamArbiter(wiring.Component):
         sel = [grant == k for k in range(n)]
         m.d.comb += [
             self.o.valid.eq(Cat(sel[k] & s.valid for k, s in enumerate(self.i)).any()),
-            self.o.payload.eq(_or_all([Mux(sel[k], s.payload.as_value(), 0)
+            self.o.payload.eq(_or_all([Mux(sel[k], Value.cast(s.payload), 0)
                                        for k, s in enumerate(self.i)])),
         ]
         for k, s in enumerate(self.i):
