@@ -9,9 +9,6 @@ the scores must equal the golden model's with ``==``.
 from __future__ import annotations
 
 import json
-import os
-import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +29,10 @@ from recfabric.hw.register_map import (
     kernel_args,
     status_block_offset,
 )
+from recfabric.sim.cocotb_launch import require_simulator, run_cocotb
 from recfabric.sim.verilator_env import have_icarus, have_verilator, verilator_env
 
 COCOTB_DIR = Path(__file__).resolve().parent / "cocotb"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 BASE = 0x1000
 
 
@@ -80,8 +77,6 @@ def _case(tmp_path, batches, p_stall, seed=0):
 
 
 def _run(simulator, tmp_path, monkeypatch, batches=(4, 3), p_stall=0.3):
-    from cocotb_tools.runner import get_runner
-
     cfg, case, expected, order = _case(tmp_path, batches, p_stall)
     src = tmp_path / "recfabric_kernel.v"
     src.write_text(generate_verilog(cfg))
@@ -89,19 +84,8 @@ def _run(simulator, tmp_path, monkeypatch, batches=(4, 3), p_stall=0.3):
     monkeypatch.setenv("KERNEL_CASE", str(case))
     monkeypatch.setenv("KERNEL_OUT", str(out))
     monkeypatch.syspath_prepend(str(COCOTB_DIR))
-    build_dir = tmp_path / f"build_{simulator}"
-    runner = get_runner(simulator)
-    build_args = ["-Wno-fatal", "-Wno-lint"] if simulator == "verilator" else []
-    t0 = time.perf_counter()
-    runner.build(sources=[src], hdl_toplevel="recfabric_kernel", build_dir=build_dir,
-                 timescale=("1ns", "1ps"), always=True, build_args=build_args)
-    t1 = time.perf_counter()
-    results = runner.test(test_module="cocotb_kernel", hdl_toplevel="recfabric_kernel",
-                          build_dir=build_dir, test_dir=build_dir, timescale=("1ns", "1ps"))
-    print(f"{simulator}: build {t1 - t0:.1f} s, run {time.perf_counter() - t1:.1f} s")
-    cases = ET.parse(results).getroot().findall(".//testcase")
-    assert [c.get("name") for c in cases] == ["kernel_scores_match_golden"]
-    assert all(c.find("failure") is None and c.find("error") is None for c in cases)
+    run_cocotb(simulator, sources=[src], toplevel="recfabric_kernel", test_module="cocotb_kernel",
+               build_dir=tmp_path / f"build_{simulator}", expect=["kernel_scores_match_golden"])
     got = json.loads(out.read_text())
     for run, want, batch in zip(got["runs"], expected, batches):
         assert run["scores"] == want
@@ -115,16 +99,9 @@ def _run(simulator, tmp_path, monkeypatch, batches=(4, 3), p_stall=0.3):
     return got
 
 
-def _missing(what):
-    if IN_CI:
-        pytest.fail(f"{what} is not set up: run `make install`")
-    pytest.skip(f"{what} is not set up: run `make install`")
-
-
 @pytest.mark.cocotb
 def test_kernel_icarus(tmp_path, monkeypatch):
-    if not have_icarus():
-        _missing("Icarus Verilog >= 11")
+    require_simulator(have_icarus(), "Icarus Verilog >= 11")
     _run("icarus", tmp_path, monkeypatch)
 
 
@@ -132,6 +109,5 @@ def test_kernel_icarus(tmp_path, monkeypatch):
 def test_kernel_verilator(tmp_path, monkeypatch):
     for k, v in verilator_env().items():
         monkeypatch.setenv(k, v)
-    if not have_verilator():
-        _missing("Verilator >= 5.036")
+    require_simulator(have_verilator(), "Verilator >= 5.036")
     _run("verilator", tmp_path, monkeypatch)

@@ -7,14 +7,12 @@ under both simulators. Outside CI a missing simulator skips; under CI (CI=true) 
 
 from __future__ import annotations
 
-import os
 import subprocess
-import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
+from recfabric.sim.cocotb_launch import require_simulator, run_cocotb
 from recfabric.sim.verilator_env import (
     have_icarus,
     have_verilator,
@@ -24,7 +22,6 @@ from recfabric.sim.verilator_env import (
 )
 
 TESTS_DIR = Path(__file__).resolve().parent
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 COUNTER_V = """\
 module counter (
@@ -43,24 +40,14 @@ endmodule
 """
 
 
-def _missing(what: str) -> None:
-    msg = f"{what} is not set up: run `make install`"
-    if IN_CI:
-        pytest.fail(msg)
-    pytest.skip(msg)
-
-
 def test_iverilog_runs():
-    if not have_icarus():
-        _missing("Icarus Verilog >= 11")
+    require_simulator(have_icarus(), "Icarus Verilog >= 11")
     out = subprocess.run(["iverilog", "-V"], capture_output=True, text=True, check=True, timeout=60)
     assert "Icarus Verilog version" in out.stdout
     assert icarus_version() >= (11, 0)
 
 
 def _run_counter(simulator: str, tmp_path: Path, monkeypatch, record_property) -> None:
-    from cocotb_tools.runner import get_runner
-
     src = tmp_path / "counter.v"
     src.write_text(COUNTER_V)
     out = tmp_path / "count.txt"
@@ -70,40 +57,18 @@ def _run_counter(simulator: str, tmp_path: Path, monkeypatch, record_property) -
     monkeypatch.syspath_prepend(str(TESTS_DIR))
     import cocotb_counter  # noqa: F401  (fail early and clearly if the test module does not import)
 
-    runner = get_runner(simulator)
-    t0 = time.perf_counter()
-    runner.build(
-        sources=[src],
-        hdl_toplevel="counter",
-        build_dir=build_dir,
-        timescale=("1ns", "1ps"),
-        always=True,
-    )
-    t1 = time.perf_counter()
-    results = runner.test(
-        test_module="cocotb_counter",
-        hdl_toplevel="counter",
-        build_dir=build_dir,
-        test_dir=build_dir,
-        timescale=("1ns", "1ps"),
-    )
-    t2 = time.perf_counter()
-    record_property(f"{simulator}_build_s", round(t1 - t0, 2))
-    record_property(f"{simulator}_test_s", round(t2 - t1, 2))
-    print(f"{simulator}: build {t1 - t0:.2f} s, test {t2 - t1:.2f} s")
-
-    tree = ET.parse(results)
-    cases = tree.getroot().findall(".//testcase")
-    assert [c.get("name") for c in cases] == ["counts_enabled_cycles"]
-    assert all(c.find("failure") is None and c.find("error") is None for c in cases)
+    times = run_cocotb(simulator, sources=[src], toplevel="counter",
+                       test_module="cocotb_counter", build_dir=build_dir,
+                       expect=["counts_enabled_cycles"])
+    record_property(f"{simulator}_build_s", round(times["build_s"], 2))
+    record_property(f"{simulator}_test_s", round(times["run_s"], 2))
     from cocotb_counter import ENABLED_CYCLES
 
     assert out.read_text().strip() == str(ENABLED_CYCLES)
 
 
 def test_cocotb_counter_icarus(tmp_path, monkeypatch, record_property):
-    if not have_icarus():
-        _missing("Icarus Verilog >= 11")
+    require_simulator(have_icarus(), "Icarus Verilog >= 11")
     _run_counter("icarus", tmp_path, monkeypatch, record_property)
 
 
@@ -111,6 +76,5 @@ def test_cocotb_counter_icarus(tmp_path, monkeypatch, record_property):
 def test_cocotb_counter_verilator(tmp_path, monkeypatch, record_property):
     for key, value in verilator_env().items():
         monkeypatch.setenv(key, value)
-    if not have_verilator():
-        _missing(f"Verilator >= 5.036 (found {verilator_version()})")
+    require_simulator(have_verilator(), f"Verilator >= 5.036 (found {verilator_version()})")
     _run_counter("verilator", tmp_path, monkeypatch, record_property)
