@@ -40,6 +40,7 @@ from ..hw.register_map import (
     ERROR_BAD_INDEX,
     ERROR_BAD_REQUEST,
     KERNEL_ID,
+    KERNEL_VERSION,
     STATUS_BLOCK_BYTES,
     STATUS_REGS,
     kernel_args,
@@ -84,6 +85,8 @@ class Device(abc.ABC):
     """What the driver core needs from a backend."""
 
     config: AcceleratorConfig
+    #: The device runs the generated kernel, which loads the model from a kernel program.
+    runs_kernel_program: bool = True
 
     @abc.abstractmethod
     def allocate(self, name: str, size: int, bank: int | None = None) -> Buffer: ...
@@ -176,6 +179,8 @@ class _BumpMemory:
 class ReferenceDevice(Device):
     """Behavioural kernel model: golden model from the compiled images, same memory protocol."""
 
+    runs_kernel_program = False  # it computes from the compiled images directly
+
     def __init__(self, config: AcceleratorConfig, memory_bytes: int = 1 << 30):
         self.config = config
         self._mem = _BumpMemory(memory_bytes)
@@ -210,7 +215,7 @@ class ReferenceDevice(Device):
         results = pack_results(layout, golden.scores)
         self.write(res, results)
         status = {n: 0 for n in STATUS_REGS}
-        status.update(id=KERNEL_ID, version=0x0001_0000, config_hash=self.config.config_hash,
+        status.update(id=KERNEL_ID, version=KERNEL_VERSION, config_hash=self.config.config_hash,
                       requests_done=batch,
                       lookups_issued=int(sum(b.lengths.sum() for b in sparse)))
         # No hardware, no cycles: the cycle counter stays 0 on this backend.
@@ -364,8 +369,8 @@ class Accelerator:
         self._needs_load = True
 
     def _program(self, cm, addresses) -> bytes:
-        if isinstance(self.device, ReferenceDevice):
-            return b"\0" * 64  # the behavioural model computes from the images directly
+        if not self.device.runs_kernel_program:
+            return b"\0" * 64
         from ..hw.kernel import RecFabricKernel  # noqa: PLC0415
         from .kernel_program import build_program  # noqa: PLC0415
         kernel = getattr(self.device, "kernel_component", None) or \

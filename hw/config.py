@@ -215,7 +215,8 @@ _SMALL = AcceleratorConfig(
 # U280 / U50: 32 HBM pseudo-channels of 256 MiB, 256-bit AXI at the kernel side. MicroRec used
 # 28-32 channels; 28 leaves room for request/score/weight masters. On-chip budget: 8 table units of
 # 256 KiB (URAM). MLP engines sized for MicroRec's 352/876-1024-512-256-1 top MLPs: 5,904 MACs
-# (of the U280's 9,024 DSP48E2), about 176 cycles per inference for the small model.
+# (of the U280's 9,024 DSP48E2); the cycle model (host/mlp_cycle_model.py) gives an initiation
+# interval of 176 cycles for 352-1024-512-256-1 (bound 172), not yet simulated at this size.
 _U280 = AcceleratorConfig(
     name="u280", data_bits=16, acc_bits=48, mem_channels=28, mem_data_width=256, mem_id_width=6,
     channel_bytes=256 << 20, max_outstanding=64, onchip_units=8, onchip_bytes=256 << 10,
