@@ -164,10 +164,13 @@ def _cmd_demo(args):
 
 def _cmd_build(args):
     """Generate the kernel Verilog and the Vitis packaging files for a configuration."""
+    from ..hw.boards.alveo import check_config, get_board
     from ..hw.config import get_preset
     from ..hw.kernel import generate_verilog
     from ..hw.vitis_package import write_vitis_files
     config = get_preset(args.config)
+    # Board and configuration are checked before the (long) Verilog generation.
+    check_config(config, get_board(args.board))
     _say(f"generating Verilog for config {config.name} (hash {config.config_hash:08x})")
     t0 = time.perf_counter()
     text = generate_verilog(config)
@@ -207,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("build", help="generate kernel Verilog and Vitis packaging files")
     s.add_argument("--config", default="u280", help="accelerator preset (default u280)")
-    s.add_argument("--board", default="u280", help="u280, u50 or u55c")
+    s.add_argument("--board", default="u280",
+                   help="u280, u50 or u55c (Alveo platforms in recfabric.hw.boards.alveo)")
     s.add_argument("-o", "--output", required=True, help="output directory")
     s.set_defaults(func=_cmd_build)
 

@@ -21,21 +21,16 @@ from importlib import resources
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
+from .boards.alveo import ALVEO_BOARDS, get_board
 from .config import AcceleratorConfig
 from .register_map import CONTROL_RANGE, kernel_args
 
 __all__ = ["BOARDS", "kernel_name", "kernel_xml", "package_tcl", "gen_xo_tcl",
            "connectivity_cfg", "write_vitis_files", "constraints_dir"]
 
-#: Board facts used for linking: Vitis platform, HBM pseudo-channels, the SLR next to the HBM.
-BOARDS = {
-    "u280": {"platform": "xilinx_u280_gen3x16_xdma_1_202211_1", "hbm_channels": 32,
-             "slr": "SLR0", "part": "xcu280-fsvh2892-2L-e"},
-    "u50": {"platform": "xilinx_u50_gen3x16_xdma_5_202210_1", "hbm_channels": 32,
-            "slr": "SLR0", "part": "xcu50-fsvh2104-2-e"},
-    "u55c": {"platform": "xilinx_u55c_gen3x16_xdma_3_202210_1", "hbm_channels": 32,
-             "slr": "SLR0", "part": "xcu55c-fsvh2892-2L-e"},
-}
+#: Board facts used for linking (Vitis platform, HBM pseudo-channels, the SLR next to the HBM,
+#: part), read from the Alveo platform definitions in :mod:`recfabric.hw.boards.alveo`.
+BOARDS = {name: cls().vitis_facts() for name, cls in ALVEO_BOARDS.items()}
 
 
 def constraints_dir() -> Path:
@@ -217,8 +212,7 @@ def write_vitis_files(config: AcceleratorConfig, verilog: str, out_dir, board: s
     """Write the Verilog and every Vitis file for ``board`` into ``out_dir``; return the paths."""
     import json
 
-    if board not in BOARDS:
-        raise ValueError(f"unknown board {board!r}; known: {', '.join(BOARDS)}")
+    get_board(board)  # unknown board: BoardError (a ValueError) naming it
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {
