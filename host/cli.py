@@ -65,6 +65,8 @@ def _cmd_accuracy(args):
     from .quantize import accuracy_report
     from .weights import random_weights
     spec = get_model(args.model)
+    if args.requests < 1:
+        raise ValueError(f"--requests must be at least 1, not {args.requests}")
     t0 = time.perf_counter()
     report = accuracy_report(random_weights(spec, seed=args.seed), bits=args.bits,
                              batch=args.requests, seed=args.seed,
@@ -82,16 +84,25 @@ def _cmd_demo(args):
     import numpy as np
 
     from ..hw.config import get_preset
+    from .cli_support import check_batch, check_file
     from .compiler import compile_model, golden_from_images, load_compiled
     from .driver import Accelerator
     from .golden import float_forward
     from .synthetic import synthetic_batch
     from .weights import random_weights
-
     quiet = args.json
     say = (lambda msg: None) if quiet else _say
     spec = get_model(args.model)
     config = get_preset(args.config)
+    # User mistakes are refused here, before compiling or simulating anything.
+    if args.backend == "xrt":
+        if not args.xclbin:
+            raise ValueError("demo --backend xrt needs --xclbin FILE (the card's bitstream, "
+                             "built from `recfabric build` output by v++)")
+        check_file(args.xclbin, "--xclbin file")
+    from .compiler import check_fits
+    check_fits(spec, config)
+    check_batch(spec, config, args.batch, args.backend)
     weights = random_weights(spec, seed=args.seed)
     with tempfile.TemporaryDirectory(prefix="recfabric-demo-") as tmp:
         out_dir = args.out or tmp
@@ -102,7 +113,7 @@ def _cmd_demo(args):
         qm = cm.quantized_model()
         golden = golden_from_images(cm, qm.quantize_dense(dense), sparse)
         p_float = float_forward(weights, dense, sparse)
-        kwargs = {}
+        kwargs = {"xclbin": args.xclbin} if args.backend == "xrt" else {}
         if args.backend == "sim":
             kwargs["progress"] = lambda n: say(f"  ... {n:,} cycles simulated")
         say(f"opening the {args.backend} backend")
@@ -203,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", default="small", help="accelerator preset (default small)")
     s.add_argument("--backend", default="sim", choices=("sim", "reference", "xrt"))
     s.add_argument("--batch", type=int, default=16)
+    s.add_argument("--xclbin", metavar="FILE", help="bitstream for --backend xrt (required there)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", help="keep the compiled model in this directory")
     s.add_argument("--json", action="store_true")
@@ -227,10 +239,26 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args) or 0
+        rc = args.func(args) or 0
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
+        return rc
     except (SpecError, ValueError, RuntimeError) as e:
         print(f"recfabric {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`recfabric models --json | head`): not an error of ours. Point
+        # stdout at /dev/null so that the interpreter's final flush does not fail again.
+        import os
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer killed by SIGPIPE
+    except OSError as e:  # missing or unreadable files named on the command line
+        msg = e.strerror and e.filename and f"{e.strerror}: {e.filename!r}" or str(e)
+        print(f"recfabric {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"recfabric {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -113,11 +113,13 @@ def _cmd_plan(args):
 
 
 def _cmd_compile(args):
+    from .cli_support import check_file
     from .compiler import compile_model
     from .weights import ModelWeights, random_weights
     spec = get_model(args.model)
     config = _config(args)
     if args.weights:
+        check_file(args.weights, "--weights file")
         weights = ModelWeights.load(args.weights)
         if weights.spec != spec:
             raise ValueError(f"weights file {args.weights!r} is for model "

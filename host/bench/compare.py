@@ -356,6 +356,8 @@ def run_compare(model, *, config: str = "small", model_config: str = "u280", bat
                 sim_cfg = None
             else:
                 mod_cfg = None
+    from ..cli_support import check_batch
+    check_batch(spec, None, batches[-1], flag="--batches")  # host memory, before any work
     weights = random_weights(spec, seed=seed)
     inputs = {b: synthetic_batch(spec, b, seed=seed + 2 + b) for b in batches}
     p_float = {b: float_forward(weights, *inputs[b]).astype(np.float64) for b in batches}
