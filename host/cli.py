@@ -21,7 +21,7 @@ from .model_zoo import DEFAULT_MODEL, ZOO, get_model
 __all__ = ["main"]
 
 # Modules that add their own verbs with ``register(subparsers)``.
-_PLUGINS = (".compiler_cli",)
+_PLUGINS = (".compiler_cli", ".report_cli")
 # Modules that add a benchmark below ``recfabric bench`` with ``register(subparsers)``.
 _BENCHES = (".bench_lookup", ".bench_mlp", ".bench.compare")
 
@@ -84,14 +84,13 @@ def _cmd_demo(args):
     import numpy as np
 
     from ..hw.config import get_preset
-    from .cli_support import check_batch, check_file
+    from .cli_support import check_batch, check_file, progress_for
     from .compiler import compile_model, golden_from_images, load_compiled
     from .driver import Accelerator
     from .golden import float_forward
     from .synthetic import synthetic_batch
     from .weights import random_weights
-    quiet = args.json
-    say = (lambda msg: None) if quiet else _say
+    say = progress_for(args)  # status lines and bars; quiet with --json or off a terminal
     spec = get_model(args.model)
     config = get_preset(args.config)
     # User mistakes are refused here, before compiling or simulating anything.
@@ -106,19 +105,26 @@ def _cmd_demo(args):
     weights = random_weights(spec, seed=args.seed)
     with tempfile.TemporaryDirectory(prefix="recfabric-demo-") as tmp:
         out_dir = args.out or tmp
-        say(f"compiling {spec.name} for config {config.name} into {out_dir}")
-        compile_model(spec, weights, config, out_dir, seed=args.seed, progress=say)
+        with say.bar(None, "compile", unit="step", ticks=True):
+            say(f"compiling {spec.name} for config {config.name} into {out_dir}")
+            compile_model(spec, weights, config, out_dir, seed=args.seed, progress=say)
         cm = load_compiled(out_dir)
         dense, sparse = synthetic_batch(spec, args.batch, seed=args.seed + 2)
         qm = cm.quantized_model()
         golden = golden_from_images(cm, qm.quantize_dense(dense), sparse)
         p_float = float_forward(weights, dense, sparse)
         kwargs = {"xclbin": args.xclbin} if args.backend == "xrt" else {}
+        bar = say.bar(None, f"{args.backend} run", unit="cycle")
         if args.backend == "sim":
-            kwargs["progress"] = lambda n: say(f"  ... {n:,} cycles simulated")
+            def sim_progress(n):
+                if say.bars:  # the bar counts cycles; without one, a status line
+                    bar.update(max(0, n - bar.n))
+                else:
+                    say(f"  ... {n:,} cycles simulated")
+            kwargs.update(progress=sim_progress, progress_every=2_000 if say.bars else 20_000)
         say(f"opening the {args.backend} backend")
         t0 = time.perf_counter()
-        with Accelerator.open(args.backend, config, **kwargs) as acc:
+        with bar, Accelerator.open(args.backend, config, **kwargs) as acc:
             acc.load(out_dir)
             say(f"running a batch of {args.batch} (first run also executes the model program)")
             first = acc.infer(dense, sparse)
@@ -179,13 +185,17 @@ def _cmd_build(args):
     from ..hw.config import get_preset
     from ..hw.kernel import generate_verilog
     from ..hw.vitis_package import write_vitis_files
+    from .cli_support import Progress
     config = get_preset(args.config)
     # Board and configuration are checked before the (long) Verilog generation.
     check_config(config, get_board(args.board))
-    _say(f"generating Verilog for config {config.name} (hash {config.config_hash:08x})")
+    say = Progress()
     t0 = time.perf_counter()
-    text = generate_verilog(config)
-    files = write_vitis_files(config, text, args.output, board=args.board)
+    with say.bar(2, f"build {config.name}", unit="step", ticks=True):
+        say(f"generating Verilog for config {config.name} (hash {config.config_hash:08x})")
+        text = generate_verilog(config)
+        say(f"writing the Vitis files for {args.board}")
+        files = write_vitis_files(config, text, args.output, board=args.board)
     _say(f"wrote {len(files)} files to {args.output} in {time.perf_counter() - t0:.1f} s: "
          f"{', '.join(files)}")
     return 0

@@ -18,6 +18,9 @@ def say(msg: str) -> None:
 
 
 class _NoBar:
+    n = 0
+    ticks = False
+
     def __enter__(self):
         return self
 
@@ -25,7 +28,7 @@ class _NoBar:
         return False
 
     def update(self, n: int = 1) -> None:
-        pass
+        self.n += n
 
     def set_postfix_str(self, s: str) -> None:
         pass
@@ -53,13 +56,19 @@ class Progress:
         if self.quiet:
             return
         line = f"[recfabric] {msg}"
-        if self._open is not None:
-            self._open.write(line, file=self.stream)
+        bar = self._open
+        if bar is not None:
+            bar.write(line, file=self.stream)
+            if bar.ticks:
+                bar.update(1)
         else:
             print(line, file=self.stream, flush=True)
 
-    def bar(self, total: int | None, desc: str, unit: str = "it"):
-        """A context manager with ``update(n)``: a tqdm bar, or a no-op when bars are off."""
+    def bar(self, total: int | None, desc: str, unit: str = "it", ticks: bool = False):
+        """A context manager with ``update(n)``: a tqdm bar, or a no-op when bars are off.
+
+        With ``ticks``, every status line printed while the bar is open advances it by one
+        (a bar over a command's steps)."""
         if not self.bars:
             return _NoBar()
         from tqdm import tqdm
@@ -67,7 +76,8 @@ class Progress:
 
         class _Bar(tqdm):
             def __enter__(self):
-                prog._open = tqdm
+                self.ticks = ticks
+                prog._open = self
                 return super().__enter__()
 
             def __exit__(self, *exc):

@@ -113,7 +113,7 @@ def _cmd_plan(args):
 
 
 def _cmd_compile(args):
-    from .cli_support import check_file
+    from .cli_support import check_file, progress_for
     from .compiler import compile_model
     from .weights import ModelWeights, random_weights
     spec = get_model(args.model)
@@ -126,8 +126,10 @@ def _cmd_compile(args):
                              f"{weights.spec.name!r}, not {spec.name!r}")
     else:
         weights = random_weights(spec, seed=args.seed)
-    result = compile_model(spec, weights, config, args.output, args.planner, seed=args.seed,
-                           progress=None if args.json else _say)
+    say = progress_for(args)
+    with say.bar(None, f"compile {spec.name}", unit="step", ticks=True):
+        result = compile_model(spec, weights, config, args.output, args.planner,
+                               seed=args.seed, progress=say)
     if args.json:
         print(json.dumps({"directory": str(result.directory),
                           "figures": result.plan.figures(),
