@@ -99,6 +99,9 @@ def _cmd_demo(args):
             raise ValueError("demo --backend xrt needs --xclbin FILE (the card's bitstream, "
                              "built from `recfabric build` output by v++)")
         check_file(args.xclbin, "--xclbin file")
+    if args.waves and (args.backend != "sim" or not args.waves.endswith(".vcd")):
+        raise ValueError(f"--waves {args.waves!r}: waveforms come from the sim backend as "
+                         f"FILE.vcd (backend here: {args.backend})")
     from .compiler import check_fits
     check_fits(spec, config)
     check_batch(spec, config, args.batch, args.backend)
@@ -122,6 +125,8 @@ def _cmd_demo(args):
                 else:
                     say(f"  ... {n:,} cycles simulated")
             kwargs.update(progress=sim_progress, progress_every=2_000 if say.bars else 20_000)
+            if args.waves:
+                kwargs["waves"] = args.waves
         say(f"opening the {args.backend} backend")
         t0 = time.perf_counter()
         with bar, Accelerator.open(args.backend, config, **kwargs) as acc:
@@ -156,9 +161,13 @@ def _cmd_demo(args):
         out["throughput_per_s"] = round(args.batch / (t_us * 1e-6), 1)
         if sim_cycles:
             out["simulated_cycles_per_second"] = round(sim_cycles / wall, 1)
+    if args.waves:
+        out["waves"] = args.waves
     if args.json:
         print(json.dumps(out, indent=1))
         return 0 if match else 1
+    if args.waves:
+        print(f"waveforms: {args.waves} (GTKWave: gtkwave {args.waves[:-4]}.gtkw)")
     show = min(args.batch, 8)
     print(f"{'request':>8} {'score':>9} {'raw Q0.16':>10} {'golden':>8} {'float':>9}")
     for i in range(show):
@@ -225,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", default="sim", choices=("sim", "reference", "xrt"))
     s.add_argument("--batch", type=int, default=16)
     s.add_argument("--xclbin", metavar="FILE", help="bitstream for --backend xrt (required there)")
+    s.add_argument("--waves", metavar="FILE.vcd",
+                   help="sim backend: write every signal of the run to this VCD file")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", help="keep the compiled model in this directory")
     s.add_argument("--json", action="store_true")

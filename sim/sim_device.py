@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 import time
 from collections import deque
+from pathlib import Path
 
 from amaranth.sim import Simulator
 
@@ -48,11 +49,15 @@ class SimDevice(RegisterDevice):
         A run that takes longer raises :class:`~recfabric.host.driver.DeviceError`.
     progress : callable, optional
         Called as ``progress(cycles)`` every ``progress_every`` simulated cycles of a run.
+    waves : path, optional
+        Write every signal of the session to this VCD file (and a GTKWave save file next to
+        it); complete once the device is closed. The Amaranth simulator writes VCD only.
     """
 
     def __init__(self, config: AcceleratorConfig, *, memory_bytes: int = 64 << 20,
                  mem_latency: int = 64, p_stall: float = 0.0, seed: int = 0,
-                 max_cycles: int = 5_000_000, progress=None, progress_every: int = 20_000):
+                 max_cycles: int = 5_000_000, progress=None, progress_every: int = 20_000,
+                 waves=None):
         self.config = config
         self.kernel_component = dut = RecFabricKernel(config)
         self._mem = _BumpMemory(memory_bytes)
@@ -84,6 +89,17 @@ class SimDevice(RegisterDevice):
         sim.add_testbench(self._host, background=True)
         sim.add_process(self._count)
         self.sim = sim
+        self.waves, self._waves_writer = None, None
+        if waves is not None:
+            path = Path(waves)
+            if path.suffix != ".vcd":
+                raise DeviceError(f"waves file {str(waves)!r}: the Amaranth simulator writes VCD; "
+                                  "name it FILE.vcd")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._waves_writer = sim.write_vcd(str(path), str(path.with_suffix(".gtkw")),
+                                               traces=[dut.s_axi_control, dut.interrupt])
+            self._waves_writer.__enter__()
+            self.waves = path
 
     async def _count(self, ctx):
         async for _ in ctx.tick():
@@ -138,6 +154,12 @@ class SimDevice(RegisterDevice):
         t0 = time.perf_counter()
         self.run_cycles = self._do(kind="wait", interval=16, limit=self.max_cycles)
         self.wall_seconds = time.perf_counter() - t0
+
+    def close(self):
+        """Finish the waveform file, if one is being written."""
+        if self._waves_writer is not None:
+            writer, self._waves_writer = self._waves_writer, None
+            writer.__exit__(None, None, None)
 
     def allocate(self, name, size, bank=None):
         return self._mem.allocate(name, size, bank)
