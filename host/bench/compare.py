@@ -477,7 +477,13 @@ def run_compare(model, *, config: str = "small", model_config: str = "u280", bat
                 row(name, b, lat, "measured", err, ok, repetitions=reps,
                     min_latency_us=round(fastest * 1e6, 3), threads=threads or "default",
                     method="median wall time of repeated calls, inputs already converted")
-    return {"model": spec.name, "seed": seed, "batches": batches,
+    import os
+    machine = {"cpus": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2)}
+    if machine["load_average_1min"] > machine["cpus"]:
+        notes.append(f"measured rows were taken with a load average of "
+                     f"{machine['load_average_1min']} on {machine['cpus']} CPUs: other work "
+                     "competed for the CPU, so CPU latencies are pessimistic")
+    return {"model": spec.name, "seed": seed, "batches": batches, "machine": machine,
             "float_tolerance": FLOAT_TOL, "fixed_tolerance": FIXED_TOL,
             "rows": rows, "crossovers": crossovers(rows), "notes": notes}
 
