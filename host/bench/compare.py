@@ -321,6 +321,8 @@ def run_compare(model, *, config: str = "small", model_config: str = "u280", bat
         ``progress(msg)`` for status lines; ``progress.bar(total, desc)`` (a context manager
         with ``update()``), when present, for a progress bar over the runs.
     """
+    import os
+
     from ...hw.config import get_preset
     from ..compiler import CompileError, check_fits, compile_model
     from ..driver import Accelerator
@@ -330,8 +332,8 @@ def run_compare(model, *, config: str = "small", model_config: str = "u280", bat
     from ..synthetic import synthetic_batch
     from ..weights import random_weights
     from ..wire_format import RequestLayout
-
     say = progress or (lambda msg: None)
+    load_start = os.getloadavg()[0]
     spec = model if isinstance(model, ModelSpec) else get_model(model)
     batches = sorted(set(int(b) for b in batches))
     if not batches or batches[0] < 1:
@@ -477,8 +479,8 @@ def run_compare(model, *, config: str = "small", model_config: str = "u280", bat
                 row(name, b, lat, "measured", err, ok, repetitions=reps,
                     min_latency_us=round(fastest * 1e6, 3), threads=threads or "default",
                     method="median wall time of repeated calls, inputs already converted")
-    import os
-    machine = {"cpus": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2)}
+    machine = {"cpus": os.cpu_count(),
+               "load_average_1min": round(max(load_start, os.getloadavg()[0]), 2)}
     if machine["load_average_1min"] > machine["cpus"]:
         notes.append(f"measured rows were taken with a load average of "
                      f"{machine['load_average_1min']} on {machine['cpus']} CPUs: other work "
