@@ -52,7 +52,8 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["FLOAT_TOL", "FIXED_TOL", "kernel_cycle_model", "to_onnx", "run_compare",
-           "crossovers", "format_table", "plot_rows", "register", "parse_batches"]
+           "crossovers", "format_table", "format_markdown", "plot_rows", "register",
+           "parse_batches"]
 
 #: Largest |probability difference| accepted between a float platform and the float reference.
 FLOAT_TOL = 1e-4
@@ -194,17 +195,24 @@ def _onnx_feed(spec, dense, sparse) -> dict:
 # ---- timing -------------------------------------------------------------------------------------
 
 def _time_call(fn, *, min_seconds: float, max_reps: int, warmup: int = 2):
-    """``(median wall time (s), last result, repetitions, fastest time (s))`` of ``fn()``."""
+    """Time repeated calls of ``fn()``.
+
+    Returns ``(wall, cpu, last result, repetitions, fastest wall)``: medians of the wall time
+    and of the process's CPU time (``time.process_time``: every thread of this process) per call,
+    in seconds. On an idle machine, with the single-threaded frameworks used here, the two agree;
+    on a shared machine the wall time also counts the time other processes held the CPU.
+    """
     out = None
     for _ in range(warmup):
         out = fn()
-    times = []
+    walls, cpus = [], []
     t_end = time.perf_counter() + min_seconds
-    while len(times) < 3 or (time.perf_counter() < t_end and len(times) < max_reps):
-        t0 = time.perf_counter()
+    while len(walls) < 3 or (time.perf_counter() < t_end and len(walls) < max_reps):
+        c0, t0 = time.process_time(), time.perf_counter()
         out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out, len(times), min(times)
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return statistics.median(walls), statistics.median(cpus), out, len(walls), min(walls)
 
 
 def _cpu_platforms(weights, spec, want, threads: int | None = 1):
@@ -300,7 +308,7 @@ def _check(probs, p_float, tol):
 def run_compare(model, *, config: str = "small", model_config: str = "u280", batches=(1, 16),
                 sim_max_batch: int = 16, platforms=None, seed: int = 0,
                 min_seconds: float = 0.5, max_reps: int = 200, threads: int | None = 1,
-                progress=None) -> dict:
+                timer: str = "wall", progress=None) -> dict:
     """Run the comparison; returns ``{"model", "rows", "crossovers", "notes", ...}``.
 
     Parameters
@@ -317,6 +325,10 @@ def run_compare(model, *, config: str = "small", model_config: str = "u280", bat
         "torch-cuda"}`` (default: all).
     threads : int or None
         Intra-op threads of the CPU frameworks (default 1; None: their default).
+    timer : str
+        ``"wall"`` (default): measured latency is wall time. ``"cpu"``: the process's CPU time
+        per call, for a machine shared with other work (equal to wall time on an idle machine
+        for single-threaded frameworks; meaningless with ``threads`` > 1). Both are recorded.
     progress : callable, optional
         ``progress(msg)`` for status lines; ``progress.bar(total, desc)`` (a context manager
         with ``update()``), when present, for a progress bar over the runs.
@@ -341,6 +353,8 @@ def run_compare(model, *, config: str = "small", model_config: str = "u280", bat
     allp = {"sim", "model", "torch-eager", "torch-script", "onnxruntime", "torch-cuda"}
     want = set(allp if platforms is None else platforms)
     unknown = want - allp
+    if timer not in ("wall", "cpu"):
+        raise ValueError(f"--timer must be wall or cpu, not {timer!r}")
     if unknown:
         raise ValueError(f"unknown platform(s) {', '.join(sorted(unknown))}; known: "
                          f"{', '.join(sorted(allp))}")
@@ -472,19 +486,23 @@ def run_compare(model, *, config: str = "small", model_config: str = "u280", bat
             for b in batches:
                 say(f"measuring {name} at batch {b}")
                 inp = prep(*inputs[b])
-                lat, probs, reps, fastest = _time_call(
+                wall, cpu, probs, reps, fastest = _time_call(
                     lambda run=run, inp=inp: run(inp), min_seconds=min_seconds,
                     max_reps=max_reps)
                 err, ok = _check(probs, p_float[b], FLOAT_TOL)
-                row(name, b, lat, "measured", err, ok, repetitions=reps,
-                    min_latency_us=round(fastest * 1e6, 3), threads=threads or "default",
-                    method="median wall time of repeated calls, inputs already converted")
+                row(name, b, cpu if timer == "cpu" else wall, "measured", err, ok,
+                    repetitions=reps, wall_us=round(wall * 1e6, 3), cpu_us=round(cpu * 1e6, 3),
+                    min_wall_us=round(fastest * 1e6, 3), threads=threads or "default",
+                    timer=timer, method=f"median {timer} time of repeated calls, inputs "
+                                        "already converted")
     machine = {"cpus": os.cpu_count(),
                "load_average_1min": round(max(load_start, os.getloadavg()[0]), 2)}
     if machine["load_average_1min"] > machine["cpus"]:
         notes.append(f"measured rows were taken with a load average of "
                      f"{machine['load_average_1min']} on {machine['cpus']} CPUs: other work "
-                     "competed for the CPU, so CPU latencies are pessimistic")
+                     "competed for the CPU, so wall times are pessimistic"
+                     + (" (rows give CPU time, --timer cpu)" if timer == "cpu" else
+                        "; --timer cpu measures CPU time instead"))
     return {"model": spec.name, "seed": seed, "batches": batches, "machine": machine,
             "float_tolerance": FLOAT_TOL, "fixed_tolerance": FIXED_TOL,
             "rows": rows, "crossovers": crossovers(rows), "notes": notes}
@@ -555,6 +573,25 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def format_markdown(result: dict) -> str:
+    """A Markdown table: one row per batch, per platform ``latency us / inferences per s``
+    (``*`` marks accelerator rows extrapolated or modelled, not simulated)."""
+    plats = list(dict.fromkeys(r["platform"] for r in result["rows"]))
+    cell = {(r["platform"], r["batch"]): r for r in result["rows"]}
+    out = ["| batch | " + " | ".join(plats) + " |", "|---:|" + "---:|" * len(plats)]
+    for b in result["batches"]:
+        cells = []
+        for p in plats:
+            r = cell.get((p, b))
+            if r is None:
+                cells.append("-")
+                continue
+            star = "*" if r["platform"].endswith(" sim") and r["source"] != "simulated" else ""
+            cells.append(f"{r['latency_us']:,.1f} / {r['throughput']:.2g}{star}")
+        out.append(f"| {b} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def plot_rows(result: dict, path) -> None:
     """Latency and throughput vs batch (log axes), one line per platform, to ``path``."""
     import matplotlib
@@ -596,7 +633,8 @@ def _cmd(args):
     result = run_compare(args.model, config=None if args.config == "none" else args.config,
                          model_config=None if args.model_config == "none" else args.model_config,
                          batches=batches, sim_max_batch=args.sim_max_batch, platforms=plats,
-                         seed=args.seed, threads=args.threads or None, progress=prog)
+                         seed=args.seed, threads=args.threads or None, timer=args.timer,
+                         progress=prog)
     if args.plot:
         plot_rows(result, args.plot)
         result["plot"] = args.plot
@@ -626,6 +664,9 @@ def register(subparsers):
                    help="subset: sim,model,torch-eager,torch-script,onnxruntime,torch-cuda")
     s.add_argument("--threads", type=int, default=1,
                    help="CPU framework intra-op threads (default 1; 0: framework default)")
+    s.add_argument("--timer", choices=("wall", "cpu"), default="wall",
+                   help="CPU rows: wall time (default) or process CPU time per call (for a "
+                        "shared machine; equal on an idle one with --threads 1)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--plot", metavar="FILE.png", help="write latency/throughput plots")
     s.add_argument("--json", action="store_true", help="machine-readable output")
