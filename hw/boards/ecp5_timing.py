@@ -175,13 +175,35 @@ def run_timing(config, *, block: str = "kernel", board: str = "ulx3s-85f", route
     clk_name, clk = min(fmax.items(), key=lambda kv: kv[1]["achieved"])
     util = {k: {"used": v["used"], "available": v["available"]}
             for k, v in rep.get("utilization", {}).items() if v["used"]}
+    crit = _critical_path(rep, clk_name)
     out = {"config": config.name, "block": block, "board": board, "device": part["device"],
            "package": part["package"], "speed": part["speed"], "routed": route,
            "fmax_mhz": round(float(clk["achieved"]), 2), "target_mhz": target,
-           "clock": clk_name, "utilization": util, "seconds": seconds, "workdir": str(wd),
+           "clock": clk_name, "utilization": util, "critical_path": crit,
+           "seconds": seconds, "workdir": str(wd),
            "commands": commands}
     (wd / "timing.json").write_text(json.dumps(out, indent=1) + "\n")
     return out
+
+
+def _critical_path(rep: dict, clock: str) -> dict | None:
+    """Start and end cells and the logic / routing delay split of the clock's critical path in
+    nextpnr's JSON report (None when the report has none)."""
+    for cp in rep.get("critical_paths", []):
+        if clock not in (cp.get("from"), cp.get("to")) and len(rep.get("fmax", {})) > 1:
+            continue
+        steps = cp.get("path", [])
+        if not steps:
+            continue
+        kinds = {}
+        for st in steps:
+            kinds[st.get("type", "?")] = kinds.get(st.get("type", "?"), 0.0) + st.get("delay", 0)
+        return {"from": steps[0].get("from", {}).get("cell"),
+                "to": steps[-1].get("to", {}).get("cell"),
+                "delay_ns": round(sum(kinds.values()), 3),
+                "by_type_ns": {k: round(v, 3) for k, v in kinds.items()},
+                "steps": len(steps)}
+    return None
 
 
 def format_timing(r: dict) -> str:
@@ -194,5 +216,9 @@ def format_timing(r: dict) -> str:
     for k, v in sorted(r["utilization"].items()):
         pct = 100.0 * v["used"] / v["available"] if v["available"] else 0.0
         lines.append(f"{k:<16} {v['used']:>8,} {v['available']:>10,} {pct:>5.1f}%")
+    cp = r.get("critical_path")
+    if cp:
+        split = ", ".join(f"{k} {v:g} ns" for k, v in cp["by_type_ns"].items())
+        lines.append(f"critical path {cp['delay_ns']:g} ns ({split}): {cp['from']} -> {cp['to']}")
     lines.append("times: " + ", ".join(f"{k} {v:g} s" for k, v in r["seconds"].items()))
     return "\n".join(lines)
