@@ -353,6 +353,9 @@ def run_compare(model, *, config: str = "small", model_config: str = "u280", bat
     allp = {"sim", "model", "torch-eager", "torch-script", "onnxruntime", "torch-cuda"}
     want = set(allp if platforms is None else platforms)
     unknown = want - allp
+    if sim_max_batch < 2:
+        raise ValueError(f"--sim-max-batch must be at least 2 (two simulated batches give the "
+                         f"extrapolation's slope), not {sim_max_batch}")
     if timer not in ("wall", "cpu"):
         raise ValueError(f"--timer must be wall or cpu, not {timer!r}")
     if unknown:
