@@ -169,7 +169,8 @@ def run_timing(config, *, block: str = "kernel", board: str = "ulx3s-85f", route
     seconds["pnr"] = round(time.perf_counter() - t0, 1)
 
     rep = json.loads((wd / "report.json").read_text())
-    fmax = rep.get("fmax", {})
+    # A placement-only run leaves the report's fmax empty; its log has the estimate.
+    fmax = rep.get("fmax") or _fmax_from_log((wd / "nextpnr.log").read_text())
     if not fmax:
         raise TimingError(f"nextpnr reported no clock (report: {wd / 'report.json'})")
     clk_name, clk = min(fmax.items(), key=lambda kv: kv[1]["achieved"])
@@ -183,6 +184,15 @@ def run_timing(config, *, block: str = "kernel", board: str = "ulx3s-85f", route
            "seconds": seconds, "workdir": str(wd),
            "commands": commands}
     (wd / "timing.json").write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
+def _fmax_from_log(text: str) -> dict:
+    """``{clock: {"achieved": MHz}}`` from the last "Max frequency" lines of a nextpnr log."""
+    import re
+    out = {}
+    for m in re.finditer(r"Max frequency for clock '([^']+)': ([0-9.]+) MHz", text):
+        out[m.group(1)] = {"achieved": float(m.group(2))}
     return out
 
 
