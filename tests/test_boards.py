@@ -67,3 +67,12 @@ def test_every_alveo_board_has_constraints():
     from recfabric.hw.vitis_package import constraints_dir
     for name in ALVEO_BOARDS:
         assert (constraints_dir() / f"{name}.xdc").exists()
+
+
+def test_placement_only_fmax_comes_from_the_log():
+    from recfabric.hw.boards.ecp5_timing import _fmax_from_log
+    log = ("Info: Max frequency for clock 'clk': 45.72 MHz (FAIL at 250.00 MHz)\n"
+           "Info: Routing..\n"
+           "Warning: Max frequency for clock 'clk': 50.72 MHz (FAIL at 250.00 MHz)\n")
+    assert _fmax_from_log(log) == {"clk": {"achieved": 50.72}}
+    assert _fmax_from_log("Info: Program finished normally.\n") == {}
