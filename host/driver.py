@@ -11,6 +11,9 @@ for ``ap_done`` with a timeout. Every backend runs the same core code:
 ``sim``
     :class:`recfabric.sim.sim_device.SimDevice`: the generated kernel, cycle-accurate in the
     Amaranth simulator, behind its real register map and AXI masters (memory models).
+``verilator``
+    :class:`recfabric.sim.verilator_device.VerilatorDevice`: the generated kernel Verilog
+    compiled by Verilator, with C++ AXI memory models (fast; for larger configurations and soaks).
 ``xrt``
     :class:`XRTDevice`: an Alveo card through XRT's Python binding ``pyxrt`` (import-guarded).
 
@@ -59,7 +62,7 @@ from .wire_format import (
 __all__ = ["Device", "Buffer", "RegisterDevice", "ReferenceDevice", "XRTDevice", "Accelerator",
            "InferenceResult", "DeviceError", "KernelError", "open_device", "BACKENDS"]
 
-BACKENDS = ("reference", "sim", "xrt")
+BACKENDS = ("reference", "sim", "verilator", "xrt")
 
 
 class DeviceError(RuntimeError):
@@ -287,6 +290,9 @@ def open_device(backend: str, config: AcceleratorConfig, **kwargs) -> Device:
     if backend == "sim":
         from ..sim.sim_device import SimDevice  # noqa: PLC0415 - Amaranth simulation only here
         return SimDevice(config, **kwargs)
+    if backend == "verilator":
+        from ..sim.verilator_device import VerilatorDevice  # noqa: PLC0415 - needs Verilator
+        return VerilatorDevice(config, **kwargs)
     if backend == "xrt":
         return XRTDevice(config, **kwargs)
     raise DeviceError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
