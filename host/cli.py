@@ -5,6 +5,7 @@
 ``recfabric demo``              the main job on the default model
 ``recfabric plan`` / ``compile``   model compiler (:mod:`recfabric.host.compiler_cli`)
 ``recfabric bench lookup|mlp``    cycle-accurate block benchmarks
+``recfabric soak``              randomized soak on the Verilator back-end (:mod:`.soak`)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from .model_zoo import DEFAULT_MODEL, ZOO, get_model
 __all__ = ["main"]
 
 # Modules that add their own verbs with ``register(subparsers)``.
-_PLUGINS = (".compiler_cli",)
+_PLUGINS = (".compiler_cli", ".soak")
 # Modules that add a benchmark below ``recfabric bench`` with ``register(subparsers)``.
 _BENCHES = (".bench_lookup", ".bench_mlp")
 
@@ -198,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="main job: the default model through the simulated kernel")
     s.add_argument("--model", default=DEFAULT_MODEL, help=f"zoo name (default {DEFAULT_MODEL})")
     s.add_argument("--config", default="small", help="accelerator preset (default small)")
-    s.add_argument("--backend", default="sim", choices=("sim", "reference", "xrt"))
+    s.add_argument("--backend", default="sim", choices=("sim", "reference", "verilator", "xrt"))
     s.add_argument("--batch", type=int, default=16)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", help="keep the compiled model in this directory")

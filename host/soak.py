@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -450,3 +451,43 @@ def format_report(rep: SoakReport) -> str:
         for e in rep.examples[:8]:
             lines.append("  e.g. " + json.dumps(e, default=str)[:300])
     return "\n".join(lines)
+
+
+def _cmd_soak(args) -> int:
+    if args.minutes is None and args.inferences is None:
+        args.minutes = 2.0
+
+    def progress(rep):
+        if args.json or rep.runs % 50:
+            return
+        print(f"[recfabric] soak: {rep.inferences} inferences, {rep.models} models, "
+              f"{rep.mismatches} mismatches, {rep.hangs} hangs, {rep.flag_errors} flag errors",
+              file=sys.stderr, flush=True)
+
+    rep = soak(args.config, minutes=args.minutes, inferences=args.inferences, seed=args.seed,
+               p_stall=args.p_stall, max_batch=args.max_batch,
+               allow_no_dense=not args.dense_only, progress=progress)
+    if args.json:
+        print(json.dumps(rep.to_json(), indent=1, default=str))
+    else:
+        print(format_report(rep))
+    return 0 if not (rep.mismatches or rep.hangs or rep.flag_errors) else 1
+
+
+def register(subparsers):
+    """Add the ``soak`` verb to ``recfabric``'s subparsers."""
+    s = subparsers.add_parser(
+        "soak", help="randomized soak of the generated kernel on the Verilator back-end")
+    s.add_argument("--config", default="small",
+                   help="accelerator preset, or <preset>-int8 for its int8 variant "
+                        "(default small)")
+    s.add_argument("--minutes", type=float, help="stop after this long (default 2)")
+    s.add_argument("--inferences", type=int, help="stop after this many checked inferences")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--p-stall", type=float, default=0.2,
+                   help="pause probability per cycle on every AXI channel (default 0.2)")
+    s.add_argument("--max-batch", type=int, default=48)
+    s.add_argument("--dense-only", action="store_true",
+                   help="only models with dense features (avoids issue 10 item 1)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=_cmd_soak)

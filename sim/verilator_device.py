@@ -409,6 +409,8 @@ class VerilatorDevice(RegisterDevice):
         """Cycles simulated since the device was opened (resets included)."""
         return int(self._lib.rf_cycle(self._h))
 
+    cycles = cycle  # the name SimDevice uses
+
     @property
     def memory_pages(self) -> tuple[int, int]:
         """(pages allocated, page size in bytes) of the sparse device memory."""
