@@ -149,3 +149,29 @@ def test_bad_settings_are_refused():
     with Accelerator.open("verilator", "tiny") as acc:
         with pytest.raises(DeviceError, match="no memory port 'tables9'"):
             acc.device.configure_port("tables9", latency=3)
+
+
+@pytest.mark.slow
+def test_small_config_speed(tmp_path):
+    """Simulated cycles per CPU-second on the `small` config (issue 9 item 5: >= 100k).
+
+    Cycles are the kernel's counter (status block) of a steady-state batch of 512; the time is
+    this process's CPU time (the machine may be shared); wall time is printed beside it.
+    """
+    import time
+
+    spec = get_model("small")
+    d, cm = _compiled(tmp_path, spec, config="small")
+    with Accelerator.open("verilator", "small") as acc:
+        acc.load(d)
+        dense, sparse = synthetic_batch(spec, 512, seed=1)
+        acc.infer(dense, sparse)  # program load and warm-up
+        cpu = time.process_time()
+        r = acc.infer(dense, sparse)
+        cpu = time.process_time() - cpu
+        wall = acc.device.wall_seconds
+    assert np.array_equal(r.scores, _golden(cm, dense, sparse))
+    cycles = r.counters["cycles"]
+    print(f"small, batch 512: {cycles} cycles, {cycles / cpu:,.0f} cycles/s CPU, "
+          f"{cycles / wall:,.0f} cycles/s wall")
+    assert cycles / cpu >= 100_000
