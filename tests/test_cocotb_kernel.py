@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from recfabric.host.compiler import compile_model, golden_from_images, load_compiled
-from recfabric.host.kernel_program import build_program
-from recfabric.host.model_zoo import get_model
-from recfabric.host.synthetic import synthetic_batch
-from recfabric.host.weights import random_weights
-from recfabric.host.wire_format import RequestLayout, pack_float_requests
+from recfabric.host.compiler.kernel_program import build_program
+from recfabric.host.model.synthetic import synthetic_batch
+from recfabric.host.model.weights import random_weights
+from recfabric.host.model.zoo import get_model
+from recfabric.host.runtime.wire_format import RequestLayout, pack_float_requests
 from recfabric.hw.config import get_preset
 from recfabric.hw.kernel import RecFabricKernel, generate_verilog
 from recfabric.hw.register_map import (

@@ -5,18 +5,18 @@ import json
 import numpy as np
 import pytest
 
+from recfabric.host.cli.compile import register
 from recfabric.host.compiler import (
     CompileError,
     compile_model,
     golden_from_images,
     load_compiled,
 )
-from recfabric.host.compiler_cli import register
-from recfabric.host.golden import golden_forward
-from recfabric.host.model_spec import ModelSpec, SparseFeature, SpecError
-from recfabric.host.model_zoo import get_model
-from recfabric.host.synthetic import synthetic_batch
-from recfabric.host.weights import random_weights
+from recfabric.host.model.spec import ModelSpec, SparseFeature, SpecError
+from recfabric.host.model.synthetic import synthetic_batch
+from recfabric.host.model.weights import random_weights
+from recfabric.host.model.zoo import get_model
+from recfabric.host.reference.golden import golden_forward
 from recfabric.hw.config import get_preset
 
 MIXED = ModelSpec("mixed", sparse=(SparseFeature("a", 10, 4), SparseFeature("b", 12, 4),

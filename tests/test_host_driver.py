@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from recfabric.host.compiler import compile_model, golden_from_images, load_compiled
-from recfabric.host.driver import Accelerator, DeviceError
-from recfabric.host.model_zoo import get_model
-from recfabric.host.synthetic import synthetic_batch
-from recfabric.host.weights import random_weights
+from recfabric.host.model.synthetic import synthetic_batch
+from recfabric.host.model.weights import random_weights
+from recfabric.host.model.zoo import get_model
+from recfabric.host.runtime.accelerator import Accelerator, DeviceError
 from recfabric.hw.config import get_preset
 
 
@@ -96,7 +96,7 @@ def test_xrt_backend_drives_the_documented_pyxrt_api(tmp_path, monkeypatch):
     """A stand-in pyxrt with the binding's documented surface (device.load_xclbin, kernel with
     group_id, bo write/sync/read/address, run set_arg/start/wait) whose kernel is the
     reference model: the XRTDevice code path runs end to end."""
-    from recfabric.host.driver import ReferenceDevice
+    from recfabric.host.runtime.accelerator import ReferenceDevice
     from recfabric.hw.vitis_package import kernel_name
 
     spec, d, cm = compiled(tmp_path, "tiny", "tiny")

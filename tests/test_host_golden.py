@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from recfabric.host import numerics as nx
-from recfabric.host.golden import Bags, float_forward, golden_forward
-from recfabric.host.model_zoo import get_model
-from recfabric.host.quantize import quantize_model
-from recfabric.host.synthetic import synthetic_batch
-from recfabric.host.weights import ModelWeights, random_weights
+from recfabric.host.model.synthetic import synthetic_batch
+from recfabric.host.model.weights import ModelWeights, random_weights
+from recfabric.host.model.zoo import get_model
+from recfabric.host.reference.golden import Bags, float_forward, golden_forward
+from recfabric.host.reference.quantize import quantize_model
 
 from .test_host_numerics import naive_requantize, naive_saturate, naive_wrap
 

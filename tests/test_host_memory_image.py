@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from recfabric.host.golden import QuantizedTable
-from recfabric.host.memory_image import (
+from recfabric.host.compiler.memory_image import (
     HEADER,
     TABLE_RECORD,
     ImageError,
@@ -15,12 +14,13 @@ from recfabric.host.memory_image import (
     unpack_mlp,
     write_table_images,
 )
-from recfabric.host.model_spec import ModelSpec, SparseFeature
+from recfabric.host.compiler.planner import plan
+from recfabric.host.model.spec import ModelSpec, SparseFeature
+from recfabric.host.model.synthetic import synthetic_batch
+from recfabric.host.model.weights import HashedTable, random_weights
 from recfabric.host.numerics import FixedFormat
-from recfabric.host.planner import plan
-from recfabric.host.quantize import quantize_model
-from recfabric.host.synthetic import synthetic_batch
-from recfabric.host.weights import HashedTable, random_weights
+from recfabric.host.reference.golden import QuantizedTable
+from recfabric.host.reference.quantize import quantize_model
 from recfabric.hw.config import get_preset
 
 SPEC = ModelSpec("img", sparse=(SparseFeature("a", 10, 4), SparseFeature("b", 12, 4),

@@ -6,9 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from recfabric.host.model_spec import ModelSpec, SparseFeature
-from recfabric.host.model_zoo import get_model, model_names
-from recfabric.host.planner import (
+from recfabric.host.compiler.planner import (
     PLANNERS,
     TABLE_ALIGN,
     Group,
@@ -17,6 +15,8 @@ from recfabric.host.planner import (
     PlanError,
     plan,
 )
+from recfabric.host.model.spec import ModelSpec, SparseFeature
+from recfabric.host.model.zoo import get_model, model_names
 from recfabric.hw.config import get_preset
 
 CONFIGS = ("u280", "u280-int8", "small")

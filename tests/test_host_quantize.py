@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 
 from recfabric.host import numerics as nx
-from recfabric.host.model_zoo import get_model
-from recfabric.host.quantize import accuracy_report, auc, log_loss, quantize_model
-from recfabric.host.synthetic import synthetic_batch, zipf_ids
-from recfabric.host.weights import random_weights
+from recfabric.host.model.synthetic import synthetic_batch, zipf_ids
+from recfabric.host.model.weights import random_weights
+from recfabric.host.model.zoo import get_model
+from recfabric.host.reference.quantize import accuracy_report, auc, log_loss, quantize_model
 
 
 def test_auc_against_pairwise_definition():

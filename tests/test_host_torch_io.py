@@ -12,12 +12,12 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 
 from recfabric.host import torch_io  # noqa: E402
-from recfabric.host.golden import Bags, float_forward  # noqa: E402
-from recfabric.host.model_spec import ModelSpec, SparseFeature, SpecError  # noqa: E402
-from recfabric.host.model_zoo import get_model  # noqa: E402
-from recfabric.host.synthetic import synthetic_batch  # noqa: E402
-from recfabric.host.torch_io import bags_to_torch, from_torch, to_torch  # noqa: E402
-from recfabric.host.weights import ArrayTable, random_weights  # noqa: E402
+from recfabric.host.model.spec import ModelSpec, SparseFeature, SpecError  # noqa: E402
+from recfabric.host.model.synthetic import synthetic_batch  # noqa: E402
+from recfabric.host.model.torch_io import bags_to_torch, from_torch, to_torch  # noqa: E402
+from recfabric.host.model.weights import ArrayTable, random_weights  # noqa: E402
+from recfabric.host.model.zoo import get_model  # noqa: E402
+from recfabric.host.reference.golden import Bags, float_forward  # noqa: E402
 
 DOT_HEADS = ModelSpec(
     name="dot-heads", sparse=(SparseFeature("u", 50, 4, bag=3), SparseFeature("v", 70, 4),

@@ -12,13 +12,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recfabric.host import numerics as nx
-from recfabric.host.golden import Bags, golden_forward
-from recfabric.host.model_spec import ModelSpec, SparseFeature
-from recfabric.host.model_zoo import get_model
-from recfabric.host.quantize import quantize_model
-from recfabric.host.synthetic import synthetic_batch
-from recfabric.host.weights import random_weights
-from recfabric.host.wire_format import (
+from recfabric.host.model.spec import ModelSpec, SparseFeature
+from recfabric.host.model.synthetic import synthetic_batch
+from recfabric.host.model.weights import random_weights
+from recfabric.host.model.zoo import get_model
+from recfabric.host.reference.golden import Bags, golden_forward
+from recfabric.host.reference.quantize import quantize_model
+from recfabric.host.runtime.wire_format import (
     RequestLayout,
     ResultStatus,
     WireFormatError,

@@ -1,10 +1,10 @@
 """Cycle-accurate lookup benchmark (``recfabric bench lookup``) and the lookup simulation harness.
 
-The harness (:func:`layout_tables`, :func:`expected_pooled`, :func:`simulate_lookup_unit`) puts
-embedding tables into a memory image following the descriptor rules of
-:mod:`recfabric.hw.embedding_lookup`, runs an :class:`EmbeddingLookupUnit` against
-:class:`recfabric.sim.hbm_model.HBMModel` in the Amaranth simulator, and computes what the
-numerics spec says each bag pools to. The unit tests and the benchmark share it.
+The harness (:func:`expected_pooled`, :func:`simulate_lookup_unit`) runs an
+:class:`EmbeddingLookupUnit` against :class:`recfabric.sim.hbm_model.HBMModel` in the Amaranth
+simulator, and computes what the numerics spec says each bag pools to. Tables are laid out by the
+compiler's one table layout (:func:`recfabric.host.compiler.table_layout.pack_tables`). The
+unit tests and the benchmark share it.
 
 :func:`run_lookup_bench` measures, per configuration (memory latency x outstanding-read limit x
 row size), the sustained lookups per cycle of one channel (one-lookup bags back to back, consumer
@@ -22,10 +22,10 @@ import time
 
 import numpy as np
 
-from . import numerics as nx
+from .. import numerics as nx
+from ..compiler.table_layout import TableLayout, pack_tables
 
 __all__ = [
-    "layout_tables",
     "expected_pooled",
     "simulate_lookup_unit",
     "run_lookup_bench",
@@ -35,51 +35,6 @@ __all__ = [
 
 
 _PERIOD = 4e-9  # 250 MHz; only cycle counts matter
-
-
-def _pow2_at_least(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
-def layout_tables(tables, *, data_bits: int, beat_bytes: int, base: int = 0x1000,
-                  stride_pad: bool = True):
-    """Lay integer tables out in a memory image under the lookup unit's descriptor rules.
-
-    Parameters
-    ----------
-    tables : list of int arrays, shape (rows, dim)
-    data_bits : int
-    beat_bytes : int
-    base : int
-        Address of the image's byte 0; must be 4 KiB aligned.
-    stride_pad : bool
-        Round each row's stride up to a power of two (so rows never cross 4 KiB).
-
-    Returns
-    -------
-    memory : numpy uint8 array
-    descs : list of dict(base, stride, rows, dim)
-        Byte addresses, ready for the unit's descriptor port.
-    """
-    if base % 4096:
-        raise ValueError(f"Image base must be 4 KiB aligned, not {base:#x}")
-    eb = data_bits // 8
-    chunks, descs = [], []
-    addr = base
-    for t in tables:
-        t = np.asarray(t, dtype=np.int64)
-        rows, dim = t.shape
-        row_bytes = -(-dim * eb // beat_bytes) * beat_bytes
-        stride = _pow2_at_least(row_bytes) if stride_pad else row_bytes
-        img = np.zeros((rows, stride), dtype=np.uint8)
-        le = t.astype(np.int16 if eb == 2 else np.int8).astype(f"<i{eb}")
-        img[:, :dim * eb] = le.view(np.uint8).reshape(rows, dim * eb)
-        descs.append({"base": addr, "stride": stride, "rows": rows, "dim": dim})
-        chunk = img.reshape(-1)
-        pad = (-len(chunk)) % 4096
-        chunks.append(np.concatenate([chunk, np.zeros(pad, dtype=np.uint8)]))
-        addr += len(chunk) + pad
-    return np.concatenate(chunks) if chunks else np.zeros(0, np.uint8), descs
 
 
 def expected_pooled(tables, descs_valid, lookups, *, data_bits: int, max_dim: int,
@@ -128,8 +83,8 @@ def simulate_lookup_unit(unit, memory, descs, lookups, *, base: int = 0x1000, la
     """
     from amaranth.sim import Simulator
 
-    from ..sim.hbm_model import HBMModel
-    from ..sim.stream_testing import StreamChecker, payload_value, stream_get, stream_put
+    from ...sim.hbm_model import HBMModel
+    from ...sim.stream_testing import StreamChecker, payload_value, stream_get, stream_put
 
     rng = rng or random.Random(0)
     kw = dict(base=base, latency=latency, max_outstanding=mem_outstanding, rng=rng)
@@ -182,13 +137,13 @@ def simulate_lookup_unit(unit, memory, descs, lookups, *, base: int = 0x1000, la
 
 def _bench_one(*, latency: int, outstanding: int, dim: int, n: int, data_bits: int = 16,
                data_width: int = 256, seed: int = 0) -> dict:
-    from ..hw.embedding_lookup import EmbeddingLookupUnit
+    from ...hw.embedding_lookup import EmbeddingLookupUnit
 
     rng = random.Random(seed)
     nrng = np.random.default_rng(seed)
     lim = 1 << (data_bits - 1)
     table = nrng.integers(-lim, lim, size=(256, dim))
-    memory, descs = layout_tables([table], data_bits=data_bits, beat_bytes=data_width // 8)
+    memory, descs = pack_tables([table], TableLayout(data_bits, data_width // 8))
     unit = EmbeddingLookupUnit(data_bits=data_bits, max_dim=dim, data_width=data_width,
                                max_outstanding=outstanding, tag_bits=4, slot_bits=2, n_desc=1,
                                max_bag=1)
@@ -301,7 +256,7 @@ def register(subparsers):
 
 
 def main(argv=None) -> int:
-    """Stand-alone entry point: ``python -m recfabric.host.bench_lookup [--json]``."""
+    """Stand-alone entry point: ``python -m recfabric.host.bench.lookup [--json]``."""
     import argparse
 
     p = argparse.ArgumentParser(prog="recfabric bench lookup", description=__doc__.split("\n")[0])

@@ -12,13 +12,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import numerics as nx
-from .golden import QLayer, QuantizedModel, QuantizedTable, float_forward, golden_forward
-from .numerics import FixedFormat, Rounding
-from .synthetic import synthetic_batch
-from .weights import ModelWeights
+from .. import numerics as nx
+from ..model.spec import Bags, ModelSpec, SpecError, check_sparse
+from ..model.synthetic import synthetic_batch
+from ..model.weights import ModelWeights
+from ..numerics import FixedFormat, Rounding
+from .golden import (
+    QLayer,
+    QuantizedModel,
+    QuantizedTable,
+    float_forward,
+    golden_forward,
+    interaction,
+)
 
-__all__ = ["quantize_model", "accuracy_report", "auc", "log_loss"]
+__all__ = ["quantize_model", "accuracy_report", "auc", "log_loss", "saturation_counts",
+           "load_calibration", "save_calibration"]
 
 
 def _max_abs(*arrays) -> float:
@@ -142,3 +151,120 @@ def accuracy_report(weights: ModelWeights, bits: int = 16, batch: int = 4096,
         "positive_rate": float(labels.mean()),
         "score_std": float(p_float.std()),
     }
+
+
+# ---- calibration data and saturation ------------------------------------------------------
+
+def save_calibration(path, spec: ModelSpec, dense, sparse) -> None:
+    """Write a calibration batch as ``.npz`` (format: ``docs/compiler.md``, "Calibration data").
+
+    Keys: ``dense`` (float, ``(n, spec.dense)``); per sparse feature ``ids:<name>`` (int,
+    ``(n, bag)``) and ``lengths:<name>`` (int, ``(n,)``).
+    """
+    batch = sparse[0].batch if sparse else np.asarray(dense).shape[0]
+    check_sparse(spec, sparse, batch)
+    arrays = {"dense": np.asarray(dense, dtype=np.float32).reshape(batch, spec.dense)}
+    for f, b in zip(spec.sparse, sparse):
+        arrays[f"ids:{f.name}"] = np.asarray(b.ids, dtype=np.int64)
+        arrays[f"lengths:{f.name}"] = np.asarray(b.lengths, dtype=np.int64)
+    np.savez(path, **arrays)
+
+
+def load_calibration(path, spec: ModelSpec):
+    """Read a calibration ``.npz`` for ``spec``: ``(dense float32, [Bags per feature])``.
+
+    ``lengths:<name>`` may be left out for one-hot features (every length is 1). Errors name the
+    file and the missing or malformed key.
+    """
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise SpecError(f"calibration file {str(path)!r} is not a readable .npz: {e}") from None
+    with data:
+        keys = set(data.files)
+        if "dense" not in keys:
+            raise SpecError(f"calibration file {str(path)!r} has no 'dense' array")
+        dense = np.asarray(data["dense"], dtype=np.float32)
+        if dense.ndim != 2 or dense.shape[1] != spec.dense:
+            raise SpecError(f"calibration file {str(path)!r}: 'dense' has shape {dense.shape}, "
+                            f"model {spec.name!r} needs (n, {spec.dense})")
+        sparse = []
+        for f in spec.sparse:
+            ids_key, len_key = f"ids:{f.name}", f"lengths:{f.name}"
+            if ids_key not in keys:
+                raise SpecError(f"calibration file {str(path)!r} has no {ids_key!r} array")
+            ids = np.asarray(data[ids_key])
+            if ids.ndim == 1:
+                ids = ids[:, None]
+            if len_key in keys:
+                lengths = np.asarray(data[len_key])
+            elif f.bag == 1:
+                lengths = np.ones(len(ids), dtype=np.int64)
+            else:
+                raise SpecError(f"calibration file {str(path)!r} has no {len_key!r} array "
+                                f"(feature {f.name!r} is multi-hot)")
+            sparse.append(Bags(ids, lengths))
+        extra = sorted(keys - {"dense"} - {f"{k}:{f.name}" for f in spec.sparse
+                                           for k in ("ids", "lengths")})
+        if extra:
+            raise SpecError(f"calibration file {str(path)!r} has arrays the model "
+                            f"{spec.name!r} does not know: {', '.join(extra)}")
+    if not len(dense):
+        raise SpecError(f"calibration file {str(path)!r} holds no requests")
+    check_sparse(spec, sparse, len(dense))
+    return dense, sparse
+
+
+def _outside(values, fmt: FixedFormat) -> int:
+    v = np.asarray(values)
+    return int(np.count_nonzero((v < fmt.min_int) | (v > fmt.max_int)))
+
+
+def saturation_counts(qm: QuantizedModel, weights: ModelWeights, dense, sparse) -> dict:
+    """How many values saturate, per tensor, when ``qm`` runs the batch ``(dense, sparse)``.
+
+    Counts values whose exact result lies outside the tensor's format before the spec's
+    saturation: the quantized dense inputs, the embedding rows gathered, each feature's pooled
+    sum (``pooled:<name>``) and each MLP layer's requantized output (``bottom[i]``, ``top[i]``,
+    ``heads[h][i]``; the last top layer's is the sigmoid's input). Also ``values``: how many
+    values of each tensor were seen. The integer path is the golden model's (same functions).
+    """
+    sat, seen = {}, {}
+    x = np.asarray(dense, dtype=np.float64)
+    raw = np.sign(np.ldexp(x, qm.dense_fmt.frac)) * np.floor(
+        np.abs(np.ldexp(x, qm.dense_fmt.frac)) + 0.5)
+    sat["dense_input"], seen["dense_input"] = _outside(raw, qm.dense_fmt), int(raw.size)
+    x = qm.quantize_dense(dense)
+
+    def layers(prefix, ls, v):
+        for i, l in enumerate(ls):
+            acc = nx.mac(v, l.w, qm.acc_bits, bias=l.b)
+            wide = nx.requantize(acc, l.shift, FixedFormat(64, l.out_fmt.frac), qm.rounding)
+            name = f"{prefix}[{i}]"
+            sat[name], seen[name] = _outside(wide, l.out_fmt), int(wide.size)
+            v = nx.requantize(acc, l.shift, l.out_fmt, qm.rounding)
+            v = nx.relu(v) if l.relu else v
+        return v
+
+    dense_vec = layers("bottom", qm.bottom, x)
+    rows_sat = rows_seen = 0
+    pooled = []
+    for f, t, bags in zip(qm.spec.sparse, weights.tables, sparse):
+        m = bags.mask()
+        ids = np.where(m, bags.ids, 0)
+        rows = np.asarray(t.gather(ids.reshape(-1)), np.float64).reshape(*ids.shape, t.dim)
+        scaled = np.ldexp(rows, qm.emb_fmt.frac)
+        r = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)
+        rows_sat += _outside(r[m], qm.emb_fmt)
+        rows_seen += int(r[m].size)
+        q = nx.quantize(rows, qm.emb_fmt) * m[..., None]
+        total = q.sum(axis=1)
+        sat[f"pooled:{f.name}"], seen[f"pooled:{f.name}"] = _outside(total, qm.emb_fmt), \
+            int(total.size)
+        pooled.append(nx.saturate(total, qm.emb_fmt))
+    sat["embedding_rows"], seen["embedding_rows"] = rows_sat, rows_seen
+    z = interaction(qm, dense_vec, pooled)
+    trunk = layers("top", qm.top, z)
+    for h, head in enumerate(qm.heads):
+        layers(f"heads[{h}]", head, trunk)
+    return {"saturated": sat, "values": seen}

@@ -20,7 +20,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["SparseFeature", "ModelSpec", "SpecError"]
+import numpy as np
+
+__all__ = ["SparseFeature", "ModelSpec", "SpecError", "Bags", "check_sparse"]
 
 INTERACTIONS = ("concat", "dot")
 
@@ -323,3 +325,53 @@ class ModelSpec:
                 f"{self.interaction}, top {self.shape_string()}, "
                 f"{sum(f.rows for f in self.sparse):,} rows ({gib:.2f} GiB at int16), "
                 f"{self.macs_per_inference():,} MACs")
+
+
+# ---- a batch's sparse inputs -------------------------------------------------------------
+
+@dataclass
+class Bags:
+    """IDs of one sparse feature for a batch: ``ids[b, :lengths[b]]`` are request b's IDs."""
+
+    ids: np.ndarray  # (batch, max_bag) int64; entries past the length are ignored
+    lengths: np.ndarray  # (batch,) int64
+
+    @classmethod
+    def one_hot(cls, ids) -> Bags:
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1, 1)
+        return cls(ids, np.ones(len(ids), dtype=np.int64))
+
+    @property
+    def batch(self) -> int:
+        return len(self.lengths)
+
+    def mask(self) -> np.ndarray:
+        return np.arange(self.ids.shape[1])[None, :] < self.lengths[:, None]
+
+
+def check_sparse(spec: ModelSpec, sparse, batch: int):
+    """Validate a batch's sparse inputs against the spec; errors name the feature and request."""
+    if len(sparse) != len(spec.sparse):
+        raise ValueError(f"{len(sparse)} sparse features given, model has {len(spec.sparse)}")
+    for f, bags in zip(spec.sparse, sparse):
+        if not isinstance(bags, Bags):
+            raise TypeError(f"feature {f.name!r}: expected Bags, not {type(bags).__name__}")
+        ids, lengths = np.asarray(bags.ids), np.asarray(bags.lengths)
+        if ids.dtype.kind not in "iu" or lengths.dtype.kind not in "iu":
+            raise TypeError(f"feature {f.name!r}: IDs and lengths must be integer arrays, not "
+                            f"{ids.dtype} / {lengths.dtype}")
+        if ids.ndim != 2 or ids.shape[0] != batch or lengths.shape != (batch,):
+            raise ValueError(f"feature {f.name!r}: IDs must have shape ({batch}, bag) and lengths "
+                             f"({batch},), not {ids.shape} / {lengths.shape}")
+        lo = 1 if f.bag == 1 else 0
+        bad = np.flatnonzero((lengths < lo) | (lengths > min(f.bag, ids.shape[1])))
+        if bad.size:
+            b = int(bad[0])
+            raise ValueError(f"feature {f.name!r}, request {b}: bag of {int(lengths[b])} IDs, "
+                             f"allowed {lo}..{f.bag}")
+        m = bags.mask()
+        badm = m & ((ids < 0) | (ids >= f.rows))
+        if badm.any():
+            b, k = map(int, np.argwhere(badm)[0])
+            raise ValueError(f"feature {f.name!r}, request {b}: ID {int(ids[b, k])} out of range "
+                             f"0..{f.rows - 1}")

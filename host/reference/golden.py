@@ -1,10 +1,13 @@
 """Whole-model inference: the float32 reference and the bit-exact integer golden model.
 
 :func:`float_forward` is the accuracy reference (float32 numpy, the same maths as PyTorch's
-``nn.EmbeddingBag(mode="sum")`` + ``nn.Linear`` + ReLU + sigmoid). :func:`golden_forward`
-composes the numerics spec (:mod:`recfabric.host.numerics`) into integer inference; the hardware
-must reproduce its scores with ``==``. Its stages (:func:`pool_features`, :func:`interaction`,
-:func:`mlp_layer`) are public so that hardware blocks are tested against exactly these functions.
+``nn.EmbeddingBag(mode="sum")`` + ``nn.Linear`` + ReLU + sigmoid). :func:`golden_forward` composes
+the numerics spec (:mod:`recfabric.host.numerics`) into integer inference, with the pooling source
+injected (:class:`TablePooling` from the quantized tables, or
+:class:`~recfabric.host.compiler.compiled.ImagePooling` from a compiled model's images); the
+hardware must reproduce its scores with ``==``. Its stages (:func:`pool_features`,
+:func:`interaction`, :func:`mlp_layer`) are public so that hardware blocks are tested against
+exactly these functions.
 """
 
 from __future__ import annotations
@@ -13,64 +16,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import numerics as nx
-from .model_spec import ModelSpec
-from .numerics import FixedFormat, Rounding
-from .weights import ModelWeights
+from .. import numerics as nx
+from ..model.spec import Bags, ModelSpec, check_sparse
+from ..model.weights import ModelWeights
+from ..numerics import FixedFormat, Rounding
 
 __all__ = [
     "Bags", "QLayer", "QuantizedTable", "QuantizedModel", "GoldenResult",
     "float_forward", "golden_forward", "pool_features", "interaction", "mlp_layer",
-    "check_sparse",
+    "check_sparse", "TablePooling",
 ]
-
-
-@dataclass
-class Bags:
-    """IDs of one sparse feature for a batch: ``ids[b, :lengths[b]]`` are request b's IDs."""
-
-    ids: np.ndarray  # (batch, max_bag) int64; entries past the length are ignored
-    lengths: np.ndarray  # (batch,) int64
-
-    @classmethod
-    def one_hot(cls, ids) -> Bags:
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1, 1)
-        return cls(ids, np.ones(len(ids), dtype=np.int64))
-
-    @property
-    def batch(self) -> int:
-        return len(self.lengths)
-
-    def mask(self) -> np.ndarray:
-        return np.arange(self.ids.shape[1])[None, :] < self.lengths[:, None]
-
-
-def check_sparse(spec: ModelSpec, sparse, batch: int):
-    """Validate a batch's sparse inputs against the spec; errors name the feature and request."""
-    if len(sparse) != len(spec.sparse):
-        raise ValueError(f"{len(sparse)} sparse features given, model has {len(spec.sparse)}")
-    for f, bags in zip(spec.sparse, sparse):
-        if not isinstance(bags, Bags):
-            raise TypeError(f"feature {f.name!r}: expected Bags, not {type(bags).__name__}")
-        ids, lengths = np.asarray(bags.ids), np.asarray(bags.lengths)
-        if ids.dtype.kind not in "iu" or lengths.dtype.kind not in "iu":
-            raise TypeError(f"feature {f.name!r}: IDs and lengths must be integer arrays, not "
-                            f"{ids.dtype} / {lengths.dtype}")
-        if ids.ndim != 2 or ids.shape[0] != batch or lengths.shape != (batch,):
-            raise ValueError(f"feature {f.name!r}: IDs must have shape ({batch}, bag) and lengths "
-                             f"({batch},), not {ids.shape} / {lengths.shape}")
-        lo = 1 if f.bag == 1 else 0
-        bad = np.flatnonzero((lengths < lo) | (lengths > min(f.bag, ids.shape[1])))
-        if bad.size:
-            b = int(bad[0])
-            raise ValueError(f"feature {f.name!r}, request {b}: bag of {int(lengths[b])} IDs, "
-                             f"allowed {lo}..{f.bag}")
-        m = bags.mask()
-        badm = m & ((ids < 0) | (ids >= f.rows))
-        if badm.any():
-            b, k = map(int, np.argwhere(badm)[0])
-            raise ValueError(f"feature {f.name!r}, request {b}: ID {int(ids[b, k])} out of range "
-                             f"0..{f.rows - 1}")
 
 
 def _check_dense(spec: ModelSpec, dense, batch: int, integer: bool):
@@ -239,15 +194,37 @@ class GoldenResult:
         return self.scores.astype(np.float64) / (1 << nx.SCORE_FRAC)
 
 
+class TablePooling:
+    """Pooling source of :func:`golden_forward`: rows gathered from per-feature integer tables.
+
+    Parameters
+    ----------
+    tables : list
+        One table per sparse feature with ``gather(ids)`` returning integer rows
+        (:class:`QuantizedTable`).
+    """
+
+    def __init__(self, tables):
+        if tables is None:
+            raise ValueError("pooling from tables needs the quantized tables; this model has "
+                             "none (a compiled model pools from its images: ImagePooling)")
+        self.tables = tables
+
+    def __call__(self, sparse, emb_fmt: FixedFormat) -> list:
+        """Per feature, ``(batch, dim)`` sum-pooled integers in ``emb_fmt``."""
+        out = []
+        for t, bags in zip(self.tables, sparse):
+            m = bags.mask()
+            ids = np.where(m, bags.ids, 0)
+            rows = t.gather(ids.reshape(-1)).reshape(*ids.shape, t.dim) * m[..., None]
+            out.append(nx.pool_sum(rows, emb_fmt, axis=1))
+        return out
+
+
 def pool_features(qm: QuantizedModel, sparse) -> list:
-    """Sum-pool each feature's bag (numerics spec: exact sum, one saturation)."""
-    out = []
-    for t, bags in zip(qm.tables, sparse):
-        m = bags.mask()
-        ids = np.where(m, bags.ids, 0)
-        rows = t.gather(ids.reshape(-1)).reshape(*ids.shape, t.dim) * m[..., None]
-        out.append(nx.pool_sum(rows, qm.emb_fmt, axis=1))
-    return out
+    """Sum-pool each feature's bag from ``qm.tables`` (numerics spec: exact sum, one
+    saturation)."""
+    return TablePooling(qm.tables)(sparse, qm.emb_fmt)
 
 
 def mlp_layer(layer: QLayer, x, acc_bits: int, rounding: Rounding = Rounding.HALF_UP):
@@ -277,8 +254,26 @@ def interaction(qm: QuantizedModel, dense_vec, pooled) -> np.ndarray:
     return np.concatenate([dv, dots], axis=1)
 
 
-def golden_forward(qm: QuantizedModel, dense_q, sparse) -> GoldenResult:
-    """Bit-exact integer inference. ``dense_q`` is in ``qm.dense_fmt`` (integers)."""
+def golden_forward(qm: QuantizedModel, dense_q, sparse, *, pool=None) -> GoldenResult:
+    """Bit-exact integer inference: the one golden model.
+
+    Parameters
+    ----------
+    qm : QuantizedModel
+    dense_q : int array (batch, dense)
+        Dense inputs in ``qm.dense_fmt``; values outside the format are refused.
+    sparse : list of Bags
+    pool : callable, optional
+        The pooling source, ``pool(sparse, emb_fmt) -> [per-feature (batch, dim) ints]``:
+        :class:`TablePooling` over ``qm.tables`` by default, or
+        :class:`~recfabric.host.compiler.compiled.ImagePooling`, which fetches rows from a
+        compiled model's images through its descriptors (merged tables and shards included), so
+        that an equal result proves the layout right.
+
+    Returns
+    -------
+    GoldenResult
+    """
     spec = qm.spec
     batch = sparse[0].batch if sparse else np.asarray(dense_q).shape[0]
     check_sparse(spec, sparse, batch)
@@ -288,7 +283,8 @@ def golden_forward(qm: QuantizedModel, dense_q, sparse) -> GoldenResult:
         raise ValueError(f"fixed-point dense input outside the dense format {f} "
                          f"({f.min_int}..{f.max_int})")
     dense_vec = _mlp(qm, x, qm.bottom)
-    pooled = pool_features(qm, sparse)
+    pool = TablePooling(qm.tables) if pool is None else pool
+    pooled = pool(sparse, qm.emb_fmt)
     z = interaction(qm, dense_vec, pooled)
     if spec.heads:
         trunk = _mlp(qm, z, qm.top)

@@ -3,7 +3,7 @@
 ``recfabric models``            list the built-in model zoo
 ``recfabric accuracy MODEL``    fixed point vs float accuracy report
 ``recfabric demo``              the main job on the default model
-``recfabric plan`` / ``compile``   model compiler (:mod:`recfabric.host.compiler_cli`)
+``recfabric plan`` / ``compile``   model compiler (:mod:`recfabric.host.cli.compile`)
 ``recfabric bench lookup|mlp``    cycle-accurate block benchmarks
 """
 
@@ -15,8 +15,8 @@ import json
 import sys
 import time
 
-from .model_spec import SpecError
-from .model_zoo import DEFAULT_MODEL, ZOO, get_model
+from ..model.spec import SpecError
+from ..model.zoo import DEFAULT_MODEL, ZOO, get_model
 
 __all__ = ["main"]
 
@@ -62,8 +62,8 @@ def _format_accuracy(r: dict) -> str:
 
 
 def _cmd_accuracy(args):
-    from .quantize import accuracy_report
-    from .weights import random_weights
+    from ..model.weights import random_weights
+    from ..reference.quantize import accuracy_report
     spec = get_model(args.model)
     t0 = time.perf_counter()
     report = accuracy_report(random_weights(spec, seed=args.seed), bits=args.bits,
@@ -81,12 +81,12 @@ def _cmd_demo(args):
 
     import numpy as np
 
-    from ..hw.config import get_preset
-    from .compiler import compile_model, golden_from_images, load_compiled
-    from .driver import Accelerator
-    from .golden import float_forward
-    from .synthetic import synthetic_batch
-    from .weights import random_weights
+    from ...hw.config import get_preset
+    from ..compiler.compiled import compile_model, golden_from_images, load_compiled
+    from ..model.synthetic import synthetic_batch
+    from ..model.weights import random_weights
+    from ..reference.golden import float_forward
+    from ..runtime.accelerator import Accelerator
 
     quiet = args.json
     say = (lambda msg: None) if quiet else _say
@@ -164,9 +164,9 @@ def _cmd_demo(args):
 
 def _cmd_build(args):
     """Generate the kernel Verilog and the Vitis packaging files for a configuration."""
-    from ..hw.config import get_preset
-    from ..hw.kernel import generate_verilog
-    from ..hw.vitis_package import write_vitis_files
+    from ...hw.config import get_preset
+    from ...hw.kernel import generate_verilog
+    from ...hw.vitis_package import write_vitis_files
     config = get_preset(args.config)
     _say(f"generating Verilog for config {config.name} (hash {config.config_hash:08x})")
     t0 = time.perf_counter()

@@ -1,13 +1,13 @@
 """PyTorch import and export: ``nn.EmbeddingBag(mode="sum")`` + ``nn.Linear`` models <-> weights.
 
 :class:`RecModel` is the reference PyTorch module of a
-:class:`~recfabric.host.model_spec.ModelSpec`: one ``nn.EmbeddingBag(rows, dim, mode="sum")`` per
+:class:`~recfabric.host.model.spec.ModelSpec`: one ``nn.EmbeddingBag(rows, dim, mode="sum")`` per
 sparse feature (``embeddings``), ``nn.Linear`` layers for the bottom MLP (``bottom``), the top MLP
 (``top``) and each multi-task head (``heads``), ReLU after every layer except the last of each
 output path, concatenation or DLRM's pairwise dot interaction, and a sigmoid. It computes what
-:func:`recfabric.host.golden.float_forward` computes, in float32.
+:func:`recfabric.host.reference.golden.float_forward` computes, in float32.
 
-:func:`to_torch` turns :class:`~recfabric.host.weights.ModelWeights` into a ``RecModel``;
+:func:`to_torch` turns :class:`~recfabric.host.model.weights.ModelWeights` into a ``RecModel``;
 :func:`from_torch` reads weights back from a ``RecModel`` or from any module built from the same
 parts, inferring the spec from the layers when none is given (see :func:`from_torch` for the
 rules). Weights are float32 on both sides, so a round trip is exact.
@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .golden import Bags, check_sparse
-from .model_spec import ModelSpec, SparseFeature, SpecError
+from ..reference.golden import Bags, check_sparse
+from .spec import ModelSpec, SparseFeature, SpecError
 from .weights import ArrayTable, Layer, ModelWeights
 
 # RecModel subclasses nn.Module, so it is created on first access (module __getattr__ below).
@@ -43,8 +43,8 @@ def require_torch():
 
 def bags_to_torch(bags: Bags):
     """``(indices, offsets)`` int64 tensors for ``nn.EmbeddingBag`` from one feature's
-    :class:`~recfabric.host.golden.Bags` (request b's IDs are ``indices[offsets[b]:offsets[b+1]]``;
-    IDs past each length are dropped)."""
+    :class:`~recfabric.host.model.spec.Bags` (request b's IDs are
+    ``indices[offsets[b]:offsets[b+1]]``; IDs past each length are dropped)."""
     torch = require_torch()
     ids = np.asarray(bags.ids, dtype=np.int64)
     lengths = np.asarray(bags.lengths, dtype=np.int64)
@@ -124,8 +124,8 @@ def _rec_model_class():
             dense : tensor or array, shape (batch, spec.dense)
                 Float dense features.
             sparse : list
-                Per feature, a :class:`~recfabric.host.golden.Bags` or an ``(indices, offsets)``
-                pair of int64 tensors as ``nn.EmbeddingBag`` takes them.
+                Per feature, a :class:`~recfabric.host.model.spec.Bags` or an
+                ``(indices, offsets)`` pair of int64 tensors as ``nn.EmbeddingBag`` takes them.
             """
             spec = self.spec
             x, sparse = self._inputs(dense, sparse)

@@ -1,14 +1,14 @@
 """Built-in model zoo: reference shapes addressable by name (``recfabric models`` lists them).
 
 Shapes come from ../shared/MODELS.md (MicroRec, Criteo Kaggle DLRM, DeepRecSys). Table contents of
-the published models are private; weights here are synthetic (:mod:`recfabric.host.weights`).
+the published models are private; weights here are synthetic (:mod:`recfabric.host.model.weights`).
 Every entry states, in ``unmodelled``, what of the published model the spec cannot express, and
 :meth:`ModelSpec.hardware_blockers` says what the hardware does not run yet.
 """
 
 from __future__ import annotations
 
-from .model_spec import ModelSpec, SparseFeature, SpecError
+from .spec import ModelSpec, SparseFeature, SpecError
 
 __all__ = ["ZOO", "get_model", "model_names", "DEFAULT_MODEL"]
 

@@ -4,11 +4,13 @@ Every format here is documented byte for byte in ``docs/compiler.md``; the summa
 
 Table images (``channelNN.bin``, ``onchipNN.bin``)
     One file per used channel or unit, holding its tables at the plan's byte offsets (off-chip
-    tables start on 4 KiB boundaries), zeros between. A row is the group's elements as
-    little-endian two's complement integers of ``data_bits`` bits, followed by zero padding up
-    to the row stride (a power of two bytes). A merged (Cartesian) row ``r = sum(id_i *
-    radix_i)`` holds its members' rows side by side (for a pair, ``r = id_a * rows_b + id_b``
-    holds ``[row_a | row_b]``). A shard holds group rows ``row_base .. row_base + rows - 1``.
+    tables start on 4 KiB boundaries, on-chip tables on RAM words), zeros between. A row is the
+    group's elements as little-endian two's complement integers of ``data_bits`` bits, followed by
+    zero padding up to the row stride (off chip a power-of-two number of beats, on chip whole RAM
+    words: :mod:`~recfabric.host.compiler.table_layout`, the one table layout). A merged (Cartesian)
+    row ``r = sum(id_i * radix_i)`` holds its members' rows side by side (for a pair, ``r = id_a *
+    rows_b + id_b`` holds ``[row_a | row_b]``). A shard holds group rows ``row_base .. row_base +
+    rows - 1``.
 Descriptor table (``descriptors.bin``)
     A 32-byte header, then one 32-byte *table record* per physical table (base address, row
     stride bytes, row count, dim, ...), one 16-byte *group record* per logical table, one
@@ -29,9 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .golden import QLayer
-from .numerics import FixedFormat, Rounding
+from ..numerics import FixedFormat, Rounding
+from ..reference.golden import QLayer
 from .planner import Plan
+from .table_layout import TableLayout
+from .table_layout import element_dtype as _element_dtype
 
 __all__ = [
     "DESC_MAGIC", "MLP_MAGIC", "HEADER", "TABLE_RECORD", "GROUP_RECORD", "FEATURE_RECORD",
@@ -71,9 +75,10 @@ class ImageError(ValueError):
 
 def element_dtype(bits: int) -> np.dtype:
     """Little-endian numpy dtype of ``bits``-bit integers (8, 16, 32 or 64)."""
-    if bits not in (8, 16, 32, 64):
-        raise ImageError(f"element width must be 8, 16, 32 or 64 bits, not {bits}")
-    return np.dtype({8: "<i1", 16: "<i2", 32: "<i4", 64: "<i8"}[bits])
+    try:
+        return _element_dtype(bits)
+    except ValueError as e:
+        raise ImageError(str(e)) from None
 
 
 def sha256_file(path) -> str:
@@ -107,20 +112,6 @@ def group_rows(tables, group, start: int, count: int) -> np.ndarray:
     return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
 
 
-def _encode(values: np.ndarray, stride: int, bits: int) -> bytes:
-    dt = element_dtype(bits)
-    info = np.iinfo(dt)
-    if values.size and (values.min() < info.min or values.max() > info.max):
-        raise ImageError(f"embedding value out of the {bits}-bit range: "
-                         f"{int(values.min())}..{int(values.max())}")
-    raw = values.astype(dt).view(np.uint8).reshape(len(values), -1)
-    if raw.shape[1] == stride:
-        return raw.tobytes()
-    out = np.zeros((len(values), stride), dtype=np.uint8)
-    out[:, :raw.shape[1]] = raw
-    return out.tobytes()
-
-
 def image_name(memory: str, location: int) -> str:
     """File name of a channel's or unit's image."""
     return f"{'channel' if memory == 'channel' else 'onchip'}{location:02d}.bin"
@@ -147,6 +138,7 @@ def write_table_images(plan: Plan, tables, bits: int, directory,
         One entry per image: ``name``, ``file``, ``memory``, ``location``, ``size``.
     """
     directory = Path(directory)
+    geometry = TableLayout(bits, plan.layout.beat_bytes, plan.layout.onchip_word_bytes * 8)
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be at least 1, not {chunk_rows}")
     out = []
@@ -165,8 +157,11 @@ def write_table_images(plan: Plan, tables, bits: int, directory,
                     f.seek(t.offset)
                     for start in range(0, t.rows, chunk_rows):
                         n = min(chunk_rows, t.rows - start)
-                        f.write(_encode(group_rows(tables, g, t.row_base + start, n), t.stride,
-                                        bits))
+                        rows = group_rows(tables, g, t.row_base + start, n)
+                        try:
+                            f.write(geometry.encode_rows(rows, t.stride))
+                        except ValueError as e:
+                            raise ImageError(str(e)) from None
             out.append({"name": name[:-4], "file": name, "memory": memory, "location": loc,
                         "size": size})
     return out
@@ -294,7 +289,7 @@ def pack_mlp(qm) -> bytes:
 
 def unpack_mlp(data: bytes) -> dict:
     """Parse :func:`pack_mlp` output: ``{"bits", "acc_bits", "rounding", "bottom", "top",
-    "heads"}`` with :class:`~recfabric.host.golden.QLayer` lists."""
+    "heads"}`` with :class:`~recfabric.host.reference.golden.QLayer` lists."""
     (magic, version, hsize, lsize, n, bits, acc_bits, rnd, _, total, *_r) = \
         MLP_HEADER.unpack_from(data)
     if magic != MLP_MAGIC:

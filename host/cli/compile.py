@@ -11,8 +11,8 @@ import json
 import sys
 import time
 
-from .model_zoo import get_model
-from .planner import PLANNERS, Layout, plan, plan_default
+from ..compiler.planner import PLANNERS, Layout, plan, plan_default
+from ..model.zoo import get_model
 
 __all__ = ["register", "compare_planners", "MEASURED_MODELS"]
 
@@ -113,8 +113,8 @@ def _cmd_plan(args):
 
 
 def _cmd_compile(args):
-    from .compiler import compile_model
-    from .weights import ModelWeights, random_weights
+    from ..compiler.compiled import compile_model
+    from ..model.weights import ModelWeights, random_weights
     spec = get_model(args.model)
     config = _config(args)
     if args.weights:

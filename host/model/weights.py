@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .model_spec import ModelSpec, SpecError
+from .spec import ModelSpec, SpecError
 
 __all__ = ["ArrayTable", "HashedTable", "Layer", "ModelWeights", "random_weights"]
 
@@ -177,7 +177,7 @@ def random_weights(spec: ModelSpec, seed: int = 0, logit_std: float = 1.5,
     ``logit_std``: scores spread like a click-through-rate model's (positive rate about 0.3), so
     that AUC and log-loss comparisons are meaningful rather than all scores sitting near 0.5.
     """
-    from .golden import float_forward  # noqa: PLC0415 (golden imports this module)
+    from ..reference.golden import float_forward  # noqa: PLC0415 (golden imports this module)
     from .synthetic import synthetic_batch  # noqa: PLC0415
 
     rng = np.random.default_rng(seed)

@@ -69,10 +69,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import numerics as nx
-from .golden import Bags
-from .model_spec import ModelSpec
-from .numerics import FixedFormat
+from .. import numerics as nx
+from ..model.spec import ModelSpec
+from ..numerics import FixedFormat
+from ..reference.golden import Bags
 
 __all__ = [
     "WIRE_FORMAT_VERSION",
@@ -280,8 +280,8 @@ class RequestLayout:
 
     @classmethod
     def for_quantized(cls, qm, word_bits: int = 256) -> RequestLayout:
-        """The layout of a :class:`~recfabric.host.golden.QuantizedModel`'s requests: dense
-        values on the wire in ``qm.dense_fmt`` (its width and its fraction bits)."""
+        """The layout of a :class:`~recfabric.host.reference.golden.QuantizedModel`'s requests:
+        dense values on the wire in ``qm.dense_fmt`` (its width and its fraction bits)."""
         fmt = qm.dense_fmt
         return cls.for_model(qm.spec, word_bits, fmt.bits, fmt.frac)
 
@@ -597,7 +597,8 @@ def pack_requests(layout: RequestLayout, dense_q, sparse) -> bytes:
     dense_q : int array, shape (batch, layout.dense)
         Dense values already in the dense fixed-point format (``QuantizedModel.quantize_dense``).
     sparse : list of Bags
-        One per feature, in spec order (as for :func:`~recfabric.host.golden.golden_forward`).
+        One per feature, in spec order (as for
+        :func:`~recfabric.host.reference.golden.golden_forward`).
 
     Returns
     -------

@@ -5,7 +5,7 @@ random integer models through the Amaranth simulation of the pipeline and report
 steady-state cycles per inference (the initiation interval, from the spacing of finished
 requests), latency in cycles (first input chunk to last score of a request on an empty
 pipeline), MAC-unit utilization, the bound ``MACs per inference / MAC units`` and the analytical
-model's prediction (:mod:`recfabric.host.mlp_cycle_model`). Every case also checks the scores
+model's prediction (:mod:`recfabric.host.compiler.cycle_model`). Every case also checks the scores
 against the golden model with ``==``.
 
 :func:`simulate_mlp` is the simulation driver the tests use too.
@@ -19,9 +19,9 @@ import time
 
 import numpy as np
 
-from . import numerics as nx
-from .golden import QLayer, mlp_layer
-from .mlp_cycle_model import MLPCycleModel
+from .. import numerics as nx
+from ..compiler.cycle_model import MLPCycleModel
+from ..reference.golden import QLayer, mlp_layer
 
 __all__ = ["simulate_mlp", "random_layers", "golden_mlp", "run_mlp_bench", "register",
            "BENCH_CASES"]

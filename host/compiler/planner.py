@@ -1,6 +1,6 @@
 """Embedding-table planner: Cartesian merging and placement over memory channels and on-chip units.
 
-A planner decides, for a :class:`~recfabric.host.model_spec.ModelSpec` and an
+A planner decides, for a :class:`~recfabric.host.model.spec.ModelSpec` and an
 :class:`~recfabric.hw.config.AcceleratorConfig`, which one-hot features are merged into
 Cartesian-product tables (one access returns every member's row), and where every (merged,
 sharded, replicated) table lives: an off-chip memory channel at a byte offset, or an on-chip
@@ -12,7 +12,11 @@ Cost model
   AXI 4 KiB boundary when tables start on 4 KiB boundaries; address = base + (row << k)), as the
   lookup unit requires. A lookup reads only the beats that hold data:
   ``ceil(row_bytes / beat_bytes)`` beats.
-- On chip, rows are stored with a power-of-two byte stride; a unit returns one row per cycle.
+- On chip, a row takes whole RAM words (the unit is word-addressed); a unit returns one row per
+  cycle.
+- Only what the kernel's capabilities allow is planned: merges of at most ``max_merge`` features,
+  ``table_copies`` copies of a table, row splits only if ``row_split``, at most
+  ``descriptors_per_unit`` tables per channel or unit (:class:`Layout`).
 - A multi-hot feature with bag ``b`` costs ``b`` lookups per request (its worst case). A table
   replicated ``R`` times serves lookup ``k`` of a bag from replica ``k mod R``, so each replica
   serves at most ``ceil(b / R)`` lookups. A table sharded by row range serves each lookup from the
@@ -55,15 +59,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .model_spec import ModelSpec
+from ..model.spec import ModelSpec
+from .table_layout import TABLE_ALIGN, TableLayout, align_up
 
 __all__ = ["PLANNERS", "Group", "Layout", "Plan", "PlanError", "TablePlacement", "plan",
            "TABLE_ALIGN"]
 
 #: Planner names, the default first.
 PLANNERS = ("default", "microrec", "none")
-#: Alignment of every off-chip table's base address (AXI bursts must not cross 4 KiB).
-TABLE_ALIGN = 4096
 #: Largest row count one descriptor can hold (32-bit fields).
 MAX_ROWS = (1 << 32) - 1
 _MERGE_POOL = 40
@@ -73,17 +76,14 @@ class PlanError(ValueError):
     """A model's tables cannot be placed; the message names the table, its size and the limit."""
 
 
-def _pow2_ceil(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
-def _align(n: int, a: int) -> int:
-    return -(-n // a) * a
-
-
 @dataclass(frozen=True)
 class Layout:
-    """Memory geometry the planner works with, taken from an accelerator configuration.
+    """What the planner may use, taken from a kernel's capabilities.
+
+    Row geometry (strides, beats, on-chip words) is the one table layout,
+    :class:`~recfabric.host.compiler.table_layout.TableLayout`; capacities and permissions come
+    from :class:`~recfabric.hw.config.KernelCapabilities`, so the planner never plans what the
+    kernel cannot serve.
 
     Parameters
     ----------
@@ -98,9 +98,19 @@ class Layout:
     onchip_units : int
         On-chip table units.
     onchip_bytes : int
-        Capacity of each on-chip unit.
+        Capacity of each on-chip unit in bytes (its RAM words times the word's bytes).
     max_dim : int
         Largest row width (elements) of one table, merged tables included.
+    onchip_word_bytes : int
+        Bytes of one on-chip RAM word: on-chip rows take whole words.
+    table_copies : int
+        Copies of a table the kernel serves from (1: no replication).
+    row_split : bool
+        Whether a table may be split by row range over channels.
+    max_merge : int
+        Features per Cartesian-merged table.
+    tables_per_port : int
+        Tables (descriptors) one channel or on-chip unit holds.
     """
 
     element_bytes: int
@@ -110,28 +120,40 @@ class Layout:
     onchip_units: int
     onchip_bytes: int
     max_dim: int
+    onchip_word_bytes: int = 32
+    table_copies: int = 1
+    row_split: bool = False
+    max_merge: int = 2
+    tables_per_port: int = 1 << 16
+
+    @classmethod
+    def from_capabilities(cls, caps) -> Layout:
+        return cls(caps.data_bits // 8, caps.beat_bytes, caps.mem_channels, caps.channel_bytes,
+                   caps.onchip_units, caps.onchip_bytes, caps.max_dim,
+                   caps.onchip_word_bits // 8, caps.table_copies, caps.row_split,
+                   caps.max_merge, caps.descriptors_per_unit)
 
     @classmethod
     def from_config(cls, config) -> Layout:
-        return cls(config.element_bytes, config.beat_bytes, config.mem_channels,
-                   config.channel_bytes, config.onchip_units, config.onchip_bytes, config.max_dim)
+        return cls.from_capabilities(config.capabilities())
+
+    @property
+    def table(self) -> TableLayout:
+        """The row geometry (:class:`TableLayout`)."""
+        return TableLayout(self.element_bytes * 8, self.beat_bytes, self.onchip_word_bytes * 8)
 
     def row_beats(self, dim: int) -> int:
         """Beats one lookup of a ``dim``-element row reads."""
-        return -(-dim * self.element_bytes // self.beat_bytes)
+        return self.table.row_beats(dim)
 
     def offchip_stride(self, dim: int) -> int:
-        """Off-chip row stride in bytes: a power-of-two number of beats.
-
-        The lookup unit (``hw/embedding_lookup.py``) wants ``base`` and ``stride`` multiples of
-        the beat and rows that never cross 4 KiB; a power-of-two number of beats gives both and
-        lets the address be ``base + (row << k)``.
-        """
-        return _pow2_ceil(self.row_beats(dim)) * self.beat_bytes
+        """Off-chip row stride in bytes: a power-of-two number of beats (see
+        :mod:`~recfabric.host.compiler.table_layout`)."""
+        return self.table.offchip_stride(dim)
 
     def onchip_stride(self, dim: int) -> int:
-        """On-chip row stride in bytes: a power of two."""
-        return _pow2_ceil(dim * self.element_bytes)
+        """On-chip row stride in bytes: whole RAM words."""
+        return self.table.onchip_stride(dim)
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -349,7 +371,7 @@ class Plan:
 
     @property
     def storage_overhead(self) -> float:
-        return self.stored_bytes / self.raw_bytes - 1.0
+        return self.stored_bytes / self.raw_bytes - 1.0 if self.raw_bytes else 0.0
 
     @property
     def tables_per_channel(self) -> int:
@@ -475,6 +497,10 @@ def _shard_rows(layout: Layout, g: Group) -> list:
         raise PlanError(f"a row of {g.dim} elements ({stride} bytes) does not fit a "
                         f"{layout.channel_bytes}-byte channel")
     n = -(-g.rows // per_channel)
+    if n > 1 and not layout.row_split:
+        raise PlanError(f"a table of {g.rows:,} rows x {g.dim} elements ({g.rows * stride:,} "
+                        f"bytes) does not fit one {layout.channel_bytes:,}-byte channel, and the "
+                        "kernel cannot split a table over channels (row_split is False)")
     size = -(-g.rows // n)
     return [(s * size, min(size, g.rows - s * size)) for s in range(n)]
 
@@ -495,7 +521,8 @@ def _onchip_fits(layout: Layout, g: Group) -> bool:
 class _Ports:
     """Load and space bookkeeping of channels or units (tables placed back to back)."""
 
-    def __init__(self, count: int, capacity: int, align):
+    def __init__(self, count: int, capacity: int, align, max_tables: int):
+        self.max_tables = max_tables
         self.load = [0] * count
         self.count = [0] * count
         self.used = [0] * count
@@ -504,10 +531,11 @@ class _Ports:
         self.items = [[] for _ in range(count)]
 
     def fits(self, p: int, nbytes: int, stride: int) -> bool:
-        return _align(self.used[p], self.align(stride)) + nbytes <= self.capacity
+        return (self.count[p] < self.max_tables
+                and align_up(self.used[p], self.align(stride)) + nbytes <= self.capacity)
 
     def put(self, p: int, item: _Item, stride: int):
-        off = _align(self.used[p], self.align(stride))
+        off = align_up(self.used[p], self.align(stride))
         self.used[p] = off + item.nbytes
         self.load[p] += item.load
         self.count[p] += 1
@@ -555,7 +583,8 @@ def _microrec_place(spec, layout, groups):
     for gi, g in enumerate(groups):
         items.extend(_offchip_items(layout, gi, g, 1))
     # smallest remaining tables on chip while they fit and stay no slower than an off-chip round
-    units = _Ports(layout.onchip_units, layout.onchip_bytes, lambda s: s)
+    units = _Ports(layout.onchip_units, layout.onchip_bytes,
+                   lambda s: layout.onchip_word_bytes, layout.tables_per_port)
     on = set()
     n_off = len(items)
     for it in sorted(items, key=lambda it: (it.nbytes, it.group)):
@@ -574,7 +603,8 @@ def _microrec_place(spec, layout, groups):
         on.add(id(it))
         n_off -= 1
     # spread the rest balancing the number of tables per channel (largest first, for space)
-    chans = _Ports(layout.channels, layout.channel_bytes, lambda s: TABLE_ALIGN)
+    chans = _Ports(layout.channels, layout.channel_bytes, lambda s: TABLE_ALIGN,
+                   layout.tables_per_port)
     for it in sorted((it for it in items if id(it) not in on),
                      key=lambda it: (-it.nbytes, it.group, it.replica, it.shard)):
         ok = [c for c in range(layout.channels) if chans.fits(c, it.nbytes, 0)]
@@ -588,7 +618,8 @@ def _microrec_place(spec, layout, groups):
 
 def _microrec_groups(spec, layout, onehot, n):
     """Groups after MicroRec's pairing of the ``n`` smallest one-hot tables ``onehot[:n]``."""
-    cands = onehot[:n]
+    cands = onehot[:n] if layout.max_merge >= 2 else []
+    n = len(cands)
     merged, used = [], set()
     for k in range(n // 2):
         m = _merge(_single(spec, cands[k]), _single(spec, cands[n - 1 - k]))
@@ -638,7 +669,8 @@ def _pack(spec, layout, groups, rounds, split=1):
     Multi-hot tables get the fewest replicas that bring one replica's load to at most
     ``rounds / split`` (``split`` > 1 cuts them finer, to pack better at a storage cost).
     """
-    units = _Ports(layout.onchip_units, layout.onchip_bytes, lambda s: s)
+    units = _Ports(layout.onchip_units, layout.onchip_bytes,
+                   lambda s: layout.onchip_word_bytes, layout.tables_per_port)
     off_groups = []
     for gi in sorted(range(len(groups)),
                      key=lambda i: (groups[i].rows * layout.onchip_stride(groups[i].dim), i)):
@@ -660,8 +692,10 @@ def _pack(spec, layout, groups, rounds, split=1):
         if beats > rounds:
             return None
         per_replica = max(1, rounds // split // beats)
-        items.extend(_offchip_items(layout, gi, g, -(-g.bag // per_replica)))
-    chans = _Ports(layout.channels, layout.channel_bytes, lambda s: TABLE_ALIGN)
+        replicas = min(layout.table_copies, -(-g.bag // per_replica))
+        items.extend(_offchip_items(layout, gi, g, replicas))
+    chans = _Ports(layout.channels, layout.channel_bytes, lambda s: TABLE_ALIGN,
+                   layout.tables_per_port)
     where = {}
     for it in sorted(items, key=lambda it: (-it.load, -it.nbytes, it.group, it.replica,
                                             it.shard)):
@@ -721,6 +755,8 @@ def _best_merge(layout, groups):
         for y in range(x + 1, len(pool)):
             b = groups[pool[y]]
             dim, rows = a.dim + b.dim, a.rows * b.rows
+            if len(a.features) + len(b.features) > layout.max_merge:
+                continue
             if dim > layout.max_dim or rows > MAX_ROWS:
                 continue
             nbytes = rows * layout.offchip_stride(dim)
@@ -804,12 +840,13 @@ def plan_default(spec: ModelSpec, layout: Layout, config_name: str = "custom", *
 
 
 def plan(spec: ModelSpec, config, planner: str = "default") -> Plan:
-    """Plan ``spec``'s tables for ``config`` with the named planner.
+    """Plan ``spec``'s tables for a kernel with the named planner.
 
     Parameters
     ----------
     spec : ModelSpec
-    config : AcceleratorConfig
+    config : AcceleratorConfig or KernelCapabilities
+        The kernel; a configuration is turned into its capabilities, which bound the plan.
     planner : str
         One of :data:`PLANNERS`.
 
@@ -822,11 +859,20 @@ def plan(spec: ModelSpec, config, planner: str = "default") -> Plan:
     PlanError
         If the tables cannot be placed (the message names the table and the limits).
     """
-    layout = Layout.from_config(config)
+    caps = config.capabilities() if hasattr(config, "capabilities") else config
+    if planner not in PLANNERS:
+        raise ValueError(f"planner must be one of {', '.join(PLANNERS)}, not {planner!r}")
+    layout = Layout.from_capabilities(caps)
+    if not layout.row_split:
+        for f in spec.sparse:
+            nbytes = f.rows * layout.offchip_stride(f.dim)
+            if nbytes > layout.channel_bytes:
+                raise PlanError(
+                    f"table {f.name!r} ({f.rows:,} rows x {f.dim} elements, {nbytes:,} bytes) "
+                    f"does not fit one {layout.channel_bytes:,}-byte channel of configuration "
+                    f"{caps.config!r}, and the kernel cannot split a table over channels")
     if planner == "default":
-        return plan_default(spec, layout, config.name)
+        return plan_default(spec, layout, caps.config)
     if planner == "microrec":
-        return plan_microrec(spec, layout, config.name)
-    if planner == "none":
-        return plan_microrec(spec, layout, config.name, merge=False)
-    raise ValueError(f"planner must be one of {', '.join(PLANNERS)}, not {planner!r}")
+        return plan_microrec(spec, layout, caps.config)
+    return plan_microrec(spec, layout, caps.config, merge=False)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .golden import Bags
-from .model_spec import ModelSpec
+from ..reference.golden import Bags
+from .spec import ModelSpec
 
 __all__ = ["synthetic_batch", "zipf_ids"]
 
