@@ -63,7 +63,7 @@ from ..model.spec import ModelSpec
 from .table_layout import TABLE_ALIGN, TableLayout, align_up
 
 __all__ = ["PLANNERS", "Group", "Layout", "Plan", "PlanError", "TablePlacement", "plan",
-           "TABLE_ALIGN"]
+           "study_capabilities", "TABLE_ALIGN"]
 
 #: Planner names, the default first.
 PLANNERS = ("default", "microrec", "none")
@@ -837,6 +837,20 @@ def plan_default(spec: ModelSpec, layout: Layout, config_name: str = "custom", *
         _microrec_place(spec, layout, singles)
         raise PlanError(f"model {spec.name!r} does not fit the configuration's memories")
     return best
+
+
+def study_capabilities(config):
+    """Capabilities of a *hypothetical* kernel of ``config``'s size that splits tables by row
+    range, serves any number of table copies and merges any number of features.
+
+    The planner comparison (``recfabric plan --study``, ``plan --all``; docs/compiler.md) plans
+    for it, to compare the planning algorithms at MicroRec's scale; what the real kernel runs is
+    planned with ``config.capabilities()``.
+    """
+    import dataclasses  # noqa: PLC0415
+
+    return dataclasses.replace(config.capabilities(), table_copies=1 << 16, row_split=True,
+                               max_merge=1 << 16, descriptors_per_unit=1 << 16)
 
 
 def plan(spec: ModelSpec, config, planner: str = "default") -> Plan:

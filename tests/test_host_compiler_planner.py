@@ -1,5 +1,10 @@
 """Planner invariants over the zoo and hand-made shapes: every feature served once, capacities
-respected, merged-index arithmetic, determinism, the default never worse than microrec."""
+respected, merged-index arithmetic, determinism, the default never worse than microrec; plans for
+the real kernel stay within its capabilities.
+
+The zoo-wide algorithm checks plan for ``study_capabilities`` (a kernel of the same size with row
+splits, copies and any merge), as the planner comparison in docs/compiler.md does: MicroRec's
+10M-row tables need row splits."""
 
 import json
 
@@ -14,6 +19,7 @@ from recfabric.host.compiler.planner import (
     Plan,
     PlanError,
     plan,
+    study_capabilities,
 )
 from recfabric.host.model.spec import ModelSpec, SparseFeature
 from recfabric.host.model.zoo import get_model, model_names
@@ -24,7 +30,7 @@ CONFIGS = ("u280", "u280-int8", "small")
 
 def _plans():
     for cname in ("u280", "u280-int8"):
-        config = get_preset(cname)
+        config = study_capabilities(get_preset(cname))
         for name in model_names():
             spec = get_model(name)
             yield spec, config, {p: plan(spec, config, p) for p in PLANNERS}
@@ -65,10 +71,14 @@ def check_invariants(spec, config, p: Plan):
             if ts:
                 assert ts[-1].offset + ts[-1].nbytes <= cap
             for t in ts:
-                assert t.stride & (t.stride - 1) == 0
                 if memory == "channel":
+                    assert t.stride & (t.stride - 1) == 0
                     assert t.offset % TABLE_ALIGN == 0
                     assert t.stride % lay.beat_bytes == 0
+                else:  # whole RAM words, as the on-chip table unit reads them
+                    words = -(-p.groups[t.group].dim * lay.element_bytes // lay.onchip_word_bytes)
+                    assert t.stride == words * lay.onchip_word_bytes
+                    assert t.offset % lay.onchip_word_bytes == 0
                 assert t.stride >= p.groups[t.group].dim * lay.element_bytes
     # the cost figures agree with a naive recount
     load = [0] * lay.channels
@@ -94,20 +104,20 @@ def test_default_never_worse_than_microrec_over_zoo():
     compared = 0
     for spec, config, plans in ALL:
         d, m = plans["default"], plans["microrec"]
-        assert d.cost() <= m.cost(), (spec.name, config.name, d.cost(), m.cost())
+        assert d.cost() <= m.cost(), (spec.name, config.config, d.cost(), m.cost())
         assert d.cost() <= plans["none"].cost()
         compared += 1
     assert compared == 2 * len(model_names())
 
 
 def test_default_beats_microrec_somewhere():
-    better = [(s.name, c.name) for s, c, p in ALL if p["default"].rounds < p["microrec"].rounds]
+    better = [(s.name, c.config) for s, c, p in ALL if p["default"].rounds < p["microrec"].rounds]
     assert ("microrec-small", "u280") in better
     assert ("rmc1", "u280") in better
 
 
 def test_determinism_and_json_round_trip():
-    spec, config = get_model("microrec-large"), get_preset("u280")
+    spec, config = get_model("microrec-large"), study_capabilities(get_preset("u280"))
     a, b = plan(spec, config), plan(spec, config)
     assert json.dumps(a.to_json(spec)) == json.dumps(b.to_json(spec))
     back = Plan.from_json(json.loads(json.dumps(a.to_json(spec))))
@@ -145,20 +155,23 @@ def test_microrec_merges_pairs_of_one_hot_only():
 def test_sharding_a_table_larger_than_a_channel():
     spec = ModelSpec("big", sparse=(SparseFeature("huge", 100_000, 16),
                                     SparseFeature("x", 50, 4)), top_mlp=(1,))
-    config = get_preset("tiny").replace(mem_channels=4)  # 1 MiB channels, 32-byte rows
+    config = study_capabilities(get_preset("tiny").replace(mem_channels=4))  # 1 MiB, 32 B rows
     for name in PLANNERS:
         p = plan(spec, config, name)
         check_invariants(spec, config, p)
         g = p.groups[p.feature_group(0)[0]]
         assert g.shards == -(-100_000 * 32 // config.channel_bytes)
+    # the real kernel cannot split tables: the planner refuses, naming the table
+    with pytest.raises(PlanError, match=r"'huge'.*cannot split"):
+        plan(spec, get_preset("tiny").replace(mem_channels=4))
 
 
 def test_too_big_model_names_the_table():
     spec = ModelSpec("huge", sparse=(SparseFeature("giant", 10_000_000, 16),), top_mlp=(1,))
-    config = get_preset("tiny")
-    for name in PLANNERS:
-        with pytest.raises(PlanError, match=r"giant.*bytes"):
-            plan(spec, config, name)
+    for config in (get_preset("tiny"), study_capabilities(get_preset("tiny"))):
+        for name in PLANNERS:
+            with pytest.raises(PlanError, match=r"giant.*bytes"):
+                plan(spec, config, name)
 
 
 def test_unknown_planner():
@@ -170,4 +183,36 @@ def test_layout_costs():
     lay = Layout.from_config(get_preset("u280"))
     assert (lay.row_beats(16), lay.row_beats(17), lay.row_beats(48)) == (1, 2, 3)
     assert (lay.offchip_stride(4), lay.offchip_stride(48)) == (32, 128)
-    assert lay.onchip_stride(12) == 32
+    assert (lay.onchip_stride(12), lay.onchip_stride(17), lay.onchip_stride(64)) == (32, 64, 128)
+
+
+@pytest.mark.parametrize("cname", ["tiny", "small", "u280", "u280-int8", "u55c"])
+@pytest.mark.parametrize("model", ["tiny", "small", "microrec-small", "rmc2", "wnd", "din"])
+def test_plans_for_the_kernel_stay_within_its_capabilities(cname, model):
+    """No copies, no row splits, pairs only, at most descriptors_per_unit tables per unit,
+    on-chip use within the unit's words: whatever the planner, if it plans at all."""
+    config = get_preset(cname)
+    caps = config.capabilities()
+    spec = get_model(model)
+    for name in PLANNERS:
+        try:
+            p = plan(spec, config, name)
+        except PlanError as e:
+            assert "does not fit" in str(e) or "cannot split" in str(e)
+            continue
+        check_invariants(spec, caps, p)
+        for g in p.groups:
+            assert g.replicas <= caps.table_copies and g.shards == 1
+            assert len(g.features) <= caps.max_merge
+        per_port = {}
+        for t in p.tables:
+            per_port[t.memory, t.location] = per_port.get((t.memory, t.location), 0) + 1
+        assert max(per_port.values(), default=0) <= caps.descriptors_per_unit
+        assert all(u <= caps.onchip_bytes for u in p.onchip_used)
+
+
+def test_dense_only_model_plans_empty():
+    spec = ModelSpec("dense", dense=3, top_mlp=(4, 1))
+    p = plan(spec, get_preset("tiny"))
+    assert p.groups == () and p.tables == () and p.rounds == 0
+    assert p.storage_overhead == 0.0 and p.figures()["raw_bytes"] == 0
