@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-from recfabric.host import torch_io  # noqa: E402
+from recfabric.host.model import torch_io  # noqa: E402
 from recfabric.host.model.spec import ModelSpec, SparseFeature, SpecError  # noqa: E402
 from recfabric.host.model.synthetic import synthetic_batch  # noqa: E402
 from recfabric.host.model.torch_io import bags_to_torch, from_torch, to_torch  # noqa: E402

@@ -6,7 +6,8 @@ import types
 import numpy as np
 import pytest
 
-from recfabric.host.compiler import compile_model, golden_from_images, load_compiled
+from recfabric.host.compiler.compiled import golden_from_images, load_compiled
+from recfabric.host.compiler.steps import compile_model
 from recfabric.host.model.synthetic import synthetic_batch
 from recfabric.host.model.weights import random_weights
 from recfabric.host.model.zoo import get_model

@@ -11,7 +11,7 @@ import json
 import sys
 import time
 
-from ..compiler.planner import PLANNERS, Layout, plan, plan_default
+from ..compiler.planner import PLANNERS, Layout, plan, plan_default, study_capabilities
 from ..model.zoo import get_model
 
 __all__ = ["register", "compare_planners", "MEASURED_MODELS"]
@@ -27,18 +27,22 @@ def _say(msg: str):
 
 def compare_planners(models=MEASURED_MODELS, configs=("u280", "u280-int8")) -> list:
     """Rounds, storage and run time of ``none``, ``microrec``, ``default`` without merging and
-    ``default`` for every model and configuration: a list of dicts (one per model/config)."""
+    ``default`` for every model and configuration: a list of dicts (one per model/config).
+
+    Plans for :func:`~recfabric.host.compiler.planner.study_capabilities` (row splits, copies and
+    any merge allowed): a comparison of the planning algorithms at MicroRec's scale, not of what
+    the current kernel runs."""
     from recfabric.hw.config import get_preset
     rows = []
     for cname in configs:
-        config = get_preset(cname)
+        config = study_capabilities(get_preset(cname))
         for name in models:
             spec = get_model(name)
             row = {"model": name, "config": cname, "raw_bytes": spec.table_bytes(
-                config.element_bytes)}
+                config.data_bits // 8)}
             runs = [(p, lambda s, c, p=p: plan(s, c, p)) for p in ("none", "microrec")]
             runs.append(("default-nomerge", lambda s, c: plan_default(
-                s, Layout.from_config(c), c.name, merge=False, baselines=False)))
+                s, Layout.from_capabilities(c), c.config, merge=False, baselines=False)))
             runs.append(("default", lambda s, c: plan(s, c, "default")))
             for label, fn in runs:
                 t0 = time.perf_counter()
@@ -97,7 +101,7 @@ def _cmd_plan(args):
     spec = get_model(args.model)
     config = _config(args)
     t0 = time.perf_counter()
-    p = plan(spec, config, args.planner)
+    p = plan(spec, study_capabilities(config) if args.study else config, args.planner)
     seconds = time.perf_counter() - t0
     if args.json:
         out = p.to_json(spec)
@@ -113,7 +117,7 @@ def _cmd_plan(args):
 
 
 def _cmd_compile(args):
-    from ..compiler.compiled import compile_model
+    from ..compiler.steps import compile_model
     from ..model.weights import ModelWeights, random_weights
     spec = get_model(args.model)
     config = _config(args)
@@ -148,6 +152,9 @@ def register(subparsers):
                    help="element width; must match the configuration's data_bits")
     s.add_argument("--all", action="store_true",
                    help="compare every planner on the measured models (docs/compiler.md)")
+    s.add_argument("--study", action="store_true",
+                   help="plan for a hypothetical kernel of this size that splits tables, serves "
+                        "copies and merges any number of features (what --all compares)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=_cmd_plan)
 

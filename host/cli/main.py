@@ -21,9 +21,9 @@ from ..model.zoo import DEFAULT_MODEL, ZOO, get_model
 __all__ = ["main"]
 
 # Modules that add their own verbs with ``register(subparsers)``.
-_PLUGINS = (".compiler_cli",)
+_PLUGINS = (".compile",)
 # Modules that add a benchmark below ``recfabric bench`` with ``register(subparsers)``.
-_BENCHES = (".bench_lookup", ".bench_mlp")
+_BENCHES = ("..bench.lookup", "..bench.mlp")
 
 
 def _say(msg: str):
@@ -82,7 +82,8 @@ def _cmd_demo(args):
     import numpy as np
 
     from ...hw.config import get_preset
-    from ..compiler.compiled import compile_model, golden_from_images, load_compiled
+    from ..compiler.compiled import golden_from_images, load_compiled
+    from ..compiler.steps import compile_model
     from ..model.synthetic import synthetic_batch
     from ..model.weights import random_weights
     from ..reference.golden import float_forward
