@@ -34,8 +34,8 @@ MIXED = ModelSpec("mixed", sparse=(SparseFeature("a", 10, 4), SparseFeature("b",
                   dense=2, top_mlp=(8, 1))
 # One 2 MiB channel: the 1.25 MiB table "c" lies whole in it (the kernel cannot split tables),
 # and merging saves a beat of the one channel.
-MIXED_CONFIG = get_preset("tiny").replace(max_features=8, max_concat=64, onchip_units=0, mem_channels=1,
-                                          channel_bytes=2 << 20)
+MIXED_CONFIG = get_preset("tiny").replace(max_features=8, max_concat=64, onchip_units=0,
+                                          mem_channels=1, channel_bytes=2 << 20)
 
 CASES = [
     ("tiny", "tiny", "default"), ("tiny", "tiny", "none"), ("small", "small", "default"),
@@ -79,7 +79,7 @@ def test_image_pooling_reads_shards_and_copies(tmp_path, model, config):
     read back through the descriptors, pooled == the golden model's table pooling."""
     spec, cfg = _spec_config(model, config)
     if model == "mixed":
-        cfg = cfg.replace(channel_bytes=1 << 20)  # "c" needs two shards
+        cfg = cfg.replace(mem_channels=2, channel_bytes=1 << 20)  # "c" needs two shards
     qm = compile_model(spec, random_weights(spec, 1), cfg, tmp_path, calib_batch=64,
                        to_step="quantize").qm
     p = plan(spec, study_capabilities(cfg), "microrec" if model == "mixed" else "default")
