@@ -1,4 +1,5 @@
-"""Driver end to end: compile, load, infer on the reference and the cycle-accurate sim backends."""
+"""Driver end to end: compile, load, infer on the reference, the cycle-accurate sim and the xrt
+(stand-in) backends; the counters mean what the kernel's mean on every backend."""
 
 import sys
 import types
@@ -8,6 +9,7 @@ import pytest
 
 from recfabric.host.compiler.compiled import golden_from_images, load_compiled
 from recfabric.host.compiler.steps import compile_model
+from recfabric.host.model.spec import ModelSpec, SparseFeature
 from recfabric.host.model.synthetic import synthetic_batch
 from recfabric.host.model.weights import random_weights
 from recfabric.host.model.zoo import get_model
@@ -34,7 +36,38 @@ def test_reference_backend_equals_golden(tmp_path):
         r = acc.infer(dense, sparse)
     assert np.array_equal(r.scores, golden(cm, dense, sparse))
     assert r.counters["requests_done"] == 33
-    assert r.counters["lookups_issued"] == sum(int(b.lengths.sum()) for b in sparse)
+    assert r.counters["lookups_issued"] == _kernel_lookups(cm, sparse)
+
+
+def _kernel_lookups(cm, sparse):
+    """The kernel's lookups_issued, counted from the plan: per request and table group, one
+    lookup per ID of a bag (an empty bag still issues one EMPTY lookup), one per merged pair."""
+    n = 0
+    for g in cm.plan.groups:
+        if len(g.features) > 1:
+            n += sparse[g.features[0]].batch
+        else:
+            n += int(np.maximum(sparse[g.features[0]].lengths, 1).sum())
+    return n
+
+
+def test_reference_counts_lookups_as_the_kernel_does(tmp_path):
+    """A merged pair is one lookup, an empty bag one EMPTY lookup (hw/lookup_dispatcher.py)."""
+    spec = ModelSpec("pairs", sparse=(SparseFeature("a", 10, 4), SparseFeature("b", 12, 4),
+                                      SparseFeature("m", 30, 8, bag=3)), dense=2, top_mlp=(8, 1))
+    cfg = get_preset("tiny").replace(mem_channels=1, onchip_units=0)
+    d = tmp_path / "pairs"
+    compile_model(spec, random_weights(spec, 3), cfg, d, calib_batch=64)
+    cm = load_compiled(d)
+    assert any(len(g.features) == 2 for g in cm.plan.groups)
+    dense, sparse = synthetic_batch(spec, 9, seed=4)
+    sparse[2].lengths[:3] = 0  # three empty bags
+    with Accelerator.open("reference", cfg) as acc:
+        acc.load(d)
+        r = acc.infer(dense, sparse)
+    want = 9 + int(np.maximum(sparse[2].lengths, 1).sum())  # the pair, then the bag
+    assert r.counters["lookups_issued"] == want == _kernel_lookups(cm, sparse)
+    assert np.array_equal(r.scores, golden(cm, dense, sparse))
 
 
 @pytest.mark.parametrize("p_stall", [0.0, 0.25])
@@ -51,6 +84,11 @@ def test_sim_backend_is_bit_exact_with_stalls(tmp_path, p_stall):
             assert c["requests_done"] == batch and c["errors"] == 0
             assert c["lookups_issued"] == sum(int(np.maximum(b.lengths, 1).sum())
                                               for b in sparse)
+            assert c["lookups_issued"] == _kernel_lookups(cm, sparse)
+            with Accelerator.open("reference", "tiny") as ref:  # same counter, same meaning
+                ref.load(d)
+                assert ref.infer(dense, sparse).counters["lookups_issued"] == \
+                    c["lookups_issued"]
             assert c["cycles"] > 0 and c["config_hash"] == get_preset("tiny").config_hash
 
 
@@ -97,7 +135,7 @@ def test_xrt_backend_drives_the_documented_pyxrt_api(tmp_path, monkeypatch):
     """A stand-in pyxrt with the binding's documented surface (device.load_xclbin, kernel with
     group_id, bo write/sync/read/address, run set_arg/start/wait) whose kernel is the
     reference model: the XRTDevice code path runs end to end."""
-    from recfabric.host.runtime.accelerator import ReferenceDevice
+    from recfabric.host.runtime.reference import ReferenceDevice
     from recfabric.hw.vitis_package import kernel_name
 
     spec, d, cm = compiled(tmp_path, "tiny", "tiny")

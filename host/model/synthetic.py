@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..reference.golden import Bags
-from .spec import ModelSpec
+from .spec import Bags, ModelSpec
 
 __all__ = ["synthetic_batch", "zipf_ids"]
 

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..reference.golden import Bags, check_sparse
-from .spec import ModelSpec, SparseFeature, SpecError
+from .spec import Bags, ModelSpec, SparseFeature, SpecError, check_sparse
 from .weights import ArrayTable, Layer, ModelWeights
 
 # RecModel subclasses nn.Module, so it is created on first access (module __getattr__ below).
