@@ -12,6 +12,7 @@ import sys
 import time
 
 from ..compiler.planner import PLANNERS, Layout, plan, plan_default, study_capabilities
+from ..compiler.steps import COMPILE_STEPS
 from ..model.zoo import get_model
 
 __all__ = ["register", "compare_planners", "MEASURED_MODELS"]
@@ -117,7 +118,7 @@ def _cmd_plan(args):
 
 
 def _cmd_compile(args):
-    from ..compiler.steps import compile_model
+    from ..compiler.steps import COMPILE_STEPS, compile_model
     from ..model.weights import ModelWeights, random_weights
     spec = get_model(args.model)
     config = _config(args)
@@ -129,16 +130,40 @@ def _cmd_compile(args):
     else:
         weights = random_weights(spec, seed=args.seed)
     result = compile_model(spec, weights, config, args.output, args.planner, seed=args.seed,
-                           progress=None if args.json else _say)
+                           calibration=args.calibration, from_step=args.from_step,
+                           to_step=args.to_step, progress=None if args.json else _say)
+    ran = [s["name"] for s in result.steps if s["status"] == "ran"]
+    cal = None
+    if result.qm is not None:
+        cal = json.loads((result.directory / "steps" / "1_quantize" /
+                          "calibration.json").read_text())
     if args.json:
-        print(json.dumps({"directory": str(result.directory),
-                          "figures": result.plan.figures(),
-                          "buffers": result.manifest["buffers"]}, indent=1))
-    else:
+        print(json.dumps({"directory": str(result.directory), "steps": result.steps,
+                          "calibration": cal,
+                          "figures": result.plan.figures() if result.plan else None,
+                          "buffers": result.manifest["buffers"] if result.manifest else None},
+                         indent=1))
+        return 0
+    if cal is not None:
+        if cal["source"] == "synthetic":
+            print(f"calibration: SYNTHETIC ({cal['requests']} Zipf requests, seed "
+                  f"{cal['seed']}): no --calibration data was given")
+        else:
+            print(f"calibration: {cal['source']} ({cal['requests']} requests)")
+        if cal.get("saturation"):
+            sat = {k: v for k, v in cal["saturation"]["saturated"].items() if v}
+            print("saturated values on the calibration batch: " + (", ".join(
+                f"{k} {v:,}" for k, v in sat.items()) if sat else "none"))
+    if result.plan is not None:
         print(result.plan.text(spec))
+    if result.manifest is not None:
         for b in result.manifest["buffers"]:
             print(f"{b['file']:<18} {b['size']:>12,} bytes  sha256 {b['sha256'][:16]}  "
                   f"{b['format']}")
+    else:
+        print(f"ran steps {', '.join(ran)}; stopped before "
+              f"{COMPILE_STEPS[COMPILE_STEPS.index(ran[-1]) + 1] if ran else '-'} "
+              f"(resume with --from-step)")
     return 0
 
 
@@ -161,6 +186,12 @@ def register(subparsers):
     s = subparsers.add_parser("compile", help="compile a model into memory images + manifest")
     s.add_argument("model", help="zoo name or .json spec file")
     s.add_argument("--weights", help=".npz written by ModelWeights.save (default: synthetic)")
+    s.add_argument("--calibration", metavar="D.npz",
+                   help="calibration batch (format: docs/compiler.md; default: a synthetic "
+                        "batch, and the manifest says so)")
+    s.add_argument("--from-step", choices=COMPILE_STEPS,
+                   help="resume: reload earlier steps' outputs from -o DIR/steps")
+    s.add_argument("--to-step", choices=COMPILE_STEPS, help="stop after this step")
     s.add_argument("--config", default="small", help="accelerator preset (default small)")
     s.add_argument("--planner", choices=PLANNERS, default="default")
     s.add_argument("--bits", type=int, choices=(8, 16),

@@ -1,6 +1,6 @@
 """The ``recfabric`` command line: one command, one verb per job.
 
-``recfabric models``            list the built-in model zoo
+``recfabric models``            the built-in model zoo, and which presets run each model
 ``recfabric accuracy MODEL``    fixed point vs float accuracy report
 ``recfabric demo``              the main job on the default model
 ``recfabric plan`` / ``compile``   model compiler (:mod:`recfabric.host.cli.compile`)
@@ -30,25 +30,54 @@ def _say(msg: str):
     print(f"[recfabric] {msg}", file=sys.stderr, flush=True)
 
 
-def _cmd_models(args):
+def models_report(config_names=None) -> list:
+    """Per zoo model: summary, and per configuration whether it runs and why not.
+
+    The verdict is :func:`~recfabric.host.compiler.steps.model_runs`: the same checks ``compile``
+    makes (limits, planning within the kernel's capabilities, the kernel-program check).
+    """
+    from ...hw.config import PRESETS, get_preset  # noqa: PLC0415
+    from ..compiler.steps import model_runs  # noqa: PLC0415
+
+    configs = [get_preset(c) for c in (config_names or PRESETS)]
     rows = []
     for name in ZOO:
         spec = get_model(name)
+        verdicts = {}
+        for config in configs:
+            reasons = model_runs(spec, config)
+            verdicts[config.name] = {"runs": not reasons, "reasons": reasons}
         rows.append({
             "name": name,
             "summary": spec.summary(),
             "hardware": spec.hardware_blockers(),
+            "configs": verdicts,
             "unmodelled": list(spec.unmodelled),
             "description": spec.description,
         })
+    return rows
+
+
+def _cmd_models(args):
+    rows = models_report([args.config] if args.config else None)
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
     for r in rows:
-        hw = "runs on RecFabric hardware" if not r["hardware"] else \
-            "hardware lacks: " + "; ".join(r["hardware"])
         print(f"{r['name']:<15} {r['summary']}")
-        print(f"{'':<15} {hw}")
+        runs = [c for c, v in r["configs"].items() if v["runs"]]
+        fails = {c: v["reasons"] for c, v in r["configs"].items() if not v["runs"]}
+        if args.config:
+            verdict = f"runs on {args.config}" if runs else \
+                f"does not run on {args.config}: " + "; ".join(fails[args.config])
+            print(f"{'':<15} {verdict}")
+        else:
+            print(f"{'':<15} runs on: {', '.join(runs) if runs else 'no preset'}")
+            reasons = {}
+            for c, why in fails.items():
+                reasons.setdefault("; ".join(why), []).append(c)
+            for why, cs in reasons.items():
+                print(f"{'':<15} not on {', '.join(cs)}: {why}")
         for u in r["unmodelled"]:
             print(f"{'':<15} not modelled: {u}")
     return 0
@@ -184,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="RecFabric: FPGA recommendation-inference accelerator generator.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    s = sub.add_parser("models", help="list the built-in model zoo")
+    s = sub.add_parser("models", help="the built-in model zoo: which configurations run each")
+    s.add_argument("--config", help="check this preset only (default: every preset)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=_cmd_models)
 
