@@ -2,6 +2,8 @@
 errors, calibration input, resumable steps, capabilities."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -20,12 +22,13 @@ from recfabric.host.compiler.memory_image import (
     write_table_images,
 )
 from recfabric.host.compiler.planner import plan, study_capabilities
-from recfabric.host.compiler.steps import compile_model
+from recfabric.host.compiler.steps import COMPILE_STEPS, compile_model
 from recfabric.host.model.spec import ModelSpec, SparseFeature, SpecError
 from recfabric.host.model.synthetic import synthetic_batch
 from recfabric.host.model.weights import random_weights
 from recfabric.host.model.zoo import get_model
 from recfabric.host.reference.golden import TablePooling, golden_forward
+from recfabric.host.reference.quantize import load_calibration, quantize_model, save_calibration
 from recfabric.hw.config import get_preset
 
 MIXED = ModelSpec("mixed", sparse=(SparseFeature("a", 10, 4), SparseFeature("b", 12, 4),
@@ -176,3 +179,124 @@ def test_onchip_tables_are_exercised(tmp_path):
     spec = get_model("small")
     r = compile_model(spec, random_weights(spec), get_preset("small"), tmp_path, calib_batch=64)
     assert any(t.memory == "onchip" for t in r.plan.tables)
+
+
+# ---- steps, calibration, resume -----------------------------------------------------------
+
+def test_each_step_writes_its_output_and_steps_json(tmp_path):
+    spec = get_model("tiny")
+    r = compile_model(spec, random_weights(spec, 1), get_preset("tiny"), tmp_path,
+                      calib_batch=64)
+    assert [s["name"] for s in r.steps] == list(COMPILE_STEPS)
+    assert all(s["status"] == "ran" and s["seconds"] >= 0 for s in r.steps)
+    assert json.loads((tmp_path / "steps.json").read_text())["steps"] == r.steps
+    want = {"1_quantize": {"quantized.json", "mlp.bin", "calibration.json"},
+            "2_plan": {"plan.json"},
+            "3_memory_images": {"images.json", "descriptors.bin", "mlp.bin"},
+            "4_kernel_program": {"kernel_program.bin", "kernel_program.json"},
+            "5_manifest": {"manifest.json"}}
+    for d, files in want.items():
+        assert files <= {p.name for p in (tmp_path / "steps" / d).iterdir()}, d
+    # the compiled directory's files are the step outputs
+    for name in ("descriptors.bin", "kernel_program.bin", "manifest.json"):
+        src = next((tmp_path / "steps").rglob(name))
+        assert (tmp_path / name).read_bytes() == src.read_bytes()
+
+
+def test_resume_gives_the_same_bytes(tmp_path):
+    spec, cfg = MIXED, MIXED_CONFIG
+    w = random_weights(spec, 3)
+    compile_model(spec, w, cfg, tmp_path / "full", calib_batch=128)
+    part = tmp_path / "part"
+    r = compile_model(spec, w, cfg, part, calib_batch=128, to_step="plan")
+    assert [s["status"] for s in r.steps] == ["ran", "ran", "not run", "not run", "not run"]
+    assert r.manifest is None and not (part / "manifest.json").exists()
+    r = compile_model(spec, w, cfg, part, calib_batch=128, from_step="memory_images")
+    assert [s["status"] for s in r.steps] == ["loaded", "loaded", "ran", "ran", "ran"]
+    for name in ("manifest.json", "descriptors.bin", "mlp.bin", "kernel_program.bin",
+                 "channel00.bin"):
+        assert (part / name).read_bytes() == (tmp_path / "full" / name).read_bytes(), name
+    r = compile_model(spec, w, cfg, part, from_step="manifest")
+    assert r.steps[-1]["status"] == "ran" and r.steps[0]["status"] == "loaded"
+    with pytest.raises(CompileError, match="cannot resume at step 'plan'"):
+        compile_model(spec, w, cfg, tmp_path / "empty", from_step="plan")
+    with pytest.raises(ValueError, match="comes after"):
+        compile_model(spec, w, cfg, part, from_step="manifest", to_step="plan")
+    with pytest.raises(ValueError, match="'bogus'"):
+        compile_model(spec, w, cfg, part, to_step="bogus")
+
+
+def test_calibration_data_is_an_input(tmp_path):
+    spec = get_model("tiny")
+    w = random_weights(spec, 1)
+    dense, sparse = synthetic_batch(spec, 200, seed=21)
+    dense = dense * 4  # wider dense range than the synthetic batch: the formats must follow
+    path = tmp_path / "cal.npz"
+    save_calibration(path, spec, dense, sparse)
+    given = compile_model(spec, w, get_preset("tiny"), tmp_path / "given", calibration=path)
+    synth = compile_model(spec, w, get_preset("tiny"), tmp_path / "synth", calib_batch=200)
+    cal = given.manifest["calibration"]
+    assert cal["source"] == "file cal.npz" and cal["requests"] == 200
+    assert synth.manifest["calibration"]["source"] == "synthetic"
+    assert "no calibration data was given" in synth.manifest["calibration"]["note"]
+    want = quantize_model(w, *load_calibration(path, spec), bits=16, acc_bits=48)
+    assert given.qm.formats_json() == want.formats_json()
+    assert given.qm.emb_fmt != synth.qm.emb_fmt
+    sat = cal["saturation"]
+    assert set(sat["saturated"]) == set(sat["values"]) >= {"dense_input", "embedding_rows",
+                                                           "top[0]", "top[1]", "pooled:a"}
+    # a tuple works as well as a file
+    same = compile_model(spec, w, get_preset("tiny"), tmp_path / "tuple",
+                         calibration=(dense, sparse))
+    assert same.qm.formats_json() == given.qm.formats_json()
+
+
+def test_saturation_counts_are_real(tmp_path):
+    """Logits far outside the sigmoid's Q3.7 input saturate; the count matches a recount."""
+    spec = get_model("tiny")
+    w = random_weights(spec, 1, logit_std=40.0)
+    r = compile_model(spec, w, get_preset("tiny"), tmp_path, calib_batch=300)
+    sat = r.manifest["calibration"]["saturation"]["saturated"]
+    dense, sparse = synthetic_batch(spec, 300, seed=1)  # the synthetic calibration batch
+    logits = golden_forward(r.qm, r.qm.quantize_dense(dense), sparse).logits
+    at_rail = int(np.count_nonzero((logits == -1024) | (logits == 1023)))
+    assert 0 < sat["top[1]"] <= at_rail
+    assert sat["dense_input"] == 0  # formats are calibrated to cover this very batch
+
+
+def test_calibration_file_errors_name_the_key(tmp_path):
+    spec = get_model("tiny")
+    dense, sparse = synthetic_batch(spec, 10, seed=2)
+    np.savez(tmp_path / "bad.npz", dense=dense, **{"ids:a": sparse[0].ids})
+    with pytest.raises(SpecError, match="'ids:b'"):
+        load_calibration(tmp_path / "bad.npz", spec)
+    np.savez(tmp_path / "bad2.npz", dense=dense[:, :1])
+    with pytest.raises(SpecError, match="shape"):
+        load_calibration(tmp_path / "bad2.npz", spec)
+    with pytest.raises(SpecError, match="not a readable .npz"):
+        load_calibration(tmp_path / "missing.npz", spec)
+
+
+def test_dense_only_model_compiles(tmp_path):
+    """Issue 10.7: a model without sparse features crashed the planner (ZeroDivisionError)."""
+    spec = ModelSpec("dense", dense=3, top_mlp=(4, 1))
+    r = compile_model(spec, random_weights(spec, 0), get_preset("tiny"), tmp_path,
+                      calib_batch=64)
+    assert r.plan.groups == () and r.manifest["plan"]["figures"]["storage_overhead"] == 0.0
+    dense = np.random.default_rng(0).random((7, 3)).astype(np.float32)
+    dq = r.qm.quantize_dense(dense)
+    assert np.array_equal(golden_from_images(tmp_path, dq, []).scores,
+                          golden_forward(r.qm, dq, []).scores)
+
+
+def test_compile_builds_the_program_without_amaranth_warnings(tmp_path):
+    """The kernel-program step constructs, never elaborates, the kernel and leaves no
+    UnusedElaboratable warning behind (checked in a fresh interpreter)."""
+    code = ("import sys; from recfabric.host import compile_model, get_model, random_weights;"
+            "from recfabric.hw.config import get_preset; s = get_model('tiny');"
+            "compile_model(s, random_weights(s), get_preset('tiny'), sys.argv[1],"
+            " calib_batch=32)")
+    out = subprocess.run([sys.executable, "-W", "always", "-c", code, str(tmp_path)],
+                         capture_output=True, text=True, check=True)
+    assert "UnusedElaboratable" not in out.stderr and "never used" not in out.stderr
+    assert (tmp_path / "kernel_program.bin").exists()

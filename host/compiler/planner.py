@@ -63,7 +63,7 @@ from ..model.spec import ModelSpec
 from .table_layout import TABLE_ALIGN, TableLayout, align_up
 
 __all__ = ["PLANNERS", "Group", "Layout", "Plan", "PlanError", "TablePlacement", "plan",
-           "study_capabilities", "TABLE_ALIGN"]
+           "study_capabilities", "oversized_tables", "TABLE_ALIGN"]
 
 #: Planner names, the default first.
 PLANNERS = ("default", "microrec", "none")
@@ -853,6 +853,23 @@ def study_capabilities(config):
                                max_merge=1 << 16, descriptors_per_unit=1 << 16)
 
 
+def oversized_tables(spec: ModelSpec, caps) -> list[str]:
+    """One message per table larger than a channel of a kernel that cannot split tables (no
+    plan can place it; checked before anything else)."""
+    layout = Layout.from_capabilities(caps)
+    if layout.row_split:
+        return []
+    out = []
+    for f in spec.sparse:
+        nbytes = f.rows * layout.offchip_stride(f.dim)
+        if nbytes > layout.channel_bytes:
+            out.append(f"table {f.name!r} ({f.rows:,} rows x {f.dim} elements, {nbytes:,} "
+                       f"bytes) does not fit one {layout.channel_bytes:,}-byte channel of "
+                       f"configuration {caps.config!r}, and the kernel cannot split a table "
+                       "over channels")
+    return out
+
+
 def plan(spec: ModelSpec, config, planner: str = "default") -> Plan:
     """Plan ``spec``'s tables for a kernel with the named planner.
 
@@ -877,14 +894,9 @@ def plan(spec: ModelSpec, config, planner: str = "default") -> Plan:
     if planner not in PLANNERS:
         raise ValueError(f"planner must be one of {', '.join(PLANNERS)}, not {planner!r}")
     layout = Layout.from_capabilities(caps)
-    if not layout.row_split:
-        for f in spec.sparse:
-            nbytes = f.rows * layout.offchip_stride(f.dim)
-            if nbytes > layout.channel_bytes:
-                raise PlanError(
-                    f"table {f.name!r} ({f.rows:,} rows x {f.dim} elements, {nbytes:,} bytes) "
-                    f"does not fit one {layout.channel_bytes:,}-byte channel of configuration "
-                    f"{caps.config!r}, and the kernel cannot split a table over channels")
+    too_big = oversized_tables(spec, caps)
+    if too_big:
+        raise PlanError("; ".join(too_big))
     if planner == "default":
         return plan_default(spec, layout, caps.config)
     if planner == "microrec":

@@ -50,7 +50,7 @@ from .memory_image import (
     unpack_mlp,
     write_table_images,
 )
-from .planner import PLANNERS, Plan, plan
+from .planner import PLANNERS, Plan, oversized_tables, plan
 
 __all__ = ["COMPILE_STEPS", "CompileResult", "CompileState", "check_fits", "compile_model",
            "model_runs", "step_quantize", "step_plan", "step_memory_images",
@@ -66,7 +66,8 @@ def _capabilities(config):
 
 
 def check_fits(spec: ModelSpec, config) -> None:
-    """Raise naming every limit of the kernel that ``spec`` exceeds (before anything runs).
+    """Raise naming every limit of the kernel that ``spec`` exceeds (before anything runs):
+    request and MLP limits, and tables no channel can hold whole.
 
     ``config`` is an ``AcceleratorConfig`` or its ``KernelCapabilities``. Raises ``SpecError``
     for what no kernel implements (dot interaction, heads) and :class:`CompileError` for limits.
@@ -93,6 +94,7 @@ def check_fits(spec: ModelSpec, config) -> None:
     for i, (_, out) in enumerate(spec.layer_shapes()["top"]):
         limit(f"top layer {i} output width", out, "max_width", caps.max_width)
     limit("top MLP layers", len(spec.top_mlp), "max_top_layers", caps.max_top_layers)
+    bad.extend(oversized_tables(spec, caps))
     if bad:
         raise CompileError(f"model {spec.name!r} does not fit configuration {caps.config!r}: "
                            + "; ".join(bad))

@@ -167,7 +167,7 @@ def _random_layer(rng, n_in, n_out, gain):
                  rng.uniform(-0.1, 0.1, size=n_out))
 
 
-def random_weights(spec: ModelSpec, seed: int = 0, logit_std: float = 1.5,
+def random_weights(spec: ModelSpec, seed: int = 0, logit_std: float | None = 1.5,
                    logit_mean: float = -1.0) -> ModelWeights:
     """Deterministic synthetic weights for a spec.
 
@@ -176,6 +176,8 @@ def random_weights(spec: ModelSpec, seed: int = 0, logit_std: float = 1.5,
     synthetic Zipf-skewed batch, logits have mean ``logit_mean`` and standard deviation
     ``logit_std``: scores spread like a click-through-rate model's (positive rate about 0.3), so
     that AUC and log-loss comparisons are meaningful rather than all scores sitting near 0.5.
+    ``logit_std=None`` skips the rescaling (and the float inference it takes: seconds for the
+    largest zoo models), for uses that need weights of the right shapes only.
     """
     from ..reference.golden import float_forward  # noqa: PLC0415 (golden imports this module)
     from .synthetic import synthetic_batch  # noqa: PLC0415
@@ -190,6 +192,8 @@ def random_weights(spec: ModelSpec, seed: int = 0, logit_std: float = 1.5,
                 for k, (i, o) in enumerate(pairs)]
     w = ModelWeights(spec, tables, chain(shapes["bottom"]), chain(shapes["top"]),
                      [chain(h) for h in shapes["heads"]])
+    if logit_std is None:
+        return w
     dense, sparse = synthetic_batch(spec, 512, seed=seed + 12345)
     _, logits = float_forward(w, dense, sparse, return_logits=True)
     finals = [h[-1] for h in w.heads] if w.heads else [w.top[-1]]
