@@ -214,3 +214,25 @@ def test_xrt_backend_drives_the_documented_pyxrt_api(tmp_path, monkeypatch):
     assert any(c[0] == "sync" and c[1] == 1 for c in calls), "results synced from the device"
     with pytest.raises(DeviceError, match="another configuration"):
         Accelerator.open("xrt", "small", xclbin="k.xclbin")
+
+
+def test_issue_10_7_models_run_on_the_simulated_kernel(tmp_path):
+    """Issue 10.7 end to end on the cycle-accurate kernel, one device, model switches without a
+    reset: int8 models with fewer layers than engines (identity layers after the hidden layer,
+    or before a single layer) and a dense-only model, each == the golden model."""
+    cfg = get_preset("tiny").replace(name="tiny-int8", data_bits=8, acc_bits=32)
+    specs = [get_model("tiny"),
+             ModelSpec("one", sparse=(SparseFeature("a", 16, 4),), dense=2, top_mlp=(1,)),
+             ModelSpec("dense", dense=3, top_mlp=(4, 1))]
+    with Accelerator.open("sim", cfg, mem_latency=8, max_cycles=50_000) as acc:
+        for i, spec in enumerate(specs):
+            d = tmp_path / spec.name
+            compile_model(spec, random_weights(spec, i), cfg, d, calib_batch=64)
+            cm = load_compiled(d)
+            dense, sparse = synthetic_batch(spec, 4, seed=i) if spec.sparse else \
+                (np.random.default_rng(i).random((4, spec.dense)).astype(np.float32), [])
+            acc.load(d)
+            r = acc.infer(dense, sparse)
+            assert np.array_equal(r.scores, golden(cm, dense, sparse)), spec.name
+            assert r.counters["errors"] == 0 and r.counters["requests_done"] == 4
+            assert r.counters["lookups_issued"] == _kernel_lookups(cm, sparse)
