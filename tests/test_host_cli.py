@@ -83,3 +83,15 @@ def test_models_is_truthful_about_the_zoo(capsys):
     assert main(["models", "--config", "u280", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert all(list(r["configs"]) == ["u280"] for r in rows)
+
+
+def test_build_writes_the_capabilities(tmp_path, monkeypatch):
+    """`recfabric build` writes capabilities.json beside the Verilog (generation stubbed here;
+    tests/test_hw_kernel_build.py builds the real Verilog)."""
+    import recfabric.hw.kernel as kernel
+
+    monkeypatch.setattr(kernel, "generate_verilog", lambda config: "module recfabric_kernel;\n")
+    assert main(["build", "--config", "u280-int8", "-o", str(tmp_path)]) == 0
+    caps = json.loads((tmp_path / "capabilities.json").read_text())
+    assert caps == json.loads(json.dumps(get_preset("u280-int8").capabilities().to_json()))
+    assert caps["onchip_words"] * caps["onchip_word_bits"] // 8 == caps["onchip_bytes"]

@@ -193,7 +193,9 @@ def _cmd_demo(args):
 
 
 def _cmd_build(args):
-    """Generate the kernel Verilog and the Vitis packaging files for a configuration."""
+    """Generate the kernel Verilog, the Vitis packaging files and ``capabilities.json``."""
+    from pathlib import Path  # noqa: PLC0415
+
     from ...hw.config import get_preset
     from ...hw.kernel import generate_verilog
     from ...hw.vitis_package import write_vitis_files
@@ -202,6 +204,10 @@ def _cmd_build(args):
     t0 = time.perf_counter()
     text = generate_verilog(config)
     files = write_vitis_files(config, text, args.output, board=args.board)
+    # the hardware/software contract of this build, as data (what the compiler plans for)
+    caps = Path(args.output) / "capabilities.json"
+    caps.write_text(json.dumps(config.capabilities().to_json(), indent=1, sort_keys=True) + "\n")
+    files = [*files, caps.name]
     _say(f"wrote {len(files)} files to {args.output} in {time.perf_counter() - t0:.1f} s: "
          f"{', '.join(files)}")
     return 0
