@@ -83,8 +83,8 @@ def test_image_pooling_reads_shards_and_copies(tmp_path, model, config):
     spec, cfg = _spec_config(model, config)
     if model == "mixed":
         cfg = cfg.replace(mem_channels=2, channel_bytes=1 << 20)  # "c" needs two shards
-    qm = compile_model(spec, random_weights(spec, 1), cfg, tmp_path, calib_batch=64,
-                       to_step="quantize").qm
+    qm = quantize_model(random_weights(spec, 1), *synthetic_batch(spec, 64, seed=2),
+                        bits=cfg.data_bits, acc_bits=cfg.acc_bits)
     p = plan(spec, study_capabilities(cfg), "microrec" if model == "mixed" else "default")
     assert any(g.shards > 1 for g in p.groups) if model == "mixed" else \
         any(g.replicas > 1 for g in p.groups)
