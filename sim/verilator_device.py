@@ -1,7 +1,8 @@
 """The ``verilator`` driver backend: the generated kernel Verilog, compiled by Verilator.
 
-:class:`VerilatorDevice` implements :class:`recfabric.host.driver.RegisterDevice` over the
-kernel of :func:`recfabric.hw.kernel.generate_verilog` (Vitis top: ``ap_clk``, ``ap_rst_n``,
+:class:`VerilatorDevice` implements :class:`recfabric.host.runtime.device.RegisterDevice` (the
+runtime's device seam, the only part of the host it imports) over the kernel of
+:func:`recfabric.hw.kernel.generate_verilog` (Vitis top: ``ap_clk``, ``ap_rst_n``,
 ``s_axi_control_*``, ``m_axi_<bundle>_*``) and a C++ harness (``verilator_harness/``) that runs
 everything per cycle without Python:
 
@@ -39,9 +40,8 @@ from pathlib import Path
 
 import amaranth
 
-from ..host.driver import Buffer, DeviceError, RegisterDevice
+from ..host.runtime.device import BumpMemory, DeviceError, RegisterDevice
 from ..hw.config import AcceleratorConfig
-from ..hw.register_map import CTRL, CTRL_START
 from .verilator_env import (
     build_key,
     cache_root,
@@ -81,10 +81,7 @@ def _hw_sources_digest() -> str:
     h = hashlib.sha256(amaranth.__version__.encode())
     hw_dir = Path(hw.__file__).resolve().parent
     files = sorted(hw_dir.glob("*.py"))
-    numerics = hw_dir.parent / "host" / "numerics.py"
-    from ..host import numerics as numerics_module  # noqa: PLC0415
-
-    files.append(Path(numerics_module.__file__).resolve() if not numerics.is_file() else numerics)
+    files.append(hw_dir.parent / "host" / "numerics.py")  # hw implements it
     for f in files:
         h.update(f.name.encode())
         h.update(f.read_bytes())
@@ -322,7 +319,8 @@ class VerilatorDevice(RegisterDevice):
         Per burst, the probability of an SLVERR or DECERR response on every port.
     seed : int
     max_cycles : int
-        A run that takes more cycles raises :class:`~recfabric.host.driver.DeviceError`.
+        A run that takes more cycles raises
+        :class:`~recfabric.host.runtime.device.DeviceError`.
     max_outstanding : int, optional
         Bursts each memory port accepts before it stops taking addresses (default: the
         configuration's ``max_outstanding``, at least 16).
@@ -362,7 +360,8 @@ class VerilatorDevice(RegisterDevice):
                 (8 if name == "results" else 32)
             self.configure_port(name, latency=lat, p_stall=p_stall, p_error=p_error,
                                 max_outstanding=outstanding)
-        self._base, self._next, self._limit = 0x1000_0000, 0, memory_bytes
+        # Allocation only: the bytes live in the harness's sparse pages.
+        self._mem = BumpMemory(memory_bytes, backed=False)
         self.runs = 0
         self.run_cycles = 0
         self.wall_seconds = 0.0
@@ -440,17 +439,7 @@ class VerilatorDevice(RegisterDevice):
         """Write the arguments and ``ap_start`` without waiting (see :meth:`wait_done`)."""
         self.runs += 1
         self._run_label = f"run {self.runs} (batch {args.get('batch')})"
-        from ..hw.register_map import kernel_args  # noqa: PLC0415
-
-        for a in kernel_args(self.config.mem_channels):
-            if a.name not in args:
-                continue
-            v = args[a.name]
-            v = v.address if isinstance(v, Buffer) else int(v)
-            self.write_register(a.offset, v & 0xFFFF_FFFF)
-            if a.is_pointer:
-                self.write_register(a.offset + 4, v >> 32)
-        self.write_register(CTRL, CTRL_START)
+        super().start(args)
 
     def trace_open(self, path: str | Path) -> None:
         if self._lib.rf_trace_open(self._h, str(path).encode()) != 0:
@@ -472,10 +461,6 @@ class VerilatorDevice(RegisterDevice):
         self._check(self._lib.rf_reg_write(self._h, offset, value & 0xFFFF_FFFF, 10_000),
                     f"write of register {offset:#x}")
 
-    def run(self, args, timeout):
-        self.start(args)
-        self.wait_done(timeout)
-
     def wait_done(self, timeout):
         cycles = ctypes.c_uint64()
         t0 = time.perf_counter()
@@ -495,27 +480,16 @@ class VerilatorDevice(RegisterDevice):
     # ---- buffers ----------------------------------------------------------------------------
 
     def allocate(self, name, size, bank=None):
-        size = max(size, 1)
-        start = (self._next + 4095) // 4096 * 4096
-        if start + size > self._limit:
-            raise DeviceError(f"device memory exhausted allocating {name!r} ({size} bytes; "
-                              f"{self._limit - start} left)")
-        self._next = start + size
-        return Buffer(name, self._base + start, size, bank)
-
-    def _addr(self, buf, size, offset):
-        if offset < 0 or offset + size > buf.size:
-            raise DeviceError(f"access of {size} bytes at {offset} outside buffer {buf.name!r} "
-                              f"of {buf.size} bytes")
-        return buf.address + offset
+        return self._mem.allocate(name, size, bank)
 
     def write(self, buf, data, offset=0):
         data = data if isinstance(data, bytes) else bytes(data)
-        self._lib.rf_mem_write(self._h, self._addr(buf, len(data), offset), data, len(data))
+        self._lib.rf_mem_write(self._h, self._mem.address(buf, len(data), offset), data,
+                               len(data))
 
     def read(self, buf, size, offset=0):
         out = ctypes.create_string_buffer(size)
-        self._lib.rf_mem_read(self._h, self._addr(buf, size, offset), out, size)
+        self._lib.rf_mem_read(self._h, self._mem.address(buf, size, offset), out, size)
         return out.raw
 
     def close(self):
