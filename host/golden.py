@@ -199,6 +199,15 @@ class QuantizedModel:
     (pooled embeddings, and the dense part: raw dense inputs or the bottom MLP's output).
     ``dense_fmt`` is the format dense inputs arrive in (equal to ``emb_fmt`` without a bottom
     MLP).
+
+    Per-table formats (``segment_fmts`` set; concat models only): every segment of the
+    concatenated vector (the dense part if any, then each table in feature order) has its own
+    format, ``segment_fmts[s]``, and each table's rows are quantized in it
+    (``tables[i].fmt``). The first top layer's weight columns of segment ``s`` are then integers
+    in frac ``acc_frac - segment_fmts[s].frac``, so that every product lands in the one
+    accumulator format; its ``in_fmt`` and ``w_fmt`` are the nominal pair of the finest segment,
+    and ``emb_fmt`` is that segment's format. Integer arithmetic is unchanged (pooling saturates
+    by width only, which every segment shares), so the hardware runs such a model as it is.
     """
 
     spec: ModelSpec
@@ -212,6 +221,7 @@ class QuantizedModel:
     heads: list = field(default_factory=list)
     interaction_fmt: FixedFormat | None = None  # dot interaction: the top MLP's input format
     rounding: Rounding = Rounding.HALF_UP
+    segment_fmts: list | None = None  # per-table formats of the concat segments, or None
 
     def quantize_dense(self, dense) -> np.ndarray:
         return nx.quantize(dense, self.dense_fmt)
@@ -224,6 +234,8 @@ class QuantizedModel:
             "bottom": [l.to_json() for l in self.bottom],
             "top": [l.to_json() for l in self.top],
             "heads": [[l.to_json() for l in h] for h in self.heads],
+            "segment_fmts": ([f.to_json() for f in self.segment_fmts]
+                             if self.segment_fmts is not None else None),
         }
 
 
@@ -246,6 +258,7 @@ def pool_features(qm: QuantizedModel, sparse) -> list:
         m = bags.mask()
         ids = np.where(m, bags.ids, 0)
         rows = t.gather(ids.reshape(-1)).reshape(*ids.shape, t.dim) * m[..., None]
+        # Saturation depends on the width only, which every table's format shares.
         out.append(nx.pool_sum(rows, qm.emb_fmt, axis=1))
     return out
 

@@ -32,6 +32,12 @@ Requantize (accumulator -> activation)
     shift: one adder, no sticky logic, unbiased except at exact ties), then saturate to the output
     format. ``s <= 0`` is an exact left shift followed by saturation. :class:`Rounding` also offers
     ``FLOOR`` (plain truncating shift) for configurations that want to save the adder.
+    Legal shifts are ``SHIFT_MIN .. SHIFT_MAX`` = -60 .. 62 (:data:`SHIFT_MIN`, :data:`SHIFT_MAX`):
+    the hardware's shift field is a signed byte and its requantizer is proven exact over this
+    range; :func:`requantize` is exact for any int64 accumulator over it and refuses any other
+    shift. A right shift of 62 already maps every 48-bit accumulator to 0 or -1 and a left shift
+    of 60 saturates every non-zero value, so no useful model needs more; the quantizer names the
+    layer and the format that made a shift leave the range.
 ReLU
     ``max(x, 0)`` on the requantized value (it commutes with requantize, so the order is free).
 Pooling
@@ -58,6 +64,8 @@ import numpy as np
 __all__ = [
     "FixedFormat",
     "Rounding",
+    "SHIFT_MIN",
+    "SHIFT_MAX",
     "SIGMOID_IN",
     "SCORE",
     "SCORE_BITS",
@@ -144,6 +152,10 @@ class FixedFormat:
     def from_json(cls, obj) -> FixedFormat:
         return cls(bits=obj["bits"], frac=obj["frac"])
 
+
+#: Legal requantize shifts, inclusive (module docstring, "Requantize"). The hardware's
+#: requantizer (:class:`recfabric.hw.mlp_engine.Requantizer`) imports these.
+SHIFT_MIN, SHIFT_MAX = -60, 62
 
 #: Logit format at the sigmoid's input: Q3.7 in 11 bits, range [-8, 8).
 SIGMOID_IN = FixedFormat(bits=11, frac=7)
@@ -255,20 +267,35 @@ def mac(x, w, acc_bits: int, bias=None) -> np.ndarray:
 def requantize(acc, shift: int, out: FixedFormat, rounding: Rounding = Rounding.HALF_UP):
     """Narrow an accumulator: shift right by ``shift`` bits with ``rounding``, then saturate.
 
-    ``shift = frac_acc - out.frac``. A negative shift is an exact left shift (then saturation).
+    ``shift = frac_acc - out.frac``, an integer in ``SHIFT_MIN .. SHIFT_MAX`` (anything else is
+    a ``ValueError``). A negative shift is an exact left shift (then saturation). Exact for every
+    int64 accumulator: HALF_UP adds the discarded half-LSB bit after shifting (``(acc >> s) +
+    ((acc >> (s - 1)) & 1)``, equal to ``(acc + 2**(s-1)) >> s`` without its overflow), and a
+    left shift saturates the accumulators it would push out of ``out`` before shifting.
     """
+    if (not isinstance(shift, (int, np.integer)) or isinstance(shift, bool)
+            or not SHIFT_MIN <= shift <= SHIFT_MAX):
+        raise ValueError(f"requantize shift {shift!r} is outside the numerics spec's range "
+                         f"{SHIFT_MIN}..{SHIFT_MAX}")
+    shift = int(shift)
     acc = _as_int64(acc, "accumulator")
     if shift > 0:
         if rounding is Rounding.HALF_UP:
-            acc = (acc + (np.int64(1) << np.int64(shift - 1))) >> np.int64(shift)
+            acc = (acc >> np.int64(shift)) + ((acc >> np.int64(shift - 1)) & np.int64(1))
         elif rounding is Rounding.FLOOR:
             acc = acc >> np.int64(shift)
         else:
             raise ValueError(f"unknown rounding mode {rounding!r}")
     elif shift < 0:
-        # Saturate before shifting so the int64 shift cannot overflow.
-        lim = np.int64(1) << np.int64(max(0, 62 + shift))
-        acc = np.clip(acc, -lim, lim - 1) << np.int64(-shift)
+        # Accumulators beyond out's range after the shift saturate; clip them first so that the
+        # int64 shift cannot overflow (|bound| << k stays within out's range, plus one LSB).
+        k = -shift
+        hi = np.int64(out.max_int >> k)
+        lo = np.int64(out.min_int >> k)  # floor: lo << k <= min_int
+        big = acc > hi
+        small = acc < lo
+        acc = np.clip(acc, lo, hi) << np.int64(k)
+        acc = np.where(big, np.int64(out.max_int), np.where(small, np.int64(out.min_int), acc))
     return saturate(acc, out)
 
 
