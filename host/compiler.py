@@ -228,7 +228,9 @@ class CompiledModel:
         return QuantizedModel(
             self.spec, self.mlp["bits"], self.mlp["acc_bits"], FixedFormat.from_json(f["emb_fmt"]),
             FixedFormat.from_json(f["dense_fmt"]), None, self.mlp["bottom"], self.mlp["top"],
-            self.mlp["heads"], FixedFormat.from_json(itf) if itf else None, self.mlp["rounding"])
+            self.mlp["heads"], FixedFormat.from_json(itf) if itf else None, self.mlp["rounding"],
+            [FixedFormat.from_json(s) for s in f["segment_fmts"]]
+            if f.get("segment_fmts") is not None else None)
 
     def read_rows(self, table: int, local_rows) -> np.ndarray:
         """Rows (indices within descriptor ``table``) as ``(n, dim)`` int64, via the descriptor."""

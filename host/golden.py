@@ -200,7 +200,7 @@ class QuantizedModel:
     ``dense_fmt`` is the format dense inputs arrive in (equal to ``emb_fmt`` without a bottom
     MLP).
 
-    Per-table formats (``segment_fmts`` set; concat models only): every segment of the
+    Per-table formats (``segment_fmts`` set): every segment of the
     concatenated vector (the dense part if any, then each table in feature order) has its own
     format, ``segment_fmts[s]``, and each table's rows are quantized in it
     (``tables[i].fmt``). The first top layer's weight columns of segment ``s`` are then integers
@@ -208,6 +208,9 @@ class QuantizedModel:
     accumulator format; its ``in_fmt`` and ``w_fmt`` are the nominal pair of the finest segment,
     and ``emb_fmt`` is that segment's format. Integer arithmetic is unchanged (pooling saturates
     by width only, which every segment shares), so the hardware runs such a model as it is.
+    Dot interaction (golden model only): ``segment_fmts`` are the formats of the interacting
+    vectors (dense vector, then each table); pair (i, j) requantizes with shift
+    ``frac_i + frac_j - interaction_fmt.frac``.
     """
 
     spec: ModelSpec
@@ -282,11 +285,17 @@ def interaction(qm: QuantizedModel, dense_vec, pooled) -> np.ndarray:
         parts = ([dense_vec] if spec.dense_out else []) + list(pooled)
         return np.concatenate(parts, axis=1)
     # Dot interaction: the dense vector and the pairwise dots are both brought to the top
-    # MLP's input format, interaction_fmt, so that the first layer sees one format.
+    # MLP's input format, interaction_fmt, so that the first layer sees one format. With
+    # per-table formats each vector has its own format and each pair its own shift.
     out = qm.interaction_fmt
-    dv = nx.requantize(dense_vec, qm.emb_fmt.frac - out.frac, out, qm.rounding)
+    n = len(pooled) + 1
+    fmts = list(qm.segment_fmts) if qm.segment_fmts is not None else [qm.emb_fmt] * n
+    dv = nx.requantize(dense_vec, fmts[0].frac - out.frac, out, qm.rounding)
     v = np.stack([dense_vec, *pooled], axis=1)
-    dots = nx.dot_interaction(v, qm.acc_bits, 2 * qm.emb_fmt.frac - out.frac, out, qm.rounding)
+    li, lj = np.tril_indices(n, k=-1)
+    shifts = [fmts[i].frac + fmts[j].frac - out.frac for i, j in zip(li, lj)]
+    shift = shifts[0] if len(set(shifts)) == 1 else shifts
+    dots = nx.dot_interaction(v, qm.acc_bits, shift, out, qm.rounding)
     return np.concatenate([dv, dots], axis=1)
 
 

@@ -341,18 +341,30 @@ def sigmoid_lookup(logit_q) -> np.ndarray:
     return _SIGMOID_TABLE[logit_q - SIGMOID_IN.min_int]
 
 
-def dot_interaction(vectors, acc_bits: int, shift: int, out: FixedFormat,
+def dot_interaction(vectors, acc_bits: int, shift, out: FixedFormat,
                     rounding: Rounding = Rounding.HALF_UP) -> np.ndarray:
     """DLRM pairwise dot interaction on integer vectors.
 
     ``vectors`` has shape (batch, n, d); returns, for each pair i > j in row-major order of the
     strictly lower triangle (DLRM's order), ``requantize(wrap(v_i . v_j), shift, out)``.
+    ``shift`` is one integer, or one per pair (vectors in their own formats: pair (i, j) has
+    frac ``frac_i + frac_j``, so its shift is ``frac_i + frac_j - out.frac``).
     """
     v = _as_int64(vectors, "interaction vectors")
     n = v.shape[1]
     z = np.einsum("bnd,bmd->bnm", v, v)
     li, lj = np.tril_indices(n, k=-1)
-    return requantize(wrap(z[:, li, lj], acc_bits), shift, out, rounding)
+    acc = wrap(z[:, li, lj], acc_bits)
+    if np.ndim(shift) == 0:
+        return requantize(acc, int(shift), out, rounding)
+    shifts = np.asarray(shift, dtype=np.int64)
+    if shifts.shape != (len(li),):
+        raise ValueError(f"{len(li)} pairs need {len(li)} shifts, not {shifts.shape}")
+    res = np.empty_like(acc)
+    for s in np.unique(shifts):
+        cols = shifts == s
+        res[:, cols] = requantize(acc[:, cols], int(s), out, rounding)
+    return res
 
 
 def accumulator_headroom_ok(w, b, x_fmt: FixedFormat, acc_bits: int) -> bool:

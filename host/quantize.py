@@ -119,8 +119,8 @@ def quantize_model(weights: ModelWeights, calib_dense, calib_sparse, bits: int =
     ``formats="per-table"`` (concat models): every segment of the concatenated vector (the dense
     part, each embedding table) gets its own format, folded into the first top layer's weight
     columns (exact on unchanged hardware, see the module docstring). ``"shared"``: one format for
-    all tables and the dense part. Dot-interaction models always share one format (the pairwise
-    dots need it).
+    all tables and the dense part. Dot-interaction models (golden model only): per-table formats
+    give each interacting vector its own format and each pair its own requantize shift.
     """
     if bits not in (8, 16):
         raise ValueError(f"operand width must be 8 or 16 bits, not {bits}")
@@ -130,7 +130,7 @@ def quantize_model(weights: ModelWeights, calib_dense, calib_sparse, bits: int =
     spec = weights.spec
     taps = {}
     float_forward(weights, calib_dense, calib_sparse, taps=taps)
-    per_table = formats == "per-table" and spec.interaction == "concat"
+    per_table = formats == "per-table"
     table_max = [max(t.max_abs(), _max_abs(p)) for t, p in zip(weights.tables, taps["pooled"])]
     emb_max = _max_abs(*table_max, taps["dense_vec"])
     emb_fmt = _fmt(bits, emb_max)
@@ -161,6 +161,9 @@ def quantize_model(weights: ModelWeights, calib_dense, calib_sparse, bits: int =
     if spec.interaction == "dot":
         interaction_fmt = _fmt(bits, _max_abs(taps["dense_vec"], taps["dots"]))
         top_in, top_max = interaction_fmt, _max_abs(taps["dense_vec"], taps["dots"])
+        if per_table:
+            segment_fmts = [dense_vec_fmt, *table_fmts]
+            emb_fmt = max(segment_fmts, key=lambda f: f.frac)
     elif per_table:
         segment_fmts = ([dense_vec_fmt] if spec.dense_out else []) + table_fmts
         widths = ([spec.dense_out] if spec.dense_out else []) + [f.dim for f in spec.sparse]

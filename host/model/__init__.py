@@ -1,0 +1,1 @@
+"""Models: specs, weights, user data sets, training and pruning (see the modules)."""
