@@ -109,7 +109,7 @@ def _true_logit(spec, world, dense, sparse):
     biases, vecs, coef = world
     z = np.zeros(len(dense))
     summed = []
-    for f, bags, b, v in zip(spec.sparse, sparse, biases, vecs):
+    for bags, b, v in zip(sparse, biases, vecs):
         m = bags.mask()
         ids = np.where(m, bags.ids, 0)
         z += (b[ids] * m).sum(axis=1)
