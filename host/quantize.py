@@ -213,7 +213,8 @@ def log_loss(labels, probs, eps: float = 1e-7) -> float:
 
 
 def accuracy_report(weights: ModelWeights, bits: int = 16, batch: int = 4096,
-                    calib_batch: int = 1024, seed: int = 0, progress=None) -> dict:
+                    calib_batch: int = 1024, seed: int = 0, progress=None,
+                    formats: str = "per-table") -> dict:
     """Fixed point vs float on synthetic Zipf-skewed inputs, labels drawn from the float model.
 
     Returns max/mean absolute score error, AUC of both, log-loss of both and their difference.
@@ -222,7 +223,7 @@ def accuracy_report(weights: ModelWeights, bits: int = 16, batch: int = 4096,
     say = progress or (lambda msg: None)
     say(f"calibrating on {calib_batch} synthetic requests")
     cd, cs = synthetic_batch(spec, calib_batch, seed=seed + 1)
-    qm = quantize_model(weights, cd, cs, bits=bits)
+    qm = quantize_model(weights, cd, cs, bits=bits, formats=formats)
     say(f"evaluating {batch} synthetic requests (float reference and golden model)")
     dense, sparse = synthetic_batch(spec, batch, seed=seed + 2)
     p_float = float_forward(weights, dense, sparse).astype(np.float64)
@@ -234,7 +235,7 @@ def accuracy_report(weights: ModelWeights, bits: int = 16, batch: int = 4096,
     return {
         "model": spec.name, "bits": bits, "acc_bits": qm.acc_bits, "requests": batch,
         "outputs": spec.num_outputs,
-        "emb_fmt": str(qm.emb_fmt),
+        "emb_fmt": str(qm.emb_fmt), "formats": formats,
         "max_abs_error": float(err.max()), "mean_abs_error": float(err.mean()),
         "auc_float": auc(labels, p_float), "auc_fixed": auc(labels, p_fixed),
         "logloss_float": ll_f, "logloss_fixed": ll_q, "logloss_diff": ll_q - ll_f,
