@@ -22,7 +22,7 @@ from .model_zoo import DEFAULT_MODEL, ZOO, get_model
 __all__ = ["main"]
 
 # Modules that add their own verbs with ``register(subparsers)``.
-_PLUGINS = (".compiler_cli",)
+_PLUGINS = (".compiler_cli", ".model.prune")
 # Modules that add a benchmark below ``recfabric bench`` with ``register(subparsers)``.
 _BENCHES = (".bench_lookup", ".bench_mlp")
 
