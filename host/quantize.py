@@ -2,10 +2,17 @@
 
 Every tensor gets the finest power-of-two scale that covers the largest magnitude seen (weights:
 over the weights; activations: over a calibration batch run through the float reference), see
-:func:`recfabric.host.numerics.choose_frac`. Activation formats are shared where the hardware
-needs one format: all embedding tables, the dense part and the pooled sums make up the
-concatenated vector and share ``emb_fmt``. The final layer requantizes into the sigmoid's input
-format. :func:`accuracy_report` measures what all this costs against the float model.
+:func:`recfabric.host.numerics.choose_frac`. The concatenated vector (the dense part, each
+embedding table's pooled sums) is one vector to the hardware, but its segments need not share a
+format: with ``formats="per-table"`` (the default) each segment ``s`` gets its own frac ``f_s``
+and the first top layer's weight columns of segment ``s`` are quantized with frac
+``acc_frac - f_s``, ``acc_frac = min_s(f_s + natural weight frac of s)``, so that every product
+lands in one accumulator format without saturating a column: exact on the unchanged hardware,
+which sees only integers and one shift. ``formats="shared"`` gives every segment ``emb_fmt``.
+The final layer requantizes into the sigmoid's input format. Every layer's requantize shift is
+checked against the numerics spec's range; :class:`QuantizeError` names the layer and the format
+that made it extreme. :func:`accuracy_report` measures what all this costs against the float
+model on synthetic data (:mod:`recfabric.host.bench.trained` on trained models and real data).
 """
 
 from __future__ import annotations
