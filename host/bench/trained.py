@@ -106,7 +106,12 @@ def evaluate(weights, calib: Dataset, test: Dataset, *, variants=VARIANTS,
     for bits, formats in variants:
         say(f"int{bits} ({formats} formats): quantizing and running the golden model")
         qm = quantize_model(weights, calib.dense, calib.sparse, bits=bits, formats=formats)
-        p_q = golden_forward(qm, qm.quantize_dense(test.dense), test.sparse).probabilities[:, 0]
+        g = golden_forward(qm, qm.quantize_dense(test.dense), test.sparse)
+        p_q = g.probabilities[:, 0]
+        # Requests with a pooled value at its format's limit (saturated, or exactly there).
+        lim = (1 << (bits - 1)) - 1
+        pooled_sat = int(np.any([np.any((p >= lim) | (p <= -lim - 1), axis=1)
+                                 for p in g.pooled], axis=0).sum()) if g.pooled else 0
         err = np.abs(p_q - p_float)
         dense_sat = float(np.mean(np.abs(test.dense) > qm.dense_fmt.max_value))
         ci = bootstrap(y, p_float, p_q, resamples=resamples, seed=seed)
@@ -118,6 +123,7 @@ def evaluate(weights, calib: Dataset, test: Dataset, *, variants=VARIANTS,
             "max_abs_error": float(err.max()), "mean_abs_error": float(err.mean()),
             "embedding_zero_fraction": _zero_fraction(qm),
             "dense_saturated_fraction": dense_sat,
+            "pooled_saturated_requests": pooled_sat,
             "table_formats": sorted({str(t.fmt) for t in qm.tables}),
             "ci": ci})
     return out
@@ -174,7 +180,8 @@ def format_report(r: dict) -> str:
             f"  int{v['bits']:<2} {v['formats']:<9} AUC {v['auc_fixed']:.5f} "
             f"(diff {v['auc_diff']:+.5f}, CI {ci['auc_diff'][0]:+.5f}..{ci['auc_diff'][1]:+.5f})"
             f"  log-loss diff {v['logloss_diff']:+.2e}  max|err| {v['max_abs_error']:.4f}  "
-            f"emb->0 {100 * v['embedding_zero_fraction']:.1f}%")
+            f"emb->0 {100 * v['embedding_zero_fraction']:.1f}%  pooled saturated in "
+            f"{v['pooled_saturated_requests']} requests")
     return "\n".join(lines)
 
 
