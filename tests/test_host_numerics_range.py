@@ -7,11 +7,11 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from recfabric.host import numerics as nx
-from recfabric.host.model_spec import ModelSpec, SparseFeature
+from recfabric.host.model.spec import ModelSpec, SparseFeature
+from recfabric.host.model.synthetic import synthetic_batch
+from recfabric.host.model.weights import random_weights
 from recfabric.host.numerics import FixedFormat, Rounding
-from recfabric.host.quantize import QuantizeError, quantize_model
-from recfabric.host.synthetic import synthetic_batch
-from recfabric.host.weights import random_weights
+from recfabric.host.reference.quantize import QuantizeError, quantize_model
 from recfabric.hw import mlp_engine
 
 from .test_host_numerics import naive_requantize

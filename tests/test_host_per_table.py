@@ -5,14 +5,15 @@ import numpy as np
 import pytest
 
 from recfabric.host import numerics as nx
-from recfabric.host.compiler import compile_model, golden_from_images, load_compiled
-from recfabric.host.driver import Accelerator
-from recfabric.host.golden import float_forward, golden_forward, mlp_layer
-from recfabric.host.model_spec import ModelSpec, SparseFeature
-from recfabric.host.model_zoo import get_model
-from recfabric.host.quantize import quantize_model
-from recfabric.host.synthetic import synthetic_batch
-from recfabric.host.weights import ArrayTable, random_weights
+from recfabric.host.compiler.compiled import golden_from_images, load_compiled
+from recfabric.host.compiler.steps import compile_model
+from recfabric.host.model.spec import ModelSpec, SparseFeature
+from recfabric.host.model.synthetic import synthetic_batch
+from recfabric.host.model.weights import ArrayTable, random_weights
+from recfabric.host.model.zoo import get_model
+from recfabric.host.reference.golden import float_forward, golden_forward, mlp_layer
+from recfabric.host.reference.quantize import quantize_model
+from recfabric.host.runtime.accelerator import Accelerator
 from recfabric.hw.config import get_preset
 
 

@@ -6,19 +6,19 @@ import json
 import numpy as np
 import pytest
 
-from recfabric.host.cli import main
-from recfabric.host.golden import float_forward
-from recfabric.host.mlp_cycle_model import MLPCycleModel
-from recfabric.host.model.dataset import Dataset, save_dataset
-from recfabric.host.model.prune import (
+from recfabric.host.bench.prune import (
     keep_for_cycles,
     mlp_cycles,
     prune_weights,
     pruned_widths,
 )
-from recfabric.host.model_spec import ModelSpec, SparseFeature
-from recfabric.host.synthetic import synthetic_batch
-from recfabric.host.weights import random_weights
+from recfabric.host.cli import main
+from recfabric.host.compiler.cycle_model import MLPCycleModel
+from recfabric.host.model.dataset import Dataset, save_dataset
+from recfabric.host.model.spec import ModelSpec, SparseFeature
+from recfabric.host.model.synthetic import synthetic_batch
+from recfabric.host.model.weights import random_weights
+from recfabric.host.reference.golden import float_forward
 from recfabric.hw.config import get_preset
 
 SPEC = ModelSpec(name="p", sparse=(SparseFeature("a", 30, 8), SparseFeature("b", 50, 8, bag=3)),

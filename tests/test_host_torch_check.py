@@ -8,11 +8,11 @@ import pytest
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-from recfabric.host.golden import float_forward  # noqa: E402
-from recfabric.host.model_spec import SpecError  # noqa: E402
-from recfabric.host.synthetic import synthetic_batch  # noqa: E402
-from recfabric.host.torch_io import bags_to_torch, from_torch, to_torch  # noqa: E402
-from recfabric.host.weights import random_weights  # noqa: E402
+from recfabric.host.model.spec import SpecError  # noqa: E402
+from recfabric.host.model.synthetic import synthetic_batch  # noqa: E402
+from recfabric.host.model.torch_io import bags_to_torch, from_torch, to_torch  # noqa: E402
+from recfabric.host.model.weights import random_weights  # noqa: E402
+from recfabric.host.reference.golden import float_forward  # noqa: E402
 
 
 class User(nn.Module):
@@ -142,7 +142,7 @@ def test_a_forward_that_cannot_be_called_says_how_to_help():
 
 
 def test_exported_models_pass_their_own_check():
-    from recfabric.host.model_zoo import get_model
+    from recfabric.host.model.zoo import get_model
     w = random_weights(get_model("small"), seed=4)
     back = from_torch(to_torch(w), sample=synthetic_batch(w.spec, 32, seed=9))
     assert back.spec == w.spec

@@ -8,7 +8,6 @@ import pytest
 
 from recfabric.host.bench.trained import bootstrap, evaluate, fast_auc
 from recfabric.host.cli import main
-from recfabric.host.golden import Bags, float_forward
 from recfabric.host.model.dataset import (
     DatasetError,
     bags_from_offsets,
@@ -16,10 +15,11 @@ from recfabric.host.model.dataset import (
     load_dataset,
     save_dataset,
 )
-from recfabric.host.model_zoo import get_model
-from recfabric.host.quantize import auc
-from recfabric.host.synthetic import synthetic_batch
-from recfabric.host.weights import random_weights
+from recfabric.host.model.synthetic import synthetic_batch
+from recfabric.host.model.weights import random_weights
+from recfabric.host.model.zoo import get_model
+from recfabric.host.reference.golden import Bags, float_forward
+from recfabric.host.reference.quantize import auc
 
 
 def test_fast_auc_equals_the_reference_auc_with_ties():

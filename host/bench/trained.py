@@ -18,9 +18,9 @@ import time
 import numpy as np
 
 from .. import numerics as nx
-from ..golden import float_forward, golden_forward
 from ..model.dataset import Dataset
-from ..quantize import quantize_model
+from ..reference.golden import float_forward, golden_forward
+from ..reference.quantize import quantize_model
 
 __all__ = ["fast_auc", "log_loss", "bootstrap", "evaluate", "accuracy_trained",
            "accuracy_user", "format_report", "VARIANTS"]
@@ -31,7 +31,7 @@ VARIANTS = ((16, "per-table"), (16, "shared"), (8, "per-table"), (8, "shared"))
 
 def fast_auc(labels, scores) -> float:
     """Area under the ROC curve (ties averaged), vectorised: equal to
-    :func:`recfabric.host.quantize.auc`."""
+    :func:`recfabric.host.reference.quantize.auc`."""
     y = np.asarray(labels).astype(bool).ravel()
     s = np.asarray(scores, dtype=np.float64).ravel()
     n_pos = int(y.sum())
@@ -151,7 +151,7 @@ def accuracy_user(spec, weights_path, data_path, *, calib_requests: int = 4096,
     calibration on the first ``calib_requests`` requests, evaluation on the rest (on all of them
     when there are no more than ``calib_requests``; the report says which)."""
     from ..model.dataset import load_dataset
-    from ..weights import ModelWeights
+    from ..model.weights import ModelWeights
     weights = ModelWeights.load(weights_path)
     if weights.spec != spec:
         raise ValueError(f"weights file {str(weights_path)!r} is for model "

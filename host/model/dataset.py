@@ -28,8 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..golden import Bags, check_sparse
-from ..model_spec import ModelSpec
+from .spec import Bags, ModelSpec, check_sparse
 
 __all__ = ["Dataset", "DatasetError", "load_dataset", "save_dataset", "load_calibration",
            "bags_from_offsets", "bags_to_offsets"]

@@ -15,7 +15,7 @@ random ones:
     computes the dot interaction; the hardware does not run it yet.
 
 Click data (:func:`click_data`): sparse IDs Zipf(1.1)-skewed as in
-:func:`recfabric.host.synthetic.zipf_ids`, dense features ``log1p`` of exponential counts. The
+:func:`recfabric.host.model.synthetic.zipf_ids`, dense features ``log1p`` of exponential counts. The
 planted signal: every table row has a hidden bias and a hidden 4-vector; the true logit is an
 offset plus the bag-summed row biases, the pairwise dot products of the bag-summed hidden
 vectors (scaled), a linear term and one product term of the dense features. Labels are drawn
@@ -39,11 +39,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..golden import Bags
-from ..model_spec import ModelSpec, SparseFeature
-from ..synthetic import zipf_ids
-from ..weights import ModelWeights
 from .dataset import Dataset, load_dataset, save_dataset
+from .spec import Bags, ModelSpec, SparseFeature
+from .synthetic import zipf_ids
+from .weights import ModelWeights
 
 __all__ = ["Recipe", "RECIPES", "TRAINED_MODELS", "click_data", "train", "trained_model",
            "TrainedModel", "cache_dir"]
@@ -172,7 +171,7 @@ def _dlrm_init(torch, model):
 
 
 def _torch_batches(data: Dataset, order, batch: int):
-    from ..torch_io import bags_to_torch, require_torch
+    from .torch_io import bags_to_torch, require_torch
     torch = require_torch()
     out = []
     for start in range(0, len(order), batch):
@@ -187,7 +186,7 @@ def train(spec: ModelSpec, data: Dataset, *, init: str = "torch", epochs: int = 
           batch: int = 512, lr: float = 2e-3, seed: int = 0, model=None, progress=None):
     """Train ``spec`` (or continue training ``model``, a RecModel) on ``data`` with Adam and
     binary cross-entropy; one PyTorch thread, fixed seed. Returns the RecModel."""
-    from ..torch_io import _rec_model_class, require_torch
+    from .torch_io import _rec_model_class, require_torch
     torch = require_torch()
     say = progress or (lambda msg: None)
     threads = torch.get_num_threads()
@@ -248,7 +247,7 @@ def trained_model(name: str, *, retrain: bool = False, directory=None,
     ``recipe`` overrides the named recipe (tests train small ones); ``directory`` overrides the
     cache location; ``retrain`` re-makes data and weights even when cached.
     """
-    from ..torch_io import from_torch
+    from .torch_io import from_torch
     say = progress or (lambda msg: None)
     if recipe is None:
         if name not in RECIPES:
