@@ -14,10 +14,12 @@ requests). Two drivers run this one class:
 Policies
 --------
 Service times
-    Every device has a :class:`ServiceModel` predicting the time of a batch of ``rows`` rows
-    (the cycle model for accelerators, a measured linear fit for CPUs) plus a learned transport
-    overhead: an exponentially weighted mean of *observed - predicted* over completed batches
-    (never negative), so a device behind a slow link is seen as slow.
+    Every device has a :class:`ServiceModel` predicting the time of a batch of ``rows`` rows:
+    the cycle model for accelerators (``source = "modelled"``) plus a learned transport
+    overhead, an exponentially weighted mean of *observed - modelled* over completed batches
+    (never negative), so a card behind a slow link is seen as slow; for CPUs a linear fit
+    ``fixed + per_row * rows`` of measured batch times (``source = "measured"``), refitted
+    online from every completed batch.
 Balancing (:meth:`Scheduler.submit`)
     A new request goes to the healthy device with the least expected completion time (ECT):
     when its earliest slot frees, plus the predicted time of its queued rows and the new rows
@@ -197,10 +199,12 @@ class DeviceState:
         return first_free + self.drain_time(self.queued_rows() + rows) / self.slots
 
     def learn(self, batch: Batch, seconds: float) -> None:
-        """Update the service model and the overhead from one completed batch."""
-        predicted = self.model.predict(batch.rows)
-        self.model.observe(batch.rows, seconds)
-        extra = max(seconds - predicted, 0.0)
+        """Learn from one completed batch: a measured model refits itself (it sees the whole
+        time, transport included); a modelled one stays and the overhead tracks the rest."""
+        if self.model.source == "measured":
+            self.model.observe(batch.rows, seconds)
+            return
+        extra = max(seconds - self.model.predict(batch.rows), 0.0)
         self.overhead += self.overhead_alpha * (extra - self.overhead)
 
 
