@@ -5,6 +5,7 @@
 ``recfabric demo``              the main job on the default model
 ``recfabric plan`` / ``compile``   model compiler (:mod:`recfabric.host.compiler_cli`)
 ``recfabric bench lookup|mlp``    cycle-accurate block benchmarks
+``recfabric serve`` / ``loadtest`` / ``fleet``   serving on Ray Serve (:mod:`recfabric.host.serve`)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from .model_zoo import DEFAULT_MODEL, ZOO, get_model
 __all__ = ["main"]
 
 # Modules that add their own verbs with ``register(subparsers)``.
-_PLUGINS = (".compiler_cli",)
+_PLUGINS = (".compiler_cli", ".serve.cli")
 # Modules that add a benchmark below ``recfabric bench`` with ``register(subparsers)``.
 _BENCHES = (".bench_lookup", ".bench_mlp")
 

@@ -189,11 +189,16 @@ def _classes():
                 payload = request
             else:
                 payload = payload_from_json(request, self.spec)
+            # deadline propagation: a client's send time (epoch seconds, same host clock or
+            # synchronized) starts the SLA clock there, so time spent queued before the ingress
+            # counts and requests already too old are answered overloaded at once
+            sent = request.get("sent_at") if isinstance(request, dict) else None
+            age = min(max(time.time() - float(sent), 0.0), 3600.0) if sent else 0.0
             rid = next(self.ids)
-            req = self.sched.new_request(rid, payload_rows(payload), t0, payload)
+            req = self.sched.new_request(rid, payload_rows(payload), t0 - age, payload)
             got = self.sched.submit(req, t0)
             if isinstance(got, Overload):
-                return self._overload(got, t0)
+                return self._overload(got, None)
             fut = asyncio.get_running_loop().create_future()
             self.futures[rid] = fut
             self._kick()
@@ -212,7 +217,8 @@ def _classes():
         def _overload(self, o, t0):
             self.answers["overloaded"] += 1
             return {"id": o.request.id, "status": "overloaded", "reason": o.reason,
-                    "latency_ms": (time.monotonic() - t0) * 1e3}
+                    "attempts": o.request.attempts,
+                    "latency_ms": (time.monotonic() - o.request.arrival) * 1e3}
 
         def _kick(self):
             for b in self.sched.poll(time.monotonic()):
@@ -256,7 +262,7 @@ def _classes():
             for o in self.sched.fail(name, now, why):
                 fut = self.futures.pop(o.request.id, None)
                 if fut is not None and not fut.done():
-                    fut.set_result(self._overload(o, o.request.arrival))
+                    fut.set_result(self._overload(o, None))
             self.meta[name].setdefault("failures", []).append(why)
             self._spawn(self._recover(name, why))
             self._kick()

@@ -191,10 +191,15 @@ def payload_from_json(obj, spec) -> dict:
     """Validate a JSON request and return its array form.
 
     Accepted: ``{"dense": [...], "sparse": [...]}`` for one row, where ``sparse`` holds per
-    feature an ID or a list of IDs, or ``{"rows": [such rows...]}``. Errors name the bad field.
+    feature an ID or a list of IDs, or ``{"rows": [such rows...]}``; optionally ``"sent_at"``
+    (the client's send time, epoch seconds: the SLA clock starts there). Errors name the bad
+    field.
     """
     if not isinstance(obj, dict):
         raise ValueError(f"a request must be a JSON object, not {type(obj).__name__}")
+    sent = obj.get("sent_at")
+    if sent is not None and (isinstance(sent, bool) or not isinstance(sent, (int, float))):
+        raise ValueError(f"'sent_at' must be epoch seconds, not {sent!r}")
     rows = obj.get("rows", [obj])
     if not isinstance(rows, list) or not rows:
         raise ValueError("'rows' must be a non-empty list of {'dense', 'sparse'} objects")
@@ -223,7 +228,10 @@ def payload_from_json(obj, spec) -> dict:
                                  f"0..{feat.rows - 1}, not {v!r}")
             ids[f][i, :len(bag)] = bag
             lengths[f][i] = len(bag)
-    return {"dense": dense, "ids": ids, "lengths": lengths}
+    out = {"dense": dense, "ids": ids, "lengths": lengths}
+    if sent is not None:
+        out["sent_at"] = float(sent)
+    return out
 
 
 def _bags(p):
