@@ -48,8 +48,19 @@ def test_sla_batching_takes_what_meets_the_deadline():
     assert len(s.device("a").queue) == 0 and s.overloaded == 200 - 84
 
 
-def test_batch_respects_max_rows_and_earliest_deadline():
+def test_admission_protects_queued_deadlines():
     s = Scheduler(sla=100 * MS)
+    s.add_device("a", lin(1, 0.1), max_rows=64)
+    s.submit(s.new_request("urgent", 1, 0.0, sla=2 * MS), 0.0)  # due at 2 ms
+    # later requests would join its batch: 1 ms + 0.1 ms * n <= 2 ms admits 9 more
+    got = submit_all(s, 20, 0.0)
+    assert sum(not isinstance(g, Overload) for g in got) == 9
+    (b,) = s.poll(0.0)
+    assert b.rows == 10 and b.start + b.predicted <= 2 * MS + 1e-12
+
+
+def test_batch_respects_max_rows_and_earliest_deadline():
+    s = Scheduler(sla=100 * MS, overload="queue")  # queue mode: admission lets all in
     d = s.add_device("a", lin(1, 0.1), max_rows=16)
     s.submit(s.new_request("late", 1, 0.0, sla=2 * MS), 0.0)  # due at 2 ms
     submit_all(s, 40, 0.0)

@@ -124,7 +124,7 @@ def simulate(*, hosts: int, cards_per_host: int, kernel, load: float, sla_ms: fl
         "p99_ms": round(float(np.percentile(l_ms, 99)), 4),
         "sla_ms": sla_ms, "sla_miss_pct": round(100 * float((l_ms > sla_ms).mean()), 4),
         "card_utilization": round(float(busy.sum() / (cards * env.now)), 3),
-        "mean_batch_rows": round(float(sizes.sum() / max(batches[0], 1)), 1),
+        "mean_batch_rows": round(float(sizes[~refused].sum() / max(batches[0], 1)), 1),
         "sim_wall_s": round(wall, 2), "figures": "simulated (cycle model + assumptions)",
     }
 

@@ -21,12 +21,15 @@ Service times
     ``fixed + per_row * rows`` of measured batch times (``source = "measured"``), refitted
     online from every completed batch.
 Balancing (:meth:`Scheduler.submit`)
-    A new request goes to the healthy device with the least expected completion time (ECT):
+    A new request goes to the healthy device with the least expected completion time (ECT)
+    among those that can take it (see Admission):
     when its earliest slot frees, plus the predicted time of its queued rows and the new rows
     (in batches of at most ``max_rows``, spread over its ``slots``).
 Admission
-    Primary devices (accelerators) first. If the best primary's ECT is past the request's
-    deadline, the best fallback device (CPU) takes it if its ECT meets the deadline; otherwise
+    A device can take a request if its ECT meets the request's deadline *and* the earliest
+    deadline already queued there (the new rows would join that batch and delay it).
+    Primary devices (accelerators) first: the least-ECT primary that can take it; else the
+    least-ECT fallback device (CPU) that can; otherwise
     the request is answered *overloaded* at once (``overload="reject"``, the default) or put on
     the least-ECT device anyway and counted late (``overload="queue"``). Nothing is dropped.
 SLA batching (:meth:`Scheduler.poll`)
@@ -174,6 +177,7 @@ class DeviceState:
     fallback: bool = False
     healthy: bool = True
     queue: deque = field(default_factory=deque)
+    due: float = math.inf  # earliest deadline in the queue
     inflight: dict = field(default_factory=dict)
     overhead: float = 0.0
     overhead_alpha: float = 0.1
@@ -284,19 +288,25 @@ class Scheduler:
             raise SchedulerError(f"request {rid!r} has {rows} rows; it needs at least 1")
         return Request(rid, int(rows), now, now + (self.sla if sla is None else sla), payload)
 
-    def _best(self, rows: int, now: float, fallback: bool):
-        best = None
+    def _best(self, rows: int, now: float, fallback: bool, deadline: float):
+        """``(feasible, any)``: the least-ECT device whose ECT meets ``deadline`` and the
+        deadlines of the requests already queued there (the new rows join their batch), and
+        the least-ECT device regardless; each ``(ect, device)`` or None."""
+        feasible = best = None
         for d in self.devices.values():
             if d.healthy and d.fallback == fallback:
                 t = d.ect(rows, now)
                 if best is None or t < best[0]:
                     best = (t, d)
-        return best
+                if t <= min(deadline, d.due) and (feasible is None or t < feasible[0]):
+                    feasible = (t, d)
+        return feasible, best
 
     def _place(self, req: Request, d: DeviceState) -> None:
         req.device, req.state = d.name, "queued"
         req.attempts += 1
         d.queue.append(req)
+        d.due = min(d.due, req.deadline)
 
     def submit(self, req: Request, now: float):
         """Admit ``req`` onto a device (returns the :class:`DeviceState`) or refuse it (returns
@@ -306,15 +316,12 @@ class Scheduler:
         if req.state != "new":
             raise SchedulerError(f"request {req.id!r} was submitted before ({req.state})")
         self._open[req.id] = req
-        primary = self._best(req.rows, now, fallback=False)
-        if primary and primary[0] <= req.deadline:
-            self._place(req, primary[1])
-            return primary[1]
-        spare = self._best(req.rows, now, fallback=True)
-        if spare and spare[0] <= req.deadline:
-            self._place(req, spare[1])
-            return spare[1]
-        options = [o for o in (primary, spare) if o]
+        for fallback in (False, True):
+            ok, _ = self._best(req.rows, now, fallback, req.deadline)
+            if ok:
+                self._place(req, ok[1])
+                return ok[1]
+        options = [o for fb in (False, True) if (o := self._best(req.rows, now, fb, 0)[1])]
         if self.overload == "queue" and options:
             d = min(options, key=lambda o: o[0])[1]
             self._place(req, d)
@@ -354,6 +361,7 @@ class Scheduler:
             take.append(d.queue.popleft())
             rows += r.rows
             due = min(due, r.deadline)
+        d.due = min((r.deadline for r in d.queue), default=math.inf)
         predicted = d.predict(rows)
         b = Batch(next(self._batch_ids), d.name, take, now, predicted,
                   now + max(self.timeout_min, self.timeout_factor * predicted))
@@ -397,6 +405,7 @@ class Scheduler:
         orphans = [r for b in d.inflight.values() for r in b.requests] + list(d.queue)
         d.inflight.clear()
         d.queue.clear()
+        d.due = math.inf
         refused = []
         for r in sorted(orphans, key=lambda r: r.arrival):
             self.failovers += 1
