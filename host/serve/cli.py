@@ -233,7 +233,7 @@ def register(sub) -> None:
                    help="half timed accelerators, half CPU fallbacks (default 4)")
     s.add_argument("--devices", help="explicit device specification instead of --replicas")
     s.add_argument("--requests", type=int, default=20000)
-    s.add_argument("--rate", type=float, default=400.0, help="requests per second")
+    s.add_argument("--rate", type=float, default=100.0, help="requests per second")
     s.add_argument("--profile", choices=("poisson", "step"), default="poisson")
     s.add_argument("--sla-ms", type=float, default=100.0)
     s.add_argument("--kill-one", action="store_true",
