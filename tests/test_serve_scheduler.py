@@ -1,6 +1,7 @@
 """The serving scheduler (pure Python, no Ray): SLA batching, least-ECT balancing, admission,
 failover, exactly-once."""
 
+import math
 import random
 
 import pytest
@@ -28,7 +29,7 @@ def submit_all(s, n, now, rows=1, start=0):
 
 
 def test_sla_batching_takes_what_meets_the_deadline():
-    s = Scheduler(sla=10 * MS)
+    s = Scheduler(sla=10 * MS, probe_s=math.inf)
     s.add_device("a", lin(1, 0.1), max_rows=1000)
     # device busy with one batch, so a queue builds
     submit_all(s, 1, 0.0)
@@ -49,7 +50,7 @@ def test_sla_batching_takes_what_meets_the_deadline():
 
 
 def test_admission_protects_queued_deadlines():
-    s = Scheduler(sla=100 * MS)
+    s = Scheduler(sla=100 * MS, probe_s=math.inf)
     s.add_device("a", lin(1, 0.1), max_rows=64)
     s.submit(s.new_request("urgent", 1, 0.0, sla=2 * MS), 0.0)  # due at 2 ms
     # later requests would join its batch: 1 ms + 0.1 ms * n <= 2 ms admits 9 more
@@ -117,7 +118,7 @@ def test_ect_uses_slots_and_learned_overhead():
 
 
 def test_admission_fallback_then_overload():
-    s = Scheduler(sla=5 * MS)
+    s = Scheduler(sla=5 * MS, probe_s=math.inf)
     acc = s.add_device("acc", lin(4, 1), max_rows=8)
     cpu = s.add_device("cpu", lin(2, 1), fallback=True, max_rows=8)
     assert s.submit(s.new_request(0, 1, 0.0), 0.0) is acc  # 5 ms: meets 5 ms
@@ -131,6 +132,19 @@ def test_admission_fallback_then_overload():
     assert "exceeds the SLA of 5.000 ms" in r.reason
     assert s.overloaded == 1 and s.answered == 1
     s.check_invariants()
+
+
+def test_stale_estimate_is_probed():
+    s = Scheduler(sla=5 * MS, probe_s=1.0)
+    card = s.add_device("card", KernelServiceModel(250, 10, 250.0))
+    card.overhead = 0.5  # learned in a bad moment: 500 ms per batch
+    s.submit(s.new_request(0, 1, 0.0), 0.0)  # never served: the probe takes it
+    (b,) = s.poll(0.0)
+    s.complete(b, 0.001)  # it took 1 ms: the estimate falls
+    assert card.overhead < 0.5
+    # within probe_s of that batch, the estimate rules again (still 450 ms: refused)
+    assert isinstance(s.submit(s.new_request(1, 1, 0.01), 0.01), Overload)
+    assert s.submit(s.new_request(2, 1, 1.5), 1.5) is card  # idle 1.5 s: probed again
 
 
 def test_admission_queue_mode_places_late_requests():

@@ -29,7 +29,8 @@ Admission
     A device can take a request if its ECT meets the request's deadline *and* the earliest
     deadline already queued there (the new rows would join that batch and delay it).
     Primary devices (accelerators) first: the least-ECT primary that can take it; else the
-    least-ECT fallback device (CPU) that can; otherwise
+    least-ECT fallback device (CPU) that can (an idle device not heard from for ``probe_s``
+    always can: its estimate is refreshed by doing work); otherwise
     the request is answered *overloaded* at once (``overload="reject"``, the default) or put on
     the least-ECT device anyway and counted late (``overload="queue"``). Nothing is dropped.
 SLA batching (:meth:`Scheduler.poll`)
@@ -178,6 +179,7 @@ class DeviceState:
     healthy: bool = True
     queue: deque = field(default_factory=deque)
     due: float = math.inf  # earliest deadline in the queue
+    last_done: float = -math.inf  # when its last batch completed
     inflight: dict = field(default_factory=dict)
     overhead: float = 0.0
     overhead_alpha: float = 0.1
@@ -235,10 +237,13 @@ class Scheduler:
         dispatch marks its device as failed (:meth:`expired`).
     max_attempts : int
         Placements per request before failover gives up and answers it overloaded.
+    probe_s : float
+        An idle device whose last batch finished this long ago takes one request regardless of
+        its estimate, which refreshes the estimate (:meth:`_probe`).
     """
 
     def __init__(self, sla: float, *, overload: str = "reject", timeout_factor: float = 10.0,
-                 timeout_min: float = 1.0, max_attempts: int = 4):
+                 timeout_min: float = 1.0, max_attempts: int = 4, probe_s: float = 1.0):
         if not sla > 0:
             raise SchedulerError(f"sla must be a positive number of seconds, not {sla!r}")
         if overload not in ("reject", "queue"):
@@ -248,6 +253,7 @@ class Scheduler:
         self.timeout_factor = timeout_factor
         self.timeout_min = timeout_min
         self.max_attempts = max_attempts
+        self.probe_s = probe_s
         self.devices: dict[str, DeviceState] = {}
         self.parked: deque = deque()
         self._open: dict = {}  # request id -> Request, until answered
@@ -298,9 +304,17 @@ class Scheduler:
                 t = d.ect(rows, now)
                 if best is None or t < best[0]:
                     best = (t, d)
-                if t <= min(deadline, d.due) and (feasible is None or t < feasible[0]):
+                meets = t <= min(deadline, d.due) or self._probe(d, now)
+                if meets and (feasible is None or t < feasible[0]):
                     feasible = (t, d)
         return feasible, best
+
+    def _probe(self, d: DeviceState, now: float) -> bool:
+        """An idle device that has not finished a batch for ``probe_s`` takes a request even if
+        its estimate says it is too slow: estimates learned in a bad moment (a CPU-starved
+        host, a slow first call) would otherwise shut a device out for good, since only
+        completed batches correct them."""
+        return not d.inflight and not d.queue and now - d.last_done >= self.probe_s
 
     def _place(self, req: Request, d: DeviceState) -> None:
         req.device, req.state = d.name, "queued"
@@ -379,6 +393,7 @@ class Scheduler:
         if d.inflight.pop(batch.id, None) is None:
             return []
         d.learn(batch, (now - batch.start) if seconds is None else seconds)
+        d.last_done = now
         d.rows_done += batch.rows
         for r in batch.requests:
             r.state = "done"
