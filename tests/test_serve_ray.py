@@ -43,6 +43,7 @@ def cluster(tmp_path):
     assert not ray.is_initialized()
 
 
+@pytest.mark.slow  # 1-3 min on 2 shared cores (cluster start ~25 s, deploy ~10 s, load 10 s)
 def test_serve_http_handles_failover_and_kill(cluster):
     from recfabric.host.serve.app import ROUTE, kill_replica
     d = cluster["dir"]
