@@ -783,7 +783,7 @@ class _EngineGeometry:
 
 
 def _identity_layer(width: int, fmt: nx.FixedFormat):
-    from recfabric.host.golden import QLayer
+    from recfabric.host.reference.golden import QLayer
     return QLayer(np.eye(width, dtype=np.int64), np.zeros(width, dtype=np.int64), fmt,
                   nx.FixedFormat(2, 0), fmt, False)
 

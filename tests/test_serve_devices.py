@@ -6,13 +6,14 @@ import time
 import numpy as np
 import pytest
 
-from recfabric.host.compiler import compile_model, golden_from_images, load_compiled
-from recfabric.host.golden import float_forward
-from recfabric.host.model_zoo import get_model
+from recfabric.host.compiler.compiled import golden_from_images, load_compiled
+from recfabric.host.compiler.steps import compile_model
+from recfabric.host.model.synthetic import synthetic_batch
+from recfabric.host.model.weights import random_weights
+from recfabric.host.model.zoo import get_model
+from recfabric.host.reference.golden import float_forward
 from recfabric.host.serve import devices as dv
 from recfabric.host.serve.scheduler import KernelServiceModel
-from recfabric.host.synthetic import synthetic_batch
-from recfabric.host.weights import random_weights
 from recfabric.hw.config import get_preset
 
 
@@ -46,7 +47,7 @@ def test_parse_devices():
 def test_kernel_service_model_of_compiled_small(small):
     """The model's parts: MLP latency and II from MLPCycleModel, the measured front/back-end
     overhead, the simulated HBM latency."""
-    from recfabric.host.mlp_cycle_model import MLPCycleModel
+    from recfabric.host.compiler.cycle_model import MLPCycleModel
     m = dv.kernel_service_model(small["dir"])
     mlp = MLPCycleModel(shapes=list(get_preset("small").mlp_top_shapes), widths=(68, 32, 16, 1))
     assert m.ii_cycles == mlp.ii
@@ -145,3 +146,17 @@ def test_fleet_simulation_small():
     # the backlog one SLA holds), and every served request meets the SLA
     assert over["overloaded_pct"] > 50 and over["sla_miss_pct"] == 0
     assert over["card_utilization"] > 0.9
+
+
+def test_fleet_service_model_plans_within_the_kernel_unless_study():
+    """A model whose table the real kernel cannot hold is refused, naming --study; the study
+    plan (row splits) gives the MLP-bound model: the kernel cycle model of the compiler."""
+    from recfabric.host.compiler.cycle_model import MLPCycleModel
+    from recfabric.host.serve.fleet import fleet_service_model
+    with pytest.raises(ValueError, match=r"'t29'.*--study"):
+        fleet_service_model("microrec-small", "u280")
+    k = fleet_service_model("microrec-small", "u280", study=True)
+    mlp = MLPCycleModel(shapes=list(get_preset("u280").mlp_top_shapes),
+                        widths=(352, 1024, 512, 256, 1))
+    assert k.ii_cycles == mlp.ii == 176
+    assert k.latency_cycles == mlp.latency + dv.MEM_LATENCY_CYCLES + dv.KERNEL_OVERHEAD_CYCLES

@@ -19,11 +19,12 @@ import pytest
 pytest.importorskip("ray.serve")
 pytestmark = pytest.mark.ray
 
-from recfabric.host.compiler import compile_model, golden_from_images, load_compiled  # noqa: E402
-from recfabric.host.model_zoo import get_model  # noqa: E402
+from recfabric.host.compiler.compiled import golden_from_images, load_compiled  # noqa: E402
+from recfabric.host.compiler.steps import compile_model  # noqa: E402
+from recfabric.host.model.weights import random_weights  # noqa: E402
+from recfabric.host.model.zoo import get_model  # noqa: E402
 from recfabric.host.serve.cli import _requests, deploy, local_cluster  # noqa: E402
 from recfabric.host.serve.loadtest import run_loadtest  # noqa: E402
-from recfabric.host.weights import random_weights  # noqa: E402
 from recfabric.hw.config import get_preset  # noqa: E402
 
 
@@ -98,8 +99,8 @@ def test_serve_http_handles_failover_and_kill(cluster):
 @pytest.mark.slow
 def test_loadtest_command_kill_one():
     """The issue's check, exactly: lost 0, mismatches 0 (several minutes on 2 cores)."""
-    cmd = [sys.executable, "-m", "recfabric.host.cli", "loadtest", "--local", "--model", "small",
-           "--replicas", "4", "--kill-one", "--requests", "20000", "--json", "--plot", ""]
+    cmd = [sys.executable, "-m", "recfabric.host.cli.main", "loadtest", "--local", "--model",
+           "small", "--replicas", "4", "--kill-one", "--requests", "20000", "--json", "--plot", ""]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     report = json.loads(p.stdout)
     assert report["requests"] == 20000

@@ -149,7 +149,7 @@ def _classes():
             if self.started:
                 return
             self.started = True
-            from ..synthetic import synthetic_batch  # noqa: PLC0415
+            from ..model.synthetic import synthetic_batch  # noqa: PLC0415
             d, s = synthetic_batch(self.spec, 64, seed=12345)
             probe = make_payload(d, s)
             for name, h in self.handles.items():

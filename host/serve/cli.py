@@ -83,7 +83,7 @@ def _cmd_serve(args):
 
 
 def _requests(spec, n, seed):
-    from ..synthetic import synthetic_batch
+    from ..model.synthetic import synthetic_batch
     from .devices import make_payload
     dense, sparse = synthetic_batch(spec, n, seed=seed)
     whole = make_payload(dense, sparse)
@@ -94,9 +94,10 @@ def _requests(spec, n, seed):
 
 def _cmd_loadtest(args):
     from ...hw.config import get_preset
-    from ..compiler import compile_model, golden_from_images, load_compiled
-    from ..model_zoo import get_model
-    from ..weights import random_weights
+    from ..compiler.compiled import golden_from_images, load_compiled
+    from ..compiler.steps import compile_model
+    from ..model.weights import random_weights
+    from ..model.zoo import get_model
     from .app import device_deployment_name, kill_replica
     from .devices import parse_devices
     from .loadtest import dumps, run_loadtest
@@ -176,10 +177,11 @@ def _cmd_loadtest(args):
 
 def _cmd_fleet(args):
     from .fleet import format_table, sweep
-    rows = sweep(cards=[int(c) for c in args.cards.split(",")], loads=[
-        float(x) for x in args.loads.split(",")], cards_per_host=args.cards_per_host,
-        model=args.model, config=args.config, sla_ms=args.sla_ms, queries=args.queries,
-        items=args.items, seed=args.seed, progress=None if args.json else _say)
+    rows = sweep(cards=[int(c) for c in args.cards.split(",")],
+                 loads=[float(x) for x in args.loads.split(",")],
+                 cards_per_host=args.cards_per_host, model=args.model, config=args.config,
+                 study=args.study, sla_ms=args.sla_ms, queries=args.queries, items=args.items,
+                 seed=args.seed, progress=None if args.json else _say)
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
@@ -248,8 +250,11 @@ def register(sub) -> None:
     s.add_argument("--cards", default="8,64,256,1024", help="fleet sizes (cards)")
     s.add_argument("--cards-per-host", type=int, default=8)
     s.add_argument("--loads", default="0.3,0.6,0.8,0.9", help="offered load / capacity")
-    s.add_argument("--model", default="microrec-small")
-    s.add_argument("--config", default="u280")
+    s.add_argument("--model", default="small", help="zoo model (default small)")
+    s.add_argument("--config", default="u280", help="accelerator preset (default u280)")
+    s.add_argument("--study", action="store_true",
+                   help="plan the tables for a kernel that splits them by row range (as "
+                        "'recfabric plan --study'), for models the real kernel cannot hold")
     s.add_argument("--sla-ms", type=float, default=10.0)
     s.add_argument("--queries", type=int, default=50000, help="queries per point")
     s.add_argument("--items", type=int, default=64, help="mean candidates per query")

@@ -24,14 +24,9 @@ Kinds of device (``--devices`` items, :func:`parse_devices`)
 
 Kernel service time (the accelerators' prediction)
 --------------------------------------------------
-``cycles(B) = latency + ii * (B - 1)`` with ``ii = max(MLP initiation interval
-(`MLPCycleModel`), the plan's lookup rounds (beats per request on the busiest port), request
-words per record)`` and ``latency = MLP latency + memory read latency + KERNEL_OVERHEAD_CYCLES``.
-``KERNEL_OVERHEAD_CYCLES`` (request fetch and parse, dispatch, concat, result and status writes)
-is measured: the simulated single-request run of the ``small`` model on the ``small`` preset
-takes 361 cycles (README, ``tools/measure_kernel.py``), of which the MLP model accounts for 212
-and the simulated HBM read latency for 64. The model then predicts the simulated 1,381 cycles of
-a batch of 16 exactly and 17,701 of the simulated 17,706 for a batch of 256.
+:func:`kernel_service_model`: the whole-kernel cycle model
+(:func:`recfabric.host.compiler.cycle_model.kernel_batch_cycles`, ``cycles(B) = latency +
+ii * (B - 1)``, fitted to the simulated kernel) at the configuration's clock.
 """
 
 from __future__ import annotations
@@ -46,17 +41,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..compiler.cycle_model import KERNEL_OVERHEAD_CYCLES, MEM_LATENCY_CYCLES, kernel_batch_cycles
 from .scheduler import KernelServiceModel, LinearServiceModel
 
 __all__ = ["KERNEL_OVERHEAD_CYCLES", "MEM_LATENCY_CYCLES", "ACCELERATOR_KINDS", "CPU_ENGINES",
            "DeviceGroup", "DeviceSpecError", "parse_devices", "kernel_service_model",
            "make_payload", "stack_payloads", "payload_from_json", "payload_rows",
            "AcceleratorRunner", "CpuRunner", "DeviceWorker", "make_runner", "calibrate"]
-
-#: Kernel cycles per batch beyond the MLP latency and the memory read latency (see module doc).
-KERNEL_OVERHEAD_CYCLES = 85
-#: Memory read latency assumed for HBM, in kernel cycles (the simulation's HBM model).
-MEM_LATENCY_CYCLES = 64
 
 ACCELERATOR_KINDS = ("timed", "reference", "sim", "verilator", "xrt")
 CPU_ENGINES = ("golden", "torch", "onnx")
@@ -69,10 +60,11 @@ class DeviceSpecError(ValueError):
 # ---- project imports, kept in one place --------------------------------------------------
 
 def _project():
-    from .. import compiler, driver, golden  # noqa: PLC0415 - heavy, load on use
-    from ..mlp_cycle_model import MLPCycleModel  # noqa: PLC0415
-    from ..wire_format import RequestLayout  # noqa: PLC0415
-    return compiler, driver, golden, MLPCycleModel, RequestLayout
+    from ..compiler import compiled  # noqa: PLC0415 - heavy, load on use
+    from ..model import spec  # noqa: PLC0415
+    from ..runtime import accelerator  # noqa: PLC0415
+    from ..runtime.wire_format import RequestLayout  # noqa: PLC0415
+    return compiled, accelerator, spec, RequestLayout
 
 
 def _config_of(cm):
@@ -137,24 +129,13 @@ def kernel_service_model(compiled, config=None, *,
 
     ``config`` defaults to the configuration the model was compiled for.
     """
-    compiler, _, _, MLPCycleModel, RequestLayout = _project()
+    compiler, _, _, RequestLayout = _project()
     cm = compiled if isinstance(compiled, compiler.CompiledModel) else \
         compiler.load_compiled(compiled)
     config = config or _config_of(cm)
-    return _kernel_model(cm.spec, config, cm.plan.rounds,
-                         RequestLayout.for_config(cm.quantized_model(), config).words_per_record,
-                         mem_latency_cycles, MLPCycleModel)
-
-
-def _kernel_model(spec, config, rounds, words, mem_latency_cycles, mlp_model):
-    shapes = spec.layer_shapes()
-    ii, latency = max(rounds, words), KERNEL_OVERHEAD_CYCLES + mem_latency_cycles
-    for kind, engines in (("bottom", config.mlp_bottom_shapes), ("top", config.mlp_top_shapes)):
-        layers = shapes[kind]
-        if not layers:
-            continue
-        m = mlp_model(shapes=list(engines), widths=(layers[0][0], *[o for _, o in layers]))
-        ii, latency = max(ii, m.ii), latency + m.latency
+    words = RequestLayout.for_config(cm.quantized_model(), config).words_per_record
+    latency, ii = kernel_batch_cycles(cm.spec, config, cm.plan.rounds, words,
+                                      mem_latency_cycles=mem_latency_cycles)
     return KernelServiceModel(latency, ii, config.clock_mhz)
 
 
@@ -162,7 +143,7 @@ def _kernel_model(spec, config, rounds, words, mem_latency_cycles, mlp_model):
 
 def make_payload(dense, sparse) -> dict:
     """The array form of a request (or batch): float dense ``(rows, D)``, and per sparse feature
-    ``ids (rows, bag)`` and ``lengths (rows,)`` (from :class:`~recfabric.host.golden.Bags`)."""
+    ``ids (rows, bag)`` and ``lengths (rows,)`` (from :class:`~recfabric.host.model.spec.Bags`)."""
     return {"dense": np.asarray(dense, dtype=np.float32),
             "ids": [np.asarray(b.ids, dtype=np.int64) for b in sparse],
             "lengths": [np.asarray(b.lengths, dtype=np.int64) for b in sparse]}
@@ -235,8 +216,8 @@ def payload_from_json(obj, spec) -> dict:
 
 
 def _bags(p):
-    _, _, golden, _, _ = _project()
-    return [golden.Bags(i, n) for i, n in zip(p["ids"], p["lengths"])]
+    _, _, spec, _ = _project()
+    return [spec.Bags(i, n) for i, n in zip(p["ids"], p["lengths"])]
 
 
 # ---- runners -----------------------------------------------------------------------------
@@ -248,7 +229,7 @@ class AcceleratorRunner:
     exact = True
 
     def __init__(self, compiled_dir, kind: str = "timed", *, xclbin=None, device_index: int = 0):
-        compiler, driver, _, _, _ = _project()
+        compiler, accelerator, _, _ = _project()
         if kind not in ACCELERATOR_KINDS:
             raise DeviceSpecError(f"unknown accelerator kind {kind!r}; kinds: "
                                   f"{', '.join(ACCELERATOR_KINDS)}")
@@ -262,7 +243,7 @@ class AcceleratorRunner:
             if not xclbin:
                 raise DeviceSpecError("xrt devices need --xclbin FILE")
             kwargs = {"xclbin": xclbin, "device_index": device_index}
-        self.acc = driver.Accelerator.open(backend, self.config, **kwargs)
+        self.acc = accelerator.Accelerator.open(backend, self.config, **kwargs)
         self.acc.load(self.cm)
         self.engine = {"timed": "accelerator-timed (reference scores, modelled time)"}.get(
             kind, f"accelerator-{kind}")
@@ -294,7 +275,7 @@ class CpuRunner:
     """CPU fallback: the golden model (bit-exact) or the float model in PyTorch / ONNX Runtime."""
 
     def __init__(self, compiled_dir, engine: str = "golden", *, float_weights=None):
-        compiler, _, golden, _, _ = _project()
+        compiler, _, _, _ = _project()
         if engine not in CPU_ENGINES:
             raise DeviceSpecError(f"unknown CPU engine {engine!r}; engines: "
                                   f"{', '.join(CPU_ENGINES)}")
@@ -308,7 +289,7 @@ class CpuRunner:
                 raise DeviceSpecError(
                     f"the {engine} CPU fallback runs the float model: give its weights "
                     f"(--float-weights W.npz, written by ModelWeights.save)")
-            from ..weights import ModelWeights  # noqa: PLC0415
+            from ..model.weights import ModelWeights  # noqa: PLC0415
             w = float_weights if isinstance(float_weights, ModelWeights) else \
                 ModelWeights.load(float_weights)
             if w.spec != self.cm.spec:
@@ -319,7 +300,7 @@ class CpuRunner:
 
     # golden: the quantized model from the compiled images, as the accelerator computes it
     def run(self, p: dict) -> dict:
-        compiler, _, _, _, _ = _project()
+        compiler, _, _, _ = _project()
         t0 = time.perf_counter()
         bags = _bags(p)
         if self.exact:
@@ -332,7 +313,7 @@ class CpuRunner:
 
     @staticmethod
     def _torch(w):
-        from ..torch_io import require_torch, to_torch  # noqa: PLC0415
+        from ..model.torch_io import require_torch, to_torch  # noqa: PLC0415
         torch = require_torch()
         torch.set_num_threads(1)  # one replica, one core: the pool scales by replicas
         model = to_torch(w).eval()
@@ -497,6 +478,6 @@ def compiled_spec(compiled_dir):
     """The ModelSpec of a compiled directory (manifest only, no image hashing)."""
     import json  # noqa: PLC0415
 
-    from ..model_spec import ModelSpec  # noqa: PLC0415
+    from ..model.spec import ModelSpec  # noqa: PLC0415
     manifest = json.loads((Path(compiled_dir) / "manifest.json").read_text())
     return ModelSpec.from_json(manifest["model"])

@@ -2,8 +2,8 @@
 
 Every host runs one :class:`~recfabric.host.serve.scheduler.Scheduler` (the class the Ray
 Serve ingress runs, not a copy) over its cards; SimPy provides time. A card's batch takes the
-kernel's modelled time (:func:`~recfabric.host.serve.devices.kernel_service_model`: the cycle
-model of the model on the configuration, at its clock) plus a fixed launch overhead per batch
+kernel's modelled time (:func:`~recfabric.host.compiler.cycle_model.kernel_batch_cycles`: the
+cycle model of the model on the configuration, at its clock) plus a fixed launch overhead per batch
 (``launch_us``: host-side driver, PCIe doorbell and DMA setup; an assumption, see
 docs/serving.md). A front end spreads queries over hosts by the power of two choices on the
 hosts' expected completion times (what Ray Serve's router does over replicas); the chosen
@@ -23,25 +23,35 @@ import time
 
 import numpy as np
 
-from .scheduler import Overload, Scheduler
+from .scheduler import KernelServiceModel, Overload, Scheduler
 
 __all__ = ["simulate", "sweep", "format_table", "plot_sweep", "fleet_service_model"]
 
 
-def fleet_service_model(model: str, config: str):
+def fleet_service_model(model: str, config: str, *, study: bool = False):
     """The kernel service model of zoo ``model`` on preset ``config`` (no compile needed: the
-    plan and the request layout are computed, not written)."""
+    plan and the request layout are computed, not written).
+
+    The tables are planned within the kernel's capabilities; ``study`` plans them for
+    :func:`~recfabric.host.compiler.planner.study_capabilities` instead (a hypothetical kernel of
+    the preset's size that splits tables by row range, as ``recfabric plan --study``), for models
+    whose tables the real kernel cannot hold.
+    """
     from ...hw.config import get_preset  # noqa: PLC0415
-    from ..mlp_cycle_model import MLPCycleModel  # noqa: PLC0415
-    from ..model_zoo import get_model  # noqa: PLC0415
-    from ..planner import plan  # noqa: PLC0415
-    from ..wire_format import RequestLayout  # noqa: PLC0415
-    from .devices import MEM_LATENCY_CYCLES, _kernel_model  # noqa: PLC0415
+    from ..compiler.cycle_model import kernel_batch_cycles  # noqa: PLC0415
+    from ..compiler.planner import PlanError, plan, study_capabilities  # noqa: PLC0415
+    from ..model.zoo import get_model  # noqa: PLC0415
+    from ..runtime.wire_format import RequestLayout  # noqa: PLC0415
     spec, cfg = get_model(model), get_preset(config)
+    try:
+        rounds = plan(spec, study_capabilities(cfg) if study else cfg, "default").rounds
+    except PlanError as e:
+        hint = "" if study else "; --study plans for a kernel that splits tables by row range"
+        raise ValueError(f"model {model!r} on {config!r}: {e}{hint}") from None
     words = RequestLayout.for_model(spec, word_bits=256, elem_bits=cfg.data_bits) \
         .words_per_record
-    return _kernel_model(spec, cfg, plan(spec, cfg, "default").rounds, words, MEM_LATENCY_CYCLES,
-                         MLPCycleModel)
+    latency, ii = kernel_batch_cycles(spec, cfg, rounds, words)
+    return KernelServiceModel(latency, ii, cfg.clock_mhz)
 
 
 def simulate(*, hosts: int, cards_per_host: int, kernel, load: float, sla_ms: float,
@@ -129,10 +139,10 @@ def simulate(*, hosts: int, cards_per_host: int, kernel, load: float, sla_ms: fl
     }
 
 
-def sweep(*, cards, loads, cards_per_host: int = 8, model: str = "microrec-small",
-          config: str = "u280", sla_ms: float = 10.0, queries: int = 50000, items: float = 64,
-          seed: int = 0, progress=None, **kw) -> list[dict]:
-    kernel = fleet_service_model(model, config)
+def sweep(*, cards, loads, cards_per_host: int = 8, model: str = "small",
+          config: str = "u280", study: bool = False, sla_ms: float = 10.0, queries: int = 50000,
+          items: float = 64, seed: int = 0, progress=None, **kw) -> list[dict]:
+    kernel = fleet_service_model(model, config, study=study)
     rows = []
     for n in cards:
         if n % cards_per_host:
@@ -143,7 +153,7 @@ def sweep(*, cards, loads, cards_per_host: int = 8, model: str = "microrec-small
                 raise ValueError(f"loads must be positive, not {load}")
             r = simulate(hosts=n // cards_per_host, cards_per_host=cards_per_host, kernel=kernel,
                          load=load, sla_ms=sla_ms, queries=queries, items=items, seed=seed, **kw)
-            r.update(model=model, config=config)
+            r.update(model=model, config=config, study=study)
             rows.append(r)
             if progress:
                 progress(f"{n} cards, load {load}: {r['throughput_qps']:,.0f} q/s, p99 "
