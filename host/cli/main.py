@@ -8,6 +8,7 @@
 ``recfabric plan`` / ``compile``   model compiler (:mod:`recfabric.host.cli.compile`)
 ``recfabric bench lookup|mlp``    cycle-accurate block benchmarks
 ``recfabric soak``              randomized soak on the Verilator back-end (``host/bench/soak.py``)
+``recfabric serve`` / ``loadtest`` / ``fleet``   serving on Ray Serve (:mod:`recfabric.host.serve`)
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ..model.zoo import DEFAULT_MODEL, ZOO, get_model
 __all__ = ["main"]
 
 # Modules that add their own verbs with ``register(subparsers)``.
-_PLUGINS = (".compile", "..bench.soak", "..bench.prune")
+_PLUGINS = (".compile", "..bench.soak", "..bench.prune", "..serve.cli")
 # Modules that add a benchmark below ``recfabric bench`` with ``register(subparsers)``.
 _BENCHES = ("..bench.lookup", "..bench.mlp")
 
