@@ -50,8 +50,8 @@ __all__ = [
     "ROW_END_LATENCY",
 ]
 
-#: Legal requantize shifts (the spec's int64 arithmetic is exact in this range).
-SHIFT_MIN, SHIFT_MAX = -60, 62
+#: Legal requantize shifts: stated by the numerics spec, re-exported here.
+SHIFT_MIN, SHIFT_MAX = nx.SHIFT_MIN, nx.SHIFT_MAX
 #: Requantizer pipeline depth.
 REQUANT_LATENCY = 2
 #: Cycles from a wave's sum leaving an array row to its result being written (bias read and
@@ -783,7 +783,7 @@ class _EngineGeometry:
 
 
 def _identity_layer(width: int, fmt: nx.FixedFormat):
-    from recfabric.host.golden import QLayer
+    from recfabric.host.reference.golden import QLayer
     return QLayer(np.eye(width, dtype=np.int64), np.zeros(width, dtype=np.int64), fmt,
                   nx.FixedFormat(2, 0), fmt, False)
 

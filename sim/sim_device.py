@@ -1,12 +1,13 @@
 """The ``sim`` driver backend: the generated kernel, cycle-accurate, in the Amaranth simulator.
 
-:class:`SimDevice` implements :class:`recfabric.host.driver.RegisterDevice`: register accesses
-are real AXI4-Lite transactions on ``s_axi_control`` (driven by
-:class:`~recfabric.sim.axi_lite_master.AXILiteMaster`), and every AXI master of the kernel is
-served from one simulated device memory (:class:`~recfabric.sim.hbm_model.HBMModel` for reads,
-:class:`~recfabric.sim.axi_write_model.AXIWriteModel` for the results), so the driver's buffers
-are where the kernel reads and writes them. Buffer reads and writes by the host take no
-simulated time (they stand for DMA before and after a run).
+:class:`SimDevice` implements :class:`recfabric.host.runtime.device.RegisterDevice` (the runtime's
+device seam, the only part of the host it imports): register accesses are real AXI4-Lite
+transactions on ``s_axi_control`` (driven by :class:`~recfabric.sim.axi_lite_master.AXILiteMaster`),
+and every AXI master of the kernel is served from one simulated device memory
+(:class:`~recfabric.sim.hbm_model.HBMModel` for reads,
+:class:`~recfabric.sim.axi_write_model.AXIWriteModel` for the results), so the driver's buffers are
+where the kernel reads and writes them. Buffer reads and writes by the host take no simulated time
+(they stand for DMA before and after a run).
 
 The simulator is stepped from the driver's thread: each register access or wait queues a command
 for a testbench coroutine and advances the simulation until it completes.
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from amaranth.sim import Simulator
 
-from ..host.driver import DeviceError, RegisterDevice, _BumpMemory
+from ..host.runtime.device import BumpMemory, DeviceError, RegisterDevice
 from ..hw.config import AcceleratorConfig
 from ..hw.kernel import RecFabricKernel
 from ..hw.register_map import CTRL, CTRL_DONE
@@ -46,7 +47,7 @@ class SimDevice(RegisterDevice):
     p_stall : float
         Random AXI back-pressure on every memory port (0 for benchmarks).
     max_cycles : int
-        A run that takes longer raises :class:`~recfabric.host.driver.DeviceError`.
+        A run that takes longer raises :class:`~recfabric.host.runtime.device.DeviceError`.
     progress : callable, optional
         Called as ``progress(cycles)`` every ``progress_every`` simulated cycles of a run.
     waves : path, optional
@@ -60,7 +61,7 @@ class SimDevice(RegisterDevice):
                  waves=None):
         self.config = config
         self.kernel_component = dut = RecFabricKernel(config)
-        self._mem = _BumpMemory(memory_bytes)
+        self._mem = BumpMemory(memory_bytes)
         rng = random.Random(seed)
         mem, base = self._mem.mem, self._mem.base
         self.max_cycles, self.progress, self.progress_every = max_cycles, progress, \

@@ -13,10 +13,10 @@ from recfabric.host.bench.compare import (
     to_onnx,
 )
 from recfabric.host.cli import main
-from recfabric.host.golden import float_forward
-from recfabric.host.model_spec import ModelSpec, SparseFeature
-from recfabric.host.synthetic import synthetic_batch
-from recfabric.host.weights import random_weights
+from recfabric.host.model.spec import ModelSpec, SparseFeature
+from recfabric.host.model.synthetic import synthetic_batch
+from recfabric.host.model.weights import random_weights
+from recfabric.host.reference.golden import float_forward
 
 FAST = {"min_seconds": 0.0, "max_reps": 3}
 
@@ -80,6 +80,19 @@ def test_simulated_rows_match_golden_and_the_cycle_model_tracks_them():
     assert sim[6]["cycles"] == sim[2]["cycles"] + 4 * per
     for b in (1, 2):  # the analytical kernel model stays within 20% of the simulated kernel
         assert abs(mod[b]["cycles"] - sim[b]["cycles"]) <= 0.2 * sim[b]["cycles"], (mod, sim)
+
+
+@pytest.mark.slow  # ~1 min: program load and two batches of the small kernel in simulation
+def test_kernel_cycle_model_matches_the_simulated_small_kernel():
+    """kernel_batch_cycles is fitted on the small model and preset (one request); it must then
+    predict the batch of 16 too (cycle_model's docstring: 358 and 1,378 cycles simulated)."""
+    r = run_compare("small", config="small", model_config="small", batches=[1, 16],
+                    sim_max_batch=16, platforms={"sim", "model"}, **FAST)
+    sim = {row["batch"]: row for row in r["rows"] if row["platform"] == "recfabric-small sim"}
+    mod = {row["batch"]: row for row in r["rows"] if row["platform"] == "recfabric-small model"}
+    for b in (1, 16):
+        assert sim[b]["source"] == "simulated" and sim[b]["golden_exact"]
+        assert abs(mod[b]["cycles"] - sim[b]["cycles"]) <= 0.01 * sim[b]["cycles"], (mod, sim)
 
 
 def test_crossovers_find_where_the_faster_platform_changes():

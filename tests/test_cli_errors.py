@@ -8,8 +8,8 @@ import time
 import pytest
 
 from recfabric.host.cli import main
-from recfabric.host.cli_support import check_batch
-from recfabric.host.model_zoo import get_model
+from recfabric.host.cli.support import check_batch
+from recfabric.host.model.zoo import get_model
 from recfabric.hw.config import get_preset
 
 

@@ -2,7 +2,7 @@
 
 import io
 
-from recfabric.host.cli_support import Progress
+from recfabric.host.cli.support import Progress
 
 
 class _Tty(io.StringIO):

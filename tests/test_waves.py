@@ -58,11 +58,11 @@ def test_demo_refuses_waves_off_the_sim_backend(capsys):
 
 @pytest.mark.slow  # ~30 s: the tiny kernel with every signal traced
 def test_sim_backend_writes_the_run_as_vcd(tmp_path):
-    from recfabric.host.compiler import compile_model
-    from recfabric.host.driver import Accelerator
-    from recfabric.host.model_zoo import get_model
-    from recfabric.host.synthetic import synthetic_batch
-    from recfabric.host.weights import random_weights
+    from recfabric.host.compiler.steps import compile_model
+    from recfabric.host.model.synthetic import synthetic_batch
+    from recfabric.host.model.weights import random_weights
+    from recfabric.host.model.zoo import get_model
+    from recfabric.host.runtime.accelerator import Accelerator
     from recfabric.hw.config import get_preset
     spec, cfg = get_model("tiny"), get_preset("tiny")
     compile_model(spec, random_weights(spec), cfg, tmp_path / "m")

@@ -14,7 +14,8 @@ platform                    source        how
                                           are *not* simulated: they are extrapolated linearly
                                           from the two largest simulated batches (source
                                           ``modelled``, method says so).
-``recfabric-<cfg> model``   modelled      :func:`kernel_cycle_model` (request fetch, lookup
+``recfabric-<cfg> model``   modelled      :func:`kernel_cycles` (the kernel cycle model
+                                          ``kernel_batch_cycles``: request words, lookup
                                           rounds from the plan, the MLP cycle model) on the
                                           given configuration, usually ``u280``.
 ``torch-eager``             measured      the model as PyTorch ``RecModel`` (float32), CPU
@@ -27,22 +28,21 @@ platform                    source        how
 Times of the accelerator rows are cycles at the configuration's ``clock_mhz``: an *assumed*
 clock (no open place-and-route exists for UltraScale+; see ``recfabric report timing``).
 Measured rows are the median wall time of repeated calls with the inputs already in the
-framework's format (conversion from :class:`~recfabric.host.golden.Bags` excluded), on this
+framework's format (conversion from :class:`~recfabric.host.model.spec.Bags` excluded), on this
 machine's CPU with the framework's default threading.
 
 Score checks: every platform's probabilities are compared with the float reference
-(:func:`~recfabric.host.golden.float_forward`) and the largest absolute difference is reported
-and checked against a tolerance (float platforms: :data:`FLOAT_TOL`; fixed point: the
+(:func:`~recfabric.host.reference.golden.float_forward`) and the largest absolute difference is
+reported and checked against a tolerance (float platforms: :data:`FLOAT_TOL`; fixed point: the
 numerics' accuracy budget :data:`FIXED_TOL`). The accelerator's fixed-point scores are also
 compared with the golden model with ``==``: simulated batches from the simulated kernel, other
 accelerator rows from the ``reference`` backend (the kernel's behavioural model on the compiled
-images), both against :func:`~recfabric.host.golden.golden_forward`.
+images), both against :func:`~recfabric.host.reference.golden.golden_forward`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import tempfile
 import time
@@ -51,18 +51,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["FLOAT_TOL", "FIXED_TOL", "kernel_cycle_model", "to_onnx", "run_compare",
-           "crossovers", "format_table", "format_markdown", "plot_rows", "register",
-           "parse_batches"]
+from ..compiler.cycle_model import KERNEL_OVERHEAD_CYCLES, MEM_LATENCY_CYCLES, kernel_batch_cycles
+
+__all__ = ["FLOAT_TOL", "FIXED_TOL", "kernel_cycles", "to_onnx", "run_compare",
+           "crossovers", "format_table", "format_markdown", "plot_rows", "parse_batches"]
 
 #: Largest |probability difference| accepted between a float platform and the float reference.
 FLOAT_TOL = 1e-4
 #: Largest |probability difference| accepted between fixed-point scores and the float reference
 #: (int16: the README's accuracy table shows <= 0.0015; int8 up to 0.18 on DLRM).
 FIXED_TOL = {16: 0.01, 8: 0.25}
-#: Read latency (cycles) the kernel model assumes for every memory read (an HBM pseudo-channel
-#: behind the Vitis memory subsystem; the ``sim`` backend's table channels use the same).
-MEM_LATENCY = 64
 
 
 # ---- the accelerator's cycle model --------------------------------------------------------------
@@ -79,26 +77,19 @@ class KernelCycles:
         return self.latency1 + (batch - 1) * self.ii
 
 
-def kernel_cycle_model(spec, config, plan, record_bytes: int, mem_latency: int = MEM_LATENCY):
-    """Cycle model of the whole kernel for one model on one configuration.
-
-    Per request, every stage must keep pace, so the initiation interval is the slowest stage's:
-    the request record's beats (``record_bytes / beat``), the busiest lookup port's cycles
-    (``plan.rounds``: beats off chip, lookups on chip) and the top MLP's interval
-    (:class:`~recfabric.host.mlp_cycle_model.MLPCycleModel`). A single request pays one memory
-    read for its record, one for its lookups, the MLP's latency and the result write
-    (``mem_latency`` each for the reads; the write is posted). It is a model: the README compares
-    it with the simulated kernel on the ``small`` configuration.
-    """
-    from ..mlp_cycle_model import MLPCycleModel
-    widths = [spec.layer_shapes()["top"][0][0], *spec.top_mlp]
-    mlp = MLPCycleModel(shapes=list(config.mlp_top_shapes), widths=widths)
-    record_beats = math.ceil(record_bytes / config.beat_bytes)
-    stages = {"request_beats": record_beats, "lookup_rounds": plan.rounds, "mlp_ii": mlp.ii}
-    ii = float(max(stages.values()))
-    latency1 = int(mem_latency + record_beats + mem_latency + plan.rounds + mlp.latency)
-    return KernelCycles(ii, latency1, {**stages, "mlp_latency": mlp.latency,
-                                       "mem_latency": mem_latency})
+def kernel_cycles(spec, config, plan, words_per_record: int,
+                  mem_latency: int = MEM_LATENCY_CYCLES) -> KernelCycles:
+    """The whole kernel's modelled cycles for one model on one configuration: the project's one
+    kernel cycle model, :func:`~recfabric.host.compiler.cycle_model.kernel_batch_cycles` (the
+    slowest of request words, the plan's lookup rounds and the MLPs' intervals per request; MLP
+    and memory latency plus the overhead fitted to the simulated kernel for one request), with
+    its inputs recorded."""
+    latency, ii = kernel_batch_cycles(spec, config, plan.rounds, words_per_record,
+                                      mem_latency_cycles=mem_latency)
+    return KernelCycles(float(ii), int(latency),
+                        {"lookup_rounds": plan.rounds, "request_words": words_per_record,
+                         "mem_latency": mem_latency,
+                         "kernel_overhead": KERNEL_OVERHEAD_CYCLES})
 
 
 # ---- ONNX ---------------------------------------------------------------------------------------
@@ -114,7 +105,7 @@ def to_onnx(weights, max_bags):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from ..torch_io import _materialize
+    from ..model.torch_io import _materialize
     spec = weights.spec
     nodes, inits, inputs = [], [], []
     count = [0]
@@ -228,7 +219,7 @@ def _cpu_platforms(weights, spec, want, threads: int | None = 1):
     if torch is not None and threads:
         torch.set_num_threads(threads)
     if torch is not None and want & {"torch-eager", "torch-script", "torch-cuda"}:
-        from ..torch_io import bags_to_torch, to_torch
+        from ..model.torch_io import bags_to_torch, to_torch
         model = to_torch(weights).eval()
 
         def prep_torch(dense, sparse, device="cpu"):
@@ -319,7 +310,7 @@ def run_compare(model, *, config: str = "small", model_config: str = "u280", bat
         Configuration simulated with the ``sim`` backend (batches up to ``sim_max_batch``);
         skipped when None or when the model does not fit it.
     model_config : str or None
-        Configuration evaluated with :func:`kernel_cycle_model` (``u280`` by default).
+        Configuration evaluated with :func:`kernel_cycles` (``u280`` by default).
     platforms : set of str, optional
         Subset of ``{"sim", "model", "torch-eager", "torch-script", "onnxruntime",
         "torch-cuda"}`` (default: all).
@@ -336,14 +327,15 @@ def run_compare(model, *, config: str = "small", model_config: str = "u280", bat
     import os
 
     from ...hw.config import get_preset
-    from ..compiler import CompileError, check_fits, compile_model
-    from ..driver import Accelerator
-    from ..golden import float_forward, golden_forward
-    from ..model_spec import ModelSpec, SpecError
-    from ..model_zoo import get_model
-    from ..synthetic import synthetic_batch
-    from ..weights import random_weights
-    from ..wire_format import RequestLayout
+    from ..compiler.compiled import CompileError
+    from ..compiler.steps import check_fits, compile_model
+    from ..model.spec import ModelSpec, SpecError
+    from ..model.synthetic import synthetic_batch
+    from ..model.weights import random_weights
+    from ..model.zoo import get_model
+    from ..reference.golden import float_forward, golden_forward
+    from ..runtime.accelerator import Accelerator
+    from ..runtime.wire_format import RequestLayout
     say = progress or (lambda msg: None)
     load_start = os.getloadavg()[0]
     spec = model if isinstance(model, ModelSpec) else get_model(model)
@@ -375,8 +367,6 @@ def run_compare(model, *, config: str = "small", model_config: str = "u280", bat
                 sim_cfg = None
             else:
                 mod_cfg = None
-    from ..cli_support import check_batch
-    check_batch(spec, None, batches[-1], flag="--batches")  # host memory, before any work
     weights = random_weights(spec, seed=seed)
     inputs = {b: synthetic_batch(spec, b, seed=seed + 2 + b) for b in batches}
     p_float = {b: float_forward(weights, *inputs[b]).astype(np.float64) for b in batches}
@@ -459,8 +449,8 @@ def run_compare(model, *, config: str = "small", model_config: str = "u280", bat
             cres = compile_model(spec, weights, mod_cfg, f"{tmp}/model", seed=seed,
                                  progress=say)
             qm = cres.qm
-            record_bytes = RequestLayout.for_config(qm, mod_cfg).record_bytes
-            km = kernel_cycle_model(spec, mod_cfg, cres.plan, record_bytes)
+            words = RequestLayout.for_config(qm, mod_cfg).words_per_record
+            km = kernel_cycles(spec, mod_cfg, cres.plan, words)
             notes.append(f"recfabric-{mod_cfg.name} model: ii {km.ii:g} cycles, single-request "
                          f"latency {km.latency1} cycles ({json.dumps(km.terms)})")
             tol = FIXED_TOL[mod_cfg.data_bits]
@@ -476,7 +466,7 @@ def run_compare(model, *, config: str = "small", model_config: str = "u280", bat
                     row(f"recfabric-{mod_cfg.name} model", b, cycles / mod_cfg.clock_mhz * 1e-6,
                         "modelled", err, ok and exact, golden_exact=exact, cycles=round(cycles),
                         clock_mhz=mod_cfg.clock_mhz, clock="assumed",
-                        method="kernel_cycle_model; scores from the reference backend")
+                        method="kernel_batch_cycles; scores from the reference backend")
         # -- CPU / GPU frameworks, measured
         plats = _cpu_platforms(weights, spec, want, threads)
         for missing in sorted((want - {"sim", "model"}) - set(plats)):
@@ -624,53 +614,3 @@ def plot_rows(result: dict, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-# ---- command line -------------------------------------------------------------------------------
-
-def _cmd(args):
-    from ..cli_support import progress_for
-    batches = parse_batches(args.batches)
-    plats = None if not args.platforms else {p.strip() for p in args.platforms.split(",")}
-    prog = progress_for(args)
-    result = run_compare(args.model, config=None if args.config == "none" else args.config,
-                         model_config=None if args.model_config == "none" else args.model_config,
-                         batches=batches, sim_max_batch=args.sim_max_batch, platforms=plats,
-                         seed=args.seed, threads=args.threads or None, timer=args.timer,
-                         progress=prog)
-    if args.plot:
-        plot_rows(result, args.plot)
-        result["plot"] = args.plot
-    if args.json:
-        print(json.dumps(result, indent=1))
-    else:
-        print(format_table(result))
-        if args.plot:
-            print(f"plot written to {args.plot}")
-    return 0 if all(r["scores_ok"] for r in result["rows"]) else 1
-
-
-def register(subparsers):
-    s = subparsers.add_parser(
-        "compare", help="the model on the accelerator (simulated/modelled) vs PyTorch, ONNX "
-                        "Runtime (and CUDA) per batch size")
-    s.add_argument("model", help="zoo name or .json spec file")
-    s.add_argument("--config", default="small",
-                   help="configuration simulated with the sim backend (default small; none: skip)")
-    s.add_argument("--model-config", default="u280",
-                   help="configuration of the cycle-model rows (default u280; none: skip)")
-    s.add_argument("--batches", default="1,2,4,8,16,64,256,1024,4096",
-                   help="comma-separated batch sizes")
-    s.add_argument("--sim-max-batch", type=int, default=16,
-                   help="largest batch simulated; larger ones are extrapolated (default 16)")
-    s.add_argument("--platforms", default="",
-                   help="subset: sim,model,torch-eager,torch-script,onnxruntime,torch-cuda")
-    s.add_argument("--threads", type=int, default=1,
-                   help="CPU framework intra-op threads (default 1; 0: framework default)")
-    s.add_argument("--timer", choices=("wall", "cpu"), default="wall",
-                   help="CPU rows: wall time (default) or process CPU time per call (for a "
-                        "shared machine; equal on an idle one with --threads 1)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--plot", metavar="FILE.png", help="write latency/throughput plots")
-    s.add_argument("--json", action="store_true", help="machine-readable output")
-    s.set_defaults(func=_cmd)

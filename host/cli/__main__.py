@@ -1,0 +1,7 @@
+"""``python -m recfabric.host.cli``: the ``recfabric`` command."""
+
+import sys
+
+from .main import main
+
+sys.exit(main())
