@@ -173,10 +173,12 @@ class LookupUnitHarness(_Harness):
             lambda m, port, bus: {"arlen": port.arlen + 1}),
     }
 
+    IN_TABLE = True
+
     def build(self, m):
         dut = EmbeddingLookupUnit(
             data_bits=8, max_dim=8, data_width=32, addr_width=ADDR_WIDTH, id_width=2,
-            max_outstanding=2, tag_bits=1, slot_bits=1, n_desc=2, row_bits=4, stride_bits=8,
+            max_outstanding=2, tag_bits=1, slot_bits=1, n_desc=2, row_bits=2, stride_bits=8,
             max_bag=2, arid=2)
         m.submodules.dut = dut
         bus = self._wire(m, dut.m_axi)
@@ -201,8 +203,9 @@ class LookupUnitHarness(_Harness):
                     m.d.sync += t.eq(w.desc)
         end = bus.araddr + ((bus.arlen + 1) << 2)
         inside = [(bus.araddr >= t.base) & (end <= t.base + t.rows * t.stride) for t in tables]
-        with m.If(bus.arvalid):
-            p.check("lookup.in_table", sum(inside) != 0)
+        if self.IN_TABLE:
+            with m.If(bus.arvalid):
+                p.check("lookup.in_table", sum(inside) != 0)
 
 
 class RecordFetchHarness(_Harness):

@@ -14,6 +14,7 @@ import fcntl
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -148,17 +149,18 @@ def property_name(src: str) -> str:
     return m.group(1) if m else src
 
 
-def _sby_text(mode, depth, top):
+def _sby_text(mode, depth, top, solver):
     return "\n".join([
         "[options]", f"mode {mode}", f"depth {depth}", "multiclock off", "",
-        "[engines]", "smtbmc boolector", "",
+        "[engines]", f"smtbmc {solver}", "",
         "[script]", f"read_rtlil {top}.il", f"prep -top {top}", "",
         "[files]", f"{top}.il", "",
     ])
 
 
 def run_sby(design, *, name: str, mode: str = "bmc", depth: int = 30,
-            workdir: Path | None = None, timeout: float = 1800) -> FormalResult:
+            workdir: Path | None = None, timeout: float = 1800,
+            solver: str = "boolector") -> FormalResult:
     """Check ``design`` (an Amaranth elaboratable with properties and no ports but the clock).
 
     Parameters
@@ -188,7 +190,7 @@ def run_sby(design, *, name: str, mode: str = "bmc", depth: int = 30,
     top = "top"
     (workdir / f"{top}.il").write_text(rtlil.convert(design, name=top, ports=[]))
     sby_file = workdir / f"{name}.sby"
-    sby_file.write_text(_sby_text(mode, depth, top))
+    sby_file.write_text(_sby_text(mode, depth, top, solver))
 
     shims = workdir / "bin"
     shims.mkdir(exist_ok=True)
@@ -202,14 +204,20 @@ def run_sby(design, *, name: str, mode: str = "bmc", depth: int = 30,
 
     job = workdir / name
     start = time.monotonic()
+    # A new session, so that a timeout ends sby's solver processes too (they are grandchildren).
+    proc = subprocess.Popen([tools["sby"], "-f", sby_file.name, "-d", job.name], cwd=workdir,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     try:
-        proc = subprocess.run([tools["sby"], "-f", str(sby_file.name), "-d", str(job.name)],
-                              cwd=workdir, env=env, capture_output=True, text=True,
-                              timeout=timeout)
-        log = proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired as e:
-        log = ((e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes)
-               else (e.stdout or "")) + f"\nrecfabric: timed out after {timeout} s\n"
+        log, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        log, _ = proc.communicate()
+        log += f"\nrecfabric: timed out after {timeout} s\n"
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait()
+        raise
     seconds = time.monotonic() - start
     return _parse(log, name=name, mode=mode, depth=depth, seconds=seconds, workdir=job)
 
