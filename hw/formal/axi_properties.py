@@ -32,8 +32,18 @@ carry (see :class:`PropertyWriter`).
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Assert, Assume, Cat, Cover, Elaboratable, Module, Mux, ResetSignal
-from amaranth.hdl import Signal
+from amaranth.hdl import (
+    Array,
+    Assert,
+    Assume,
+    Cat,
+    Cover,
+    Elaboratable,
+    Module,
+    Mux,
+    ResetSignal,
+    Signal,
+)
 
 from ..axi4 import AXIBurst, AXIResp
 
