@@ -205,6 +205,9 @@ class AXI4ReadChecker(Elaboratable):
         ``ARADDR`` is a multiple of the beat size.
     cover_len : int or None
         Cover a complete burst of ``cover_len + 1`` beats (default ``max_len``).
+    cover_outstanding : int or None
+        Cover this many bursts in flight (default ``max_outstanding``; less where the bound
+        asserted is not tight).
 
     Attributes
     ----------
@@ -215,12 +218,15 @@ class AXI4ReadChecker(Elaboratable):
     """
 
     def __init__(self, bus, *, dut="master", max_outstanding, arid, max_len=255, size=None,
-                 burst=AXIBurst.INCR, fixed=None, aligned=False, cover_len=None):
+                 burst=AXIBurst.INCR, fixed=None, aligned=False, cover_len=None,
+                 cover_outstanding=None):
         if not 1 <= max_outstanding <= 1024:
             raise ValueError(f"max_outstanding must be in 1..1024, not {max_outstanding}")
         if not 0 <= max_len <= 255:
             raise ValueError(f"max_len must be in 0..255, not {max_len}")
         self.bus, self.dut, self.max_outstanding, self.arid = bus, dut, max_outstanding, arid
+        self.cover_outstanding = (max_outstanding if cover_outstanding is None
+                                  else cover_outstanding)
         self.max_len = max_len
         self.cover_len = max_len if cover_len is None else cover_len
         self._ar = _AddressChannelRules(max_len=max_len, burst=burst, size=size,
@@ -262,7 +268,7 @@ class AXI4ReadChecker(Elaboratable):
 
         p.cover("cover.read_burst", self.r_end & (q.head == self.cover_len))
         p.cover("cover.read_error", self.r_end & bus.rresp[1])
-        p.cover("cover.read_outstanding_max", q.count == self.max_outstanding)
+        p.cover("cover.read_outstanding_max", q.count == self.cover_outstanding)
         return m
 
 
