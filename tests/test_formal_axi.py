@@ -1,8 +1,9 @@
 """Formal AXI protocol proofs (hw/formal) with SymbiYosys.
 
-Default suite: the AXI4-Lite control slave to BMC depth 30, covers, every injected bug caught, and
-the runner's own checks. Slow: the AXI4 masters' BMC at their default depths and covers (the
-solver's time grows steeply with depth there; the README gives the measured figures).
+Default suite: the AXI4-Lite control slave to BMC depth 30, every block's covers (but the 16-beat
+program fetch's), every injected bug caught, and the runner's own checks. Slow: the AXI4 masters'
+BMC at their default depths (the solver's time grows steeply with depth there; the README gives
+the measured figures) and the program fetch's covers.
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def test_injected_bug_is_caught(warm, tmp_path, block, mutation):
     mut = BLOCKS[block].mutations[mutation]
     r = _run(block, "bmc", tmp_path, mutation=mutation)
     assert r.status == "FAIL", f"{mutation} ({mut.description}) not caught:\n{r.summary()}"
-    assert mut.expect in {name for name, _ in r.failed}, r.summary()
+    assert set(mut.expect) & {name for name, _ in r.failed}, r.summary()
     assert r.traces and r.traces[0].exists()
 
 
@@ -141,8 +142,8 @@ def test_master_bmc(warm, tmp_path, block):
 
 
 @needs_tools
-@pytest.mark.slow
-@pytest.mark.parametrize("block", MASTERS)
+@pytest.mark.parametrize("block", [
+    pytest.param(b, marks=pytest.mark.slow) if b == "program_fetch" else b for b in MASTERS])
 def test_master_covers(warm, tmp_path, block):
     r = _run(block, "cover", tmp_path)
     assert r.status == "PASS", r.summary()

@@ -27,8 +27,7 @@ def _parser():
     ap.add_argument("--block", action="append", metavar="NAME",
                     help=f"block to check (repeatable; default all): {', '.join(BLOCKS)}")
     ap.add_argument("--mode", action="append", choices=MODES,
-                    help="bmc, cover and/or prove (default: bmc and cover; prove where the "
-                         "block lists an induction length)")
+                    help="bmc, cover and/or prove (k-induction; default: bmc and cover)")
     ap.add_argument("--depth", type=int, help="steps for every job (default: the block's own)")
     ap.add_argument("--mutation", metavar="NAME",
                     help="inject a protocol bug (with one --block); the BMC must then FAIL")
@@ -75,10 +74,10 @@ def main(argv=None) -> int:
         if args.mutation is not None:
             modes = ["bmc"]
         else:
-            modes = args.mode or (["bmc", "cover"] + (["prove"] if b.prove_depth else []))
+            modes = args.mode or ["bmc", "cover"]
         for mode in modes:
             depth = args.depth or {"bmc": b.depth, "cover": b.cover_depth,
-                                   "prove": b.prove_depth or b.depth}[mode]
+                                   "prove": b.depth}[mode]
             job = f"{name}_{mode}" + (f"_{args.mutation}" if args.mutation else "")
             r = run_sby(build_harness(name, args.mutation), name=job, mode=mode, depth=depth,
                         workdir=args.out / job)

@@ -90,15 +90,15 @@ class Mutation:
     Attributes
     ----------
     description : str
-    expect : str
-        The property that must catch it.
+    expect : tuple of str
+        The properties that catch it (whichever the solver reaches first).
     overrides : callable
         ``(m, dut_port, bus) -> {member: value}``: values the bus sees instead of the block's
         outputs.
     """
 
     description: str
-    expect: str
+    expect: tuple
     overrides: Callable
 
 
@@ -171,9 +171,9 @@ class LookupUnitHarness(_Harness):
 
     mutations = {
         "arvalid_drop": Mutation("ARVALID withdrawn after one cycle without ARREADY",
-                                 "ar.valid_stable", _drop_after_wait("arvalid", "arready")),
+                                 ("ar.valid_stable",), _drop_after_wait("arvalid", "arready")),
         "arlen_plus_one": Mutation(
-            "ARLEN one beat longer than the row", "ar.max_len",
+            "ARLEN one beat longer than the row", ("ar.max_len", "ar.no_4k_crossing"),
             lambda m, port, bus: {"arlen": port.arlen + 1}),
     }
 
@@ -233,7 +233,7 @@ class RecordFetchHarness(_Harness):
 
     mutations = {
         "araddr_glitch": Mutation("ARADDR changes while ARVALID waits for ARREADY",
-                                  "ar.payload_stable",
+                                  ("ar.payload_stable",),
                                   _glitch_while_waiting("arvalid", "arready", "araddr")),
     }
 
@@ -318,10 +318,10 @@ class ResultWriterHarness(_Harness):
     """
 
     mutations = {
-        "wlast_every_beat": Mutation("WLAST on every beat of the status-block burst", "w.wlast",
+        "wlast_every_beat": Mutation("WLAST on every beat of the status-block burst", ("w.wlast",),
                                      lambda m, port, bus: {"wlast": 1}),
         "wvalid_drop": Mutation("WVALID withdrawn after one cycle without WREADY",
-                                "w.valid_stable", _drop_after_wait("wvalid", "wready")),
+                                ("w.valid_stable",), _drop_after_wait("wvalid", "wready")),
     }
     max_batch = 2
 
@@ -385,9 +385,9 @@ class ControlRegistersHarness(_Harness):
 
     mutations = {
         "bvalid_drop": Mutation("BVALID withdrawn after one cycle without BREADY",
-                                "b.valid_stable", _drop_after_wait("bvalid", "bready")),
+                                ("b.valid_stable",), _drop_after_wait("bvalid", "bready")),
         "rdata_glitch": Mutation("RDATA changes while RVALID waits for RREADY",
-                                 "r.payload_stable",
+                                 ("r.payload_stable",),
                                  _glitch_while_waiting("rvalid", "rready", "rdata")),
     }
 
@@ -409,40 +409,43 @@ class Block:
 
     Attributes
     ----------
-    make : callable
-        ``(mutation=None) -> Elaboratable``.
+    harness : type
+        The harness class.
     port : str
         The AXI port the harness checks and its role.
+    options : dict
+        Keyword arguments of the harness.
     depth : int
         Default BMC depth: 30 where the solver gets there in seconds; less where the run time
         grows steeply with depth (measured, see the README's "Formal AXI proofs").
     cover_depth : int
         Default cover bound.
-    prove_depth : int or None
-        k-induction length, for blocks where the induction closes (else None).
     """
 
-    make: Callable
+    harness: type
     port: str
+    options: dict = dataclasses.field(default_factory=dict)
     depth: int = 30
     cover_depth: int = 30
-    prove_depth: int | None = None
 
     @property
-    def mutations(self):
-        return self.make().mutations
+    def mutations(self) -> dict:
+        return self.harness.mutations
+
+    def make(self, mutation=None):
+        return self.harness(mutation, **self.options)
 
 
 #: The blocks with AXI ports, by name.
 BLOCKS = {
     "lookup_unit": Block(LookupUnitHarness, "m_axi_tables<i>: AXI4 read master", depth=14),
-    "lookup_unit_in_table": Block(
-        lambda mutation=None: LookupUnitHarness(mutation, in_table=True),
-        "m_axi_tables<i>: reads inside the described tables", depth=8, cover_depth=10),
+    "lookup_unit_in_table": Block(LookupUnitHarness,
+                                  "m_axi_tables<i>: reads inside the described tables",
+                                  {"in_table": True}, depth=8, cover_depth=10),
     "record_fetch": Block(RecordFetchHarness, "m_axi_requests: AXI4 read master", depth=14,
                           cover_depth=20),
-    "program_fetch": Block(lambda mutation=None: RecordFetchHarness(mutation, program=True),
-                           "m_axi_model: AXI4 read master", depth=14, cover_depth=24),
+    "program_fetch": Block(RecordFetchHarness, "m_axi_model: AXI4 read master",
+                           {"program": True}, depth=14, cover_depth=24),
     "result_writer": Block(ResultWriterHarness, "m_axi_results: AXI4 write master", depth=14),
     "control_registers": Block(ControlRegistersHarness, "s_axi_control: AXI4-Lite slave"),
 }
