@@ -1,9 +1,8 @@
 """Formal AXI protocol proofs (hw/formal) with SymbiYosys.
 
-Default suite: the AXI4-Lite control slave to BMC depth 30, every block's covers (but the 16-beat
-program fetch's), every injected bug caught, and the runner's own checks. Slow: the AXI4 masters'
-BMC at their default depths (the solver's time grows steeply with depth there; the README gives
-the measured figures) and the program fetch's covers.
+Default suite: the AXI4-Lite control slave to BMC depth 30, every block's covers, every injected
+bug caught, and the runner's own checks. Slow: the AXI4 masters' BMC at their default depths (the
+solver's time grows steeply with depth there; the README gives the measured figures).
 """
 
 from __future__ import annotations
@@ -142,8 +141,7 @@ def test_master_bmc(warm, tmp_path, block):
 
 
 @needs_tools
-@pytest.mark.parametrize("block", [
-    pytest.param(b, marks=pytest.mark.slow) if b == "program_fetch" else b for b in MASTERS])
+@pytest.mark.parametrize("block", MASTERS)
 def test_master_covers(warm, tmp_path, block):
     r = _run(block, "cover", tmp_path)
     assert r.status == "PASS", r.summary()

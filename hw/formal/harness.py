@@ -438,7 +438,7 @@ class Block:
 
 #: The blocks with AXI ports, by name.
 BLOCKS = {
-    "lookup_unit": Block(LookupUnitHarness, "m_axi_tables<i>: AXI4 read master", depth=14),
+    "lookup_unit": Block(LookupUnitHarness, "m_axi_tables<i>: AXI4 read master"),
     "lookup_unit_in_table": Block(LookupUnitHarness,
                                   "m_axi_tables<i>: reads inside the described tables",
                                   {"in_table": True}, depth=8, cover_depth=10),
