@@ -22,9 +22,12 @@ needs_tools = pytest.mark.skipif(
     bool(_missing), reason=f"formal tools not installed: {', '.join(_missing)} "
                            "(make install brings them with the 'formal' extra)")
 
-MUTATIONS = [(b, mut) for b, block in BLOCKS.items() for mut in block.mutations
-             if b != "lookup_unit_in_table"]
-MASTERS = [b for b in BLOCKS if b != "control_registers"]
+MASTERS = ["lookup_unit", "lookup_unit_in_table", "record_fetch", "program_fetch",
+           "result_writer"]
+#: Harnesses whose environment is relaxed beyond the block's use in the kernel (findings below).
+FINDINGS = ["record_fetch_any_base", "record_fetch_any_start"]
+MUTATIONS = [(b, mut) for b in ["lookup_unit", "record_fetch", "program_fetch", "result_writer",
+                                "control_registers"] for mut in BLOCKS[b].mutations]
 
 
 @pytest.fixture(scope="module")
@@ -158,3 +161,38 @@ def test_cli_runs_a_job_and_writes_json(warm, tmp_path, capsys):
     (res,) = json.loads(out.read_text())
     assert (res["block"], res["mode"], res["depth"], res["status"]) == \
         ("control_registers", "bmc", 8, "PASS")
+
+
+# ---- findings: the RecordFetcher's contract does not state what the kernel relies on ---------
+
+def _finding(block, tmp_path, expected_failures):
+    """Run a relaxed harness; raise AssertionError (the xfail) only for the known failure."""
+    r = _run(block, "bmc", tmp_path)
+    if r.status == "FAIL":
+        failed = {name for name, _ in r.failed}
+        if not failed & set(expected_failures):
+            raise RuntimeError(f"{block} failed differently than the known finding:\n"
+                               f"{r.summary()}")
+    elif r.status != "PASS":
+        raise RuntimeError(r.summary() + "\n" + r.log[-2000:])
+    assert r.status == "PASS", r.summary()
+
+
+@needs_tools
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "finding: RecordFetcher with a base that is not a multiple of the word size computes 0 beats "
+    "to the 4 KiB boundary and issues ARLEN=255 (-1) across it, again and again (remaining "
+    "never decreases): base=0x7ffe, 32-bit words -> ARADDR 0x7ffe ARLEN 0xff. The kernel's "
+    "buffers are 4 KiB aligned (XRT, BumpMemory), but arg_requests is a host-written register "
+    "and neither the block nor the driver rejects an unaligned one"))
+def test_finding_record_fetch_unaligned_base(warm, tmp_path):
+    _finding("record_fetch_any_base", tmp_path, ("ar.no_4k_crossing", "ar.max_len"))
+
+
+@needs_tools
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "finding: RecordFetcher.start while ARVALID waits for ARREADY clears ARVALID (withdrawn "
+    "request, AXI violation). Unreachable in RecFabricKernel, which starts a fetcher only once "
+    "all its words were consumed; the block's docstring does not state that rule"))
+def test_finding_record_fetch_start_while_busy(warm, tmp_path):
+    _finding("record_fetch_any_start", tmp_path, ("ar.valid_stable", "ar.payload_stable"))
