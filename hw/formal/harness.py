@@ -439,6 +439,9 @@ class Block:
         return self.harness.mutations
 
     def make(self, mutation=None):
+        if mutation is not None and mutation not in self.mutations:
+            raise ValueError(f"unknown mutation {mutation!r} for {self.harness.__name__}; "
+                             f"known: {', '.join(self.mutations) or 'none'}")
         return self.harness(mutation, **self.options)
 
 
