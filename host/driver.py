@@ -371,10 +371,10 @@ class Accelerator:
     def _program(self, cm, addresses) -> bytes:
         if not self.device.runs_kernel_program:
             return b"\0" * 64
-        from ..hw.kernel import RecFabricKernel  # noqa: PLC0415
+        from ..hw.kernel import kernel_for_formats  # noqa: PLC0415
         from .kernel_program import build_program  # noqa: PLC0415
         kernel = getattr(self.device, "kernel_component", None) or \
-            RecFabricKernel(self.config).silence_unused()
+            kernel_for_formats(self.config)
         return build_program(kernel, cm, addresses).image()
 
     def _buffer(self, name, size):

@@ -21,7 +21,7 @@ from recfabric.host.synthetic import synthetic_batch
 from recfabric.host.weights import random_weights
 from recfabric.host.wire_format import RequestLayout, pack_float_requests
 from recfabric.hw.config import get_preset
-from recfabric.hw.kernel import RecFabricKernel, generate_verilog
+from recfabric.hw.kernel import generate_verilog, kernel_for_formats
 from recfabric.hw.register_map import (
     KERNEL_ID,
     STATUS_BLOCK_BYTES,
@@ -42,7 +42,7 @@ def _case(tmp_path, batches, p_stall, seed=0):
     d = tmp_path / "model"
     compile_model(spec, random_weights(spec, seed=seed), cfg, d, seed=seed)
     cm = load_compiled(d)
-    kernel = RecFabricKernel(cfg).silence_unused()
+    kernel = kernel_for_formats(cfg)
     program = build_program(kernel, cm, {ch: BASE for ch in range(cfg.mem_channels)}).image()
     layout = RequestLayout.for_config(cm.quantized_model(), cfg)
     images = {"model": program.hex()}

@@ -58,6 +58,7 @@ def test_yosys_reads_the_generated_verilog(build_dir):
     assert r.returncode == 0, r.stderr[-2000:]
 
 
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 def test_bottom_mlp_configuration_is_refused_clearly():
     with pytest.raises(KernelUnsupported, match="bottom MLP"):
         RecFabricKernel(get_preset("small").replace(mlp_bottom_shapes=((4, 4),)))
