@@ -39,8 +39,10 @@ from ..hw.register_map import (
     ERROR_AXI,
     ERROR_BAD_INDEX,
     ERROR_BAD_REQUEST,
+    ERROR_NO_PROGRAM,
     KERNEL_ID,
     KERNEL_VERSION,
+    NO_ERROR_REQUEST,
     STATUS_BLOCK_BYTES,
     STATUS_REGS,
     kernel_args,
@@ -104,6 +106,10 @@ class Device(abc.ABC):
     def kernel_hash(self) -> int:
         """The running kernel's configuration hash."""
         return self.config.config_hash
+
+    def reset(self) -> None:
+        """Reset the kernel (``ap_rst_n``): every block, and the kernel program, is cleared."""
+        raise DeviceError(f"the {type(self).__name__} backend cannot reset its kernel")
 
     def attach_model(self, compiled: CompiledModel) -> None:  # noqa: B027 - optional hook
         """Hook for backends that need the model on the host side (the reference model)."""
@@ -216,7 +222,7 @@ class ReferenceDevice(Device):
         self.write(res, results)
         status = {n: 0 for n in STATUS_REGS}
         status.update(id=KERNEL_ID, version=KERNEL_VERSION, config_hash=self.config.config_hash,
-                      requests_done=batch,
+                      requests_done=batch, first_error_request=NO_ERROR_REQUEST,
                       lookups_issued=int(sum(b.lengths.sum() for b in sparse)))
         # No hardware, no cycles: the cycle counter stays 0 on this backend.
         block = np.array([status[n] for n in sorted(STATUS_REGS, key=STATUS_REGS.get)],
@@ -309,7 +315,10 @@ def decode_errors(errors: int) -> list[str]:
     if errors & ERROR_AXI:
         names.append("AXI error response")
     if errors & ERROR_BAD_REQUEST:
-        names.append("bad request record or kernel program")
+        names.append("bad bag length in a request record")
+    if errors & ERROR_NO_PROGRAM:
+        names.append("no valid kernel program (the kernel was reset or the load failed): "
+                     "load the model again")
     return names
 
 
@@ -377,6 +386,12 @@ class Accelerator:
             kernel_for_formats(self.config)
         return build_program(kernel, cm, addresses).image()
 
+    def reset(self) -> None:
+        """Reset the kernel (after a timeout, for instance); the model loaded before is loaded
+        into the kernel again by the next run (a reset erases the kernel program)."""
+        self.device.reset()
+        self._needs_load = self.model is not None
+
     def _buffer(self, name, size):
         buf = self._buffers.get(name)
         if buf is None or buf.size < size:
@@ -413,7 +428,8 @@ class Accelerator:
         self._counters = counters
         if counters["errors"]:
             raise KernelError("kernel reported: " + "; ".join(decode_errors(counters["errors"]))
-                              + f" (first offending request tag {counters['first_error_request']})")
+                              + f" (first offending request: index "
+                                f"{counters['first_error_request']} of the batch)")
         scores, _ = unpack_results(lay, out[:res_bytes], batch)
         return InferenceResult(scores, counters)
 

@@ -227,11 +227,11 @@ class RecFabricKernel(wiring.Component):
         The kernel holds a valid program from the end of a LOAD whose header had the magic and
         whose reads were all answered OKAY, until reset or the next LOAD. A run without one
         processes no request: its batch is taken as 0 (results untouched, the status block is
-        written) and ``ERROR_NO_PROGRAM`` is set.
+        written at its place) and ``ERROR_NO_PROGRAM`` is set.
         """
         ctrl = self.ctrl
-        run = SimpleNamespace(start_batch=Signal(), batch=Signal(32), no_program=Signal(),
-                              model_axi_error=Signal())
+        run = SimpleNamespace(start_batch=Signal(), batch=Signal(32), skip=Signal(),
+                              no_program=Signal(), model_axi_error=Signal())
         program_valid = Signal()  # reset: no program
         prog_words = Signal(32)
         word = self.model_fetch.o_word
@@ -284,7 +284,8 @@ class RecFabricKernel(wiring.Component):
             with m.State("RUNNING"):
                 with m.If(self.writer.done):
                     m.next = "IDLE"
-        m.d.comb += run.batch.eq(Mux(program_valid, ctrl.arg_batch, 0))
+        m.d.comb += [run.batch.eq(Mux(program_valid, ctrl.arg_batch, 0)),
+                     run.skip.eq(~program_valid)]
         return run
 
     def _connect_datapath(self, m, run, flag_fifo):
@@ -295,7 +296,7 @@ class RecFabricKernel(wiring.Component):
             self.fetch.batch.eq(run.batch),
             self.parser.start.eq(run.start_batch), self.parser.batch.eq(run.batch),
             self.writer.start.eq(run.start_batch), self.writer.base.eq(ctrl.arg_results),
-            self.writer.batch.eq(run.batch),
+            self.writer.batch.eq(ctrl.arg_batch), self.writer.skip.eq(run.skip),
             ctrl.done.eq(self.writer.done), ctrl.freeze.eq(self.writer.snapshot),
         ]
         words_per_record = Signal(16)

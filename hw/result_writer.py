@@ -59,11 +59,14 @@ class ResultWriter(wiring.Component):
     m_axi : Out(AXI4Signature(write only))
     i_result : In(stream.Signature(ResultLayout()))
     start : In(1)
-        Pulse: begin a run (``base`` and ``batch`` are sampled).
+        Pulse: begin a run (``base``, ``batch`` and ``skip`` are sampled).
     base : In(64)
         Results buffer address.
     batch : In(32)
-        Requests in the run.
+        Requests in the run (the status block follows their records).
+    skip : In(1)
+        The run processes no request: write no record, only the status block (at its place
+        after ``batch`` records).
     status : In(ArrayLayout(32, len(STATUS_WORDS)))
         Status register values, sampled when the last record is answered.
     snapshot : Out(1)
@@ -94,7 +97,7 @@ class ResultWriter(wiring.Component):
             "m_axi": Out(AXI4Signature(addr_width=addr_width, data_width=data_width,
                                        id_width=id_width, read=False, write=True)),
             "i_result": In(stream.Signature(ResultLayout())),
-            "start": In(1), "base": In(64), "batch": In(32),
+            "start": In(1), "base": In(64), "batch": In(32), "skip": In(1),
             "status": In(data.ArrayLayout(32, len(STATUS_WORDS))),
             "snapshot": Out(1), "done": Out(1), "written": Out(32), "axi_error": Out(1),
             "first_error": Out(32, init=NO_ERROR_REQUEST), "stall": Out(32),
@@ -108,7 +111,8 @@ class ResultWriter(wiring.Component):
         status_beats = (STATUS_BLOCK_BYTES + word_bytes - 1) // word_bytes
 
         base = Signal(64)
-        batch = Signal(32)
+        batch = Signal(32)  # records to write
+        status_at = Signal(64)  # status block address
         issued = Signal(32)  # records whose AW was sent
         answered = Signal(32)
         inflight = Signal(range(self._max_out + 1))
@@ -121,7 +125,11 @@ class ResultWriter(wiring.Component):
             bus.bready.eq(1), self.written.eq(answered),
         ]
         with m.If(self.start):
-            m.d.sync += [base.eq(self.base), batch.eq(self.batch), issued.eq(0),
+            m.d.sync += [base.eq(self.base), batch.eq(Mux(self.skip, 0, self.batch)),
+                         status_at.eq(self.base + (self.batch * word_bytes + STATUS_BLOCK_BYTES
+                                                   - 1) // STATUS_BLOCK_BYTES
+                                      * STATUS_BLOCK_BYTES),
+                         issued.eq(0),
                          answered.eq(0), self.axi_error.eq(0), self.stall.eq(0),
                          self.first_error.eq(NO_ERROR_REQUEST)]
 
@@ -180,8 +188,7 @@ class ResultWriter(wiring.Component):
             with m.State("STATUS_AW"):
                 m.d.sync += [
                     aw_pending.eq(1),
-                    bus.awaddr.eq(base + ((batch * word_bytes + STATUS_BLOCK_BYTES - 1)
-                                          // STATUS_BLOCK_BYTES * STATUS_BLOCK_BYTES)),
+                    bus.awaddr.eq(status_at),
                     bus.awlen.eq(status_beats - 1),
                 ]
                 m.next = "STATUS_W"

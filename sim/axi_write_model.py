@@ -80,10 +80,17 @@ class AXIWriteModel:
             ctx.set(bus.bvalid, b_valid)
             ctx.set(bus.bresp, responses[0][1] if b_valid else 0)
             ctx.set(bus.bid, 0)
-            (_, _, awvalid, awaddr, awlen, awsize, awburst, wvalid, wdata, wstrb, wlast,
+            (_, rst, awvalid, awaddr, awlen, awsize, awburst, wvalid, wdata, wstrb, wlast,
              bready) = await ctx.tick().sample(
                 bus.awvalid, bus.awaddr, bus.awlen, bus.awsize, bus.awburst,
                 bus.wvalid, bus.wdata, bus.wstrb, bus.wlast, bus.bready)
+            if rst:  # the master was reset: its transfers in flight are gone
+                bursts.clear()
+                responses.clear()
+                held_aw = held_w = None
+                beat_in_burst = 0
+                cycle += 1
+                continue
             aw = (awaddr, awlen, awsize, awburst)
             if held_aw is not None and (not awvalid or aw != held_aw):
                 raise AXIProtocolError(f"cycle {cycle}: AW dropped or changed before awready")
