@@ -52,19 +52,30 @@ def _sim(**kw):
     return Accelerator.open("sim", "tiny", **kw)
 
 
+def _cartesian_spec():
+    # f2 and f3 are small one-hot tables: the planner merges them into one Cartesian table.
+    return _spec("cartesian", dense=2, bags=(1, 3, 1, 1), dims=(4, 8, 4, 4), rows=(16, 32, 8, 6))
+
+
 def test_model_switch_without_reset_is_exact(tmp_path):
-    """No-dense model, then a dense model (flags=LOAD, no reset), then a further batch: exact,
-    no hang. The dense part's tag must follow the requests' tags across runs and models."""
-    a_spec, b_spec = _spec("nodense", dense=0), _spec("dense", dense=2)
-    (da, ca), (db, cb) = _compile(tmp_path, a_spec, 1), _compile(tmp_path, b_spec, 2)
+    """No-dense model, then a dense model (flags=LOAD, no reset), then a further batch, then
+    random switches among three models (one with a Cartesian pair): every score exact, no hang.
+    The dense part's tag must follow the requests' tags across runs and models."""
+    specs = [_spec("nodense", dense=0), _spec("dense", dense=2), _cartesian_spec()]
+    models = [_compile(tmp_path, spec, seed) for seed, spec in enumerate(specs, 1)]
+    rng = np.random.default_rng(9)
+    plan = [(0, 3), (1, 5), (None, 6)] + [(int(rng.integers(3)), int(rng.integers(1, 7)))
+                                          for _ in range(4)]
+    current = None
     with _sim() as acc:
-        for d, cm, spec, batch, seed in ((da, ca, a_spec, 3, 5), (db, cb, b_spec, 5, 6),
-                                         (None, cb, b_spec, 6, 7)):
-            if d is not None:
-                acc.load(d)
-            dense, sparse = synthetic_batch(spec, batch, seed=seed)
+        for k, (which, batch) in enumerate(plan):
+            if which is not None:
+                acc.load(models[which][0])
+                current = which
+            spec, cm = specs[current], models[current][1]
+            dense, sparse = synthetic_batch(spec, batch, seed=k)
             r = acc.infer(dense, sparse)
-            assert np.array_equal(r.scores, _golden(cm, dense, sparse)), spec.name
+            assert np.array_equal(r.scores, _golden(cm, dense, sparse)), (k, spec.name)
             assert r.counters["errors"] == 0 and r.counters["requests_done"] == batch
 
 
@@ -117,11 +128,6 @@ def test_runs_without_a_valid_program_end_and_say_so(tmp_path):
         assert st["errors"] == ERROR_NO_PROGRAM
         acc.reset()  # the driver's reset re-arms the load
         assert np.array_equal(acc.infer(dense, sparse).scores, _golden(cm, dense, sparse))
-
-
-def _cartesian_spec():
-    # f2 and f3 are small one-hot tables: the planner merges them into one Cartesian table.
-    return _spec("cartesian", dense=2, bags=(1, 3, 1, 1), dims=(4, 8, 4, 4), rows=(16, 32, 8, 6))
 
 
 def test_bad_records_report_their_own_cause(tmp_path):
