@@ -55,7 +55,7 @@ from .stream_types import RequestFlagsLayout
 
 __all__ = ["Target", "PROGRAM_MAGIC", "MODEL_DATA_WIDTH", "FLAG_LOAD", "RecFabricKernel",
            "RequestAssembler", "vitis_kernel", "generate_verilog", "KernelUnsupported",
-           "kernel_for_formats"]
+           "kernel_for_formats", "master_data_widths"]
 
 #: First 32 bits of a kernel program's header word ("RFpg").
 PROGRAM_MAGIC = 0x67704652
@@ -63,6 +63,15 @@ PROGRAM_MAGIC = 0x67704652
 MODEL_DATA_WIDTH = 512
 #: ``flags`` argument bit 0: execute the kernel program before the batch.
 FLAG_LOAD = 1
+
+
+def master_data_widths(config: AcceleratorConfig) -> dict:
+    """Data width of each AXI master bundle (``requests``, ``results``, ``model``,
+    ``tables<i>``): the kernel's ports and the Vitis kernel.xml both come from here."""
+    widths = {"requests": config.mem_data_width, "results": config.mem_data_width,
+              "model": MODEL_DATA_WIDTH}
+    widths.update({f"tables{i}": config.mem_data_width for i in range(config.mem_channels)})
+    return widths
 
 
 class KernelUnsupported(ValueError):
@@ -150,20 +159,21 @@ class RecFabricKernel(wiring.Component):
                 "configuration without mlp_bottom_shapes")
         self.config = c = config
         self.args = kernel_args(c.mem_channels)
+        widths = master_data_widths(c)
         mk = dict(addr_width=c.mem_addr_width, id_width=1)
         members = {
             "s_axi_control": In(AXI4LiteSignature(addr_width=12)),
             "interrupt": Out(1),
-            "m_axi_requests": Out(AXI4Signature(data_width=c.mem_data_width, read=True,
+            "m_axi_requests": Out(AXI4Signature(data_width=widths["requests"], read=True,
                                                 write=False, **mk)),
-            "m_axi_results": Out(AXI4Signature(data_width=c.mem_data_width, read=False,
+            "m_axi_results": Out(AXI4Signature(data_width=widths["results"], read=False,
                                                write=True, **mk)),
-            "m_axi_model": Out(AXI4Signature(data_width=MODEL_DATA_WIDTH, read=True,
+            "m_axi_model": Out(AXI4Signature(data_width=widths["model"], read=True,
                                              write=False, **mk)),
         }
         for i in range(c.mem_channels):
             members[f"m_axi_tables{i}"] = Out(AXI4Signature(
-                data_width=c.mem_data_width, addr_width=c.mem_addr_width,
+                data_width=widths[f"tables{i}"], addr_width=c.mem_addr_width,
                 id_width=c.mem_id_width, read=True, write=False))
         super().__init__(members)
         # Blocks are built here so that the host can ask them for their load formats.

@@ -1,5 +1,6 @@
 """`recfabric build`: Verilog with Vitis port names, kernel.xml, connectivity, Yosys reads it."""
 
+import re
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
@@ -36,6 +37,20 @@ def test_vitis_files_describe_the_kernel(build_dir):
     assert "freqHz=250000000" in cfg_text
     xdc = (build_dir / "u55c.xdc").read_text()
     assert "-period 4.000" in xdc
+
+
+def test_kernel_xml_port_widths_are_the_verilog_ports(build_dir):
+    """Every master's dataWidth in kernel.xml is the width of its data port in the Verilog."""
+    text = (build_dir / "recfabric_kernel.v").read_text()
+    verilog = {m["bundle"]: int(m["msb"]) + 1 for m in re.finditer(
+        r"^\s*(?:input|output)\s+(?:reg\s+)?\[(?P<msb>\d+):0\]\s+"
+        r"m_axi_(?P<bundle>[a-z0-9]+)_(?:rdata|wdata)\s*;", text, re.MULTILINE)}
+    k = ET.parse(build_dir / "kernel.xml").getroot().find("kernel")
+    xml = {p.get("name")[len("m_axi_"):]: int(p.get("dataWidth")) for p in k.find("ports")
+           if p.get("name").startswith("m_axi_")}
+    assert set(verilog) == set(xml) == {"requests", "results", "model", "tables0", "tables1"}
+    assert xml == verilog
+    assert xml["model"] == 512 and xml["tables0"] == get_preset("tiny").mem_data_width
 
 
 def test_verilog_has_vitis_port_names(build_dir):
