@@ -35,7 +35,7 @@ from amaranth.hdl import Const
 
 from ..hw.concat_stage import concat_desc_words
 from ..hw.kernel import MODEL_DATA_WIDTH, PROGRAM_MAGIC, KernelUnsupported, Target
-from ..hw.mlp_engine import mlp_load_words
+from ..hw.mlp import mlp_load_words
 from ..hw.request_reader import parser_param_words
 from .golden import QLayer
 from .wire_format import RequestLayout

@@ -37,8 +37,13 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .mlp_engine import MLPInputLayout
-from .stream_types import DenseLayout, LookupErrorCause, PooledVectorLayout, RequestFlagsLayout
+from .stream_types import (
+    DenseLayout,
+    LookupErrorCause,
+    MLPInputLayout,
+    PooledVectorLayout,
+    RequestFlagsLayout,
+)
 
 __all__ = ["ConcatStage", "ConcatDescLayout", "concat_desc_words"]
 

@@ -68,7 +68,7 @@ class AcceleratorConfig:
     mlp_top_shapes, mlp_bottom_shapes : tuple of (rows, cols)
         Systolic array of each layer engine of the top / bottom MLP (rows = outputs computed
         in parallel, cols = inputs consumed per cycle). An engine's cols equal the previous
-        engine's rows (:class:`~recfabric.hw.mlp_engine.MLPPipeline`); sizing engines in
+        engine's rows (:class:`~recfabric.hw.mlp.MLPPipeline`); sizing engines in
         proportion to their layers' MACs balances the pipeline's initiation interval. The
         number of engines is the layer limit (fewer layers are padded with identity layers).
     inflight : int

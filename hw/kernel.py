@@ -45,7 +45,7 @@ from .config import AcceleratorConfig
 from .control_registers import ControlRegisters
 from .embedding_lookup import EmbeddingLookupUnit
 from .lookup_dispatcher import LookupDispatcher
-from .mlp_engine import MLPPipeline
+from .mlp import MLPPipeline
 from .onchip_table import OnChipTable
 from .register_map import KERNEL_ID, KERNEL_VERSION, NO_ERROR_REQUEST, kernel_args
 from .request_reader import RecordFetcher, RecordParser
@@ -155,7 +155,7 @@ class RecFabricKernel(wiring.Component):
         if config.mlp_bottom_shapes:
             raise KernelUnsupported(
                 f"config {config.name!r}: the kernel does not instantiate a bottom MLP yet "
-                "(the engine exists: recfabric.hw.mlp_engine.MLPPipeline(sigmoid=False)); use a "
+                "(the engine exists: recfabric.hw.mlp.MLPPipeline(sigmoid=False)); use a "
                 "configuration without mlp_bottom_shapes")
         self.config = c = config
         self.args = kernel_args(c.mem_channels)

@@ -7,6 +7,7 @@ The kernel's blocks talk through ``lib.stream`` streams whose payloads are the l
     RecordParser --DenseLayout--------------------------------------------> ConcatStage
                  --FeatureIdLayout--> LookupDispatcher --LookupLayout--> lookup units
     lookup units --PooledVectorLayout--> StreamArbiter --PooledVectorLayout--> ConcatStage
+    ConcatStage  --MLPInputLayout--> MLPPipeline
     ConcatStage  --RequestFlagsLayout--> (flag FIFO) --> ResultWriter
 
 Table descriptors (:class:`TableDescriptorLayout`, :class:`DescriptorWriteLayout`) are the
@@ -21,7 +22,8 @@ from amaranth.lib import data, enum
 
 __all__ = [
     "index_bits", "LookupKind", "LookupErrorCause", "LookupLayout", "PooledVectorLayout",
-    "DenseLayout", "RequestFlagsLayout", "TableDescriptorLayout", "DescriptorWriteLayout",
+    "DenseLayout", "RequestFlagsLayout", "MLPInputLayout", "TableDescriptorLayout",
+    "DescriptorWriteLayout",
 ]
 
 
@@ -148,6 +150,21 @@ class RequestFlagsLayout(data.StructLayout):
 
     def __init__(self):
         super().__init__({"id_range": 1, "bag_range": 1, "memory": 1})
+
+
+class MLPInputLayout(data.StructLayout):
+    """One chunk of an MLP input vector: elements ``lanes*j .. lanes*j + lanes - 1``.
+
+    Members
+    -------
+    data : ArrayLayout(signed(bits), lanes)
+    last : unsigned(1)
+        Last chunk of the request's vector.
+    """
+
+    def __init__(self, *, bits: int, lanes: int):
+        _positive(bits=bits, lanes=lanes)
+        super().__init__({"data": data.ArrayLayout(signed(bits), lanes), "last": 1})
 
 
 class TableDescriptorLayout(data.StructLayout):
