@@ -197,6 +197,9 @@ class ConcatStage(wiring.Component):
                    max_dense=max(1, cfg.max_dense, cfg.max_width), inflight=cfg.inflight)
 
     def elaborate(self, platform):
+        # One function on purpose (~150 lines): the descriptor registers, the per-tag buffer, the
+        # pooled and dense writers and the reader share the per-tag state (slot counts, dense
+        # flags, request flags) and the lanes' write ports; the sections below are marked.
         m = Module()
         C, T = self.lanes, self.inflight
 

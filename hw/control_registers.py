@@ -95,6 +95,8 @@ class ControlRegisters(wiring.Component):
         return list(self._args)
 
     def elaborate(self, platform):
+        # One function on purpose (~100 lines): run control and the AXI4-Lite slave read and write
+        # the same registers (ap_start/ap_done/ISR); splitting them would pass most of them around.
         m = Module()
         bus = self.s_axi
 

@@ -390,6 +390,8 @@ class EmbeddingLookupUnit(wiring.Component):
         return cls(**args)
 
     def elaborate(self, platform):
+        # One function on purpose (~90 lines): a two-stage pipeline (descriptor + bounds, then the
+        # AR issue) whose stages hand over registers to each other and to the pooler's FIFO.
         m = Module()
         bb_log2 = (self.beat_bytes - 1).bit_length()
         ax = self.m_axi

@@ -128,6 +128,8 @@ class OnChipTable(wiring.Component):
         return cls(**args)
 
     def elaborate(self, platform):
+        # One function on purpose (~85 lines): the same two-stage pipeline as the memory lookup
+        # unit's, with the RAM read port in place of the AXI read.
         m = Module()
         epw = self.elems_per_word
 

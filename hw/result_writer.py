@@ -104,6 +104,8 @@ class ResultWriter(wiring.Component):
         })
 
     def elaborate(self, platform):
+        # One function on purpose (~115 lines): the record and status-block phases share the AW/W
+        # holding registers and the in-flight count of one AXI write channel.
         m = Module()
         bus = self.m_axi
         word_bytes = self._dw // 8

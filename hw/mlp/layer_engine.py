@@ -110,6 +110,9 @@ class LayerEngine(wiring.Component):
         return 1 + self.cols + (self.rows - 1) + 3 + ROW_END_LATENCY
 
     def elaborate(self, platform):
+        # One function on purpose (~125 lines): the tile sequencer, the weight/bias memories, the
+        # array and the row-end requantizers are timed against each other (ROW_END_LATENCY); the
+        # pipeline alignment is easier to check when it is read in one place.
         m = Module()
         R, C = self.rows, self.cols
         bank_bits = _bits_for(self.banks)
