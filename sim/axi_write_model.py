@@ -7,6 +7,12 @@ injected SLVERR), and raises :class:`~recfabric.sim.hbm_model.AXIProtocolError` 
 dropped or payload changed before the handshake, a non-INCR burst, ``awsize`` other than the
 bus width, an unaligned address, a burst crossing 4 KiB, ``wlast`` on the wrong beat, a write
 outside the backing memory.
+
+Why a model of our own rather than cocotbext-axi's AxiRamWrite: cocotbext-axi runs only under
+cocotb, driving a Verilog simulator (Icarus, Verilator) through cocotb's scheduler; it cannot be
+attached to Amaranth's Python simulator, where the block tests and the driver's ``sim`` backend run
+(the ResultWriter block tests and the kernel behind the ``sim`` backend; a reset of the master
+clears the writes in flight). The Verilog-level tests (``tests/cocotb/``) use cocotbext-axi itself.
 """
 
 from __future__ import annotations
