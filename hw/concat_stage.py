@@ -253,10 +253,13 @@ class ConcatStage(wiring.Component):
 
         slot_cnt = Array(Signal(range(self.max_slots + 1), name=f"slots{t}") for t in range(T))
         dense_done = Array(Signal(name=f"dense_done{t}") for t in range(T))
-        flags = Array(Signal(RequestFlagsLayout(), name=f"flags{t}") for t in range(T))
+        # Request flags, one bit per tag and flag (flat vectors: the read below is then a
+        # continuous shift, which Icarus evaluates at time 0, unlike an `always @*` case).
+        flag_bits = {name: Signal(T, name=f"{name}_by_tag") for name in ("id_range", "bag_range",
+                                                                         "memory")}
         m.d.comb += self.i_bag_error.ready.eq(1)
         with m.If(self.i_bag_error.valid):
-            m.d.sync += flags[self.i_bag_error.payload.tag].bag_range.eq(1)
+            m.d.sync += flag_bits["bag_range"].bit_select(self.i_bag_error.payload.tag, 1).eq(1)
 
         # ---- pooled writer: window j of the slot's placement, one word per cycle ----
         pv = self.i_pooled.payload
@@ -279,9 +282,9 @@ class ConcatStage(wiring.Component):
                 with m.If(pv.error):
                     m.d.sync += self.error.eq(1)
                     with m.If(pv.cause == LookupErrorCause.RESP):
-                        m.d.sync += flags[pv.tag].memory.eq(1)
+                        m.d.sync += flag_bits["memory"].bit_select(pv.tag, 1).eq(1)
                     with m.Else():
-                        m.d.sync += flags[pv.tag].id_range.eq(1)
+                        m.d.sync += flag_bits["id_range"].bit_select(pv.tag, 1).eq(1)
             with m.Else():
                 m.d.sync += j.eq(j + 1)
 
@@ -338,12 +341,14 @@ class ConcatStage(wiring.Component):
             with m.If(c + 1 >= chunks):
                 m.d.comb += self.released.eq(1)
                 m.d.sync += [active.eq(0), slot_cnt[head].eq(0), dense_done[head].eq(0),
-                             flags[head].eq(0), head.eq(_wrap_inc(head, T))]
+                             head.eq(_wrap_inc(head, T))]
+                m.d.sync += [v.bit_select(head, 1).eq(0) for v in flag_bits.values()]
         with m.Elif(~active & complete & self.o_flags.ready):
             m.d.sync += [active.eq(1), c.eq(0)]
         # A complete request offers its flags; its vector follows once they are taken.
         m.d.comb += [self.o_flags.valid.eq(~active & complete),
-                     self.o_flags.payload.eq(flags[head])]
+                     *(getattr(self.o_flags.payload, name).eq(v.bit_select(head, 1))
+                       for name, v in flag_bits.items())]
         return m
 
 
