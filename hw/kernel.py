@@ -6,7 +6,8 @@
 
 ::
 
-    s_axi_control -> ControlRegisters --start--> ModelLoader (m_axi_model, when flags.LOAD)
+    s_axi_control -> ControlRegisters --start--> program loader: RecordFetcher (m_axi_model,
+                                                 when flags.LOAD)
                                                       | program words -> every block's runtime port
     m_axi_requests -> RecordFetcher -> RecordParser -> RequestAssembler -> LookupDispatcher
                                             | dense                         | lookups
