@@ -242,7 +242,8 @@ class RecFabricKernel(wiring.Component):
         """
         ctrl = self.ctrl
         run = SimpleNamespace(start_batch=Signal(), batch=Signal(32), skip=Signal(),
-                              no_program=Signal(), model_axi_error=Signal())
+                              no_program=Signal(), model_axi_error=Signal(),
+                              words_per_record=Signal(16))
         program_valid = Signal()  # reset: no program
         prog_words = Signal(32)
         word = self.model_fetch.o_word
@@ -310,7 +311,7 @@ class RecFabricKernel(wiring.Component):
             self.writer.batch.eq(ctrl.arg_batch), self.writer.skip.eq(run.skip),
             ctrl.done.eq(self.writer.done), ctrl.freeze.eq(self.writer.snapshot),
         ]
-        words_per_record = Signal(16)
+        words_per_record = run.words_per_record
         m.d.comb += self.fetch.words.eq(words_per_record)
         # Parser parameters the kernel itself needs (words per record, feature count).
         pp = self.parser.i_param
@@ -321,7 +322,6 @@ class RecFabricKernel(wiring.Component):
             with m.If(pp.payload.addr == 1):
                 m.d.sync += features.eq(pp.payload.data)
         m.d.comb += self.assembler.features.eq(features)
-        self.words_per_record = words_per_record
 
         wiring.connect(m, self.fetch.o_word, self.parser.i_word)
         wiring.connect(m, self.parser.o_id, self.assembler.i_id)
@@ -382,7 +382,7 @@ class RecFabricKernel(wiring.Component):
         with m.If(run.start_batch):
             m.d.sync += [beat.eq(0), rec.eq(0), fetch_err.eq(NO_ERROR_REQUEST)]
         with m.Elif(rd.rvalid & rd.rready):
-            with m.If(beat + 1 >= self.words_per_record):
+            with m.If(beat + 1 >= run.words_per_record):
                 m.d.sync += [beat.eq(0), rec.eq(rec + 1)]
             with m.Else():
                 m.d.sync += beat.eq(beat + 1)

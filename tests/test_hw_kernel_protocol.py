@@ -19,6 +19,7 @@ from recfabric.host.wire_format import pack_float_requests, unpack_results
 from recfabric.hw.config import get_preset
 from recfabric.hw.kernel import FLAG_LOAD
 from recfabric.hw.register_map import (
+    ERROR_AXI,
     ERROR_BAD_INDEX,
     ERROR_BAD_REQUEST,
     ERROR_NO_PROGRAM,
@@ -198,3 +199,45 @@ def test_sim_timeout_is_wall_clock_names_the_run_and_the_device_resets(tmp_path)
         r = acc.infer(dense[:4], [Bags(b.ids[:4], b.lengths[:4]) for b in sparse])
         assert np.array_equal(r.scores, _golden(cm, dense[:4], [Bags(b.ids[:4], b.lengths[:4])
                                                                 for b in sparse]))
+
+
+def test_axi_errors_flag_records_and_name_the_first_request(tmp_path):
+    """SLVERR on a table read: that request's record has MEMORY; on a result write: the
+    record's index; on the request records' read: the first record of the failed burst. Every
+    one sets ERROR_AXI and first_error_request, and the next clean run is clean again."""
+    spec = _spec("dense", dense=2)
+    d, cm = _compile(tmp_path, spec)
+    slverr = 2  # AXIResp.SLVERR
+    with _sim() as acc:
+        acc.load(d)
+        dense, sparse = synthetic_batch(spec, 6, seed=6)
+        assert np.array_equal(acc.infer(dense, sparse).scores, _golden(cm, dense, sparse))
+        lay, dev = acc.layout, acc.device
+        req = pack_float_requests(lay, dense, sparse)
+        models = dev.memory_models
+
+        table = models["tables0"]
+        n = table.stats.reads  # the next table-0 read serves request 0
+        table.error_fn = lambda addr, arid, i: slverr if i == n else None
+        out, st = _raw_run(dev, acc._buffers, req, 6)
+        table.error_fn = None
+        _, status = unpack_results(lay, out, 6, check=False)
+        assert status.tolist() == [0x09] + [0x01] * 5  # VALID | MEMORY
+        assert st["errors"] == ERROR_AXI and st["first_error_request"] == 0
+
+        writes = models["results"]
+        writes.error_writes = {writes.bursts + 3}  # the 4th record's write
+        out, st = _raw_run(dev, acc._buffers, req, 6)
+        writes.error_writes = set()
+        assert st["errors"] == ERROR_AXI and st["first_error_request"] == 3
+
+        records = models["requests"]
+        n = records.stats.reads
+        records.error_fn = lambda addr, arid, i: slverr if i == n else None
+        _, st = _raw_run(dev, acc._buffers, req, 6)
+        records.error_fn = None
+        assert st["errors"] & ERROR_AXI and st["first_error_request"] == 0
+
+        r = acc.infer(dense, sparse)
+        assert r.counters["errors"] == 0 and r.counters["first_error_request"] == NO_ERROR_REQUEST
+        assert np.array_equal(r.scores, _golden(cm, dense, sparse))
