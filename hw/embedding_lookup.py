@@ -372,8 +372,8 @@ class EmbeddingLookupUnit(wiring.Component):
         })
 
     @classmethod
-    def from_config(cls, config, **overrides) -> EmbeddingLookupUnit:
-        """Build a unit for an :class:`~recfabric.hw.config.AcceleratorConfig`.
+    def config_kwargs(cls, config, **overrides) -> dict:
+        """Constructor arguments of a unit for an :class:`~recfabric.hw.config.AcceleratorConfig`.
 
         Tags count ``config.inflight`` requests, slots ``config.max_features``, and the unit holds
         ``config.max_features`` descriptors (any placement fits); ``overrides`` replace any
@@ -387,7 +387,12 @@ class EmbeddingLookupUnit(wiring.Component):
             n_desc=config.max_features, max_bag=config.max_bag,
             row_bits=32, stride_bits=16)
         args.update(overrides)
-        return cls(**args)
+        return args
+
+    @classmethod
+    def from_config(cls, config, **overrides) -> EmbeddingLookupUnit:
+        """``cls(**cls.config_kwargs(config, **overrides))``."""
+        return cls(**cls.config_kwargs(config, **overrides))
 
     def elaborate(self, platform):
         # One function on purpose (~90 lines): a two-stage pipeline (descriptor + bounds, then the

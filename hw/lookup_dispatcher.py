@@ -143,15 +143,21 @@ class LookupDispatcher(wiring.Component):
         })
 
     @classmethod
-    def from_config(cls, config, **overrides) -> LookupDispatcher:
-        """A dispatcher feeding ``mem_channels + onchip_units`` units of ``config``."""
+    def config_kwargs(cls, config, **overrides) -> dict:
+        """Constructor arguments of a dispatcher feeding ``mem_channels + onchip_units`` units
+        of ``config``."""
         args = dict(n_units=config.mem_channels + config.onchip_units,
                     max_features=config.max_features, max_bag=config.max_bag,
                     tag_bits=index_bits(config.inflight),
                     slot_bits=index_bits(config.max_features),
                     desc_bits=index_bits(config.max_features), id_bits=32)
         args.update(overrides)
-        return cls(**args)
+        return args
+
+    @classmethod
+    def from_config(cls, config, **overrides) -> LookupDispatcher:
+        """``cls(**cls.config_kwargs(config, **overrides))``."""
+        return cls(**cls.config_kwargs(config, **overrides))
 
     def elaborate(self, platform):
         m = Module()

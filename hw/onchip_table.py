@@ -115,9 +115,10 @@ class OnChipTable(wiring.Component):
         })
 
     @classmethod
-    def from_config(cls, config, **overrides) -> OnChipTable:
-        """An on-chip table unit of ``config.onchip_bytes`` in ``config.mem_data_width``-bit
-        words (tags: ``config.inflight``; slots and descriptors: ``config.max_features``)."""
+    def config_kwargs(cls, config, **overrides) -> dict:
+        """Constructor arguments of an on-chip table unit of ``config.onchip_bytes`` in
+        ``config.mem_data_width``-bit words (tags: ``config.inflight``; slots and descriptors:
+        ``config.max_features``)."""
         word = config.mem_data_width
         args = dict(data_bits=config.data_bits, max_dim=config.max_dim, word_bits=word,
                     depth=max(1, config.onchip_bytes * 8 // word),
@@ -125,7 +126,12 @@ class OnChipTable(wiring.Component):
                     slot_bits=index_bits(config.max_features), n_desc=config.max_features,
                     max_bag=config.max_bag)
         args.update(overrides)
-        return cls(**args)
+        return args
+
+    @classmethod
+    def from_config(cls, config, **overrides) -> OnChipTable:
+        """``cls(**cls.config_kwargs(config, **overrides))``."""
+        return cls(**cls.config_kwargs(config, **overrides))
 
     def elaborate(self, platform):
         # One function on purpose (~85 lines): the same two-stage pipeline as the memory lookup

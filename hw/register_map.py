@@ -39,8 +39,10 @@ CONTROL_RANGE = 0x1000
 
 #: ASCII "RFab" read from the ID register.
 KERNEL_ID = 0x62614652
-#: Major << 16 | minor of the register map and wire format.
-KERNEL_VERSION = 0x0001_0000
+#: Major << 16 | minor of the register map and wire format. 1.1: ERROR_NO_PROGRAM, the MEMORY
+#: result flag, ``first_error_request`` as a batch index (all ones: none), ``cycles`` ending when
+#: the status block is captured.
+KERNEL_VERSION = 0x0001_0001
 
 #: Sticky error flags of the ``errors`` register (cleared by ap_start); docs/kernel.md says what
 #: the host should do about each.

@@ -1,17 +1,21 @@
 """`recfabric build`: Verilog with Vitis port names, kernel.xml, connectivity, Yosys reads it."""
 
+import gc
 import re
 import shutil
 import subprocess
+import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from amaranth.hdl import Fragment, UnusedElaboratable
 
 from recfabric.host.cli import main
 from recfabric.hw.config import get_preset
-from recfabric.hw.kernel import KernelUnsupported, RecFabricKernel
+from recfabric.hw.kernel import KernelUnsupported, RecFabricKernel, kernel_for_formats
 from recfabric.hw.register_map import kernel_args
+from recfabric.hw.stream_arbiter import StreamArbiter
 from recfabric.hw.vitis_package import kernel_name
 
 
@@ -77,3 +81,16 @@ def test_yosys_reads_the_generated_verilog(build_dir):
 def test_bottom_mlp_configuration_is_refused_clearly():
     with pytest.raises(KernelUnsupported, match="bottom MLP"):
         RecFabricKernel(get_preset("small").replace(mlp_bottom_shapes=((4, 4),)))
+
+
+def test_kernel_for_formats_builds_without_unused_warnings():
+    """The host builds a kernel only for its blocks' load formats: no UnusedElaboratable."""
+    # Amaranth reports unused elaboratables only once something was elaborated in the process.
+    Fragment.get(StreamArbiter(8, 2), None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kernel = kernel_for_formats(get_preset("tiny"))
+        assert kernel.parser.i_param.payload.shape() is not None and len(kernel.units) == 2
+        del kernel
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, UnusedElaboratable)] == []
