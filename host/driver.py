@@ -89,6 +89,8 @@ class Device(abc.ABC):
     config: AcceleratorConfig
     #: The device runs the generated kernel, which loads the model from a kernel program.
     runs_kernel_program: bool = True
+    #: Seconds a run may take when ``infer`` is given no timeout.
+    default_timeout: float = 60.0
 
     @abc.abstractmethod
     def allocate(self, name: str, size: int, bank: int | None = None) -> Buffer: ...
@@ -399,9 +401,11 @@ class Accelerator:
             self._buffers[name] = buf
         return buf
 
-    def infer(self, dense, sparse, *, timeout: float = 60.0, fixed_point: bool = False):
+    def infer(self, dense, sparse, *, timeout: float | None = None, fixed_point: bool = False):
         """Run one batch. ``dense`` is float (quantized with the model's dense format) or, with
-        ``fixed_point=True``, integers already in it; ``sparse`` a list of Bags per feature."""
+        ``fixed_point=True``, integers already in it; ``sparse`` a list of Bags per feature.
+        ``timeout``: seconds to wait for the run (default: the device's ``default_timeout``);
+        a run that takes longer raises :class:`DeviceError` naming it (then ``reset()``)."""
         if self.model is None:
             raise DeviceError("no model loaded: call load() first")
         lay = self.layout
@@ -418,7 +422,7 @@ class Accelerator:
                 "batch": batch, "flags": 1 if self._needs_load else 0}
         for ch in range(self.config.mem_channels):
             args[f"tables{ch}"] = self._buffers[f"tables{ch}"]
-        self.device.run(args, timeout)
+        self.device.run(args, self.device.default_timeout if timeout is None else timeout)
         self._needs_load = False
         out = self.device.read(obuf, total)
         block = np.frombuffer(out[status_block_offset(res_bytes):][:STATUS_BLOCK_BYTES], "<u4")

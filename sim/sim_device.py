@@ -72,12 +72,17 @@ class SimDevice(RegisterDevice):
         driver's wall-clock ``timeout``).
     progress : callable, optional
         Called as ``progress(cycles)`` every ``progress_every`` simulated cycles of a run.
+    default_timeout : float
+        Wall-clock seconds a run may take when the driver is given no timeout (the Amaranth
+        simulator runs a few hundred to a few thousand kernel cycles per second).
     """
 
     def __init__(self, config: AcceleratorConfig, *, memory_bytes: int = 64 << 20,
                  mem_latency: int = 64, p_stall: float = 0.0, seed: int = 0,
-                 max_cycles: int = 5_000_000, progress=None, progress_every: int = 20_000):
+                 max_cycles: int = 5_000_000, progress=None, progress_every: int = 20_000,
+                 default_timeout: float = 1800.0):
         self.config = config
+        self.default_timeout = default_timeout
         self.kernel_component = dut = RecFabricKernel(config)
         self._mem = _BumpMemory(memory_bytes)
         rng = random.Random(seed)
