@@ -251,9 +251,10 @@ class RecFabricKernel(wiring.Component):
         prog_words = Signal(32)
         word = self.model_fetch.o_word
         m.d.comb += self.model_fetch.batch.eq(1)
+        loading = Signal()  # the program loader's sticky error belongs to this run only then
         with m.If(ctrl.start):
             m.d.sync += [run.no_program.eq(0), run.model_axi_error.eq(0)]
-        with m.Elif(self.model_fetch.axi_error):
+        with m.Elif(loading & self.model_fetch.axi_error):
             m.d.sync += run.model_axi_error.eq(1)
         with m.FSM(name="run"):
             with m.State("IDLE"):
@@ -267,7 +268,7 @@ class RecFabricKernel(wiring.Component):
                     with m.Else():
                         m.next = "BATCH"
             with m.State("HEADER"):
-                m.d.comb += word.ready.eq(1)
+                m.d.comb += [word.ready.eq(1), loading.eq(1)]
                 with m.If(word.valid):
                     m.d.sync += prog_words.eq(word.payload[32:64])
                     with m.If(word.payload[:32] != PROGRAM_MAGIC):
@@ -275,7 +276,7 @@ class RecFabricKernel(wiring.Component):
                     with m.Else():
                         m.next = "PROGRAM_START"
             with m.State("PROGRAM_START"):
-                m.d.comb += [self.model_fetch.start.eq(1),
+                m.d.comb += [self.model_fetch.start.eq(1), loading.eq(1),
                              self.model_fetch.base.eq(ctrl.arg_model + MODEL_DATA_WIDTH // 8),
                              self.model_fetch.words.eq(prog_words)]
                 with m.If(prog_words == 0):
@@ -284,6 +285,7 @@ class RecFabricKernel(wiring.Component):
                 with m.Else():
                     m.next = "PROGRAM"
             with m.State("PROGRAM"):
+                m.d.comb += loading.eq(1)
                 self._route_program(m, word)
                 with m.If(word.valid & word.ready):
                     m.d.sync += prog_words.eq(prog_words - 1)
@@ -372,8 +374,15 @@ class RecFabricKernel(wiring.Component):
             m.d.sync += sticky.eq(0)
         with m.Elif(taken):
             m.d.sync += sticky.eq(sticky.as_value() | flags.as_value())
-        axi_err = (sticky.memory | self.fetch.axi_error | run.model_axi_error |
-                   self.model_fetch.axi_error | self.writer.axi_error)
+        # The batch's blocks clear their own sticky outputs when the batch starts (after a
+        # program load): until then they show the last run's, so they count from then on.
+        in_batch = Signal()
+        with m.If(ctrl.start):
+            m.d.sync += in_batch.eq(0)
+        with m.Elif(run.start_batch):
+            m.d.sync += in_batch.eq(1)
+        axi_err = (sticky.memory | run.model_axi_error |
+                   (in_batch & (self.fetch.axi_error | self.writer.axi_error)))
         errors = Signal(32)
         m.d.comb += errors.eq(Cat(sticky.id_range, axi_err, sticky.bag_range, run.no_program))
 
@@ -391,7 +400,8 @@ class RecFabricKernel(wiring.Component):
                 m.d.sync += beat.eq(beat + 1)
             with m.If(rd.rresp[1] & (fetch_err == NO_ERROR_REQUEST)):
                 m.d.sync += fetch_err.eq(rec)
-        first = Mux(fetch_err < self.writer.first_error, fetch_err, self.writer.first_error)
+        first = Mux(~in_batch, NO_ERROR_REQUEST,
+                    Mux(fetch_err < self.writer.first_error, fetch_err, self.writer.first_error))
 
         lookups = Signal(32)
         stall_mem = Signal(32)

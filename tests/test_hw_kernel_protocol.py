@@ -216,7 +216,8 @@ def test_sim_timeout_is_wall_clock_names_the_run_and_the_device_resets(tmp_path)
 def test_axi_errors_flag_records_and_name_the_first_request(tmp_path):
     """SLVERR on a table read: that request's record has MEMORY; on a result write: the
     record's index; on the request records' read: the first record of the failed burst. Every
-    one sets ERROR_AXI and first_error_request, and the next clean run is clean again."""
+    one sets ERROR_AXI and first_error_request. On the program read: no program is left
+    (NO_PROGRAM), and the next run does not inherit the AXI bit. A clean run is clean again."""
     spec = _spec("dense", dense=2)
     d, cm = _compile(tmp_path, spec)
     slverr = 2  # AXIResp.SLVERR
@@ -250,6 +251,17 @@ def test_axi_errors_flag_records_and_name_the_first_request(tmp_path):
         records.error_fn = None
         assert st["errors"] & ERROR_AXI and st["first_error_request"] == 0
 
+        program = models["model"]
+        n = program.stats.reads  # read n is the header, n + 1 the first program burst
+        program.error_fn = lambda addr, arid, i: slverr if i == n + 1 else None
+        _, st = _raw_run(dev, acc._buffers, req, 6, FLAG_LOAD)
+        program.error_fn = None
+        assert st["errors"] == ERROR_AXI | ERROR_NO_PROGRAM and st["requests_done"] == 0
+        assert st["first_error_request"] == NO_ERROR_REQUEST
+        _, st = _raw_run(dev, acc._buffers, req, 6)  # no program left, and no stale AXI bit
+        assert st["errors"] == ERROR_NO_PROGRAM
+
+        acc.load(d)
         r = acc.infer(dense, sparse)
         assert r.counters["errors"] == 0 and r.counters["first_error_request"] == NO_ERROR_REQUEST
         assert np.array_equal(r.scores, _golden(cm, dense, sparse))
