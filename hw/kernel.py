@@ -19,7 +19,7 @@
 
 A run: the host writes the arguments (:func:`recfabric.hw.register_map.kernel_args`) and
 ``ap_start``. With ``flags`` bit 0 (LOAD) set, the kernel first executes the *kernel program* in
-the model buffer (:mod:`recfabric.host.kernel_program` builds it): a header word, then one
+the model buffer (:mod:`recfabric.host.compiler.kernel_program` builds it): a header word, then one
 command word per runtime write, each ``target | payload << 8`` (:class:`Target`), routed to the
 block's configuration stream. Then it reads ``batch`` request records, and finishes (``ap_done``)
 once every result record and the status block are in memory.

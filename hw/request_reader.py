@@ -1,9 +1,9 @@
-"""RequestReader: fetch request records over AXI4, parse them into feature IDs and dense values.
+"""Request reading: fetch request records over AXI4, parse them into feature IDs and dense values.
 
-Records follow wire format v1 (:mod:`recfabric.host.wire_format`), whose offsets depend on the
-model: they reach the hardware as runtime parameters (:class:`ParserParam`, written through
+Records follow wire format v1 (:mod:`recfabric.host.runtime.wire_format`), whose offsets depend
+on the model: they reach the hardware as runtime parameters (:class:`ParserParam`, written through
 ``i_param`` by the model loader; :func:`parser_param_words` computes them from a
-:class:`~recfabric.host.wire_format.RequestLayout`).
+:class:`~recfabric.host.runtime.wire_format.RequestLayout`).
 
 :class:`RecordFetcher` reads ``batch * words`` memory words from ``base`` with INCR bursts (never
 crossing 4 KiB), issuing a burst only when its beats have room in the word FIFO, so the R channel

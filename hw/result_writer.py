@@ -1,7 +1,7 @@
 """ResultWriter: writes one result record per request, then the status block, over AXI4.
 
-Result records follow wire format v1 (:mod:`recfabric.host.wire_format`): one memory word per
-request at ``base + index * word_bytes``, holding the status byte (bit 0 VALID, then the
+Result records follow wire format v1 (:mod:`recfabric.host.runtime.wire_format`): one memory word
+per request at ``base + index * word_bytes``, holding the status byte (bit 0 VALID, then the
 request's :class:`~recfabric.hw.stream_types.RequestFlagsLayout` flags: bit 1 ID_RANGE, bit 2
 BAG_RANGE, bit 3 MEMORY), a reserved byte and the u16 score. Records are written in request
 order as single-beat INCR bursts with one AXI ID, up to ``max_outstanding`` writes unanswered.

@@ -1,20 +1,21 @@
 """The ``sim`` driver backend: the generated kernel, cycle-accurate, in the Amaranth simulator.
 
-:class:`SimDevice` implements :class:`recfabric.host.driver.RegisterDevice`: register accesses
-are real AXI4-Lite transactions on ``s_axi_control`` (driven by
-:class:`~recfabric.sim.axi_lite_master.AXILiteMaster`), and every AXI master of the kernel is
-served from one simulated device memory (:class:`~recfabric.sim.hbm_model.HBMModel` for reads,
-:class:`~recfabric.sim.axi_write_model.AXIWriteModel` for the results), so the driver's buffers
-are where the kernel reads and writes them. Buffer reads and writes by the host take no
-simulated time (they stand for DMA before and after a run).
+:class:`SimDevice` implements :class:`recfabric.host.runtime.device.RegisterDevice` (the runtime's
+device seam, the only part of the host it imports): register accesses are real AXI4-Lite
+transactions on ``s_axi_control`` (driven by :class:`~recfabric.sim.axi_lite_master.AXILiteMaster`),
+and every AXI master of the kernel is served from one simulated device memory
+(:class:`~recfabric.sim.hbm_model.HBMModel` for reads,
+:class:`~recfabric.sim.axi_write_model.AXIWriteModel` for the results), so the driver's buffers are
+where the kernel reads and writes them. Buffer reads and writes by the host take no simulated time
+(they stand for DMA before and after a run).
 
 The simulator is stepped from the driver's thread: each register access or wait queues a command
 for a testbench coroutine and advances the simulation until it completes.
 
 A run is bounded twice: by the driver's ``timeout`` in **wall-clock** seconds (what the host
 waits, as on a card) and by ``max_cycles`` simulated cycles. Either raises
-:class:`~recfabric.host.driver.DeviceError` naming the run; the kernel is then left as it was
-(mid-run) and :meth:`SimDevice.reset` pulses its reset (``ap_rst_n``), after which the driver
+:class:`~recfabric.host.runtime.device.DeviceError` naming the run; the kernel is then left as it
+was (mid-run) and :meth:`SimDevice.reset` pulses its reset (``ap_rst_n``), after which the driver
 must load the model again (a reset erases the kernel program).
 """
 
@@ -27,7 +28,7 @@ from collections import deque
 from amaranth.hdl import ClockDomain, Elaboratable, Module, Signal
 from amaranth.sim import Simulator
 
-from ..host.driver import DeviceError, RegisterDevice, _BumpMemory
+from ..host.runtime.device import BumpMemory, DeviceError, RegisterDevice
 from ..hw.config import AcceleratorConfig
 from ..hw.kernel import RecFabricKernel
 from ..hw.register_map import CTRL, CTRL_DONE
@@ -68,8 +69,8 @@ class SimDevice(RegisterDevice):
         Random AXI back-pressure on every memory port (0 for benchmarks).
     max_cycles : int
         A run that takes more simulated cycles raises
-        :class:`~recfabric.host.driver.DeviceError` (as does one that takes longer than the
-        driver's wall-clock ``timeout``).
+        :class:`~recfabric.host.runtime.device.DeviceError` (as does one that takes longer
+        than the driver's wall-clock ``timeout``).
     progress : callable, optional
         Called as ``progress(cycles)`` every ``progress_every`` simulated cycles of a run.
     default_timeout : float
@@ -84,7 +85,7 @@ class SimDevice(RegisterDevice):
         self.config = config
         self.default_timeout = default_timeout
         self.kernel_component = dut = RecFabricKernel(config)
-        self._mem = _BumpMemory(memory_bytes)
+        self._mem = BumpMemory(memory_bytes)
         rng = random.Random(seed)
         mem, base = self._mem.mem, self._mem.base
         self.max_cycles, self.progress, self.progress_every = max_cycles, progress, \

@@ -1,9 +1,9 @@
 """The generated kernel Verilog under Icarus and Verilator, driven like a Vitis shell drives it.
 
-The launcher prepares the run with the production host code (compiler, kernel program, wire
-format, golden model); tests/cocotb/cocotb_kernel.py drives the kernel with cocotbext-axi
-(AxiLiteMaster on the control port, RAM models with random back-pressure on every master), and
-the scores must equal the golden model's with ``==``.
+The launcher prepares the run with the production host code (compiler, the kernel program it wrote,
+wire format, golden model); tests/cocotb/cocotb_kernel.py drives the kernel with cocotbext-axi
+(AxiLiteMaster on the control port, RAM models with random back-pressure on every master), and the
+scores must equal the golden model's with ``==``.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recfabric.host.compiler import compile_model, golden_from_images, load_compiled
-from recfabric.host.kernel_program import build_program
-from recfabric.host.model_zoo import get_model
-from recfabric.host.synthetic import synthetic_batch
-from recfabric.host.weights import random_weights
-from recfabric.host.wire_format import RequestLayout, pack_float_requests
+from recfabric.host.compiler.compiled import golden_from_images, load_compiled
+from recfabric.host.compiler.steps import compile_model
+from recfabric.host.model.synthetic import synthetic_batch
+from recfabric.host.model.weights import random_weights
+from recfabric.host.model.zoo import get_model
+from recfabric.host.runtime.wire_format import RequestLayout, pack_float_requests
 from recfabric.hw.config import get_preset
-from recfabric.hw.kernel import generate_verilog, kernel_for_formats
+from recfabric.hw.kernel import generate_verilog
 from recfabric.hw.register_map import (
     KERNEL_ID,
     NO_ERROR_REQUEST,
@@ -43,8 +43,7 @@ def _case(tmp_path, batches, p_stall, seed=0):
     d = tmp_path / "model"
     compile_model(spec, random_weights(spec, seed=seed), cfg, d, seed=seed)
     cm = load_compiled(d)
-    kernel = kernel_for_formats(cfg)
-    program = build_program(kernel, cm, {ch: BASE for ch in range(cfg.mem_channels)}).image()
+    program = cm.program.patched({ch: BASE for ch in range(cfg.mem_channels)})
     layout = RequestLayout.for_config(cm.quantized_model(), cfg)
     images = {"model": program.hex()}
     for ch in range(cfg.mem_channels):

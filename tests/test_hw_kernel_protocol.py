@@ -9,13 +9,14 @@ import struct
 import numpy as np
 import pytest
 
-from recfabric.host.compiler import compile_model, golden_from_images, load_compiled
-from recfabric.host.driver import Accelerator, DeviceError, KernelError
-from recfabric.host.golden import Bags
-from recfabric.host.model_spec import ModelSpec, SparseFeature
-from recfabric.host.synthetic import synthetic_batch
-from recfabric.host.weights import random_weights
-from recfabric.host.wire_format import pack_float_requests, unpack_results
+from recfabric.host.compiler.compiled import golden_from_images, load_compiled
+from recfabric.host.compiler.steps import compile_model
+from recfabric.host.model.spec import Bags, ModelSpec, SparseFeature
+from recfabric.host.model.synthetic import synthetic_batch
+from recfabric.host.model.weights import random_weights
+from recfabric.host.runtime.accelerator import Accelerator
+from recfabric.host.runtime.device import DeviceError, KernelError
+from recfabric.host.runtime.wire_format import pack_float_requests, unpack_results
 from recfabric.hw.config import get_preset
 from recfabric.hw.kernel import FLAG_LOAD
 from recfabric.hw.register_map import (
@@ -38,9 +39,15 @@ def _spec(name, dense, bags=(1, 3, 1), dims=(4, 8, 4), rows=(16, 32, 8), top=(8,
     return ModelSpec(name=name, sparse=sparse, dense=dense, top_mlp=top)
 
 
+#: Planner per model: the default planner keeps the Cartesian model's small one-hot tables apart
+#: on the tiny kernel (on chip, same rounds); MicroRec's heuristic merges f2 x f3.
+PLANNER = {"cartesian": "microrec"}
+
+
 def _compile(tmp_path, spec, seed=0):
     d = tmp_path / spec.name
-    compile_model(spec, random_weights(spec, seed=seed), TINY, d, seed=seed)
+    compile_model(spec, random_weights(spec, seed=seed), TINY, d,
+                  PLANNER.get(spec.name, "default"), seed=seed)
     return d, load_compiled(d)
 
 
@@ -54,7 +61,7 @@ def _sim(**kw):
 
 
 def _cartesian_spec():
-    # f2 and f3 are small one-hot tables: the planner merges them into one Cartesian table.
+    # f2 and f3 are small one-hot tables: the microrec planner merges them (PLANNER).
     return _spec("cartesian", dense=2, bags=(1, 3, 1, 1), dims=(4, 8, 4, 4), rows=(16, 32, 8, 6))
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from recfabric.host.bench_lookup import expected_pooled
+from recfabric.host.bench.lookup import expected_pooled
 from recfabric.hw.config import get_preset
 from recfabric.hw.embedding_lookup import LookupErrorCause, LookupKind
 from recfabric.hw.onchip_table import OnChipTable

@@ -8,9 +8,9 @@ from amaranth.hdl import Module
 from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
-from recfabric.host.model_spec import ModelSpec, SparseFeature
-from recfabric.host.synthetic import synthetic_batch
-from recfabric.host.wire_format import RequestLayout, pack_requests
+from recfabric.host.model.spec import ModelSpec, SparseFeature
+from recfabric.host.model.synthetic import synthetic_batch
+from recfabric.host.runtime.wire_format import RequestLayout, pack_requests
 from recfabric.hw.request_reader import RecordFetcher, RecordParser, parser_param_words
 from recfabric.sim.hbm_model import HBMModel
 from recfabric.sim.stream_testing import StreamChecker, payload_value, stream_get, stream_put

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from recfabric.host.wire_format import RequestLayout, ResultStatus, unpack_results
+from recfabric.host.runtime.wire_format import RequestLayout, ResultStatus, unpack_results
 from recfabric.hw.register_map import NO_ERROR_REQUEST, STATUS_BLOCK_BYTES, status_block_offset
 from recfabric.hw.result_writer import STATUS_WORDS, ResultWriter
 from recfabric.sim.axi_write_model import AXIWriteModel

@@ -22,8 +22,8 @@ written twice in a cycle.
 A layer with ``K`` inputs and ``N`` outputs takes ``k_tiles * n_tiles`` cycles on its engine
 (``k_tiles = ceil(K / cols)``, ``n_tiles = ceil(N / rows)``): one MAC wave per cycle, no bubbles
 between tiles or between back-to-back requests. The initiation interval of the pipeline is the
-largest of these (see :mod:`recfabric.host.mlp_cycle_model`); sizing ``rows``/``cols`` per layer
-in proportion to each layer's MACs balances it.
+largest of these (see :mod:`recfabric.host.compiler.cycle_model`); sizing ``rows``/``cols`` per
+layer in proportion to each layer's MACs balances it.
 
 Runtime data (loaded through ``i_load``, see :class:`MLPLoadLayout` and :func:`mlp_load_words`):
 weights, biases and per-engine descriptors (tile counts, requantize shift, rounding, ReLU,

@@ -38,7 +38,8 @@ def mlp_load_words(pipeline, layers, rounding: nx.Rounding = nx.Rounding.HALF_UP
 
     ``layers`` are fixed-point layers, first to last: objects with ``w`` (out, in), ``b``,
     ``in_fmt``, ``w_fmt``, ``out_fmt``, ``relu``, ``shift`` and ``shape`` (in, out), as
-    :class:`recfabric.host.golden.QLayer` has them (``hw`` does not import the host's model).
+    :class:`recfabric.host.reference.golden.QLayer` has them (``hw`` does not import the host's
+    model).
     Fewer layers than engines are padded with identity layers after the last one (exact: the
     identity keeps every value, in the same format); that needs the last layer's output format
     to fit the hidden element width, so it is rejected for int8 top MLPs. Raises

@@ -17,7 +17,8 @@ from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 from cocotbext.axi import AxiRamRead, AxiReadBus
 
-from recfabric.host.bench_lookup import expected_pooled, layout_tables
+from recfabric.host.bench.lookup import expected_pooled
+from recfabric.host.compiler.table_layout import TableLayout, pack_tables
 from recfabric.hw.embedding_lookup import (
     DescriptorWriteLayout,
     LookupLayout,
@@ -75,7 +76,7 @@ async def pooled_vectors_match_spec(dut):
     dims = [max_dim, max(1, max_dim // 2 + 1), 3]
     tables = [nrng.integers(-(1 << (db - 1)), 1 << (db - 1), size=(rows, d))
               for rows, d in zip((40, 25, 9), dims)]
-    memory, descs = layout_tables(tables, data_bits=db, beat_bytes=width // 8, base=BASE)
+    memory, descs = pack_tables(tables, TableLayout(db, width // 8), base=BASE)
 
     desc_bits = index_bits(prm["n_desc"])
     lk_layout = LookupLayout(tag_bits=prm["tag_bits"], slot_bits=prm["slot_bits"],
