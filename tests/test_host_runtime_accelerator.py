@@ -262,3 +262,25 @@ def test_issue_10_7_models_run_on_the_simulated_kernel(tmp_path):
             assert np.array_equal(r.scores, golden(cm, dense, sparse)), spec.name
             assert r.counters["errors"] == 0 and r.counters["requests_done"] == 4
             assert r.counters["lookups_issued"] == _kernel_lookups(cm, sparse)
+
+
+def test_run_raw_is_infer_without_checks(tmp_path):
+    """The soak's hook: raw records in; scores, status bytes and counters out."""
+    from recfabric.host.runtime.wire_format import ResultStatus, pack_requests
+
+    spec, d, cm = compiled(tmp_path, "tiny", "tiny")
+    dense, sparse = synthetic_batch(spec, 5, seed=4)
+    with Accelerator.open("reference", "tiny") as acc:
+        acc.load(d)
+        dq = cm.quantized_model().quantize_dense(dense)
+        req = pack_requests(acc.layout, dq, sparse)
+        raw = acc.run_raw(req)
+        assert np.array_equal(raw.scores, golden(cm, dense, sparse))
+        assert raw.status.tolist() == [int(ResultStatus.VALID)] * 5
+        assert raw.counters == acc.counters() and raw.counters["requests_done"] == 5
+        r = acc.infer(dq, sparse, fixed_point=True)
+        assert np.array_equal(r.scores, raw.scores) and np.array_equal(r.status, raw.status)
+        with pytest.raises(DeviceError, match="not a whole number"):
+            acc.run_raw(req[:-1])
+        with pytest.raises(DeviceError, match="without waiting"):
+            acc.run_raw(req, wait=False)  # the reference device has no start()

@@ -13,13 +13,17 @@ with arguments and wait for ``ap_done`` with a timeout. Every backend runs the s
 ``sim``
     :class:`recfabric.sim.sim_device.SimDevice`: the generated kernel, cycle-accurate in the
     Amaranth simulator, behind its real register map and AXI masters (memory models).
+``verilator``
+    :class:`recfabric.sim.verilator_device.VerilatorDevice`: the generated kernel Verilog
+    compiled by Verilator, with C++ AXI memory models (fast; for larger configurations and soaks).
 ``xrt``
     :class:`~recfabric.host.runtime.xrt.XRTDevice`: an Alveo card through XRT's Python binding
     ``pyxrt`` (import-guarded).
 
 ``load`` reads the compiled directory, including the kernel program that ``compile`` wrote,
 patches the table buffers' device addresses into it and uploads it: no Amaranth, no kernel
-elaboration on the host (only the ``sim`` backend imports Amaranth, to simulate the kernel).
+elaboration on the host (only the ``sim`` and ``verilator`` backends import Amaranth, to simulate
+the kernel or generate its Verilog).
 
 Typical use::
 
@@ -63,6 +67,7 @@ __all__ = ["Accelerator", "InferenceResult", "open_device", "BACKENDS", "decode_
 BACKENDS = {
     "reference": ("recfabric.host.runtime.reference", "ReferenceDevice"),
     "sim": ("recfabric.sim.sim_device", "SimDevice"),  # Amaranth simulation: only here
+    "verilator": ("recfabric.sim.verilator_device", "VerilatorDevice"),  # needs Verilator
     "xrt": ("recfabric.host.runtime.xrt", "XRTDevice"),
 }
 
@@ -80,6 +85,7 @@ def open_device(backend: str, config: AcceleratorConfig, **kwargs) -> Device:
 class InferenceResult:
     scores: np.ndarray  # (batch, outputs) unsigned Q0.16
     counters: dict
+    status: np.ndarray | None = None  # (batch,) uint8 result status bytes (ResultStatus)
 
     @property
     def probabilities(self) -> np.ndarray:
@@ -187,9 +193,74 @@ class Accelerator:
         lay = self.layout
         req = pack_requests(lay, dense, sparse) if fixed_point else \
             pack_float_requests(lay, dense, sparse)
+        args, obuf, batch = self._stage(req)
+        self.device.run(args, self._timeout(timeout))
+        self._needs_load = False
+        out, counters = self._collect(obuf, batch)
+        if counters["errors"]:
+            raise KernelError("kernel reported: " + "; ".join(decode_errors(counters["errors"]))
+                              + f" (first offending request: index "
+                                f"{counters['first_error_request']} of the batch)")
+        scores, status = unpack_results(lay, out, batch)
+        return InferenceResult(scores, counters, status)
+
+    def run_raw(self, requests: bytes, *, timeout: float | None = None,
+                wait: bool = True) -> InferenceResult | None:
+        """Run request records exactly as given and report what the kernel wrote, unchecked.
+
+        A hook for test harnesses (``recfabric soak``) that feed the kernel bad records and
+        check its error flags against the spec; :meth:`infer` is this plus packing and checks.
+
+        Parameters
+        ----------
+        requests : bytes
+            Whole request records in wire format (e.g. :func:`.wire_format.pack_requests`
+            output, corrupted on purpose).
+        timeout : float, optional
+            Seconds to wait for ``ap_done`` (:class:`DeviceError` after that); default: the
+            device's ``default_timeout``.
+        wait : bool
+            ``False`` only starts the run (the device must have ``start``, as a
+            :class:`RegisterDevice` does) and returns ``None``: the caller steps, waits or
+            resets the device.
+
+        Returns
+        -------
+        InferenceResult or None
+            Scores and status bytes of every record (whatever the kernel wrote: an unwritten
+            record reads as status 0) and the counters, error flags included (never raised as
+            :class:`KernelError`); they also become :meth:`counters`.
+        """
+        if self.model is None:
+            raise DeviceError("no model loaded: call load() first")
+        args, obuf, batch = self._stage(requests)
+        if wait:
+            self.device.run(args, self._timeout(timeout))
+        else:
+            start = getattr(self.device, "start", None)
+            if start is None:
+                raise DeviceError(f"backend {type(self.device).__name__} cannot start a run "
+                                  "without waiting for it")
+            start(args)
+        self._needs_load = False
+        if not wait:
+            return None
+        out, counters = self._collect(obuf, batch)
+        scores, status = unpack_results(self.layout, out, batch, check=False)
+        return InferenceResult(scores, counters, status)
+
+    def _timeout(self, timeout: float | None) -> float:
+        return self.device.default_timeout if timeout is None else timeout
+
+    def _stage(self, req: bytes):
+        """Write a batch of request records and a zeroed results buffer; (args, results
+        buffer, batch) for a run."""
+        lay = self.layout
+        if len(req) % lay.record_bytes:
+            raise DeviceError(f"{len(req)} bytes of requests is not a whole number of "
+                              f"{lay.record_bytes}-byte records")
         batch = len(req) // lay.record_bytes
-        res_bytes = batch * lay.result_record_bytes
-        total = status_block_offset(res_bytes) + STATUS_BLOCK_BYTES
+        total = status_block_offset(batch * lay.result_record_bytes) + STATUS_BLOCK_BYTES
         rbuf = self._buffer("requests", len(req))
         obuf = self._buffer("results", total)
         self.device.write(rbuf, req)
@@ -198,20 +269,19 @@ class Accelerator:
                 "batch": batch, "flags": 1 if self._needs_load else 0}
         for ch in range(self.config.mem_channels):
             args[f"tables{ch}"] = self._buffers[f"tables{ch}"]
-        self.device.run(args, self.device.default_timeout if timeout is None else timeout)
-        self._needs_load = False
+        return args, obuf, batch
+
+    def _collect(self, obuf: Buffer, batch: int):
+        """(result record bytes, counters) of the finished run of ``batch`` records."""
+        res_bytes = batch * self.layout.result_record_bytes
+        total = status_block_offset(res_bytes) + STATUS_BLOCK_BYTES
         out = self.device.read(obuf, total)
         block = np.frombuffer(out[status_block_offset(res_bytes):][:STATUS_BLOCK_BYTES], "<u4")
         names = sorted(STATUS_REGS, key=STATUS_REGS.get)
         counters = {n: int(block[i]) for i, n in enumerate(names)}
         counters["cycles"] = counters.pop("cycles_lo") | counters.pop("cycles_hi") << 32
         self._counters = counters
-        if counters["errors"]:
-            raise KernelError("kernel reported: " + "; ".join(decode_errors(counters["errors"]))
-                              + f" (first offending request: index "
-                                f"{counters['first_error_request']} of the batch)")
-        scores, _ = unpack_results(lay, out[:res_bytes], batch)
-        return InferenceResult(scores, counters)
+        return out[:res_bytes], counters
 
     def counters(self) -> dict:
         """Status and performance counters of the last run (from the status block)."""
