@@ -154,7 +154,7 @@ class FixedFormat:
 
 
 #: Legal requantize shifts, inclusive (module docstring, "Requantize"). The hardware's
-#: requantizer (:class:`recfabric.hw.mlp_engine.Requantizer`) imports these.
+#: requantizer (:class:`recfabric.hw.mlp.Requantizer`) imports these.
 SHIFT_MIN, SHIFT_MAX = -60, 62
 
 #: Logit format at the sigmoid's input: Q3.7 in 11 bits, range [-8, 8).

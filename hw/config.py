@@ -175,7 +175,7 @@ class AcceleratorConfig:
     mlp_top_shapes, mlp_bottom_shapes : tuple of (rows, cols)
         Systolic array of each layer engine of the top / bottom MLP (rows = outputs computed
         in parallel, cols = inputs consumed per cycle). An engine's cols equal the previous
-        engine's rows (:class:`~recfabric.hw.mlp_engine.MLPPipeline`); sizing engines in
+        engine's rows (:class:`~recfabric.hw.mlp.MLPPipeline`); sizing engines in
         proportion to their layers' MACs balances the pipeline's initiation interval. The
         number of engines is the layer limit (fewer layers are padded with identity layers).
     inflight : int
@@ -340,7 +340,7 @@ _SMALL = AcceleratorConfig(
 # U280 / U50: 32 HBM pseudo-channels of 256 MiB, 256-bit AXI at the kernel side. MicroRec used
 # 28-32 channels; 28 leaves room for request/score/weight masters. On-chip budget: 8 table units of
 # 256 KiB (URAM). MLP engines sized for MicroRec's 352/876-1024-512-256-1 top MLPs: 5,904 MACs
-# (of the U280's 9,024 DSP48E2); the cycle model (host/mlp_cycle_model.py) gives an initiation
+# (of the U280's 9,024 DSP48E2); the cycle model (host/compiler/cycle_model.py) gives an initiation
 # interval of 176 cycles for 352-1024-512-256-1 (bound 172), not yet simulated at this size.
 _U280 = AcceleratorConfig(
     name="u280", data_bits=16, acc_bits=48, mem_channels=28, mem_data_width=256, mem_id_width=6,

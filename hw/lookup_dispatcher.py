@@ -17,9 +17,10 @@ every request; entry ``e`` of unit ``u`` produces the lookups of one output slot
 * ``cartesian=1``: features ``feat_a`` and ``feat_b`` share one merged table whose row
   ``id_a * rows_b + id_b`` is ``concat(row_a, row_b)``. The product is computed **here, in
   hardware** (one DSP multiply; ``rows_b`` is a runtime placement field), so the request wire
-  format carries the features' own IDs. It emits one lookup: ``ROW`` if both bags have length 1
-  and ``id_a < rows_a`` and ``id_b < rows_b``, otherwise ``BAD`` (an out-of-range ID must not
-  alias into another row of the merged table). Merged features must be one-hot.
+  format carries the features' own IDs. It emits one lookup: ``EMPTY`` if a bag's length is
+  not 1 (merged features are one-hot; the record parser flags that request BAG_RANGE), else
+  ``ROW`` if ``id_a < rows_a`` and ``id_b < rows_b``, otherwise ``BAD`` (an out-of-range ID
+  must not alias into another row of the merged table).
 
 Each unit's walker emits one lookup per cycle, independently of the others; a request is released
 (and the next accepted) when every walker has finished it. Slots are numbered by the host; each
@@ -142,15 +143,21 @@ class LookupDispatcher(wiring.Component):
         })
 
     @classmethod
-    def from_config(cls, config, **overrides) -> LookupDispatcher:
-        """A dispatcher feeding ``mem_channels + onchip_units`` units of ``config``."""
+    def config_kwargs(cls, config, **overrides) -> dict:
+        """Constructor arguments of a dispatcher feeding ``mem_channels + onchip_units`` units
+        of ``config``."""
         args = dict(n_units=config.mem_channels + config.onchip_units,
                     max_features=config.max_features, max_bag=config.max_bag,
                     tag_bits=index_bits(config.inflight),
                     slot_bits=index_bits(config.max_features),
                     desc_bits=index_bits(config.max_features), id_bits=32)
         args.update(overrides)
-        return cls(**args)
+        return args
+
+    @classmethod
+    def from_config(cls, config, **overrides) -> LookupDispatcher:
+        """``cls(**cls.config_kwargs(config, **overrides))``."""
+        return cls(**cls.config_kwargs(config, **overrides))
 
     def elaborate(self, platform):
         m = Module()
@@ -193,9 +200,12 @@ class LookupDispatcher(wiring.Component):
             m.d.comb += [o.valid.eq(busy[u]), p.tag.eq(req.tag), p.slot.eq(ent.slot),
                          p.desc.eq(ent.desc)]
             with m.If(ent.cartesian):
-                good = ((len_a == 1) & (len_b == 1) & (id_a0 < ent.rows_a) &
-                        (id_b < ent.rows_b))
-                m.d.comb += [p.kind.eq(Mux(good, LookupKind.ROW, LookupKind.BAD)),
+                # A bag length other than 1 is the record parser's BAG_RANGE error (it flags
+                # the request): no lookup, so that it does not raise the ID error as well.
+                one_hot = (len_a == 1) & (len_b == 1)
+                good = (id_a0 < ent.rows_a) & (id_b < ent.rows_b)
+                m.d.comb += [p.kind.eq(Mux(one_hot, Mux(good, LookupKind.ROW, LookupKind.BAD),
+                                           LookupKind.EMPTY)),
                              p.row.eq(id_a0 * ent.rows_b + id_b), p.first.eq(1), p.last.eq(1),
                              last_of_entry.eq(1)]
             with m.Elif(len_a == 0):

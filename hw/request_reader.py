@@ -1,9 +1,9 @@
-"""RequestReader: fetch request records over AXI4, parse them into feature IDs and dense values.
+"""Request reading: fetch request records over AXI4, parse them into feature IDs and dense values.
 
-Records follow wire format v1 (:mod:`recfabric.host.wire_format`), whose offsets depend on the
-model: they reach the hardware as runtime parameters (:class:`ParserParam`, written through
+Records follow wire format v1 (:mod:`recfabric.host.runtime.wire_format`), whose offsets depend
+on the model: they reach the hardware as runtime parameters (:class:`ParserParam`, written through
 ``i_param`` by the model loader; :func:`parser_param_words` computes them from a
-:class:`~recfabric.host.wire_format.RequestLayout`).
+:class:`~recfabric.host.runtime.wire_format.RequestLayout`).
 
 :class:`RecordFetcher` reads ``batch * words`` memory words from ``base`` with INCR bursts (never
 crossing 4 KiB), issuing a burst only when its beats have room in the word FIFO, so the R channel
@@ -18,7 +18,8 @@ field per cycle, and emits
 A request gets a tag (its sequence number modulo ``inflight``) only when fewer than ``inflight``
 requests are between the parser and the point that returns credits (``credit`` pulses, one per
 finished request), so downstream per-tag buffers never overflow. A bag length over the feature's
-maximum is clamped to the maximum and flagged (``bad_bag`` on its items).
+maximum is clamped to the maximum and flagged (``bad_bag`` on its items), and so is an empty
+bag of a one-hot feature (maximum bag 1: the wire format says its length is exactly 1).
 """
 
 from amaranth.hdl import Array, Module, Mux, Signal
@@ -27,7 +28,7 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from .axi4 import AXI4Signature, AXIBurst
-from .sigmoid import LogitLayout
+from .stream_types import DenseLayout
 
 __all__ = ["ParserParam", "ParamWriteLayout", "FeatureIdLayout", "RecordFetcher",
            "RecordParser", "parser_param_words"]
@@ -203,11 +204,13 @@ class RecordParser(wiring.Component):
     credit : In(1)
         Pulse: one request has left the per-tag buffers downstream.
     o_id : Out(stream.Signature(FeatureIdLayout))
-    o_dense : Out(stream.Signature(LogitLayout(data_bits)))
+    o_dense : Out(stream.Signature(DenseLayout))
+        Dense elements, tagged with their request's tag.
     parsed : Out(32)
         Requests parsed in this run.
     bad_bag : Out(1)
-        Sticky until ``start``: some record had a bag length over its feature's maximum.
+        Sticky until ``start``: some record had a bag length over its feature's maximum, or
+        an empty bag of a one-hot feature (maximum 1).
     """
 
     def __init__(self, *, data_width: int = 256, max_features: int = 16, inflight: int = 8,
@@ -226,7 +229,8 @@ class RecordParser(wiring.Component):
             "start": In(1), "batch": In(32), "credit": In(1),
             "o_id": Out(stream.Signature(FeatureIdLayout(tag_bits=self.tag_bits,
                                                          feature_bits=self.feature_bits))),
-            "o_dense": Out(stream.Signature(LogitLayout(data_bits))),
+            "o_dense": Out(stream.Signature(DenseLayout(tag_bits=self.tag_bits,
+                                                        data_bits=data_bits))),
             "parsed": Out(32), "bad_bag": Out(1),
         })
 
@@ -313,9 +317,10 @@ class RecordParser(wiring.Component):
                     fetch()
                 with m.Else():
                     over = lane16 > bags[f]
-                    m.d.sync += [lens[f].eq(Mux(over, bags[f], lane16)), bad[f].eq(over),
-                                 f.eq(f + 1), pos.eq(pos + 2)]
-                    with m.If(over):
+                    empty_one_hot = (lane16 == 0) & (bags[f] == 1)  # one-hot: exactly 1 ID
+                    m.d.sync += [lens[f].eq(Mux(over, bags[f], lane16)),
+                                 bad[f].eq(over | empty_one_hot), f.eq(f + 1), pos.eq(pos + 2)]
+                    with m.If(over | empty_one_hot):
                         m.d.sync += self.bad_bag.eq(1)
             with m.State("IDS"):
                 bag, length = bags[f], lens[f]
@@ -345,7 +350,8 @@ class RecordParser(wiring.Component):
                 with m.Elif(~have):
                     fetch()
                 with m.Else():
-                    m.d.comb += [self.o_dense.payload.data.eq(lane_e.as_signed()),
+                    m.d.comb += [self.o_dense.payload.tag.eq(tag),
+                                 self.o_dense.payload.data.eq(lane_e.as_signed()),
                                  self.o_dense.payload.last.eq(d + 1 == dense_count),
                                  self.o_dense.valid.eq(1)]
                     with m.If(self.o_dense.ready):

@@ -24,6 +24,7 @@ from recfabric.hw.config import get_preset
 from recfabric.hw.kernel import generate_verilog
 from recfabric.hw.register_map import (
     KERNEL_ID,
+    NO_ERROR_REQUEST,
     STATUS_BLOCK_BYTES,
     STATUS_REGS,
     kernel_args,
@@ -93,7 +94,9 @@ def _run(simulator, tmp_path, monkeypatch, batches=(4, 3), p_stall=0.3):
         regs = dict(zip(order, run["registers"]))
         assert block["requests_done"] == batch and block["errors"] == 0
         assert block["config_hash"] == cfg.config_hash and block["id"] == KERNEL_ID
-        for name in ("requests_done", "lookups_issued", "errors"):
+        assert block["first_error_request"] == NO_ERROR_REQUEST
+        for name in ("requests_done", "lookups_issued", "errors", "first_error_request",
+                     "cycles_lo", "cycles_hi"):  # the block equals the registers
             assert regs[name] == block[name], name
     return got
 

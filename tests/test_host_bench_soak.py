@@ -1,9 +1,8 @@
 """`recfabric soak` on the Verilator back-end: a short slice in the default suite, the long run
 as a slow test.
 
-The slice asserts every check today's hardware passes. KNOWN_FAILING_TODAY lists the checks that
-fail on today's kernel (issue 10 items 3-5, fixed on the wt-hw branch): the slice still runs
-and reports them, and the lead empties the list after merging the fixes.
+The slice asserts every check, models without dense features included (issue 10 items 1 and
+3-5 are fixed in the kernel).
 """
 
 from __future__ import annotations
@@ -19,12 +18,6 @@ from recfabric.sim.verilator_env import have_verilator, verilator_env
 
 pytestmark = pytest.mark.cocotb
 
-# Per-record ID_RANGE/BAG_RANGE never set (item 4), a one-hot bag of 0 is not flagged (item 3),
-# first_error_request is not the index of the first bad request (item 5).
-KNOWN_FAILING_TODAY = {"id_range_record", "bag_range_record", "zero_onehot_flag",
-                       "zero_onehot_record", "first_error_request"}
-
-
 @pytest.fixture(autouse=True)
 def _verilator(monkeypatch):
     for k, v in verilator_env().items():
@@ -33,7 +26,7 @@ def _verilator(monkeypatch):
 
 
 def test_soak_slice(tmp_path):
-    rep = soak("tiny", inferences=1500, seed=3, allow_no_dense=False, workdir=tmp_path)
+    rep = soak("tiny", inferences=1500, seed=3, workdir=tmp_path)
     print(format_report(rep))
     # The slice exercised every kind of trouble it is meant to.
     assert rep.models >= 5 and rep.inferences >= 1500
@@ -41,8 +34,7 @@ def test_soak_slice(tmp_path):
     assert rep.cycles > 0 and rep.cycles_per_second > 0
     assert rep.mismatches == 0 and rep.hangs == 0
     for check in CHECKS:
-        if check not in KNOWN_FAILING_TODAY:
-            assert rep.failures[check] == 0, (check, rep.examples)
+        assert rep.failures[check] == 0, (check, rep.examples)
     # Everything a check counted is in the totals.
     assert rep.flag_errors == sum(v for k, v in rep.failures.items()
                                   if k not in ("score", "hang"))

@@ -12,7 +12,7 @@ from recfabric.host.model.synthetic import synthetic_batch
 from recfabric.host.model.weights import random_weights
 from recfabric.host.numerics import FixedFormat, Rounding
 from recfabric.host.reference.quantize import QuantizeError, quantize_model
-from recfabric.hw import mlp_engine
+from recfabric.hw import mlp
 
 from .test_host_numerics import naive_requantize
 
@@ -21,7 +21,7 @@ INT64 = st.integers(-(1 << 63), (1 << 63) - 1)
 
 def test_range_is_stated_once_and_hardware_uses_it():
     assert (nx.SHIFT_MIN, nx.SHIFT_MAX) == (-60, 62)
-    assert (mlp_engine.SHIFT_MIN, mlp_engine.SHIFT_MAX) == (nx.SHIFT_MIN, nx.SHIFT_MAX)
+    assert (mlp.SHIFT_MIN, mlp.SHIFT_MAX) == (nx.SHIFT_MIN, nx.SHIFT_MAX)
 
 
 @settings(max_examples=600, deadline=None)

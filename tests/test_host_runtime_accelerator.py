@@ -13,8 +13,9 @@ from recfabric.host.model.spec import ModelSpec, SparseFeature
 from recfabric.host.model.synthetic import synthetic_batch
 from recfabric.host.model.weights import random_weights
 from recfabric.host.model.zoo import get_model
-from recfabric.host.runtime.accelerator import Accelerator, DeviceError
+from recfabric.host.runtime.accelerator import Accelerator, DeviceError, KernelError
 from recfabric.hw.config import get_preset
+from recfabric.hw.register_map import ERROR_NO_PROGRAM, NO_ERROR_REQUEST
 
 
 def compiled(tmp_path, model, config, seed=0):
@@ -68,6 +69,31 @@ def test_reference_counts_lookups_as_the_kernel_does(tmp_path):
     want = 9 + int(np.maximum(sparse[2].lengths, 1).sum())  # the pair, then the bag
     assert r.counters["lookups_issued"] == want == _kernel_lookups(cm, sparse)
     assert np.array_equal(r.scores, golden(cm, dense, sparse))
+
+
+def test_reference_follows_the_run_protocol(tmp_path):
+    """As the kernel (docs/kernel.md, "Run protocol"; tests/test_hw_kernel_protocol.py on sim):
+    no first error request on a clean run; a reset erases the program, a run without one writes
+    no record and says NO_PROGRAM; Accelerator.reset() re-arms the load; a bad magic leaves no
+    program."""
+    spec, d, cm = compiled(tmp_path, "tiny", "tiny")
+    dense, sparse = synthetic_batch(spec, 5, seed=2)
+    with Accelerator.open("reference", "tiny") as acc:
+        acc.load(d)
+        r = acc.infer(dense, sparse)
+        assert r.counters["errors"] == 0 and r.counters["first_error_request"] == NO_ERROR_REQUEST
+        acc.device.reset()  # the kernel alone: the driver does not know
+        with pytest.raises(KernelError, match="no valid kernel program"):
+            acc.infer(dense, sparse)
+        c = acc.counters()
+        assert c["errors"] == ERROR_NO_PROGRAM and c["requests_done"] == 0
+        acc.reset()
+        assert np.array_equal(acc.infer(dense, sparse).scores, golden(cm, dense, sparse))
+        acc.reset()
+        acc.device.write(acc._buffers["model"], b"\0" * 4)  # no magic
+        with pytest.raises(KernelError, match="no valid kernel program"):
+            acc.infer(dense, sparse)
+        assert acc.counters()["requests_done"] == 0
 
 
 @pytest.mark.parametrize("p_stall", [0.0, 0.25])

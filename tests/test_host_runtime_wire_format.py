@@ -473,8 +473,8 @@ def test_error_results():
         pack_results(layout, np.array([1, 2]))
     with pytest.raises(WireTypeError, match=r"scores must be an integer array, not dtype float"):
         pack_results(layout, np.array([[0.5, 0.5]]))
-    with pytest.raises(WireFormatError, match=r"request 0: status 8 is not a combination"):
-        pack_results(layout, np.array([[1, 2]]), status=np.array([8]))
+    with pytest.raises(WireFormatError, match=r"request 0: status 16 is not a combination"):
+        pack_results(layout, np.array([[1, 2]]), status=np.array([16]))
     flagged = pack_results(layout, np.zeros((3, 2), np.int64),
                            status=np.array([1, 1, ResultStatus.VALID | ResultStatus.ID_RANGE]))
     with pytest.raises(WireFormatError, match=r"result record 2: status 0x03, kernel reported "

@@ -82,7 +82,8 @@ def test_pooled_vectors_equal_golden_pool_features(seed):
     for b in range(batch):
         for f in range(len(feat_desc)):
             vec = [int(x) for x in want_pooled[f][b]] + [0] * (8 - dims[feat_desc[f]])
-            want.append({"tag": b % 16, "slot": f, "error": 0, "data": vec})
+            want.append({"tag": b % 16, "slot": f, "error": 0,
+                         "cause": LookupErrorCause.NONE, "data": vec})
     assert outs == want
     # The spec's own saturation happened (random int16 bags of up to 4 saturate often).
     assert any(abs(x) == 32767 or x == -32768 for o in outs for x in o["data"])

@@ -26,10 +26,11 @@ def dispatch_model(placement, req):
             if e["cartesian"]:
                 lb = req["lengths"][e["feat_b"]]
                 ia, ib = req["ids"][e["feat_a"]][0], req["ids"][e["feat_b"]][0]
-                good = la == 1 and lb == 1 and ia < e["rows_a"] and ib < e["rows_b"]
+                good = ia < e["rows_a"] and ib < e["rows_b"]
                 row = (ia * e["rows_b"] + ib) & 0xFFFF_FFFF
-                seq.append({**base, "row": row, "first": 1, "last": 1,
-                            "kind": (LookupKind.ROW if good else LookupKind.BAD)})
+                kind = (LookupKind.EMPTY if (la, lb) != (1, 1) else
+                        LookupKind.ROW if good else LookupKind.BAD)
+                seq.append({**base, "row": row, "first": 1, "last": 1, "kind": kind})
             elif la == 0:
                 seq.append({**base, "row": 0, "first": 1, "last": 1, "kind": LookupKind.EMPTY})
             else:

@@ -15,7 +15,7 @@ from recfabric.host import numerics as nx
 from recfabric.host.bench.mlp import golden_mlp, random_layers, simulate_mlp
 from recfabric.host.compiler.cycle_model import MLPCycleModel
 from recfabric.host.reference.golden import QLayer
-from recfabric.hw.mlp_engine import (
+from recfabric.hw.mlp import (
     REQUANT_LATENCY,
     SHIFT_MAX,
     SHIFT_MIN,

@@ -59,8 +59,8 @@ def _simulate(dut, words, descs, lookups, rng, p=0.3, extra_descs=()):
         for _ in range(n_bags):
             outs.append(payload_value(await stream_get(ctx, dut.o_pooled, rng=rng, p_stall=p)))
         await ctx.tick().repeat(3)
-        info.update(error=ctx.get(dut.error), error_tag=ctx.get(dut.error_tag),
-                    error_cause=ctx.get(dut.error_cause), idle=ctx.get(dut.idle))
+        info.update(error=ctx.get(dut.error.flag), error_tag=ctx.get(dut.error.tag),
+                    error_cause=ctx.get(dut.error.cause), idle=ctx.get(dut.idle))
 
     async def watchdog(ctx):
         await ctx.delay(1e-8 * 50_000)

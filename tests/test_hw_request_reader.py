@@ -62,7 +62,8 @@ def test_parser_and_fetcher_match_the_wire_format(spec, dw, bits):
     hbm = HBMModel(fetch.m_axi, mem, latency=9, p_ar_stall=0.2, p_r_idle=0.2, rng=rng)
     id_check = StreamChecker(parse.o_id, name="o_id")
     want = expected_items(sparse, batch, inflight)
-    want_dense = [(int(v), int(i == spec.dense - 1)) for row in dense for i, v in enumerate(row)]
+    want_dense = [(b % inflight, int(v), int(i == spec.dense - 1))
+                  for b, row in enumerate(dense) for i, v in enumerate(row)]
     got, got_dense = [], []
 
     async def control(ctx):
@@ -88,7 +89,7 @@ def test_parser_and_fetcher_match_the_wire_format(spec, dw, bits):
     async def dense_sink(ctx):
         while len(got_dense) < len(want_dense):
             v = payload_value(await stream_get(ctx, parse.o_dense, rng=rng, p_stall=0.3))
-            got_dense.append((v["data"], v["last"]))
+            got_dense.append((v["tag"], v["data"], v["last"]))
 
     async def credits(ctx):
         # Return a credit a while after each request's last item, as the concat stage would.

@@ -43,30 +43,41 @@ def expected_pooled(tables, descs_valid, lookups, *, data_bits: int, max_dim: in
 
     A bag pools to ``numerics.pool_sum`` of its rows (zeros for an empty bag), padded to
     ``max_dim``; a bag with any bad lookup (``kind`` BAD, row out of range, invalid descriptor,
-    or ``bad_fn(index, lookup)`` true) gives ``error=1`` and zeros.
+    or ``bad_fn(index, lookup)`` true: an AXI error response) gives ``error=1``, zeros, and
+    ``cause`` the :class:`~recfabric.hw.stream_types.LookupErrorCause` value of its first bad
+    lookup (0 for a good bag).
     """
+    from ...hw.stream_types import LookupErrorCause  # noqa: PLC0415 - hardware harness only
+
     fmt = nx.FixedFormat(data_bits, 0)
-    out, rows, err = [], [], False
+    out, rows, cause = [], [], 0  # cause: LookupErrorCause of the bag's first bad lookup
+
+    def bad(c):
+        return cause or c
+
     for i, lk in enumerate(lookups):
         if lk["first"]:
-            rows, err = [], False
+            rows, cause = [], 0
         kind = lk.get("kind", 0)
         if kind == 2:
-            err = True
+            cause = bad(1)  # ROW
         elif kind == 0:
             d = lk["desc"]
-            if d >= len(tables) or not descs_valid[d] or not 0 <= lk["row"] < len(tables[d]):
-                err = True
+            if d >= len(tables) or not descs_valid[d]:
+                cause = bad(2)  # DESC
+            elif not 0 <= lk["row"] < len(tables[d]):
+                cause = bad(1)  # ROW
             elif bad_fn is not None and bad_fn(i, lk):
-                err = True
+                cause = bad(3)  # RESP
             else:
                 rows.append(np.asarray(tables[d][lk["row"]], dtype=np.int64))
         if lk["last"]:
             vec = [0] * max_dim
-            if not err and rows:
+            if not cause and rows:
                 pooled = nx.pool_sum(np.stack(rows), fmt, axis=0)
                 vec[:len(pooled)] = [int(x) for x in pooled]
-            out.append({"tag": lk["tag"], "slot": lk["slot"], "error": int(err), "data": vec})
+            out.append({"tag": lk["tag"], "slot": lk["slot"], "error": int(bool(cause)),
+                        "cause": LookupErrorCause(cause), "data": vec})
     return out
 
 
@@ -119,9 +130,9 @@ def simulate_lookup_unit(unit, memory, descs, lookups, *, base: int = 0x1000, la
             outputs.append(v)
         for _ in range(4):
             await ctx.tick()
-        info.update(error=ctx.get(unit.error), error_tag=ctx.get(unit.error_tag),
-                    error_slot=ctx.get(unit.error_slot),
-                    error_cause=ctx.get(unit.error_cause), idle=ctx.get(unit.idle))
+        info.update(error=ctx.get(unit.error.flag), error_tag=ctx.get(unit.error.tag),
+                    error_slot=ctx.get(unit.error.slot),
+                    error_cause=ctx.get(unit.error.cause), idle=ctx.get(unit.idle))
 
     async def watchdog(ctx):
         await ctx.delay(max_cycles * _PERIOD)

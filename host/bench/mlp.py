@@ -1,4 +1,4 @@
-"""MLP engine benchmark: simulate :class:`~recfabric.hw.mlp_engine.MLPPipeline`, measure cycles.
+"""MLP engine benchmark: simulate :class:`~recfabric.hw.mlp.MLPPipeline`, measure cycles.
 
 ``recfabric bench mlp [--json] [--quick]`` (sub-command registered by :func:`register`) runs
 random integer models through the Amaranth simulation of the pipeline and reports, per case:
@@ -73,7 +73,7 @@ def simulate_mlp(pipe, layers, x, *, rounding=nx.Rounding.HALF_UP, rng=None, p_i
                  p_stall=0.0, check_protocol=True, max_cycles=None):
     """Run integer input vectors ``x`` (batch, K) through an ``MLPPipeline`` simulation.
 
-    Loads the model with :func:`~recfabric.hw.mlp_engine.mlp_load_words`, streams the inputs
+    Loads the model with :func:`~recfabric.hw.mlp.mlp_load_words`, streams the inputs
     (random idle cycles with probability ``p_idle``) and collects the outputs (random
     back-pressure ``p_stall``), with protocol checkers on both streams.
 
@@ -83,7 +83,7 @@ def simulate_mlp(pipe, layers, x, *, rounding=nx.Rounding.HALF_UP, rng=None, p_i
     """
     from amaranth.sim import Simulator
 
-    from recfabric.hw.mlp_engine import mlp_load_words
+    from recfabric.hw.mlp import mlp_load_words
     from recfabric.sim.stream_testing import StreamChecker, stream_get, stream_put
 
     x = np.asarray(x, dtype=np.int64)
@@ -161,7 +161,7 @@ BENCH_CASES = [
 
 
 def _case_pipeline(shapes, widths, bits, sigmoid=True, banks=4):
-    from recfabric.hw.mlp_engine import MLPPipeline
+    from recfabric.hw.mlp import MLPPipeline
     return MLPPipeline(shapes=shapes, data_bits=bits, acc_bits=nx.default_acc_bits(bits),
                        max_in=widths[0], max_width=max(widths[1:]), banks=banks,
                        sigmoid=sigmoid)
@@ -258,7 +258,7 @@ def synth_mlp_resources(shapes, *, data_bits: int = 16, max_in: int = 128, max_w
 
     from amaranth.back import rtlil
 
-    from recfabric.hw.mlp_engine import MLPPipeline
+    from recfabric.hw.mlp import MLPPipeline
 
     exe = shutil.which(yosys) or os.path.join(os.path.dirname(os.sys.executable), yosys)
     pipe = MLPPipeline(shapes=shapes, data_bits=data_bits,

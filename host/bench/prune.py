@@ -125,7 +125,7 @@ def simulate_cycles(qm, config, x, batch: int = 12) -> dict:
     """Run ``batch`` top-MLP input vectors ``x`` (integers) of quantized model ``qm`` through
     the cycle-accurate simulation of ``config``'s MLP pipeline: steady-state cycles per
     inference (spacing of the last half of the outputs) and whether scores equal the golden."""
-    from recfabric.hw.mlp_engine import MLPPipeline
+    from recfabric.hw.mlp import MLPPipeline
 
     from .mlp import golden_mlp, simulate_mlp
     pipe = MLPPipeline(shapes=config.mlp_top_shapes, data_bits=config.data_bits,

@@ -27,8 +27,8 @@ check                      the spec says
 
 A failing check is counted (``failures``), never hidden; the first examples of each are kept.
 Mismatches are also counted per scenario (``steady``, ``after_switch``, ``after_switch_to_dense``,
-``after_reset``, ``after_bad``, ``after_axi_error``) so that the known bugs of issue 10 (item 1:
-wrong scores after a switch from a model without dense features) show up by name.
+``after_reset``, ``after_bad``, ``after_axi_error``) so that a regression of issue 10 item 1
+(wrong scores after a switch from a model without dense features) shows up by name.
 
 Typical use::
 
@@ -193,8 +193,9 @@ def soak(config: str | AcceleratorConfig = "small", *, minutes: float | None = N
          progress=None) -> SoakReport:
     """Soak the Verilator back-end; stop after ``minutes`` or ``inferences`` (whichever first).
 
-    ``allow_no_dense=False`` keeps every model's dense count >= 1, which avoids the known
-    model-switch bug of issue 10 item 1 (see the module docs for the checks).
+    ``allow_no_dense=False`` keeps every model's dense count >= 1 (models without dense features
+    exercise the model switch of issue 10 item 1, fixed in the kernel; see the module docs for
+    the checks).
     """
     if minutes is None and inferences is None:
         raise ValueError("give minutes or inferences (or both) to bound the soak")

@@ -1,4 +1,4 @@
-"""Analytical cycle model of :class:`recfabric.hw.mlp_engine.MLPPipeline`.
+"""Analytical cycle model of :class:`recfabric.hw.mlp.MLPPipeline`.
 
 Stages and their per-request occupancy (cycles a stage is busy with one request):
 
@@ -71,7 +71,7 @@ class MLPCycleModel:
         Engine array shapes.
     widths : sequence of int
         Layer widths ``K0, N0(=K1), ..., N_last``; fewer layers than engines are padded with
-        identity layers of width ``N_last`` (what :func:`~recfabric.hw.mlp_engine.mlp_load_words`
+        identity layers of width ``N_last`` (what :func:`~recfabric.hw.mlp.mlp_load_words`
         does).
     banks : int
         Banks per activation buffer.

@@ -226,41 +226,31 @@ def write_program(directory, program: KernelProgramImage) -> list:
 def _kernel_formats(config):
     """The kernel's program sinks' payload layouts and geometry, for ``config``.
 
-    Constructs (never elaborates) a ``RecFabricKernel`` to ask its blocks: 0.03 s for ``tiny``,
-    0.24 s for ``u280`` (measured), and it stays exactly what the hardware decodes. The unused
-    components are dropped inside a filter for Amaranth's public ``UnusedElaboratable`` warning.
+    Constructs (never elaborates) a kernel with :func:`~recfabric.hw.kernel.kernel_for_formats`
+    to ask its blocks: 0.03 s for ``tiny``, 0.24 s for ``u280`` (measured), and it stays exactly
+    what the hardware decodes. Such a kernel warns about nothing when it is dropped.
     """
-    import gc  # noqa: PLC0415
-    import warnings  # noqa: PLC0415
     from types import SimpleNamespace  # noqa: PLC0415
 
-    from amaranth.hdl import UnusedElaboratable  # noqa: PLC0415
-
-    from ...hw.kernel import RecFabricKernel  # noqa: PLC0415
+    from ...hw.kernel import kernel_for_formats  # noqa: PLC0415
 
     def shape(port):
         return port.payload.shape()
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UnusedElaboratable)
-        k = RecFabricKernel(config)
-        c, mlp = k.concat, k.mlp
-        kw = mlp.engine_kwargs()
-        fm = SimpleNamespace(
-            parser=shape(k.parser.i_param), place=shape(k.dispatcher.i_place),
-            concat=shape(c.i_desc), mlp=shape(mlp.i_load),
-            unit_desc=[shape(u.i_desc) for u in k.units],
-            onchip_desc=[shape(t.i_desc) for t in k.onchip],
-            onchip_load=[shape(t.i_load) for t in k.onchip],
-            onchip_depth=[t.depth for t in k.onchip],
-            onchip_word_bits=[t.word_bits for t in k.onchip],
-            concat_stage=SimpleNamespace(max_slots=c.max_slots, max_concat=c.max_concat,
-                                         max_dim=c.max_dim, max_dense=c.max_dense,
-                                         lanes=c.lanes),
-            pipeline=SimpleNamespace(engine_kwargs=lambda: kw, data_bits=mlp.data_bits))
-        del k, c, mlp
-        gc.collect()
-    return fm
+    k = kernel_for_formats(config)
+    c, mlp = k.concat, k.mlp
+    kw = mlp.engine_kwargs()
+    return SimpleNamespace(
+        parser=shape(k.parser.i_param), place=shape(k.dispatcher.i_place),
+        concat=shape(c.i_desc), mlp=shape(mlp.i_load),
+        unit_desc=[shape(u.i_desc) for u in k.units],
+        onchip_desc=[shape(t.i_desc) for t in k.onchip],
+        onchip_load=[shape(t.i_load) for t in k.onchip],
+        onchip_depth=[t.depth for t in k.onchip],
+        onchip_word_bits=[t.word_bits for t in k.onchip],
+        concat_stage=SimpleNamespace(max_slots=c.max_slots, max_concat=c.max_concat,
+                                     max_dim=c.max_dim, max_dense=c.max_dense, lanes=c.lanes),
+        pipeline=SimpleNamespace(engine_kwargs=lambda: kw, data_bits=mlp.data_bits))
 
 
 class FieldEncoder:
@@ -427,7 +417,7 @@ def build_program(spec, qm, plan, descriptors, images, config) -> KernelProgramI
     """
     from ...hw.concat_stage import concat_desc_words  # noqa: PLC0415
     from ...hw.kernel import MODEL_DATA_WIDTH, Target  # noqa: PLC0415
-    from ...hw.mlp_engine import mlp_load_words  # noqa: PLC0415
+    from ...hw.mlp import mlp_load_words  # noqa: PLC0415
     from ...hw.request_reader import parser_param_words  # noqa: PLC0415
     from ..runtime.wire_format import RequestLayout  # noqa: PLC0415
 

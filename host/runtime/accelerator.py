@@ -45,6 +45,7 @@ from ...hw.register_map import (
     ERROR_AXI,
     ERROR_BAD_INDEX,
     ERROR_BAD_REQUEST,
+    ERROR_NO_PROGRAM,
     STATUS_BLOCK_BYTES,
     STATUS_REGS,
     status_block_offset,
@@ -98,7 +99,10 @@ def decode_errors(errors: int) -> list[str]:
     if errors & ERROR_AXI:
         names.append("AXI error response")
     if errors & ERROR_BAD_REQUEST:
-        names.append("bad request record or kernel program")
+        names.append("bad bag length in a request record")
+    if errors & ERROR_NO_PROGRAM:
+        names.append("no valid kernel program (the kernel was reset or the load failed): "
+                     "load the model again")
     return names
 
 
@@ -166,6 +170,12 @@ class Accelerator:
         self.device.attach_model(cm)
         self._needs_load = True
 
+    def reset(self) -> None:
+        """Reset the kernel (after a timeout, for instance); the model loaded before is loaded
+        into the kernel again by the next run (a reset erases the kernel program)."""
+        self.device.reset()
+        self._needs_load = self.model is not None
+
     def _buffer(self, name, size):
         buf = self._buffers.get(name)
         if buf is None or buf.size < size:
@@ -173,25 +183,28 @@ class Accelerator:
             self._buffers[name] = buf
         return buf
 
-    def infer(self, dense, sparse, *, timeout: float = 60.0, fixed_point: bool = False):
+    def infer(self, dense, sparse, *, timeout: float | None = None, fixed_point: bool = False):
         """Run one batch. ``dense`` is float (quantized with the model's dense format) or, with
-        ``fixed_point=True``, integers already in it; ``sparse`` a list of Bags per feature."""
+        ``fixed_point=True``, integers already in it; ``sparse`` a list of Bags per feature.
+        ``timeout``: seconds to wait for the run (default: the device's ``default_timeout``);
+        a run that takes longer raises :class:`DeviceError` naming it (then ``reset()``)."""
         if self.model is None:
             raise DeviceError("no model loaded: call load() first")
         lay = self.layout
         req = pack_requests(lay, dense, sparse) if fixed_point else \
             pack_float_requests(lay, dense, sparse)
         args, obuf, batch = self._stage(req)
-        self.device.run(args, timeout)
+        self.device.run(args, self._timeout(timeout))
         self._needs_load = False
         out, counters = self._collect(obuf, batch)
         if counters["errors"]:
             raise KernelError("kernel reported: " + "; ".join(decode_errors(counters["errors"]))
-                              + f" (first offending request tag {counters['first_error_request']})")
+                              + f" (first offending request: index "
+                                f"{counters['first_error_request']} of the batch)")
         scores, status = unpack_results(lay, out, batch)
         return InferenceResult(scores, counters, status)
 
-    def run_raw(self, requests: bytes, *, timeout: float = 60.0,
+    def run_raw(self, requests: bytes, *, timeout: float | None = None,
                 wait: bool = True) -> InferenceResult | None:
         """Run request records exactly as given and report what the kernel wrote, unchecked.
 
@@ -203,8 +216,9 @@ class Accelerator:
         requests : bytes
             Whole request records in wire format (e.g. :func:`.wire_format.pack_requests`
             output, corrupted on purpose).
-        timeout : float
-            Seconds to wait for ``ap_done`` (:class:`DeviceError` after that).
+        timeout : float, optional
+            Seconds to wait for ``ap_done`` (:class:`DeviceError` after that); default: the
+            device's ``default_timeout``.
         wait : bool
             ``False`` only starts the run (the device must have ``start``, as a
             :class:`RegisterDevice` does) and returns ``None``: the caller steps, waits or
@@ -221,7 +235,7 @@ class Accelerator:
             raise DeviceError("no model loaded: call load() first")
         args, obuf, batch = self._stage(requests)
         if wait:
-            self.device.run(args, timeout)
+            self.device.run(args, self._timeout(timeout))
         else:
             start = getattr(self.device, "start", None)
             if start is None:
@@ -234,6 +248,9 @@ class Accelerator:
         out, counters = self._collect(obuf, batch)
         scores, status = unpack_results(self.layout, out, batch, check=False)
         return InferenceResult(scores, counters, status)
+
+    def _timeout(self, timeout: float | None) -> float:
+        return self.device.default_timeout if timeout is None else timeout
 
     def _stage(self, req: bytes):
         """Write a batch of request records and a zeroed results buffer; (args, results

@@ -52,9 +52,12 @@ class Device(abc.ABC):
     ----------
     config : AcceleratorConfig
         The configuration of the kernel this device runs.
+    default_timeout : float
+        Seconds a run may take when ``Accelerator.infer`` is given no timeout.
     """
 
     config: AcceleratorConfig
+    default_timeout: float = 60.0
 
     @abc.abstractmethod
     def allocate(self, name: str, size: int, bank: int | None = None) -> Buffer:
@@ -78,6 +81,10 @@ class Device(abc.ABC):
     def kernel_hash(self) -> int:
         """The running kernel's configuration hash."""
         return self.config.config_hash
+
+    def reset(self) -> None:
+        """Reset the kernel (``ap_rst_n``): every block, and the kernel program, is cleared."""
+        raise DeviceError(f"the {type(self).__name__} backend cannot reset its kernel")
 
     def attach_model(self, compiled) -> None:  # noqa: B027 - optional hook
         """Hook for backends that need the compiled model on the host side (the reference

@@ -114,9 +114,13 @@ class ResultStatus(enum.IntFlag):
     #: The kernel found a bag length over the feature's maximum (or a one-hot length other than
     #: 1); the score is undefined.
     BAG_RANGE = 0x04
+    #: A table read for this request was answered with an AXI error (SLVERR/DECERR); the score
+    #: is undefined.
+    MEMORY = 0x08
 
 
-_STATUS_KNOWN = int(ResultStatus.VALID | ResultStatus.ID_RANGE | ResultStatus.BAG_RANGE)
+_STATUS_KNOWN = int(ResultStatus.VALID | ResultStatus.ID_RANGE | ResultStatus.BAG_RANGE
+                    | ResultStatus.MEMORY)
 
 
 def _align(n: int, a: int) -> int:

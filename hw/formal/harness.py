@@ -19,7 +19,7 @@ import types
 from collections.abc import Callable
 
 from amaranth.asserts import AnyConst, AnySeq, Initial
-from amaranth.hdl import Assume, Elaboratable, Module, ResetSignal, Signal
+from amaranth.hdl import Assume, Elaboratable, Module, Mux, ResetSignal, Signal
 from amaranth.lib import wiring
 
 from ..axi4 import AXIResp
@@ -194,7 +194,7 @@ class LookupUnitHarness(_Harness):
         p = PropertyWriter(m)
         _stream_source(p, m, dut.i_lookup, "lookup")
         _stream_source(p, m, dut.i_desc, "desc")
-        _free(m, dut.error_clear)
+        _free(m, dut.error.clear)
         _free(m, dut.o_pooled.ready)
 
         w = dut.i_desc.payload
@@ -319,8 +319,8 @@ class ResultWriterHarness(_Harness):
     results buffer 64-byte aligned (XRT buffers are 4 KiB aligned) and inside the address space.
     Block properties: every write lies in the results buffer or its status block
     (``writer.in_buffer``); ``done`` only when every write of the run (records and status block)
-    has been answered (``writer.done``); an error response sets ``axi_error``
-    (``writer.axi_error``).
+    has been answered (``writer.done``; a ``skip`` run, which has no kernel program, writes the
+    status block only); an error response sets ``axi_error`` (``writer.axi_error``).
     """
 
     mutations = {
@@ -345,6 +345,7 @@ class ResultWriterHarness(_Harness):
         _free(m, dut.start)
         _free(m, dut.base, ADDR_WIDTH)
         _free(m, dut.batch, 2)
+        _free(m, dut.skip)  # a run without a kernel program: the status block only
         # The status words are data to the protocol: one arbitrary value per proof keeps the
         # solver's work down.
         m.d.comb += dut.status.as_value().eq(AnyConst(len(dut.status.as_value())))
@@ -353,12 +354,14 @@ class ResultWriterHarness(_Harness):
         base = Signal(ADDR_WIDTH)
         batch = Signal(range(self.max_batch + 1))
         aws = Signal(range(self.max_batch + 2))  # AW requests accepted in this run
+        skip = Signal()
         with m.If(dut.start):
             p.assume("env.start_when_idle", ~running)
             p.assume("env.batch", dut.batch[:2] <= self.max_batch)
             p.assume("env.base_aligned", dut.base[:6] == 0)
             p.assume("env.buffer_in_memory", dut.base + 2 * 4096 <= (1 << ADDR_WIDTH))
-            m.d.sync += [running.eq(1), base.eq(dut.base), batch.eq(dut.batch), aws.eq(0)]
+            m.d.sync += [running.eq(1), base.eq(dut.base), batch.eq(dut.batch), aws.eq(0),
+                         skip.eq(dut.skip)]
         with m.Elif(chk.aw_fire):
             m.d.sync += aws.eq(aws + 1)
         with m.If(dut.done):
@@ -370,14 +373,17 @@ class ResultWriterHarness(_Harness):
             p.check("writer.in_buffer",
                     (bus.awaddr >= base) &
                     (bus.awaddr + ((bus.awlen + 1) * wb) <= status_at + STATUS_BLOCK_BYTES))
+        records = Signal.like(batch)  # the status block stays after `batch` records when skipped
+        m.d.comb += records.eq(Mux(skip, 0, batch))
         with m.If(dut.done):
             p.check("writer.done", (chk.outstanding == chk.b_fire) & ~bus.awvalid &
-                    ~bus.wvalid & (aws == batch + 1) & (dut.written == batch))
+                    ~bus.wvalid & (aws == records + 1) & (dut.written == records))
         b_err = Signal()
         m.d.sync += b_err.eq(chk.b_fire & bus.bresp[1])
         with m.If(b_err):
             p.check("writer.axi_error", dut.axi_error)
-        p.cover("cover.writer_done", dut.done & (batch == 2))
+        p.cover("cover.writer_done", dut.done & (batch == 2) & ~skip)
+        p.cover("cover.writer_skip_done", dut.done & (batch == 2) & skip)
 
 
 class ControlRegistersHarness(_Harness):

@@ -102,7 +102,7 @@ async def pooled_vectors_match_spec(dut):
         getattr(dut, f"{name}__valid").value = 0
         getattr(dut, f"{name}__payload").value = 0
     dut.o_pooled__ready.value = 0
-    dut.error_clear.value = 0
+    dut.error__clear.value = 0
     dut.m_axi__rvalid.value = 0
     dut.m_axi__arready.value = 0
     cocotb.start_soon(Clock(dut.clk, 4, unit="ns").start())
@@ -112,7 +112,7 @@ async def pooled_vectors_match_spec(dut):
     # combinational block of the design has been evaluated.
     for v in (1, 0):
         dut.o_pooled__ready.value = v
-        dut.error_clear.value = v
+        dut.error__clear.value = v
         dut.m_axi__rvalid.value = v
         dut.m_axi__arready.value = v
         await RisingEdge(dut.clk)
@@ -144,7 +144,7 @@ async def pooled_vectors_match_spec(dut):
     await ReadOnly()
     errors = [i for i, w in enumerate(want) if w["error"]]
     result = {"bags": len(want), "equal": got == want, "bad_bags": len(errors),
-              "error": int(dut.error.value), "idle": int(dut.idle.value)}
+              "error": int(dut.error__flag.value), "idle": int(dut.idle.value)}
     if os.environ.get("ELU_OUT"):
         with open(os.environ["ELU_OUT"], "w") as f:
             json.dump(result, f)
