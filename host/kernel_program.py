@@ -35,6 +35,7 @@ from amaranth.hdl import Const
 
 from ..hw.concat_stage import concat_desc_words
 from ..hw.kernel import MODEL_DATA_WIDTH, PROGRAM_MAGIC, KernelUnsupported, Target
+from ..hw.lookup_dispatcher import PlaceKind
 from ..hw.mlp_engine import mlp_load_words
 from ..hw.request_reader import parser_param_words
 from .golden import QLayer
@@ -88,6 +89,23 @@ def _groups(cm):
     return out
 
 
+def _placements(slot, unit, desc, feats, fa, fb, cart) -> dict:
+    """Dispatcher placement entries (feature -> fields) of one table group.
+
+    A single feature is ``SINGLE``. Of a Cartesian pair ``(a, b)`` (row ``id_a * rows_b +
+    id_b``), the member the parser sends first (the lower feature index) is ``HOLD``, the other
+    ``PAIR``, which emits the lookup (:mod:`recfabric.hw.lookup_dispatcher`).
+    """
+    common = {"unit": unit, "slot": slot, "desc": desc}
+    if not cart:
+        return {feats[0]: {**common, "kind": PlaceKind.SINGLE}}
+    rows = {feats[0]: fa["rows"], feats[1]: fb["rows"]}
+    first, second = sorted(feats)
+    return {first: {"kind": PlaceKind.HOLD, "rows": rows[first]},
+            second: {**common, "kind": PlaceKind.PAIR, "rows": rows[second],
+                     "mult": fb["rows"], "partner": first, "a_held": int(first == feats[0])}}
+
+
 def hardware_column_order(cm) -> list:
     """Spec positions of the top MLP's input, in the kernel's concatenation order."""
     spec = cm.spec
@@ -127,7 +145,7 @@ def build_program(kernel, cm, table_addresses: dict) -> KernelProgram:
     d = cm.descriptors
     bits = c.data_bits
     n_mem = c.mem_channels
-    entries = {u: [] for u in range(n_mem + c.onchip_units)}
+    placements = {}  # feature -> PlacementLayout fields
     onchip_next = [0] * c.onchip_units
     onchip_words = kernel.onchip[0].depth if kernel.onchip else 0
     word_bits = kernel.onchip[0].word_bits if kernel.onchip else 0
@@ -167,16 +185,10 @@ def build_program(kernel, cm, table_addresses: dict) -> KernelProgram:
                              {"addr": base + r * row_words + k,
                               "data": (value >> (k * word_bits)) & ((1 << word_bits) - 1)},
                              "on-chip rows")
-        entries[unit].append({"slot": g, "desc": t["local_index"], "feat_a": feats[0],
-                              "feat_b": feats[1] if cart else 0, "cartesian": int(cart),
-                              "rows_a": fa["rows"], "rows_b": fb["rows"] if cart else 0})
+        placements.update(_placements(g, unit, t["local_index"], feats, fa, fb, cart))
     place = kernel.dispatcher.i_place
-    for unit, es in entries.items():
-        for i, e in enumerate(es):
-            prog.add(Target.PLACE, place, {"unit": unit, "index": i, "entry": e,
-                                           "set_count": 0, "count": 0}, "placements")
-        prog.add(Target.PLACE, place, {"unit": unit, "index": 0, "entry": {},
-                                       "set_count": 1, "count": len(es)}, "placements")
+    for f in range(len(spec.sparse)):
+        prog.add(Target.PLACE, place, {"feature": f, "entry": placements[f]}, "placements")
 
     # Concatenation: dense part first, then the groups in slot order.
     slots, pos = [], spec.dense_out

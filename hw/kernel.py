@@ -4,7 +4,7 @@
 
     s_axi_control -> ControlRegisters --start--> ModelLoader (m_axi_model, when flags.LOAD)
                                                       | program words -> every block's runtime port
-    m_axi_requests -> RecordFetcher -> RecordParser -> RequestAssembler -> LookupDispatcher
+    m_axi_requests -> RecordFetcher -> RecordParser --feature IDs--> LookupDispatcher
                                             | dense                         | lookups
                                             v                               v
                                        ConcatStage <- StreamArbiter <- EmbeddingLookupUnit[i]
@@ -42,12 +42,12 @@ from .lookup_dispatcher import LookupDispatcher
 from .mlp_engine import MLPPipeline
 from .onchip_table import OnChipTable
 from .register_map import KERNEL_ID, KERNEL_VERSION, kernel_args
-from .request_reader import RecordFetcher, RecordParser
+from .request_reader import ParserParam, RecordFetcher, RecordParser
 from .result_writer import STATUS_WORDS, ResultWriter
 from .stream_arbiter import StreamArbiter
 
 __all__ = ["Target", "PROGRAM_MAGIC", "MODEL_DATA_WIDTH", "FLAG_LOAD", "RecFabricKernel",
-           "RequestAssembler", "vitis_kernel", "generate_verilog", "KernelUnsupported"]
+           "vitis_kernel", "generate_verilog", "KernelUnsupported"]
 
 #: First 32 bits of a kernel program's header word ("RFpg").
 PROGRAM_MAGIC = 0x67704652
@@ -71,56 +71,6 @@ class Target(enum.IntEnum):
     UNIT_DESC = 0x40  # + unit: EmbeddingLookupUnit.i_desc
     ONCHIP_DESC = 0x80  # + unit: OnChipTable.i_desc
     ONCHIP_LOAD = 0xC0  # + unit: OnChipTable.i_load
-
-
-class RequestAssembler(wiring.Component):
-    """Collects a request's feature IDs (RecordParser items) into one dispatcher request.
-
-    Members
-    -------
-    i_id : In(stream.Signature(FeatureIdLayout))
-    features : In(range(max_features + 1))
-        Features per request (a request is complete after the last item of the last one).
-    o_request : Out(stream.Signature(LookupRequestLayout))
-    bad_bag : Out(1)
-        The request being emitted had a clamped bag.
-    """
-
-    def __init__(self, id_layout, request_layout, max_features: int, max_bag: int):
-        self._maxf, self._maxb = max_features, max_bag
-        super().__init__({
-            "i_id": In(stream.Signature(id_layout)),
-            "features": In(range(max_features + 1)),
-            "o_request": Out(stream.Signature(request_layout)),
-        })
-
-    def elaborate(self, platform):
-        m = Module()
-        req = Signal(self.o_request.payload.shape())
-        full = Signal()
-        count = Signal(range(self._maxb + 1))
-        p = self.i_id.payload
-        m.d.comb += [self.o_request.valid.eq(full), self.o_request.payload.eq(req),
-                     self.i_id.ready.eq(~full)]
-        with m.If(self.o_request.valid & self.o_request.ready):
-            m.d.sync += full.eq(0)
-        with m.If(self.i_id.valid & ~full):
-            m.d.sync += req.tag.eq(p.tag)
-            slot = Signal(range(self._maxb), name="slot")
-            m.d.comb += slot.eq(Mux(p.first, 0, count))
-            for f in range(self._maxf):
-                with m.If(p.feature == f):
-                    with m.If(p.empty):
-                        m.d.sync += req.lengths[f].eq(0)
-                    with m.Else():
-                        for k in range(self._maxb):
-                            with m.If(slot == k):
-                                m.d.sync += req.ids[f][k].eq(p.id)
-                        m.d.sync += req.lengths[f].eq(slot + 1)
-            m.d.sync += count.eq(Mux(p.last, 0, slot + 1))
-            with m.If(p.last & (p.feature == self.features - 1)):
-                m.d.sync += full.eq(1)
-        return m
 
 
 class RecFabricKernel(wiring.Component):
@@ -171,9 +121,6 @@ class RecFabricKernel(wiring.Component):
         self.units = [EmbeddingLookupUnit.from_config(c, arid=0)
                       for _ in range(c.mem_channels)]
         self.onchip = [OnChipTable.from_config(c, word_bits=256) for _ in range(c.onchip_units)]
-        self.assembler = RequestAssembler(self.parser.o_id.payload.shape(),
-                                          self.dispatcher.request_layout, c.max_features,
-                                          c.max_bag)
         pooled_shape = (self.units + self.onchip)[0].o_pooled.payload.shape()
         self.arbiter = StreamArbiter(pooled_shape, len(self.units) + len(self.onchip))
         lanes = c.mlp_top_shapes[0][1]
@@ -189,7 +136,7 @@ class RecFabricKernel(wiring.Component):
         """Mark this kernel and its blocks as intentionally not elaborated (the host builds a
         kernel object only to ask its blocks for their load formats)."""
         blocks = [self, self.ctrl, self.model_fetch, self.fetch, self.parser, self.dispatcher,
-                  self.assembler, self.arbiter, self.concat, self.mlp, self.writer,
+                  self.arbiter, self.concat, self.mlp, self.writer,
                   *self.units, *self.onchip]
         for b in blocks:
             b._MustUse__silence = True
@@ -198,8 +145,7 @@ class RecFabricKernel(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         c = self.config
-        for name in ("ctrl", "model_fetch", "fetch", "parser", "dispatcher", "assembler",
-                     "arbiter", "concat", "mlp", "writer"):
+        for name in ("ctrl", "model_fetch", "fetch", "parser", "dispatcher", "arbiter", "concat", "mlp", "writer"):
             m.submodules[name] = getattr(self, name)
         for i, u in enumerate(self.units):
             m.submodules[f"unit{i}"] = u
@@ -278,8 +224,7 @@ class RecFabricKernel(wiring.Component):
 
         # ---- datapath ----
         wiring.connect(m, self.fetch.o_word, self.parser.i_word)
-        wiring.connect(m, self.parser.o_id, self.assembler.i_id)
-        wiring.connect(m, self.assembler.o_request, self.dispatcher.i_request)
+        wiring.connect(m, self.parser.o_id, self.dispatcher.i_id)
         for k, unit in enumerate(self.units + self.onchip):
             wiring.connect(m, self.dispatcher.o_lookup[k], unit.i_lookup)
             wiring.connect(m, unit.o_pooled, self.arbiter.i[k])
@@ -295,15 +240,10 @@ class RecFabricKernel(wiring.Component):
             self.mlp.o_scores.ready.eq(self.writer.i_result.ready),
         ]
 
-        # Parser parameters the kernel itself needs (words per record, feature count).
+        # The parser parameter the kernel itself needs (words per record, for the fetcher).
         pp = self.parser.i_param
-        features = Signal(range(c.max_features + 1))
-        with m.If(pp.valid & pp.ready):
-            with m.If(pp.payload.addr == 0):
-                m.d.sync += words_per_record.eq(pp.payload.data)
-            with m.If(pp.payload.addr == 1):
-                m.d.sync += features.eq(pp.payload.data)
-        m.d.comb += self.assembler.features.eq(features)
+        with m.If(pp.valid & pp.ready & (pp.payload.addr == ParserParam.WORDS)):
+            m.d.sync += words_per_record.eq(pp.payload.data)
 
         # ---- status and counters ----
         units = self.units + self.onchip
