@@ -29,8 +29,8 @@ from __future__ import annotations
 import enum
 
 from amaranth.back import verilog
-from amaranth.hdl import Cat, ClockDomain, Const, Elaboratable, Module, Mux, Signal
-from amaranth.lib import stream, wiring
+from amaranth.hdl import Cat, ClockDomain, Const, Elaboratable, Module, Signal
+from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from .axi4 import AXI4LiteSignature, AXI4Signature
@@ -145,7 +145,8 @@ class RecFabricKernel(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         c = self.config
-        for name in ("ctrl", "model_fetch", "fetch", "parser", "dispatcher", "arbiter", "concat", "mlp", "writer"):
+        for name in ("ctrl", "model_fetch", "fetch", "parser", "dispatcher", "arbiter",
+                     "concat", "mlp", "writer"):
             m.submodules[name] = getattr(self, name)
         for i, u in enumerate(self.units):
             m.submodules[f"unit{i}"] = u
