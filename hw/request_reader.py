@@ -7,18 +7,25 @@ model: they reach the hardware as runtime parameters (:class:`ParserParam`, writ
 
 :class:`RecordFetcher` reads ``batch * words`` memory words from ``base`` with INCR bursts (never
 crossing 4 KiB), issuing a burst only when its beats have room in the word FIFO, so the R channel
-is never back-pressured by the parser. :class:`RecordParser` walks each record in the order the
-wire format lays it out (bag lengths, then ID slots feature by feature, then dense values), one
-field per cycle, and emits
+is never back-pressured by the parser. :class:`RecordParser` parses each record where its words
+stand, at the head of the word stream (no register holds a record):
 
-* one :class:`FeatureIdLayout` item per live ID (``first``/``last`` mark the bag), or a single
-  ``empty`` item for a bag of length 0, for every feature in order;
+* the bag-length words are stored as they arrive, one word (``data_width / 16`` lengths) per
+  cycle, in a memory of ``ceil(2 * max_features / word bytes)`` words; the features' maximum
+  bags (runtime parameters) live in a ``max_features``-entry memory;
+* then, one item per cycle, it emits one :class:`FeatureIdLayout` item per live ID
+  (``first``/``last`` mark the bag), or a single ``empty`` item for a bag of length 0, for every
+  feature in order. Dead ID slots are skipped by arithmetic (the next feature's slot is
+  ``ids_offset + 4 * (bags before it)``), and a word is popped in the cycle its last wanted
+  field is used, so a request costs about one cycle per live ID, plus one per length word, one
+  per dense value and one per word holding nothing wanted, plus two;
 * the dense values as a stream of elements (``last`` on the request's last one).
 
 A request gets a tag (its sequence number modulo ``inflight``) only when fewer than ``inflight``
 requests are between the parser and the point that returns credits (``credit`` pulses, one per
 finished request), so downstream per-tag buffers never overflow. A bag length over the feature's
-maximum is clamped to the maximum and flagged (``bad_bag`` on its items).
+maximum is clamped to the maximum and flagged (``bad_bag`` on its items, and the sticky
+``bad_bag`` output).
 """
 
 from amaranth.hdl import Module, Mux, Signal, unsigned
@@ -182,7 +189,7 @@ class RecordFetcher(wiring.Component):
 
 
 class RecordParser(wiring.Component):
-    """Parses request records (a word stream) into feature IDs and dense values.
+    """Parses request records (a word stream) into feature IDs and dense values (module docs).
 
     Parameters
     ----------
