@@ -1,9 +1,9 @@
 """RecFabric numerics specification.
 
 This module is the single definition of every number the accelerator computes. The golden model
-(:mod:`recfabric.host.golden`) composes these functions into whole-model inference; the Amaranth
-arithmetic in :mod:`recfabric.hw` implements the same functions and is tested against them, bit
-for bit. Everything in the bit-exact path is integer-only, vectorised numpy on ``int64``.
+(:mod:`recfabric.host.reference.golden`) composes these functions into whole-model inference; the
+Amaranth arithmetic in :mod:`recfabric.hw` implements the same functions and is tested against them,
+bit for bit. Everything in the bit-exact path is integer-only, vectorised numpy on ``int64``.
 
 Choices, and why
 ----------------

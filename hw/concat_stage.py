@@ -37,9 +37,13 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .mlp_engine import MLPInputLayout
-from .sigmoid import LogitLayout
-from .stream_types import PooledVectorLayout
+from .stream_types import (
+    DenseLayout,
+    LookupErrorCause,
+    MLPInputLayout,
+    PooledVectorLayout,
+    RequestFlagsLayout,
+)
 
 __all__ = ["ConcatStage", "ConcatDescLayout", "concat_desc_words"]
 
@@ -136,12 +140,20 @@ class ConcatStage(wiring.Component):
     -------
     i_pooled : In(stream.Signature(PooledVectorLayout))
         Pooled vectors, any order. Never refused for long: each takes its write cycles.
-    i_dense : In(stream.Signature(LogitLayout(data_bits)))
-        Dense elements, request after request (``length`` elements each; ``last`` is ignored).
+    i_dense : In(stream.Signature(DenseLayout))
+        Dense elements, request after request (``length`` elements each, carrying the
+        request's tag; ``last`` is ignored).
+    i_bag_error : In(stream.Signature(StructLayout({"tag": tag_bits})))
+        A record's bag length was bad (the request ``tag`` gets the ``bag_range`` flag); always
+        ready.
     i_desc : In(stream.Signature(ConcatDescLayout))
         Descriptor writes (always ready; not while requests are in flight).
     o_vector : Out(stream.Signature(MLPInputLayout(data_bits, lanes)))
         Vectors, ``lanes`` elements per transfer, ``last`` on a request's last word.
+    o_flags : Out(stream.Signature(RequestFlagsLayout))
+        One per request, in request order, offered when the request is complete and before its
+        vector is emitted (a vector waits for its flags to be taken): the request's pooled-vector
+        errors (``id_range`` for causes ROW and DESC, ``memory`` for RESP) and bag errors.
     released : Out(1)
         Pulses when the oldest request has been read out: its tag may be reused.
     error : Out(1)
@@ -167,9 +179,12 @@ class ConcatStage(wiring.Component):
             "i_pooled": In(stream.Signature(PooledVectorLayout(
                 tag_bits=self.tag_bits, slot_bits=self.slot_bits, data_bits=data_bits,
                 max_dim=max_dim))),
-            "i_dense": In(stream.Signature(LogitLayout(data_bits))),
+            "i_dense": In(stream.Signature(DenseLayout(tag_bits=self.tag_bits,
+                                                       data_bits=data_bits))),
+            "i_bag_error": In(stream.Signature(data.StructLayout({"tag": self.tag_bits}))),
             "i_desc": In(stream.Signature(ConcatDescLayout(max_slots))),
             "o_vector": Out(stream.Signature(MLPInputLayout(bits=data_bits, lanes=lanes))),
+            "o_flags": Out(stream.Signature(RequestFlagsLayout())),
             "released": Out(1),
             "error": Out(1),
         })
@@ -182,6 +197,9 @@ class ConcatStage(wiring.Component):
                    max_dense=max(1, cfg.max_dense, cfg.max_width), inflight=cfg.inflight)
 
     def elaborate(self, platform):
+        # One function on purpose (~150 lines): the descriptor registers, the per-tag buffer, the
+        # pooled and dense writers and the reader share the per-tag state (slot counts, dense
+        # flags, request flags) and the lanes' write ports; the sections below are marked.
         m = Module()
         C, T = self.lanes, self.inflight
 
@@ -235,6 +253,13 @@ class ConcatStage(wiring.Component):
 
         slot_cnt = Array(Signal(range(self.max_slots + 1), name=f"slots{t}") for t in range(T))
         dense_done = Array(Signal(name=f"dense_done{t}") for t in range(T))
+        # Request flags, one bit per tag and flag (flat vectors: the read below is then a
+        # continuous shift, which Icarus evaluates at time 0, unlike an `always @*` case).
+        flag_bits = {name: Signal(T, name=f"{name}_by_tag") for name in ("id_range", "bag_range",
+                                                                         "memory")}
+        m.d.comb += self.i_bag_error.ready.eq(1)
+        with m.If(self.i_bag_error.valid):
+            m.d.sync += flag_bits["bag_range"].bit_select(self.i_bag_error.payload.tag, 1).eq(1)
 
         # ---- pooled writer: window j of the slot's placement, one word per cycle ----
         pv = self.i_pooled.payload
@@ -256,11 +281,15 @@ class ConcatStage(wiring.Component):
                 m.d.sync += [j.eq(0), slot_cnt[pv.tag].eq(slot_cnt[pv.tag] + 1)]
                 with m.If(pv.error):
                     m.d.sync += self.error.eq(1)
+                    with m.If(pv.cause == LookupErrorCause.RESP):
+                        m.d.sync += flag_bits["memory"].bit_select(pv.tag, 1).eq(1)
+                    with m.Else():
+                        m.d.sync += flag_bits["id_range"].bit_select(pv.tag, 1).eq(1)
             with m.Else():
                 m.d.sync += j.eq(j + 1)
 
         # ---- dense writer: one element per cycle into a lane the pooled writer leaves free ----
-        d_tag = Signal(self.tag_bits)
+        d_tag = self.i_dense.payload.tag
         d_n = Signal(_LEN_BITS)
         d_q = Signal(range(C))
         d_w = Signal(_WORD_BITS)
@@ -286,8 +315,7 @@ class ConcatStage(wiring.Component):
             with m.Else():
                 m.d.sync += [d_q.eq(cur_q + 1), d_w.eq(cur_w)]
             with m.If(d_n + 1 >= d_len):
-                m.d.sync += [d_n.eq(0), d_started.eq(0), dense_done[d_tag].eq(1),
-                             d_tag.eq(_wrap_inc(d_tag, T))]
+                m.d.sync += [d_n.eq(0), d_started.eq(0), dense_done[d_tag].eq(1)]
             with m.Else():
                 m.d.sync += d_n.eq(d_n + 1)
 
@@ -314,8 +342,13 @@ class ConcatStage(wiring.Component):
                 m.d.comb += self.released.eq(1)
                 m.d.sync += [active.eq(0), slot_cnt[head].eq(0), dense_done[head].eq(0),
                              head.eq(_wrap_inc(head, T))]
-        with m.Elif(~active & complete):
+                m.d.sync += [v.bit_select(head, 1).eq(0) for v in flag_bits.values()]
+        with m.Elif(~active & complete & self.o_flags.ready):
             m.d.sync += [active.eq(1), c.eq(0)]
+        # A complete request offers its flags; its vector follows once they are taken.
+        m.d.comb += [self.o_flags.valid.eq(~active & complete),
+                     *(getattr(self.o_flags.payload, name).eq(v.bit_select(head, 1))
+                       for name, v in flag_bits.items())]
         return m
 
 

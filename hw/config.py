@@ -14,7 +14,14 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-__all__ = ["AcceleratorConfig", "ConfigError", "PRESETS", "get_preset"]
+__all__ = ["AcceleratorConfig", "ConfigError", "KernelCapabilities", "ONCHIP_WORD_BITS", "PRESETS",
+           "get_preset"]
+
+#: RAM word width of the kernel's on-chip table units (``RecFabricKernel`` builds
+#: ``OnChipTable.from_config(config, word_bits=256)``).
+ONCHIP_WORD_BITS = 256
+#: Width of the top MLP's logits (the sigmoid table's input, ``numerics.SIGMOID_IN.bits``).
+_LOGIT_BITS = 11
 
 
 class ConfigError(ValueError):
@@ -23,6 +30,106 @@ class ConfigError(ValueError):
 
 def _pow2(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
+
+
+@dataclass(frozen=True)
+class KernelCapabilities:
+    """What the kernel generated for one configuration can run: one description, as data.
+
+    Derived from an :class:`AcceleratorConfig` by :meth:`AcceleratorConfig.capabilities` (as
+    Gemmini's generated header derives its facts). The planner plans within it, the compiler's
+    checks and the kernel-program step assert against it, and ``recfabric models`` decides with
+    it whether a model runs. Every quantity has one unit, named in its field.
+
+    Parameters
+    ----------
+    config, config_hash
+        The configuration's name and hash.
+    data_bits, acc_bits : int
+        Element and accumulator widths (bits).
+    interactions : tuple of str
+        Interactions the datapath implements (``"concat"``).
+    max_outputs : int
+        Output paths (sigmoids) per request: 1, so no multi-task heads.
+    bottom_mlp : bool
+        Whether a bottom MLP exists (False: dense features go to the concatenation as they are).
+    max_features, max_bag, max_dim, max_dense : int
+        Sparse features (request slots), IDs per bag, elements per table row (a merged table
+        counts its summed dims) and dense features, per request.
+    max_concat, max_width : int
+        Elements of the top MLP's input and of any layer's output.
+    top_engines : tuple of (rows, cols)
+        Systolic array of each top-MLP layer engine; there are ``len(top_engines)`` layers at most.
+    logit_engines : tuple of int
+        Engines whose output store holds ``_LOGIT_BITS``-bit logits (the last one only, unless the
+        hidden elements are that wide). A model with fewer layers than engines is padded with
+        identity layers, which must pass the logits through such an engine.
+    mem_channels : int
+        Off-chip memory channels with a lookup unit.
+    channel_bytes, beat_bytes : int
+        Bytes per channel and per memory beat.
+    onchip_units : int
+        On-chip table units.
+    onchip_word_bits, onchip_words : int
+        RAM word width (bits) and depth (words) of each on-chip unit.
+    descriptors_per_unit : int
+        Table descriptors (and dispatcher placement entries) one lookup or on-chip unit holds.
+    table_copies : int
+        Copies of a table the dispatcher serves lookups from (1: every table is held once).
+    row_split : bool
+        Whether a table may be split by row range over units (False: each table lies whole in
+        one channel or unit).
+    max_merge : int
+        Features per Cartesian-merged table (the dispatcher computes products of pairs).
+    """
+
+    config: str
+    config_hash: int
+    data_bits: int
+    acc_bits: int
+    interactions: tuple
+    max_outputs: int
+    bottom_mlp: bool
+    max_features: int
+    max_bag: int
+    max_dim: int
+    max_dense: int
+    max_concat: int
+    max_width: int
+    top_engines: tuple
+    logit_engines: tuple
+    mem_channels: int
+    channel_bytes: int
+    beat_bytes: int
+    onchip_units: int
+    onchip_word_bits: int
+    onchip_words: int
+    descriptors_per_unit: int
+    table_copies: int
+    row_split: bool
+    max_merge: int
+
+    @property
+    def max_top_layers(self) -> int:
+        return len(self.top_engines)
+
+    @property
+    def onchip_bytes(self) -> int:
+        """Bytes of one on-chip unit: ``onchip_words`` whole words."""
+        return self.onchip_words * self.onchip_word_bits // 8
+
+    @property
+    def logit_bits(self) -> int:
+        return _LOGIT_BITS
+
+    def to_json(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["top_engines"] = [list(rc) for rc in self.top_engines]
+        out["logit_engines"] = list(self.logit_engines)
+        out["interactions"] = list(self.interactions)
+        out["onchip_bytes"] = self.onchip_bytes
+        out["max_top_layers"] = self.max_top_layers
+        return out
 
 
 @dataclass(frozen=True)
@@ -68,7 +175,7 @@ class AcceleratorConfig:
     mlp_top_shapes, mlp_bottom_shapes : tuple of (rows, cols)
         Systolic array of each layer engine of the top / bottom MLP (rows = outputs computed
         in parallel, cols = inputs consumed per cycle). An engine's cols equal the previous
-        engine's rows (:class:`~recfabric.hw.mlp_engine.MLPPipeline`); sizing engines in
+        engine's rows (:class:`~recfabric.hw.mlp.MLPPipeline`); sizing engines in
         proportion to their layers' MACs balances the pipeline's initiation interval. The
         number of engines is the layer limit (fewer layers are padded with identity layers).
     inflight : int
@@ -194,6 +301,24 @@ class AcceleratorConfig:
         digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).digest()
         return int.from_bytes(digest[:4], "little")
 
+    def capabilities(self) -> KernelCapabilities:
+        """What the kernel generated for this configuration can run (see
+        :class:`KernelCapabilities`)."""
+        engines = self.mlp_top_shapes
+        hidden_holds_logits = self.data_bits >= _LOGIT_BITS
+        logit = tuple(range(len(engines))) if hidden_holds_logits else (len(engines) - 1,)
+        words = max(1, self.onchip_bytes * 8 // ONCHIP_WORD_BITS) if self.onchip_units else 0
+        return KernelCapabilities(
+            config=self.name, config_hash=self.config_hash, data_bits=self.data_bits,
+            acc_bits=self.acc_bits, interactions=("concat",), max_outputs=1, bottom_mlp=False,
+            max_features=self.max_features, max_bag=self.max_bag, max_dim=self.max_dim,
+            max_dense=self.max_dense, max_concat=self.max_concat, max_width=self.max_width,
+            top_engines=engines, logit_engines=logit, mem_channels=self.mem_channels,
+            channel_bytes=self.channel_bytes, beat_bytes=self.beat_bytes,
+            onchip_units=self.onchip_units, onchip_word_bits=ONCHIP_WORD_BITS,
+            onchip_words=words, descriptors_per_unit=self.max_features, table_copies=1,
+            row_split=False, max_merge=2)
+
     def replace(self, **changes) -> AcceleratorConfig:
         return dataclasses.replace(self, **changes)
 
@@ -215,7 +340,7 @@ _SMALL = AcceleratorConfig(
 # U280 / U50: 32 HBM pseudo-channels of 256 MiB, 256-bit AXI at the kernel side. MicroRec used
 # 28-32 channels; 28 leaves room for request/score/weight masters. On-chip budget: 8 table units of
 # 256 KiB (URAM). MLP engines sized for MicroRec's 352/876-1024-512-256-1 top MLPs: 5,904 MACs
-# (of the U280's 9,024 DSP48E2); the cycle model (host/mlp_cycle_model.py) gives an initiation
+# (of the U280's 9,024 DSP48E2); the cycle model (host/compiler/cycle_model.py) gives an initiation
 # interval of 176 cycles for 352-1024-512-256-1 (bound 172), not yet simulated at this size.
 _U280 = AcceleratorConfig(
     name="u280", data_bits=16, acc_bits=48, mem_channels=28, mem_data_width=256, mem_id_width=6,

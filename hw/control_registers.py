@@ -40,7 +40,9 @@ class ControlRegisters(wiring.Component):
     set, :attr:`start` pulses for one cycle and the kernel is busy (``ap_idle`` low) until the
     core pulses :attr:`done`; then ``ap_done`` and ``ap_ready`` are set (cleared when the host
     reads the control register), ``ap_start`` clears, ISR bit 0 is set if enabled, and
-    :attr:`interrupt` follows ``GIE & (ISR & IER)``. A cycle counter runs while busy.
+    :attr:`interrupt` follows ``GIE & (ISR & IER)``. A cycle counter runs from ``start`` until
+    the core pulses :attr:`freeze` (when it captures the status block, so that the block's
+    ``cycles`` equals the register) or :attr:`done`.
 
     Parameters
     ----------
@@ -57,6 +59,8 @@ class ControlRegisters(wiring.Component):
         One-cycle pulse: begin a run with the current arguments.
     done : In(1)
         One-cycle pulse from the core: the run is complete (results and status written).
+    freeze : In(1)
+        One-cycle pulse from the core: stop the cycle counter for this run.
     busy : Out(1)
         High from ``start`` until ``done``.
     interrupt : Out(1)
@@ -66,7 +70,7 @@ class ControlRegisters(wiring.Component):
     status_<name> : In(32)
         Status and counters from the core (:data:`STATUS_INPUTS`).
     cycles : Out(64)
-        Cycles from ``start`` to ``done`` of the current or last run.
+        Cycles from ``start`` to ``freeze`` (or ``done``) of the current or last run.
     """
 
     def __init__(self, num_table_channels: int, config_hash: int):
@@ -76,7 +80,8 @@ class ControlRegisters(wiring.Component):
         self._hash = config_hash
         members = {
             "s_axi": In(AXI4LiteSignature(addr_width=12)),
-            "start": Out(1), "done": In(1), "busy": Out(1), "interrupt": Out(1),
+            "start": Out(1), "done": In(1), "freeze": In(1), "busy": Out(1),
+            "interrupt": Out(1),
             "cycles": Out(64),
         }
         for a in self._args:
@@ -90,6 +95,8 @@ class ControlRegisters(wiring.Component):
         return list(self._args)
 
     def elaborate(self, platform):
+        # One function on purpose (~100 lines): run control and the AXI4-Lite slave read and write
+        # the same registers (ap_start/ap_done/ISR); splitting them would pass most of them around.
         m = Module()
         bus = self.s_axi
 
@@ -103,10 +110,13 @@ class ControlRegisters(wiring.Component):
 
         # Run control.
         m.d.comb += self.start.eq(ap_start & ~self.busy)
+        counting = Signal()
         with m.If(self.start):
-            m.d.sync += [self.busy.eq(1), self.cycles.eq(0)]
-        with m.Elif(self.busy):
+            m.d.sync += [self.busy.eq(1), self.cycles.eq(0), counting.eq(1)]
+        with m.Elif(self.busy & counting & ~self.freeze):
             m.d.sync += self.cycles.eq(self.cycles + 1)
+        with m.If(self.freeze):
+            m.d.sync += counting.eq(0)
         with m.If(self.busy & self.done):
             m.d.sync += [self.busy.eq(0), ap_start.eq(0), ap_done.eq(1), ap_ready.eq(1)]
             with m.If(ier[0]):

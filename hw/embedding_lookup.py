@@ -25,10 +25,10 @@ Lookup semantics (the contract with the dispatcher, the golden model and the hos
   4 KiB boundary (cause ``DESC``), or if the memory answered any beat of the row with SLVERR or
   DECERR (cause ``RESP``). A bad ``ROW``/``DESC`` lookup issues no memory read at all, so no
   address outside a table is ever read. The pooled vector of a bag containing any bad lookup has
-  ``error=1`` and all-zero ``data``; the unit keeps going (it never hangs: every read is answered
-  by AXI, and an errored read still returns all its beats). The first bad lookup after reset or
-  ``error_clear`` is latched in the sticky ``error``/``error_tag``/``error_slot``/
-  ``error_cause`` outputs.
+  ``error=1``, the cause of its first bad lookup in ``cause``, and all-zero ``data``; the unit
+  keeps going (it never hangs: every read is answered by AXI, and an errored read still returns
+  all its beats). The first bad lookup after reset or ``error.clear`` is latched in the sticky
+  ``error`` port (:class:`LookupErrorSignature`: ``flag``, ``tag``, ``slot``, ``cause``).
 
   *Golden-model equivalent*: for a feature whose bag contains an ID outside ``[0, rows)``, the
   pooled vector is ``zeros(dim)`` and the request is flagged as erroneous (hardware reports the
@@ -57,14 +57,22 @@ deasserted only when the pooled-vector output is back-pressured. The unit counts
 from __future__ import annotations
 
 from amaranth.hdl import Module, Mux, Signal, signed
-from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..host.numerics import pool_acc_bits
 from .axi4 import AXI4Signature, AXIBurst
-from .stream_types import PooledVectorLayout
+from .stream_types import (
+    DescriptorWriteLayout,
+    LookupErrorCause,
+    LookupKind,
+    LookupLayout,
+    PooledVectorLayout,
+    TableDescriptorLayout,
+    index_bits,
+)
 
 __all__ = [
     "LookupKind",
@@ -72,6 +80,7 @@ __all__ = [
     "LookupLayout",
     "TableDescriptorLayout",
     "DescriptorWriteLayout",
+    "LookupErrorSignature",
     "PoolContextLayout",
     "BeatLayout",
     "RowPooler",
@@ -80,95 +89,44 @@ __all__ = [
 ]
 
 
-def index_bits(n: int) -> int:
-    """Bits of an index into ``n`` things (at least 1)."""
-    return max(1, (n - 1).bit_length())
-
-
 def _positive(name, value):
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise TypeError(f"{name} must be a positive integer, not {value!r}")
 
 
-class LookupKind(enum.Enum, shape=2):
-    """What a lookup asks for."""
+class LookupErrorSignature(wiring.Signature):
+    """The sticky first-error port of a lookup unit (from the unit's point of view).
 
-    #: Read and pool one table row.
-    ROW = 0
-    #: No row: a bag of length 0 (pools to zeros).
-    EMPTY = 1
-    #: Already known to be invalid (the dispatcher found an ID out of range).
-    BAD = 2
-
-
-class LookupErrorCause(enum.Enum, shape=2):
-    """Why a lookup was flagged."""
-
-    NONE = 0
-    #: Row index out of range (or ``kind=BAD`` from the dispatcher).
-    ROW = 1
-    #: Descriptor index out of range, invalid descriptor, or a row crossing 4 KiB.
-    DESC = 2
-    #: The memory answered with SLVERR or DECERR.
-    RESP = 3
-
-
-class LookupLayout(data.StructLayout):
-    """One lookup on its way to a lookup unit or on-chip table.
+    Parameters
+    ----------
+    tag_bits, slot_bits : int
+        Widths of the request tag and the slot index (keyword only).
 
     Members
     -------
-    tag : unsigned(tag_bits)
-        Request tag.
-    slot : unsigned(slot_bits)
-        Lookup slot within the request (the pooled vector's slot).
-    desc : unsigned(desc_bits)
-        Table descriptor index in the unit.
-    row : unsigned(row_bits)
-        Row index within the table.
-    kind : LookupKind
-    first, last : unsigned(1)
-        First / last lookup of the bag.
+    flag : Out(1)
+        Sticky: a bad lookup was seen since reset or ``clear``.
+    tag, slot : Out(tag_bits), Out(slot_bits)
+        Tag and slot of the first bad lookup.
+    cause : Out(LookupErrorCause)
+        Its cause.
+    clear : In(1)
+        Clears the sticky record (an error on the same cycle is latched afresh).
     """
 
-    def __init__(self, *, tag_bits: int, slot_bits: int, desc_bits: int, row_bits: int):
-        for n, v in (("tag_bits", tag_bits), ("slot_bits", slot_bits),
-                     ("desc_bits", desc_bits), ("row_bits", row_bits)):
-            _positive(n, v)
-        super().__init__({
-            "tag": tag_bits, "slot": slot_bits, "desc": desc_bits, "row": row_bits,
-            "kind": LookupKind, "first": 1, "last": 1,
-        })
+    def __init__(self, *, tag_bits: int, slot_bits: int):
+        _positive("tag_bits", tag_bits)
+        _positive("slot_bits", slot_bits)
+        self.tag_bits, self.slot_bits = tag_bits, slot_bits
+        super().__init__({"flag": Out(1), "tag": Out(tag_bits), "slot": Out(slot_bits),
+                          "cause": Out(LookupErrorCause), "clear": In(1)})
 
+    def __eq__(self, other):
+        return (type(other) is type(self) and other.tag_bits == self.tag_bits
+                and other.slot_bits == self.slot_bits)
 
-class TableDescriptorLayout(data.StructLayout):
-    """A table in memory, as the host describes it (see the module docstring).
-
-    Members
-    -------
-    base : unsigned(addr_width)
-        Byte address of row 0 (word address for an on-chip table).
-    stride : unsigned(stride_bits)
-        Bytes from one row to the next (words for an on-chip table).
-    rows : unsigned(row_bits)
-        Row count; lookups of ``row >= rows`` are errors.
-    dim : unsigned(16)
-        Elements per row, 1..max_dim.
-    """
-
-    def __init__(self, *, addr_width: int, stride_bits: int, row_bits: int):
-        for n, v in (("addr_width", addr_width), ("stride_bits", stride_bits),
-                     ("row_bits", row_bits)):
-            _positive(n, v)
-        super().__init__({"base": addr_width, "stride": stride_bits, "rows": row_bits,
-                          "dim": 16})
-
-
-class DescriptorWriteLayout(data.StructLayout):
-    """Host write of one table descriptor: ``index`` and the descriptor ``desc``."""
-
-    def __init__(self, *, desc_bits: int, desc_layout: data.StructLayout):
-        super().__init__({"index": desc_bits, "desc": desc_layout})
+    def __repr__(self):
+        return f"LookupErrorSignature(tag_bits={self.tag_bits}, slot_bits={self.slot_bits})"
 
 
 class PoolContextLayout(data.StructLayout):
@@ -226,14 +184,9 @@ class RowPooler(wiring.Component):
     i_ctx : In(stream.Signature(PoolContextLayout))
     i_beat : In(stream.Signature(BeatLayout))
     o_pooled : Out(stream.Signature(PooledVectorLayout))
-    error : Out(1)
-        Sticky: a bad lookup was seen since reset or ``error_clear``.
-    error_tag, error_slot : Out
-        Tag and slot of the first bad lookup.
-    error_cause : Out(LookupErrorCause)
-        Its cause.
-    error_clear : In(1)
-        Clears the sticky error (an error on the same cycle is latched afresh).
+        ``error`` and ``cause`` say whether (and why) a lookup of the bag was bad.
+    error : Out(LookupErrorSignature)
+        Sticky first-error record.
     """
 
     def __init__(self, *, data_bits: int, max_dim: int, beat_width: int, tag_bits: int,
@@ -257,8 +210,7 @@ class RowPooler(wiring.Component):
             "i_ctx": In(stream.Signature(self.ctx_layout)),
             "i_beat": In(stream.Signature(BeatLayout(beat_width))),
             "o_pooled": Out(stream.Signature(self.out_layout)),
-            "error": Out(1), "error_tag": Out(tag_bits), "error_slot": Out(slot_bits),
-            "error_cause": Out(LookupErrorCause), "error_clear": In(1),
+            "error": Out(LookupErrorSignature(tag_bits=tag_bits, slot_bits=slot_bits)),
         })
 
     def elaborate(self, platform):
@@ -268,6 +220,7 @@ class RowPooler(wiring.Component):
 
         acc = [Signal(signed(self.acc_bits), name=f"acc{i}") for i in range(self.max_dim)]
         bag_err = Signal()
+        bag_cause = Signal(LookupErrorCause)
         beat_idx = Signal(range(max(2, self.max_beats)))
 
         can_emit = ~o.valid | o.ready
@@ -287,7 +240,11 @@ class RowPooler(wiring.Component):
         clear = ctx.first & (beat_idx == 0)
         resp_err = ctx.read & beat.err
         this_err = (ctx.cause != LookupErrorCause.NONE) | resp_err
-        new_err = Mux(clear, 0, bag_err) | this_err
+        this_cause = Mux(resp_err, LookupErrorCause.RESP, ctx.cause)
+        prev_err = Mux(clear, 0, bag_err)
+        new_err = prev_err | this_err
+        # The bag's cause is its first bad lookup's.
+        new_cause = Mux(prev_err, bag_cause, Mux(this_err, this_cause, LookupErrorCause.NONE))
         new_acc = []
         for i, a in enumerate(acc):
             g, j = divmod(i, epb)
@@ -303,20 +260,21 @@ class RowPooler(wiring.Component):
         with m.If(step):
             m.d.sync += beat_idx.eq(Mux(ctx_done, 0, beat_idx + 1))
             m.d.sync += [a.eq(s) for a, s in zip(acc, new_acc)]
-            m.d.sync += bag_err.eq(new_err)
+            m.d.sync += [bag_err.eq(new_err), bag_cause.eq(new_cause)]
             with m.If(ctx_done & ctx.last):
                 m.d.sync += [o.valid.eq(1), o.payload.tag.eq(ctx.tag),
-                             o.payload.slot.eq(ctx.slot), o.payload.error.eq(new_err)]
+                             o.payload.slot.eq(ctx.slot), o.payload.error.eq(new_err),
+                             o.payload.cause.eq(new_cause)]
                 for i, s in enumerate(new_acc):
                     sat = Mux(s > hi, hi, Mux(s < lo, lo, s))
                     m.d.sync += o.payload.data[i].eq(Mux(new_err, 0, sat))
 
-        with m.If(self.error_clear):
-            m.d.sync += self.error.eq(0)
-        with m.If(step & this_err & (~self.error | self.error_clear)):
-            m.d.sync += [self.error.eq(1), self.error_tag.eq(ctx.tag),
-                         self.error_slot.eq(ctx.slot),
-                         self.error_cause.eq(Mux(resp_err, LookupErrorCause.RESP, ctx.cause))]
+        err = self.error
+        with m.If(err.clear):
+            m.d.sync += err.flag.eq(0)
+        with m.If(step & this_err & (~err.flag | err.clear)):
+            m.d.sync += [err.flag.eq(1), err.tag.eq(ctx.tag), err.slot.eq(ctx.slot),
+                         err.cause.eq(this_cause)]
         return m
 
 
@@ -360,9 +318,8 @@ class EmbeddingLookupUnit(wiring.Component):
         uses them is in flight.
     m_axi : Out(AXI4Signature(read only))
     o_pooled : Out(stream.Signature(PooledVectorLayout))
-    error, error_tag, error_slot, error_cause : Out
-        Sticky first-error record (see :class:`RowPooler`).
-    error_clear : In(1)
+    error : Out(LookupErrorSignature)
+        Sticky first-error record.
     idle : Out(1)
         No lookup is in flight and no pooled vector is waiting.
     """
@@ -411,14 +368,13 @@ class EmbeddingLookupUnit(wiring.Component):
             "i_desc": In(stream.Signature(self.desc_write_layout)),
             "m_axi": Out(self.axi_sig),
             "o_pooled": Out(stream.Signature(self.out_layout)),
-            "error": Out(1), "error_tag": Out(tag_bits), "error_slot": Out(slot_bits),
-            "error_cause": Out(LookupErrorCause), "error_clear": In(1),
+            "error": Out(LookupErrorSignature(tag_bits=tag_bits, slot_bits=slot_bits)),
             "idle": Out(1),
         })
 
     @classmethod
-    def from_config(cls, config, **overrides) -> EmbeddingLookupUnit:
-        """Build a unit for an :class:`~recfabric.hw.config.AcceleratorConfig`.
+    def config_kwargs(cls, config, **overrides) -> dict:
+        """Constructor arguments of a unit for an :class:`~recfabric.hw.config.AcceleratorConfig`.
 
         Tags count ``config.inflight`` requests, slots ``config.max_features``, and the unit holds
         ``config.max_features`` descriptors (any placement fits); ``overrides`` replace any
@@ -432,9 +388,16 @@ class EmbeddingLookupUnit(wiring.Component):
             n_desc=config.max_features, max_bag=config.max_bag,
             row_bits=32, stride_bits=16)
         args.update(overrides)
-        return cls(**args)
+        return args
+
+    @classmethod
+    def from_config(cls, config, **overrides) -> EmbeddingLookupUnit:
+        """``cls(**cls.config_kwargs(config, **overrides))``."""
+        return cls(**cls.config_kwargs(config, **overrides))
 
     def elaborate(self, platform):
+        # One function on purpose (~90 lines): a two-stage pipeline (descriptor + bounds, then the
+        # AR issue) whose stages hand over registers to each other and to the pooler's FIFO.
         m = Module()
         bb_log2 = (self.beat_bytes - 1).bit_length()
         ax = self.m_axi
@@ -526,11 +489,9 @@ class EmbeddingLookupUnit(wiring.Component):
             ctx_fifo.r_en.eq(pooler.i_ctx.ready),
             pooler.i_beat.payload.data.eq(ax.rdata), pooler.i_beat.payload.err.eq(ax.rresp[1]),
             pooler.i_beat.valid.eq(ax.rvalid), ax.rready.eq(pooler.i_beat.ready),
-            pooler.error_clear.eq(self.error_clear),
-            self.error.eq(pooler.error), self.error_tag.eq(pooler.error_tag),
-            self.error_slot.eq(pooler.error_slot), self.error_cause.eq(pooler.error_cause),
             self.idle.eq(~v1 & ~v2 & (ctx_fifo.level == 0) & ~self.o_pooled.valid),
         ]
         wiring.connect(m, wiring.flipped(self.o_pooled), pooler.o_pooled)
+        wiring.connect(m, wiring.flipped(self.error), pooler.error)
         return m
 

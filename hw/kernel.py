@@ -1,8 +1,13 @@
+# amaranth: UnusedElaboratable=no
+# (Amaranth's documented per-file lint switch, which must be the first line: a kernel built by
+# kernel_for_formats() is never elaborated, the host only asks its blocks for their load
+# formats. The lint stays on for kernels built in any other file.)
 """The RecFabric kernel: every block of the dataflow behind the Vitis RTL-kernel interface.
 
 ::
 
-    s_axi_control -> ControlRegisters --start--> ModelLoader (m_axi_model, when flags.LOAD)
+    s_axi_control -> ControlRegisters --start--> program loader: RecordFetcher (m_axi_model,
+                                                 when flags.LOAD)
                                                       | program words -> every block's runtime port
     m_axi_requests -> RecordFetcher -> RecordParser --feature IDs--> LookupDispatcher
                                             | dense                         | lookups
@@ -14,7 +19,7 @@
 
 A run: the host writes the arguments (:func:`recfabric.hw.register_map.kernel_args`) and
 ``ap_start``. With ``flags`` bit 0 (LOAD) set, the kernel first executes the *kernel program* in
-the model buffer (:mod:`recfabric.host.kernel_program` builds it): a header word, then one
+the model buffer (:mod:`recfabric.host.compiler.kernel_program` builds it): a header word, then one
 command word per runtime write, each ``target | payload << 8`` (:class:`Target`), routed to the
 block's configuration stream. Then it reads ``batch`` request records, and finishes (``ap_done``)
 once every result record and the status block are in memory.
@@ -28,27 +33,31 @@ from __future__ import annotations
 
 import contextlib
 import enum
+from types import SimpleNamespace
 
 from amaranth.back import verilog
-from amaranth.hdl import Cat, ClockDomain, Const, Elaboratable, Module, Signal
+from amaranth.hdl import Cat, ClockDomain, Const, Elaboratable, Module, Mux, Signal
 from amaranth.lib import wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from .axi4 import AXI4LiteSignature, AXI4Signature
 from .concat_stage import ConcatStage
 from .config import AcceleratorConfig
 from .control_registers import ControlRegisters
-from .embedding_lookup import EmbeddingLookupUnit, LookupErrorCause
+from .embedding_lookup import EmbeddingLookupUnit
 from .lookup_dispatcher import LookupDispatcher
-from .mlp_engine import MLPPipeline
+from .mlp import MLPPipeline
 from .onchip_table import OnChipTable
-from .register_map import KERNEL_ID, KERNEL_VERSION, kernel_args
+from .register_map import KERNEL_ID, KERNEL_VERSION, NO_ERROR_REQUEST, kernel_args
 from .request_reader import ParserParam, RecordFetcher, RecordParser
 from .result_writer import STATUS_WORDS, ResultWriter
 from .stream_arbiter import StreamArbiter
+from .stream_types import RequestFlagsLayout
 
 __all__ = ["Target", "PROGRAM_MAGIC", "MODEL_DATA_WIDTH", "FLAG_LOAD", "RecFabricKernel",
-           "vitis_kernel", "generate_verilog", "KernelUnsupported"]
+           "vitis_kernel", "generate_verilog", "KernelUnsupported",
+           "kernel_for_formats", "master_data_widths"]
 
 #: First 32 bits of a kernel program's header word ("RFpg").
 PROGRAM_MAGIC = 0x67704652
@@ -56,6 +65,15 @@ PROGRAM_MAGIC = 0x67704652
 MODEL_DATA_WIDTH = 512
 #: ``flags`` argument bit 0: execute the kernel program before the batch.
 FLAG_LOAD = 1
+
+
+def master_data_widths(config: AcceleratorConfig) -> dict:
+    """Data width of each AXI master bundle (``requests``, ``results``, ``model``,
+    ``tables<i>``): the kernel's ports and the Vitis kernel.xml both come from here."""
+    widths = {"requests": config.mem_data_width, "results": config.mem_data_width,
+              "model": MODEL_DATA_WIDTH}
+    widths.update({f"tables{i}": config.mem_data_width for i in range(config.mem_channels)})
+    return widths
 
 
 class KernelUnsupported(ValueError):
@@ -89,24 +107,25 @@ class RecFabricKernel(wiring.Component):
         if config.mlp_bottom_shapes:
             raise KernelUnsupported(
                 f"config {config.name!r}: the kernel does not instantiate a bottom MLP yet "
-                "(the engine exists: recfabric.hw.mlp_engine.MLPPipeline(sigmoid=False)); use a "
+                "(the engine exists: recfabric.hw.mlp.MLPPipeline(sigmoid=False)); use a "
                 "configuration without mlp_bottom_shapes")
         self.config = c = config
         self.args = kernel_args(c.mem_channels)
+        widths = master_data_widths(c)
         mk = dict(addr_width=c.mem_addr_width, id_width=1)
         members = {
             "s_axi_control": In(AXI4LiteSignature(addr_width=12)),
             "interrupt": Out(1),
-            "m_axi_requests": Out(AXI4Signature(data_width=c.mem_data_width, read=True,
+            "m_axi_requests": Out(AXI4Signature(data_width=widths["requests"], read=True,
                                                 write=False, **mk)),
-            "m_axi_results": Out(AXI4Signature(data_width=c.mem_data_width, read=False,
+            "m_axi_results": Out(AXI4Signature(data_width=widths["results"], read=False,
                                                write=True, **mk)),
-            "m_axi_model": Out(AXI4Signature(data_width=MODEL_DATA_WIDTH, read=True,
+            "m_axi_model": Out(AXI4Signature(data_width=widths["model"], read=True,
                                              write=False, **mk)),
         }
         for i in range(c.mem_channels):
             members[f"m_axi_tables{i}"] = Out(AXI4Signature(
-                data_width=c.mem_data_width, addr_width=c.mem_addr_width,
+                data_width=widths[f"tables{i}"], addr_width=c.mem_addr_width,
                 id_width=c.mem_id_width, read=True, write=False))
         super().__init__(members)
         # Blocks are built here so that the host can ask them for their load formats.
@@ -118,10 +137,13 @@ class RecFabricKernel(wiring.Component):
                                    max_burst=16, fifo_depth=32)
         self.parser = RecordParser(data_width=c.mem_data_width, max_features=c.max_features,
                                    inflight=c.inflight, data_bits=c.data_bits)
-        self.dispatcher = LookupDispatcher.from_config(c)
-        self.units = [EmbeddingLookupUnit.from_config(c, arid=0)
+        # Built here from config_kwargs, not from_config: blocks built in this file share its
+        # lint switch (first line), so a kernel_for_formats() kernel warns about nothing.
+        self.dispatcher = LookupDispatcher(**LookupDispatcher.config_kwargs(c))
+        self.units = [EmbeddingLookupUnit(**EmbeddingLookupUnit.config_kwargs(c, arid=0))
                       for _ in range(c.mem_channels)]
-        self.onchip = [OnChipTable.from_config(c, word_bits=256) for _ in range(c.onchip_units)]
+        self.onchip = [OnChipTable(**OnChipTable.config_kwargs(c, word_bits=256))
+                       for _ in range(c.onchip_units)]
         pooled_shape = (self.units + self.onchip)[0].o_pooled.payload.shape()
         self.arbiter = StreamArbiter(pooled_shape, len(self.units) + len(self.onchip))
         lanes = c.mlp_top_shapes[0][1]
@@ -133,19 +155,8 @@ class RecFabricKernel(wiring.Component):
                                sigmoid=True)
         self.writer = ResultWriter(data_width=c.mem_data_width, addr_width=c.mem_addr_width)
 
-    def silence_unused(self):
-        """Mark this kernel and its blocks as intentionally not elaborated (the host builds a
-        kernel object only to ask its blocks for their load formats)."""
-        blocks = [self, self.ctrl, self.model_fetch, self.fetch, self.parser, self.dispatcher,
-                  self.arbiter, self.concat, self.mlp, self.writer,
-                  *self.units, *self.onchip]
-        for b in blocks:
-            b._MustUse__silence = True
-        return self
-
     def elaborate(self, platform):
         m = Module()
-        c = self.config
         for name in ("ctrl", "model_fetch", "fetch", "parser", "dispatcher", "arbiter",
                      "concat", "mlp", "writer"):
             m.submodules[name] = getattr(self, name)
@@ -153,9 +164,17 @@ class RecFabricKernel(wiring.Component):
             m.submodules[f"unit{i}"] = u
         for i, t in enumerate(self.onchip):
             m.submodules[f"onchip{i}"] = t
-        ctrl = self.ctrl
+        m.submodules.flag_fifo = flag_fifo = SyncFIFOBuffered(
+            width=RequestFlagsLayout().size, depth=2 * len(self.config.mlp_top_shapes) + 4)
 
-        # ---- control port, arguments, interrupt ----
+        self._connect_ports(m)
+        run = self._sequence_runs(m)
+        self._connect_datapath(m, run, flag_fifo)
+        self._status(m, run, flag_fifo)
+        return m
+
+    def _connect_ports(self, m):
+        ctrl = self.ctrl
         wiring.connect(m, wiring.flipped(self.s_axi_control), ctrl.s_axi)
         m.d.comb += self.interrupt.eq(ctrl.interrupt)
         wiring.connect(m, self.model_fetch.m_axi, wiring.flipped(self.m_axi_model))
@@ -164,12 +183,27 @@ class RecFabricKernel(wiring.Component):
         for i, u in enumerate(self.units):
             wiring.connect(m, u.m_axi, wiring.flipped(getattr(self, f"m_axi_tables{i}")))
 
-        # ---- run sequencing: optional program load, then the batch ----
-        start_batch = Signal()
-        load_hdr = Signal()
+    def _sequence_runs(self, m):
+        """Run sequencing: optional program load (flags.LOAD), then the batch.
+
+        The kernel holds a valid program from the end of a LOAD whose header had the magic and
+        whose reads were all answered OKAY, until reset or the next LOAD. A run without one
+        processes no request: its batch is taken as 0 (results untouched, the status block is
+        written at its place) and ``ERROR_NO_PROGRAM`` is set.
+        """
+        ctrl = self.ctrl
+        run = SimpleNamespace(start_batch=Signal(), batch=Signal(32), skip=Signal(),
+                              no_program=Signal(), model_axi_error=Signal(),
+                              words_per_record=Signal(16))
+        program_valid = Signal()  # reset: no program
         prog_words = Signal(32)
         word = self.model_fetch.o_word
-        m.d.comb += [self.model_fetch.batch.eq(1)]
+        m.d.comb += self.model_fetch.batch.eq(1)
+        loading = Signal()  # the program loader's sticky error belongs to this run only then
+        with m.If(ctrl.start):
+            m.d.sync += [run.no_program.eq(0), run.model_axi_error.eq(0)]
+        with m.Elif(loading & self.model_fetch.axi_error):
+            m.d.sync += run.model_axi_error.eq(1)
         with m.FSM(name="run"):
             with m.State("IDLE"):
                 with m.If(ctrl.start):
@@ -177,94 +211,140 @@ class RecFabricKernel(wiring.Component):
                         m.d.comb += [self.model_fetch.start.eq(1),
                                      self.model_fetch.base.eq(ctrl.arg_model),
                                      self.model_fetch.words.eq(1)]
+                        m.d.sync += program_valid.eq(0)
                         m.next = "HEADER"
                     with m.Else():
                         m.next = "BATCH"
             with m.State("HEADER"):
-                m.d.comb += word.ready.eq(1)
+                m.d.comb += [word.ready.eq(1), loading.eq(1)]
                 with m.If(word.valid):
                     m.d.sync += prog_words.eq(word.payload[32:64])
                     with m.If(word.payload[:32] != PROGRAM_MAGIC):
-                        m.d.sync += load_hdr.eq(1)  # bad program: skip it, flag the run
-                        m.next = "BATCH"
+                        m.next = "BATCH"  # bad program: nothing is loaded, the run says so
                     with m.Else():
                         m.next = "PROGRAM_START"
             with m.State("PROGRAM_START"):
-                m.d.comb += [self.model_fetch.start.eq(1),
+                m.d.comb += [self.model_fetch.start.eq(1), loading.eq(1),
                              self.model_fetch.base.eq(ctrl.arg_model + MODEL_DATA_WIDTH // 8),
-                             self.model_fetch.words.eq(prog_words), ]
+                             self.model_fetch.words.eq(prog_words)]
                 with m.If(prog_words == 0):
+                    m.d.sync += program_valid.eq(~run.model_axi_error)
                     m.next = "BATCH"
                 with m.Else():
                     m.next = "PROGRAM"
             with m.State("PROGRAM"):
+                m.d.comb += loading.eq(1)
                 self._route_program(m, word)
                 with m.If(word.valid & word.ready):
                     m.d.sync += prog_words.eq(prog_words - 1)
                     with m.If(prog_words == 1):
+                        m.d.sync += program_valid.eq(~(run.model_axi_error |
+                                                       self.model_fetch.axi_error))
                         m.next = "BATCH"
             with m.State("BATCH"):
-                m.d.comb += start_batch.eq(1)
+                m.d.comb += run.start_batch.eq(1)
+                with m.If(~program_valid):
+                    m.d.sync += run.no_program.eq(1)
                 m.next = "RUNNING"
             with m.State("RUNNING"):
                 with m.If(self.writer.done):
                     m.next = "IDLE"
-        with m.If(ctrl.start):
-            m.d.sync += load_hdr.eq(0)
+        m.d.comb += [run.batch.eq(Mux(program_valid, ctrl.arg_batch, 0)),
+                     run.skip.eq(~program_valid)]
+        return run
 
-        batch = ctrl.arg_batch
+    def _connect_datapath(self, m, run, flag_fifo):
+        """Record fetch -> parser -> dispatcher -> lookup units -> concat -> MLP -> writer."""
+        ctrl = self.ctrl
         m.d.comb += [
-            self.fetch.start.eq(start_batch), self.fetch.base.eq(ctrl.arg_requests),
-            self.fetch.batch.eq(batch),
-            self.parser.start.eq(start_batch), self.parser.batch.eq(batch),
-            self.writer.start.eq(start_batch), self.writer.base.eq(ctrl.arg_results),
-            self.writer.batch.eq(batch),
-            ctrl.done.eq(self.writer.done),
+            self.fetch.start.eq(run.start_batch), self.fetch.base.eq(ctrl.arg_requests),
+            self.fetch.batch.eq(run.batch),
+            self.parser.start.eq(run.start_batch), self.parser.batch.eq(run.batch),
+            self.writer.start.eq(run.start_batch), self.writer.base.eq(ctrl.arg_results),
+            self.writer.batch.eq(ctrl.arg_batch), self.writer.skip.eq(run.skip),
+            ctrl.done.eq(self.writer.done), ctrl.freeze.eq(self.writer.snapshot),
         ]
-        words_per_record = Signal(16)
+        words_per_record = run.words_per_record
         m.d.comb += self.fetch.words.eq(words_per_record)
-
-        # ---- datapath ----
-        wiring.connect(m, self.fetch.o_word, self.parser.i_word)
-        wiring.connect(m, self.parser.o_id, self.dispatcher.i_id)
-        for k, unit in enumerate(self.units + self.onchip):
-            wiring.connect(m, self.dispatcher.o_lookup[k], unit.i_lookup)
-            wiring.connect(m, unit.o_pooled, self.arbiter.i[k])
-            m.d.comb += unit.error_clear.eq(ctrl.start)
-        wiring.connect(m, self.arbiter.o, self.concat.i_pooled)
-        wiring.connect(m, self.parser.o_dense, self.concat.i_dense)
-        m.d.comb += self.parser.credit.eq(self.concat.released)
-        wiring.connect(m, self.concat.o_vector, self.mlp.i_vector)
-        m.d.comb += [
-            self.writer.i_result.valid.eq(self.mlp.o_scores.valid),
-            self.writer.i_result.payload.score.eq(self.mlp.o_scores.payload.score),
-            self.writer.i_result.payload.bad_id.eq(0),
-            self.mlp.o_scores.ready.eq(self.writer.i_result.ready),
-        ]
-
         # The parser parameter the kernel itself needs (words per record, for the fetcher).
         pp = self.parser.i_param
         with m.If(pp.valid & pp.ready & (pp.payload.addr == ParserParam.WORDS)):
             m.d.sync += words_per_record.eq(pp.payload.data)
 
-        # ---- status and counters ----
+        wiring.connect(m, self.fetch.o_word, self.parser.i_word)
+        wiring.connect(m, self.parser.o_id, self.dispatcher.i_id)
+        for k, unit in enumerate(self.units + self.onchip):
+            wiring.connect(m, self.dispatcher.o_lookup[k], unit.i_lookup)
+            wiring.connect(m, unit.o_pooled, self.arbiter.i[k])
+            m.d.comb += unit.error.clear.eq(ctrl.start)
+        wiring.connect(m, self.arbiter.o, self.concat.i_pooled)
+        wiring.connect(m, self.parser.o_dense, self.concat.i_dense)
+        m.d.comb += self.parser.credit.eq(self.concat.released)
+        wiring.connect(m, self.concat.o_vector, self.mlp.i_vector)
+
+        # Per-request flags: a bad bag is flagged on the parser's first item of the feature;
+        # the concat stage adds its pooled vectors' errors and hands the flags over, in request
+        # order, before the request's vector; they meet the score at the writer.
+        ids = self.parser.o_id
+        m.d.comb += [
+            self.concat.i_bag_error.valid.eq(ids.valid & ids.ready & ids.payload.bad_bag &
+                                             ids.payload.first),
+            self.concat.i_bag_error.payload.tag.eq(ids.payload.tag),
+            flag_fifo.w_en.eq(self.concat.o_flags.valid),
+            flag_fifo.w_data.eq(self.concat.o_flags.payload),
+            self.concat.o_flags.ready.eq(flag_fifo.w_rdy),
+        ]
+        scores, result = self.mlp.o_scores, self.writer.i_result
+        m.d.comb += [
+            result.valid.eq(scores.valid & flag_fifo.r_rdy),
+            result.payload.score.eq(scores.payload.score),
+            result.payload.flags.eq(flag_fifo.r_data),
+            scores.ready.eq(result.ready & flag_fifo.r_rdy),
+            flag_fifo.r_en.eq(result.ready & scores.valid),
+        ]
+
+    def _status(self, m, run, flag_fifo):
+        """Status registers and the status block (docs/kernel.md, "Errors")."""
+        ctrl = self.ctrl
         units = self.units + self.onchip
-        errors = Signal(32)
-        bad_index = Cat(u.error & ((u.error_cause == LookupErrorCause.ROW) |
-                                   (u.error_cause == LookupErrorCause.DESC))
-                        for u in units).any()
-        axi_err = Cat(*(u.error & (u.error_cause == LookupErrorCause.RESP) for u in units),
-                      self.fetch.axi_error, self.model_fetch.axi_error,
-                      self.writer.axi_error).any()
-        m.d.comb += errors.eq(Cat(bad_index, axi_err, self.parser.bad_bag | load_hdr))
-        first_tag = Signal(32)
-        seen = Signal()
+
+        # Sticky error bits, from the per-request flags and every master's error responses.
+        sticky = Signal(RequestFlagsLayout())
+        taken = self.concat.o_flags.valid & self.concat.o_flags.ready
+        flags = self.concat.o_flags.payload
         with m.If(ctrl.start):
-            m.d.sync += seen.eq(0)
-        with m.Elif(~seen):
-            for u in reversed(units):
-                with m.If(u.error):
-                    m.d.sync += [seen.eq(1), first_tag.eq(u.error_tag)]
+            m.d.sync += sticky.eq(0)
+        with m.Elif(taken):
+            m.d.sync += sticky.eq(sticky.as_value() | flags.as_value())
+        # The batch's blocks clear their own sticky outputs when the batch starts (after a
+        # program load): until then they show the last run's, so they count from then on.
+        in_batch = Signal()
+        with m.If(ctrl.start):
+            m.d.sync += in_batch.eq(0)
+        with m.Elif(run.start_batch):
+            m.d.sync += in_batch.eq(1)
+        axi_err = (sticky.memory | run.model_axi_error |
+                   (in_batch & (self.fetch.axi_error | self.writer.axi_error)))
+        errors = Signal(32)
+        m.d.comb += errors.eq(Cat(sticky.id_range, axi_err, sticky.bag_range, run.no_program))
+
+        # First offending request (its index in the batch): flagged or failed result records
+        # (the writer), and request records whose read was answered with an error.
+        rd = self.m_axi_requests
+        beat, rec = Signal(16), Signal(32)
+        fetch_err = Signal(32, init=NO_ERROR_REQUEST)
+        with m.If(run.start_batch):
+            m.d.sync += [beat.eq(0), rec.eq(0), fetch_err.eq(NO_ERROR_REQUEST)]
+        with m.Elif(rd.rvalid & rd.rready):
+            with m.If(beat + 1 >= run.words_per_record):
+                m.d.sync += [beat.eq(0), rec.eq(rec + 1)]
+            with m.Else():
+                m.d.sync += beat.eq(beat + 1)
+            with m.If(rd.rresp[1] & (fetch_err == NO_ERROR_REQUEST)):
+                m.d.sync += fetch_err.eq(rec)
+        first = Mux(~in_batch, NO_ERROR_REQUEST,
+                    Mux(fetch_err < self.writer.first_error, fetch_err, self.writer.first_error))
+
         lookups = Signal(32)
         stall_mem = Signal(32)
         stall_mlp = Signal(32)
@@ -281,7 +361,7 @@ class RecFabricKernel(wiring.Component):
             with m.If(self.concat.o_vector.valid & ~self.concat.o_vector.ready):
                 m.d.sync += stall_mlp.eq(stall_mlp + 1)
         status = {
-            "errors": errors, "first_error_request": first_tag,
+            "errors": errors, "first_error_request": first,
             "requests_done": self.writer.written, "lookups_issued": lookups,
             "stall_memory": stall_mem, "stall_mlp": stall_mlp,
             "stall_results": self.writer.stall,
@@ -290,11 +370,10 @@ class RecFabricKernel(wiring.Component):
             m.d.comb += getattr(ctrl, f"status_{name}").eq(sig)
         # Status block: the registers in register order, as ControlRegisters shows them.
         block = {"id": Const(KERNEL_ID, 32), "version": Const(KERNEL_VERSION, 32),
-                 "config_hash": Const(c.config_hash, 32), "cycles_lo": ctrl.cycles[:32],
-                 "cycles_hi": ctrl.cycles[32:], **status}
+                 "config_hash": Const(self.config.config_hash, 32),
+                 "cycles_lo": ctrl.cycles[:32], "cycles_hi": ctrl.cycles[32:], **status}
         for i, name in enumerate(STATUS_WORDS):
             m.d.comb += self.writer.status[i].eq(block[name])
-        return m
 
     def _route_program(self, m, word):
         """Route one program word to its target's configuration stream."""
@@ -335,19 +414,25 @@ class _VitisTop(Elaboratable):
         return m
 
 
-def vitis_kernel(config: AcceleratorConfig):
-    """``(top, ports)`` for :func:`amaranth.back.verilog.convert` with Vitis port names."""
-    from amaranth.hdl._ir import PortDirection
+def kernel_for_formats(config: AcceleratorConfig) -> RecFabricKernel:
+    """A kernel that is never elaborated, for asking its blocks for their load formats (the
+    kernel program's encoder does); building it warns about nothing."""
+    return RecFabricKernel(config)
 
+
+def vitis_kernel(config: AcceleratorConfig):
+    """``(top, ports)`` for :func:`amaranth.back.verilog.convert` with Vitis port names.
+
+    Ports are given as ``{name: (value, None)}``: ``verilog.convert`` infers each direction
+    from the design (the top's signals are driven inside it or not at all).
+    """
     kernel = RecFabricKernel(config)
     top = _VitisTop(kernel)
-    ports = {"ap_clk": (top.ap_clk, PortDirection.Input),
-             "ap_rst_n": (top.ap_rst_n, PortDirection.Input)}
-    for path, member, value in kernel.signature.flatten(kernel):
+    ports = {"ap_clk": (top.ap_clk, None), "ap_rst_n": (top.ap_rst_n, None)}
+    for path, _member, value in kernel.signature.flatten(kernel):
         name = "_".join(map(str, path))
         value = value.as_value() if hasattr(value, "as_value") else value
-        d = PortDirection.Input if member.flow == In else PortDirection.Output
-        ports[name] = (value, d)
+        ports[name] = (value, None)
     return top, ports
 
 

@@ -26,9 +26,11 @@ Placement (one :class:`PlacementLayout` entry per feature, in a ``lib.memory`` m
   the features' own IDs. The member that arrives first (the lower feature index) is ``HOLD``:
   its ID, and whether its bag is exactly one ID below ``rows``, go to the hold memory. The
   other member is ``PAIR`` (``partner`` = the ``HOLD`` feature, ``a_held`` = the held one is
-  ``a``): at its bag's last item it emits one lookup, ``ROW`` if both bags had length 1 and
-  both IDs are below their ``rows``, otherwise ``BAD`` with ``row = 0`` (an out-of-range ID
-  must not alias into another row of the merged table). Merged features must be one-hot.
+  ``a``): at its bag's last item it emits one lookup: ``EMPTY`` if a bag's length was not 1
+  (merged features are one-hot; the record parser flags that request BAG_RANGE, and no lookup
+  must raise the ID error as well), else ``ROW`` if both IDs are below their ``rows``,
+  otherwise ``BAD`` with ``row = 0`` (an out-of-range ID must not alias into another row of
+  the merged table).
 
 Each (request, slot) gets exactly one bag of lookups, so exactly one pooled vector. Lookups of a
 bag reach their unit contiguously because a feature's items are contiguous in the input. Units
@@ -37,9 +39,10 @@ see their bags in feature order (the concat stage takes slots in any order).
 Errors
 ------
 Nothing is read here. An ID out of range of a ``SINGLE`` feature is found by the unit (cause
-``ROW``, against its descriptor's ``rows``); a ``HOLD``/``PAIR`` member out of range, or a merged
-bag whose length is not 1, becomes a ``BAD`` lookup, which the unit flags (cause ``ROW``)
-without a memory read. Oversize bags are clamped and flagged by the parser.
+``ROW``, against its descriptor's ``rows``); a ``HOLD``/``PAIR`` member out of range becomes a
+``BAD`` lookup, which the unit flags (cause ``ROW``) without a memory read. A merged bag whose
+length is not 1 becomes an ``EMPTY`` lookup: the parser has flagged it (``bad_bag``), and only
+the bag bit must be raised. Oversize bags and empty one-hot bags are flagged by the parser.
 
 Throughput: one item per cycle (a two-stage pipeline: placement read, then route).
 """
@@ -52,8 +55,8 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .embedding_lookup import LookupKind, LookupLayout, index_bits
 from .request_reader import FeatureIdLayout
+from .stream_types import LookupKind, LookupLayout, index_bits
 
 __all__ = ["PlaceKind", "PlacementLayout", "PlacementWriteLayout", "LookupDispatcher"]
 
@@ -156,21 +159,27 @@ class LookupDispatcher(wiring.Component):
         })
 
     @classmethod
-    def from_config(cls, config, **overrides) -> LookupDispatcher:
-        """A dispatcher feeding ``mem_channels + onchip_units`` units of ``config``."""
+    def config_kwargs(cls, config, **overrides) -> dict:
+        """Constructor arguments of a dispatcher feeding ``mem_channels + onchip_units`` units
+        of ``config``."""
         args = dict(n_units=config.mem_channels + config.onchip_units,
                     max_features=config.max_features,
                     tag_bits=index_bits(config.inflight),
                     slot_bits=index_bits(config.max_features),
                     desc_bits=index_bits(config.max_features), id_bits=32)
         args.update(overrides)
-        return cls(**args)
+        return args
+
+    @classmethod
+    def from_config(cls, config, **overrides) -> LookupDispatcher:
+        """``cls(**cls.config_kwargs(config, **overrides))``."""
+        return cls(**cls.config_kwargs(config, **overrides))
 
     def elaborate(self, platform):
         m = Module()
         nf = max(2, self.max_features)
         m.submodules.place = place = Memory(shape=self.entry_layout, depth=nf, init=[])
-        hold_layout = data.StructLayout({"id": self.id_bits, "ok": 1})
+        hold_layout = data.StructLayout({"id": self.id_bits, "one": 1, "ok": 1})
         m.submodules.hold = hold = Memory(shape=hold_layout, depth=nf, init=[])
         pw, pr = place.write_port(), place.read_port()
         hw, hr = hold.write_port(), hold.read_port(domain="comb")
@@ -213,17 +222,21 @@ class LookupDispatcher(wiring.Component):
                              lk.row.eq(Mux(s.empty, 0, sid)),
                              lk.kind.eq(Mux(s.empty, LookupKind.EMPTY, LookupKind.ROW))]
             with m.Case(PlaceKind.HOLD):
-                # Every item writes; a bag of several IDs ends with a write of ok=0.
+                # Every item writes; a bag of several IDs (or an empty bag) ends with one=0.
                 m.d.comb += [hw.en.eq(s_valid), hw.addr.eq(s.feature), hw.data.id.eq(sid),
-                             hw.data.ok.eq(one & in_range)]
+                             hw.data.one.eq(one), hw.data.ok.eq(in_range)]
             with m.Case(PlaceKind.PAIR):
-                good = hr.data.ok & one & in_range
+                # A bag length other than 1 is the record parser's BAG_RANGE error (it flags
+                # the request): an EMPTY lookup, so that it does not raise the ID error too.
+                both_one = hr.data.one & one
+                good = both_one & hr.data.ok & in_range
                 held = hr.data.id
                 prod = Signal(self.id_bits)
                 m.d.comb += prod.eq(Mux(e.a_held, held, sid) * e.mult + Mux(e.a_held, sid, held))
                 m.d.comb += [emit.eq(s.last), lk.first.eq(1), lk.last.eq(1),
                              lk.row.eq(Mux(good, prod, 0)),
-                             lk.kind.eq(Mux(good, LookupKind.ROW, LookupKind.BAD))]
+                             lk.kind.eq(Mux(both_one, Mux(good, LookupKind.ROW, LookupKind.BAD),
+                                            LookupKind.EMPTY))]
         w_rdy = Signal()
         m.d.comb += w_rdy.eq(Cat(f.w_rdy for f in fifos).bit_select(e.unit, 1)
                              if self.n_units > 1 else fifos[0].w_rdy)

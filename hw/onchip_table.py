@@ -23,16 +23,16 @@ from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .embedding_lookup import (
+from .embedding_lookup import LookupErrorSignature, RowPooler
+from .stream_types import (
     DescriptorWriteLayout,
     LookupErrorCause,
     LookupKind,
     LookupLayout,
-    RowPooler,
+    PooledVectorLayout,
     TableDescriptorLayout,
     index_bits,
 )
-from .stream_types import PooledVectorLayout
 
 __all__ = ["OnChipTable", "LoadWordLayout"]
 
@@ -73,9 +73,8 @@ class OnChipTable(wiring.Component):
     i_load : In(stream.Signature(LoadWordLayout))
         Host writes of RAM words; always ready. Load while no lookup is in flight.
     o_pooled : Out(stream.Signature(PooledVectorLayout))
-    error, error_tag, error_slot, error_cause : Out
-        Sticky first-error record (see :class:`RowPooler`).
-    error_clear : In(1)
+    error : Out(LookupErrorSignature)
+        Sticky first-error record.
     idle : Out(1)
     """
 
@@ -111,15 +110,15 @@ class OnChipTable(wiring.Component):
             "i_load": In(stream.Signature(LoadWordLayout(addr_bits=index_bits(depth),
                                                          word_bits=word_bits))),
             "o_pooled": Out(stream.Signature(self.out_layout)),
-            "error": Out(1), "error_tag": Out(tag_bits), "error_slot": Out(slot_bits),
-            "error_cause": Out(LookupErrorCause), "error_clear": In(1),
+            "error": Out(LookupErrorSignature(tag_bits=tag_bits, slot_bits=slot_bits)),
             "idle": Out(1),
         })
 
     @classmethod
-    def from_config(cls, config, **overrides) -> OnChipTable:
-        """An on-chip table unit of ``config.onchip_bytes`` in ``config.mem_data_width``-bit
-        words (tags: ``config.inflight``; slots and descriptors: ``config.max_features``)."""
+    def config_kwargs(cls, config, **overrides) -> dict:
+        """Constructor arguments of an on-chip table unit of ``config.onchip_bytes`` in
+        ``config.mem_data_width``-bit words (tags: ``config.inflight``; slots and descriptors:
+        ``config.max_features``)."""
         word = config.mem_data_width
         args = dict(data_bits=config.data_bits, max_dim=config.max_dim, word_bits=word,
                     depth=max(1, config.onchip_bytes * 8 // word),
@@ -127,9 +126,16 @@ class OnChipTable(wiring.Component):
                     slot_bits=index_bits(config.max_features), n_desc=config.max_features,
                     max_bag=config.max_bag)
         args.update(overrides)
-        return cls(**args)
+        return args
+
+    @classmethod
+    def from_config(cls, config, **overrides) -> OnChipTable:
+        """``cls(**cls.config_kwargs(config, **overrides))``."""
+        return cls(**cls.config_kwargs(config, **overrides))
 
     def elaborate(self, platform):
+        # One function on purpose (~85 lines): the same two-stage pipeline as the memory lookup
+        # unit's, with the RAM read port in place of the AXI read.
         m = Module()
         epw = self.elems_per_word
 
@@ -214,10 +220,8 @@ class OnChipTable(wiring.Component):
             ctx_fifo.r_en.eq(pooler.i_ctx.ready),
             pooler.i_beat.payload.data.eq(rp.data), pooler.i_beat.payload.err.eq(0),
             pooler.i_beat.valid.eq(bv),
-            pooler.error_clear.eq(self.error_clear),
-            self.error.eq(pooler.error), self.error_tag.eq(pooler.error_tag),
-            self.error_slot.eq(pooler.error_slot), self.error_cause.eq(pooler.error_cause),
             self.idle.eq(~v1 & ~v2 & ~bv & (ctx_fifo.level == 0) & ~self.o_pooled.valid),
         ]
         wiring.connect(m, wiring.flipped(self.o_pooled), pooler.o_pooled)
+        wiring.connect(m, wiring.flipped(self.error), pooler.error)
         return m

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 __all__ = [
     "CTRL", "GIE", "IER", "ISR", "CTRL_START", "CTRL_DONE", "CTRL_IDLE", "CTRL_READY",
     "KernelArg", "kernel_args", "STATUS_REGS", "STATUS_BASE", "KERNEL_ID", "KERNEL_VERSION",
-    "ERROR_BAD_INDEX", "ERROR_AXI", "ERROR_BAD_REQUEST", "status_block_offset",
+    "ERROR_BAD_INDEX", "ERROR_AXI", "ERROR_BAD_REQUEST", "ERROR_NO_PROGRAM", "ERROR_BITS",
+    "NO_ERROR_REQUEST", "status_block_offset",
     "STATUS_BLOCK_BYTES", "CONTROL_RANGE",
 ]
 
@@ -38,13 +39,30 @@ CONTROL_RANGE = 0x1000
 
 #: ASCII "RFab" read from the ID register.
 KERNEL_ID = 0x62614652
-#: Major << 16 | minor of the register map and wire format.
-KERNEL_VERSION = 0x0001_0000
+#: Major << 16 | minor of the register map and wire format. 1.1: ERROR_NO_PROGRAM, the MEMORY
+#: result flag, ``first_error_request`` as a batch index (all ones: none), ``cycles`` ending when
+#: the status block is captured.
+KERNEL_VERSION = 0x0001_0001
 
-#: Sticky error flags (cleared by ap_start).
-ERROR_BAD_INDEX = 1 << 0  # a row index outside its table; that feature's vector is zero
-ERROR_AXI = 1 << 1  # SLVERR/DECERR on any master
-ERROR_BAD_REQUEST = 1 << 2  # a bag length over the feature's maximum in a request record
+#: Sticky error flags of the ``errors`` register (cleared by ap_start); docs/kernel.md says what
+#: the host should do about each.
+#: A lookup outside its table (or through an invalid descriptor); that bag's vector is zero and
+#: the request's record has ID_RANGE.
+ERROR_BAD_INDEX = 1 << 0
+#: SLVERR/DECERR on any master (tables: the request's record has MEMORY; request records,
+#: results, program: no per-record flag).
+ERROR_AXI = 1 << 1
+#: A request record's bag length over the feature's maximum, or an empty one-hot bag; the
+#: request's record has BAG_RANGE.
+ERROR_BAD_REQUEST = 1 << 2
+#: The run had no valid kernel program (none loaded since reset, or this run's LOAD found a bad
+#: magic or an AXI error): no request was processed, only the status block was written.
+ERROR_NO_PROGRAM = 1 << 3
+#: Every error bit, by name.
+ERROR_BITS = {"BAD_INDEX": ERROR_BAD_INDEX, "AXI": ERROR_AXI, "BAD_REQUEST": ERROR_BAD_REQUEST,
+              "NO_PROGRAM": ERROR_NO_PROGRAM}
+#: ``first_error_request`` when no request of the run was at fault.
+NO_ERROR_REQUEST = 0xFFFF_FFFF
 
 
 @dataclass(frozen=True)
@@ -93,7 +111,7 @@ STATUS_REGS = {
     "version": 0x204,
     "config_hash": 0x208,
     "errors": 0x20C,
-    "first_error_request": 0x210,
+    "first_error_request": 0x210,  # batch index of the first flagged request, or all ones
     "requests_done": 0x214,
     "cycles_lo": 0x218,
     "cycles_hi": 0x21C,

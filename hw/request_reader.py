@@ -1,9 +1,9 @@
-"""RequestReader: fetch request records over AXI4, parse them into feature IDs and dense values.
+"""Request reading: fetch request records over AXI4, parse them into feature IDs and dense values.
 
-Records follow wire format v1 (:mod:`recfabric.host.wire_format`), whose offsets depend on the
-model: they reach the hardware as runtime parameters (:class:`ParserParam`, written through
+Records follow wire format v1 (:mod:`recfabric.host.runtime.wire_format`), whose offsets depend
+on the model: they reach the hardware as runtime parameters (:class:`ParserParam`, written through
 ``i_param`` by the model loader; :func:`parser_param_words` computes them from a
-:class:`~recfabric.host.wire_format.RequestLayout`).
+:class:`~recfabric.host.runtime.wire_format.RequestLayout`).
 
 :class:`RecordFetcher` reads ``batch * words`` memory words from ``base`` with INCR bursts (never
 crossing 4 KiB), issuing a burst only when its beats have room in the word FIFO, so the R channel
@@ -25,7 +25,8 @@ A request gets a tag (its sequence number modulo ``inflight``) only when fewer t
 requests are between the parser and the point that returns credits (``credit`` pulses, one per
 finished request), so downstream per-tag buffers never overflow. A bag length over the feature's
 maximum is clamped to the maximum and flagged (``bad_bag`` on its items, and the sticky
-``bad_bag`` output).
+``bad_bag`` output), and so is an empty bag of a one-hot feature (maximum bag 1: the wire format
+says its length is exactly 1; its single ``empty`` item carries ``bad_bag``).
 """
 
 from amaranth.hdl import Module, Mux, Signal, unsigned
@@ -35,7 +36,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .axi4 import AXI4Signature, AXIBurst
-from .sigmoid import LogitLayout
+from .stream_types import DenseLayout
 
 __all__ = ["ParserParam", "ParamWriteLayout", "FeatureIdLayout", "RecordFetcher",
            "RecordParser", "parser_param_words"]
@@ -211,11 +212,13 @@ class RecordParser(wiring.Component):
     credit : In(1)
         Pulse: one request has left the per-tag buffers downstream.
     o_id : Out(stream.Signature(FeatureIdLayout))
-    o_dense : Out(stream.Signature(LogitLayout(data_bits)))
+    o_dense : Out(stream.Signature(DenseLayout))
+        Dense elements, tagged with their request's tag.
     parsed : Out(32)
         Requests parsed in this run.
     bad_bag : Out(1)
-        Sticky until ``start``: some record had a bag length over its feature's maximum.
+        Sticky until ``start``: some record had a bag length over its feature's maximum, or
+        an empty bag of a one-hot feature (maximum 1).
     """
 
     def __init__(self, *, data_width: int = 256, max_features: int = 16, inflight: int = 8,
@@ -234,7 +237,8 @@ class RecordParser(wiring.Component):
             "start": In(1), "batch": In(32), "credit": In(1),
             "o_id": Out(stream.Signature(FeatureIdLayout(tag_bits=self.tag_bits,
                                                          feature_bits=self.feature_bits))),
-            "o_dense": Out(stream.Signature(LogitLayout(data_bits))),
+            "o_dense": Out(stream.Signature(DenseLayout(tag_bits=self.tag_bits,
+                                                        data_bits=data_bits))),
             "parsed": Out(32), "bad_bag": Out(1),
         })
 
@@ -316,7 +320,9 @@ class RecordParser(wiring.Component):
             else len_r.data[:16]
         over = Signal()
         length = Signal(16)
-        m.d.comb += [over.eq(raw > bag), length.eq(Mux(over, bag, raw))]
+        bad_len = Signal()  # over the maximum, or an empty bag of a one-hot feature
+        m.d.comb += [over.eq(raw > bag), length.eq(Mux(over, bag, raw)),
+                     bad_len.eq(over | ((raw == 0) & (bag == 1)))]
 
         id_pos = Signal(24)
         m.d.comb += id_pos.eq(ids_offset + ((fstart + k) << 2))
@@ -373,12 +379,12 @@ class RecordParser(wiring.Component):
                     m.d.comb += [
                         o.payload.tag.eq(tag), o.payload.feature.eq(f), o.payload.id.eq(lane32),
                         o.payload.first.eq(k == 0), o.payload.last.eq(last),
-                        o.payload.empty.eq(empty), o.payload.bad_bag.eq(over),
+                        o.payload.empty.eq(empty), o.payload.bad_bag.eq(bad_len),
                         o.valid.eq(1),
                     ]
                     with m.If(o.ready):
                         m.d.comb += pop.eq(word_of(next_pos) != hidx)
-                        with m.If(over):
+                        with m.If(bad_len):
                             m.d.sync += self.bad_bag.eq(1)
                         with m.If(last):
                             m.d.sync += [k.eq(0), f.eq(f + 1), fstart.eq(fstart + bag)]
@@ -393,7 +399,8 @@ class RecordParser(wiring.Component):
                     m.d.comb += pop.eq(hv)
                 with m.Elif(hv):
                     dlast = d + 1 == dense_count
-                    m.d.comb += [self.o_dense.payload.data.eq(lane_e.as_signed()),
+                    m.d.comb += [self.o_dense.payload.tag.eq(tag),
+                                 self.o_dense.payload.data.eq(lane_e.as_signed()),
                                  self.o_dense.payload.last.eq(dlast),
                                  self.o_dense.valid.eq(1)]
                     with m.If(self.o_dense.ready):

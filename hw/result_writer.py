@@ -1,22 +1,26 @@
 """ResultWriter: writes one result record per request, then the status block, over AXI4.
 
-Result records follow wire format v1 (:mod:`recfabric.host.wire_format`): one memory word per
-request at ``base + index * word_bytes``, holding the status byte (bit 0 VALID, bit 1 ID out of
-range), a reserved byte and the u16 score. Records are written in request order as single-beat
-INCR bursts with one AXI ID, up to ``max_outstanding`` writes unanswered. When every record has
-been answered, the status block (the status registers as little-endian u32 words in register
-order, :data:`recfabric.hw.register_map.STATUS_REGS`) is written at
+Result records follow wire format v1 (:mod:`recfabric.host.runtime.wire_format`): one memory word
+per request at ``base + index * word_bytes``, holding the status byte (bit 0 VALID, then the
+request's :class:`~recfabric.hw.stream_types.RequestFlagsLayout` flags: bit 1 ID_RANGE, bit 2
+BAG_RANGE, bit 3 MEMORY), a reserved byte and the u16 score. Records are written in request
+order as single-beat INCR bursts with one AXI ID, up to ``max_outstanding`` writes unanswered.
+When every record has been answered, the status block (the status registers as little-endian
+u32 words in register order, :data:`recfabric.hw.register_map.STATUS_REGS`) is written at
 :func:`~recfabric.hw.register_map.status_block_offset`, and ``done`` pulses once its write is
 answered, so the host finds results and status in memory when it sees ``ap_done``.
 A write answered with SLVERR/DECERR sets the sticky ``axi_error``; the writer never hangs on it.
+``first_error`` is the index within the batch of the first record that carries a flag or whose
+write was answered with an error.
 """
 
-from amaranth.hdl import Cat, Const, Module, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .axi4 import AXI4Signature, AXIBurst
-from .register_map import STATUS_BLOCK_BYTES, STATUS_REGS
+from .register_map import NO_ERROR_REQUEST, STATUS_BLOCK_BYTES, STATUS_REGS
+from .stream_types import RequestFlagsLayout
 
 __all__ = ["ResultLayout", "ResultWriter", "STATUS_WORDS"]
 
@@ -31,12 +35,12 @@ class ResultLayout(data.StructLayout):
     -------
     score : unsigned(16)
         Sigmoid output, unsigned Q0.16.
-    bad_id : unsigned(1)
-        A lookup of this request was out of range (its vector was zero).
+    flags : RequestFlagsLayout
+        The request's error flags (the score of a flagged request is undefined).
     """
 
     def __init__(self):
-        super().__init__({"score": 16, "bad_id": 1})
+        super().__init__({"score": 16, "flags": RequestFlagsLayout()})
 
 
 class ResultWriter(wiring.Component):
@@ -55,19 +59,27 @@ class ResultWriter(wiring.Component):
     m_axi : Out(AXI4Signature(write only))
     i_result : In(stream.Signature(ResultLayout()))
     start : In(1)
-        Pulse: begin a run (``base`` and ``batch`` are sampled).
+        Pulse: begin a run (``base``, ``batch`` and ``skip`` are sampled).
     base : In(64)
         Results buffer address.
     batch : In(32)
-        Requests in the run.
+        Requests in the run (the status block follows their records).
+    skip : In(1)
+        The run processes no request: write no record, only the status block (at its place
+        after ``batch`` records).
     status : In(ArrayLayout(32, len(STATUS_WORDS)))
         Status register values, sampled when the last record is answered.
+    snapshot : Out(1)
+        Pulse: ``status`` is being sampled (every record of the run is in memory).
     done : Out(1)
         Pulse: records and status block are in memory.
     written : Out(32)
         Records answered in this run.
     axi_error : Out(1)
         Sticky (until ``start``): a write response was SLVERR or DECERR.
+    first_error : Out(32)
+        Index of the first record of the run that had a flag set or a write error;
+        :data:`~recfabric.hw.register_map.NO_ERROR_REQUEST` if none (reset by ``start``).
     stall : Out(32)
         Cycles a result waited because the write channels were not ready or too many writes
         were in flight.
@@ -85,12 +97,15 @@ class ResultWriter(wiring.Component):
             "m_axi": Out(AXI4Signature(addr_width=addr_width, data_width=data_width,
                                        id_width=id_width, read=False, write=True)),
             "i_result": In(stream.Signature(ResultLayout())),
-            "start": In(1), "base": In(64), "batch": In(32),
+            "start": In(1), "base": In(64), "batch": In(32), "skip": In(1),
             "status": In(data.ArrayLayout(32, len(STATUS_WORDS))),
-            "done": Out(1), "written": Out(32), "axi_error": Out(1), "stall": Out(32),
+            "snapshot": Out(1), "done": Out(1), "written": Out(32), "axi_error": Out(1),
+            "first_error": Out(32, init=NO_ERROR_REQUEST), "stall": Out(32),
         })
 
     def elaborate(self, platform):
+        # One function on purpose (~115 lines): the record and status-block phases share the AW/W
+        # holding registers and the in-flight count of one AXI write channel.
         m = Module()
         bus = self.m_axi
         word_bytes = self._dw // 8
@@ -98,7 +113,8 @@ class ResultWriter(wiring.Component):
         status_beats = (STATUS_BLOCK_BYTES + word_bytes - 1) // word_bytes
 
         base = Signal(64)
-        batch = Signal(32)
+        batch = Signal(32)  # records to write
+        status_at = Signal(64)  # status block address
         issued = Signal(32)  # records whose AW was sent
         answered = Signal(32)
         inflight = Signal(range(self._max_out + 1))
@@ -111,12 +127,30 @@ class ResultWriter(wiring.Component):
             bus.bready.eq(1), self.written.eq(answered),
         ]
         with m.If(self.start):
-            m.d.sync += [base.eq(self.base), batch.eq(self.batch), issued.eq(0),
-                         answered.eq(0), self.axi_error.eq(0), self.stall.eq(0)]
+            m.d.sync += [base.eq(self.base), batch.eq(Mux(self.skip, 0, self.batch)),
+                         status_at.eq(self.base + (self.batch * word_bytes + STATUS_BLOCK_BYTES
+                                                   - 1) // STATUS_BLOCK_BYTES
+                                      * STATUS_BLOCK_BYTES),
+                         issued.eq(0),
+                         answered.eq(0), self.axi_error.eq(0), self.stall.eq(0),
+                         self.first_error.eq(NO_ERROR_REQUEST)]
 
         b_done = bus.bvalid & bus.bready
         with m.If(b_done & bus.bresp[1]):
             m.d.sync += self.axi_error.eq(1)
+
+        # First offending record: flags are seen in record order, write errors in answer order;
+        # a write error of record i can come after records > i were taken with flags.
+        flagged_idx = Signal(33)
+        b_err_idx = Signal(33)
+        m.d.comb += [flagged_idx.eq(Mux(self.i_result.valid & self.i_result.ready &
+                                        (self.i_result.payload.flags.as_value() != 0),
+                                        issued, NO_ERROR_REQUEST)),
+                     b_err_idx.eq(Mux(b_done & bus.bresp[1] & (answered < issued), answered,
+                                      NO_ERROR_REQUEST))]
+        low = Mux(flagged_idx < b_err_idx, flagged_idx, b_err_idx)
+        with m.If(~self.start & (low < self.first_error)):
+            m.d.sync += self.first_error.eq(low)
 
         # AW and W of one record go out together: a record is taken from the stream only when
         # both channels accept it in the same cycle, or whichever is left completes later.
@@ -140,7 +174,8 @@ class ResultWriter(wiring.Component):
                     m.d.sync += self.stall.eq(self.stall + 1)
                 with m.If(self.i_result.valid & can_take):
                     p = self.i_result.payload
-                    status = Cat(Const(1, 1), p.bad_id, Const(0, 6))
+                    status = Cat(Const(1, 1), p.flags.id_range, p.flags.bag_range,
+                                 p.flags.memory, Const(0, 4))
                     m.d.sync += [
                         aw_pending.eq(1), w_pending.eq(1),
                         bus.awaddr.eq(base + issued * word_bytes), bus.awlen.eq(0),
@@ -149,13 +184,13 @@ class ResultWriter(wiring.Component):
                         issued.eq(issued + 1),
                     ]
                 with m.If((answered == batch) & (issued == batch)):
+                    m.d.comb += self.snapshot.eq(1)
                     m.d.sync += [status_words.eq(self.status), status_beat.eq(0)]
                     m.next = "STATUS_AW"
             with m.State("STATUS_AW"):
                 m.d.sync += [
                     aw_pending.eq(1),
-                    bus.awaddr.eq(base + ((batch * word_bytes + STATUS_BLOCK_BYTES - 1)
-                                          // STATUS_BLOCK_BYTES * STATUS_BLOCK_BYTES)),
+                    bus.awaddr.eq(status_at),
                     bus.awlen.eq(status_beats - 1),
                 ]
                 m.next = "STATUS_W"

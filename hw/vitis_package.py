@@ -50,7 +50,9 @@ def kernel_name(config: AcceleratorConfig) -> str:
 
 
 def _master_width(config: AcceleratorConfig, bundle: str) -> int:
-    return config.mem_data_width
+    from .kernel import master_data_widths  # noqa: PLC0415 - the kernel's own port widths
+
+    return master_data_widths(config)[bundle]
 
 
 def kernel_xml(config: AcceleratorConfig) -> str:

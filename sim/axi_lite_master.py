@@ -2,6 +2,12 @@
 
 Write and read are one transaction at a time, with optional random delays between the address,
 data and response handshakes, and the response is checked (OKAY expected).
+
+Why a model of our own rather than cocotbext-axi's AxiLiteMaster: cocotbext-axi runs only under
+cocotb, driving a Verilog simulator (Icarus, Verilator) through cocotb's scheduler; it cannot be
+attached to Amaranth's Python simulator, where the block tests and the driver's ``sim`` backend run
+(the ControlRegisters block test and the ``sim`` backend's register accesses). The Verilog-level
+tests (``tests/cocotb/``) use cocotbext-axi itself.
 """
 
 from __future__ import annotations

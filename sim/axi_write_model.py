@@ -7,6 +7,12 @@ injected SLVERR), and raises :class:`~recfabric.sim.hbm_model.AXIProtocolError` 
 dropped or payload changed before the handshake, a non-INCR burst, ``awsize`` other than the
 bus width, an unaligned address, a burst crossing 4 KiB, ``wlast`` on the wrong beat, a write
 outside the backing memory.
+
+Why a model of our own rather than cocotbext-axi's AxiRamWrite: cocotbext-axi runs only under
+cocotb, driving a Verilog simulator (Icarus, Verilator) through cocotb's scheduler; it cannot be
+attached to Amaranth's Python simulator, where the block tests and the driver's ``sim`` backend run
+(the ResultWriter block tests and the kernel behind the ``sim`` backend; a reset of the master
+clears the writes in flight). The Verilog-level tests (``tests/cocotb/``) use cocotbext-axi itself.
 """
 
 from __future__ import annotations
@@ -80,10 +86,17 @@ class AXIWriteModel:
             ctx.set(bus.bvalid, b_valid)
             ctx.set(bus.bresp, responses[0][1] if b_valid else 0)
             ctx.set(bus.bid, 0)
-            (_, _, awvalid, awaddr, awlen, awsize, awburst, wvalid, wdata, wstrb, wlast,
+            (_, rst, awvalid, awaddr, awlen, awsize, awburst, wvalid, wdata, wstrb, wlast,
              bready) = await ctx.tick().sample(
                 bus.awvalid, bus.awaddr, bus.awlen, bus.awsize, bus.awburst,
                 bus.wvalid, bus.wdata, bus.wstrb, bus.wlast, bus.bready)
+            if rst:  # the master was reset: its transfers in flight are gone
+                bursts.clear()
+                responses.clear()
+                held_aw = held_w = None
+                beat_in_burst = 0
+                cycle += 1
+                continue
             aw = (awaddr, awlen, awsize, awburst)
             if held_aw is not None and (not awvalid or aw != held_aw):
                 raise AXIProtocolError(f"cycle {cycle}: AW dropped or changed before awready")

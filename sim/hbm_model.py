@@ -19,6 +19,12 @@ It models what matters for a lookup unit's performance and robustness:
 
 Statistics (:attr:`HBMModel.stats`) count reads, beats, the highest number of reads in flight,
 and cycles, so that tests and benchmarks can assert on them.
+
+Why a model of our own rather than cocotbext-axi's AxiRamRead: cocotbext-axi runs only under
+cocotb, driving a Verilog simulator (Icarus, Verilator) through cocotb's scheduler; it cannot be
+attached to Amaranth's Python simulator, where the block tests and the driver's ``sim`` backend run
+(the whole generated kernel, or one block, without generating Verilog; a reset of the master clears
+the reads in flight). The Verilog-level tests (``tests/cocotb/``) use cocotbext-axi itself.
 """
 
 from __future__ import annotations

@@ -1,15 +1,22 @@
 """The ``sim`` driver backend: the generated kernel, cycle-accurate, in the Amaranth simulator.
 
-:class:`SimDevice` implements :class:`recfabric.host.driver.RegisterDevice`: register accesses
-are real AXI4-Lite transactions on ``s_axi_control`` (driven by
-:class:`~recfabric.sim.axi_lite_master.AXILiteMaster`), and every AXI master of the kernel is
-served from one simulated device memory (:class:`~recfabric.sim.hbm_model.HBMModel` for reads,
-:class:`~recfabric.sim.axi_write_model.AXIWriteModel` for the results), so the driver's buffers
-are where the kernel reads and writes them. Buffer reads and writes by the host take no
-simulated time (they stand for DMA before and after a run).
+:class:`SimDevice` implements :class:`recfabric.host.runtime.device.RegisterDevice` (the runtime's
+device seam, the only part of the host it imports): register accesses are real AXI4-Lite
+transactions on ``s_axi_control`` (driven by :class:`~recfabric.sim.axi_lite_master.AXILiteMaster`),
+and every AXI master of the kernel is served from one simulated device memory
+(:class:`~recfabric.sim.hbm_model.HBMModel` for reads,
+:class:`~recfabric.sim.axi_write_model.AXIWriteModel` for the results), so the driver's buffers are
+where the kernel reads and writes them. Buffer reads and writes by the host take no simulated time
+(they stand for DMA before and after a run).
 
 The simulator is stepped from the driver's thread: each register access or wait queues a command
 for a testbench coroutine and advances the simulation until it completes.
+
+A run is bounded twice: by the driver's ``timeout`` in **wall-clock** seconds (what the host
+waits, as on a card) and by ``max_cycles`` simulated cycles. Either raises
+:class:`~recfabric.host.runtime.device.DeviceError` naming the run; the kernel is then left as it
+was (mid-run) and :meth:`SimDevice.reset` pulses its reset (``ap_rst_n``), after which the driver
+must load the model again (a reset erases the kernel program).
 """
 
 from __future__ import annotations
@@ -18,9 +25,10 @@ import random
 import time
 from collections import deque
 
+from amaranth.hdl import ClockDomain, Elaboratable, Module, Signal
 from amaranth.sim import Simulator
 
-from ..host.driver import DeviceError, RegisterDevice, _BumpMemory
+from ..host.runtime.device import BumpMemory, DeviceError, RegisterDevice
 from ..hw.config import AcceleratorConfig
 from ..hw.kernel import RecFabricKernel
 from ..hw.register_map import CTRL, CTRL_DONE
@@ -29,6 +37,21 @@ from .axi_write_model import AXIWriteModel
 from .hbm_model import HBMModel
 
 __all__ = ["SimDevice"]
+
+
+class _ResettableTop(Elaboratable):
+    """The kernel in a ``sync`` domain whose reset the host drives (``ap_rst_n`` on a card)."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self.rst = Signal()
+
+    def elaborate(self, platform):
+        m = Module()
+        m.domains.sync = cd = ClockDomain("sync")
+        m.d.comb += cd.rst.eq(self.rst)
+        m.submodules.kernel = self.kernel
+        return m
 
 
 class SimDevice(RegisterDevice):
@@ -45,24 +68,34 @@ class SimDevice(RegisterDevice):
     p_stall : float
         Random AXI back-pressure on every memory port (0 for benchmarks).
     max_cycles : int
-        A run that takes longer raises :class:`~recfabric.host.driver.DeviceError`.
+        A run that takes more simulated cycles raises
+        :class:`~recfabric.host.runtime.device.DeviceError` (as does one that takes longer
+        than the driver's wall-clock ``timeout``).
     progress : callable, optional
         Called as ``progress(cycles)`` every ``progress_every`` simulated cycles of a run.
+    default_timeout : float
+        Wall-clock seconds a run may take when the driver is given no timeout (the Amaranth
+        simulator runs a few hundred to a few thousand kernel cycles per second).
     """
 
     def __init__(self, config: AcceleratorConfig, *, memory_bytes: int = 64 << 20,
                  mem_latency: int = 64, p_stall: float = 0.0, seed: int = 0,
-                 max_cycles: int = 5_000_000, progress=None, progress_every: int = 20_000):
+                 max_cycles: int = 5_000_000, progress=None, progress_every: int = 20_000,
+                 default_timeout: float = 1800.0):
         self.config = config
+        self.default_timeout = default_timeout
         self.kernel_component = dut = RecFabricKernel(config)
-        self._mem = _BumpMemory(memory_bytes)
+        self._mem = BumpMemory(memory_bytes)
         rng = random.Random(seed)
         mem, base = self._mem.mem, self._mem.base
         self.max_cycles, self.progress, self.progress_every = max_cycles, progress, \
             progress_every
         self.cycles = 0
         self.run_cycles = 0
-        sim = Simulator(dut)
+        self.runs = 0
+        self._run_desc = "run 0"
+        self._top = _ResettableTop(dut)
+        sim = Simulator(self._top)
         sim.add_clock(1e-9 * 1000 / config.clock_mhz)
         readers = [("requests", dut.m_axi_requests, 32), ("model", dut.m_axi_model, 32)]
         readers += [(f"tables{i}", getattr(dut, f"m_axi_tables{i}"), mem_latency)
@@ -100,6 +133,12 @@ class SimDevice(RegisterDevice):
                 await self._master.write(ctx, op["addr"], op["value"])
             elif kind == "read":
                 op["result"] = await self._master.read(ctx, op["addr"])
+            elif kind == "reset":
+                ctx.set(self._top.rst, 1)
+                for _ in range(op["cycles"]):  # (tick().repeat() raises DomainReset here)
+                    await ctx.tick()
+                ctx.set(self._top.rst, 0)
+                await ctx.tick()
             elif kind == "wait":
                 # The driver's polling loop, inside the simulation: read CTRL until ap_done.
                 start = self.cycles
@@ -109,8 +148,17 @@ class SimDevice(RegisterDevice):
                     if ctrl & CTRL_DONE:
                         break
                     await ctx.tick().repeat(op["interval"])
-                    if self.cycles - start > op["limit"]:
-                        op["error"] = f"kernel did not finish within {op['limit']} cycles"
+                    spent = self.cycles - start
+                    if spent > op["limit"]:
+                        op["error"] = (f"{self._run_desc}: the kernel did not finish within "
+                                       f"{op['limit']} simulated cycles (max_cycles); reset() "
+                                       f"the device and load the model again")
+                        break
+                    if time.monotonic() > op["deadline"]:
+                        op["error"] = (f"{self._run_desc}: the kernel did not finish within the "
+                                       f"timeout of {op['timeout']} s (wall clock; {spent} "
+                                       f"simulated cycles); reset() the device and load the "
+                                       f"model again")
                         break
                     if self.progress and (self.cycles // self.progress_every
                                           != before // self.progress_every):
@@ -134,10 +182,22 @@ class SimDevice(RegisterDevice):
     def write_register(self, offset, value):
         self._do(kind="write", addr=offset, value=value)
 
+    def run(self, args, timeout):
+        self.runs += 1
+        self._run_desc = (f"run {self.runs} (batch {int(args.get('batch', 0))}, flags "
+                          f"{int(args.get('flags', 0)):#x})")
+        super().run(args, timeout)
+
     def wait_done(self, timeout):
         t0 = time.perf_counter()
-        self.run_cycles = self._do(kind="wait", interval=16, limit=self.max_cycles)
+        self.run_cycles = self._do(kind="wait", interval=16, limit=self.max_cycles,
+                                   timeout=timeout, deadline=time.monotonic() + timeout)
         self.wall_seconds = time.perf_counter() - t0
+
+    def reset(self, cycles: int = 4):
+        """Pulse the kernel's reset (``ap_rst_n`` low for ``cycles`` cycles). Every block and
+        the memory models' in-flight transfers are cleared; the kernel program is erased."""
+        self._do(kind="reset", cycles=cycles)
 
     def allocate(self, name, size, bank=None):
         return self._mem.allocate(name, size, bank)

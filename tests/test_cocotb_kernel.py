@@ -1,9 +1,9 @@
 """The generated kernel Verilog under Icarus and Verilator, driven like a Vitis shell drives it.
 
-The launcher prepares the run with the production host code (compiler, kernel program, wire
-format, golden model); tests/cocotb/cocotb_kernel.py drives the kernel with cocotbext-axi
-(AxiLiteMaster on the control port, RAM models with random back-pressure on every master), and
-the scores must equal the golden model's with ``==``.
+The launcher prepares the run with the production host code (compiler, the kernel program it wrote,
+wire format, golden model); tests/cocotb/cocotb_kernel.py drives the kernel with cocotbext-axi
+(AxiLiteMaster on the control port, RAM models with random back-pressure on every master), and the
+scores must equal the golden model's with ``==``.
 """
 
 from __future__ import annotations
@@ -14,16 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recfabric.host.compiler import compile_model, golden_from_images, load_compiled
-from recfabric.host.kernel_program import build_program
-from recfabric.host.model_zoo import get_model
-from recfabric.host.synthetic import synthetic_batch
-from recfabric.host.weights import random_weights
-from recfabric.host.wire_format import RequestLayout, pack_float_requests
+from recfabric.host.compiler.compiled import golden_from_images, load_compiled
+from recfabric.host.compiler.steps import compile_model
+from recfabric.host.model.synthetic import synthetic_batch
+from recfabric.host.model.weights import random_weights
+from recfabric.host.model.zoo import get_model
+from recfabric.host.runtime.wire_format import RequestLayout, pack_float_requests
 from recfabric.hw.config import get_preset
-from recfabric.hw.kernel import RecFabricKernel, generate_verilog
+from recfabric.hw.kernel import generate_verilog
 from recfabric.hw.register_map import (
     KERNEL_ID,
+    NO_ERROR_REQUEST,
     STATUS_BLOCK_BYTES,
     STATUS_REGS,
     kernel_args,
@@ -42,8 +43,7 @@ def _case(tmp_path, batches, p_stall, seed=0):
     d = tmp_path / "model"
     compile_model(spec, random_weights(spec, seed=seed), cfg, d, seed=seed)
     cm = load_compiled(d)
-    kernel = RecFabricKernel(cfg).silence_unused()
-    program = build_program(kernel, cm, {ch: BASE for ch in range(cfg.mem_channels)}).image()
+    program = cm.program.patched({ch: BASE for ch in range(cfg.mem_channels)})
     layout = RequestLayout.for_config(cm.quantized_model(), cfg)
     images = {"model": program.hex()}
     for ch in range(cfg.mem_channels):
@@ -94,7 +94,9 @@ def _run(simulator, tmp_path, monkeypatch, batches=(4, 3), p_stall=0.3):
         regs = dict(zip(order, run["registers"]))
         assert block["requests_done"] == batch and block["errors"] == 0
         assert block["config_hash"] == cfg.config_hash and block["id"] == KERNEL_ID
-        for name in ("requests_done", "lookups_issued", "errors"):
+        assert block["first_error_request"] == NO_ERROR_REQUEST
+        for name in ("requests_done", "lookups_issued", "errors", "first_error_request",
+                     "cycles_lo", "cycles_hi"):  # the block equals the registers
             assert regs[name] == block[name], name
     return got
 

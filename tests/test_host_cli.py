@@ -1,6 +1,14 @@
 import json
 
+import pytest
+
 from recfabric.host.cli import main
+from recfabric.host.cli.main import models_report
+from recfabric.host.compiler.steps import compile_model
+from recfabric.host.model.spec import SpecError
+from recfabric.host.model.weights import random_weights
+from recfabric.host.model.zoo import get_model
+from recfabric.hw.config import get_preset
 
 
 def test_models_lists_whole_zoo(capsys):
@@ -31,3 +39,59 @@ def test_demo_json_runs_the_simulated_kernel(capsys):
 def test_unknown_model_is_a_clear_error(capsys):
     assert main(["accuracy", "no-such-model"]) == 2
     assert "unknown model 'no-such-model'" in capsys.readouterr().err
+
+
+# ---- `recfabric models` is decided by compile's own checks --------------------------------
+
+_REPORT = {r["name"]: r for r in models_report()}
+_BIG = 64 << 20  # compiling a model with more table bytes than this is left to `make test-slow`
+
+
+def _pairs():
+    for name, row in _REPORT.items():
+        for cname, verdict in row["configs"].items():
+            big = get_model(name).table_bytes(get_preset(cname).data_bits // 8) > _BIG
+            marks = [pytest.mark.slow] if big and verdict["runs"] else []
+            yield pytest.param(name, cname, marks=marks, id=f"{name}-{cname}")
+
+
+@pytest.mark.parametrize("model,config", list(_pairs()))
+def test_models_agrees_with_compile(tmp_path, model, config):
+    """Every zoo model on every preset: `models` says it runs exactly when compile (kernel
+    program included) succeeds, and names the same reason when it does not."""
+    verdict = _REPORT[model]["configs"][config]
+    spec = get_model(model)
+    try:
+        compile_model(spec, random_weights(spec, logit_std=None), get_preset(config), tmp_path,
+                      calib_batch=64)
+    except (SpecError, ValueError) as e:
+        assert not verdict["runs"], f"models says {model} runs on {config}; compile: {e}"
+        assert verdict["reasons"] == [str(e)]
+    else:
+        assert verdict["runs"], f"compile succeeded; models says {verdict['reasons']}"
+        assert (tmp_path / "kernel_program.bin").exists()
+
+
+def test_models_is_truthful_about_the_zoo(capsys):
+    runs = {n for n, r in _REPORT.items() if any(v["runs"] for v in r["configs"].values())}
+    assert runs == {"tiny", "small", "wnd"}
+    assert not _REPORT["microrec-small"]["configs"]["u280"]["runs"]
+    assert "cannot split" in _REPORT["microrec-small"]["configs"]["u280"]["reasons"][0]
+    assert main(["models", "--config", "small"]) == 0
+    out = capsys.readouterr().out
+    assert "runs on small" in out and "does not run on small: model 'kaggle'" in out
+    assert main(["models", "--config", "u280", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert all(list(r["configs"]) == ["u280"] for r in rows)
+
+
+def test_build_writes_the_capabilities(tmp_path, monkeypatch):
+    """`recfabric build` writes capabilities.json beside the Verilog (generation stubbed here;
+    tests/test_hw_kernel_build.py builds the real Verilog)."""
+    import recfabric.hw.kernel as kernel
+
+    monkeypatch.setattr(kernel, "generate_verilog", lambda config: "module recfabric_kernel;\n")
+    assert main(["build", "--config", "u280-int8", "-o", str(tmp_path)]) == 0
+    caps = json.loads((tmp_path / "capabilities.json").read_text())
+    assert caps == json.loads(json.dumps(get_preset("u280-int8").capabilities().to_json()))
+    assert caps["onchip_words"] * caps["onchip_word_bits"] // 8 == caps["onchip_bytes"]

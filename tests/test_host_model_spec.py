@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from recfabric.host.model_spec import ModelSpec, SparseFeature, SpecError
-from recfabric.host.model_zoo import DEFAULT_MODEL, ZOO, get_model
+from recfabric.host.model.spec import ModelSpec, SparseFeature, SpecError
+from recfabric.host.model.zoo import DEFAULT_MODEL, ZOO, get_model
 
 
 @pytest.mark.parametrize("name", list(ZOO))

@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recfabric.hw.concat_stage import ConcatStage, concat_desc_words
-from recfabric.sim.stream_testing import StreamChecker, stream_get, stream_put
+from recfabric.hw.stream_types import LookupErrorCause
+from recfabric.sim.stream_testing import StreamChecker, payload_value, stream_get, stream_put
 
 
 class ConcatModel:
@@ -53,6 +54,19 @@ def _run(lanes, dims, dense_len, n_req, seed, p=0.3, inflight=4, max_dim=None, b
     pooled = [[[rng.randrange(-top, top) for _ in range(d)] + [0] * (max_dim - d) for d in dims]
               for _ in range(n_req)]
     dense_vecs = [[rng.randrange(-top, top) for _ in range(dense_len)] for _ in range(n_req)]
+    # Per-request errors: a pooled vector may arrive flagged (with its cause) and a record may
+    # have a bad bag; the stage reports them as the request's flags, in request order.
+    causes = [[rng.choice([LookupErrorCause.NONE] * 6 + list(LookupErrorCause)[1:])
+               for _ in dims] for _ in range(n_req)]
+    bag_bad = [rng.random() < 0.25 for _ in range(n_req)]
+    for r in range(n_req):
+        for s, cause in enumerate(causes[r]):
+            if cause != LookupErrorCause.NONE:
+                pooled[r][s] = [0] * max_dim
+    want_flags = [{"id_range": int(any(c in (LookupErrorCause.ROW, LookupErrorCause.DESC)
+                                       for c in causes[r])),
+                   "bag_range": int(bag_bad[r]),
+                   "memory": int(LookupErrorCause.RESP in causes[r])} for r in range(n_req)]
     want = [model.vector(pooled[r], dense_vecs[r]) for r in range(n_req)]
     chunks = math.ceil(total / lanes)
     state = {"released": 0, "loaded": False}
@@ -61,11 +75,11 @@ def _run(lanes, dims, dense_len, n_req, seed, p=0.3, inflight=4, max_dim=None, b
     spread = min(2.5, 0.99 * inflight)
     events = [(r + rng.random() * spread, r, s) for r in range(n_req) for s in range(len(dims))]
     events.sort()
-    got = []
+    got, got_flags = [], []
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
-    for s in (dut.i_pooled, dut.i_dense, dut.o_vector):
+    for s in (dut.i_pooled, dut.i_dense, dut.o_vector, dut.o_flags):
         sim.add_process(StreamChecker(s, name="stream").process)
 
     async def released(ctx):
@@ -87,22 +101,33 @@ def _run(lanes, dims, dense_len, n_req, seed, p=0.3, inflight=4, max_dim=None, b
     async def pooled_tb(ctx):
         for _, r, s in events:
             await wait_credit(ctx, r)
-            await stream_put(ctx, dut.i_pooled, {"tag": r % inflight, "slot": s, "error": 0,
-                                                 "data": pooled[r][s]}, rng=rng, p_idle=p)
+            if s == 0 and bag_bad[r]:  # the parser's bag flag comes before the lookups
+                await stream_put(ctx, dut.i_bag_error, {"tag": r % inflight})
+            cause = causes[r][s]
+            await stream_put(ctx, dut.i_pooled, {"tag": r % inflight, "slot": s,
+                                                 "error": int(cause != LookupErrorCause.NONE),
+                                                 "cause": cause, "data": pooled[r][s]},
+                             rng=rng, p_idle=p)
 
     async def dense_tb(ctx):
         for r in range(n_req):
             await wait_credit(ctx, r)
             for k, v in enumerate(dense_vecs[r]):
-                await stream_put(ctx, dut.i_dense, {"data": v, "last": k == dense_len - 1},
+                await stream_put(ctx, dut.i_dense, {"tag": r % inflight, "data": v,
+                                                    "last": k == dense_len - 1},
                                  rng=rng, p_idle=p)
 
     async def consumer(ctx):
         for _ in range(n_req * chunks):
             got.append(await stream_get(ctx, dut.o_vector, rng=rng, p_stall=p))
 
+    async def flags_tb(ctx):
+        for _ in range(n_req):
+            got_flags.append(payload_value(await stream_get(ctx, dut.o_flags, rng=rng,
+                                                            p_stall=p)))
+
     sim.add_process(released)
-    for tb in (desc, pooled_tb, dense_tb, consumer):
+    for tb in (desc, pooled_tb, dense_tb, consumer, flags_tb):
         sim.add_testbench(tb)
     limit = 500 + 40 * n_req * (sum(dims) + dense_len + chunks)
     sim.run_until(limit * 1e-8)
@@ -110,6 +135,7 @@ def _run(lanes, dims, dense_len, n_req, seed, p=0.3, inflight=4, max_dim=None, b
     out = [[list(g.data) for g in got[r * chunks:(r + 1) * chunks]] for r in range(n_req)]
     assert [np.concatenate(o).tolist() for o in out] == [w.tolist() for w in want]
     assert [g.last for g in got] == [int((k + 1) % chunks == 0) for k in range(len(got))]
+    assert got_flags == want_flags
 
 
 def test_concat_small_unaligned_with_dense():

@@ -80,13 +80,17 @@ def test_args_status_and_ap_ctrl_hs_handshake(p_delay):
         starts += 1
         await ctx.tick()
         log["started"] = starts
-        for _ in range(37):
+        for i in range(37):
             assert not ctx.get(dut.start), "start must pulse once per ap_start"
+            if i == 25:  # the status block is captured: the counter stops here
+                ctx.set(dut.freeze, 1)
+                log["busy_cycles"] = ctx.get(dut.cycles)
             await ctx.tick()
+            ctx.set(dut.freeze, 0)
         ctx.set(dut.done, 1)
         await ctx.tick()
         ctx.set(dut.done, 0)
-        log["busy_cycles"] = 38
+        assert log["busy_cycles"] == 25  # 26 cycles into the run, counted from 0
 
     run(dut, host, core)
 

@@ -8,9 +8,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from recfabric.host import golden
 from recfabric.host import numerics as nx
-from recfabric.host.bench_lookup import expected_pooled, layout_tables, simulate_lookup_unit
+from recfabric.host.bench.lookup import expected_pooled, simulate_lookup_unit
+from recfabric.host.compiler.table_layout import TableLayout, pack_tables
+from recfabric.host.reference import golden
 from recfabric.hw.axi4 import AXIResp
 from recfabric.hw.config import get_preset
 from recfabric.hw.embedding_lookup import EmbeddingLookupUnit, LookupErrorCause, LookupKind
@@ -72,7 +73,7 @@ def test_pooled_vectors_equal_golden_pool_features(seed):
     want_pooled = golden.pool_features(qm, sparse)
 
     unit = EmbeddingLookupUnit(**SMALL)
-    memory, descs = layout_tables(tables, data_bits=16, beat_bytes=8)
+    memory, descs = pack_tables(tables, TableLayout(16, 8))
     lookups = _requests_to_lookups(sparse, feat_desc, batch)
     outs, info = simulate_lookup_unit(
         unit, memory, descs, lookups, latency=6, rng=rng, p_idle=0.3, p_stall=0.3,
@@ -81,7 +82,8 @@ def test_pooled_vectors_equal_golden_pool_features(seed):
     for b in range(batch):
         for f in range(len(feat_desc)):
             vec = [int(x) for x in want_pooled[f][b]] + [0] * (8 - dims[feat_desc[f]])
-            want.append({"tag": b % 16, "slot": f, "error": 0, "data": vec})
+            want.append({"tag": b % 16, "slot": f, "error": 0,
+                         "cause": LookupErrorCause.NONE, "data": vec})
     assert outs == want
     # The spec's own saturation happened (random int16 bags of up to 4 saturate often).
     assert any(abs(x) == 32767 or x == -32768 for o in outs for x in o["data"])
@@ -96,7 +98,7 @@ def test_full_width_rows_hbm_beat_and_bags():
     tables = _random_tables(nrng, [16, 11], [64, 30])
     unit = EmbeddingLookupUnit(data_bits=16, max_dim=16, data_width=256, max_outstanding=16,
                                tag_bits=3, slot_bits=1, n_desc=2, max_bag=4)
-    memory, descs = layout_tables(tables, data_bits=16, beat_bytes=32)
+    memory, descs = pack_tables(tables, TableLayout(16, 32))
     lookups = []
     for i in range(40):
         d, n = i % 2, rng.randint(1, 4)
@@ -114,7 +116,7 @@ def test_bad_rows_are_never_read_and_flag_the_first_tag():
     nrng = np.random.default_rng(3)
     tables = _random_tables(nrng, [4, 7], [10, 5])
     unit = EmbeddingLookupUnit(**SMALL)
-    memory, descs = layout_tables(tables, data_bits=16, beat_bytes=8)
+    memory, descs = pack_tables(tables, TableLayout(16, 8))
     # The model raises if any read touches bytes outside a table's rows.
     allowed = [(d["base"], d["base"] + d["rows"] * d["stride"]) for d in descs]
     lookups = [
@@ -148,7 +150,7 @@ def test_axi_error_responses_flag_the_bag_and_never_hang():
     nrng = np.random.default_rng(4)
     tables = _random_tables(nrng, [8], [32])
     unit = EmbeddingLookupUnit(**SMALL)
-    memory, descs = layout_tables(tables, data_bits=16, beat_bytes=8)
+    memory, descs = pack_tables(tables, TableLayout(16, 8))
     lookups = [{"tag": i % 16, "slot": 0, "desc": 0, "row": rng.randrange(32), "first": 1,
                 "last": 1} for i in range(24)]
     bad = {5: AXIResp.SLVERR, 6: AXIResp.DECERR, 17: AXIResp.SLVERR}
@@ -169,7 +171,7 @@ def test_outstanding_limit_is_reached_and_respected(limit):
     nrng = np.random.default_rng(5)
     tables = _random_tables(nrng, [4], [64])
     unit = EmbeddingLookupUnit(**{**SMALL, "max_outstanding": limit})
-    memory, descs = layout_tables(tables, data_bits=16, beat_bytes=8)
+    memory, descs = pack_tables(tables, TableLayout(16, 8))
     lookups = [{"tag": i % 16, "slot": 0, "desc": 0, "row": i, "first": 1, "last": 1}
                for i in range(40)]
     outs, info = simulate_lookup_unit(unit, memory, descs, lookups, latency=20, rng=rng)
@@ -183,7 +185,7 @@ def test_throughput_one_lookup_per_cycle_when_outstanding_covers_latency():
     tables = _random_tables(nrng, [16], [128])
     unit = EmbeddingLookupUnit(data_bits=16, max_dim=16, data_width=256, max_outstanding=32,
                                tag_bits=4, slot_bits=1, n_desc=1, max_bag=1)
-    memory, descs = layout_tables(tables, data_bits=16, beat_bytes=32)
+    memory, descs = pack_tables(tables, TableLayout(16, 32))
     lookups = [{"tag": i % 16, "slot": 0, "desc": 0, "row": rng.randrange(128), "first": 1,
                 "last": 1} for i in range(120)]
     outs, info = simulate_lookup_unit(unit, memory, descs, lookups, latency=16, rng=rng)

@@ -1,16 +1,21 @@
 """`recfabric build`: Verilog with Vitis port names, kernel.xml, connectivity, Yosys reads it."""
 
+import gc
+import re
 import shutil
 import subprocess
+import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from amaranth.hdl import Fragment, UnusedElaboratable
 
 from recfabric.host.cli import main
 from recfabric.hw.config import get_preset
-from recfabric.hw.kernel import KernelUnsupported, RecFabricKernel
+from recfabric.hw.kernel import KernelUnsupported, RecFabricKernel, kernel_for_formats
 from recfabric.hw.register_map import kernel_args
+from recfabric.hw.stream_arbiter import StreamArbiter
 from recfabric.hw.vitis_package import kernel_name
 
 
@@ -38,6 +43,20 @@ def test_vitis_files_describe_the_kernel(build_dir):
     assert "-period 4.000" in xdc
 
 
+def test_kernel_xml_port_widths_are_the_verilog_ports(build_dir):
+    """Every master's dataWidth in kernel.xml is the width of its data port in the Verilog."""
+    text = (build_dir / "recfabric_kernel.v").read_text()
+    verilog = {m["bundle"]: int(m["msb"]) + 1 for m in re.finditer(
+        r"^\s*(?:input|output)\s+(?:reg\s+)?\[(?P<msb>\d+):0\]\s+"
+        r"m_axi_(?P<bundle>[a-z0-9]+)_(?:rdata|wdata)\s*;", text, re.MULTILINE)}
+    k = ET.parse(build_dir / "kernel.xml").getroot().find("kernel")
+    xml = {p.get("name")[len("m_axi_"):]: int(p.get("dataWidth")) for p in k.find("ports")
+           if p.get("name").startswith("m_axi_")}
+    assert set(verilog) == set(xml) == {"requests", "results", "model", "tables0", "tables1"}
+    assert xml == verilog
+    assert xml["model"] == 512 and xml["tables0"] == get_preset("tiny").mem_data_width
+
+
 def test_verilog_has_vitis_port_names(build_dir):
     text = (build_dir / "recfabric_kernel.v").read_text()
     header = text[text.index("module recfabric_kernel("):].split(";", 1)[0]
@@ -58,6 +77,7 @@ def test_yosys_reads_the_generated_verilog(build_dir):
     assert r.returncode == 0, r.stderr[-2000:]
 
 
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 def test_bottom_mlp_configuration_is_refused_clearly():
     with pytest.raises(KernelUnsupported, match="bottom MLP"):
         RecFabricKernel(get_preset("small").replace(mlp_bottom_shapes=((4, 4),)))
@@ -86,3 +106,21 @@ def test_fast_memory_init_writes_identical_rtlil():
         fast = [rtlil.convert(d, ports=p, emit_src=False) for d, p in designs()]
     assert "$meminit_v2" in plain[0] and "$meminit_v2" in plain[1]
     assert fast == plain
+
+
+def test_kernel_for_formats_builds_without_unused_warnings():
+    """The host builds a kernel only for its blocks' load formats: no UnusedElaboratable."""
+    # Amaranth reports unused elaboratables only once something was elaborated in the process.
+    Fragment.get(StreamArbiter(8, 2), None)
+    gc.collect()  # earlier tests' garbage is not this test's
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kernel = kernel_for_formats(get_preset("tiny"))
+        assert kernel.parser.i_param.payload.shape() is not None and len(kernel.units) == 2
+        ours = {repr(b) for b in [kernel, *vars(kernel).values(), *kernel.units, *kernel.onchip]
+                if hasattr(b, "elaborate")}
+        assert len(ours) > 10
+        del kernel
+        gc.collect()
+    unused = [str(w.message) for w in caught if issubclass(w.category, UnusedElaboratable)]
+    assert [m for m in unused if m.split(" created")[0] in ours] == []

@@ -8,8 +8,8 @@ import pytest
 from amaranth.sim import Simulator
 
 from recfabric.hw.config import get_preset
-from recfabric.hw.embedding_lookup import LookupKind
 from recfabric.hw.lookup_dispatcher import LookupDispatcher, PlaceKind
+from recfabric.hw.stream_types import LookupKind
 from recfabric.sim.stream_testing import StreamChecker, payload_value, stream_get, stream_put
 
 N_UNITS, MAX_F, MAX_BAG = 3, 7, 3
@@ -30,9 +30,12 @@ def dispatch_model(groups, req):
             (fa, fb), (ra, rb) = g["feats"], g["rows"]
             la, lb = req["lengths"][fa], req["lengths"][fb]
             ia, ib = req["ids"][fa][0], req["ids"][fb][0]
-            good = la == 1 and lb == 1 and ia < ra and ib < rb
+            # A bag length other than 1 is the parser's BAG_RANGE error: EMPTY, not BAD.
+            one_hot = la == 1 and lb == 1
+            good = one_hot and ia < ra and ib < rb
             seq.append({**base, "row": (ia * rb + ib) if good else 0, "first": 1, "last": 1,
-                        "kind": (LookupKind.ROW if good else LookupKind.BAD)})
+                        "kind": (LookupKind.EMPTY if not one_hot else
+                                 LookupKind.ROW if good else LookupKind.BAD)})
             continue
         (f,) = g["feats"]
         n = req["lengths"][f]

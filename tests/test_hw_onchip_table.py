@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from recfabric.host.bench_lookup import expected_pooled
+from recfabric.host.bench.lookup import expected_pooled
 from recfabric.hw.config import get_preset
 from recfabric.hw.embedding_lookup import LookupErrorCause, LookupKind
 from recfabric.hw.onchip_table import OnChipTable
@@ -59,8 +59,8 @@ def _simulate(dut, words, descs, lookups, rng, p=0.3, extra_descs=()):
         for _ in range(n_bags):
             outs.append(payload_value(await stream_get(ctx, dut.o_pooled, rng=rng, p_stall=p)))
         await ctx.tick().repeat(3)
-        info.update(error=ctx.get(dut.error), error_tag=ctx.get(dut.error_tag),
-                    error_cause=ctx.get(dut.error_cause), idle=ctx.get(dut.idle))
+        info.update(error=ctx.get(dut.error.flag), error_tag=ctx.get(dut.error.tag),
+                    error_cause=ctx.get(dut.error.cause), idle=ctx.get(dut.idle))
 
     async def watchdog(ctx):
         await ctx.delay(1e-8 * 50_000)

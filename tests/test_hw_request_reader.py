@@ -8,9 +8,9 @@ from amaranth.hdl import Module
 from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
-from recfabric.host.model_spec import ModelSpec, SparseFeature
-from recfabric.host.synthetic import synthetic_batch
-from recfabric.host.wire_format import RequestLayout, pack_requests
+from recfabric.host.model.spec import ModelSpec, SparseFeature
+from recfabric.host.model.synthetic import synthetic_batch
+from recfabric.host.runtime.wire_format import RequestLayout, pack_requests
 from recfabric.hw.request_reader import RecordFetcher, RecordParser, parser_param_words
 from recfabric.sim.hbm_model import HBMModel
 from recfabric.sim.stream_testing import StreamChecker, payload_value, stream_get, stream_put
@@ -64,7 +64,8 @@ def test_parser_and_fetcher_match_the_wire_format(spec, dw, bits):
     checkers = [id_check, StreamChecker(parse.o_dense, name="o_dense"),
                 StreamChecker(parse.i_word, name="i_word")]
     want = expected_items(sparse, batch, inflight)
-    want_dense = [(int(v), int(i == spec.dense - 1)) for row in dense for i, v in enumerate(row)]
+    want_dense = [(b % inflight, int(v), int(i == spec.dense - 1))
+                  for b, row in enumerate(dense) for i, v in enumerate(row)]
     got, got_dense = [], []
 
     async def control(ctx):
@@ -90,7 +91,7 @@ def test_parser_and_fetcher_match_the_wire_format(spec, dw, bits):
     async def dense_sink(ctx):
         while len(got_dense) < len(want_dense):
             v = payload_value(await stream_get(ctx, parse.o_dense, rng=rng, p_stall=0.3))
-            got_dense.append((v["data"], v["last"]))
+            got_dense.append((v["tag"], v["data"], v["last"]))
 
     async def credits(ctx):
         # Return a credit a while after each request's last item, as the concat stage would.
@@ -186,7 +187,7 @@ def _run_parser(spec, buf, layout, batch, *, dw=256, inflight=8, rng=None, p_sta
 def test_parser_keeps_up_one_item_per_live_id():
     """MicroRec-small's shape (47 one-hot features, 9 words per record): the parser spends about
     one cycle per ID, not two cycles per feature (lengths are parsed a word at a time)."""
-    from recfabric.host.model_zoo import get_model
+    from recfabric.host.model.zoo import get_model
     spec = get_model("microrec-small")
     batch = 6
     layout = RequestLayout.for_model(spec, word_bits=256, elem_bits=16)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from recfabric.host.wire_format import RequestLayout, ResultStatus, unpack_results
-from recfabric.hw.register_map import STATUS_BLOCK_BYTES, status_block_offset
+from recfabric.host.runtime.wire_format import RequestLayout, ResultStatus, unpack_results
+from recfabric.hw.register_map import NO_ERROR_REQUEST, STATUS_BLOCK_BYTES, status_block_offset
 from recfabric.hw.result_writer import STATUS_WORDS, ResultWriter
 from recfabric.sim.axi_write_model import AXIWriteModel
 from recfabric.sim.stream_testing import stream_put
@@ -21,7 +21,8 @@ def test_results_and_status_block_reach_memory(batch, p_stall, dw):
     mem = np.zeros(16384, np.uint8)
     model = AXIWriteModel(dut.m_axi, mem, base=base, latency=3, p_stall=p_stall, rng=rng)
     scores = [rng.randrange(1 << 16) for _ in range(batch)]
-    bad = [rng.random() < 0.2 for _ in range(batch)]
+    flags = [{"id_range": int(rng.random() < 0.15), "bag_range": int(rng.random() < 0.15),
+              "memory": int(rng.random() < 0.15)} for _ in range(batch)]
     status = [rng.getrandbits(32) for _ in STATUS_WORDS]
     log = {}
 
@@ -39,11 +40,12 @@ def test_results_and_status_block_reach_memory(batch, p_stall, dw):
             assert cycles < 5000, "ResultWriter never finished"
         log["written"] = ctx.get(dut.written)
         log["axi_error"] = ctx.get(dut.axi_error)
+        log["first_error"] = ctx.get(dut.first_error)
 
     async def producer(ctx):
         await ctx.tick()
-        for s, b in zip(scores, bad):
-            await stream_put(ctx, dut.i_result, {"score": s, "bad_id": b}, rng=rng, p_idle=0.3)
+        for s, f in zip(scores, flags):
+            await stream_put(ctx, dut.i_result, {"score": s, "flags": f}, rng=rng, p_idle=0.3)
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
@@ -56,15 +58,22 @@ def test_results_and_status_block_reach_memory(batch, p_stall, dw):
     if batch:
         got, st = unpack_results(layout, mem[:batch * word].tobytes(), batch, check=False)
         assert got[:, 0].tolist() == scores
-        want = [int(ResultStatus.VALID | (ResultStatus.ID_RANGE if b else 0)) for b in bad]
+        want = [int(ResultStatus.VALID | (ResultStatus.ID_RANGE if f["id_range"] else 0)
+                    | (ResultStatus.BAG_RANGE if f["bag_range"] else 0)
+                    | (ResultStatus.MEMORY if f["memory"] else 0)) for f in flags]
         assert st.tolist() == want
     off = status_block_offset(batch * word)
     block = mem[off: off + STATUS_BLOCK_BYTES].view("<u4")
     assert block[:len(STATUS_WORDS)].tolist() == status
     assert log["written"] == batch and log["axi_error"] == 0
+    flagged = [i for i, f in enumerate(flags) if any(f.values())]
+    assert log["first_error"] == (flagged[0] if flagged else NO_ERROR_REQUEST)
 
 
-def test_axi_error_is_sticky_and_does_not_hang():
+@pytest.mark.parametrize("flagged", [None, 0, 2])
+def test_axi_error_is_sticky_and_does_not_hang(flagged):
+    """Write 1 is answered SLVERR: sticky error, and ``first_error`` is the lowest index of a
+    failed write or a flagged record."""
     dut = ResultWriter(max_outstanding=2)
     mem = np.zeros(4096, np.uint8)
     model = AXIWriteModel(dut.m_axi, mem, error_writes={1})
@@ -75,14 +84,15 @@ def test_axi_error_is_sticky_and_does_not_hang():
         ctx.set(dut.start, 1)
         await ctx.tick()
         ctx.set(dut.start, 0)
-        for _ in range(3):
-            await stream_put(ctx, dut.i_result, {"score": 5, "bad_id": 0})
+        for i in range(3):
+            await stream_put(ctx, dut.i_result, {"score": 5, "flags": {"memory": i == flagged}})
         n = 0
         while not ctx.get(dut.done):
             await ctx.tick()
             n += 1
             assert n < 1000
         log["err"] = ctx.get(dut.axi_error)
+        log["first"] = ctx.get(dut.first_error)
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
@@ -90,3 +100,4 @@ def test_axi_error_is_sticky_and_does_not_hang():
     sim.add_testbench(control)
     sim.run()
     assert log["err"] == 1
+    assert log["first"] == (0 if flagged == 0 else 1)

@@ -9,11 +9,12 @@ import time
 
 import numpy as np
 
-from recfabric.host.compiler import compile_model, golden_from_images, load_compiled
-from recfabric.host.driver import Accelerator
-from recfabric.host.model_zoo import get_model
-from recfabric.host.synthetic import synthetic_batch
-from recfabric.host.weights import random_weights
+from recfabric.host.compiler.compiled import golden_from_images, load_compiled
+from recfabric.host.compiler.steps import compile_model
+from recfabric.host.model.synthetic import synthetic_batch
+from recfabric.host.model.weights import random_weights
+from recfabric.host.model.zoo import get_model
+from recfabric.host.runtime.accelerator import Accelerator
 from recfabric.hw.config import get_preset
 
 

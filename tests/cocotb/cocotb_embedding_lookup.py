@@ -17,7 +17,8 @@ from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 from cocotbext.axi import AxiRamRead, AxiReadBus
 
-from recfabric.host.bench_lookup import expected_pooled, layout_tables
+from recfabric.host.bench.lookup import expected_pooled
+from recfabric.host.compiler.table_layout import TableLayout, pack_tables
 from recfabric.hw.embedding_lookup import (
     DescriptorWriteLayout,
     LookupLayout,
@@ -75,7 +76,7 @@ async def pooled_vectors_match_spec(dut):
     dims = [max_dim, max(1, max_dim // 2 + 1), 3]
     tables = [nrng.integers(-(1 << (db - 1)), 1 << (db - 1), size=(rows, d))
               for rows, d in zip((40, 25, 9), dims)]
-    memory, descs = layout_tables(tables, data_bits=db, beat_bytes=width // 8, base=BASE)
+    memory, descs = pack_tables(tables, TableLayout(db, width // 8), base=BASE)
 
     desc_bits = index_bits(prm["n_desc"])
     lk_layout = LookupLayout(tag_bits=prm["tag_bits"], slot_bits=prm["slot_bits"],
@@ -101,7 +102,7 @@ async def pooled_vectors_match_spec(dut):
         getattr(dut, f"{name}__valid").value = 0
         getattr(dut, f"{name}__payload").value = 0
     dut.o_pooled__ready.value = 0
-    dut.error_clear.value = 0
+    dut.error__clear.value = 0
     dut.m_axi__rvalid.value = 0
     dut.m_axi__arready.value = 0
     cocotb.start_soon(Clock(dut.clk, 4, unit="ns").start())
@@ -111,7 +112,7 @@ async def pooled_vectors_match_spec(dut):
     # combinational block of the design has been evaluated.
     for v in (1, 0):
         dut.o_pooled__ready.value = v
-        dut.error_clear.value = v
+        dut.error__clear.value = v
         dut.m_axi__rvalid.value = v
         dut.m_axi__arready.value = v
         await RisingEdge(dut.clk)
@@ -143,7 +144,7 @@ async def pooled_vectors_match_spec(dut):
     await ReadOnly()
     errors = [i for i, w in enumerate(want) if w["error"]]
     result = {"bags": len(want), "equal": got == want, "bad_bags": len(errors),
-              "error": int(dut.error.value), "idle": int(dut.idle.value)}
+              "error": int(dut.error__flag.value), "idle": int(dut.idle.value)}
     if os.environ.get("ELU_OUT"):
         with open(os.environ["ELU_OUT"], "w") as f:
             json.dump(result, f)

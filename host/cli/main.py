@@ -1,0 +1,270 @@
+"""The ``recfabric`` command line: one command, one verb per job.
+
+``recfabric models``            the built-in model zoo, and which presets run each model
+``recfabric accuracy MODEL``    fixed point vs float accuracy report
+``recfabric demo``              the main job on the default model
+``recfabric plan`` / ``compile``   model compiler (:mod:`recfabric.host.cli.compile`)
+``recfabric bench lookup|mlp``    cycle-accurate block benchmarks
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+
+from ..model.spec import SpecError
+from ..model.zoo import DEFAULT_MODEL, ZOO, get_model
+
+__all__ = ["main"]
+
+# Modules that add their own verbs with ``register(subparsers)``.
+_PLUGINS = (".compile",)
+# Modules that add a benchmark below ``recfabric bench`` with ``register(subparsers)``.
+_BENCHES = ("..bench.lookup", "..bench.mlp")
+
+
+def _say(msg: str):
+    print(f"[recfabric] {msg}", file=sys.stderr, flush=True)
+
+
+def models_report(config_names=None) -> list:
+    """Per zoo model: summary, and per configuration whether it runs and why not.
+
+    The verdict is :func:`~recfabric.host.compiler.steps.model_runs`: the same checks ``compile``
+    makes (limits, planning within the kernel's capabilities, the kernel-program check).
+    """
+    from ...hw.config import PRESETS, get_preset  # noqa: PLC0415
+    from ..compiler.steps import model_runs  # noqa: PLC0415
+
+    configs = [get_preset(c) for c in (config_names or PRESETS)]
+    rows = []
+    for name in ZOO:
+        spec = get_model(name)
+        verdicts = {}
+        for config in configs:
+            reasons = model_runs(spec, config)
+            verdicts[config.name] = {"runs": not reasons, "reasons": reasons}
+        rows.append({
+            "name": name,
+            "summary": spec.summary(),
+            "hardware": spec.hardware_blockers(),
+            "configs": verdicts,
+            "unmodelled": list(spec.unmodelled),
+            "description": spec.description,
+        })
+    return rows
+
+
+def _cmd_models(args):
+    rows = models_report([args.config] if args.config else None)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    for r in rows:
+        print(f"{r['name']:<15} {r['summary']}")
+        runs = [c for c, v in r["configs"].items() if v["runs"]]
+        fails = {c: v["reasons"] for c, v in r["configs"].items() if not v["runs"]}
+        if args.config:
+            verdict = f"runs on {args.config}" if runs else \
+                f"does not run on {args.config}: " + "; ".join(fails[args.config])
+            print(f"{'':<15} {verdict}")
+        else:
+            print(f"{'':<15} runs on: {', '.join(runs) if runs else 'no preset'}")
+            reasons = {}
+            for c, why in fails.items():
+                reasons.setdefault("; ".join(why), []).append(c)
+            for why, cs in reasons.items():
+                print(f"{'':<15} not on {', '.join(cs)}: {why}")
+        for u in r["unmodelled"]:
+            print(f"{'':<15} not modelled: {u}")
+    return 0
+
+
+def _format_accuracy(r: dict) -> str:
+    return (f"{r['model']:<15} int{r['bits']:<3} max|err| {r['max_abs_error']:.5f}  "
+            f"mean|err| {r['mean_abs_error']:.6f}  AUC float {r['auc_float']:.5f} fixed "
+            f"{r['auc_fixed']:.5f}  log-loss diff {r['logloss_diff']:+.2e}  "
+            f"({r['requests']} requests, emb {r['emb_fmt']})")
+
+
+def _cmd_accuracy(args):
+    from ..model.weights import random_weights
+    from ..reference.quantize import accuracy_report
+    spec = get_model(args.model)
+    t0 = time.perf_counter()
+    report = accuracy_report(random_weights(spec, seed=args.seed), bits=args.bits,
+                             batch=args.requests, seed=args.seed,
+                             progress=None if args.json else _say)
+    report["seconds"] = round(time.perf_counter() - t0, 3)
+    print(json.dumps(report, indent=1) if args.json else _format_accuracy(report))
+    return 0
+
+
+def _cmd_demo(args):
+    """Main job: compile the model, run a batch through a backend, compare with the golden
+    model, report cycles, latency and throughput at the configuration's clock."""
+    import tempfile
+
+    import numpy as np
+
+    from ...hw.config import get_preset
+    from ..compiler.compiled import golden_from_images, load_compiled
+    from ..compiler.steps import compile_model
+    from ..model.synthetic import synthetic_batch
+    from ..model.weights import random_weights
+    from ..reference.golden import float_forward
+    from ..runtime.accelerator import Accelerator
+
+    quiet = args.json
+    say = (lambda msg: None) if quiet else _say
+    spec = get_model(args.model)
+    config = get_preset(args.config)
+    weights = random_weights(spec, seed=args.seed)
+    with tempfile.TemporaryDirectory(prefix="recfabric-demo-") as tmp:
+        out_dir = args.out or tmp
+        say(f"compiling {spec.name} for config {config.name} into {out_dir}")
+        compile_model(spec, weights, config, out_dir, seed=args.seed, progress=say)
+        cm = load_compiled(out_dir)
+        dense, sparse = synthetic_batch(spec, args.batch, seed=args.seed + 2)
+        qm = cm.quantized_model()
+        golden = golden_from_images(cm, qm.quantize_dense(dense), sparse)
+        p_float = float_forward(weights, dense, sparse)
+        kwargs = {}
+        if args.backend == "sim":
+            kwargs["progress"] = lambda n: say(f"  ... {n:,} cycles simulated")
+        say(f"opening the {args.backend} backend")
+        t0 = time.perf_counter()
+        with Accelerator.open(args.backend, config, **kwargs) as acc:
+            acc.load(out_dir)
+            say(f"running a batch of {args.batch} (first run also executes the model program)")
+            first = acc.infer(dense, sparse)
+            load_cycles = first.counters["cycles"]
+            say("running the batch again, model loaded: the steady-state measurement")
+            result = acc.infer(dense, sparse)
+            wall = time.perf_counter() - t0
+            sim_cycles = getattr(acc.device, "cycles", None)
+    cycles = result.counters["cycles"]
+    match = bool(np.array_equal(result.scores, golden.scores)
+                 and np.array_equal(first.scores, golden.scores))
+    err = np.abs(result.probabilities - p_float)
+    out = {
+        "model": spec.name, "config": config.name, "backend": args.backend,
+        "inferences": args.batch, "match": match,
+        "cycles": cycles if args.backend != "reference" else None,
+        "cycles_with_model_load": load_cycles if args.backend != "reference" else None,
+        "clock_mhz": config.clock_mhz,
+        "scores": result.probabilities[:, 0].round(6).tolist(),
+        "scores_raw": result.scores[:, 0].tolist(),
+        "golden_raw": golden.scores[:, 0].tolist(),
+        "max_abs_error_vs_float": float(err.max()),
+        "counters": result.counters,
+        "wall_seconds": round(wall, 3),
+    }
+    if args.backend != "reference":
+        t_us = cycles / config.clock_mhz
+        out["batch_time_us"] = round(t_us, 3)
+        out["throughput_per_s"] = round(args.batch / (t_us * 1e-6), 1)
+        if sim_cycles:
+            out["simulated_cycles_per_second"] = round(sim_cycles / wall, 1)
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return 0 if match else 1
+    show = min(args.batch, 8)
+    print(f"{'request':>8} {'score':>9} {'raw Q0.16':>10} {'golden':>8} {'float':>9}")
+    for i in range(show):
+        print(f"{i:>8} {out['scores'][i]:>9.5f} {out['scores_raw'][i]:>10} "
+              f"{out['golden_raw'][i]:>8} {float(p_float[i, 0]):>9.5f}")
+    if args.batch > show:
+        print(f"{'...':>8} ({args.batch - show} more)")
+    print(f"{args.backend} backend vs golden model: "
+          f"{'MATCH (bit-exact)' if match else 'MISMATCH'} over {args.batch} inferences")
+    print(f"int{config.data_bits} vs float: max |score error| {out['max_abs_error_vs_float']:.5f}")
+    if args.backend != "reference":
+        print(f"cycles: {cycles:,} for the batch ({load_cycles:,} with the model load); at "
+              f"{config.clock_mhz:g} MHz: {out['batch_time_us']:.2f} us, "
+              f"{out['throughput_per_s']:,.0f} inferences/s")
+        c = result.counters
+        print(f"counters: lookups {c['lookups_issued']:,}, memory stalls {c['stall_memory']:,}, "
+              f"MLP-input stalls {c['stall_mlp']:,}, result stalls {c['stall_results']:,}")
+    return 0 if match else 1
+
+
+def _cmd_build(args):
+    """Generate the kernel Verilog, the Vitis packaging files and ``capabilities.json``."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from ...hw.config import get_preset
+    from ...hw.kernel import generate_verilog
+    from ...hw.vitis_package import write_vitis_files
+    config = get_preset(args.config)
+    _say(f"generating Verilog for config {config.name} (hash {config.config_hash:08x})")
+    t0 = time.perf_counter()
+    text = generate_verilog(config)
+    files = write_vitis_files(config, text, args.output, board=args.board)
+    # the hardware/software contract of this build, as data (what the compiler plans for)
+    caps = Path(args.output) / "capabilities.json"
+    caps.write_text(json.dumps(config.capabilities().to_json(), indent=1, sort_keys=True) + "\n")
+    files = [*files, caps.name]
+    _say(f"wrote {len(files)} files to {args.output} in {time.perf_counter() - t0:.1f} s: "
+         f"{', '.join(files)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="recfabric",
+        description="RecFabric: FPGA recommendation-inference accelerator generator.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    s = sub.add_parser("models", help="the built-in model zoo: which configurations run each")
+    s.add_argument("--config", help="check this preset only (default: every preset)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=_cmd_models)
+
+    s = sub.add_parser("accuracy", help="fixed point vs float accuracy on synthetic inputs")
+    s.add_argument("model", help="zoo name or .json spec file")
+    s.add_argument("--bits", type=int, choices=(8, 16), default=16)
+    s.add_argument("--requests", type=int, default=4096, help="evaluation batch size")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_cmd_accuracy)
+
+    s = sub.add_parser("demo", help="main job: the default model through the simulated kernel")
+    s.add_argument("--model", default=DEFAULT_MODEL, help=f"zoo name (default {DEFAULT_MODEL})")
+    s.add_argument("--config", default="small", help="accelerator preset (default small)")
+    s.add_argument("--backend", default="sim", choices=("sim", "reference", "xrt"))
+    s.add_argument("--batch", type=int, default=16)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", help="keep the compiled model in this directory")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_cmd_demo)
+
+    s = sub.add_parser("build", help="generate kernel Verilog and Vitis packaging files")
+    s.add_argument("--config", default="u280", help="accelerator preset (default u280)")
+    s.add_argument("--board", default="u280", help="u280, u50 or u55c")
+    s.add_argument("-o", "--output", required=True, help="output directory")
+    s.set_defaults(func=_cmd_build)
+
+    for mod in _PLUGINS:
+        importlib.import_module(mod, __package__).register(sub)
+    s = sub.add_parser("bench", help="cycle-accurate benchmarks of hardware blocks")
+    bench = s.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    for mod in _BENCHES:
+        importlib.import_module(mod, __package__).register(bench)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except (SpecError, ValueError, RuntimeError) as e:
+        print(f"recfabric {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

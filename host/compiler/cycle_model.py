@@ -1,0 +1,103 @@
+"""Analytical cycle model of :class:`recfabric.hw.mlp.MLPPipeline`.
+
+Stages and their per-request occupancy (cycles a stage is busy with one request):
+
+==================  =========================================================================
+input writer        ``chunks = ceil(K0 / cols[0])`` (one chunk per cycle)
+layer engine ``l``  ``T_l = ceil(K_l / cols[l]) * ceil(N_l / rows[l])`` (one MAC wave per cycle,
+                    back to back across tiles and requests)
+drain               ``N + 1`` (one element per cycle, one idle cycle between requests)
+==================  =========================================================================
+
+Latency of a stage (from its input bank becoming visible as filled to its output bank becoming
+visible as filled): ``D_l = T_l + cols[l] + rows[l] + 7`` for an engine: one cycle to take the
+bank, ``T_l`` waves, ``cols + rows - 1`` cycles of skew through the array, three PE stages, bias
+and accumulate (2), requantize (2) and the commit. The drain adds ``N + 2`` (one take cycle, one
+cycle per element, read register, sigmoid ROM register). So, on an empty pipeline, from the
+first input chunk to the last output::
+
+    latency = chunks + sum_l D_l + N + 2
+
+Steady state: every stage must keep pace, and each activation buffer's ``banks`` banks must
+cover the time a request holds a bank (from its producer allocating it to its consumer releasing
+it: ``O = D_producer + D_consumer`` with the writer's ``D = chunks``, the drain's ``D = N + 1``)::
+
+    II = max(chunks, max_l T_l, N + 1, max_buffers O / banks)
+
+(When the bank term dominates, requests leave in bursts of ``banks`` and ``II`` is the average
+spacing over a burst period.)
+
+The bound the MAC array is measured against is ``sum_l K_l * N_l / sum_l rows[l] * cols[l]``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+__all__ = ["MLPCycleModel", "ENGINE_OVERHEAD", "DRAIN_OVERHEAD"]
+
+#: Engine stage latency beyond ``T + cols + rows``.
+ENGINE_OVERHEAD = 7
+#: Drain + sigmoid latency beyond ``N``.
+DRAIN_OVERHEAD = 2
+
+
+@dataclass
+class MLPCycleModel:
+    """Cycle model of one model (``widths``) on one pipeline (``shapes``, ``banks``).
+
+    Parameters
+    ----------
+    shapes : list of (rows, cols)
+        Engine array shapes.
+    widths : sequence of int
+        Layer widths ``K0, N0(=K1), ..., N_last``; fewer layers than engines are padded with
+        identity layers of width ``N_last`` (what :func:`~recfabric.hw.mlp.mlp_load_words`
+        does).
+    banks : int
+        Banks per activation buffer.
+    """
+
+    shapes: list
+    widths: tuple
+    banks: int = 4
+    stage_ii: dict = field(init=False)
+    ii: float = field(init=False)
+    latency: int = field(init=False)
+
+    def __post_init__(self):
+        widths = list(self.widths)
+        if len(widths) < 2:
+            raise ValueError(f"widths needs at least an input and an output width, not {widths}")
+        n_layers = len(widths) - 1
+        if n_layers > len(self.shapes):
+            raise ValueError(f"{n_layers} layers do not fit {len(self.shapes)} engines")
+        widths += [widths[-1]] * (len(self.shapes) - n_layers)
+        chunks = math.ceil(widths[0] / self.shapes[0][1])
+        n_out = widths[-1]
+        tiles = [math.ceil(k / c) * math.ceil(n / r)
+                 for (r, c), k, n in zip(self.shapes, widths[:-1], widths[1:])]
+        delays = [t + r + c + ENGINE_OVERHEAD for t, (r, c) in zip(tiles, self.shapes)]
+        stage = [chunks, *delays, n_out + 1]
+        occupancy = [stage[i] + stage[i + 1] for i in range(len(stage) - 1)]
+        self.stage_ii = {"writer": chunks, **{f"engine{l}": t for l, t in enumerate(tiles)},
+                         "drain": n_out + 1,
+                         "banks": max(o / self.banks for o in occupancy)}
+        self.ii = max(self.stage_ii.values())
+        self.latency = chunks + sum(delays) + n_out + DRAIN_OVERHEAD
+        self.macs = sum(k * n for k, n in zip(self.widths[:-1], self.widths[1:]))
+        self.mac_units = sum(r * c for r, c in self.shapes)
+
+    @property
+    def bound(self) -> float:
+        """MACs per inference / MAC units: the cycles per inference of a perfect machine."""
+        return self.macs / self.mac_units
+
+    @property
+    def utilization(self) -> float:
+        return self.macs / (self.mac_units * self.ii)
+
+    def to_json(self) -> dict:
+        return {"ii": self.ii, "latency": self.latency, "bound": self.bound,
+                "utilization": self.utilization, "stage_ii": dict(self.stage_ii)}

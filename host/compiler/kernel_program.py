@@ -1,0 +1,524 @@
+"""Kernel program: the runtime data of a compiled model, as the kernel's program loader reads it.
+
+The compile step :func:`build_program` turns a planned, quantized model and its memory images into
+the command words that program one :class:`~recfabric.hw.kernel.RecFabricKernel` (its blocks'
+configuration streams), and :func:`write_program` stores them in the compiled directory as
+``kernel_program.bin`` (the bytes the kernel fetches) and ``kernel_program.json`` (what they
+are). The runtime reads both with :func:`read_program` and patches in the device addresses of the
+table buffers (:meth:`KernelProgramImage.patched`): integer arithmetic only, no Amaranth, no
+kernel elaboration.
+
+Program layout (little-endian, :data:`~recfabric.hw.kernel.MODEL_DATA_WIDTH`-bit words)::
+
+    word 0       magic "RFpg" (u32) | command count (u32) | zero
+    word 1..n    target (u8, :class:`~recfabric.hw.kernel.Target`) | payload (the target
+                 stream's payload bits, LSB first) | zero
+
+``kernel_program.json`` (format ``recfabric-kernel-program`` version 1): ``word_bits``,
+``words`` (header included), ``commands``, ``config`` / ``config_hash``, ``sha256`` of the
+``.bin``, ``counts`` (commands per kind) and ``table_addresses``: one entry per lookup-unit
+descriptor, ``{"word", "lsb", "width", "channel"}``. The field of ``width`` bits starting at bit
+``lsb`` of word ``word`` holds the table's byte offset within channel ``channel``'s buffer; at
+load, the buffer's device address is added to it.
+
+Mapping decisions, and why:
+
+* Slot ``g`` of every request is the plan's table group ``g`` (a Cartesian-merged pair is one
+  group, one lookup, one pooled vector ``[row_a | row_b]``).
+* The concatenated vector is laid out in *hardware order*: the dense part, then the groups in
+  slot order, each group's features in their row order. The first top-MLP layer's weight columns
+  are permuted to match, so the MLP computes exactly the same integer sums as the golden model
+  (a permutation of the terms of an exact integer sum).
+* Plans hold every table once, whole, in one channel or unit (the planner works within the
+  kernel's :class:`~recfabric.hw.config.KernelCapabilities`: one copy, no row splits, pairs
+  only); :func:`check_program` asserts it.
+* On-chip tables are loaded word by word from the on-chip image, which the one table layout
+  (:mod:`~recfabric.host.compiler.table_layout`) already lays out in RAM words.
+* A top MLP with fewer layers than engines is padded with identity layers
+  (:func:`engine_assignment`): after the last layer when the hidden elements can hold logits
+  (int16), else in the middle, after the last hidden layer, or (one-layer models) before it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..numerics import FixedFormat
+from ..reference.golden import QLayer
+from .compiled import CompileError
+from .table_layout import TableLayout
+
+__all__ = ["KernelProgram", "KernelProgramImage", "build_program", "check_program",
+           "engine_assignment", "hardware_column_order", "read_program", "write_program",
+           "PROGRAM_BIN", "PROGRAM_JSON", "PROGRAM_FORMAT", "PROGRAM_VERSION"]
+
+PROGRAM_BIN = "kernel_program.bin"
+PROGRAM_JSON = "kernel_program.json"
+PROGRAM_FORMAT = "recfabric-kernel-program"
+PROGRAM_VERSION = 2  # 2: one dispatcher placement per feature (streaming request path)
+
+
+# ---- checks against the kernel's capabilities (pure Python) -----------------------------------
+
+def engine_assignment(layer_shapes, caps) -> list:
+    """Which model layer each top-MLP engine runs: a layer index, or None for an identity layer.
+
+    Parameters
+    ----------
+    layer_shapes : list of (in, out)
+        The top MLP's layers.
+    caps : KernelCapabilities
+
+    Raises
+    ------
+    CompileError
+        The layers cannot be spread over the engines (too many, or padding impossible); the
+        message says why.
+    """
+    n, engines = len(layer_shapes), len(caps.top_engines)
+    if n > engines:
+        raise CompileError(f"top MLP has {n} layers; the kernel has {engines} layer engines")
+    pad = engines - n
+    if pad == 0:
+        return list(range(n))
+    if set(range(n - 1, engines)) <= set(caps.logit_engines):
+        # the logits fit the hidden elements: identities after the last layer pass them on
+        return list(range(n)) + [None] * pad
+    if n >= 2:
+        return list(range(n - 1)) + [None] * pad + [n - 1]
+    width = layer_shapes[0][0]
+    if width > caps.max_width:
+        raise CompileError(
+            f"a one-layer top MLP on {engines} engines needs {pad} identity layer(s) of its "
+            f"{width}-wide input before it (int{caps.data_bits} hidden elements cannot hold the "
+            f"{caps.logit_bits}-bit logits), but engine outputs are at most max_width "
+            f"{caps.max_width} wide")
+    return [None] * pad + [0]
+
+
+def check_program(spec, plan, caps) -> None:
+    """Raise :class:`CompileError` naming what of ``plan`` the kernel cannot be programmed with.
+
+    The same check runs in ``compile`` (before any image is written), in the kernel-program step
+    and in ``recfabric models``.
+    """
+    bad = []
+    tables = {}
+    for t in plan.tables:
+        tables.setdefault(t.group, []).append(t)
+    for gi, g in enumerate(plan.groups):
+        names = " x ".join(spec.sparse[f].name for f in g.features)
+        if len(g.features) > caps.max_merge:
+            bad.append(f"table group {gi} ({names}) merges {len(g.features)} features, the "
+                       f"kernel at most {caps.max_merge}")
+        if g.replicas > caps.table_copies:
+            bad.append(f"table group {gi} ({names}) has {g.replicas} copies, the kernel serves "
+                       f"{caps.table_copies}")
+        if g.shards > 1 and not caps.row_split:
+            bad.append(f"table group {gi} ({names}) is split over {g.shards} row ranges; the "
+                       "kernel cannot route lookups by row range")
+        if g.dim > caps.max_dim:
+            bad.append(f"table group {gi} ({names}) has {g.dim}-element rows, max_dim "
+                       f"{caps.max_dim}")
+    per_port = {}
+    for t in plan.tables:
+        per_port[t.memory, t.location] = per_port.get((t.memory, t.location), 0) + 1
+    for (memory, loc), count in sorted(per_port.items()):
+        if count > caps.descriptors_per_unit:
+            bad.append(f"{memory} {loc} holds {count} tables; a unit holds at most "
+                       f"{caps.descriptors_per_unit} descriptors")
+    if any(t.memory == "onchip" for t in plan.tables):
+        wb = caps.onchip_word_bits // 8
+        for u, used in enumerate(plan.onchip_used):
+            if used > caps.onchip_words * wb:
+                bad.append(f"on-chip unit {u} needs {used // wb} words, has {caps.onchip_words}")
+    try:
+        engine_assignment(spec.layer_shapes()["top"], caps)
+    except CompileError as e:
+        bad.append(str(e))
+    if bad:
+        raise CompileError(f"model {spec.name!r} cannot be programmed into a kernel of "
+                           f"configuration {caps.config!r}: " + "; ".join(bad))
+
+
+# ---- the program image (pure Python: the runtime reads this) ----------------------------------
+
+@dataclass
+class KernelProgramImage:
+    """A kernel program as compiled: its bytes and their description (``kernel_program.json``).
+
+    Attributes
+    ----------
+    data : bytes
+        Header word and command words, table base fields holding channel-buffer offsets.
+    meta : dict
+        The JSON description (see the module docstring).
+    """
+
+    data: bytes
+    meta: dict
+
+    @property
+    def word_bytes(self) -> int:
+        return self.meta["word_bits"] // 8
+
+    def patched(self, table_addresses: dict) -> bytes:
+        """The program with channel ``c``'s buffer address ``table_addresses[c]`` added to every
+        table base field of channel ``c``.
+
+        Raises ``ValueError`` if an address is missing or a patched field overflows its width.
+        """
+        wb = self.word_bytes
+        out = bytearray(self.data)
+        for f in self.meta["table_addresses"]:
+            ch = f["channel"]
+            if ch not in table_addresses:
+                raise ValueError(f"no buffer address for table channel {ch}")
+            lo = f["word"] * wb
+            word = int.from_bytes(out[lo:lo + wb], "little")
+            mask = (1 << f["width"]) - 1
+            value = ((word >> f["lsb"]) & mask) + int(table_addresses[ch])
+            if value > mask:
+                raise ValueError(f"table base {value:#x} of channel {ch} does not fit its "
+                                 f"{f['width']}-bit descriptor field")
+            word = word & ~(mask << f["lsb"]) | value << f["lsb"]
+            out[lo:lo + wb] = word.to_bytes(wb, "little")
+        return bytes(out)
+
+
+def read_program(directory) -> KernelProgramImage:
+    """Read ``kernel_program.bin`` and ``.json`` from a compiled directory, checking them."""
+    directory = Path(directory)
+    meta_path, bin_path = directory / PROGRAM_JSON, directory / PROGRAM_BIN
+    for p in (meta_path, bin_path):
+        if not p.exists():
+            raise FileNotFoundError(f"{p} is missing: recompile the model (`recfabric compile`)")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != PROGRAM_FORMAT or meta.get("version") != PROGRAM_VERSION:
+        raise ValueError(f"{meta_path}: format {meta.get('format')!r} version "
+                         f"{meta.get('version')!r}, expected {PROGRAM_FORMAT!r} "
+                         f"{PROGRAM_VERSION}")
+    data = bin_path.read_bytes()
+    if len(data) != meta["words"] * meta["word_bits"] // 8:
+        raise ValueError(f"{bin_path} has {len(data)} bytes; {meta_path.name} says "
+                         f"{meta['words']} words of {meta['word_bits']} bits")
+    if hashlib.sha256(data).hexdigest() != meta["sha256"]:
+        raise ValueError(f"{bin_path} does not match the sha256 in {meta_path.name}")
+    return KernelProgramImage(data, meta)
+
+
+def write_program(directory, program: KernelProgramImage) -> list:
+    """Write ``kernel_program.bin`` and ``.json`` into ``directory``; returns the file names."""
+    directory = Path(directory)
+    (directory / PROGRAM_BIN).write_bytes(program.data)
+    (directory / PROGRAM_JSON).write_text(json.dumps(program.meta, indent=1, sort_keys=True)
+                                          + "\n")
+    return [PROGRAM_BIN, PROGRAM_JSON]
+
+
+# ---- building (the compile step; encodes with the kernel's Amaranth payload layouts) ----------
+
+def _kernel_formats(config):
+    """The kernel's program sinks' payload layouts and geometry, for ``config``.
+
+    Constructs (never elaborates) a kernel with :func:`~recfabric.hw.kernel.kernel_for_formats`
+    to ask its blocks: 0.03 s for ``tiny``, 0.24 s for ``u280`` (measured), and it stays exactly
+    what the hardware decodes. Such a kernel warns about nothing when it is dropped.
+    """
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from ...hw.kernel import kernel_for_formats  # noqa: PLC0415
+
+    def shape(port):
+        return port.payload.shape()
+
+    k = kernel_for_formats(config)
+    c, mlp = k.concat, k.mlp
+    kw = mlp.engine_kwargs()
+    return SimpleNamespace(
+        parser=shape(k.parser.i_param), place=shape(k.dispatcher.i_place),
+        concat=shape(c.i_desc), mlp=shape(mlp.i_load),
+        unit_desc=[shape(u.i_desc) for u in k.units],
+        onchip_desc=[shape(t.i_desc) for t in k.onchip],
+        onchip_load=[shape(t.i_load) for t in k.onchip],
+        onchip_depth=[t.depth for t in k.onchip],
+        onchip_word_bits=[t.word_bits for t in k.onchip],
+        concat_stage=SimpleNamespace(max_slots=c.max_slots, max_concat=c.max_concat,
+                                     max_dim=c.max_dim, max_dense=c.max_dense, lanes=c.lanes),
+        pipeline=SimpleNamespace(engine_kwargs=lambda: kw, data_bits=mlp.data_bits))
+
+
+class FieldEncoder:
+    """Packs dicts of a ``data.StructLayout``'s fields into an integer, as
+    ``Const.cast(layout.const(fields)).value`` does, at integer speed.
+
+    The layout is flattened once into ``(path, offset, width)`` leaves; fields left out are zero.
+    The first value of every layout is cross-checked against Amaranth's own encoding.
+    """
+
+    def __init__(self, layout):
+        self.layout = layout
+        self.leaves = self._flatten(layout, 0)
+        self.checked = False
+
+    @classmethod
+    def _flatten(cls, layout, base):
+        from amaranth.lib import data  # noqa: PLC0415
+
+        out = {}
+        for name, f in layout:
+            shape = f.shape
+            if isinstance(shape, (data.StructLayout, data.ArrayLayout)):
+                out[name] = cls._flatten(shape, base + f.offset)
+            else:
+                out[name] = (base + f.offset, f.width)
+        return out
+
+    @staticmethod
+    def _pack(leaves, fields) -> int:
+        value = 0
+        for name, v in fields.items():
+            leaf = leaves[name]
+            if isinstance(leaf, dict):
+                value |= FieldEncoder._pack(leaf, v if isinstance(v, dict) else dict(enumerate(v)))
+                continue
+            offset, width = leaf
+            v = int(getattr(v, "value", v))
+            if not -(1 << width) < v < (1 << width):
+                raise CompileError(f"field {name!r} value {v} does not fit {width} bits")
+            value |= (v & ((1 << width) - 1)) << offset
+        return value
+
+    def __call__(self, fields) -> int:
+        value = self._pack(self.leaves, fields)
+        if not self.checked:
+            from amaranth.hdl import Const  # noqa: PLC0415
+
+            want = Const.cast(self.layout.const(fields)).value
+            if want != value:
+                raise AssertionError(f"field encoder disagrees with Amaranth for {fields!r}")
+            self.checked = True
+        return value
+
+
+class KernelProgram:
+    """Command words for one kernel, collected in order, then serialised by :meth:`image`."""
+
+    def __init__(self, config, word_bits: int):
+        self.config = config
+        self.word_bits = word_bits
+        self.words: list[int] = []
+        self.counts: dict[str, int] = {}
+        self.table_fields: list[dict] = []
+        self._encoders: dict[int, FieldEncoder] = {}
+
+    def add(self, target: int, layout, fields, what: str) -> int:
+        """Append one command; returns its word index (the header is word 0)."""
+        enc = self._encoders.get(id(layout))
+        if enc is None or enc.layout is not layout:
+            enc = self._encoders[id(layout)] = FieldEncoder(layout)
+        value = enc(fields)
+        if value >> (self.word_bits - 8):
+            raise CompileError(f"{what} payload does not fit a {self.word_bits}-bit word")
+        self.words.append(int(target) | value << 8)
+        self.counts[what] = self.counts.get(what, 0) + 1
+        return len(self.words)
+
+    def image(self) -> KernelProgramImage:
+        from ...hw.kernel import PROGRAM_MAGIC  # noqa: PLC0415
+
+        wb = self.word_bits // 8
+        header = PROGRAM_MAGIC | len(self.words) << 32
+        data = b"".join(w.to_bytes(wb, "little") for w in [header, *self.words])
+        meta = {"format": PROGRAM_FORMAT, "version": PROGRAM_VERSION,
+                "word_bits": self.word_bits, "words": len(self.words) + 1,
+                "commands": len(self.words), "config": self.config.name,
+                "config_hash": self.config.config_hash,
+                "sha256": hashlib.sha256(data).hexdigest(), "counts": dict(self.counts),
+                "table_addresses": list(self.table_fields)}
+        return KernelProgramImage(data, meta)
+
+
+def _groups(spec, descriptors):
+    """Per group: (member features sorted by position, index of the group's table record)."""
+    d = descriptors
+    out = []
+    for g in range(len(d["groups"])):
+        feats = sorted((f for f in range(len(d["features"])) if d["features"][f]["group"] == g),
+                       key=lambda f: d["features"][f]["member"])
+        tables = [i for i, t in enumerate(d["tables"]) if t["group"] == g]
+        if len(tables) != 1 or len(feats) > 2:  # check_program refused such plans already
+            raise CompileError(f"model {spec.name!r}: table group {g} has {len(tables)} tables "
+                               f"and {len(feats)} features; the kernel serves 1 and at most 2")
+        out.append((feats, tables[0]))
+    return out
+
+
+def _placements(slot, unit, desc, feats, fa, fb, cart) -> dict:
+    """Dispatcher placement entries (feature -> fields) of one table group.
+
+    A single feature is ``SINGLE``. Of a Cartesian pair ``(a, b)`` (row ``id_a * rows_b +
+    id_b``), the member the parser sends first (the lower feature index) is ``HOLD``, the other
+    ``PAIR``, which emits the lookup (:mod:`recfabric.hw.lookup_dispatcher`).
+    """
+    from ...hw.lookup_dispatcher import PlaceKind  # noqa: PLC0415
+
+    common = {"unit": unit, "slot": slot, "desc": desc}
+    if not cart:
+        return {feats[0]: {**common, "kind": PlaceKind.SINGLE}}
+    rows = {feats[0]: fa["rows"], feats[1]: fb["rows"]}
+    first, second = sorted(feats)
+    return {first: {"kind": PlaceKind.HOLD, "rows": rows[first]},
+            second: {**common, "kind": PlaceKind.PAIR, "rows": rows[second],
+                     "mult": fb["rows"], "partner": first, "a_held": int(first == feats[0])}}
+
+
+def hardware_column_order(spec, descriptors) -> list:
+    """Spec positions of the top MLP's input, in the kernel's concatenation order."""
+    offsets, pos = [], spec.dense_out
+    for f in spec.sparse:
+        offsets.append(pos)
+        pos += f.dim
+    order = list(range(spec.dense_out))
+    for feats, _ in _groups(spec, descriptors):
+        for f in feats:
+            order.extend(range(offsets[f], offsets[f] + spec.sparse[f].dim))
+    return order
+
+
+def _identity(width: int, fmt: FixedFormat) -> QLayer:
+    return QLayer(np.eye(width, dtype=np.int64), np.zeros(width, dtype=np.int64), fmt,
+                  FixedFormat(2, 0), fmt, False)
+
+
+def engine_layers(layers, caps) -> list:
+    """``layers`` (QLayers) spread over the kernel's engines, identity layers where
+    :func:`engine_assignment` puts them (exact: an identity keeps every value and format)."""
+    where = engine_assignment([l.shape for l in layers], caps)
+    out = []
+    for e, i in enumerate(where):
+        if i is not None:
+            out.append(layers[i])
+            continue
+        after = [j for j in where[:e] if j is not None]
+        if after:
+            prev = layers[after[-1]]
+            out.append(_identity(prev.shape[1], prev.out_fmt))
+        else:
+            out.append(_identity(layers[0].shape[0], layers[0].in_fmt))
+    return out
+
+
+def build_program(spec, qm, plan, descriptors, images, config) -> KernelProgramImage:
+    """The program that loads a compiled model into the kernel of ``config``.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+    qm : QuantizedModel
+        Its MLP layers and formats (tables are not needed: rows come from ``images``).
+    plan : Plan
+    descriptors : dict
+        :func:`~recfabric.host.compiler.memory_image.unpack_descriptors` of the plan.
+    images : dict
+        ``(memory, location) -> uint8 array`` table images (on-chip ones are loaded word by word).
+    config : AcceleratorConfig
+
+    Raises
+    ------
+    CompileError
+        The model does not fit the kernel's capabilities (:func:`check_program`).
+    """
+    from ...hw.concat_stage import concat_desc_words  # noqa: PLC0415
+    from ...hw.kernel import MODEL_DATA_WIDTH, Target  # noqa: PLC0415
+    from ...hw.mlp import mlp_load_words  # noqa: PLC0415
+    from ...hw.request_reader import parser_param_words  # noqa: PLC0415
+    from ..runtime.wire_format import RequestLayout  # noqa: PLC0415
+
+    caps = config.capabilities()
+    spec.require_hardware_support()
+    check_program(spec, plan, caps)
+    if descriptors["header"]["config_hash"] != config.config_hash:
+        raise CompileError(f"descriptors are for config hash "
+                           f"{descriptors['header']['config_hash']:#010x}, the kernel is "
+                           f"{config.config_hash:#010x}")
+    fm = _kernel_formats(config)
+    prog = KernelProgram(config, MODEL_DATA_WIDTH)
+    layout = RequestLayout.for_config(qm, config)
+    for w in parser_param_words(layout):
+        prog.add(Target.PARSER, fm.parser, w, "parser")
+
+    geometry = TableLayout.from_capabilities(caps)
+    wbytes = geometry.onchip_word_bytes
+    groups = _groups(spec, descriptors)
+    d = descriptors
+    n_mem = caps.mem_channels
+    placements = {}  # feature -> PlacementLayout fields
+    for g, (feats, ti) in enumerate(groups):
+        t = d["tables"][ti]
+        fa = d["features"][feats[0]]
+        cart = len(feats) == 2
+        fb = d["features"][feats[1]] if cart else fa
+        if t["memory"] == 0:
+            unit = t["location"]
+            lay = fm.unit_desc[unit]
+            desc = {"base": t["base"], "stride": t["stride"], "rows": t["rows"], "dim": t["dim"]}
+            word = prog.add(Target.UNIT_DESC + unit, lay,
+                            {"index": t["local_index"], "desc": desc}, "unit descriptors")
+            base_field = lay["desc"].shape["base"]
+            prog.table_fields.append({
+                "word": word, "lsb": 8 + lay["desc"].offset + base_field.offset,
+                "width": base_field.width, "channel": unit})
+        else:
+            j = t["location"]
+            unit = n_mem + j
+            if fm.onchip_word_bits[j] != caps.onchip_word_bits:
+                raise CompileError(f"on-chip unit {j} has {fm.onchip_word_bits[j]}-bit words, "
+                                   f"the capabilities say {caps.onchip_word_bits}")
+            row_words = geometry.onchip_row_words(t["dim"])
+            if t["stride"] != row_words * wbytes or t["base"] % wbytes:
+                raise CompileError(f"on-chip table {ti} is not laid out in whole words")
+            base = t["base"] // wbytes
+            if base + row_words * t["rows"] > fm.onchip_depth[j]:
+                raise CompileError(f"on-chip unit {j} needs {base + row_words * t['rows']} "
+                                   f"words, has {fm.onchip_depth[j]}")
+            prog.add(Target.ONCHIP_DESC + j, fm.onchip_desc[j],
+                     {"index": t["local_index"],
+                      "desc": {"base": base, "stride": row_words, "rows": t["rows"],
+                               "dim": t["dim"]}}, "on-chip descriptors")
+            words = geometry.onchip_words(images["onchip", j], t["base"],
+                                          row_words * t["rows"] * wbytes)
+            for k, value in enumerate(words):
+                prog.add(Target.ONCHIP_LOAD + j, fm.onchip_load[j],
+                         {"addr": base + k, "data": value}, "on-chip rows")
+        placements.update(_placements(g, unit, t["local_index"], feats, fa, fb, cart))
+    # One placement per feature (LookupDispatcher keeps them in a memory indexed by feature).
+    for f in range(len(spec.sparse)):
+        prog.add(Target.PLACE, fm.place, {"feature": f, "entry": placements[f]}, "placements")
+
+    # Concatenation: dense part first, then the groups in slot order.
+    slots, pos = [], spec.dense_out
+    for feats, _ in groups:
+        length = sum(spec.sparse[f].dim for f in feats)
+        slots.append((pos, length))
+        pos += length
+    try:
+        for w in concat_desc_words(fm.concat_stage, slots, dense=(0, spec.dense_out),
+                                   total=pos):
+            prog.add(Target.CONCAT, fm.concat, w, "concat descriptors")
+        order = hardware_column_order(spec, descriptors)
+        first = qm.top[0]
+        layers = [QLayer(first.w[:, order], first.b, first.in_fmt, first.w_fmt, first.out_fmt,
+                         first.relu), *qm.top[1:]]
+        for w in mlp_load_words(fm.pipeline, engine_layers(layers, caps), qm.rounding):
+            prog.add(Target.MLP, fm.mlp, w, "MLP weights")
+    except ValueError as e:
+        if isinstance(e, CompileError):
+            raise
+        raise CompileError(f"model {spec.name!r}: {e}") from None
+    return prog.image()

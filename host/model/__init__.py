@@ -1,0 +1,3 @@
+"""What a model is, independent of any hardware: its spec (:mod:`.spec`), the built-in zoo
+(:mod:`.zoo`), float weights (:mod:`.weights`), PyTorch import/export (:mod:`.torch_io`) and
+synthetic request batches (:mod:`.synthetic`)."""

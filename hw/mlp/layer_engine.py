@@ -1,0 +1,240 @@
+"""LayerEngine: one fixed-point layer on a systolic array, tiled over its weights."""
+
+from __future__ import annotations
+
+import math
+
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from ..stream_types import index_bits as _bits_for
+from ..systolic_array import SystolicArray
+from .activation_buffer import ActivationReadSignature, ActivationWriteSignature
+from .load_format import Desc, LoadKind, MLPLoadLayout
+from .requantizer import REQUANT_LATENCY, Requantizer
+
+
+def _pos(name, v):
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise TypeError(f"{name} must be a positive integer, not {v!r}")
+
+__all__ = ["LayerEngine", "ROW_END_LATENCY"]
+
+#: Cycles from a wave's sum leaving an array row to its result being written (bias read and
+#: accumulate, then the requantizer).
+ROW_END_LATENCY = 2 + REQUANT_LATENCY
+
+
+class _Ctrl(data.StructLayout):
+    def __init__(self, tn_bits, bank_bits):
+        super().__init__({"first": 1, "last": 1, "eor": 1, "tn": tn_bits, "bank": bank_bits})
+
+
+class LayerEngine(wiring.Component):
+    """One MLP layer on a ``rows`` x ``cols`` systolic array, pipelined across requests.
+
+    For each request it takes a filled bank of its input buffer and allocates a bank of its
+    output buffer, then issues one MAC wave per cycle: for output tile ``tn`` in
+    ``0..n_tiles-1``, input tile ``tk`` in ``0..k_tiles-1``, lane ``c`` of input word ``tk``
+    times the weights of word ``tn * k_tiles + tk``. Row ``r`` accumulates output
+    ``tn * rows + r`` (bias as the initial value, ``acc_bits`` wrapping), requantizes it and
+    writes it to lane ``r``, word ``tn`` of the output bank. The next request starts on the
+    cycle after the last wave when its input is ready: a layer occupies its engine for exactly
+    ``k_tiles * n_tiles`` cycles.
+
+    Weight layout (host): PE (``r``, ``c``) word ``tn * k_tiles + tk`` holds
+    ``W[tn * rows + r, tk * cols + c]`` (zero where the index is past ``N`` or ``K``: padded
+    inputs are not masked, so padded weights must be zero). Bias of row ``r`` word ``tn`` holds
+    ``b[tn * rows + r]``.
+
+    Parameters
+    ----------
+    index : int
+        Engine number (the ``engine`` field of load words it accepts).
+    rows, cols : int
+        Array shape.
+    data_bits, acc_bits : int
+    max_in, max_out : int
+        Largest layer fan-in and fan-out the memories hold.
+    banks : int
+        Banks of the activation buffers around the engine.
+    out_bits : int, optional
+        Output element width (default ``data_bits``).
+
+    Members
+    -------
+    act_in : Out(ActivationReadSignature)
+        Reads the input buffer (``cols`` lanes).
+    act_out : Out(ActivationWriteSignature)
+        Writes the output buffer (``rows`` lanes).
+    i_load : In(stream.Signature(MLPLoadLayout))
+        Load words addressed to this engine (always ready).
+    out_len : Out(16)
+        The loaded ``OUT_LEN`` descriptor field.
+    """
+
+    def __init__(self, *, index: int = 0, rows: int, cols: int, data_bits: int, acc_bits: int,
+                 max_in: int, max_out: int, banks: int = 4, out_bits: int | None = None,
+                 load_layout: MLPLoadLayout | None = None):
+        for name, v in (("rows", rows), ("cols", cols), ("max_in", max_in),
+                        ("max_out", max_out)):
+            _pos(name, v)
+        self.index, self.rows, self.cols = index, rows, cols
+        self.data_bits, self.acc_bits = data_bits, acc_bits
+        self.out_bits = data_bits if out_bits is None else out_bits
+        self.max_in, self.max_out, self.banks = max_in, max_out, banks
+        self.k_tiles_max = math.ceil(max_in / cols)
+        self.n_tiles_max = math.ceil(max_out / rows)
+        self.in_local_bits = _bits_for(self.k_tiles_max)
+        self.out_local_bits = _bits_for(self.n_tiles_max)
+        self.wdepth = self.k_tiles_max * self.n_tiles_max
+        if load_layout is None:
+            load_layout = MLPLoadLayout(engines=index + 1, rows=rows, cols=cols,
+                                        depth=self.wdepth, acc_bits=acc_bits)
+        self.load_layout = load_layout
+        super().__init__({
+            "act_in": Out(ActivationReadSignature(lanes=cols, bits=data_bits,
+                                                  local_bits=self.in_local_bits, banks=banks)),
+            "act_out": Out(ActivationWriteSignature(lanes=rows, bits=self.out_bits,
+                                                    local_bits=self.out_local_bits,
+                                                    banks=banks)),
+            "i_load": In(stream.Signature(load_layout)),
+            "out_len": Out(16),
+        })
+
+    @property
+    def array_latency(self) -> int:
+        """Cycles from issuing a wave to its last row's result being written."""
+        return 1 + self.cols + (self.rows - 1) + 3 + ROW_END_LATENCY
+
+    def elaborate(self, platform):
+        # One function on purpose (~125 lines): the tile sequencer, the weight/bias memories, the
+        # array and the row-end requantizers are timed against each other (ROW_END_LATENCY); the
+        # pipeline alignment is easier to check when it is read in one place.
+        m = Module()
+        R, C = self.rows, self.cols
+        bank_bits = _bits_for(self.banks)
+        ctrl_layout = _Ctrl(self.out_local_bits, bank_bits)
+        m.submodules.array = arr = SystolicArray(
+            rows=R, cols=C, data_bits=self.data_bits, acc_bits=self.acc_bits, depth=self.wdepth,
+            ctrl_bits=ctrl_layout.size)
+
+        # ---- descriptor and load port ----
+        k_tiles = Signal(range(self.k_tiles_max + 1))
+        n_tiles = Signal(range(self.n_tiles_max + 1))
+        shift = Signal(signed(8))
+        flags = Signal(3)
+        out_len = self.out_len
+        ld = self.i_load.payload
+        m.d.comb += self.i_load.ready.eq(1)
+        m.d.comb += [arr.w_en.eq(self.i_load.valid & (ld.kind == LoadKind.WEIGHT)),
+                     arr.w_row.eq(ld.row), arr.w_col.eq(ld.col), arr.w_addr.eq(ld.addr),
+                     arr.w_data.eq(ld.data)]
+        with m.If(self.i_load.valid & (ld.kind == LoadKind.DESC)):
+            with m.Switch(ld.addr):
+                with m.Case(Desc.K_TILES):
+                    m.d.sync += k_tiles.eq(ld.data)
+                with m.Case(Desc.N_TILES):
+                    m.d.sync += n_tiles.eq(ld.data)
+                with m.Case(Desc.SHIFT):
+                    m.d.sync += shift.eq(ld.data)
+                with m.Case(Desc.FLAGS):
+                    m.d.sync += flags.eq(ld.data)
+                with m.Case(Desc.OUT_LEN):
+                    m.d.sync += out_len.eq(ld.data)
+
+        # ---- sequencer: one wave per cycle ----
+        busy = Signal()
+        tk = Signal(range(self.k_tiles_max + 1))
+        tn = Signal(range(self.n_tiles_max + 1))
+        waddr = Signal(range(self.wdepth + 1))
+        in_bank = Signal(bank_bits)
+        out_bank = Signal(bank_bits)
+        last_k = tk + 1 >= k_tiles
+        final = last_k & (tn + 1 >= n_tiles)
+        ready_next = self.act_in.filled & self.act_out.can_start
+
+        def begin():
+            m.d.comb += [self.act_in.take.eq(1), self.act_out.start.eq(1)]
+            m.d.sync += [busy.eq(1), tk.eq(0), tn.eq(0), waddr.eq(0),
+                         in_bank.eq(self.act_in.bank), out_bank.eq(self.act_out.bank)]
+
+        with m.If(~busy):
+            with m.If(ready_next):
+                begin()
+        with m.Else():
+            m.d.sync += waddr.eq(waddr + 1)
+            with m.If(last_k):
+                m.d.sync += [tk.eq(0), tn.eq(tn + 1)]
+            with m.Else():
+                m.d.sync += tk.eq(tk + 1)
+            with m.If(final):
+                with m.If(ready_next):
+                    begin()
+                with m.Else():
+                    m.d.sync += busy.eq(0)
+
+        # ---- input skew: column c sees a wave c cycles after column 0 ----
+        ctrl0 = Signal(ctrl_layout)
+        m.d.comb += [ctrl0.first.eq(tk == 0), ctrl0.last.eq(last_k), ctrl0.eor.eq(final),
+                     ctrl0.tn.eq(tn), ctrl0.bank.eq(out_bank)]
+        d_valid, d_ctrl = [busy], [ctrl0]
+        d_in = [Cat(tk[:self.in_local_bits], in_bank)]
+        d_w = [waddr]
+        for j in range(1, C + 1):
+            v = Signal(name=f"skew_valid{j}")
+            c = Signal(ctrl_layout, name=f"skew_ctrl{j}")
+            a = Signal(self.in_local_bits + bank_bits, name=f"skew_in{j}")
+            w = Signal(range(self.wdepth + 1), name=f"skew_w{j}")
+            m.d.sync += [v.eq(d_valid[-1]), c.eq(d_ctrl[-1]), a.eq(d_in[-1]), w.eq(d_w[-1])]
+            d_valid.append(v)
+            d_ctrl.append(c)
+            d_in.append(a)
+            d_w.append(w)
+        m.d.comb += self.act_in.en.eq(1)
+        for c in range(C):
+            m.d.comb += [self.act_in.addr[c].eq(d_in[c]), arr.x_top[c].eq(self.act_in.data[c]),
+                         arr.addr_top[c].eq(d_w[c + 1]), arr.ctrl_top[c].eq(d_ctrl[c + 1]),
+                         arr.valid_top[c].eq(d_valid[c + 1])]
+
+        # ---- row ends: bias, accumulate, requantize, write ----
+        nbias = self.n_tiles_max
+        for r in range(R):
+            bias_mem = Memory(shape=signed(self.acc_bits), depth=nbias, init=[])
+            m.submodules[f"bias{r}"] = bias_mem
+            bw = bias_mem.write_port()
+            br = bias_mem.read_port()
+            m.d.comb += [bw.en.eq(self.i_load.valid & (ld.kind == LoadKind.BIAS) & (ld.row == r)),
+                         bw.addr.eq(ld.addr), bw.data.eq(ld.data)]
+            ctrl = data.View(ctrl_layout, arr.ctrl_row[r])
+            m.d.comb += br.addr.eq(ctrl.tn)
+            p1 = Signal(signed(self.acc_bits), name=f"p1_{r}")
+            c1 = Signal(ctrl_layout, name=f"c1_{r}")
+            v1 = Signal(name=f"v1_{r}")
+            m.d.sync += [p1.eq(arr.psum_row[r]), c1.eq(ctrl), v1.eq(arr.valid_row[r])]
+            acc = Signal(signed(self.acc_bits), name=f"acc{r}")
+            c2 = Signal(ctrl_layout, name=f"c2_{r}")
+            v2 = Signal(name=f"v2_{r}")
+            with m.If(v1):
+                m.d.sync += acc.eq(Mux(c1.first, br.data, acc) + p1)
+            m.d.sync += [c2.eq(c1), v2.eq(v1 & c1.last)]
+            rq = Requantizer(acc_bits=self.acc_bits, data_bits=self.data_bits,
+                             out_bits=self.out_bits)
+            m.submodules[f"requant{r}"] = rq
+            m.d.comb += [rq.acc.eq(acc), rq.shift.eq(shift), rq.relu.eq(flags[0]),
+                         rq.floor.eq(flags[1]), rq.logit.eq(flags[2])]
+            cs, vs = c2, v2
+            for k in range(REQUANT_LATENCY):
+                cn = Signal(ctrl_layout, name=f"c{3 + k}_{r}")
+                vn = Signal(name=f"v{3 + k}_{r}")
+                m.d.sync += [cn.eq(cs), vn.eq(vs)]
+                cs, vs = cn, vn
+            m.d.comb += [self.act_out.en[r].eq(vs),
+                         self.act_out.addr[r].eq(Cat(cs.tn[:self.out_local_bits], cs.bank)),
+                         self.act_out.data[r].eq(rq.y)]
+            if r == R - 1:
+                m.d.comb += [self.act_out.commit.eq(vs & cs.eor),
+                             self.act_in.release.eq(vs & cs.eor)]
+        return m

@@ -1,0 +1,235 @@
+"""MLPPipeline: layer engines chained through activation buffers, pipelined across requests."""
+
+from __future__ import annotations
+
+import math
+
+from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from recfabric.host import numerics as nx
+
+from ..sigmoid import LogitLayout, ScoreLayout, Sigmoid
+from ..stream_types import MLPInputLayout
+from ..stream_types import index_bits as _bits_for
+from .activation_buffer import ActivationBuffer, ActivationReadSignature, ActivationWriteSignature
+from .layer_engine import LayerEngine
+from .load_format import MLPLoadLayout
+
+
+def _pos(name, v):
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise TypeError(f"{name} must be a positive integer, not {v!r}")
+
+__all__ = ["InputWriter", "VectorDrain", "MLPPipeline"]
+
+
+class InputWriter(wiring.Component):
+    """Writes a stream of input-vector chunks into the first activation buffer.
+
+    Chunk ``j`` of a request goes to word ``j`` of a freshly allocated bank, all lanes at once;
+    the chunk with ``last`` commits the bank. Not ready while no bank is free.
+
+    Members
+    -------
+    i_vector : In(stream.Signature(MLPInputLayout(bits, lanes)))
+    act_out : Out(ActivationWriteSignature)
+    """
+
+    def __init__(self, *, lanes: int, bits: int, local_bits: int, banks: int):
+        self.lanes, self.bits, self.local_bits, self.banks = lanes, bits, local_bits, banks
+        super().__init__({
+            "i_vector": In(stream.Signature(MLPInputLayout(bits=bits, lanes=lanes))),
+            "act_out": Out(ActivationWriteSignature(lanes=lanes, bits=bits,
+                                                    local_bits=local_bits, banks=banks)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        active = Signal()
+        cnt = Signal(self.local_bits)
+        bank = Signal(_bits_for(self.banks))
+        cur_bank = Mux(active, bank, self.act_out.bank)
+        m.d.comb += self.i_vector.ready.eq(active | self.act_out.can_start)
+        go = self.i_vector.valid & self.i_vector.ready
+        for lane in range(self.lanes):
+            m.d.comb += [self.act_out.en[lane].eq(go),
+                         self.act_out.addr[lane].eq(Cat(cnt, cur_bank)),
+                         self.act_out.data[lane].eq(self.i_vector.payload.data[lane])]
+        with m.If(go):
+            m.d.comb += self.act_out.start.eq(~active)
+            m.d.sync += [bank.eq(cur_bank), active.eq(1), cnt.eq(cnt + 1)]
+            with m.If(self.i_vector.payload.last):
+                m.d.comb += self.act_out.commit.eq(1)
+                m.d.sync += [active.eq(0), cnt.eq(0)]
+        return m
+
+
+class VectorDrain(wiring.Component):
+    """Streams the first ``out_len`` elements of each filled bank of the last buffer, in order.
+
+    Element ``n`` is lane ``n mod lanes``, word ``n // lanes``. One element per cycle, plus one
+    idle cycle between requests.
+
+    Members
+    -------
+    act_in : Out(ActivationReadSignature)
+    out_len : In(16)
+    o_result : Out(stream.Signature(LogitLayout(bits)))
+    """
+
+    def __init__(self, *, lanes: int, bits: int, local_bits: int, banks: int):
+        self.lanes, self.bits, self.local_bits, self.banks = lanes, bits, local_bits, banks
+        super().__init__({
+            "act_in": Out(ActivationReadSignature(lanes=lanes, bits=bits, local_bits=local_bits,
+                                                  banks=banks)),
+            "out_len": In(16),
+            "o_result": Out(stream.Signature(LogitLayout(bits))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        active = Signal()
+        bank = Signal(_bits_for(self.banks))
+        n = Signal(16)
+        lane = Signal(range(self.lanes))
+        word = Signal(self.local_bits)
+        lane_d = Signal(range(self.lanes))
+        last_d = Signal()
+        o = self.o_result
+        free = ~o.valid | o.ready
+        adv = active & free
+        for k in range(self.lanes):
+            m.d.comb += self.act_in.addr[k].eq(Cat(word, bank))
+        m.d.comb += [self.act_in.en.eq(adv), o.payload.data.eq(self.act_in.data[lane_d]),
+                     o.payload.last.eq(last_d)]
+        with m.If(free):
+            m.d.sync += o.valid.eq(adv)
+        with m.If(adv):
+            is_last = n + 1 >= self.out_len
+            m.d.sync += [lane_d.eq(lane), last_d.eq(is_last), n.eq(n + 1)]
+            if self.lanes > 1:
+                with m.If(lane == self.lanes - 1):
+                    m.d.sync += [lane.eq(0), word.eq(word + 1)]
+                with m.Else():
+                    m.d.sync += lane.eq(lane + 1)
+            else:
+                m.d.sync += word.eq(word + 1)
+            with m.If(is_last):
+                m.d.comb += self.act_in.release.eq(1)
+                m.d.sync += active.eq(0)
+        with m.Elif(~active & self.act_in.filled):
+            m.d.comb += self.act_in.take.eq(1)
+            m.d.sync += [active.eq(1), bank.eq(self.act_in.bank), n.eq(0), lane.eq(0),
+                         word.eq(0)]
+        return m
+
+
+class MLPPipeline(wiring.Component):
+    """A multi-layer perceptron: one :class:`LayerEngine` per layer, pipelined across requests.
+
+    Parameters
+    ----------
+    shapes : sequence of (rows, cols)
+        Array shape of each layer engine; ``cols[l+1] == rows[l]``.
+    data_bits, acc_bits : int
+        Operand and accumulator widths.
+    max_in : int
+        Largest input vector (first layer fan-in).
+    max_width : int
+        Largest output width of every layer.
+    banks : int
+        Banks per activation buffer (requests each stage may have in flight), power of two.
+    sigmoid : bool
+        True (top MLP): the last layer's outputs go through :class:`Sigmoid` to ``o_scores``.
+        False (bottom MLP): the outputs leave on ``o_result``.
+
+    Members
+    -------
+    i_vector : In(stream.Signature(MLPInputLayout(data_bits, cols[0])))
+        Input vectors, ``cols[0]`` elements per transfer, ``last`` on a request's last chunk.
+    i_load : In(stream.Signature(MLPLoadLayout))
+        Runtime memories (weights, biases, descriptors); always ready.
+    o_scores : Out(stream.Signature(ScoreLayout()))
+        (``sigmoid``) One score per output of the last layer; ``last`` ends a request.
+    o_result : Out(stream.Signature(LogitLayout(data_bits)))
+        (not ``sigmoid``) The last layer's outputs, one per transfer; ``last`` ends a request.
+    """
+
+    def __init__(self, *, shapes, data_bits: int, acc_bits: int, max_in: int, max_width: int,
+                 banks: int = 4, sigmoid: bool = True):
+        shapes = [tuple(s) for s in shapes]
+        if not shapes:
+            raise ValueError("An MLP pipeline needs at least one layer engine, not 0")
+        for i, (r, c) in enumerate(shapes):
+            _pos(f"shapes[{i}] rows", r)
+            _pos(f"shapes[{i}] cols", c)
+        for i in range(1, len(shapes)):
+            if shapes[i][1] != shapes[i - 1][0]:
+                raise ValueError(f"Engine {i} has {shapes[i][1]} columns but engine {i - 1} has "
+                                 f"{shapes[i - 1][0]} rows; they must be equal")
+        if data_bits not in (8, 16) and data_bits < 2:
+            raise ValueError(f"data_bits must be a positive width, not {data_bits!r}")
+        self.shapes, self.data_bits, self.acc_bits = shapes, data_bits, acc_bits
+        self.max_in, self.max_width, self.banks, self.sigmoid = max_in, max_width, banks, sigmoid
+        self.out_bits = max(data_bits, nx.SIGMOID_IN.bits) if sigmoid else data_bits
+        L = len(shapes)
+        depth = max(math.ceil((max_in if l == 0 else max_width) / c) * math.ceil(max_width / r)
+                    for l, (r, c) in enumerate(shapes))
+        self.load_layout = MLPLoadLayout(engines=L, rows=max(r for r, _ in shapes),
+                                         cols=max(c for _, c in shapes), depth=depth,
+                                         acc_bits=acc_bits)
+        members = {
+            "i_vector": In(stream.Signature(MLPInputLayout(bits=data_bits, lanes=shapes[0][1]))),
+            "i_load": In(stream.Signature(self.load_layout)),
+        }
+        if sigmoid:
+            members["o_scores"] = Out(stream.Signature(ScoreLayout()))
+        else:
+            members["o_result"] = Out(stream.Signature(LogitLayout(data_bits)))
+        super().__init__(members)
+
+    def engine_kwargs(self) -> list:
+        """Constructor arguments of each :class:`LayerEngine` the pipeline builds."""
+        L = len(self.shapes)
+        return [dict(index=l, rows=r, cols=c, data_bits=self.data_bits, acc_bits=self.acc_bits,
+                     max_in=self.max_in if l == 0 else self.max_width, max_out=self.max_width,
+                     banks=self.banks,
+                     out_bits=self.out_bits if l == L - 1 else self.data_bits,
+                     load_layout=self.load_layout)
+                for l, (r, c) in enumerate(self.shapes)]
+
+    def elaborate(self, platform):
+        m = Module()
+        engines = [LayerEngine(**kw) for kw in self.engine_kwargs()]
+        e0 = engines[0]
+        m.submodules.writer = writer = InputWriter(lanes=e0.cols, bits=self.data_bits,
+                                                   local_bits=e0.in_local_bits, banks=self.banks)
+        wiring.connect(m, wiring.flipped(self.i_vector), writer.i_vector)
+        m.submodules.buf0 = buf = ActivationBuffer(lanes=e0.cols, bits=self.data_bits,
+                                                   local_bits=e0.in_local_bits, banks=self.banks)
+        wiring.connect(m, writer.act_out, buf.wr)
+        ld = self.i_load
+        m.d.comb += ld.ready.eq(1)
+        for l, eng in enumerate(engines):
+            m.submodules[f"engine{l}"] = eng
+            wiring.connect(m, eng.act_in, buf.rd)
+            m.d.comb += [eng.i_load.payload.eq(ld.payload),
+                         eng.i_load.valid.eq(ld.valid & (ld.payload.engine == l))]
+            buf = ActivationBuffer(lanes=eng.rows, bits=eng.out_bits,
+                                   local_bits=eng.out_local_bits, banks=self.banks)
+            m.submodules[f"buf{l + 1}"] = buf
+            wiring.connect(m, eng.act_out, buf.wr)
+        last = engines[-1]
+        m.submodules.drain = drain = VectorDrain(lanes=last.rows, bits=last.out_bits,
+                                                 local_bits=last.out_local_bits, banks=self.banks)
+        wiring.connect(m, drain.act_in, buf.rd)
+        m.d.comb += drain.out_len.eq(last.out_len)
+        if self.sigmoid:
+            m.submodules.sigmoid = sig = Sigmoid(in_bits=last.out_bits)
+            wiring.connect(m, drain.o_result, sig.i_logit)
+            wiring.connect(m, sig.o_score, wiring.flipped(self.o_scores))
+        else:
+            wiring.connect(m, drain.o_result, wiring.flipped(self.o_result))
+        return m

@@ -1,0 +1,264 @@
+"""Driver end to end: compile, load, infer on the reference, the cycle-accurate sim and the xrt
+(stand-in) backends; the counters mean what the kernel's mean on every backend."""
+
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from recfabric.host.compiler.compiled import golden_from_images, load_compiled
+from recfabric.host.compiler.steps import compile_model
+from recfabric.host.model.spec import ModelSpec, SparseFeature
+from recfabric.host.model.synthetic import synthetic_batch
+from recfabric.host.model.weights import random_weights
+from recfabric.host.model.zoo import get_model
+from recfabric.host.runtime.accelerator import Accelerator, DeviceError, KernelError
+from recfabric.hw.config import get_preset
+from recfabric.hw.register_map import ERROR_NO_PROGRAM, NO_ERROR_REQUEST
+
+
+def compiled(tmp_path, model, config, seed=0):
+    spec = get_model(model)
+    d = tmp_path / f"{model}-{config}"
+    compile_model(spec, random_weights(spec, seed=seed), get_preset(config), d, seed=seed)
+    return spec, d, load_compiled(d)
+
+
+def golden(cm, dense, sparse):
+    return golden_from_images(cm, cm.quantized_model().quantize_dense(dense), sparse).scores
+
+
+def test_reference_backend_equals_golden(tmp_path):
+    spec, d, cm = compiled(tmp_path, "small", "small")
+    dense, sparse = synthetic_batch(spec, 33, seed=3)
+    with Accelerator.open("reference", "small") as acc:
+        acc.load(d)
+        r = acc.infer(dense, sparse)
+    assert np.array_equal(r.scores, golden(cm, dense, sparse))
+    assert r.counters["requests_done"] == 33
+    assert r.counters["lookups_issued"] == _kernel_lookups(cm, sparse)
+
+
+def _kernel_lookups(cm, sparse):
+    """The kernel's lookups_issued, counted from the plan: per request and table group, one
+    lookup per ID of a bag (an empty bag still issues one EMPTY lookup), one per merged pair."""
+    n = 0
+    for g in cm.plan.groups:
+        if len(g.features) > 1:
+            n += sparse[g.features[0]].batch
+        else:
+            n += int(np.maximum(sparse[g.features[0]].lengths, 1).sum())
+    return n
+
+
+def test_reference_counts_lookups_as_the_kernel_does(tmp_path):
+    """A merged pair is one lookup, an empty bag one EMPTY lookup (hw/lookup_dispatcher.py)."""
+    spec = ModelSpec("pairs", sparse=(SparseFeature("a", 10, 4), SparseFeature("b", 12, 4),
+                                      SparseFeature("m", 30, 8, bag=3)), dense=2, top_mlp=(8, 1))
+    cfg = get_preset("tiny").replace(mem_channels=1, onchip_units=0)
+    d = tmp_path / "pairs"
+    compile_model(spec, random_weights(spec, 3), cfg, d, calib_batch=64)
+    cm = load_compiled(d)
+    assert any(len(g.features) == 2 for g in cm.plan.groups)
+    dense, sparse = synthetic_batch(spec, 9, seed=4)
+    sparse[2].lengths[:3] = 0  # three empty bags
+    with Accelerator.open("reference", cfg) as acc:
+        acc.load(d)
+        r = acc.infer(dense, sparse)
+    want = 9 + int(np.maximum(sparse[2].lengths, 1).sum())  # the pair, then the bag
+    assert r.counters["lookups_issued"] == want == _kernel_lookups(cm, sparse)
+    assert np.array_equal(r.scores, golden(cm, dense, sparse))
+
+
+def test_reference_follows_the_run_protocol(tmp_path):
+    """As the kernel (docs/kernel.md, "Run protocol"; tests/test_hw_kernel_protocol.py on sim):
+    no first error request on a clean run; a reset erases the program, a run without one writes
+    no record and says NO_PROGRAM; Accelerator.reset() re-arms the load; a bad magic leaves no
+    program."""
+    spec, d, cm = compiled(tmp_path, "tiny", "tiny")
+    dense, sparse = synthetic_batch(spec, 5, seed=2)
+    with Accelerator.open("reference", "tiny") as acc:
+        acc.load(d)
+        r = acc.infer(dense, sparse)
+        assert r.counters["errors"] == 0 and r.counters["first_error_request"] == NO_ERROR_REQUEST
+        acc.device.reset()  # the kernel alone: the driver does not know
+        with pytest.raises(KernelError, match="no valid kernel program"):
+            acc.infer(dense, sparse)
+        c = acc.counters()
+        assert c["errors"] == ERROR_NO_PROGRAM and c["requests_done"] == 0
+        acc.reset()
+        assert np.array_equal(acc.infer(dense, sparse).scores, golden(cm, dense, sparse))
+        acc.reset()
+        acc.device.write(acc._buffers["model"], b"\0" * 4)  # no magic
+        with pytest.raises(KernelError, match="no valid kernel program"):
+            acc.infer(dense, sparse)
+        assert acc.counters()["requests_done"] == 0
+
+
+@pytest.mark.parametrize("p_stall", [0.0, 0.25])
+def test_sim_backend_is_bit_exact_with_stalls(tmp_path, p_stall):
+    spec, d, cm = compiled(tmp_path, "tiny", "tiny", seed=1)
+    with Accelerator.open("sim", "tiny", p_stall=p_stall, mem_latency=20, seed=4,
+                          max_cycles=50_000) as acc:
+        acc.load(d)
+        for batch, seed in ((5, 7), (3, 8)):  # the second run reuses the loaded model
+            dense, sparse = synthetic_batch(spec, batch, seed=seed)
+            r = acc.infer(dense, sparse)
+            assert np.array_equal(r.scores, golden(cm, dense, sparse))
+            c = r.counters
+            assert c["requests_done"] == batch and c["errors"] == 0
+            assert c["lookups_issued"] == sum(int(np.maximum(b.lengths, 1).sum())
+                                              for b in sparse)
+            assert c["lookups_issued"] == _kernel_lookups(cm, sparse)
+            with Accelerator.open("reference", "tiny") as ref:  # same counter, same meaning
+                ref.load(d)
+                assert ref.infer(dense, sparse).counters["lookups_issued"] == \
+                    c["lookups_issued"]
+            assert c["cycles"] > 0 and c["config_hash"] == get_preset("tiny").config_hash
+
+
+def test_sim_backend_small_preset(tmp_path):
+    spec, d, cm = compiled(tmp_path, "small", "small")
+    dense, sparse = synthetic_batch(spec, 4, seed=11)
+    with Accelerator.open("sim", "small") as acc:
+        acc.load(d)
+        r = acc.infer(dense, sparse)
+        # Registers and the status block agree (the driver reads the block).
+        from recfabric.hw.register_map import STATUS_REGS
+        assert acc.device.read_register(STATUS_REGS["requests_done"]) == 4
+        assert acc.device.read_register(STATUS_REGS["lookups_issued"]) == \
+            r.counters["lookups_issued"]
+    assert np.array_equal(r.scores, golden(cm, dense, sparse))
+
+
+def test_mismatched_configuration_is_refused(tmp_path):
+    _, d, _ = compiled(tmp_path, "tiny", "tiny")
+    for backend in ("reference", "sim"):
+        with Accelerator.open(backend, "small") as acc:
+            with pytest.raises(DeviceError, match="recompile the model"):
+                acc.load(d)
+
+
+def test_inputs_validated_before_anything_runs(tmp_path):
+    spec, d, _ = compiled(tmp_path, "tiny", "tiny")
+    dense, sparse = synthetic_batch(spec, 2, seed=1)
+    sparse[0].ids[1, 0] = spec.sparse[0].rows
+    with Accelerator.open("reference", "tiny") as acc:
+        acc.load(d)
+        with pytest.raises(ValueError, match="out of range"):
+            acc.infer(dense, sparse)
+        assert acc.device.runs == 0
+
+
+def test_xrt_backend_without_pyxrt_says_what_is_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyxrt", None)
+    with pytest.raises(DeviceError, match="pyxrt"):
+        Accelerator.open("xrt", "tiny", xclbin="missing.xclbin")
+
+
+def test_xrt_backend_drives_the_documented_pyxrt_api(tmp_path, monkeypatch):
+    """A stand-in pyxrt with the binding's documented surface (device.load_xclbin, kernel with
+    group_id, bo write/sync/read/address, run set_arg/start/wait) whose kernel is the
+    reference model: the XRTDevice code path runs end to end."""
+    from recfabric.host.runtime.reference import ReferenceDevice
+    from recfabric.hw.vitis_package import kernel_name
+
+    spec, d, cm = compiled(tmp_path, "tiny", "tiny")
+    cfg = get_preset("tiny")
+    ref = ReferenceDevice(cfg)
+    calls = []
+    fake = types.ModuleType("pyxrt")
+
+    class bo:
+        normal = 0
+
+        def __init__(self, device, size, flags, group):
+            self.buf = ref.allocate(f"bo{group}", size)
+            calls.append(("bo", size, group))
+
+        def address(self):
+            return self.buf.address
+
+        def write(self, data, offset):
+            ref.write(self.buf, bytes(data), offset)
+
+        def read(self, size, offset):
+            return np.frombuffer(ref.read(self.buf, size, offset), np.int8)
+
+        def sync(self, direction, size, offset):
+            calls.append(("sync", direction, size, offset))
+
+    class kernel:
+        class cu_access_mode:
+            exclusive = 0
+
+        def __init__(self, device, uuid, name, mode):
+            if name != kernel_name(cfg):
+                raise RuntimeError(f"no kernel {name}")
+
+        def group_id(self, argno):
+            return argno
+
+    class run:
+        def __init__(self, k):
+            self.args = {}
+
+        def set_arg(self, i, v):
+            self.args[i] = v
+
+        def start(self):
+            from recfabric.hw.register_map import kernel_args
+            names = [a.name for a in kernel_args(cfg.mem_channels)]
+            ref.attach_model(cm)
+            ref.run({n: (self.args[i].buf if isinstance(self.args[i], bo) else self.args[i])
+                     for i, n in enumerate(names)}, 1)
+
+        def wait(self, timeout_ms):
+            return fake.ert_cmd_state.ERT_CMD_STATE_COMPLETED
+
+    class device:
+        def __init__(self, index):
+            pass
+
+        def load_xclbin(self, path):
+            calls.append(("xclbin", path))
+            return "uuid"
+
+    fake.bo, fake.kernel, fake.run, fake.device = bo, kernel, run, device
+    fake.xclBOSyncDirection = types.SimpleNamespace(XCL_BO_SYNC_BO_TO_DEVICE=0,
+                                                    XCL_BO_SYNC_BO_FROM_DEVICE=1)
+    fake.ert_cmd_state = types.SimpleNamespace(ERT_CMD_STATE_COMPLETED=4)
+    monkeypatch.setitem(sys.modules, "pyxrt", fake)
+
+    dense, sparse = synthetic_batch(spec, 6, seed=2)
+    with Accelerator.open("xrt", "tiny", xclbin="k.xclbin") as acc:
+        acc.load(d)
+        r = acc.infer(dense, sparse)
+    assert np.array_equal(r.scores, golden(cm, dense, sparse))
+    assert ("xclbin", "k.xclbin") in calls
+    assert any(c[0] == "sync" and c[1] == 1 for c in calls), "results synced from the device"
+    with pytest.raises(DeviceError, match="another configuration"):
+        Accelerator.open("xrt", "small", xclbin="k.xclbin")
+
+
+def test_issue_10_7_models_run_on_the_simulated_kernel(tmp_path):
+    """Issue 10.7 end to end on the cycle-accurate kernel, one device, model switches without a
+    reset: int8 models with fewer layers than engines (identity layers after the hidden layer,
+    or before a single layer) and a dense-only model, each == the golden model."""
+    cfg = get_preset("tiny").replace(name="tiny-int8", data_bits=8, acc_bits=32)
+    specs = [get_model("tiny"),
+             ModelSpec("one", sparse=(SparseFeature("a", 16, 4),), dense=2, top_mlp=(1,)),
+             ModelSpec("dense", dense=3, top_mlp=(4, 1))]
+    with Accelerator.open("sim", cfg, mem_latency=8, max_cycles=50_000) as acc:
+        for i, spec in enumerate(specs):
+            d = tmp_path / spec.name
+            compile_model(spec, random_weights(spec, i), cfg, d, calib_batch=64)
+            cm = load_compiled(d)
+            dense, sparse = synthetic_batch(spec, 4, seed=i) if spec.sparse else \
+                (np.random.default_rng(i).random((4, spec.dense)).astype(np.float32), [])
+            acc.load(d)
+            r = acc.infer(dense, sparse)
+            assert np.array_equal(r.scores, golden(cm, dense, sparse)), spec.name
+            assert r.counters["errors"] == 0 and r.counters["requests_done"] == 4
+            assert r.counters["lookups_issued"] == _kernel_lookups(cm, sparse)
