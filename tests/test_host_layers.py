@@ -53,8 +53,9 @@ def test_runtime_imports_no_amaranth_nor_the_generator():
                 f"{path.name} imports {m}"
 
 
-def test_sim_device_plugs_into_the_device_seam_only():
-    host_mods = [m for m in _imports(ROOT / "sim" / "sim_device.py")
+@pytest.mark.parametrize("backend", ["sim_device.py", "verilator_device.py"])
+def test_sim_device_plugs_into_the_device_seam_only(backend):
+    host_mods = [m for m in _imports(ROOT / "sim" / backend)
                  if m.startswith("recfabric.host")]
     assert host_mods and all(m.startswith("recfabric.host.runtime.device") for m in host_mods), \
         host_mods

@@ -24,7 +24,7 @@ def test_formats_cover_calibration_and_final_layer_feeds_sigmoid():
     spec = get_model("small")
     w = random_weights(spec)
     cd, cs = synthetic_batch(spec, 512, seed=1)
-    qm = quantize_model(w, cd, cs, bits=8)
+    qm = quantize_model(w, cd, cs, bits=8, formats="shared")
     assert qm.top[-1].out_fmt == nx.SIGMOID_IN and not qm.top[-1].relu
     assert all(l.relu for l in qm.top[:-1])
     for layer, fl in zip(qm.top, w.top):
@@ -36,7 +36,8 @@ def test_formats_cover_calibration_and_final_layer_feeds_sigmoid():
 
 def test_bottom_mlp_output_lands_in_embedding_format():
     spec = get_model("rmc1")
-    qm = quantize_model(random_weights(spec), *synthetic_batch(spec, 64, seed=1), bits=16)
+    qm = quantize_model(random_weights(spec), *synthetic_batch(spec, 64, seed=1), bits=16,
+                        formats="shared")
     assert qm.bottom[-1].out_fmt == qm.emb_fmt
     assert qm.bottom[0].in_fmt == qm.dense_fmt
     assert qm.top[0].in_fmt == qm.emb_fmt

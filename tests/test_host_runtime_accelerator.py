@@ -13,7 +13,7 @@ from recfabric.host.model.spec import ModelSpec, SparseFeature
 from recfabric.host.model.synthetic import synthetic_batch
 from recfabric.host.model.weights import random_weights
 from recfabric.host.model.zoo import get_model
-from recfabric.host.runtime.accelerator import Accelerator, DeviceError, KernelError
+from recfabric.host.runtime.accelerator import Accelerator, Buffer, DeviceError, KernelError
 from recfabric.hw.config import get_preset
 from recfabric.hw.register_map import ERROR_NO_PROGRAM, NO_ERROR_REQUEST
 
@@ -140,6 +140,28 @@ def test_mismatched_configuration_is_refused(tmp_path):
                 acc.load(d)
 
 
+@pytest.mark.parametrize("name", ["tables0", "model", "requests", "results"])
+def test_unaligned_buffers_are_refused(tmp_path, name):
+    """The kernel's bursts assume page-aligned buffers (an unaligned request base made
+    RecordFetcher burst across 4 KiB, a formal finding): the driver refuses such buffers."""
+    spec, d, _ = compiled(tmp_path, "tiny", "tiny")
+    dense, sparse = synthetic_batch(spec, 2, seed=1)
+    with Accelerator.open("reference", "tiny") as acc:
+        allocate = acc.device.allocate
+
+        def shifted(buf_name, size, bank=None):
+            buf = allocate(buf_name, size + 64, bank)
+            if buf_name == name:
+                buf = Buffer(buf.name, buf.address + 64, size, buf.bank, buf.handle)
+            return buf
+
+        acc.device.allocate = shifted
+        with pytest.raises(DeviceError, match=f"buffer '{name}' .* not 4096-byte aligned"):
+            acc.load(d)
+            acc.infer(dense, sparse)
+        assert acc.device.runs == 0
+
+
 def test_inputs_validated_before_anything_runs(tmp_path):
     spec, d, _ = compiled(tmp_path, "tiny", "tiny")
     dense, sparse = synthetic_batch(spec, 2, seed=1)
@@ -262,3 +284,25 @@ def test_issue_10_7_models_run_on_the_simulated_kernel(tmp_path):
             assert np.array_equal(r.scores, golden(cm, dense, sparse)), spec.name
             assert r.counters["errors"] == 0 and r.counters["requests_done"] == 4
             assert r.counters["lookups_issued"] == _kernel_lookups(cm, sparse)
+
+
+def test_run_raw_is_infer_without_checks(tmp_path):
+    """The soak's hook: raw records in; scores, status bytes and counters out."""
+    from recfabric.host.runtime.wire_format import ResultStatus, pack_requests
+
+    spec, d, cm = compiled(tmp_path, "tiny", "tiny")
+    dense, sparse = synthetic_batch(spec, 5, seed=4)
+    with Accelerator.open("reference", "tiny") as acc:
+        acc.load(d)
+        dq = cm.quantized_model().quantize_dense(dense)
+        req = pack_requests(acc.layout, dq, sparse)
+        raw = acc.run_raw(req)
+        assert np.array_equal(raw.scores, golden(cm, dense, sparse))
+        assert raw.status.tolist() == [int(ResultStatus.VALID)] * 5
+        assert raw.counters == acc.counters() and raw.counters["requests_done"] == 5
+        r = acc.infer(dq, sparse, fixed_point=True)
+        assert np.array_equal(r.scores, raw.scores) and np.array_equal(r.status, raw.status)
+        with pytest.raises(DeviceError, match="not a whole number"):
+            acc.run_raw(req[:-1])
+        with pytest.raises(DeviceError, match="without waiting"):
+            acc.run_raw(req, wait=False)  # the reference device has no start()

@@ -47,7 +47,7 @@ def expected_pooled(tables, descs_valid, lookups, *, data_bits: int, max_dim: in
     ``cause`` the :class:`~recfabric.hw.stream_types.LookupErrorCause` value of its first bad
     lookup (0 for a good bag).
     """
-    from ..hw.stream_types import LookupErrorCause  # noqa: PLC0415 - hardware harness only
+    from ...hw.stream_types import LookupErrorCause  # noqa: PLC0415 - hardware harness only
 
     fmt = nx.FixedFormat(data_bits, 0)
     out, rows, cause = [], [], 0  # cause: LookupErrorCause of the bag's first bad lookup

@@ -130,7 +130,8 @@ def _cmd_compile(args):
     else:
         weights = random_weights(spec, seed=args.seed)
     result = compile_model(spec, weights, config, args.output, args.planner, seed=args.seed,
-                           calibration=args.calibration, from_step=args.from_step,
+                           calibration=args.calibration, formats=args.formats,
+                           from_step=args.from_step,
                            to_step=args.to_step, progress=None if args.json else _say)
     ran = [s["name"] for s in result.steps if s["status"] == "ran"]
     cal = None
@@ -187,8 +188,11 @@ def register(subparsers):
     s.add_argument("model", help="zoo name or .json spec file")
     s.add_argument("--weights", help=".npz written by ModelWeights.save (default: synthetic)")
     s.add_argument("--calibration", metavar="D.npz",
-                   help="calibration batch (format: docs/compiler.md; default: a synthetic "
-                        "batch, and the manifest says so)")
+                   help="calibration requests (D.npz, format: docs/compiler.md; labels are "
+                        "ignored; default: a synthetic batch, and the manifest says so)")
+    s.add_argument("--formats", choices=("per-table", "shared"), default="per-table",
+                   help="activation formats: one per table, folded into the first layer "
+                        "(default), or one shared by all tables and the dense part")
     s.add_argument("--from-step", choices=COMPILE_STEPS,
                    help="resume: reload earlier steps' outputs from -o DIR/steps")
     s.add_argument("--to-step", choices=COMPILE_STEPS, help="stop after this step")

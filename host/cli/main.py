@@ -1,10 +1,14 @@
 """The ``recfabric`` command line: one command, one verb per job.
 
 ``recfabric models``            the built-in model zoo, and which presets run each model
-``recfabric accuracy MODEL``    fixed point vs float accuracy report
+``recfabric accuracy MODEL``    fixed point vs float accuracy report (``--trained wnd|dlrm``:
+                                trained benchmark models; ``--weights W --data D.npz``: yours)
+``recfabric prune MODEL``       structured MLP pruning (:mod:`recfabric.host.bench.prune`)
 ``recfabric demo``              the main job on the default model
 ``recfabric plan`` / ``compile``   model compiler (:mod:`recfabric.host.cli.compile`)
 ``recfabric bench lookup|mlp``    cycle-accurate block benchmarks
+``recfabric soak``              randomized soak on the Verilator back-end (``host/bench/soak.py``)
+``recfabric serve`` / ``loadtest`` / ``fleet``   serving on Ray Serve (:mod:`recfabric.host.serve`)
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from ..model.zoo import DEFAULT_MODEL, ZOO, get_model
 __all__ = ["main"]
 
 # Modules that add their own verbs with ``register(subparsers)``.
-_PLUGINS = (".compile",)
+_PLUGINS = (".compile", "..bench.soak", "..bench.prune", "..serve.cli")
 # Modules that add a benchmark below ``recfabric bench`` with ``register(subparsers)``.
 _BENCHES = ("..bench.lookup", "..bench.mlp")
 
@@ -91,15 +95,46 @@ def _format_accuracy(r: dict) -> str:
 
 
 def _cmd_accuracy(args):
+    if args.trained or args.data:
+        return _cmd_accuracy_trained(args)
+    if args.weights:
+        raise ValueError("--weights needs --data D.npz (held-out requests with labels)")
+    if not args.model:
+        raise ValueError("accuracy needs a MODEL (zoo name or .json spec) or --trained NAME")
     from ..model.weights import random_weights
     from ..reference.quantize import accuracy_report
     spec = get_model(args.model)
     t0 = time.perf_counter()
-    report = accuracy_report(random_weights(spec, seed=args.seed), bits=args.bits,
+    report = accuracy_report(random_weights(spec, seed=args.seed), bits=args.bits or 16,
                              batch=args.requests, seed=args.seed,
-                             progress=None if args.json else _say)
+                             progress=None if args.json else _say,
+                             formats=args.formats or "per-table")
     report["seconds"] = round(time.perf_counter() - t0, 3)
     print(json.dumps(report, indent=1) if args.json else _format_accuracy(report))
+    return 0
+
+
+def _cmd_accuracy_trained(args):
+    """Trained weights and labelled data: float vs int16 vs int8 with bootstrap intervals."""
+    from ..bench.trained import VARIANTS, accuracy_trained, accuracy_user, format_report
+    from ..model.training import TRAINED_MODELS
+    say = None if args.json else _say
+    variants = [v for v in VARIANTS if args.bits in (None, v[0])
+                and args.formats in (None, v[1])]
+    kw = {"resamples": args.bootstrap, "progress": say, "variants": variants}
+    if args.trained:
+        if args.model or args.weights or args.data:
+            raise ValueError("--trained takes no MODEL, --weights or --data")
+        names = TRAINED_MODELS if args.trained == "all" else (args.trained,)
+        reports = [accuracy_trained(n, retrain=args.retrain, **kw) for n in names]
+    else:
+        if not args.model or not args.weights:
+            raise ValueError("--data needs a MODEL and --weights W.npz")
+        reports = [accuracy_user(get_model(args.model), args.weights, args.data, **kw)]
+    if args.json:
+        print(json.dumps(reports if len(reports) > 1 else reports[0], indent=1))
+    else:
+        print("\n".join(format_report(r) for r in reports))
     return 0
 
 
@@ -224,18 +259,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=_cmd_models)
 
-    s = sub.add_parser("accuracy", help="fixed point vs float accuracy on synthetic inputs")
-    s.add_argument("model", help="zoo name or .json spec file")
-    s.add_argument("--bits", type=int, choices=(8, 16), default=16)
+    s = sub.add_parser("accuracy", help="fixed point vs float accuracy (synthetic, trained or "
+                                         "the user's weights and data)")
+    s.add_argument("model", nargs="?", help="zoo name or .json spec file")
+    s.add_argument("--bits", type=int, choices=(8, 16), default=None,
+                   help="operand width (synthetic report: default 16; trained/user data: both)")
+    s.add_argument("--formats", choices=("per-table", "shared"), default=None,
+                   help="activation formats (default per-table; trained/user data: both)")
     s.add_argument("--requests", type=int, default=4096, help="evaluation batch size")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--trained", choices=("wnd", "dlrm", "all"),
+                   help="a trained benchmark model (trained on first use, then cached)")
+    s.add_argument("--retrain", action="store_true", help="re-make the trained model's cache")
+    s.add_argument("--weights", help="the user's float weights (.npz of ModelWeights.save)")
+    s.add_argument("--data", help="the user's labelled requests (D.npz, see README)")
+    s.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_accuracy)
 
     s = sub.add_parser("demo", help="main job: the default model through the simulated kernel")
     s.add_argument("--model", default=DEFAULT_MODEL, help=f"zoo name (default {DEFAULT_MODEL})")
     s.add_argument("--config", default="small", help="accelerator preset (default small)")
-    s.add_argument("--backend", default="sim", choices=("sim", "reference", "xrt"))
+    s.add_argument("--backend", default="sim", choices=("sim", "reference", "verilator", "xrt"))
     s.add_argument("--batch", type=int, default=16)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", help="keep the compiled model in this directory")

@@ -22,7 +22,7 @@ import numpy as np
 from .. import numerics as nx
 from ..model.spec import ModelSpec
 from ..numerics import FixedFormat
-from ..reference.golden import GoldenResult, QuantizedModel, golden_forward
+from ..reference.golden import GoldenResult, QuantizedModel, golden_forward, segment_formats
 from .memory_image import image_name, sha256_file, unpack_descriptors, unpack_mlp
 from .planner import Plan
 from .table_layout import TableLayout
@@ -82,7 +82,8 @@ class CompiledModel:
         return QuantizedModel(
             self.spec, self.mlp["bits"], self.mlp["acc_bits"], FixedFormat.from_json(f["emb_fmt"]),
             FixedFormat.from_json(f["dense_fmt"]), None, self.mlp["bottom"], self.mlp["top"],
-            self.mlp["heads"], FixedFormat.from_json(itf) if itf else None, self.mlp["rounding"])
+            self.mlp["heads"], FixedFormat.from_json(itf) if itf else None, self.mlp["rounding"],
+            segment_formats(f))
 
     def read_rows(self, table: int, local_rows) -> np.ndarray:
         """Rows (indices within descriptor ``table``) as ``(n, dim)`` int64, via the descriptor."""

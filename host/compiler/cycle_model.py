@@ -28,6 +28,16 @@ it: ``O = D_producer + D_consumer`` with the writer's ``D = chunks``, the drain'
 spacing over a burst period.)
 
 The bound the MAC array is measured against is ``sum_l K_l * N_l / sum_l rows[l] * cols[l]``.
+
+The whole kernel (:func:`kernel_batch_cycles`, the serving layer's service-time prediction): a
+batch of ``B`` requests takes ``latency + ii * (B - 1)`` cycles, with ``ii = max(MLP II, the
+plan's lookup rounds (beats per request on the busiest port), request words per record)`` and
+``latency = MLP latency + memory read latency + KERNEL_OVERHEAD_CYCLES`` (bottom and top MLP
+added when both exist). ``KERNEL_OVERHEAD_CYCLES`` (request fetch and parse, dispatch, concat,
+result and status writes) is fitted to the simulation: the single-request run of the ``small``
+model on the ``small`` preset takes 358 cycles (README, ``tools/measure_kernel.py 1 16 256``), of
+which the MLP model accounts for 212 and the simulated HBM read latency for 64. The model then
+gives 1,378 cycles for a batch of 16 (simulated: 1,378) and 17,698 for 256 (simulated: 17,699).
 """
 
 from __future__ import annotations
@@ -35,12 +45,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-__all__ = ["MLPCycleModel", "ENGINE_OVERHEAD", "DRAIN_OVERHEAD"]
+__all__ = ["MLPCycleModel", "ENGINE_OVERHEAD", "DRAIN_OVERHEAD", "KERNEL_OVERHEAD_CYCLES",
+           "MEM_LATENCY_CYCLES", "kernel_batch_cycles"]
 
 #: Engine stage latency beyond ``T + cols + rows``.
 ENGINE_OVERHEAD = 7
 #: Drain + sigmoid latency beyond ``N``.
 DRAIN_OVERHEAD = 2
+#: Kernel cycles per batch beyond the MLP latency and the memory read latency (module doc).
+KERNEL_OVERHEAD_CYCLES = 82
+#: Memory read latency assumed for HBM, in kernel cycles (the simulation's HBM model).
+MEM_LATENCY_CYCLES = 64
 
 
 @dataclass
@@ -101,3 +116,32 @@ class MLPCycleModel:
     def to_json(self) -> dict:
         return {"ii": self.ii, "latency": self.latency, "bound": self.bound,
                 "utilization": self.utilization, "stage_ii": dict(self.stage_ii)}
+
+
+def kernel_batch_cycles(spec, config, rounds: int, words_per_record: int, *,
+                        mem_latency_cycles: int = MEM_LATENCY_CYCLES) -> tuple[int, float]:
+    """Modelled ``(latency, ii)`` of the whole kernel in cycles (module doc): a batch of ``B``
+    requests takes ``latency + ii * (B - 1)``.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        The model (its ``layer_shapes()``).
+    config : AcceleratorConfig
+        The kernel's MLP engine shapes (``mlp_bottom_shapes``, ``mlp_top_shapes``).
+    rounds : int
+        The plan's lookup rounds (beats per request on the busiest memory port).
+    words_per_record : int
+        Request words per record (the wire format's record length).
+    mem_latency_cycles : int
+        Memory read latency in kernel cycles.
+    """
+    shapes = spec.layer_shapes()
+    ii, latency = max(rounds, words_per_record), KERNEL_OVERHEAD_CYCLES + mem_latency_cycles
+    for kind, engines in (("bottom", config.mlp_bottom_shapes), ("top", config.mlp_top_shapes)):
+        layers = shapes[kind]
+        if not layers:
+            continue
+        m = MLPCycleModel(shapes=list(engines), widths=(layers[0][0], *[o for _, o in layers]))
+        ii, latency = max(ii, m.ii), latency + m.latency
+    return latency, ii

@@ -39,7 +39,12 @@ import numpy as np
 
 from ..model.spec import ModelSpec, SpecError
 from ..numerics import FixedFormat, Rounding
-from ..reference.golden import QuantizedModel, QuantizedTable
+from ..reference.golden import (
+    QuantizedModel,
+    QuantizedTable,
+    segment_formats,
+    table_formats,
+)
 from .compiled import FORMATS, MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, CompileError
 from .kernel_program import PROGRAM_BIN, PROGRAM_JSON, check_program, read_program
 from .memory_image import (
@@ -143,6 +148,7 @@ class CompileState:
     calibration_source: str | None = None
     calib_batch: int = 1024
     seed: int = 0
+    formats: str = "per-table"
     chunk_rows: int | None = None
     say: object = None
     qm: QuantizedModel | None = None
@@ -155,11 +161,12 @@ class CompileState:
     def step_dir(self, name: str) -> Path:
         return self.out / "steps" / f"{COMPILE_STEPS.index(name) + 1}_{name}"
 
-    def tables(self, emb_fmt: FixedFormat) -> list:
+    def tables(self, fmts: list) -> list:
+        """The float tables quantized in ``fmts`` (one format per table)."""
         if self.weights is None:
             raise CompileError("resuming after the quantize step needs the float weights again "
                                "(the table images are generated from them)")
-        return [QuantizedTable(t, emb_fmt) for t in self.weights.tables]
+        return [QuantizedTable(t, f) for t, f in zip(self.weights.tables, fmts, strict=True)]
 
 
 # ---- step 1: quantize ----------------------------------------------------------------------
@@ -190,7 +197,8 @@ def step_quantize(state: CompileState) -> None:
         state.say(f"quantizing to int{config.data_bits}, calibrating on {info['requests']} "
                   f"{'synthetic' if info['source'] == 'synthetic' else 'given'} requests")
         state.qm = quantize_model(state.weights, cd, cs, bits=config.data_bits,
-                                  acc_bits=config.acc_bits)
+                                  acc_bits=config.acc_bits, formats=state.formats)
+        info["formats"] = state.formats
         info["saturation"] = saturation_counts(state.qm, state.weights, cd, cs)
     qm = state.qm
     if qm.spec != spec:
@@ -212,10 +220,13 @@ def load_quantize(state: CompileState) -> None:
     mlp = unpack_mlp((d / "mlp.bin").read_bytes())
     emb = FixedFormat.from_json(f["emb_fmt"])
     itf = f["interaction_fmt"]
+    seg = segment_formats(f)
     state.qm = QuantizedModel(state.spec, mlp["bits"], mlp["acc_bits"], emb,
-                              FixedFormat.from_json(f["dense_fmt"]), state.tables(emb),
+                              FixedFormat.from_json(f["dense_fmt"]),
+                              state.tables(table_formats(state.spec, emb, seg)),
                               mlp["bottom"], mlp["top"], mlp["heads"],
-                              FixedFormat.from_json(itf) if itf else None, Rounding(f["rounding"]))
+                              FixedFormat.from_json(itf) if itf else None, Rounding(f["rounding"]),
+                              seg)
     state.calibration_info = json.loads((d / "calibration.json").read_text())
 
 
@@ -360,7 +371,8 @@ def _step_index(name, what) -> int:
 
 def compile_model(spec: ModelSpec, weights, config, out_dir, planner: str = "default", *,
                   qm: QuantizedModel | None = None, calibration=None, calib_batch: int = 1024,
-                  seed: int = 0, chunk_rows: int | None = None, from_step: str | None = None,
+                  seed: int = 0, formats: str = "per-table", chunk_rows: int | None = None,
+                  from_step: str | None = None,
                   to_step: str | None = None, progress=None) -> CompileResult:
     """Compile ``spec`` with ``weights`` for ``config`` into ``out_dir``, step by step.
 
@@ -378,11 +390,15 @@ def compile_model(spec: ModelSpec, weights, config, out_dir, planner: str = "def
         An already quantized model (its ``bits`` must equal ``config.data_bits``).
     calibration : (dense, sparse) or path, optional
         The calibration batch (float dense ``(n, dense)`` and one Bags per feature), or a
-        ``.npz`` file of it (:func:`~recfabric.host.reference.quantize.load_calibration`). When
-        not given, ``synthetic_batch(spec, calib_batch, seed=seed + 1)`` is used and the manifest
-        says so.
+        ``D.npz`` file of it (:func:`~recfabric.host.model.dataset.load_calibration`; labels,
+        if present, are ignored). When not given, ``synthetic_batch(spec, calib_batch,
+        seed=seed + 1)`` is used and the manifest says so.
     calib_batch, seed : int
         Size and seed of the synthetic calibration batch.
+    formats : str
+        Activation formats of the quantizer (:data:`~recfabric.host.reference.quantize.FORMATS`):
+        ``"per-table"`` (default; one format per concat segment, folded into the first layer's
+        weight columns, exact on the unchanged kernel) or ``"shared"`` (one for all).
     chunk_rows : int, optional
         Rows written at once when generating table images.
     from_step, to_step : str, optional
@@ -400,11 +416,14 @@ def compile_model(spec: ModelSpec, weights, config, out_dir, planner: str = "def
     CompileError, PlanError, SpecError
         The model does not fit (the message names the table or limit), or inputs disagree.
     """
-    from ..reference.quantize import load_calibration  # noqa: PLC0415
+    from ..model.dataset import load_calibration  # noqa: PLC0415
+    from ..reference.quantize import FORMATS  # noqa: PLC0415
 
     say = progress or (lambda msg: None)
     if planner not in PLANNERS:
         raise ValueError(f"planner must be one of {', '.join(PLANNERS)}, not {planner!r}")
+    if formats not in FORMATS:
+        raise ValueError(f"formats must be one of {', '.join(FORMATS)}, not {formats!r}")
     first = _step_index(from_step or COMPILE_STEPS[0], "from_step")
     last = _step_index(to_step or COMPILE_STEPS[-1], "to_step")
     if first > last:
@@ -417,7 +436,7 @@ def compile_model(spec: ModelSpec, weights, config, out_dir, planner: str = "def
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = CompileState(spec, config, out, weights, planner, calibration, source, calib_batch,
-                         seed, chunk_rows, say, qm)
+                         seed, formats, chunk_rows, say, qm)
     record = []
     t_all = time.perf_counter()
     for i, name in enumerate(COMPILE_STEPS[:last + 1]):

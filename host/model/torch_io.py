@@ -27,6 +27,10 @@ from .weights import ArrayTable, Layer, ModelWeights
 __all__ = ["RecModel", "to_torch", "from_torch", "bags_to_torch", "require_torch"]  # noqa: F822
 
 _TABLE_CHUNK_ROWS = 1 << 18  # rows materialized at a time when exporting a computed table
+#: Largest probability difference :func:`from_torch`'s forward check accepts.
+CHECK_TOLERANCE = 1e-5
+#: Synthetic requests the forward check runs when no sample is given.
+CHECK_REQUESTS = 64
 
 
 def require_torch():
@@ -262,8 +266,9 @@ def _collect(torch, module):
     return embs, None, [m for _, m in leaves if isinstance(m, nn.Linear)], None
 
 
-def _interaction_dense(top_in, dense_out, dims, hint):
-    """``(interaction, dense width)`` that make the top MLP's input ``top_in`` wide."""
+def _interaction_dense(top_in, dense_out, dims, hint, every=False):
+    """``(interaction, dense width)`` candidates that make the top MLP's input ``top_in`` wide:
+    all of them with ``every`` (the forward check decides), else the first."""
     n = len(dims) + 1
     cands = []
     concat_dense = top_in - sum(dims) if dense_out is None else dense_out
@@ -280,11 +285,12 @@ def _interaction_dense(top_in, dense_out, dims, hint):
             f"cannot infer the interaction: the top MLP takes {top_in} inputs, the embeddings "
             f"are {sum(dims)} wide ({len(dims)} tables) and the dense part is "
             f"{'unknown' if dense_out is None else dense_out} wide; pass spec=")
-    return cands[0]
+    return cands if every else cands[:1]
 
 
 def from_torch(module, spec: ModelSpec | None = None, *, bags=None,
-               name: str = "torch") -> ModelWeights:
+               name: str = "torch", check: bool = True, sample=None, forward=None,
+               tolerance: float = CHECK_TOLERANCE) -> ModelWeights:
     """Float weights (and, without ``spec``, the spec) of a PyTorch recommendation model.
 
     Parameters
@@ -301,6 +307,20 @@ def from_torch(module, spec: ModelSpec | None = None, *, bags=None,
         an ``EmbeddingBag`` does not record it.
     name : str
         Name of an inferred spec.
+    check : bool
+        Run the module's own forward pass and the float reference
+        (:func:`~recfabric.host.reference.golden.float_forward`) on sample inputs and refuse the
+        import (:class:`SpecError` naming the largest difference and what was tried) when they
+        disagree by more than ``tolerance`` in any probability. Structure alone cannot see a
+        functional ``tanh``, ``per_sample_weights`` or the order of a ``torch.cat``; this check
+        does. A module without a ``forward`` of its own is imported by structure only.
+    sample : (dense, sparse), optional
+        Inputs for the check (float dense array, list of Bags); default 64 synthetic requests.
+    forward : callable, optional
+        ``forward(module, dense_tensor, [(indices, offsets), ...])`` returning probabilities or
+        logits, for modules not called as ``module(dense, sparse)``.
+    tolerance : float
+        Largest probability difference accepted (1e-5).
 
     Returns
     -------
@@ -315,9 +335,12 @@ def from_torch(module, spec: ModelSpec | None = None, *, bags=None,
     order, split into a bottom and a top MLP at the first Linear whose input width is not the
     previous one's output width (the interaction joins the embeddings there). The interaction
     (``concat`` or ``dot``) and the dense count follow from the top MLP's input width; a
-    module attribute ``interaction`` settles a tie. ReLU is assumed after every layer except
-    the last of each output path, and a sigmoid at the end, whatever the module's own forward
-    does. Pass ``spec`` for any model these rules do not describe.
+    module attribute ``interaction`` settles a tie, else the forward check decides (DLRM's dot
+    widths can coincide with concat widths). ReLU after every layer except the last of each
+    output path and a sigmoid at the end are assumed, and then verified by the forward check,
+    which also accepts a concatenation that puts the dense part after the embeddings (the first
+    layer's columns are reordered to RecFabric's dense-first order). Pass ``spec`` for any model
+    these rules do not describe.
     """
     torch = require_torch()
     if not isinstance(module, torch.nn.Module):
@@ -345,7 +368,8 @@ def from_torch(module, spec: ModelSpec | None = None, *, bags=None,
             raise SpecError(f"module has {len(embs)} EmbeddingBags, spec {spec.name!r} has "
                             f"{len(spec.sparse)} sparse features")
         tables = [ArrayTable(_numpy(m.weight)) for _, m in embs]
-        return ModelWeights(spec, tables, layers[:nb], layers[nb:nb + nt], head_layers)
+        weights = ModelWeights(spec, tables, layers[:nb], layers[nb:nb + nt], head_layers)
+        return _verified(torch, module, [weights], check, sample, forward, tolerance)
 
     if not top:
         raise SpecError("module has no nn.Linear layers: a model needs at least a top MLP")
@@ -367,14 +391,116 @@ def from_torch(module, spec: ModelSpec | None = None, *, bags=None,
                     f"{top[i].in_features} inputs but the previous layer gives "
                     f"{top[i - 1].out_features}; pass spec=")
     dense_out = bottom[-1].out_features if bottom else None
-    interaction, d = _interaction_dense(top[0].in_features, dense_out, dims, hint)
-    dense = bottom[0].in_features if bottom else d
-    sparse = tuple(SparseFeature(path, m.num_embeddings, m.embedding_dim, b)
-                   for (path, m), b in zip(embs, bags, strict=True))
-    spec = ModelSpec(name=name, sparse=sparse, dense=dense,
-                     bottom_mlp=tuple(m.out_features for m in bottom), interaction=interaction,
-                     top_mlp=tuple(m.out_features for m in top),
-                     heads=tuple(tuple(m.out_features for m in h) for h in heads or ()))
-    tables = [ArrayTable(_numpy(m.weight)) for _, m in embs]
-    return ModelWeights(spec, tables, [_layer(m) for m in bottom], [_layer(m) for m in top],
-                        [[_layer(m) for m in h] for h in heads or ()])
+    checkable = check and _has_forward(torch, module)
+    cands = _interaction_dense(top[0].in_features, dense_out, dims, hint,
+                               every=checkable and hint is None)
+    out = []
+    for interaction, d in cands:
+        dense = bottom[0].in_features if bottom else d
+        sparse = tuple(SparseFeature(path, m.num_embeddings, m.embedding_dim, b)
+                       for (path, m), b in zip(embs, bags, strict=True))
+        spec = ModelSpec(name=name, sparse=sparse, dense=dense,
+                         bottom_mlp=tuple(m.out_features for m in bottom),
+                         interaction=interaction, top_mlp=tuple(m.out_features for m in top),
+                         heads=tuple(tuple(m.out_features for m in h) for h in heads or ()))
+        tables = [ArrayTable(_numpy(m.weight)) for _, m in embs]
+        out.append(ModelWeights(spec, tables, [_layer(m) for m in bottom],
+                                [_layer(m) for m in top],
+                                [[_layer(m) for m in h] for h in heads or ()]))
+    return _verified(torch, module, out, check, sample, forward, tolerance)
+
+
+# ---- the forward-pass check -----------------------------------------------------------------
+
+def _has_forward(torch, module) -> bool:
+    return type(module).forward is not torch.nn.Module.forward
+
+
+def _dense_last(weights: ModelWeights):
+    """The same weights for a module whose concat puts the dense part after the embeddings:
+    the first top layer's columns moved to RecFabric's dense-first order (None if moot)."""
+    spec = weights.spec
+    if spec.interaction != "concat" or not spec.dense_out or not spec.sparse:
+        return None
+    first = weights.top[0]
+    e = spec.embedding_width
+    w = np.concatenate([first.weight[:, e:], first.weight[:, :e]], axis=1)
+    return ModelWeights(spec, weights.tables, weights.bottom,
+                        [Layer(w, first.bias), *weights.top[1:]], weights.heads)
+
+
+def _module_output(torch, module, forward, dense, sparse):
+    tensors = [bags_to_torch(b) for b in sparse]
+    x = torch.from_numpy(np.asarray(dense, np.float32))
+    training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            try:
+                y = forward(module, x, tensors) if forward else module(x, tensors)
+            except Exception as e:  # noqa: BLE001 (any failure of user code is reported)
+                call = "forward(module, dense, sparse)" if forward else \
+                    f"{type(module).__name__}(dense, [(indices, offsets), ...])"
+                raise SpecError(
+                    f"cannot check the import: {call} failed on sample inputs "
+                    f"({type(e).__name__}: {e}); pass forward=callable(module, dense, sparse) "
+                    "or check=False") from None
+    finally:
+        module.train(training)
+    if isinstance(y, (tuple, list)):
+        y = torch.cat([t.reshape(len(x), -1) for t in y], dim=1)
+    if not torch.is_tensor(y):
+        raise SpecError(f"cannot check the import: the module's forward returned "
+                        f"{type(y).__name__}, not a tensor")
+    return y.detach().to(torch.float64).reshape(len(x), -1).numpy()
+
+
+def _difference(y, probs) -> tuple[float, int]:
+    """Largest probability difference of the module's output ``y`` (probabilities, or logits,
+    whichever is closer) from the float reference, and the request where it occurs."""
+    if y.shape != probs.shape:
+        return float("inf"), 0
+    best = None
+    for p in (y, 1.0 / (1.0 + np.exp(-y))):
+        d = np.abs(p - probs)
+        d = np.where(np.isnan(d), np.inf, d)
+        cand = (float(d.max()), int(np.argmax(d.max(axis=1))))
+        best = cand if best is None or cand[0] < best[0] else best
+    return best
+
+
+def _verified(torch, module, candidates, check, sample, forward, tolerance):
+    """The first candidate whose float reference reproduces the module's forward pass."""
+    from ..reference.golden import float_forward
+    from .synthetic import synthetic_batch
+    if not check or (forward is None and not _has_forward(torch, module)):
+        return candidates[0]
+    tried = []
+    for weights in candidates:
+        spec = weights.spec
+        if sample is not None:
+            dense, sparse = sample
+        else:
+            dense, sparse = synthetic_batch(spec, CHECK_REQUESTS, seed=0)
+        y = _module_output(torch, module, forward, dense, sparse)
+        for variant, w in (("dense first", weights), ("dense last", _dense_last(weights))):
+            if w is None:
+                continue
+            probs = float_forward(w, dense, sparse).astype(np.float64)
+            diff, req = _difference(y, probs)
+            if diff <= tolerance:
+                return w
+            label = spec.interaction + (f", {variant}" if spec.interaction == "concat"
+                                        and spec.dense_out and spec.sparse else "")
+            tried.append((diff, req, label, y.shape, probs.shape))
+    diff, req, label, ys, ps = min(tried)
+    shape = "" if ys == ps else f"; the module returns shape {ys}, the import {ps}"
+    raise SpecError(
+        f"the imported model does not reproduce the module's forward pass: probabilities differ "
+        f"by up to {diff:.3g} (request {req} of {len(dense)} sample requests; tolerance "
+        f"{tolerance:g}){shape}. Tried: {'; '.join(f'{t[2]} ({t[0]:.3g})' for t in tried)}. "
+        "RecFabric computes sum-pooled EmbeddingBags without per_sample_weights, ReLU after "
+        "every hidden layer, the dense part then the embeddings (concat) or DLRM's dot "
+        "interaction, and a sigmoid; a functional activation other than ReLU, per_sample_weights "
+        "or another interaction in forward() cannot be imported. Pass spec= if the layers were "
+        "misread, or check=False to import the structure regardless")

@@ -24,7 +24,7 @@ from ..numerics import FixedFormat, Rounding
 __all__ = [
     "Bags", "QLayer", "QuantizedTable", "QuantizedModel", "GoldenResult",
     "float_forward", "golden_forward", "pool_features", "interaction", "mlp_layer",
-    "check_sparse", "TablePooling",
+    "check_sparse", "TablePooling", "table_formats", "segment_formats",
 ]
 
 
@@ -154,6 +154,18 @@ class QuantizedModel:
     (pooled embeddings, and the dense part: raw dense inputs or the bottom MLP's output).
     ``dense_fmt`` is the format dense inputs arrive in (equal to ``emb_fmt`` without a bottom
     MLP).
+
+    Per-table formats (``segment_fmts`` set): every segment of the
+    concatenated vector (the dense part if any, then each table in feature order) has its own
+    format, ``segment_fmts[s]``, and each table's rows are quantized in it
+    (``tables[i].fmt``). The first top layer's weight columns of segment ``s`` are then integers
+    in frac ``acc_frac - segment_fmts[s].frac``, so that every product lands in the one
+    accumulator format; its ``in_fmt`` and ``w_fmt`` are the nominal pair of the finest segment,
+    and ``emb_fmt`` is that segment's format. Integer arithmetic is unchanged (pooling saturates
+    by width only, which every segment shares), so the hardware runs such a model as it is.
+    Dot interaction (golden model only): ``segment_fmts`` are the formats of the interacting
+    vectors (dense vector, then each table); pair (i, j) requantizes with shift
+    ``frac_i + frac_j - interaction_fmt.frac``.
     """
 
     spec: ModelSpec
@@ -167,9 +179,14 @@ class QuantizedModel:
     heads: list = field(default_factory=list)
     interaction_fmt: FixedFormat | None = None  # dot interaction: the top MLP's input format
     rounding: Rounding = Rounding.HALF_UP
+    segment_fmts: list | None = None  # per-table formats of the concat segments, or None
 
     def quantize_dense(self, dense) -> np.ndarray:
         return nx.quantize(dense, self.dense_fmt)
+
+    def table_fmts(self) -> list:
+        """Each embedding table's format (per feature): its segment's, or ``emb_fmt``."""
+        return table_formats(self.spec, self.emb_fmt, self.segment_fmts)
 
     def formats_json(self) -> dict:
         return {
@@ -179,7 +196,24 @@ class QuantizedModel:
             "bottom": [l.to_json() for l in self.bottom],
             "top": [l.to_json() for l in self.top],
             "heads": [[l.to_json() for l in h] for h in self.heads],
+            "segment_fmts": ([f.to_json() for f in self.segment_fmts]
+                             if self.segment_fmts is not None else None),
         }
+
+
+def table_formats(spec: ModelSpec, emb_fmt: FixedFormat, segment_fmts) -> list:
+    """Per-feature table formats of a model with these formats (``segment_fmts`` None: all
+    ``emb_fmt``; else the trailing ``len(spec.sparse)`` segments, the tables')."""
+    n = len(spec.sparse)
+    if segment_fmts is None:
+        return [emb_fmt] * n
+    return list(segment_fmts)[len(segment_fmts) - n:]
+
+
+def segment_formats(formats: dict):
+    """``segment_fmts`` of a :meth:`QuantizedModel.formats_json` dict (None when absent)."""
+    seg = formats.get("segment_fmts")
+    return None if seg is None else [FixedFormat.from_json(f) for f in seg]
 
 
 @dataclass
@@ -217,6 +251,8 @@ class TablePooling:
             m = bags.mask()
             ids = np.where(m, bags.ids, 0)
             rows = t.gather(ids.reshape(-1)).reshape(*ids.shape, t.dim) * m[..., None]
+            # Saturation depends on the width only, which every table's format shares
+            # (per-table formats differ in frac only).
             out.append(nx.pool_sum(rows, emb_fmt, axis=1))
         return out
 
@@ -246,11 +282,17 @@ def interaction(qm: QuantizedModel, dense_vec, pooled) -> np.ndarray:
         parts = ([dense_vec] if spec.dense_out else []) + list(pooled)
         return np.concatenate(parts, axis=1)
     # Dot interaction: the dense vector and the pairwise dots are both brought to the top
-    # MLP's input format, interaction_fmt, so that the first layer sees one format.
+    # MLP's input format, interaction_fmt, so that the first layer sees one format. With
+    # per-table formats each vector has its own format and each pair its own shift.
     out = qm.interaction_fmt
-    dv = nx.requantize(dense_vec, qm.emb_fmt.frac - out.frac, out, qm.rounding)
+    n = len(pooled) + 1
+    fmts = list(qm.segment_fmts) if qm.segment_fmts is not None else [qm.emb_fmt] * n
+    dv = nx.requantize(dense_vec, fmts[0].frac - out.frac, out, qm.rounding)
     v = np.stack([dense_vec, *pooled], axis=1)
-    dots = nx.dot_interaction(v, qm.acc_bits, 2 * qm.emb_fmt.frac - out.frac, out, qm.rounding)
+    li, lj = np.tril_indices(n, k=-1)
+    shifts = [fmts[i].frac + fmts[j].frac - out.frac for i, j in zip(li, lj)]
+    shift = shifts[0] if len(set(shifts)) == 1 else shifts
+    dots = nx.dot_interaction(v, qm.acc_bits, shift, out, qm.rounding)
     return np.concatenate([dv, dots], axis=1)
 
 

@@ -2,10 +2,17 @@
 
 Every tensor gets the finest power-of-two scale that covers the largest magnitude seen (weights:
 over the weights; activations: over a calibration batch run through the float reference), see
-:func:`recfabric.host.numerics.choose_frac`. Activation formats are shared where the hardware
-needs one format: all embedding tables, the dense part and the pooled sums make up the
-concatenated vector and share ``emb_fmt``. The final layer requantizes into the sigmoid's input
-format. :func:`accuracy_report` measures what all this costs against the float model.
+:func:`recfabric.host.numerics.choose_frac`. The concatenated vector (the dense part, each
+embedding table's pooled sums) is one vector to the hardware, but its segments need not share a
+format: with ``formats="per-table"`` (the default) each segment ``s`` gets its own frac ``f_s``
+and the first top layer's weight columns of segment ``s`` are quantized with frac
+``acc_frac - f_s``, ``acc_frac = min_s(f_s + natural weight frac of s)``, so that every product
+lands in one accumulator format without saturating a column: exact on the unchanged hardware,
+which sees only integers and one shift. ``formats="shared"`` gives every segment ``emb_fmt``.
+The final layer requantizes into the sigmoid's input format. Every layer's requantize shift is
+checked against the numerics spec's range; :class:`QuantizeError` names the layer and the format
+that made it extreme. :func:`accuracy_report` measures what all this costs against the float
+model on synthetic data (:mod:`recfabric.host.bench.trained` on trained models and real data).
 """
 
 from __future__ import annotations
@@ -13,7 +20,6 @@ from __future__ import annotations
 import numpy as np
 
 from .. import numerics as nx
-from ..model.spec import Bags, ModelSpec, SpecError, check_sparse
 from ..model.synthetic import synthetic_batch
 from ..model.weights import ModelWeights
 from ..numerics import FixedFormat, Rounding
@@ -27,7 +33,7 @@ from .golden import (
 )
 
 __all__ = ["quantize_model", "accuracy_report", "auc", "log_loss", "saturation_counts",
-           "load_calibration", "save_calibration"]
+           "QuantizeError", "FORMATS"]
 
 
 def _max_abs(*arrays) -> float:
@@ -43,57 +49,156 @@ def _fmt(bits, max_abs) -> FixedFormat:
     return FixedFormat(bits, nx.choose_frac(max_abs, bits))
 
 
-def _qlayer(layer, in_fmt, out_fmt, bits, acc_bits, relu) -> QLayer:
-    w_fmt = _fmt(bits, _max_abs(layer.weight))
-    acc_fmt = FixedFormat(acc_bits, in_fmt.frac + w_fmt.frac)
-    q = QLayer(nx.quantize(layer.weight, w_fmt), nx.quantize(layer.bias, acc_fmt), in_fmt, w_fmt,
-               out_fmt, relu)
+class QuantizeError(ValueError):
+    """A model cannot be quantized; the message names the layer and the cause."""
+
+
+def _cause(parts, too_big: bool) -> str:
+    """Which of a layer's formats pushed its shift (or accumulator frac) out of range.
+
+    ``parts`` is ``[(what, fmt, max_abs, sign), ...]``: ``sign`` is +1 for formats whose frac
+    adds to the shift (input, weights), -1 for the output's. The culprit is the format whose scale
+    is furthest from "values near 1" (``frac = bits - 1``) in the offending direction.
+    """
+    def excess(p):
+        _, fmt, _, sign = p
+        e = sign * (fmt.frac - (fmt.bits - 1))
+        return e if too_big else -e
+    what, fmt, m, _ = max(parts, key=excess)
+    size = "tiny" if fmt.frac > fmt.bits - 1 else "huge"
+    return (f"the {what} format {fmt} (frac {fmt.frac}) was calibrated on {size} values "
+            f"(largest magnitude {m:.3g})")
+
+
+def _formats_text(parts) -> str:
+    plus = " + ".join(f"{w} frac {f.frac}" for w, f, _, sg in parts if sg > 0)
+    minus = "".join(f" - {w} frac {f.frac}" for w, f, _, sg in parts if sg < 0)
+    return plus + minus
+
+
+def _qlayer(name, layer, in_fmt, out_fmt, bits, acc_bits, relu, *, in_max, out_max,
+            col_fracs=None) -> QLayer:
+    """Quantize one layer. ``col_fracs`` (per input column, optional): the columns' input fracs
+    for per-segment formats; the column weights then get frac ``acc_frac - col_fracs[c]`` so that
+    every product lands in the one accumulator format (``acc_frac = min over columns of
+    col_frac + the natural weight frac of the column's segment``)."""
+    w_max = _max_abs(layer.weight)
+    w_fmt = _fmt(bits, w_max)
+    if col_fracs is None:
+        acc_frac = in_fmt.frac + w_fmt.frac
+        w_scale = np.full(layer.weight.shape[1], w_fmt.frac)
+    else:
+        col_fracs = np.asarray(col_fracs, dtype=np.int64)
+        acc_frac = None
+        for f in np.unique(col_fracs):
+            cols = col_fracs == f
+            acc = int(f) + nx.choose_frac(_max_abs(layer.weight[:, cols]), bits)
+            acc_frac = acc if acc_frac is None else min(acc_frac, acc)
+        w_scale = acc_frac - col_fracs
+        # Nominal formats: the input format the QLayer records, the weights' in that frame.
+        w_fmt = FixedFormat(bits, int(acc_frac - in_fmt.frac)) if (
+            -64 <= acc_frac - in_fmt.frac <= 64) else None
+    parts = [("input", in_fmt, in_max, 1), ("weight", w_fmt or _fmt(bits, w_max), w_max, 1),
+             ("output", out_fmt, out_max, -1)]
+    shift = acc_frac - out_fmt.frac
+    if not nx.SHIFT_MIN <= shift <= nx.SHIFT_MAX:
+        raise QuantizeError(
+            f"{name}: requantize shift {shift} = {_formats_text(parts)} is outside the "
+            f"numerics spec's {nx.SHIFT_MIN}..{nx.SHIFT_MAX}; cause: "
+            f"{_cause(parts, shift > nx.SHIFT_MAX)}")
+    if not -64 <= acc_frac <= 64 or w_fmt is None:
+        raise QuantizeError(
+            f"{name}: accumulator fraction bits {acc_frac} are outside -64..64; cause: "
+            f"{_cause(parts[:2], acc_frac > 64)}")
+    acc_fmt = FixedFormat(acc_bits, acc_frac)
+    scaled = np.ldexp(np.asarray(layer.weight, np.float64), w_scale[None, :].astype(np.int64))
+    w_int = np.clip(np.sign(scaled) * np.floor(np.abs(scaled) + 0.5), w_fmt.min_int,
+                    w_fmt.max_int).astype(np.int64)
+    q = QLayer(w_int, nx.quantize(layer.bias, acc_fmt), in_fmt, w_fmt, out_fmt, relu)
     if not nx.accumulator_headroom_ok(q.w, q.b, in_fmt, acc_bits):
-        raise ValueError(f"a {q.shape[0]}->{q.shape[1]} layer can overflow its {acc_bits}-bit "
-                         "accumulator; use a wider accumulator")
+        raise QuantizeError(f"{name} ({q.shape[0]}->{q.shape[1]}) can overflow its {acc_bits}-bit "
+                            "accumulator; use a wider accumulator")
     return q
+
+
+#: Activation format choices of :func:`quantize_model`.
+FORMATS = ("per-table", "shared")
 
 
 def quantize_model(weights: ModelWeights, calib_dense, calib_sparse, bits: int = 16,
                    acc_bits: int | None = None,
-                   rounding: Rounding = Rounding.HALF_UP) -> QuantizedModel:
-    """Quantize ``weights`` to ``bits``-bit operands, calibrating on the given batch."""
+                   rounding: Rounding = Rounding.HALF_UP,
+                   formats: str = "per-table") -> QuantizedModel:
+    """Quantize ``weights`` to ``bits``-bit operands, calibrating on the given batch.
+
+    ``formats="per-table"`` (concat models): every segment of the concatenated vector (the dense
+    part, each embedding table) gets its own format, folded into the first top layer's weight
+    columns (exact on unchanged hardware, see the module docstring). ``"shared"``: one format for
+    all tables and the dense part. Dot-interaction models (golden model only): per-table formats
+    give each interacting vector its own format and each pair its own requantize shift.
+    """
     if bits not in (8, 16):
         raise ValueError(f"operand width must be 8 or 16 bits, not {bits}")
+    if formats not in FORMATS:
+        raise ValueError(f"formats must be one of {', '.join(FORMATS)}, not {formats!r}")
     acc_bits = nx.default_acc_bits(bits) if acc_bits is None else acc_bits
     spec = weights.spec
     taps = {}
     float_forward(weights, calib_dense, calib_sparse, taps=taps)
-    emb_fmt = _fmt(bits, _max_abs(*(t.max_abs() for t in weights.tables), *taps["pooled"],
-                                  taps["dense_vec"] if spec.interaction == "concat" else 0,
-                                  taps["dense_vec"]))
-    dense_fmt = _fmt(bits, _max_abs(calib_dense)) if spec.bottom_mlp else emb_fmt
+    per_table = formats == "per-table"
+    table_max = [max(t.max_abs(), _max_abs(p)) for t, p in zip(weights.tables, taps["pooled"])]
+    emb_max = _max_abs(*table_max, taps["dense_vec"])
+    emb_fmt = _fmt(bits, emb_max)
+    dense_max = _max_abs(calib_dense)
+    dense_fmt = _fmt(bits, dense_max) if spec.bottom_mlp or per_table else emb_fmt
+    dense_vec_max = _max_abs(taps["dense_vec"])
+    dense_vec_fmt = _fmt(bits, dense_vec_max) if per_table else emb_fmt
+    table_fmts = [_fmt(bits, m) for m in table_max] if per_table else [emb_fmt] * len(table_max)
 
-    def chain(layers, outs, in_fmt, last_fmt, last_relu):
+    def chain(kind, layers, outs, in_fmt, in_max, last_fmt, last_relu, col_fracs=None):
         q = []
         for i, (layer, out) in enumerate(zip(layers, outs)):
             last = i + 1 == len(layers)
-            out_fmt = last_fmt if last and last_fmt is not None else _fmt(bits, _max_abs(out))
-            q.append(_qlayer(layer, in_fmt, out_fmt, bits, acc_bits, relu=last_relu or not last))
-            in_fmt = out_fmt
-        return q, in_fmt
+            out_max = _max_abs(out)
+            out_fmt = last_fmt if last and last_fmt is not None else _fmt(bits, out_max)
+            q.append(_qlayer(f"{kind} layer {i} ({layer.shape[0]}->{layer.shape[1]})", layer,
+                             in_fmt, out_fmt, bits, acc_bits, relu=last_relu or not last,
+                             in_max=in_max, out_max=out_max,
+                             col_fracs=col_fracs if i == 0 else None))
+            in_fmt, in_max = out_fmt, out_max
+        return q, in_fmt, in_max
 
-    bottom, _ = chain(weights.bottom, taps["bottom"], dense_fmt, emb_fmt, True)
+    bottom, _, _ = chain("bottom", weights.bottom, taps["bottom"], dense_fmt, dense_max,
+                         dense_vec_fmt, True)
     interaction_fmt = None
-    top_in = emb_fmt
+    top_in, top_max, col_fracs = emb_fmt, emb_max, None
+    segment_fmts = None
     if spec.interaction == "dot":
         interaction_fmt = _fmt(bits, _max_abs(taps["dense_vec"], taps["dots"]))
-        top_in = interaction_fmt
+        top_in, top_max = interaction_fmt, _max_abs(taps["dense_vec"], taps["dots"])
+        if per_table:
+            segment_fmts = [dense_vec_fmt, *table_fmts]
+            emb_fmt = max(segment_fmts, key=lambda f: f.frac)
+    elif per_table:
+        segment_fmts = ([dense_vec_fmt] if spec.dense_out else []) + table_fmts
+        widths = ([spec.dense_out] if spec.dense_out else []) + [f.dim for f in spec.sparse]
+        col_fracs = np.repeat([f.frac for f in segment_fmts], widths)
+        # The first layer's nominal input format: the segment with the finest scale. Its
+        # weights' frac is then acc_frac - that frac; other segments' columns are rescaled.
+        top_in = max(segment_fmts, key=lambda f: f.frac)
+        emb_fmt = top_in
     if spec.heads:
-        top, trunk_fmt = chain(weights.top, taps["top"], top_in, None, True)
-        heads = [chain(h, t, trunk_fmt, nx.SIGMOID_IN, False)[0]
-                 for h, t in zip(weights.heads, taps["heads"])]
+        top, trunk_fmt, trunk_max = chain("top", weights.top, taps["top"], top_in, top_max,
+                                          None, True, col_fracs)
+        heads = [chain(f"head {h}", hl, t, trunk_fmt, trunk_max, nx.SIGMOID_IN, False)[0]
+                 for h, (hl, t) in enumerate(zip(weights.heads, taps["heads"]))]
     else:
-        top, _ = chain(weights.top, taps["top"], top_in, nx.SIGMOID_IN, False)
+        top, _, _ = chain("top", weights.top, taps["top"], top_in, top_max, nx.SIGMOID_IN,
+                          False, col_fracs)
         heads = []
-    tables = [QuantizedTable(t, emb_fmt) for t in weights.tables]
+    tables = [QuantizedTable(t, f) for t, f in zip(weights.tables, table_fmts)]
     return QuantizedModel(spec, bits, acc_bits, emb_fmt, dense_fmt, tables, bottom, top, heads,
-                          interaction_fmt, rounding)
+                          interaction_fmt, rounding, segment_fmts)
 
 
 def auc(labels, scores) -> float:
@@ -123,7 +228,8 @@ def log_loss(labels, probs, eps: float = 1e-7) -> float:
 
 
 def accuracy_report(weights: ModelWeights, bits: int = 16, batch: int = 4096,
-                    calib_batch: int = 1024, seed: int = 0, progress=None) -> dict:
+                    calib_batch: int = 1024, seed: int = 0, progress=None,
+                    formats: str = "per-table") -> dict:
     """Fixed point vs float on synthetic Zipf-skewed inputs, labels drawn from the float model.
 
     Returns max/mean absolute score error, AUC of both, log-loss of both and their difference.
@@ -132,7 +238,7 @@ def accuracy_report(weights: ModelWeights, bits: int = 16, batch: int = 4096,
     say = progress or (lambda msg: None)
     say(f"calibrating on {calib_batch} synthetic requests")
     cd, cs = synthetic_batch(spec, calib_batch, seed=seed + 1)
-    qm = quantize_model(weights, cd, cs, bits=bits)
+    qm = quantize_model(weights, cd, cs, bits=bits, formats=formats)
     say(f"evaluating {batch} synthetic requests (float reference and golden model)")
     dense, sparse = synthetic_batch(spec, batch, seed=seed + 2)
     p_float = float_forward(weights, dense, sparse).astype(np.float64)
@@ -144,7 +250,7 @@ def accuracy_report(weights: ModelWeights, bits: int = 16, batch: int = 4096,
     return {
         "model": spec.name, "bits": bits, "acc_bits": qm.acc_bits, "requests": batch,
         "outputs": spec.num_outputs,
-        "emb_fmt": str(qm.emb_fmt),
+        "emb_fmt": str(qm.emb_fmt), "formats": formats,
         "max_abs_error": float(err.max()), "mean_abs_error": float(err.mean()),
         "auc_float": auc(labels, p_float), "auc_fixed": auc(labels, p_fixed),
         "logloss_float": ll_f, "logloss_fixed": ll_q, "logloss_diff": ll_q - ll_f,
@@ -153,67 +259,7 @@ def accuracy_report(weights: ModelWeights, bits: int = 16, batch: int = 4096,
     }
 
 
-# ---- calibration data and saturation ------------------------------------------------------
-
-def save_calibration(path, spec: ModelSpec, dense, sparse) -> None:
-    """Write a calibration batch as ``.npz`` (format: ``docs/compiler.md``, "Calibration data").
-
-    Keys: ``dense`` (float, ``(n, spec.dense)``); per sparse feature ``ids:<name>`` (int,
-    ``(n, bag)``) and ``lengths:<name>`` (int, ``(n,)``).
-    """
-    batch = sparse[0].batch if sparse else np.asarray(dense).shape[0]
-    check_sparse(spec, sparse, batch)
-    arrays = {"dense": np.asarray(dense, dtype=np.float32).reshape(batch, spec.dense)}
-    for f, b in zip(spec.sparse, sparse):
-        arrays[f"ids:{f.name}"] = np.asarray(b.ids, dtype=np.int64)
-        arrays[f"lengths:{f.name}"] = np.asarray(b.lengths, dtype=np.int64)
-    np.savez(path, **arrays)
-
-
-def load_calibration(path, spec: ModelSpec):
-    """Read a calibration ``.npz`` for ``spec``: ``(dense float32, [Bags per feature])``.
-
-    ``lengths:<name>`` may be left out for one-hot features (every length is 1). Errors name the
-    file and the missing or malformed key.
-    """
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise SpecError(f"calibration file {str(path)!r} is not a readable .npz: {e}") from None
-    with data:
-        keys = set(data.files)
-        if "dense" not in keys:
-            raise SpecError(f"calibration file {str(path)!r} has no 'dense' array")
-        dense = np.asarray(data["dense"], dtype=np.float32)
-        if dense.ndim != 2 or dense.shape[1] != spec.dense:
-            raise SpecError(f"calibration file {str(path)!r}: 'dense' has shape {dense.shape}, "
-                            f"model {spec.name!r} needs (n, {spec.dense})")
-        sparse = []
-        for f in spec.sparse:
-            ids_key, len_key = f"ids:{f.name}", f"lengths:{f.name}"
-            if ids_key not in keys:
-                raise SpecError(f"calibration file {str(path)!r} has no {ids_key!r} array")
-            ids = np.asarray(data[ids_key])
-            if ids.ndim == 1:
-                ids = ids[:, None]
-            if len_key in keys:
-                lengths = np.asarray(data[len_key])
-            elif f.bag == 1:
-                lengths = np.ones(len(ids), dtype=np.int64)
-            else:
-                raise SpecError(f"calibration file {str(path)!r} has no {len_key!r} array "
-                                f"(feature {f.name!r} is multi-hot)")
-            sparse.append(Bags(ids, lengths))
-        extra = sorted(keys - {"dense"} - {f"{k}:{f.name}" for f in spec.sparse
-                                           for k in ("ids", "lengths")})
-        if extra:
-            raise SpecError(f"calibration file {str(path)!r} has arrays the model "
-                            f"{spec.name!r} does not know: {', '.join(extra)}")
-    if not len(dense):
-        raise SpecError(f"calibration file {str(path)!r} holds no requests")
-    check_sparse(spec, sparse, len(dense))
-    return dense, sparse
-
+# ---- saturation --------------------------------------------------------------------------
 
 def _outside(values, fmt: FixedFormat) -> int:
     v = np.asarray(values)
@@ -224,9 +270,10 @@ def saturation_counts(qm: QuantizedModel, weights: ModelWeights, dense, sparse) 
     """How many values saturate, per tensor, when ``qm`` runs the batch ``(dense, sparse)``.
 
     Counts values whose exact result lies outside the tensor's format before the spec's
-    saturation: the quantized dense inputs, the embedding rows gathered, each feature's pooled
-    sum (``pooled:<name>``) and each MLP layer's requantized output (``bottom[i]``, ``top[i]``,
-    ``heads[h][i]``; the last top layer's is the sigmoid's input). Also ``values``: how many
+    saturation: the quantized dense inputs, the embedding rows gathered (each in its table's
+    format), each feature's pooled sum (``pooled:<name>``) and each MLP layer's requantized
+    output (``bottom[i]``, ``top[i]``, ``heads[h][i]``; the last top layer's is the sigmoid's
+    input). Also ``values``: how many
     values of each tensor were seen. The integer path is the golden model's (same functions).
     """
     sat, seen = {}, {}
@@ -249,19 +296,19 @@ def saturation_counts(qm: QuantizedModel, weights: ModelWeights, dense, sparse) 
     dense_vec = layers("bottom", qm.bottom, x)
     rows_sat = rows_seen = 0
     pooled = []
-    for f, t, bags in zip(qm.spec.sparse, weights.tables, sparse):
+    for f, t, fmt, bags in zip(qm.spec.sparse, weights.tables, qm.table_fmts(), sparse):
         m = bags.mask()
         ids = np.where(m, bags.ids, 0)
         rows = np.asarray(t.gather(ids.reshape(-1)), np.float64).reshape(*ids.shape, t.dim)
-        scaled = np.ldexp(rows, qm.emb_fmt.frac)
+        scaled = np.ldexp(rows, fmt.frac)
         r = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)
-        rows_sat += _outside(r[m], qm.emb_fmt)
+        rows_sat += _outside(r[m], fmt)
         rows_seen += int(r[m].size)
-        q = nx.quantize(rows, qm.emb_fmt) * m[..., None]
+        q = nx.quantize(rows, fmt) * m[..., None]
         total = q.sum(axis=1)
-        sat[f"pooled:{f.name}"], seen[f"pooled:{f.name}"] = _outside(total, qm.emb_fmt), \
+        sat[f"pooled:{f.name}"], seen[f"pooled:{f.name}"] = _outside(total, fmt), \
             int(total.size)
-        pooled.append(nx.saturate(total, qm.emb_fmt))
+        pooled.append(nx.saturate(total, fmt))
     sat["embedding_rows"], seen["embedding_rows"] = rows_sat, rows_seen
     z = interaction(qm, dense_vec, pooled)
     trunk = layers("top", qm.top, z)

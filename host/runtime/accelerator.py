@@ -13,13 +13,17 @@ with arguments and wait for ``ap_done`` with a timeout. Every backend runs the s
 ``sim``
     :class:`recfabric.sim.sim_device.SimDevice`: the generated kernel, cycle-accurate in the
     Amaranth simulator, behind its real register map and AXI masters (memory models).
+``verilator``
+    :class:`recfabric.sim.verilator_device.VerilatorDevice`: the generated kernel Verilog
+    compiled by Verilator, with C++ AXI memory models (fast; for larger configurations and soaks).
 ``xrt``
     :class:`~recfabric.host.runtime.xrt.XRTDevice`: an Alveo card through XRT's Python binding
     ``pyxrt`` (import-guarded).
 
 ``load`` reads the compiled directory, including the kernel program that ``compile`` wrote,
 patches the table buffers' device addresses into it and uploads it: no Amaranth, no kernel
-elaboration on the host (only the ``sim`` backend imports Amaranth, to simulate the kernel).
+elaboration on the host (only the ``sim`` and ``verilator`` backends import Amaranth, to simulate
+the kernel or generate its Verilog).
 
 Typical use::
 
@@ -56,6 +60,7 @@ from .wire_format import (
 )
 
 __all__ = ["Accelerator", "InferenceResult", "open_device", "BACKENDS", "decode_errors",
+           "BUFFER_ALIGN", "check_aligned",
            # the device seam, re-exported for code written against recfabric.host.driver
            "Buffer", "BumpMemory", "Device", "DeviceError", "KernelError", "RegisterDevice"]
 
@@ -63,6 +68,7 @@ __all__ = ["Accelerator", "InferenceResult", "open_device", "BACKENDS", "decode_
 BACKENDS = {
     "reference": ("recfabric.host.runtime.reference", "ReferenceDevice"),
     "sim": ("recfabric.sim.sim_device", "SimDevice"),  # Amaranth simulation: only here
+    "verilator": ("recfabric.sim.verilator_device", "VerilatorDevice"),  # needs Verilator
     "xrt": ("recfabric.host.runtime.xrt", "XRTDevice"),
 }
 
@@ -80,10 +86,29 @@ def open_device(backend: str, config: AcceleratorConfig, **kwargs) -> Device:
 class InferenceResult:
     scores: np.ndarray  # (batch, outputs) unsigned Q0.16
     counters: dict
+    status: np.ndarray | None = None  # (batch,) uint8 result status bytes (ResultStatus)
 
     @property
     def probabilities(self) -> np.ndarray:
         return self.scores.astype(np.float64) / 65536.0
+
+
+#: Alignment the driver requires of every buffer it hands the kernel. The kernel's masters split
+#: bursts at 4 KiB boundaries counting from the base, in whole bus words: a base that is not a
+#: multiple of the bus word makes RecordFetcher issue bursts across 4 KiB (found by the formal
+#: proofs, hw/formal). Page alignment covers every bus width; XRT buffers and
+#: :class:`~recfabric.host.runtime.device.BumpMemory` buffers are 4 KiB aligned.
+BUFFER_ALIGN = 4096
+
+
+def check_aligned(buf: Buffer) -> Buffer:
+    """``buf``, or :class:`DeviceError` if its device address is not :data:`BUFFER_ALIGN`
+    aligned (the kernel would read or write across 4 KiB boundaries)."""
+    if buf.address % BUFFER_ALIGN:
+        raise DeviceError(f"buffer {buf.name!r} is at device address {buf.address:#x}, not "
+                          f"{BUFFER_ALIGN}-byte aligned: the kernel's AXI bursts assume aligned "
+                          "buffers (allocate them page-aligned, as BumpMemory and XRT do)")
+    return buf
 
 
 def decode_errors(errors: int) -> list[str]:
@@ -152,13 +177,14 @@ class Accelerator:
         for ch in range(self.config.mem_channels):
             image = cm.images.get(("channel", ch))
             data = np.asarray(image).tobytes() if image is not None else b""
-            buf = self.device.allocate(f"tables{ch}", max(len(data), 4096), bank=ch)
+            buf = check_aligned(self.device.allocate(f"tables{ch}", max(len(data), 4096),
+                                                     bank=ch))
             if data:
                 self.device.write(buf, data)
             self._buffers[f"tables{ch}"] = buf
             addresses[ch] = buf.address
         program = cm.program.patched(addresses)
-        buf = self.device.allocate("model", len(program))
+        buf = check_aligned(self.device.allocate("model", len(program)))
         self.device.write(buf, program)
         self._buffers["model"] = buf
         self.device.attach_model(cm)
@@ -173,7 +199,7 @@ class Accelerator:
     def _buffer(self, name, size):
         buf = self._buffers.get(name)
         if buf is None or buf.size < size:
-            buf = self.device.allocate(name, size)
+            buf = check_aligned(self.device.allocate(name, size))
             self._buffers[name] = buf
         return buf
 
@@ -187,9 +213,71 @@ class Accelerator:
         lay = self.layout
         req = pack_requests(lay, dense, sparse) if fixed_point else \
             pack_float_requests(lay, dense, sparse)
+        args, obuf, batch = self._stage(req)
+        self.device.run(args, self.device.default_timeout if timeout is None else timeout)
+        self._needs_load = False
+        out, counters = self._collect(obuf, batch)
+        if counters["errors"]:
+            raise KernelError("kernel reported: " + "; ".join(decode_errors(counters["errors"]))
+                              + f" (first offending request: index "
+                                f"{counters['first_error_request']} of the batch)")
+        scores, status = unpack_results(lay, out, batch)
+        return InferenceResult(scores, counters, status)
+
+    def run_raw(self, requests: bytes, *, timeout: float | None = None,
+                wait: bool = True) -> InferenceResult | None:
+        """Run request records exactly as given and report what the kernel wrote, unchecked.
+
+        A hook for test harnesses (``recfabric soak``) that feed the kernel bad records and
+        check its error flags against the spec; :meth:`infer` is this plus packing and checks.
+
+        Parameters
+        ----------
+        requests : bytes
+            Whole request records in wire format (e.g. :func:`.wire_format.pack_requests`
+            output, corrupted on purpose).
+        timeout : float, optional
+            Seconds to wait for ``ap_done`` (:class:`DeviceError` after that; default: the
+            device's ``default_timeout``).
+        wait : bool
+            ``False`` only starts the run (the device must have ``start``, as a
+            :class:`RegisterDevice` does) and returns ``None``: the caller steps, waits or
+            resets the device.
+
+        Returns
+        -------
+        InferenceResult or None
+            Scores and status bytes of every record (whatever the kernel wrote: an unwritten
+            record reads as status 0) and the counters, error flags included (never raised as
+            :class:`KernelError`); they also become :meth:`counters`.
+        """
+        if self.model is None:
+            raise DeviceError("no model loaded: call load() first")
+        args, obuf, batch = self._stage(requests)
+        if wait:
+            self.device.run(args, self.device.default_timeout if timeout is None else timeout)
+        else:
+            start = getattr(self.device, "start", None)
+            if start is None:
+                raise DeviceError(f"backend {type(self.device).__name__} cannot start a run "
+                                  "without waiting for it")
+            start(args)
+        self._needs_load = False
+        if not wait:
+            return None
+        out, counters = self._collect(obuf, batch)
+        scores, status = unpack_results(self.layout, out, batch, check=False)
+        return InferenceResult(scores, counters, status)
+
+    def _stage(self, req: bytes):
+        """Write a batch of request records and a zeroed results buffer; (args, results
+        buffer, batch) for a run."""
+        lay = self.layout
+        if len(req) % lay.record_bytes:
+            raise DeviceError(f"{len(req)} bytes of requests is not a whole number of "
+                              f"{lay.record_bytes}-byte records")
         batch = len(req) // lay.record_bytes
-        res_bytes = batch * lay.result_record_bytes
-        total = status_block_offset(res_bytes) + STATUS_BLOCK_BYTES
+        total = status_block_offset(batch * lay.result_record_bytes) + STATUS_BLOCK_BYTES
         rbuf = self._buffer("requests", len(req))
         obuf = self._buffer("results", total)
         self.device.write(rbuf, req)
@@ -198,20 +286,19 @@ class Accelerator:
                 "batch": batch, "flags": 1 if self._needs_load else 0}
         for ch in range(self.config.mem_channels):
             args[f"tables{ch}"] = self._buffers[f"tables{ch}"]
-        self.device.run(args, self.device.default_timeout if timeout is None else timeout)
-        self._needs_load = False
+        return args, obuf, batch
+
+    def _collect(self, obuf: Buffer, batch: int):
+        """(result record bytes, counters) of the finished run of ``batch`` records."""
+        res_bytes = batch * self.layout.result_record_bytes
+        total = status_block_offset(res_bytes) + STATUS_BLOCK_BYTES
         out = self.device.read(obuf, total)
         block = np.frombuffer(out[status_block_offset(res_bytes):][:STATUS_BLOCK_BYTES], "<u4")
         names = sorted(STATUS_REGS, key=STATUS_REGS.get)
         counters = {n: int(block[i]) for i, n in enumerate(names)}
         counters["cycles"] = counters.pop("cycles_lo") | counters.pop("cycles_hi") << 32
         self._counters = counters
-        if counters["errors"]:
-            raise KernelError("kernel reported: " + "; ".join(decode_errors(counters["errors"]))
-                              + f" (first offending request: index "
-                                f"{counters['first_error_request']} of the batch)")
-        scores, _ = unpack_results(lay, out[:res_bytes], batch)
-        return InferenceResult(scores, counters)
+        return out[:res_bytes], counters
 
     def counters(self) -> dict:
         """Status and performance counters of the last run (from the status block)."""

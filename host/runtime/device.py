@@ -4,9 +4,9 @@
 arguments and wait for ``ap_done`` with a timeout). :class:`RegisterDevice` is a device reached
 through the kernel's control registers (:mod:`recfabric.hw.register_map`): it implements ``run``
 as the register protocol, so a register-level backend (the Amaranth simulation in
-:mod:`recfabric.sim.sim_device`, a future Verilator harness) only supplies register and buffer
-access. :class:`BumpMemory` is a flat device memory with a bump allocator, for backends that
-model device memory on the host.
+:mod:`recfabric.sim.sim_device`, the Verilator harness of :mod:`recfabric.sim.verilator_device`)
+only supplies register and buffer access. :class:`BumpMemory` is a flat device memory with a
+bump allocator, for backends that model device memory on the host.
 
 Dependencies point one way: back-ends import this module; this module imports numpy and the
 pure-Python register map only.
@@ -98,8 +98,10 @@ class RegisterDevice(Device):
     """A device reached through the kernel's control registers (simulation, register level).
 
     Subclasses supply :meth:`read_register`, :meth:`write_register` and buffer access; ``run``
-    writes the arguments (64-bit pointers low word first), sets ``ap_start`` and polls
-    ``ap_done`` (:meth:`wait_done`, which a simulation may override to poll in simulated time).
+    is :meth:`start` (write the arguments, 64-bit pointers low word first, and set ``ap_start``)
+    then :meth:`wait_done` (poll ``ap_done``; a simulation may override it to poll in simulated
+    time). A caller that wants to act while the kernel runs (a reset in the middle of a batch)
+    calls :meth:`start` alone.
     """
 
     @abc.abstractmethod
@@ -117,6 +119,11 @@ class RegisterDevice(Device):
         return self.read_register(STATUS_REGS["config_hash"])
 
     def run(self, args: dict, timeout: float) -> None:
+        self.start(args)
+        self.wait_done(timeout)
+
+    def start(self, args: dict) -> None:
+        """Write the kernel arguments (name -> Buffer or int) and set ``ap_start``; no wait."""
         for a in kernel_args(self.config.mem_channels):
             if a.name not in args:
                 continue
@@ -126,7 +133,6 @@ class RegisterDevice(Device):
             if a.is_pointer:
                 self.write_register(a.offset + 4, v >> 32)
         self.write_register(CTRL, CTRL_START)
-        self.wait_done(timeout)
 
     def wait_done(self, timeout: float) -> None:
         """Poll ``ap_done`` until it is set; :class:`DeviceError` after ``timeout`` seconds."""
@@ -142,37 +148,51 @@ class BumpMemory:
     Parameters
     ----------
     size : int
-        Bytes of device memory.
+        Bytes of device memory (of address space, with ``backed=False``).
     base : int
         Device address of byte 0 (what the kernel's masters see).
+    backed : bool
+        Hold the bytes in :attr:`mem`. ``False`` keeps only the allocator and the bounds checks
+        (:meth:`address`), for a backend that stores the bytes itself (the Verilator harness's
+        sparse pages, where ``size`` may be far beyond the host's memory).
 
     Attributes
     ----------
-    mem : numpy.ndarray
+    mem : numpy.ndarray or None
         The memory (``uint8``); simulation memory models serve the kernel's masters from it.
+        ``None`` when not ``backed``.
     """
 
-    def __init__(self, size: int, base: int = 0x1000_0000):
+    def __init__(self, size: int, base: int = 0x1000_0000, *, backed: bool = True):
         if not isinstance(size, int) or size < 1:
             raise ValueError(f"device memory size must be a positive integer, not {size!r}")
-        self.mem = np.zeros(size, dtype=np.uint8)
+        self.size = size
+        self.mem = np.zeros(size, dtype=np.uint8) if backed else None
         self.base, self.next = base, 0
 
     def allocate(self, name: str, size: int, bank: int | None = None) -> Buffer:
         """A new buffer of ``size`` bytes (at least 1); :class:`DeviceError` when full."""
         size = max(size, 1)
         start = (self.next + 4095) // 4096 * 4096
-        if start + size > len(self.mem):
+        if start + size > self.size:
             raise DeviceError(f"device memory exhausted allocating {name!r} ({size} bytes; "
-                              f"{max(0, len(self.mem) - start)} left)")
+                              f"{max(0, self.size - start)} left)")
         self.next = start + size
         return Buffer(name, self.base + start, size, bank)
 
-    def _span(self, buf: Buffer, size: int, offset: int) -> slice:
+    def address(self, buf: Buffer, size: int, offset: int = 0) -> int:
+        """Device address of ``size`` bytes at ``offset`` in ``buf``; :class:`DeviceError` if
+        they are not all inside the buffer."""
         if offset < 0 or offset + size > buf.size:
             raise DeviceError(f"access of {size} bytes at {offset} outside buffer {buf.name!r} "
                               f"of {buf.size} bytes")
-        start = buf.address - self.base + offset
+        return buf.address + offset
+
+    def _span(self, buf: Buffer, size: int, offset: int) -> slice:
+        if self.mem is None:
+            raise DeviceError("this BumpMemory holds no bytes (backed=False): the backend "
+                              "stores them")
+        start = self.address(buf, size, offset) - self.base
         return slice(start, start + size)
 
     def write(self, buf: Buffer, data: bytes, offset: int = 0) -> None:

@@ -12,13 +12,15 @@ from amaranth.hdl import signed
 from amaranth.lib import data
 from amaranth.lib import enum as aenum
 
+from recfabric.host import numerics as nx
+
 from ..stream_types import index_bits as _bits_for
 
 __all__ = ["LoadKind", "Desc", "MLPLoadLayout", "FLAG_RELU", "FLAG_FLOOR", "FLAG_LOGIT",
            "SHIFT_MIN", "SHIFT_MAX"]
 
-#: Legal requantize shifts (the spec's int64 arithmetic is exact in this range).
-SHIFT_MIN, SHIFT_MAX = -60, 62
+#: Legal requantize shifts: stated by the numerics spec, re-exported here.
+SHIFT_MIN, SHIFT_MAX = nx.SHIFT_MIN, nx.SHIFT_MAX
 
 
 class LoadKind(aenum.Enum, shape=2):

@@ -1,0 +1,2 @@
+"""Serving on Ray Serve: scheduler, device replicas, the application, load test and fleet
+simulation (see docs/serving.md)."""

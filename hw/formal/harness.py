@@ -1,0 +1,480 @@
+"""Formal harnesses: each RecFabric block with an AXI port, its protocol checker and environment.
+
+A harness instantiates one block at a small parameterisation, drives every input from
+``AnySeq`` (a new free value each cycle), constrains those inputs with the block's documented
+environment (``Assume``), watches the AXI port with a checker from
+:mod:`~recfabric.hw.formal.axi_properties`, and adds block-level properties (addresses inside the
+buffer the host described, sticky error flags, ``done`` only after every write was answered...).
+Reset is held in the first cycle only (``Initial``).
+
+A *mutation* puts a deliberate protocol bug between the block and the bus (e.g. ``ARVALID``
+dropped after one cycle of waiting); a mutated harness must fail, which shows the properties
+catch that bug. :data:`BLOCKS` lists the harnesses by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from collections.abc import Callable
+
+from amaranth.asserts import AnyConst, AnySeq, Initial
+from amaranth.hdl import Assume, Elaboratable, Module, ResetSignal, Signal
+from amaranth.lib import wiring
+
+from ..axi4 import AXIResp
+from ..control_registers import ControlRegisters
+from ..embedding_lookup import EmbeddingLookupUnit
+from ..register_map import STATUS_BLOCK_BYTES
+from ..request_reader import RecordFetcher
+from ..result_writer import ResultWriter
+from .axi_properties import (
+    AXI4LiteChecker,
+    AXI4ReadChecker,
+    AXI4WriteChecker,
+    PropertyWriter,
+    held,
+)
+
+__all__ = ["Mutation", "Block", "BLOCKS", "build_harness", "LookupUnitHarness",
+           "RecordFetchHarness", "ResultWriterHarness", "ControlRegistersHarness"]
+
+#: AXI address width of the harnesses: 4 KiB pages and several of them (the blocks' 4 KiB logic
+#: uses the low 12 bits; 64-bit addresses only make the solver slower).
+ADDR_WIDTH = 16
+#: AR/AW fields every RecFabric master documents as constant.
+AXI_FIXED = {"cache": 0b0011, "lock": 0, "prot": 0, "qos": 0}
+
+
+def _free(m, sig, bits=None):
+    """Drive ``sig`` with a new arbitrary value every cycle (of ``bits`` bits, zero-extended:
+    narrow free inputs, rather than assumptions on wide ones, let the solver fold the upper
+    bits of a block's arithmetic away, multipliers above all)."""
+    m.d.comb += sig.eq(AnySeq(len(sig) if bits is None else bits))
+
+
+def _bus_between(m, dut_port, overrides=None, prefix="bus"):
+    """A plain interface (namespace of signals) wired to ``dut_port`` member for member.
+
+    Members the block drives are copied out (or replaced by ``overrides[name]``, the mutation
+    hook); members the environment drives are free (``AnySeq``) and copied in.
+    """
+    overrides = overrides or {}
+    bus = types.SimpleNamespace()
+    for name, member in dut_port.signature.members.items():
+        sig = Signal(member.shape, name=f"{prefix}_{name}")
+        setattr(bus, name, sig)
+        inner = getattr(dut_port, name)
+        if member.flow == wiring.Out:
+            m.d.comb += sig.eq(overrides.get(name, inner))
+        else:
+            _free(m, sig)
+            m.d.comb += inner.eq(sig)
+    return bus
+
+
+def _stream_source(p, m, port, name):
+    """The environment drives stream ``port`` (a block's ``i_*``) by the stream rules: ``valid``
+    held until ``ready``, payload unchanged meanwhile."""
+    _free(m, port.valid)
+    _free(m, port.payload.as_value())
+    waited, same = held(m, port.valid, port.ready, port.payload.as_value(), name)
+    with m.If(waited):
+        p.assume(f"env.{name}_stable", port.valid & same)
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutation:
+    """A deliberate bug between a block and its bus.
+
+    Attributes
+    ----------
+    description : str
+    expect : tuple of str
+        The properties that catch it (whichever the solver reaches first).
+    overrides : callable
+        ``(m, dut_port, bus) -> {member: value}``: values the bus sees instead of the block's
+        outputs.
+    """
+
+    description: str
+    expect: tuple
+    overrides: Callable
+
+
+def _drop_after_wait(valid, ready):
+    def f(m, port, bus):
+        waited = Signal(name="mut_waited")
+        v = getattr(port, valid)
+        m.d.sync += waited.eq(getattr(bus, valid) & ~getattr(bus, ready))
+        return {valid: v & ~waited}
+    return f
+
+
+def _glitch_while_waiting(valid, ready, field):
+    def f(m, port, bus):
+        waited = Signal(name="mut_waited")
+        m.d.sync += waited.eq(getattr(bus, valid) & ~getattr(bus, ready))
+        return {field: getattr(port, field) ^ waited}
+    return f
+
+
+class _Harness(Elaboratable):
+    """Shared part: reset in the first cycle, the mutation hook."""
+
+    mutations: dict = {}
+
+    def __init__(self, mutation: str | None = None):
+        if mutation is not None and mutation not in self.mutations:
+            raise ValueError(f"unknown mutation {mutation!r} for {type(self).__name__}; known: "
+                             f"{', '.join(self.mutations) or 'none'}")
+        self.mutation = mutation
+
+    def _overrides(self, m, port):
+        if self.mutation is None:
+            return lambda bus: {}
+        mut = self.mutations[self.mutation]
+        return lambda bus: mut.overrides(m, port, bus)
+
+    def _wire(self, m, port, prefix="bus"):
+        # Overrides may refer to the bus itself (a mutation reacting to READY), so the bus is
+        # made first and the block's outputs are then routed through the mutation.
+        bus = _bus_between(m, port, prefix=prefix, overrides={})
+        if self.mutation is not None:
+            # Re-drive the overridden members: the last comb assignment wins.
+            for name, value in self._overrides(m, port)(bus).items():
+                m.d.comb += getattr(bus, name).eq(value)
+        return bus
+
+    def elaborate(self, platform):
+        m = Module()
+        # The implicit ``sync`` domain gives the design its clock and reset inputs; reset is
+        # high in the first cycle only. (A ClockDomain declared here would leave its clock
+        # undriven, i.e. constant, and every property would hold vacuously.)
+        m.d.comb += Assume(ResetSignal() == Initial())
+        self.build(m)
+        return m
+
+
+class LookupUnitHarness(_Harness):
+    """:class:`~recfabric.hw.embedding_lookup.EmbeddingLookupUnit` (AXI4 read master).
+
+    Parameterisation: 8-bit elements, rows of up to 8 (2 beats of 32 bits), 2 descriptors,
+    2 reads outstanding, ``arid=2``, up to 4 rows per table. Environment: lookups and
+    descriptor writes by the stream rules; descriptor writes only while the unit is idle (its
+    documented rule: no lookup that uses them in flight); every table lies inside the address
+    space.
+    With ``in_table=True``, also: each read lies inside a table the host described
+    (``lookup.in_table``: the unit never reads outside a table). That property needs the solver
+    to reason about ``row * stride``; it is a separate, shallower job (``lookup_unit_in_table``).
+    """
+
+    mutations = {
+        "arvalid_drop": Mutation("ARVALID withdrawn after one cycle without ARREADY",
+                                 ("ar.valid_stable",), _drop_after_wait("arvalid", "arready")),
+        "arlen_plus_one": Mutation(
+            "ARLEN one beat longer than the row", ("ar.max_len", "ar.no_4k_crossing"),
+            lambda m, port, bus: {"arlen": port.arlen + 1}),
+    }
+
+    def __init__(self, mutation=None, *, in_table=False):
+        super().__init__(mutation)
+        self.in_table = in_table
+
+    def build(self, m):
+        dut = EmbeddingLookupUnit(
+            data_bits=8, max_dim=8, data_width=32, addr_width=ADDR_WIDTH, id_width=2,
+            max_outstanding=2, tag_bits=1, slot_bits=1, n_desc=2, row_bits=2, stride_bits=8,
+            max_bag=2, arid=2)
+        m.submodules.dut = dut
+        bus = self._wire(m, dut.m_axi)
+        chk = AXI4ReadChecker(bus, max_outstanding=dut.max_outstanding, arid=2,
+                              max_len=dut.max_beats - 1, aligned=True, fixed=AXI_FIXED)
+        m.submodules.checker = chk
+        p = PropertyWriter(m)
+        _stream_source(p, m, dut.i_lookup, "lookup")
+        _stream_source(p, m, dut.i_desc, "desc")
+        _free(m, dut.error_clear)
+        _free(m, dut.o_pooled.ready)
+
+        w = dut.i_desc.payload
+        with m.If(dut.i_desc.valid):
+            p.assume("env.desc_when_idle", dut.idle)
+            p.assume("env.table_in_memory",
+                     w.desc.base + w.desc.rows * w.desc.stride <= (1 << ADDR_WIDTH))
+        tables = [Signal(dut.desc_layout, name=f"table{i}") for i in range(dut.n_desc)]
+        with m.If(dut.i_desc.valid):
+            for i, t in enumerate(tables):
+                with m.If(w.index == i):
+                    m.d.sync += t.eq(w.desc)
+        end = bus.araddr + ((bus.arlen + 1) << 2)
+        inside = [(bus.araddr >= t.base) & (end <= t.base + t.rows * t.stride) for t in tables]
+        if self.in_table:
+            with m.If(bus.arvalid):
+                p.check("lookup.in_table", sum(inside) != 0)
+
+
+class RecordFetchHarness(_Harness):
+    """:class:`~recfabric.hw.request_reader.RecordFetcher` (AXI4 read master).
+
+    The kernel has two: the request-record fetch (``m_axi_requests``) and the kernel-program fetch
+    (``m_axi_model``, 512-bit words, ``batch`` = 1); ``program=True`` checks the latter at the
+    kernel's own parameters (16-beat bursts, 32-word FIFO, programs of up to 63 words), else a
+    small fetcher (32-bit words, 2-beat bursts, 4-word FIFO, up to 3 records of up to 3 words).
+
+    Environment: ``start`` only when the previous run's words have all been delivered (the
+    kernel starts a fetcher only then); the buffer is word-aligned (XRT buffers are 4 KiB
+    aligned; the program starts one word in) and inside the address space.
+    Block properties: reads are consecutive from ``base`` (``fetch.sequential``) and stop at
+    ``words * batch`` (``fetch.total``); words in flight never exceed the FIFO
+    (``fetch.fifo_bound``, or a word would be lost: ``rready`` is always 1); an error response
+    sets ``axi_error`` (``fetch.axi_error``).
+    """
+
+    mutations = {
+        "araddr_glitch": Mutation("ARADDR changes while ARVALID waits for ARREADY",
+                                  ("ar.payload_stable",),
+                                  _glitch_while_waiting("arvalid", "arready", "araddr")),
+    }
+
+    def __init__(self, mutation=None, *, program=False, any_base=False, any_start=False):
+        super().__init__(mutation)
+        self.program = program
+        # Relaxed environments (findings, see tests/test_formal_axi.py): ``any_base`` drops the
+        # word alignment of ``base``, ``any_start`` lets ``start`` come at any time.
+        self.any_base, self.any_start = any_base, any_start
+        if program:
+            self.data_width, self.max_burst, self.fifo_depth = 512, 16, 32
+            self.word_bits, self.batch_bits = 6, 0  # up to 63 words, batch = 1
+        else:
+            self.data_width, self.max_burst, self.fifo_depth = 32, 2, 4
+            self.word_bits, self.batch_bits = 2, 2  # up to 3 records of up to 3 words
+
+    def build(self, m):
+        dut = RecordFetcher(data_width=self.data_width, addr_width=ADDR_WIDTH, id_width=1,
+                            max_burst=self.max_burst, fifo_depth=self.fifo_depth)
+        m.submodules.dut = dut
+        wb = self.data_width // 8
+        bus = self._wire(m, dut.m_axi)
+        # Bursts in flight are bounded by the FIFO (each has at least one reserved word); the
+        # tight bound is on words (fetch.fifo_bound), so the cover asks for two full bursts.
+        chk = AXI4ReadChecker(bus, max_outstanding=self.fifo_depth, arid=0,
+                              max_len=self.max_burst - 1, aligned=not self.any_base,
+                              fixed=AXI_FIXED, cover_outstanding=2)
+        m.submodules.checker = chk
+        p = PropertyWriter(m)
+        for s in (dut.start, dut.o_word.ready):
+            _free(m, s)
+        _free(m, dut.base, ADDR_WIDTH)
+        _free(m, dut.words, self.word_bits)
+        if self.batch_bits:
+            _free(m, dut.batch, self.batch_bits)
+        else:
+            m.d.comb += dut.batch.eq(1)
+
+        cap = ((1 << self.word_bits) - 1) * ((1 << self.batch_bits) - 1 or 1)
+        expected = Signal(range(cap + 1))  # words of the current run
+        base = Signal(ADDR_WIDTH)
+        requested = Signal(range(cap + 256 + 1))  # beats of the ARs accepted in this run
+        delivered = Signal(range(cap + 1))
+        with m.If(dut.start):
+            if not self.any_start:
+                p.assume("env.start_when_done", delivered == expected)
+            if not self.any_base:
+                p.assume("env.base_aligned", dut.base[:(wb - 1).bit_length()] == 0)
+            p.assume("env.buffer_in_memory", dut.base + cap * wb <= (1 << ADDR_WIDTH))
+            m.d.sync += [expected.eq(dut.words[:self.word_bits] *
+                                     dut.batch[:max(1, self.batch_bits)]),
+                         base.eq(dut.base),
+                         requested.eq(0), delivered.eq(0)]
+        with m.Else():
+            with m.If(chk.ar_fire):
+                m.d.sync += requested.eq(requested + bus.arlen + 1)
+            with m.If(dut.o_word.valid & dut.o_word.ready):
+                m.d.sync += delivered.eq(delivered + 1)
+
+        if not (self.any_base or self.any_start):
+            with m.If(bus.arvalid):
+                p.check("fetch.sequential", bus.araddr == base + requested * wb)
+                p.check("fetch.total", requested + bus.arlen + 1 <= expected)
+            p.check("fetch.fifo_bound", requested - delivered <= self.fifo_depth)
+        r_err = Signal()
+        m.d.sync += r_err.eq(chk.r_fire & bus.rresp[1])
+        with m.If(r_err):
+            p.check("fetch.axi_error", dut.axi_error)
+
+        p.cover("cover.fetch_4k_split",
+                bus.arvalid & (bus.araddr[:12] + ((bus.arlen + 1) * wb) == 4096) &
+                (bus.arlen + 1 < self.max_burst))
+        p.cover("cover.fetch_done",
+                (delivered == expected) & (expected > self.max_burst) & ~dut.start)
+
+
+class ResultWriterHarness(_Harness):
+    """:class:`~recfabric.hw.result_writer.ResultWriter` (AXI4 write master).
+
+    Parameterisation: 128-bit words (the status block is one 4-beat burst), 2 writes
+    outstanding, batches of up to 2. Environment: ``start`` only when idle (before the first run
+    or after ``done``: the kernel starts the writer only then); results by the stream rules; the
+    results buffer 64-byte aligned (XRT buffers are 4 KiB aligned) and inside the address space.
+    Block properties: every write lies in the results buffer or its status block
+    (``writer.in_buffer``); ``done`` only when every write of the run (records and status block)
+    has been answered (``writer.done``); an error response sets ``axi_error``
+    (``writer.axi_error``).
+    """
+
+    mutations = {
+        "wlast_every_beat": Mutation("WLAST on every beat of the status-block burst", ("w.wlast",),
+                                     lambda m, port, bus: {"wlast": 1}),
+        "wvalid_drop": Mutation("WVALID withdrawn after one cycle without WREADY",
+                                ("w.valid_stable",), _drop_after_wait("wvalid", "wready")),
+    }
+    max_batch = 2
+
+    def build(self, m):
+        dut = ResultWriter(data_width=128, addr_width=ADDR_WIDTH, id_width=1, max_outstanding=2)
+        m.submodules.dut = dut
+        wb = 16
+        status_beats = STATUS_BLOCK_BYTES // wb
+        bus = self._wire(m, dut.m_axi)
+        chk = AXI4WriteChecker(bus, max_outstanding=2, awid=0, max_len=status_beats - 1,
+                               aligned=True, fixed=AXI_FIXED)
+        m.submodules.checker = chk
+        p = PropertyWriter(m)
+        _stream_source(p, m, dut.i_result, "result")
+        _free(m, dut.start)
+        _free(m, dut.base, ADDR_WIDTH)
+        _free(m, dut.batch, 2)
+        # The status words are data to the protocol: one arbitrary value per proof keeps the
+        # solver's work down.
+        m.d.comb += dut.status.as_value().eq(AnyConst(len(dut.status.as_value())))
+
+        running = Signal()
+        base = Signal(ADDR_WIDTH)
+        batch = Signal(range(self.max_batch + 1))
+        aws = Signal(range(self.max_batch + 2))  # AW requests accepted in this run
+        with m.If(dut.start):
+            p.assume("env.start_when_idle", ~running)
+            p.assume("env.batch", dut.batch[:2] <= self.max_batch)
+            p.assume("env.base_aligned", dut.base[:6] == 0)
+            p.assume("env.buffer_in_memory", dut.base + 2 * 4096 <= (1 << ADDR_WIDTH))
+            m.d.sync += [running.eq(1), base.eq(dut.base), batch.eq(dut.batch), aws.eq(0)]
+        with m.Elif(chk.aw_fire):
+            m.d.sync += aws.eq(aws + 1)
+        with m.If(dut.done):
+            m.d.sync += running.eq(0)
+
+        status_at = base + (((batch * wb) + STATUS_BLOCK_BYTES - 1) // STATUS_BLOCK_BYTES *
+                            STATUS_BLOCK_BYTES)
+        with m.If(bus.awvalid):
+            p.check("writer.in_buffer",
+                    (bus.awaddr >= base) &
+                    (bus.awaddr + ((bus.awlen + 1) * wb) <= status_at + STATUS_BLOCK_BYTES))
+        with m.If(dut.done):
+            p.check("writer.done", (chk.outstanding == chk.b_fire) & ~bus.awvalid &
+                    ~bus.wvalid & (aws == batch + 1) & (dut.written == batch))
+        b_err = Signal()
+        m.d.sync += b_err.eq(chk.b_fire & bus.bresp[1])
+        with m.If(b_err):
+            p.check("writer.axi_error", dut.axi_error)
+        p.cover("cover.writer_done", dut.done & (batch == 2))
+
+
+class ControlRegistersHarness(_Harness):
+    """:class:`~recfabric.hw.control_registers.ControlRegisters` (AXI4-Lite slave).
+
+    Environment: any AXI4-Lite master; ``done`` and the status inputs free.
+    Block properties (through the checker's parameters): at most one write and one read taken
+    and unanswered, the response one cycle after the request is complete, always OKAY (writes to
+    read-only or unmapped registers are ignored, as HLS control slaves do).
+    """
+
+    mutations = {
+        "bvalid_drop": Mutation("BVALID withdrawn after one cycle without BREADY",
+                                ("b.valid_stable",), _drop_after_wait("bvalid", "bready")),
+        "rdata_glitch": Mutation("RDATA changes while RVALID waits for RREADY",
+                                 ("r.payload_stable",),
+                                 _glitch_while_waiting("rvalid", "rready", "rdata")),
+    }
+
+    def build(self, m):
+        dut = ControlRegisters(num_table_channels=1, config_hash=0x5EC0FFEE)
+        m.submodules.dut = dut
+        bus = self._wire(m, dut.s_axi)
+        m.submodules.checker = AXI4LiteChecker(bus, max_pending=1, max_latency=1,
+                                               resp=AXIResp.OKAY)
+        _free(m, dut.done)
+        for name in dir(dut):
+            if name.startswith("status_"):
+                _free(m, getattr(dut, name))
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+    """A block's formal job: how to build its harness and what to run by default.
+
+    Attributes
+    ----------
+    harness : type
+        The harness class.
+    port : str
+        The AXI port the harness checks and its role.
+    options : dict
+        Keyword arguments of the harness.
+    depth : int
+        Default BMC depth: 30 where the solver gets there in seconds; less where the run time
+        grows steeply with depth (measured, see the README's "Formal AXI proofs").
+    cover_depth : int
+        Default cover bound.
+    finding : str or None
+        A relaxed environment in which the block is known to break the protocol (the BMC is
+        expected to FAIL; not run by default).
+    """
+
+    harness: type
+    port: str
+    options: dict = dataclasses.field(default_factory=dict)
+    depth: int = 30
+    cover_depth: int = 30
+    finding: str | None = None
+
+    @property
+    def mutations(self) -> dict:
+        return self.harness.mutations
+
+    def make(self, mutation=None):
+        if mutation is not None and mutation not in self.mutations:
+            raise ValueError(f"unknown mutation {mutation!r} for {self.harness.__name__}; "
+                             f"known: {', '.join(self.mutations) or 'none'}")
+        return self.harness(mutation, **self.options)
+
+
+#: The blocks with AXI ports, by name.
+BLOCKS = {
+    "lookup_unit": Block(LookupUnitHarness, "m_axi_tables<i>: AXI4 read master"),
+    "lookup_unit_in_table": Block(LookupUnitHarness,
+                                  "m_axi_tables<i>: reads inside the described tables",
+                                  {"in_table": True}, depth=8, cover_depth=10),
+    "record_fetch": Block(RecordFetchHarness, "m_axi_requests: AXI4 read master", depth=14,
+                          cover_depth=20),
+    "program_fetch": Block(RecordFetchHarness, "m_axi_model: AXI4 read master",
+                           {"program": True}, depth=14, cover_depth=24),
+    "record_fetch_any_base": Block(
+        RecordFetchHarness, "m_axi_requests, base not word-aligned", {"any_base": True},
+        depth=10, cover_depth=10,
+        finding="an unaligned base gives ARLEN=255 bursts across 4 KiB"),
+    "record_fetch_any_start": Block(
+        RecordFetchHarness, "m_axi_requests, start at any time", {"any_start": True},
+        depth=10, cover_depth=10, finding="start while ARVALID waits withdraws ARVALID"),
+    "result_writer": Block(ResultWriterHarness, "m_axi_results: AXI4 write master", depth=14),
+    "control_registers": Block(ControlRegistersHarness, "s_axi_control: AXI4-Lite slave"),
+}
+
+
+def build_harness(block: str, mutation: str | None = None):
+    """The harness of ``block`` (a key of :data:`BLOCKS`), optionally with a mutation."""
+    try:
+        b = BLOCKS[block]
+    except KeyError:
+        raise ValueError(f"unknown block {block!r}; known: {', '.join(BLOCKS)}") from None
+    return b.make(mutation=mutation)

@@ -1,0 +1,198 @@
+"""Formal AXI protocol proofs (hw/formal) with SymbiYosys.
+
+Default suite: the AXI4-Lite control slave to BMC depth 30, every block's covers, every injected
+bug caught, and the runner's own checks. Slow: the AXI4 masters' BMC at their default depths (the
+solver's time grows steeply with depth there; the README gives the measured figures).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from amaranth.back import rtlil
+
+from recfabric.hw.formal import __main__ as formal_cli
+from recfabric.hw.formal.harness import BLOCKS, build_harness
+from recfabric.hw.formal.sby import missing_tools, property_name, run_sby, warm_tools
+
+_missing = missing_tools()
+needs_tools = pytest.mark.skipif(
+    bool(_missing), reason=f"formal tools not installed: {', '.join(_missing)} "
+                           "(make install brings them with the 'formal' extra)")
+
+MASTERS = ["lookup_unit", "lookup_unit_in_table", "record_fetch", "program_fetch",
+           "result_writer"]
+#: Harnesses whose environment is relaxed beyond the block's use in the kernel (findings below).
+FINDINGS = ["record_fetch_any_base", "record_fetch_any_start"]
+MUTATIONS = [(b, mut) for b in ["lookup_unit", "record_fetch", "program_fetch", "result_writer",
+                                "control_registers"] for mut in BLOCKS[b].mutations]
+
+
+@pytest.fixture(scope="module")
+def warm():
+    if not _missing:
+        warm_tools()
+
+
+def _run(block, mode, tmp_path, *, depth=None, mutation=None):
+    b = BLOCKS[block]
+    depth = depth or {"bmc": b.depth, "cover": b.cover_depth}[mode]
+    return run_sby(build_harness(block, mutation), name=f"{block}_{mode}", mode=mode,
+                   depth=depth, workdir=tmp_path, timeout=1200)
+
+
+def _covers_of(block):
+    """Names of the covers in a harness (their messages, in the RTLIL handed to SymbiYosys)."""
+    text = rtlil.convert(build_harness(block), name="top", ports=[])
+    names = set()
+    for cell in text.split("cell $check ")[1:]:
+        cell = cell[:cell.index("\n  end")]
+        if '\\FLAVOR "cover"' in cell:
+            names.add(re.search(r'\\FORMAT "([^"]*)"', cell).group(1))
+    return names
+
+
+# ---- the runner and the CLI (no solver needed) ---------------------------------------------
+
+def test_property_name_from_sby_location():
+    assert property_name("ar.valid_stable@/x/hw/formal/axi_properties.py:120") == \
+        "ar.valid_stable"
+    assert property_name("/x/other.py:3") == "/x/other.py:3"
+
+
+def test_run_sby_rejects_bad_arguments(tmp_path):
+    h = build_harness("control_registers")
+    with pytest.raises(ValueError, match="mode must be one of bmc, prove, cover, not 'bmcc'"):
+        run_sby(h, name="x", mode="bmcc", workdir=tmp_path)
+    with pytest.raises(ValueError, match="depth must be a positive integer, not 0"):
+        run_sby(h, name="x", depth=0, workdir=tmp_path)
+    with pytest.raises(ValueError, match="job name must be a file-name-safe word"):
+        run_sby(h, name="a b", workdir=tmp_path)
+
+
+def test_unknown_block_and_mutation_are_named():
+    with pytest.raises(ValueError, match="unknown block 'dma'"):
+        build_harness("dma")
+    with pytest.raises(ValueError, match="unknown mutation 'nope' for ResultWriterHarness"):
+        build_harness("result_writer", "nope")
+
+
+def test_cli_lists_blocks_and_rejects_bad_input(capsys):
+    assert formal_cli.main(["--list"]) == 0
+    out = capsys.readouterr().out
+    for name in BLOCKS:
+        assert name in out
+    assert formal_cli.main(["--block", "dma"]) == 2
+    assert "unknown block 'dma'" in capsys.readouterr().err
+    assert formal_cli.main(["--mutation", "bvalid_drop"]) == 2
+    assert "--mutation needs exactly one --block" in capsys.readouterr().err
+    assert formal_cli.main(["--block", "control_registers", "--depth", "0"]) == 2
+
+
+def test_every_harness_converts_with_its_covers():
+    """Every block's harness elaborates, and carries the covers its checker promises."""
+    for block in BLOCKS:
+        covers = _covers_of(block)
+        assert covers, block
+        read = {"cover.read_burst", "cover.read_error", "cover.read_outstanding_max"}
+        write = {"cover.write_burst", "cover.write_error", "cover.write_outstanding_max"}
+        lite = {"cover.lite_write", "cover.lite_read", "cover.lite_two_writes"}
+        expected = (lite if block == "control_registers" else
+                    write if block == "result_writer" else read)
+        assert expected <= covers, (block, covers)
+
+
+# ---- the AXI4-Lite control slave: BMC 30, covers, k-induction attempt -----------------------
+
+@needs_tools
+def test_control_registers_bmc_depth_30(warm, tmp_path):
+    r = _run("control_registers", "bmc", tmp_path, depth=30)
+    assert r.status == "PASS", r.summary() + "\n" + r.log[-2000:]
+    assert r.failed == []
+
+
+@needs_tools
+def test_control_registers_covers(warm, tmp_path):
+    r = _run("control_registers", "cover", tmp_path)
+    assert r.status == "PASS", r.summary()
+    assert r.unreached == []
+    assert {name for name, _ in r.reached} == _covers_of("control_registers")
+
+
+# ---- injected bugs must be caught, by the property meant to catch them ----------------------
+
+@needs_tools
+@pytest.mark.parametrize("block,mutation", MUTATIONS, ids=[f"{b}-{m}" for b, m in MUTATIONS])
+def test_injected_bug_is_caught(warm, tmp_path, block, mutation):
+    mut = BLOCKS[block].mutations[mutation]
+    r = _run(block, "bmc", tmp_path, mutation=mutation)
+    assert r.status == "FAIL", f"{mutation} ({mut.description}) not caught:\n{r.summary()}"
+    assert set(mut.expect) & {name for name, _ in r.failed}, r.summary()
+    assert r.traces and r.traces[0].exists()
+
+
+# ---- the AXI4 masters: bounded proofs and covers (slow) -------------------------------------
+
+@needs_tools
+@pytest.mark.slow
+@pytest.mark.parametrize("block", MASTERS)
+def test_master_bmc(warm, tmp_path, block):
+    r = _run(block, "bmc", tmp_path)
+    assert r.status == "PASS", r.summary() + "\n" + r.log[-2000:]
+
+
+@needs_tools
+@pytest.mark.parametrize("block", MASTERS)
+def test_master_covers(warm, tmp_path, block):
+    r = _run(block, "cover", tmp_path)
+    assert r.status == "PASS", r.summary()
+    assert r.unreached == []
+    assert {name for name, _ in r.reached} == _covers_of(block)
+
+
+@needs_tools
+def test_cli_runs_a_job_and_writes_json(warm, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    rc = formal_cli.main(["--block", "control_registers", "--mode", "bmc", "--depth", "8",
+                          "--out", str(tmp_path), "--json", str(out)])
+    assert rc == 0, capsys.readouterr().out
+    (res,) = json.loads(out.read_text())
+    assert (res["block"], res["mode"], res["depth"], res["status"]) == \
+        ("control_registers", "bmc", 8, "PASS")
+
+
+# ---- findings: the RecordFetcher's contract does not state what the kernel relies on ---------
+
+def _finding(block, tmp_path, expected_failures):
+    """Run a relaxed harness; raise AssertionError (the xfail) only for the known failure."""
+    r = _run(block, "bmc", tmp_path)
+    if r.status == "FAIL":
+        failed = {name for name, _ in r.failed}
+        if not failed & set(expected_failures):
+            raise RuntimeError(f"{block} failed differently than the known finding:\n"
+                               f"{r.summary()}")
+    elif r.status != "PASS":
+        raise RuntimeError(r.summary() + "\n" + r.log[-2000:])
+    assert r.status == "PASS", r.summary()
+
+
+@needs_tools
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "finding: RecordFetcher with a base that is not a multiple of the word size computes 0 beats "
+    "to the 4 KiB boundary and issues ARLEN=255 (-1) across it, again and again (remaining "
+    "never decreases): base=0x7ffe, 32-bit words -> ARADDR 0x7ffe ARLEN 0xff. The kernel's "
+    "buffers are 4 KiB aligned (XRT, BumpMemory), but arg_requests is a host-written register "
+    "and neither the block nor the driver rejects an unaligned one"))
+def test_finding_record_fetch_unaligned_base(warm, tmp_path):
+    _finding("record_fetch_any_base", tmp_path, ("ar.no_4k_crossing", "ar.max_len"))
+
+
+@needs_tools
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "finding: RecordFetcher.start while ARVALID waits for ARREADY clears ARVALID (withdrawn "
+    "request, AXI violation). Unreachable in RecFabricKernel, which starts a fetcher only once "
+    "all its words were consumed; the block's docstring does not state that rule"))
+def test_finding_record_fetch_start_while_busy(warm, tmp_path):
+    _finding("record_fetch_any_start", tmp_path, ("ar.valid_stable", "ar.payload_stable"))

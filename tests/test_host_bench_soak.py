@@ -1,0 +1,69 @@
+"""`recfabric soak` on the Verilator back-end: a short slice in the default suite, the long run
+as a slow test.
+
+The slice asserts every check today's hardware passes. KNOWN_FAILING_TODAY lists the checks that
+fail on today's kernel (issue 10 items 3-5, fixed on the wt-hw branch): the slice still runs
+and reports them, and the lead empties the list after merging the fixes.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from recfabric.host.bench.soak import CHECKS, format_report, soak
+from recfabric.host.cli import main
+from recfabric.sim.cocotb_launch import require_simulator
+from recfabric.sim.verilator_env import have_verilator, verilator_env
+
+pytestmark = pytest.mark.cocotb
+
+# Per-record ID_RANGE/BAG_RANGE never set (item 4), a one-hot bag of 0 is not flagged (item 3),
+# first_error_request is not the index of the first bad request (item 5).
+KNOWN_FAILING_TODAY = {"id_range_record", "bag_range_record", "zero_onehot_flag",
+                       "zero_onehot_record", "first_error_request"}
+
+
+@pytest.fixture(autouse=True)
+def _verilator(monkeypatch):
+    for k, v in verilator_env().items():
+        monkeypatch.setenv(k, v)
+    require_simulator(have_verilator(), "Verilator >= 5.036")
+
+
+def test_soak_slice(tmp_path):
+    rep = soak("tiny", inferences=1500, seed=3, allow_no_dense=False, workdir=tmp_path)
+    print(format_report(rep))
+    # The slice exercised every kind of trouble it is meant to.
+    assert rep.models >= 5 and rep.inferences >= 1500
+    assert rep.bad_records > 0 and rep.axi_errors_injected > 0 and rep.resets > 0
+    assert rep.cycles > 0 and rep.cycles_per_second > 0
+    assert rep.mismatches == 0 and rep.hangs == 0
+    for check in CHECKS:
+        if check not in KNOWN_FAILING_TODAY:
+            assert rep.failures[check] == 0, (check, rep.examples)
+    # Everything a check counted is in the totals.
+    assert rep.flag_errors == sum(v for k, v in rep.failures.items()
+                                  if k not in ("score", "hang"))
+
+
+def test_soak_command_json(capsys):
+    code = main(["soak", "--config", "tiny", "--inferences", "200", "--seed", "5",
+                 "--dense-only", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    for key in ("inferences", "models", "mismatches", "hangs", "flag_errors",
+                "cycles_per_second"):
+        assert key in out
+    assert out["inferences"] >= 200 and out["mismatches"] == 0 and out["hangs"] == 0
+    assert code == (1 if out["flag_errors"] else 0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["small", "small-int8"])
+def test_soak_long(config, tmp_path):
+    """The full soak: every model shape (dense-free ones too), every check."""
+    rep = soak(config, minutes=10, seed=11, workdir=tmp_path)
+    print(format_report(rep))
+    assert rep.models >= 50
+    assert rep.mismatches == 0 and rep.hangs == 0 and rep.flag_errors == 0, format_report(rep)
