@@ -194,7 +194,7 @@ class LookupUnitHarness(_Harness):
         p = PropertyWriter(m)
         _stream_source(p, m, dut.i_lookup, "lookup")
         _stream_source(p, m, dut.i_desc, "desc")
-        _free(m, dut.error_clear)
+        _free(m, dut.error.clear)
         _free(m, dut.o_pooled.ready)
 
         w = dut.i_desc.payload
