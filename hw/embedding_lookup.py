@@ -457,6 +457,16 @@ class EmbeddingLookupUnit(wiring.Component):
 
         m.d.comb += [d_rp.addr.eq(self.i_lookup.payload.desc), d_rp.en.eq(self.i_lookup.ready)]
         e1 = d_rp.data
+        # Which descriptors were written since reset (registers, ``n_desc`` bits): a memory
+        # keeps its contents over a reset, and a descriptor not written since is invalid.
+        written = Signal(self.n_desc, name="desc_written")
+        with m.If(d_wp.en):
+            m.d.sync += written.bit_select(d_wp.addr, 1).eq(1)
+        written1 = Signal()  # beside ``e1``: read as the lookup is accepted
+        with m.If(self.i_lookup.ready):
+            m.d.sync += written1.eq(written.bit_select(self.i_lookup.payload.desc, 1) |
+                                    (d_wp.en & (d_wp.addr == self.i_lookup.payload.desc)))
+        e1_ok = e1.ok & written1
         desc_in_range = s1.desc < self.n_desc
         row_ok = s1.row < e1.desc.rows
         m.d.comb += self.i_lookup.ready.eq(~v1 | adv2)
@@ -464,7 +474,7 @@ class EmbeddingLookupUnit(wiring.Component):
             m.d.sync += v2.eq(v1)
             with m.If(v1):
                 is_row = s1.kind == LookupKind.ROW
-                good_desc = desc_in_range & e1.ok
+                good_desc = desc_in_range & e1_ok
                 cause = Signal(LookupErrorCause)
                 with m.If(s1.kind == LookupKind.BAD):
                     m.d.comb += cause.eq(LookupErrorCause.ROW)
