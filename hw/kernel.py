@@ -9,7 +9,7 @@
     s_axi_control -> ControlRegisters --start--> program loader: RecordFetcher (m_axi_model,
                                                  when flags.LOAD)
                                                       | program words -> every block's runtime port
-    m_axi_requests -> RecordFetcher -> RecordParser -> RequestAssembler -> LookupDispatcher
+    m_axi_requests -> RecordFetcher -> RecordParser --feature IDs--> LookupDispatcher
                                             | dense                         | lookups
                                             v                               v
                                        ConcatStage <- StreamArbiter <- EmbeddingLookupUnit[i]
@@ -31,12 +31,13 @@ once every result record and the status block are in memory.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 from types import SimpleNamespace
 
 from amaranth.back import verilog
 from amaranth.hdl import Cat, ClockDomain, Const, Elaboratable, Module, Mux, Signal
-from amaranth.lib import stream, wiring
+from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
@@ -49,13 +50,13 @@ from .lookup_dispatcher import LookupDispatcher
 from .mlp import MLPPipeline
 from .onchip_table import OnChipTable
 from .register_map import KERNEL_ID, KERNEL_VERSION, NO_ERROR_REQUEST, kernel_args
-from .request_reader import RecordFetcher, RecordParser
+from .request_reader import ParserParam, RecordFetcher, RecordParser
 from .result_writer import STATUS_WORDS, ResultWriter
 from .stream_arbiter import StreamArbiter
 from .stream_types import RequestFlagsLayout
 
 __all__ = ["Target", "PROGRAM_MAGIC", "MODEL_DATA_WIDTH", "FLAG_LOAD", "RecFabricKernel",
-           "RequestAssembler", "vitis_kernel", "generate_verilog", "KernelUnsupported",
+           "vitis_kernel", "generate_verilog", "KernelUnsupported",
            "kernel_for_formats", "master_data_widths"]
 
 #: First 32 bits of a kernel program's header word ("RFpg").
@@ -89,56 +90,6 @@ class Target(enum.IntEnum):
     UNIT_DESC = 0x40  # + unit: EmbeddingLookupUnit.i_desc
     ONCHIP_DESC = 0x80  # + unit: OnChipTable.i_desc
     ONCHIP_LOAD = 0xC0  # + unit: OnChipTable.i_load
-
-
-class RequestAssembler(wiring.Component):
-    """Collects a request's feature IDs (RecordParser items) into one dispatcher request.
-
-    Members
-    -------
-    i_id : In(stream.Signature(FeatureIdLayout))
-    features : In(range(max_features + 1))
-        Features per request (a request is complete after the last item of the last one).
-    o_request : Out(stream.Signature(LookupRequestLayout))
-    bad_bag : Out(1)
-        The request being emitted had a clamped bag.
-    """
-
-    def __init__(self, id_layout, request_layout, max_features: int, max_bag: int):
-        self._maxf, self._maxb = max_features, max_bag
-        super().__init__({
-            "i_id": In(stream.Signature(id_layout)),
-            "features": In(range(max_features + 1)),
-            "o_request": Out(stream.Signature(request_layout)),
-        })
-
-    def elaborate(self, platform):
-        m = Module()
-        req = Signal(self.o_request.payload.shape())
-        full = Signal()
-        count = Signal(range(self._maxb + 1))
-        p = self.i_id.payload
-        m.d.comb += [self.o_request.valid.eq(full), self.o_request.payload.eq(req),
-                     self.i_id.ready.eq(~full)]
-        with m.If(self.o_request.valid & self.o_request.ready):
-            m.d.sync += full.eq(0)
-        with m.If(self.i_id.valid & ~full):
-            m.d.sync += req.tag.eq(p.tag)
-            slot = Signal(range(self._maxb), name="slot")
-            m.d.comb += slot.eq(Mux(p.first, 0, count))
-            for f in range(self._maxf):
-                with m.If(p.feature == f):
-                    with m.If(p.empty):
-                        m.d.sync += req.lengths[f].eq(0)
-                    with m.Else():
-                        for k in range(self._maxb):
-                            with m.If(slot == k):
-                                m.d.sync += req.ids[f][k].eq(p.id)
-                        m.d.sync += req.lengths[f].eq(slot + 1)
-            m.d.sync += count.eq(Mux(p.last, 0, slot + 1))
-            with m.If(p.last & (p.feature == self.features - 1)):
-                m.d.sync += full.eq(1)
-        return m
 
 
 class RecFabricKernel(wiring.Component):
@@ -193,9 +144,6 @@ class RecFabricKernel(wiring.Component):
                       for _ in range(c.mem_channels)]
         self.onchip = [OnChipTable(**OnChipTable.config_kwargs(c, word_bits=256))
                        for _ in range(c.onchip_units)]
-        self.assembler = RequestAssembler(self.parser.o_id.payload.shape(),
-                                          self.dispatcher.request_layout, c.max_features,
-                                          c.max_bag)
         pooled_shape = (self.units + self.onchip)[0].o_pooled.payload.shape()
         self.arbiter = StreamArbiter(pooled_shape, len(self.units) + len(self.onchip))
         lanes = c.mlp_top_shapes[0][1]
@@ -209,8 +157,8 @@ class RecFabricKernel(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        for name in ("ctrl", "model_fetch", "fetch", "parser", "dispatcher", "assembler",
-                     "arbiter", "concat", "mlp", "writer"):
+        for name in ("ctrl", "model_fetch", "fetch", "parser", "dispatcher", "arbiter",
+                     "concat", "mlp", "writer"):
             m.submodules[name] = getattr(self, name)
         for i, u in enumerate(self.units):
             m.submodules[f"unit{i}"] = u
@@ -307,7 +255,7 @@ class RecFabricKernel(wiring.Component):
 
     def _connect_datapath(self, m, run, flag_fifo):
         """Record fetch -> parser -> dispatcher -> lookup units -> concat -> MLP -> writer."""
-        c, ctrl = self.config, self.ctrl
+        ctrl = self.ctrl
         m.d.comb += [
             self.fetch.start.eq(run.start_batch), self.fetch.base.eq(ctrl.arg_requests),
             self.fetch.batch.eq(run.batch),
@@ -318,19 +266,13 @@ class RecFabricKernel(wiring.Component):
         ]
         words_per_record = run.words_per_record
         m.d.comb += self.fetch.words.eq(words_per_record)
-        # Parser parameters the kernel itself needs (words per record, feature count).
+        # The parser parameter the kernel itself needs (words per record, for the fetcher).
         pp = self.parser.i_param
-        features = Signal(range(c.max_features + 1))
-        with m.If(pp.valid & pp.ready):
-            with m.If(pp.payload.addr == 0):
-                m.d.sync += words_per_record.eq(pp.payload.data)
-            with m.If(pp.payload.addr == 1):
-                m.d.sync += features.eq(pp.payload.data)
-        m.d.comb += self.assembler.features.eq(features)
+        with m.If(pp.valid & pp.ready & (pp.payload.addr == ParserParam.WORDS)):
+            m.d.sync += words_per_record.eq(pp.payload.data)
 
         wiring.connect(m, self.fetch.o_word, self.parser.i_word)
-        wiring.connect(m, self.parser.o_id, self.assembler.i_id)
-        wiring.connect(m, self.assembler.o_request, self.dispatcher.i_request)
+        wiring.connect(m, self.parser.o_id, self.dispatcher.i_id)
         for k, unit in enumerate(self.units + self.onchip):
             wiring.connect(m, self.dispatcher.o_lookup[k], unit.i_lookup)
             wiring.connect(m, unit.o_pooled, self.arbiter.i[k])
@@ -494,7 +436,49 @@ def vitis_kernel(config: AcceleratorConfig):
     return top, ports
 
 
+@contextlib.contextmanager
+def fast_memory_init():
+    """Within the block, Amaranth's RTLIL back-end writes memory contents as one constant.
+
+    Amaranth 0.5 emits a memory's initial contents (zeros for ``init=[]``) as one net object per
+    bit before rendering them back into a string: the u280 kernel's ~55 Mbit of MLP weight,
+    on-chip table and concat memories cost about 55 M Python objects, minutes and GBs. This
+    writes the identical ``$meminit_v2`` cell (same text: ``tests/test_hw_kernel_build.py``
+    compares the output with and without it) straight from the integers. It replaces a private
+    method of ``amaranth.back.rtlil`` for the duration of the block only; if that method is not
+    there (another Amaranth version), nothing is changed.
+    """
+    from amaranth.back import rtlil
+    from amaranth.hdl import _nir
+
+    emitter = getattr(rtlil, "ModuleEmitter", None)
+    original = getattr(emitter, "emit_memory", None)
+    if original is None:
+        yield
+        return
+
+    def emit_memory(self, cell_idx, cell):
+        w, n = cell.width, cell.width * cell.depth
+        if any(cell.init):
+            mask = (1 << w) - 1
+            bits = "".join(format(r & mask, f"0{w}b") for r in reversed(cell.init))
+        else:
+            bits = "0" * n
+        self.builder.cell("$meminit_v2", ports={
+            "ADDR": self.sigspec(), "DATA": f"{n}'{bits}",
+            "EN": self.sigspec(_nir.Value.ones(w)),
+        }, parameters={"MEMID": self.memories[cell_idx].memid, "ABITS": 0, "WIDTH": w,
+                       "WORDS": cell.depth, "PRIORITY": 0}, src_loc=cell.src_loc)
+
+    emitter.emit_memory = emit_memory
+    try:
+        yield
+    finally:
+        emitter.emit_memory = original
+
+
 def generate_verilog(config: AcceleratorConfig, name: str = "recfabric_kernel") -> str:
     """Verilog of the kernel with Vitis port names (top module ``name``)."""
     top, ports = vitis_kernel(config)
-    return verilog.convert(top, name=name, ports=ports, emit_src=False)
+    with fast_memory_init():
+        return verilog.convert(top, name=name, ports=ports, emit_src=False)

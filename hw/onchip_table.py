@@ -17,7 +17,7 @@ One word is read per cycle: one-word rows sustain one lookup per cycle.
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Module, Mux, Signal, unsigned
+from amaranth.hdl import Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
@@ -149,17 +149,20 @@ class OnChipTable(wiring.Component):
         # ---- descriptors, validated when written -------------------------------------------
         entry = data.StructLayout({"desc": self.desc_layout, "beats": range(self.max_beats + 1),
                                    "ok": 1})
-        entries = [Signal(entry, name=f"desc{i}") for i in range(self.n_desc)]
+        # Descriptors live in a memory (one entry per table), read in the cycle a lookup is
+        # accepted so that the entry is there beside it in stage 1.
+        m.submodules.descs = descs = Memory(shape=entry, depth=max(2, self.n_desc), init=[])
+        d_wp = descs.write_port()
+        d_rp = descs.read_port(transparent_for=(d_wp,))
         w = self.i_desc.payload.desc
         w_beats = Signal(range(self.max_beats + 1))
         m.d.comb += w_beats.eq((w.dim + epw - 1) >> (epw.bit_length() - 1))
         w_ok = ((w.dim != 0) & (w.dim <= self.max_dim) & (w.stride >= w_beats) &
                 (w.base + w.rows * w.stride <= self.depth))
         m.d.comb += self.i_desc.ready.eq(1)
-        with m.If(self.i_desc.valid):
-            for i, e in enumerate(entries):
-                with m.If(self.i_desc.payload.index == i):
-                    m.d.sync += [e.desc.eq(w), e.beats.eq(w_beats), e.ok.eq(w_ok)]
+        m.d.comb += [d_wp.en.eq(self.i_desc.valid & (self.i_desc.payload.index < self.n_desc)),
+                     d_wp.addr.eq(self.i_desc.payload.index), d_wp.data.desc.eq(w),
+                     d_wp.data.beats.eq(w_beats), d_wp.data.ok.eq(w_ok)]
 
         m.submodules.pooler = pooler = RowPooler(
             data_bits=self.data_bits, max_dim=self.max_dim, beat_width=self.word_bits,
@@ -188,8 +191,18 @@ class OnChipTable(wiring.Component):
         with m.If(issue):
             m.d.sync += k2.eq(Mux(done2, 0, k2 + 1))
 
-        e1 = Array(entries)[s1.desc] if self.n_desc > 1 else entries[0]
-        e1 = entry(e1) if not isinstance(e1, data.View) else e1
+        m.d.comb += [d_rp.addr.eq(self.i_lookup.payload.desc), d_rp.en.eq(self.i_lookup.ready)]
+        e1 = d_rp.data
+        # Which descriptors were written since reset (registers, ``n_desc`` bits): a memory
+        # keeps its contents over a reset, and a descriptor not written since is invalid.
+        written = Signal(self.n_desc, name="desc_written")
+        with m.If(d_wp.en):
+            m.d.sync += written.bit_select(d_wp.addr, 1).eq(1)
+        written1 = Signal()  # beside ``e1``: read as the lookup is accepted
+        with m.If(self.i_lookup.ready):
+            m.d.sync += written1.eq(written.bit_select(self.i_lookup.payload.desc, 1) |
+                                    (d_wp.en & (d_wp.addr == self.i_lookup.payload.desc)))
+        e1_ok = e1.ok & written1
         m.d.comb += self.i_lookup.ready.eq(~v1 | adv2)
         with m.If(adv2):
             m.d.sync += v2.eq(v1)
@@ -198,7 +211,7 @@ class OnChipTable(wiring.Component):
                 cause = Signal(LookupErrorCause)
                 with m.If(s1.kind == LookupKind.BAD):
                     m.d.comb += cause.eq(LookupErrorCause.ROW)
-                with m.Elif(is_row & ~((s1.desc < self.n_desc) & e1.ok)):
+                with m.Elif(is_row & ~((s1.desc < self.n_desc) & e1_ok)):
                     m.d.comb += cause.eq(LookupErrorCause.DESC)
                 with m.Elif(is_row & (s1.row >= e1.desc.rows)):
                     m.d.comb += cause.eq(LookupErrorCause.ROW)

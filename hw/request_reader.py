@@ -7,24 +7,32 @@ on the model: they reach the hardware as runtime parameters (:class:`ParserParam
 
 :class:`RecordFetcher` reads ``batch * words`` memory words from ``base`` with INCR bursts (never
 crossing 4 KiB), issuing a burst only when its beats have room in the word FIFO, so the R channel
-is never back-pressured by the parser. :class:`RecordParser` walks each record in the order the
-wire format lays it out (bag lengths, then ID slots feature by feature, then dense values), one
-field per cycle, and emits
+is never back-pressured by the parser. :class:`RecordParser` parses each record where its words
+stand, at the head of the word stream (no register holds a record):
 
-* one :class:`FeatureIdLayout` item per live ID (``first``/``last`` mark the bag), or a single
-  ``empty`` item for a bag of length 0, for every feature in order;
+* the bag-length words are stored as they arrive, one word (``data_width / 16`` lengths) per
+  cycle, in a memory of ``ceil(2 * max_features / word bytes)`` words; the features' maximum
+  bags (runtime parameters) live in a ``max_features``-entry memory;
+* then, one item per cycle, it emits one :class:`FeatureIdLayout` item per live ID
+  (``first``/``last`` mark the bag), or a single ``empty`` item for a bag of length 0, for every
+  feature in order. Dead ID slots are skipped by arithmetic (the next feature's slot is
+  ``ids_offset + 4 * (bags before it)``), and a word is popped in the cycle its last wanted
+  field is used, so a request costs about one cycle per live ID, plus one per length word, one
+  per dense value and one per word holding nothing wanted, plus two;
 * the dense values as a stream of elements (``last`` on the request's last one).
 
 A request gets a tag (its sequence number modulo ``inflight``) only when fewer than ``inflight``
 requests are between the parser and the point that returns credits (``credit`` pulses, one per
 finished request), so downstream per-tag buffers never overflow. A bag length over the feature's
-maximum is clamped to the maximum and flagged (``bad_bag`` on its items), and so is an empty
-bag of a one-hot feature (maximum bag 1: the wire format says its length is exactly 1).
+maximum is clamped to the maximum and flagged (``bad_bag`` on its items, and the sticky
+``bad_bag`` output), and so is an empty bag of a one-hot feature (maximum bag 1: the wire format
+says its length is exactly 1; its single ``empty`` item carries ``bad_bag``).
 """
 
-from amaranth.hdl import Array, Module, Mux, Signal
+from amaranth.hdl import Module, Mux, Signal, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .axi4 import AXI4Signature, AXIBurst
@@ -182,7 +190,7 @@ class RecordFetcher(wiring.Component):
 
 
 class RecordParser(wiring.Component):
-    """Parses request records (a word stream) into feature IDs and dense values.
+    """Parses request records (a word stream) into feature IDs and dense values (module docs).
 
     Parameters
     ----------
@@ -238,18 +246,28 @@ class RecordParser(wiring.Component):
         m = Module()
         wb = self._dw // 8
         eb = self._bits // 8
+        wshift = wb.bit_length() - 1  # byte offset -> word index
+        lanes16 = wb // 2  # bag lengths per word
+        n_len_words = -(-2 * self._maxf // wb)
 
         words = Signal(16)
         features = Signal(range(self._maxf + 1))
         ids_offset = Signal(16)
         dense_offset = Signal(16)
         dense_count = Signal(16)
-        bags = Array(Signal(16, name=f"bag{i}") for i in range(self._maxf))
-        lens = Array(Signal(16, name=f"len{i}") for i in range(self._maxf))
-        bad = Array(Signal(name=f"bad{i}") for i in range(self._maxf))
+        # Per-feature state lives in memories: the maximum bags (runtime parameters) and the
+        # record's length words, stored as they arrive (one write per word, whatever the width).
+        m.submodules.bags = bags = Memory(shape=unsigned(16), depth=max(2, self._maxf), init=[])
+        m.submodules.lens = lens = Memory(shape=unsigned(self._dw), depth=max(2, n_len_words),
+                                          init=[])
+        bag_w, bag_r = bags.write_port(), bags.read_port(domain="comb")
+        len_w, len_r = lens.write_port(), lens.read_port(domain="comb")
 
         p = self.i_param
         m.d.comb += p.ready.eq(1)
+        m.d.comb += [bag_w.addr.eq(p.payload.addr - ParserParam.BAG), bag_w.data.eq(p.payload.data),
+                     bag_w.en.eq(p.valid & (p.payload.addr >= ParserParam.BAG) &
+                                 (p.payload.addr < ParserParam.BAG + self._maxf))]
         with m.If(p.valid):
             with m.Switch(p.payload.addr):
                 with m.Case(ParserParam.WORDS):
@@ -262,9 +280,6 @@ class RecordParser(wiring.Component):
                     m.d.sync += dense_offset.eq(p.payload.data)
                 with m.Case(ParserParam.DENSE_COUNT):
                     m.d.sync += dense_count.eq(p.payload.data)
-                for f in range(self._maxf):
-                    with m.Case(ParserParam.BAG + f):
-                        m.d.sync += bags[f].eq(p.payload.data)
 
         batch = Signal(32)
         tag = Signal(self.tag_bits)
@@ -277,27 +292,48 @@ class RecordParser(wiring.Component):
         with m.Elif(~take_credit & self.credit):
             m.d.sync += inuse.eq(inuse - 1)
 
-        # Current word and its index within the record (-1: none loaded yet).
-        word = Signal(self._dw)
-        widx = Signal(17)  # index of ``word`` + 1; 0 = none loaded
-        pos = Signal(17)  # byte offset of the field being parsed
+        # The record's words are parsed where they stand, at the head of ``i_word``: ``hidx`` is
+        # the head's index in the record. A field is available when its word is the head; the
+        # head is popped in the cycle that uses its last wanted field.
+        head, hv = self.i_word.payload, self.i_word.valid
+        hidx = Signal(16)
+        lw = Signal(range(n_len_words + 1))  # length words stored
         f = Signal(range(self._maxf + 1))
+        fstart = Signal(20)  # ID slot index of feature ``f``'s first slot
         k = Signal(16)
         d = Signal(16)
-        need = Signal(17)  # words that must be loaded for ``pos`` (= pos // wb + 1)
-        m.d.comb += need.eq(pos // wb + 1)
-        have = Signal()
-        m.d.comb += have.eq(widx >= need)
-        m.d.comb += self.i_word.ready.eq(0)
+        pop = Signal()
+        m.d.comb += self.i_word.ready.eq(pop)
+        with m.If(pop):
+            m.d.sync += hidx.eq(hidx + 1)
 
-        def fetch():
-            m.d.comb += self.i_word.ready.eq(1)
-            with m.If(self.i_word.valid):
-                m.d.sync += [word.eq(self.i_word.payload), widx.eq(widx + 1)]
+        def word_of(pos):
+            return pos >> wshift
 
-        lane16 = word.word_select(pos[1:(wb.bit_length() - 1)], 16)
-        lane32 = word.word_select(pos[2:(wb.bit_length() - 1)], 32)
-        lane_e = word.word_select(pos[(eb.bit_length() - 1):(wb.bit_length() - 1)], self._bits)
+        end_pos = Signal(24)  # first byte past the record
+        m.d.comb += end_pos.eq(words << wshift)
+
+        # Feature ``f``'s bag: its maximum and its (clamped) length.
+        m.d.comb += [bag_r.addr.eq(f), len_r.addr.eq(f >> (lanes16.bit_length() - 1))]
+        bag = bag_r.data
+        raw = len_r.data.word_select(f[:lanes16.bit_length() - 1], 16) if lanes16 > 1 \
+            else len_r.data[:16]
+        over = Signal()
+        length = Signal(16)
+        bad_len = Signal()  # over the maximum, or an empty bag of a one-hot feature
+        m.d.comb += [over.eq(raw > bag), length.eq(Mux(over, bag, raw)),
+                     bad_len.eq(over | ((raw == 0) & (bag == 1)))]
+
+        id_pos = Signal(24)
+        m.d.comb += id_pos.eq(ids_offset + ((fstart + k) << 2))
+        dense_pos = Signal(24)
+        m.d.comb += dense_pos.eq(dense_offset + d * eb)
+        # Where the first dense value (or the record's end, if none) is.
+        after_ids = Signal(24)
+        m.d.comb += after_ids.eq(Mux(dense_count != 0, dense_offset, end_pos))
+
+        lane32 = head.word_select(id_pos[2:wshift], 32) if wb > 4 else head[:32]
+        lane_e = head.word_select(dense_pos[eb.bit_length() - 1:wshift], self._bits)
 
         o = self.o_id
         with m.If(self.start):
@@ -307,58 +343,74 @@ class RecordParser(wiring.Component):
             with m.State("IDLE"):
                 with m.If(~self.start & (self.parsed < batch) & (inuse < self._inflight)):
                     m.d.comb += take_credit.eq(1)
-                    m.d.sync += [pos.eq(0), f.eq(0), widx.eq(0)]
+                    m.d.sync += [f.eq(0), fstart.eq(0), k.eq(0), d.eq(0), lw.eq(0),
+                                 hidx.eq(0)]
                     m.next = "LEN"
             with m.State("LEN"):
-                with m.If(f == features):
-                    m.d.sync += [pos.eq(ids_offset), f.eq(0), k.eq(0)]
+                # One length word per cycle into ``lens``; the word holding the first ID slot
+                # stays at the head.
+                n_len = Signal(range(n_len_words + 1))
+                m.d.comb += n_len.eq((features * 2 + wb - 1) >> wshift)
+                with m.If(lw == n_len):
                     m.next = "IDS"
-                with m.Elif(~have):
-                    fetch()
-                with m.Else():
-                    over = lane16 > bags[f]
-                    empty_one_hot = (lane16 == 0) & (bags[f] == 1)  # one-hot: exactly 1 ID
-                    m.d.sync += [lens[f].eq(Mux(over, bags[f], lane16)),
-                                 bad[f].eq(over | empty_one_hot), f.eq(f + 1), pos.eq(pos + 2)]
-                    with m.If(over | empty_one_hot):
-                        m.d.sync += self.bad_bag.eq(1)
+                with m.Elif(hv):
+                    m.d.comb += [len_w.addr.eq(lw), len_w.data.eq(head), len_w.en.eq(1),
+                                 pop.eq(word_of(ids_offset) != hidx)]
+                    m.d.sync += lw.eq(lw + 1)
+                    with m.If(lw + 1 == n_len):
+                        m.next = "IDS"
             with m.State("IDS"):
-                bag, length = bags[f], lens[f]
-                with m.If(f == features):
-                    m.d.sync += [pos.eq(dense_offset), d.eq(0)]
-                    m.next = "DENSE"
-                with m.Elif(~have):
-                    fetch()
+                # One item per cycle: the live IDs of feature ``f``'s bag (or one ``empty``
+                # item), skipping its dead slots by arithmetic.
+                empty = length == 0
+                last = empty | (k + 1 == length)
+                next_pos = Signal(24)
+                with m.If(~last):
+                    m.d.comb += next_pos.eq(id_pos + 4)
+                with m.Elif(f + 1 < features):
+                    m.d.comb += next_pos.eq(ids_offset + ((fstart + bag) << 2))
                 with m.Else():
-                    live = k < length
-                    empty = (length == 0) & (k == 0)
+                    m.d.comb += next_pos.eq(after_ids)
+                with m.If(f == features):
+                    m.next = "DENSE"
+                with m.Elif(word_of(id_pos) != hidx):
+                    m.d.comb += pop.eq(hv)  # a word of dead slots
+                with m.Elif(hv):
                     m.d.comb += [
                         o.payload.tag.eq(tag), o.payload.feature.eq(f), o.payload.id.eq(lane32),
-                        o.payload.first.eq(k == 0), o.payload.last.eq(empty | (k + 1 == length)),
-                        o.payload.empty.eq(empty), o.payload.bad_bag.eq(bad[f]),
-                        o.valid.eq(live | empty),
+                        o.payload.first.eq(k == 0), o.payload.last.eq(last),
+                        o.payload.empty.eq(empty), o.payload.bad_bag.eq(bad_len),
+                        o.valid.eq(1),
                     ]
-                    with m.If(~(live | empty) | o.ready):
-                        with m.If(k + 1 >= bag):
-                            m.d.sync += [k.eq(0), f.eq(f + 1)]
+                    with m.If(o.ready):
+                        m.d.comb += pop.eq(word_of(next_pos) != hidx)
+                        with m.If(bad_len):
+                            m.d.sync += self.bad_bag.eq(1)
+                        with m.If(last):
+                            m.d.sync += [k.eq(0), f.eq(f + 1), fstart.eq(fstart + bag)]
+                            with m.If(f + 1 == features):
+                                m.next = "DENSE"
                         with m.Else():
                             m.d.sync += k.eq(k + 1)
-                        m.d.sync += pos.eq(pos + 4)
             with m.State("DENSE"):
                 with m.If(d == dense_count):
                     m.next = "SKIP"
-                with m.Elif(~have):
-                    fetch()
-                with m.Else():
+                with m.Elif(word_of(dense_pos) != hidx):
+                    m.d.comb += pop.eq(hv)
+                with m.Elif(hv):
+                    dlast = d + 1 == dense_count
                     m.d.comb += [self.o_dense.payload.tag.eq(tag),
                                  self.o_dense.payload.data.eq(lane_e.as_signed()),
-                                 self.o_dense.payload.last.eq(d + 1 == dense_count),
+                                 self.o_dense.payload.last.eq(dlast),
                                  self.o_dense.valid.eq(1)]
                     with m.If(self.o_dense.ready):
-                        m.d.sync += [d.eq(d + 1), pos.eq(pos + eb)]
+                        m.d.comb += pop.eq(word_of(Mux(dlast, end_pos, dense_pos + eb)) != hidx)
+                        m.d.sync += d.eq(d + 1)
+                        with m.If(dlast):
+                            m.next = "SKIP"
             with m.State("SKIP"):
-                with m.If(widx < words):
-                    fetch()
+                with m.If(hidx < words):
+                    m.d.comb += pop.eq(hv)
                 with m.Else():
                     m.d.sync += [self.parsed.eq(self.parsed + 1), tag.eq(tag + 1)]
                     m.next = "IDLE"

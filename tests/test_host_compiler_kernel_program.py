@@ -85,7 +85,12 @@ def _check_capabilities(caps, k):
         assert t.n_desc == caps.descriptors_per_unit
     for u in k.units:
         assert u.n_desc == caps.descriptors_per_unit
-    assert k.dispatcher.max_entries >= caps.descriptors_per_unit
+    # the dispatcher holds one placement per feature; its fields reach every unit, descriptor
+    # and slot the capabilities promise
+    d = k.dispatcher
+    assert d.max_features >= caps.max_features and d.n_units == len(k.units) + len(k.onchip)
+    assert 1 << d.desc_bits >= caps.descriptors_per_unit
+    assert 1 << d.slot_bits >= caps.max_features
     assert tuple(k.mlp.shapes) == caps.top_engines
     assert k.concat.max_slots == caps.max_features and k.concat.max_concat == caps.max_concat
     # only engines whose output store holds logits may pass them on

@@ -13,7 +13,7 @@ from recfabric.host.model.spec import ModelSpec, SparseFeature
 from recfabric.host.model.synthetic import synthetic_batch
 from recfabric.host.model.weights import random_weights
 from recfabric.host.model.zoo import get_model
-from recfabric.host.runtime.accelerator import Accelerator, DeviceError, KernelError
+from recfabric.host.runtime.accelerator import Accelerator, Buffer, DeviceError, KernelError
 from recfabric.hw.config import get_preset
 from recfabric.hw.register_map import ERROR_NO_PROGRAM, NO_ERROR_REQUEST
 
@@ -138,6 +138,28 @@ def test_mismatched_configuration_is_refused(tmp_path):
         with Accelerator.open(backend, "small") as acc:
             with pytest.raises(DeviceError, match="recompile the model"):
                 acc.load(d)
+
+
+@pytest.mark.parametrize("name", ["tables0", "model", "requests", "results"])
+def test_unaligned_buffers_are_refused(tmp_path, name):
+    """The kernel's bursts assume page-aligned buffers (an unaligned request base made
+    RecordFetcher burst across 4 KiB, a formal finding): the driver refuses such buffers."""
+    spec, d, _ = compiled(tmp_path, "tiny", "tiny")
+    dense, sparse = synthetic_batch(spec, 2, seed=1)
+    with Accelerator.open("reference", "tiny") as acc:
+        allocate = acc.device.allocate
+
+        def shifted(buf_name, size, bank=None):
+            buf = allocate(buf_name, size + 64, bank)
+            if buf_name == name:
+                buf = Buffer(buf.name, buf.address + 64, size, buf.bank, buf.handle)
+            return buf
+
+        acc.device.allocate = shifted
+        with pytest.raises(DeviceError, match=f"buffer '{name}' .* not 4096-byte aligned"):
+            acc.load(d)
+            acc.infer(dense, sparse)
+        assert acc.device.runs == 0
 
 
 def test_inputs_validated_before_anything_runs(tmp_path):

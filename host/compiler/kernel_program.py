@@ -60,7 +60,7 @@ __all__ = ["KernelProgram", "KernelProgramImage", "build_program", "check_progra
 PROGRAM_BIN = "kernel_program.bin"
 PROGRAM_JSON = "kernel_program.json"
 PROGRAM_FORMAT = "recfabric-kernel-program"
-PROGRAM_VERSION = 1
+PROGRAM_VERSION = 2  # 2: one dispatcher placement per feature (streaming request path)
 
 
 # ---- checks against the kernel's capabilities (pure Python) -----------------------------------
@@ -359,6 +359,25 @@ def _groups(spec, descriptors):
     return out
 
 
+def _placements(slot, unit, desc, feats, fa, fb, cart) -> dict:
+    """Dispatcher placement entries (feature -> fields) of one table group.
+
+    A single feature is ``SINGLE``. Of a Cartesian pair ``(a, b)`` (row ``id_a * rows_b +
+    id_b``), the member the parser sends first (the lower feature index) is ``HOLD``, the other
+    ``PAIR``, which emits the lookup (:mod:`recfabric.hw.lookup_dispatcher`).
+    """
+    from ...hw.lookup_dispatcher import PlaceKind  # noqa: PLC0415
+
+    common = {"unit": unit, "slot": slot, "desc": desc}
+    if not cart:
+        return {feats[0]: {**common, "kind": PlaceKind.SINGLE}}
+    rows = {feats[0]: fa["rows"], feats[1]: fb["rows"]}
+    first, second = sorted(feats)
+    return {first: {"kind": PlaceKind.HOLD, "rows": rows[first]},
+            second: {**common, "kind": PlaceKind.PAIR, "rows": rows[second],
+                     "mult": fb["rows"], "partner": first, "a_held": int(first == feats[0])}}
+
+
 def hardware_column_order(spec, descriptors) -> list:
     """Spec positions of the top MLP's input, in the kernel's concatenation order."""
     offsets, pos = [], spec.dense_out
@@ -439,7 +458,7 @@ def build_program(spec, qm, plan, descriptors, images, config) -> KernelProgramI
     groups = _groups(spec, descriptors)
     d = descriptors
     n_mem = caps.mem_channels
-    entries = {u: [] for u in range(n_mem + caps.onchip_units)}
+    placements = {}  # feature -> PlacementLayout fields
     for g, (feats, ti) in enumerate(groups):
         t = d["tables"][ti]
         fa = d["features"][feats[0]]
@@ -477,15 +496,10 @@ def build_program(spec, qm, plan, descriptors, images, config) -> KernelProgramI
             for k, value in enumerate(words):
                 prog.add(Target.ONCHIP_LOAD + j, fm.onchip_load[j],
                          {"addr": base + k, "data": value}, "on-chip rows")
-        entries[unit].append({"slot": g, "desc": t["local_index"], "feat_a": feats[0],
-                              "feat_b": feats[1] if cart else 0, "cartesian": int(cart),
-                              "rows_a": fa["rows"], "rows_b": fb["rows"] if cart else 0})
-    for unit, es in entries.items():
-        for i, e in enumerate(es):
-            prog.add(Target.PLACE, fm.place, {"unit": unit, "index": i, "entry": e,
-                                              "set_count": 0, "count": 0}, "placements")
-        prog.add(Target.PLACE, fm.place, {"unit": unit, "index": 0, "entry": {},
-                                          "set_count": 1, "count": len(es)}, "placements")
+        placements.update(_placements(g, unit, t["local_index"], feats, fa, fb, cart))
+    # One placement per feature (LookupDispatcher keeps them in a memory indexed by feature).
+    for f in range(len(spec.sparse)):
+        prog.add(Target.PLACE, fm.place, {"feature": f, "entry": placements[f]}, "placements")
 
     # Concatenation: dense part first, then the groups in slot order.
     slots, pos = [], spec.dense_out

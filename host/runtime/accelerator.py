@@ -60,6 +60,7 @@ from .wire_format import (
 )
 
 __all__ = ["Accelerator", "InferenceResult", "open_device", "BACKENDS", "decode_errors",
+           "BUFFER_ALIGN", "check_aligned",
            # the device seam, re-exported for code written against recfabric.host.driver
            "Buffer", "BumpMemory", "Device", "DeviceError", "KernelError", "RegisterDevice"]
 
@@ -90,6 +91,24 @@ class InferenceResult:
     @property
     def probabilities(self) -> np.ndarray:
         return self.scores.astype(np.float64) / 65536.0
+
+
+#: Alignment the driver requires of every buffer it hands the kernel. The kernel's masters split
+#: bursts at 4 KiB boundaries counting from the base, in whole bus words: a base that is not a
+#: multiple of the bus word makes RecordFetcher issue bursts across 4 KiB (found by the formal
+#: proofs, hw/formal). Page alignment covers every bus width; XRT buffers and
+#: :class:`~recfabric.host.runtime.device.BumpMemory` buffers are 4 KiB aligned.
+BUFFER_ALIGN = 4096
+
+
+def check_aligned(buf: Buffer) -> Buffer:
+    """``buf``, or :class:`DeviceError` if its device address is not :data:`BUFFER_ALIGN`
+    aligned (the kernel would read or write across 4 KiB boundaries)."""
+    if buf.address % BUFFER_ALIGN:
+        raise DeviceError(f"buffer {buf.name!r} is at device address {buf.address:#x}, not "
+                          f"{BUFFER_ALIGN}-byte aligned: the kernel's AXI bursts assume aligned "
+                          "buffers (allocate them page-aligned, as BumpMemory and XRT do)")
+    return buf
 
 
 def decode_errors(errors: int) -> list[str]:
@@ -158,13 +177,14 @@ class Accelerator:
         for ch in range(self.config.mem_channels):
             image = cm.images.get(("channel", ch))
             data = np.asarray(image).tobytes() if image is not None else b""
-            buf = self.device.allocate(f"tables{ch}", max(len(data), 4096), bank=ch)
+            buf = check_aligned(self.device.allocate(f"tables{ch}", max(len(data), 4096),
+                                                     bank=ch))
             if data:
                 self.device.write(buf, data)
             self._buffers[f"tables{ch}"] = buf
             addresses[ch] = buf.address
         program = cm.program.patched(addresses)
-        buf = self.device.allocate("model", len(program))
+        buf = check_aligned(self.device.allocate("model", len(program)))
         self.device.write(buf, program)
         self._buffers["model"] = buf
         self.device.attach_model(cm)
@@ -179,7 +199,7 @@ class Accelerator:
     def _buffer(self, name, size):
         buf = self._buffers.get(name)
         if buf is None or buf.size < size:
-            buf = self.device.allocate(name, size)
+            buf = check_aligned(self.device.allocate(name, size))
             self._buffers[name] = buf
         return buf
 
