@@ -31,7 +31,6 @@ once every result record and the status block are in memory.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 from types import SimpleNamespace
 
@@ -436,49 +435,7 @@ def vitis_kernel(config: AcceleratorConfig):
     return top, ports
 
 
-@contextlib.contextmanager
-def fast_memory_init():
-    """Within the block, Amaranth's RTLIL back-end writes memory contents as one constant.
-
-    Amaranth 0.5 emits a memory's initial contents (zeros for ``init=[]``) as one net object per
-    bit before rendering them back into a string: the u280 kernel's ~55 Mbit of MLP weight,
-    on-chip table and concat memories cost about 55 M Python objects, minutes and GBs. This
-    writes the identical ``$meminit_v2`` cell (same text: ``tests/test_hw_kernel_build.py``
-    compares the output with and without it) straight from the integers. It replaces a private
-    method of ``amaranth.back.rtlil`` for the duration of the block only; if that method is not
-    there (another Amaranth version), nothing is changed.
-    """
-    from amaranth.back import rtlil
-    from amaranth.hdl import _nir
-
-    emitter = getattr(rtlil, "ModuleEmitter", None)
-    original = getattr(emitter, "emit_memory", None)
-    if original is None:
-        yield
-        return
-
-    def emit_memory(self, cell_idx, cell):
-        w, n = cell.width, cell.width * cell.depth
-        if any(cell.init):
-            mask = (1 << w) - 1
-            bits = "".join(format(r & mask, f"0{w}b") for r in reversed(cell.init))
-        else:
-            bits = "0" * n
-        self.builder.cell("$meminit_v2", ports={
-            "ADDR": self.sigspec(), "DATA": f"{n}'{bits}",
-            "EN": self.sigspec(_nir.Value.ones(w)),
-        }, parameters={"MEMID": self.memories[cell_idx].memid, "ABITS": 0, "WIDTH": w,
-                       "WORDS": cell.depth, "PRIORITY": 0}, src_loc=cell.src_loc)
-
-    emitter.emit_memory = emit_memory
-    try:
-        yield
-    finally:
-        emitter.emit_memory = original
-
-
 def generate_verilog(config: AcceleratorConfig, name: str = "recfabric_kernel") -> str:
     """Verilog of the kernel with Vitis port names (top module ``name``)."""
     top, ports = vitis_kernel(config)
-    with fast_memory_init():
-        return verilog.convert(top, name=name, ports=ports, emit_src=False)
+    return verilog.convert(top, name=name, ports=ports, emit_src=False)

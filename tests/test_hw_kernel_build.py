@@ -83,31 +83,6 @@ def test_bottom_mlp_configuration_is_refused_clearly():
         RecFabricKernel(get_preset("small").replace(mlp_bottom_shapes=((4, 4),)))
 
 
-def test_fast_memory_init_writes_identical_rtlil():
-    """generate_verilog's shortcut for memory contents changes nothing in the output."""
-    from amaranth.back import rtlil
-    from amaranth.hdl import Module, Signal, signed
-    from amaranth.lib.memory import Memory
-
-    from recfabric.hw.kernel import fast_memory_init, vitis_kernel
-
-    def designs():
-        top, ports = vitis_kernel(get_preset("tiny"))
-        yield top, ports
-        m = Module()  # non-zero, negative and zero rows
-        m.submodules.mem = mem = Memory(shape=signed(12), depth=7, init=[5, -3, 0, 2047, -2048])
-        rp = mem.read_port()
-        a, o = Signal(3), Signal(signed(12))
-        m.d.comb += [rp.addr.eq(a), o.eq(rp.data)]
-        yield m, [a, o]
-
-    plain = [rtlil.convert(d, ports=p, emit_src=False) for d, p in designs()]
-    with fast_memory_init():
-        fast = [rtlil.convert(d, ports=p, emit_src=False) for d, p in designs()]
-    assert "$meminit_v2" in plain[0] and "$meminit_v2" in plain[1]
-    assert fast == plain
-
-
 def test_kernel_for_formats_builds_without_unused_warnings():
     """The host builds a kernel only for its blocks' load formats: no UnusedElaboratable."""
     # Amaranth reports unused elaboratables only once something was elaborated in the process.
