@@ -446,6 +446,6 @@ def register(subparsers):
                    help="pause probability per cycle on every AXI channel (default 0.2)")
     s.add_argument("--max-batch", type=int, default=48)
     s.add_argument("--dense-only", action="store_true",
-                   help="only models with dense features (avoids issue 10 item 1)")
+                   help="only models with dense features")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=_cmd_soak)
