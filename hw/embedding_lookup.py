@@ -81,6 +81,7 @@ __all__ = [
     "TableDescriptorLayout",
     "DescriptorWriteLayout",
     "LookupErrorSignature",
+    "descriptor_written",
     "PoolContextLayout",
     "BeatLayout",
     "RowPooler",
@@ -92,6 +93,25 @@ __all__ = [
 def _positive(name, value):
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise TypeError(f"{name} must be a positive integer, not {value!r}")
+
+
+def descriptor_written(m, write_port, i_lookup, n_desc):
+    """Whether the descriptor ``i_lookup`` names was written since reset, registered like a
+    memory read (valid the cycle after the lookup is accepted, beside the descriptor data).
+
+    Descriptors live in a :class:`~amaranth.lib.memory.Memory`, which keeps its contents over a
+    reset; a descriptor not written since is invalid. One register bit per descriptor (``n_desc``
+    bits) records the writes.
+    """
+    written = Signal(n_desc, name="desc_written")
+    with m.If(write_port.en):
+        m.d.sync += written.bit_select(write_port.addr, 1).eq(1)
+    written1 = Signal(name="desc_written1")
+    desc = i_lookup.payload.desc
+    with m.If(i_lookup.ready):
+        m.d.sync += written1.eq(written.bit_select(desc, 1) |
+                                (write_port.en & (write_port.addr == desc)))
+    return written1
 
 
 class LookupErrorSignature(wiring.Signature):
@@ -457,16 +477,7 @@ class EmbeddingLookupUnit(wiring.Component):
 
         m.d.comb += [d_rp.addr.eq(self.i_lookup.payload.desc), d_rp.en.eq(self.i_lookup.ready)]
         e1 = d_rp.data
-        # Which descriptors were written since reset (registers, ``n_desc`` bits): a memory
-        # keeps its contents over a reset, and a descriptor not written since is invalid.
-        written = Signal(self.n_desc, name="desc_written")
-        with m.If(d_wp.en):
-            m.d.sync += written.bit_select(d_wp.addr, 1).eq(1)
-        written1 = Signal()  # beside ``e1``: read as the lookup is accepted
-        with m.If(self.i_lookup.ready):
-            m.d.sync += written1.eq(written.bit_select(self.i_lookup.payload.desc, 1) |
-                                    (d_wp.en & (d_wp.addr == self.i_lookup.payload.desc)))
-        e1_ok = e1.ok & written1
+        e1_ok = e1.ok & descriptor_written(m, d_wp, self.i_lookup, self.n_desc)
         desc_in_range = s1.desc < self.n_desc
         row_ok = s1.row < e1.desc.rows
         m.d.comb += self.i_lookup.ready.eq(~v1 | adv2)

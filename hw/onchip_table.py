@@ -23,7 +23,7 @@ from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .embedding_lookup import LookupErrorSignature, RowPooler
+from .embedding_lookup import LookupErrorSignature, RowPooler, descriptor_written
 from .stream_types import (
     DescriptorWriteLayout,
     LookupErrorCause,
@@ -193,16 +193,7 @@ class OnChipTable(wiring.Component):
 
         m.d.comb += [d_rp.addr.eq(self.i_lookup.payload.desc), d_rp.en.eq(self.i_lookup.ready)]
         e1 = d_rp.data
-        # Which descriptors were written since reset (registers, ``n_desc`` bits): a memory
-        # keeps its contents over a reset, and a descriptor not written since is invalid.
-        written = Signal(self.n_desc, name="desc_written")
-        with m.If(d_wp.en):
-            m.d.sync += written.bit_select(d_wp.addr, 1).eq(1)
-        written1 = Signal()  # beside ``e1``: read as the lookup is accepted
-        with m.If(self.i_lookup.ready):
-            m.d.sync += written1.eq(written.bit_select(self.i_lookup.payload.desc, 1) |
-                                    (d_wp.en & (d_wp.addr == self.i_lookup.payload.desc)))
-        e1_ok = e1.ok & written1
+        e1_ok = e1.ok & descriptor_written(m, d_wp, self.i_lookup, self.n_desc)
         m.d.comb += self.i_lookup.ready.eq(~v1 | adv2)
         with m.If(adv2):
             m.d.sync += v2.eq(v1)
