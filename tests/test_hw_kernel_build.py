@@ -99,3 +99,11 @@ def test_kernel_for_formats_builds_without_unused_warnings():
         gc.collect()
     unused = [str(w.message) for w in caught if issubclass(w.category, UnusedElaboratable)]
     assert [m for m in unused if m.split(" created")[0] in ours] == []
+
+
+def test_build_verilog_matches_kernel_xml(build_dir):
+    """Issue 15: every port, width, argument offset and the IP name of the real `recfabric build`
+    output against each other (the check is tests/test_xrt_kernel_xml.py's, on this build)."""
+    from .test_xrt_kernel_xml import check_build_dir
+
+    check_build_dir(build_dir, get_preset("tiny"))
