@@ -238,8 +238,10 @@ v++ --link --target hw --platform {platform} --config connectivity.cfg {name}.xo
     -o recfabric.xclbin
 ```
 
-Then, on the card's host: `Accelerator.open(backend="xrt", config="{config}",
-xclbin="recfabric.xclbin")` (see the project README).
+Then, on the card's host: `recfabric demo --config {config} --backend xrt --xclbin
+recfabric.xclbin`, or `Accelerator.open(backend="xrt", config="{config}",
+xclbin="recfabric.xclbin")`. The project's docs/alveo.md has every step, and what to do after a
+run times out.
 """
 
 

@@ -15,10 +15,11 @@ instead. It follows the binding's source (``src/python/pybind11/src/pyxrt.cpp``)
 - ``wait(ms)`` returns an ``ert_cmd_state``; a run that never completes (``Card.hang``, or a
   run queued behind one: pyxrt has no abort) returns ``ERT_CMD_STATE_TIMEOUT``; ``wait(0)`` on
   it would block forever and raises here instead, so a test sees the bug instead of hanging;
-- memory banks: the "xclbin" is a directory holding the generated ``kernel.xml`` and
-  ``connectivity.cfg``; ``kernel.group_id(i)`` is the ``HBM[n]`` of the ``sp=`` line of argument
-  ``i``'s port. A buffer in another bank is copied by XRT into the connected bank with a warning
-  (``validate_bo_at_index``): here too, so what the kernel writes is lost to the host buffer;
+- memory banks: the "xclbin" is a file holding the generated ``kernel.xml`` and
+  ``connectivity.cfg`` (:func:`write_xclbin`); ``kernel.group_id(i)`` is the ``HBM[n]`` of the
+  ``sp=`` line of argument ``i``'s port. A buffer in another bank is copied by XRT into the
+  connected bank with a warning (``validate_bo_at_index``): here too, so what the kernel writes
+  is lost to the host buffer;
 - host and device copies are distinct: data reaches the kernel only after ``sync(TO_DEVICE)``
   and the host only after ``sync(FROM_DEVICE)``;
 - a pointer argument never set is a 0 pointer: the kernel reads address 0 and never finishes;
@@ -31,6 +32,7 @@ The kernel itself is the ``reference`` backend (behavioural model) running on th
 from __future__ import annotations
 
 import enum
+import json
 import re
 import types
 import warnings
@@ -76,19 +78,30 @@ def _c_int(v, lo=INT_MIN, hi=INT_MAX) -> bool:
     return lo <= v.__index__() <= hi
 
 
+def write_xclbin(path, config, board: str = "u55c") -> Path:
+    """Write the stand-in's "xclbin" for ``config``: JSON holding the generated kernel.xml and
+    connectivity.cfg (what ``v++ --link`` consumes; a real xclbin carries what they say)."""
+    from recfabric.hw.vitis_package import connectivity_cfg, kernel_xml
+
+    path = Path(path)
+    path.write_text(json.dumps({"kernel.xml": kernel_xml(config),
+                                "connectivity.cfg": connectivity_cfg(config, board)}))
+    return path
+
+
 class XclbinFiles:
-    """What the stand-in reads from an "xclbin" (a directory with kernel.xml and
-    connectivity.cfg, the files v++ --link consumes)."""
+    """What the stand-in reads from an "xclbin" (:func:`write_xclbin`)."""
 
     def __init__(self, path: str):
-        d = Path(path)
-        if not (d / "kernel.xml").is_file() or not (d / "connectivity.cfg").is_file():
-            raise RuntimeError(f"Could not open xclbin file '{path}'")
-        k = ET.parse(d / "kernel.xml").getroot().find("kernel")
+        try:
+            files = json.loads(Path(path).read_text())
+        except (OSError, ValueError):
+            raise RuntimeError(f"Could not open xclbin file '{path}'") from None
+        k = ET.fromstring(files["kernel.xml"]).find("kernel")
         self.kernel = k.get("name")
         self.args = [(a.get("name"), a.get("port"), int(a.get("addressQualifier")))
                      for a in sorted(k.find("args"), key=lambda a: int(a.get("id")))]
-        text = (d / "connectivity.cfg").read_text()
+        text = files["connectivity.cfg"]
         self.banks = {m[2]: int(m[3]) for m in re.finditer(
             r"^sp=(\w+)_1\.(\w+):HBM\[(\d+)\]$", text, re.MULTILINE) if m[1] == self.kernel}
         self.uuid = f"uuid-{self.kernel}"
@@ -109,6 +122,9 @@ class Card:
         XRT's warning messages (bank copies).
     calls : list
         The pyxrt calls the driver made, in order.
+    cycles : int
+        If not 0, written as each run's ``cycles`` counter (a placeholder, not a measurement:
+        the reference model counts no cycles).
     """
 
     def __init__(self, config, compiled=None):
@@ -121,6 +137,7 @@ class Card:
         self.loaded: XclbinFiles | None = None
         self.warnings: list[str] = []
         self.calls: list = []
+        self.cycles = 0  # if set: written as the status block's cycles (a placeholder)
         self.completed = 0
 
 
@@ -340,7 +357,16 @@ def make_pyxrt(card: Card, flavour: str = "master") -> types.ModuleType:
                 self._state = ert_cmd_state.ERT_CMD_STATE_SUBMITTED
                 return
             card.ref.attach_model(card.compiled)
-            card.ref.run({n: self.args.get(i, 0) for i, n in enumerate(names)}, 1.0)
+            args = {n: self.args.get(i, 0) for i, n in enumerate(names)}
+            card.ref.run(args, 1.0)
+            if card.cycles:  # the reference model counts no cycles; a placeholder if asked
+                from recfabric.host.runtime.wire_format import RequestLayout
+                from recfabric.hw.register_map import STATUS_BASE, STATUS_REGS, status_block_offset
+
+                lay = RequestLayout.for_config(card.compiled.quantized_model(), card.config)
+                at = status_block_offset(args["batch"] * lay.result_record_bytes) + \
+                    STATUS_REGS["cycles_lo"] - STATUS_BASE
+                card.ref.write(args["results"], card.cycles.to_bytes(4, "little"), at)
             card.completed += 1
             self._state = ert_cmd_state.ERT_CMD_STATE_COMPLETED
 

@@ -20,7 +20,7 @@ from recfabric.hw.config import get_preset
 from recfabric.hw.register_map import kernel_args
 from recfabric.hw.vitis_package import connectivity_cfg, kernel_name, kernel_xml
 
-from .pyxrt_standin import FLAVOURS, Card, make_pyxrt, xclBOSyncDirection
+from .pyxrt_standin import FLAVOURS, Card, make_pyxrt, write_xclbin, xclBOSyncDirection
 
 CFG = get_preset("tiny")
 BOARD = "u55c"
@@ -33,10 +33,7 @@ def model(tmp_path_factory):
     spec = get_model("tiny")
     d = tmp / "tiny"
     compile_model(spec, random_weights(spec, seed=0), CFG, d, seed=0)
-    xclbin = tmp / "tiny.xclbin"  # the stand-in's xclbin: the files v++ --link consumes
-    xclbin.mkdir()
-    (xclbin / "kernel.xml").write_text(kernel_xml(CFG))
-    (xclbin / "connectivity.cfg").write_text(connectivity_cfg(CFG, BOARD))
+    xclbin = write_xclbin(tmp / "tiny.xclbin", CFG, BOARD)  # the files v++ --link consumes
     return spec, d, load_compiled(d), xclbin
 
 
@@ -250,6 +247,33 @@ def test_argument_indices_are_the_kernel_xml_ids(model):
     """The driver's argument order is kernel.xml's id order (set_arg takes the index)."""
     import xml.etree.ElementTree as ET
 
-    k = ET.parse(model[3] / "kernel.xml").getroot().find("kernel")
+    k = ET.fromstring(kernel_xml(CFG)).find("kernel")
     ids = {a.get("name"): int(a.get("id")) for a in k.find("args")}
     assert ids == {a.name: i for i, a in enumerate(kernel_args(CFG.mem_channels))}
+
+
+def test_recfabric_demo_on_the_xrt_backend(monkeypatch, model, capsys):
+    """`recfabric demo --backend xrt --xclbin FILE` (docs/alveo.md) on the stand-in: == golden;
+    a run that times out is one error line saying how to recover, exit code 2."""
+    import json
+
+    from recfabric.host.cli import main
+
+    card = Card(CFG)
+    card.cycles = 1000  # placeholder: demo divides by the cycles counter
+    monkeypatch.setitem(sys.modules, "pyxrt", make_pyxrt(card, "master"))
+    # the stand-in's kernel is the reference model, which takes the compiled model from the host
+    monkeypatch.setattr(XRTDevice, "attach_model",
+                        lambda self, cm: setattr(card, "compiled", cm), raising=False)
+    argv = ["demo", "--model", "tiny", "--config", "tiny", "--backend", "xrt", "--xclbin",
+            str(model[3]), "--batch", "4", "--json"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["match"] is True and card.completed == 2  # the model load run and the batch
+    card.hang = True
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "did not finish within 60 s (ERT_CMD_STATE_TIMEOUT)" in err
+    assert "xrt-smi reset" in err
