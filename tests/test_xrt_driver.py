@@ -277,3 +277,23 @@ def test_recfabric_demo_on_the_xrt_backend(monkeypatch, model, capsys):
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "did not finish within 60 s (ERT_CMD_STATE_TIMEOUT)" in err
     assert "xrt-smi reset" in err
+
+
+def test_xrt_errors_in_start_and_wait_are_reported_with_xrt_message(monkeypatch, model):
+    card, acc = open_card(monkeypatch, model)
+    acc.load(model[1])
+    x = sys.modules["pyxrt"]
+
+    def fail(self, *a):
+        raise RuntimeError("failed to launch execution buffer: Invalid argument")
+
+    monkeypatch.setattr(x.run, "start", fail)
+    with pytest.raises(DeviceError, match="could not start: XRT says: failed to launch"):
+        acc.device.run(_args(acc), 1.0)
+    assert acc.device.usable  # nothing was queued
+    monkeypatch.undo()
+    monkeypatch.setitem(sys.modules, "pyxrt", x)
+    monkeypatch.setattr(x.run, "wait", fail)
+    with pytest.raises(DeviceError, match="unusable: waiting for kernel run 2 .*xrt-smi reset"):
+        acc.device.run(_args(acc), 1.0)
+    assert not acc.device.usable

@@ -244,8 +244,16 @@ class XRTDevice(Device):
         self._set_args(r, args)
         self._runs += 1
         what = f"kernel run {self._runs} (batch {args['batch']})"
-        r.start()
-        state = r.wait(ms)
+        try:
+            r.start()
+        except Exception as e:  # noqa: BLE001 - nothing was queued: the device stays usable
+            raise DeviceError(f"{what} could not start: XRT says: {e}") from e
+        try:
+            state = r.wait(ms)
+        except Exception as e:  # noqa: BLE001 - the run's fate is unknown: as a timeout
+            self._unusable = (f"xrt device unusable: waiting for {what} failed ({e}); "
+                              f"{recovery_hint(self.device_index)}")
+            raise DeviceError(self._unusable) from e
         states = self._xrt.ert_cmd_state
         if state == states.ERT_CMD_STATE_COMPLETED:
             return
