@@ -90,7 +90,8 @@ def test_build_writes_the_capabilities(tmp_path, monkeypatch):
     tests/test_hw_kernel_build.py builds the real Verilog)."""
     import recfabric.hw.kernel as kernel
 
-    monkeypatch.setattr(kernel, "generate_verilog", lambda config: "module recfabric_kernel;\n")
+    monkeypatch.setattr(kernel, "generate_verilog",
+                        lambda config, name: f"module {name}(ap_clk);\nendmodule\n")
     assert main(["build", "--config", "u280-int8", "-o", str(tmp_path)]) == 0
     caps = json.loads((tmp_path / "capabilities.json").read_text())
     assert caps == json.loads(json.dumps(get_preset("u280-int8").capabilities().to_json()))

@@ -192,7 +192,9 @@ class Accelerator:
 
     def reset(self) -> None:
         """Reset the kernel (after a timeout, for instance); the model loaded before is loaded
-        into the kernel again by the next run (a reset erases the kernel program)."""
+        into the kernel again by the next run (a reset erases the kernel program). The ``xrt``
+        backend cannot reset a kernel through pyxrt: it raises :class:`DeviceError` saying how to
+        reset the card (docs/alveo.md)."""
         self.device.reset()
         self._needs_load = self.model is not None
 
