@@ -71,7 +71,7 @@ class MLPCycleModel:
         Engine array shapes.
     widths : sequence of int
         Layer widths ``K0, N0(=K1), ..., N_last``; fewer layers than engines are padded with
-        identity layers of width ``N_last`` (what :func:`~recfabric.hw.mlp.mlp_load_words`
+        identity layers of width ``N_last`` (what :func:`~recfabric.hw.mlp.mlp_load_image`
         does).
     banks : int
         Banks per activation buffer.
