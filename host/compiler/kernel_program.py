@@ -66,6 +66,7 @@ from .table_layout import TableLayout
 
 __all__ = ["KernelProgram", "KernelProgramImage", "build_program", "check_program",
            "engine_assignment", "hardware_column_order", "read_program", "write_program",
+           "program_word_counts", "onchip_beats",
            "PROGRAM_BIN", "PROGRAM_JSON", "PROGRAM_FORMAT", "PROGRAM_VERSION"]
 
 PROGRAM_BIN = "kernel_program.bin"
@@ -585,3 +586,59 @@ def build_program(spec, qm, plan, descriptors, images, config) -> KernelProgramI
             raise
         raise CompileError(f"model {spec.name!r}: {e}") from None
     return prog.image()
+
+
+def program_word_counts(spec, plan, config) -> dict:
+    """Words of the program that loads ``spec`` planned as ``plan`` into the kernel of
+    ``config``, counted without building it (no weights, no table images): what
+    :func:`build_program` writes (``tests/test_host_compiler_kernel_program.py`` checks the
+    two agree), and what :func:`~recfabric.host.compiler.cycle_model.program_load_cycles`
+    models for plans the kernel cannot run yet (the ``plan`` may come from capabilities the
+    kernel does not have: the counts follow the same rules).
+
+    Returns a dict: ``words`` (header included), ``commands``, ``beats``, and the beats of
+    ``mlp_weights``, ``mlp_biases`` and ``onchip_rows``.
+    """
+    import math  # noqa: PLC0415
+
+    from ...hw.concat_stage import concat_desc_words  # noqa: PLC0415
+    from ...hw.mlp import BeatPacking  # noqa: PLC0415
+
+    caps = config.capabilities()
+    fm = _kernel_formats(config)
+    n_sparse = len(spec.sparse)
+    commands = 5 + n_sparse + n_sparse  # parser parameters, placements
+    commands += sum(1 for t in plan.tables)  # unit and on-chip descriptors
+    slots, pos = [], spec.dense_out
+    for g in plan.groups:
+        length = sum(spec.sparse[f].dim for f in g.features)
+        slots.append((pos, length))
+        pos += length
+    commands += len(concat_desc_words(fm.concat_stage, slots, dense=(0, spec.dense_out),
+                                      total=pos))
+    beats = {"mlp_weights": 0, "mlp_biases": 0, "onchip_rows": 0}
+    layers = spec.layer_shapes()["top"]
+    where = engine_assignment(layers, caps)
+    for e, (kw, i) in enumerate(zip(fm.pipeline.engine_kwargs(), where)):
+        if i is None:  # an identity layer keeps the width of what reaches it
+            prev = [j for j in where[:e] if j is not None]
+            k = n = layers[prev[-1]][1] if prev else layers[0][0]
+        else:
+            k, n = layers[i]
+        pk = BeatPacking(rows=kw["rows"], cols=kw["cols"], data_bits=kw["data_bits"],
+                         acc_bits=kw["acc_bits"], beat_bits=kw["beat_bits"])
+        kt, nt = math.ceil(k / pk.cols), math.ceil(n / pk.rows)
+        beats["mlp_weights"] += pk.groups * kt * nt
+        beats["mlp_biases"] += pk.bias_groups * nt
+        commands += pk.groups + pk.bias_groups + 5  # block commands, descriptors
+    for j in range(caps.onchip_units):
+        spans = [(t.offset, t.offset + t.nbytes) for t in plan.tables
+                 if t.memory == "onchip" and t.location == j]
+        if spans:
+            beat_bytes = caps.onchip_word_bits // 8 * fm.onchip_words_per_beat[j]
+            lo = min(a for a, _ in spans) // beat_bytes
+            hi = -(-max(b for _, b in spans) // beat_bytes)
+            beats["onchip_rows"] += hi - lo
+            commands += 1
+    total = sum(beats.values())
+    return {"words": 1 + commands + total, "commands": commands, "beats": total, **beats}

@@ -104,8 +104,10 @@ class BeatPacking:
     """How one engine's weights and biases are packed into beats (host and hardware agree).
 
     Weights: a beat holds ``lanes = beat_bits // data_bits`` weights, all at one weight address,
-    for a rectangle of ``g`` array rows by ``w`` columns: ``w = min(cols, lanes)``, ``g =
-    min(rows, lanes // cols)`` when a whole row fits (``cols <= lanes``), else 1. PE (``r``,
+    for a rectangle of ``g`` array rows by ``w`` columns (``g * w <= lanes``), the one that
+    needs the fewest groups ``ceil(rows / g) * ceil(cols / w)`` (ties: the widest ``w``), so a
+    beat carries as many real weights as the array's shape allows: 32 x 64 and 64 x 32 arrays
+    fill every lane of every int16 beat, and so does 16 x 48 (``g = 2``, ``w = 16``). PE (``r``,
     ``c``) is written by beats of group ``(r // g) * col_groups + c // w`` from lane ``(r % g) *
     w + c % w``; every PE of a group is written in the same cycle. A block of group ``q`` and
     start address ``a`` writes addresses ``a, a+1, ...`` of every PE of the group.
@@ -124,8 +126,13 @@ class BeatPacking:
         if self.lanes < 1 or self.bias_lanes < 1:
             raise ValueError(f"a {beat_bits}-bit beat cannot hold a {data_bits}-bit weight and "
                              f"an {acc_bits}-bit bias")
-        self.w = min(cols, self.lanes)
-        self.g = max(1, min(rows, self.lanes // cols)) if cols <= self.lanes else 1
+        best = None
+        for w in range(min(cols, self.lanes), 0, -1):
+            g = min(rows, self.lanes // w)
+            n = math.ceil(rows / g) * math.ceil(cols / w)
+            if best is None or n < best[0]:
+                best = (n, g, w)
+        _, self.g, self.w = best
         self.col_groups = math.ceil(cols / self.w)
         self.row_groups = math.ceil(rows / self.g)
         self.groups = self.row_groups * self.col_groups
