@@ -22,8 +22,8 @@ A run: the host writes the arguments (:func:`recfabric.hw.register_map.kernel_ar
 the model buffer (:mod:`recfabric.host.compiler.kernel_program` builds it): a header word, then
 command words ``target | payload << 8`` (:class:`Target`), each routed to a block's configuration
 stream, and ``BLOCK`` commands, each followed by its data beats, which go one per cycle to a
-block's wide load port (MLP weights and biases, on-chip rows). Then it reads ``batch`` request records, and finishes (``ap_done``)
-once every result record and the status block are in memory.
+block's wide load port (MLP weights and biases, on-chip rows). Then it reads ``batch`` request
+records, and finishes (``ap_done``) once every result record and the status block are in memory.
 
 :class:`RecFabricKernel` is the Amaranth component (ports are wiring members, as tests use them);
 :func:`vitis_kernel` wraps it with Vitis names (``ap_clk``, ``ap_rst_n``, ``s_axi_control_*``,

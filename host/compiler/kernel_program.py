@@ -27,9 +27,9 @@ parser parameters, placements and concat descriptors stay one per command word (
 ``words`` (header included), ``commands`` (command words, block commands included), ``beats``
 (data words), ``config`` / ``config_hash``, ``sha256`` of the ``.bin``, ``counts`` (words per
 kind, a block's command word and its beats counted under its kind) and ``table_addresses``: one
-entry per lookup-unit descriptor, ``{"word", "lsb", "width", "channel"}``. The field of ``width`` bits starting at bit
-``lsb`` of word ``word`` holds the table's byte offset within channel ``channel``'s buffer; at
-load, the buffer's device address is added to it.
+entry per lookup-unit descriptor, ``{"word", "lsb", "width", "channel"}``. The field of
+``width`` bits starting at bit ``lsb`` of word ``word`` holds the table's byte offset within
+channel ``channel``'s buffer; at load, the buffer's device address is added to it.
 
 Mapping decisions, and why:
 

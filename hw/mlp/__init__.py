@@ -25,11 +25,12 @@ between tiles or between back-to-back requests. The initiation interval of the p
 largest of these (see :mod:`recfabric.host.compiler.cycle_model`); sizing ``rows``/``cols`` per
 layer in proportion to each layer's MACs balances it.
 
-Runtime data (see :func:`mlp_load_image`): weights and biases as packed beats through ``i_block``
-(:class:`BeatPacking`: one beat per cycle writes a whole group of PEs at one address, docs/mlp.md),
-and per-engine descriptors through ``i_load`` (:class:`MLPLoadLayout`: tile counts, requantize
-shift, rounding, ReLU, saturation width, output length). A model with narrower layers, or fewer layers (padded with
-identity layers at the end, int16 only), runs on the same hardware. Loading while requests are
+Runtime data (see :func:`mlp_load_image`): weights and biases as packed beats through
+``i_block`` (:class:`BeatPacking`: one beat per cycle writes a whole group of PEs at one
+address, docs/mlp.md), and per-engine descriptors through ``i_load`` (:class:`MLPLoadLayout`:
+tile counts, requantize shift, rounding, ReLU, saturation width, output length). A model with
+narrower layers, or fewer layers (padded with identity layers at the end, int16 only), runs on
+the same hardware. Loading while requests are
 in flight is not supported.
 """
 

@@ -19,8 +19,8 @@ from recfabric.host import numerics as nx
 
 from ..stream_types import index_bits as _bits_for
 
-__all__ = ["LoadKind", "Desc", "MLPLoadLayout", "MLPBlockSel", "BeatPacking", "FLAG_RELU", "FLAG_FLOOR", "FLAG_LOGIT",
-           "SHIFT_MIN", "SHIFT_MAX"]
+__all__ = ["LoadKind", "Desc", "MLPLoadLayout", "MLPBlockSel", "BeatPacking", "FLAG_RELU",
+           "FLAG_FLOOR", "FLAG_LOGIT", "SHIFT_MIN", "SHIFT_MAX"]
 
 #: Legal requantize shifts: stated by the numerics spec, re-exported here.
 SHIFT_MIN, SHIFT_MAX = nx.SHIFT_MIN, nx.SHIFT_MAX
