@@ -65,7 +65,8 @@ PROGRAM_MAGIC = 0x67704652
 #: Bits 64..95 of the header word: the program format the kernel executes (3: packed blocks).
 #: A header with another value leaves no valid program, as a wrong magic does.
 PROGRAM_FORMAT = 3
-#: Width of the model master: one command word must hold the widest payload (on-chip rows).
+#: Width of the model master: a command word holds the widest command payload; a data beat is
+#: one word (32 int16 or 64 int8 weights, two on-chip RAM words).
 MODEL_DATA_WIDTH = 512
 #: ``flags`` argument bit 0: execute the kernel program before the batch.
 FLAG_LOAD = 1
