@@ -10,16 +10,26 @@ kernel elaboration.
 
 Program layout (little-endian, :data:`~recfabric.hw.kernel.MODEL_DATA_WIDTH`-bit words)::
 
-    word 0       magic "RFpg" (u32) | command count (u32) | zero
-    word 1..n    target (u8, :class:`~recfabric.hw.kernel.Target`) | payload (the target
+    word 0       magic "RFpg" (u32) | words after the header (u32) | format 3 (u32) | zero
+    then         command words and blocks, in any order:
+      command    target (u8, :class:`~recfabric.hw.kernel.Target`) | payload (the target
                  stream's payload bits, LSB first) | zero
+      block      target BLOCK | :class:`~recfabric.hw.kernel.BlockCommandLayout` (sink, sel,
+                 addr, beats), then ``beats`` data words, each written whole to the sink
+                 (``sel`` and address ``addr + k``), one per cycle
 
-``kernel_program.json`` (format ``recfabric-kernel-program`` version 1): ``word_bits``,
-``words`` (header included), ``commands``, ``config`` / ``config_hash``, ``sha256`` of the
-``.bin``, ``counts`` (commands per kind) and ``table_addresses``: one entry per lookup-unit
-descriptor, ``{"word", "lsb", "width", "channel"}``. The field of ``width`` bits starting at bit
-``lsb`` of word ``word`` holds the table's byte offset within channel ``channel``'s buffer; at
-load, the buffer's device address is added to it.
+Data beats are dense: an MLP weight beat holds ``512 // data_bits`` weights (32 int16, 64 int8)
+of one group of PEs at one weight address, a bias beat ``512 // acc_bits`` biases
+(:class:`~recfabric.hw.mlp.BeatPacking`), an on-chip beat two 256-bit RAM words. Descriptors,
+parser parameters, placements and concat descriptors stay one per command word (they are few).
+
+``kernel_program.json`` (format ``recfabric-kernel-program`` version 3): ``word_bits``,
+``words`` (header included), ``commands`` (command words, block commands included), ``beats``
+(data words), ``config`` / ``config_hash``, ``sha256`` of the ``.bin``, ``counts`` (words per
+kind, a block's command word and its beats counted under its kind) and ``table_addresses``: one
+entry per lookup-unit descriptor, ``{"word", "lsb", "width", "channel"}``. The field of
+``width`` bits starting at bit ``lsb`` of word ``word`` holds the table's byte offset within
+channel ``channel``'s buffer; at load, the buffer's device address is added to it.
 
 Mapping decisions, and why:
 
@@ -32,7 +42,8 @@ Mapping decisions, and why:
 * Plans hold every table once, whole, in one channel or unit (the planner works within the
   kernel's :class:`~recfabric.hw.config.KernelCapabilities`: one copy, no row splits, pairs
   only); :func:`check_program` asserts it.
-* On-chip tables are loaded word by word from the on-chip image, which the one table layout
+* On-chip tables are loaded as one block per unit covering the unit's tables, beat by beat from
+  the on-chip image, which the one table layout
   (:mod:`~recfabric.host.compiler.table_layout`) already lays out in RAM words.
 * A top MLP with fewer layers than engines is padded with identity layers
   (:func:`engine_assignment`): after the last layer when the hidden elements can hold logits
@@ -55,12 +66,15 @@ from .table_layout import TableLayout
 
 __all__ = ["KernelProgram", "KernelProgramImage", "build_program", "check_program",
            "engine_assignment", "hardware_column_order", "read_program", "write_program",
+           "program_word_counts", "onchip_beats",
            "PROGRAM_BIN", "PROGRAM_JSON", "PROGRAM_FORMAT", "PROGRAM_VERSION"]
 
 PROGRAM_BIN = "kernel_program.bin"
 PROGRAM_JSON = "kernel_program.json"
 PROGRAM_FORMAT = "recfabric-kernel-program"
-PROGRAM_VERSION = 2  # 2: one dispatcher placement per feature (streaming request path)
+# 2: one dispatcher placement per feature (streaming request path); 3: packed blocks (dense
+# weights, biases and on-chip rows; the header carries the format, the kernel checks it)
+PROGRAM_VERSION = 3
 
 
 # ---- checks against the kernel's capabilities (pure Python) -----------------------------------
@@ -202,7 +216,7 @@ def read_program(directory) -> KernelProgramImage:
     if meta.get("format") != PROGRAM_FORMAT or meta.get("version") != PROGRAM_VERSION:
         raise ValueError(f"{meta_path}: format {meta.get('format')!r} version "
                          f"{meta.get('version')!r}, expected {PROGRAM_FORMAT!r} "
-                         f"{PROGRAM_VERSION}")
+                         f"{PROGRAM_VERSION}: recompile the model (`recfabric compile`)")
     data = bin_path.read_bytes()
     if len(data) != meta["words"] * meta["word_bits"] // 8:
         raise ValueError(f"{bin_path} has {len(data)} bytes; {meta_path.name} says "
@@ -237,12 +251,16 @@ def _kernel_formats(config):
     def shape(port):
         return port.payload.shape()
 
+    from ...hw.kernel import BlockCommandLayout  # noqa: PLC0415
+
     k = kernel_for_formats(config)
     c, mlp = k.concat, k.mlp
     kw = mlp.engine_kwargs()
     return SimpleNamespace(
         parser=shape(k.parser.i_param), place=shape(k.dispatcher.i_place),
-        concat=shape(c.i_desc), mlp=shape(mlp.i_load),
+        concat=shape(c.i_desc), mlp=shape(mlp.i_load), mlp_block_sel=mlp.block_sel,
+        block=BlockCommandLayout(),
+        onchip_words_per_beat=[t.words_per_beat for t in k.onchip],
         unit_desc=[shape(u.i_desc) for u in k.units],
         onchip_desc=[shape(t.i_desc) for t in k.onchip],
         onchip_load=[shape(t.i_load) for t in k.onchip],
@@ -313,35 +331,74 @@ class KernelProgram:
         self.config = config
         self.word_bits = word_bits
         self.words: list[int] = []
+        self.commands = 0
         self.counts: dict[str, int] = {}
         self.table_fields: list[dict] = []
         self._encoders: dict[int, FieldEncoder] = {}
 
-    def add(self, target: int, layout, fields, what: str) -> int:
-        """Append one command; returns its word index (the header is word 0)."""
+    def encode(self, layout, fields) -> int:
+        """``fields`` packed as ``layout`` (:class:`FieldEncoder`, one per layout)."""
         enc = self._encoders.get(id(layout))
         if enc is None or enc.layout is not layout:
             enc = self._encoders[id(layout)] = FieldEncoder(layout)
-        value = enc(fields)
+        return enc(fields)
+
+    def add(self, target: int, layout, fields, what: str) -> int:
+        """Append one command; returns its word index (the header is word 0)."""
+        value = self.encode(layout, fields)
         if value >> (self.word_bits - 8):
             raise CompileError(f"{what} payload does not fit a {self.word_bits}-bit word")
         self.words.append(int(target) | value << 8)
+        self.commands += 1
         self.counts[what] = self.counts.get(what, 0) + 1
         return len(self.words)
 
+    def add_block(self, block_layout, sink: int, sel: int, addr: int, beats, what: str) -> None:
+        """Append a ``BLOCK`` command for ``sink`` (``sel`` already encoded) and its beats
+        (integers of at most ``word_bits`` bits), written to addresses ``addr, addr + 1, ...``."""
+        from ...hw.kernel import Target  # noqa: PLC0415
+
+        beats = list(beats)
+        if not beats:
+            return
+        self.add(Target.BLOCK, block_layout,
+                 {"sink": int(sink), "sel": sel, "addr": addr, "beats": len(beats)}, what)
+        for b in beats:
+            if b >> self.word_bits:
+                raise CompileError(f"{what} beat does not fit a {self.word_bits}-bit word")
+        self.words.extend(beats)
+        self.counts[what] += len(beats)
+
     def image(self) -> KernelProgramImage:
+        from ...hw.kernel import PROGRAM_FORMAT as HW_FORMAT  # noqa: PLC0415
         from ...hw.kernel import PROGRAM_MAGIC  # noqa: PLC0415
 
+        if HW_FORMAT != PROGRAM_VERSION:
+            raise AssertionError(f"the kernel executes program format {HW_FORMAT}, this encoder "
+                                 f"writes {PROGRAM_VERSION}")
         wb = self.word_bits // 8
-        header = PROGRAM_MAGIC | len(self.words) << 32
+        header = PROGRAM_MAGIC | len(self.words) << 32 | PROGRAM_VERSION << 64
         data = b"".join(w.to_bytes(wb, "little") for w in [header, *self.words])
         meta = {"format": PROGRAM_FORMAT, "version": PROGRAM_VERSION,
                 "word_bits": self.word_bits, "words": len(self.words) + 1,
-                "commands": len(self.words), "config": self.config.name,
+                "commands": self.commands, "beats": len(self.words) - self.commands,
+                "config": self.config.name,
                 "config_hash": self.config.config_hash,
                 "sha256": hashlib.sha256(data).hexdigest(), "counts": dict(self.counts),
                 "table_addresses": list(self.table_fields)}
         return KernelProgramImage(data, meta)
+
+
+def onchip_beats(image, beat_bytes: int, start: int, end: int) -> list:
+    """The load beats (integers) of on-chip image bytes ``start .. end``, widened to whole
+    ``beat_bytes`` beats (the image's own bytes on either side, zero past its end)."""
+    lo = start // beat_bytes * beat_bytes
+    hi = -(-end // beat_bytes) * beat_bytes
+    raw = np.zeros(hi - lo, dtype=np.uint8)
+    have = np.asarray(image[lo:min(hi, len(image))], dtype=np.uint8)
+    raw[:len(have)] = have
+    raw = raw.tobytes()
+    return [int.from_bytes(raw[i:i + beat_bytes], "little") for i in range(0, len(raw), beat_bytes)]
 
 
 def _groups(spec, descriptors):
@@ -436,7 +493,7 @@ def build_program(spec, qm, plan, descriptors, images, config) -> KernelProgramI
     """
     from ...hw.concat_stage import concat_desc_words  # noqa: PLC0415
     from ...hw.kernel import MODEL_DATA_WIDTH, Target  # noqa: PLC0415
-    from ...hw.mlp import mlp_load_words  # noqa: PLC0415
+    from ...hw.mlp import mlp_load_image  # noqa: PLC0415
     from ...hw.request_reader import parser_param_words  # noqa: PLC0415
     from ..runtime.wire_format import RequestLayout  # noqa: PLC0415
 
@@ -459,6 +516,7 @@ def build_program(spec, qm, plan, descriptors, images, config) -> KernelProgramI
     d = descriptors
     n_mem = caps.mem_channels
     placements = {}  # feature -> PlacementLayout fields
+    onchip_spans = {}  # on-chip unit -> (first word, end word) of its tables
     for g, (feats, ti) in enumerate(groups):
         t = d["tables"][ti]
         fa = d["features"][feats[0]]
@@ -491,12 +549,13 @@ def build_program(spec, qm, plan, descriptors, images, config) -> KernelProgramI
                      {"index": t["local_index"],
                       "desc": {"base": base, "stride": row_words, "rows": t["rows"],
                                "dim": t["dim"]}}, "on-chip descriptors")
-            words = geometry.onchip_words(images["onchip", j], t["base"],
-                                          row_words * t["rows"] * wbytes)
-            for k, value in enumerate(words):
-                prog.add(Target.ONCHIP_LOAD + j, fm.onchip_load[j],
-                         {"addr": base + k, "data": value}, "on-chip rows")
+            lo, hi = onchip_spans.get(j, (base, base))
+            onchip_spans[j] = (min(lo, base), max(hi, base + row_words * t["rows"]))
         placements.update(_placements(g, unit, t["local_index"], feats, fa, fb, cart))
+    for j, (lo, hi) in sorted(onchip_spans.items()):
+        prog.add_block(fm.block, Target.ONCHIP_LOAD + j, 0, lo // fm.onchip_words_per_beat[j],
+                       onchip_beats(images["onchip", j], wbytes * fm.onchip_words_per_beat[j],
+                                    lo * wbytes, hi * wbytes), "on-chip rows")
     # One placement per feature (LookupDispatcher keeps them in a memory indexed by feature).
     for f in range(len(spec.sparse)):
         prog.add(Target.PLACE, fm.place, {"feature": f, "entry": placements[f]}, "placements")
@@ -515,10 +574,71 @@ def build_program(spec, qm, plan, descriptors, images, config) -> KernelProgramI
         first = qm.top[0]
         layers = [QLayer(first.w[:, order], first.b, first.in_fmt, first.w_fmt, first.out_fmt,
                          first.relu), *qm.top[1:]]
-        for w in mlp_load_words(fm.pipeline, engine_layers(layers, caps), qm.rounding):
-            prog.add(Target.MLP, fm.mlp, w, "MLP weights")
+        image = mlp_load_image(fm.pipeline, engine_layers(layers, caps), qm.rounding)
+        for blk in image.blocks:
+            what = "MLP weights" if blk.sel["kind"].name == "WEIGHT" else "MLP biases"
+            prog.add_block(fm.block, Target.MLP, prog.encode(fm.mlp_block_sel, blk.sel),
+                           blk.addr, blk.beats, what)
+        for w in image.descriptors:
+            prog.add(Target.MLP, fm.mlp, w, "MLP descriptors")
     except ValueError as e:
         if isinstance(e, CompileError):
             raise
         raise CompileError(f"model {spec.name!r}: {e}") from None
     return prog.image()
+
+
+def program_word_counts(spec, plan, config) -> dict:
+    """Words of the program that loads ``spec`` planned as ``plan`` into the kernel of
+    ``config``, counted without building it (no weights, no table images): what
+    :func:`build_program` writes (``tests/test_host_compiler_kernel_program.py`` checks the
+    two agree), and what :func:`~recfabric.host.compiler.cycle_model.program_load_cycles`
+    models for plans the kernel cannot run yet (the ``plan`` may come from capabilities the
+    kernel does not have: the counts follow the same rules).
+
+    Returns a dict: ``words`` (header included), ``commands``, ``beats``, and the beats of
+    ``mlp_weights``, ``mlp_biases`` and ``onchip_rows``.
+    """
+    import math  # noqa: PLC0415
+
+    from ...hw.concat_stage import concat_desc_words  # noqa: PLC0415
+    from ...hw.mlp import BeatPacking  # noqa: PLC0415
+
+    caps = config.capabilities()
+    fm = _kernel_formats(config)
+    n_sparse = len(spec.sparse)
+    commands = 5 + n_sparse + n_sparse  # parser parameters, placements
+    commands += sum(1 for t in plan.tables)  # unit and on-chip descriptors
+    slots, pos = [], spec.dense_out
+    for g in plan.groups:
+        length = sum(spec.sparse[f].dim for f in g.features)
+        slots.append((pos, length))
+        pos += length
+    commands += len(concat_desc_words(fm.concat_stage, slots, dense=(0, spec.dense_out),
+                                      total=pos))
+    beats = {"mlp_weights": 0, "mlp_biases": 0, "onchip_rows": 0}
+    layers = spec.layer_shapes()["top"]
+    where = engine_assignment(layers, caps)
+    for e, (kw, i) in enumerate(zip(fm.pipeline.engine_kwargs(), where)):
+        if i is None:  # an identity layer keeps the width of what reaches it
+            prev = [j for j in where[:e] if j is not None]
+            k = n = layers[prev[-1]][1] if prev else layers[0][0]
+        else:
+            k, n = layers[i]
+        pk = BeatPacking(rows=kw["rows"], cols=kw["cols"], data_bits=kw["data_bits"],
+                         acc_bits=kw["acc_bits"], beat_bits=kw["beat_bits"])
+        kt, nt = math.ceil(k / pk.cols), math.ceil(n / pk.rows)
+        beats["mlp_weights"] += pk.groups * kt * nt
+        beats["mlp_biases"] += pk.bias_groups * nt
+        commands += pk.groups + pk.bias_groups + 5  # block commands, descriptors
+    for j in range(caps.onchip_units):
+        spans = [(t.offset, t.offset + t.nbytes) for t in plan.tables
+                 if t.memory == "onchip" and t.location == j]
+        if spans:
+            beat_bytes = caps.onchip_word_bits // 8 * fm.onchip_words_per_beat[j]
+            lo = min(a for a, _ in spans) // beat_bytes
+            hi = -(-max(b for _, b in spans) // beat_bytes)
+            beats["onchip_rows"] += hi - lo
+            commands += 1
+    total = sum(beats.values())
+    return {"words": 1 + commands + total, "commands": commands, "beats": total, **beats}
