@@ -23,7 +23,7 @@ from amaranth.lib import data, enum
 __all__ = [
     "index_bits", "LookupKind", "LookupErrorCause", "LookupLayout", "PooledVectorLayout",
     "DenseLayout", "RequestFlagsLayout", "MLPInputLayout", "TableDescriptorLayout",
-    "DescriptorWriteLayout",
+    "DescriptorWriteLayout", "TablePartLayout",
 ]
 
 
@@ -193,3 +193,22 @@ class DescriptorWriteLayout(data.StructLayout):
 
     def __init__(self, *, desc_bits: int, desc_layout: data.StructLayout):
         super().__init__({"index": desc_bits, "desc": desc_layout})
+
+
+class TablePartLayout(data.StructLayout):
+    """Where one part of a table (a row-range shard of one copy) is served: a dispatcher
+    placement field (:class:`~recfabric.hw.lookup_dispatcher.PlacementLayout`).
+
+    Members
+    -------
+    unit : unsigned(unit_bits)
+        Lookup unit (memory channel, then on-chip units) holding the part.
+    desc : unsigned(desc_bits)
+        The part's table descriptor index in that unit.
+    lo : unsigned(row_bits)
+        First table row the part holds: a lookup of row ``r`` reads the part's row ``r - lo``.
+    """
+
+    def __init__(self, *, unit_bits: int, desc_bits: int, row_bits: int):
+        _positive(unit_bits=unit_bits, desc_bits=desc_bits, row_bits=row_bits)
+        super().__init__({"unit": unit_bits, "desc": desc_bits, "lo": row_bits})
