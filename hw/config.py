@@ -90,6 +90,10 @@ class KernelCapabilities:
     table_parts : int
         Parts (copies x row-range shards) one table may be held in: the dispatcher's placement
         entry lists that many (unit, descriptor, first row) parts.
+    split_multi_hot : bool
+        Whether a multi-hot table may be split by row range (False for the kernel: a bag spread
+        over units would be pooled in parts; True only for the planner study's hypothetical
+        kernel).
     """
 
     config: str
@@ -118,6 +122,7 @@ class KernelCapabilities:
     row_split: bool
     max_merge: int
     table_parts: int = 1
+    split_multi_hot: bool = False
 
     @property
     def max_top_layers(self) -> int:

@@ -125,7 +125,7 @@ def check_program(spec, plan, caps) -> None:
         if g.shards > 1 and not caps.row_split:
             bad.append(f"table group {gi} ({names}) is split over {g.shards} row ranges; the "
                        "kernel cannot route lookups by row range")
-        if g.shards > 1 and g.bag > 1:
+        if g.shards > 1 and g.bag > 1 and not caps.split_multi_hot:
             bad.append(f"table group {gi} ({names}) is multi-hot (bag {g.bag}) and split over "
                        f"{g.shards} row ranges; the kernel splits one-hot tables only (a bag "
                        "must be pooled whole by one unit)")
@@ -264,6 +264,9 @@ def _kernel_formats(config):
         pipeline=SimpleNamespace(engine_kwargs=lambda: kw, data_bits=mlp.data_bits))
 
 
+_WHOLE = object()  # key of a nested layout's own (offset, width) in FieldEncoder leaves
+
+
 class FieldEncoder:
     """Packs dicts of a ``data.StructLayout``'s fields into an integer, as
     ``Const.cast(layout.const(fields)).value`` does, at integer speed.
@@ -286,6 +289,7 @@ class FieldEncoder:
             shape = f.shape
             if isinstance(shape, (data.StructLayout, data.ArrayLayout)):
                 out[name] = cls._flatten(shape, base + f.offset)
+                out[name][_WHOLE] = (base + f.offset, f.width)
             else:
                 out[name] = (base + f.offset, f.width)
         return out
@@ -295,9 +299,11 @@ class FieldEncoder:
         value = 0
         for name, v in fields.items():
             leaf = leaves[name]
-            if isinstance(leaf, dict):
+            if isinstance(leaf, dict) and not isinstance(v, int):
                 value |= FieldEncoder._pack(leaf, v if isinstance(v, dict) else dict(enumerate(v)))
                 continue
+            if isinstance(leaf, dict):  # a whole struct or array given as its bits
+                leaf = leaf[_WHOLE]
             offset, width = leaf
             v = int(getattr(v, "value", v))
             if not -(1 << width) < v < (1 << width):

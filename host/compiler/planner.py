@@ -863,23 +863,34 @@ def study_capabilities(config):
 
     return dataclasses.replace(config.capabilities(), table_copies=1 << 16, row_split=True,
                                max_merge=1 << 16, descriptors_per_unit=1 << 16,
-                               table_parts=1 << 16)
+                               table_parts=1 << 16, split_multi_hot=True)
 
 
 def oversized_tables(spec: ModelSpec, caps) -> list[str]:
-    """One message per table larger than a channel of a kernel that cannot split tables (no
-    plan can place it; checked before anything else)."""
+    """One message per table no plan can place on the kernel (checked before anything else):
+    larger than a channel when the kernel cannot split it (no row splits, or a multi-hot table
+    on a kernel that splits one-hot tables only), or needing more channel-sized row ranges
+    than a table's ``table_parts``."""
     layout = Layout.from_capabilities(caps)
-    if layout.row_split:
-        return []
+    split_multi = getattr(caps, "split_multi_hot", True)
     out = []
     for f in spec.sparse:
         nbytes = f.rows * layout.offchip_stride(f.dim)
-        if nbytes > layout.channel_bytes:
-            out.append(f"table {f.name!r} ({f.rows:,} rows x {f.dim} elements, {nbytes:,} "
-                       f"bytes) does not fit one {layout.channel_bytes:,}-byte channel of "
-                       f"configuration {caps.config!r}, and the kernel cannot split a table "
-                       "over channels")
+        if nbytes <= layout.channel_bytes:
+            continue
+        what = (f"table {f.name!r} ({f.rows:,} rows x {f.dim} elements, {nbytes:,} bytes) does "
+                f"not fit one {layout.channel_bytes:,}-byte channel of configuration "
+                f"{caps.config!r}")
+        per_channel = max(1, layout.channel_bytes // layout.offchip_stride(f.dim))
+        need = -(-f.rows // per_channel)
+        if not layout.row_split:
+            out.append(f"{what}, and the kernel cannot split a table over channels")
+        elif f.bag > 1 and not split_multi:
+            out.append(f"{what}, and the kernel splits only one-hot tables over channels (this "
+                       f"one has bags of {f.bag})")
+        elif need > layout.table_parts:
+            out.append(f"{what}: it needs {need} channel-sized row ranges, and the kernel "
+                       f"holds a table in at most {layout.table_parts} parts")
     return out
 
 
