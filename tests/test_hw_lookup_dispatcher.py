@@ -39,7 +39,7 @@ def dispatch_model(groups, req, turn):
         turn[gi] = (copy + 1) % g["copies"]
         shards, feats = g["shards"], g["feats"]
 
-        def route(row, kind, first=1, last=1):
+        def route(row, kind, first=1, last=1, g=g, copy=copy, shards=shards):
             s = max(k for k in range(shards) if row >= g["parts"][k][2])
             unit, desc, lo = g["parts"][copy * shards + s]
             out[unit].append({"tag": req["tag"], "slot": g["slot"], "desc": desc,
