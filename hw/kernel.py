@@ -128,7 +128,8 @@ class RecFabricKernel(wiring.Component):
                 id_width=c.mem_id_width, read=True, write=False))
         super().__init__(members)
         # Blocks are built here so that the host can ask them for their load formats.
-        self.ctrl = ControlRegisters(c.mem_channels, c.config_hash)
+        self.ctrl = ControlRegisters(c.mem_channels, c.config_hash,
+                                     num_units=c.mem_channels + c.onchip_units)
         self.model_fetch = RecordFetcher(data_width=MODEL_DATA_WIDTH,
                                          addr_width=c.mem_addr_width, max_burst=16,
                                          fifo_depth=32)
@@ -351,6 +352,10 @@ class RecFabricKernel(wiring.Component):
         m.d.comb += issued_now.eq(sum(u.i_lookup.valid & u.i_lookup.ready for u in units))
         mem_stall = Cat(u.i_lookup.valid & ~u.i_lookup.ready for u in self.units).any() \
             if self.units else Const(0)
+        # Per-unit lookup counters (the dispatcher's, cleared at start): registers only.
+        m.d.comb += self.dispatcher.count_clear.eq(ctrl.start)
+        for u, count in enumerate(self.dispatcher.count):
+            m.d.comb += ctrl.unit_lookups[u].eq(count)
         with m.If(ctrl.start):
             m.d.sync += [lookups.eq(0), stall_mem.eq(0), stall_mlp.eq(0)]
         with m.Else():

@@ -82,6 +82,7 @@ def _run_and_check(d, cm, spec, config, batch, seed):
                           max_cycles=100_000) as acc:
         acc.load(d)
         r = acc.infer(dense, sparse)
+        units = acc.unit_lookups()
     g = golden_from_images(cm, cm.quantized_model().quantize_dense(dense), sparse)
     assert np.array_equal(r.scores, g.scores)
     c = r.counters
@@ -94,6 +95,34 @@ def _run_and_check(d, cm, spec, config, batch, seed):
     want = sum(batch if len(fs) > 1 or spec.sparse[fs[0]].bag == 1
                else int(np.maximum(sparse[fs[0]].lengths, 1).sum()) for fs in groups.values())
     assert c["lookups_issued"] == want
+    assert units == unit_lookups_model(cm, spec, sparse, config)
+    return units
+
+
+def unit_lookups_model(cm, spec, sparse, config):
+    """Lookups per unit the placement implies: a split table's bag goes to the shard holding
+    its row, a copied table's bags to copies 0, 1, ... in turn (round-robin per bag)."""
+    d = cm.descriptors
+    out = [0] * (config.mem_channels + config.onchip_units)
+    batch = sparse[0].batch
+    for gi, gr in enumerate(d["groups"]):
+        feats = sorted((f for f, r in enumerate(d["features"]) if r["group"] == gi),
+                       key=lambda f: d["features"][f]["member"])
+        tables = sorted((t for t in d["tables"] if t["group"] == gi),
+                        key=lambda t: (t["replica"], t["shard"]))
+        for b in range(batch):
+            copy = b % gr["replicas"]
+            n = int(sparse[feats[0]].lengths[b])
+            if len(feats) > 1:
+                row = sum(int(sparse[f].ids[b, 0]) * d["features"][f]["radix"] for f in feats)
+            else:
+                row = int(sparse[feats[0]].ids[b, 0])
+            shard = max(s for s in range(gr["shards"])
+                        if row >= tables[copy * gr["shards"] + s]["row_base"])
+            t = tables[copy * gr["shards"] + shard]
+            unit = t["location"] + (config.mem_channels if t["memory"] else 0)
+            out[unit] += 1 if len(feats) > 1 or gr["shards"] > 1 else max(n, 1)
+    return out
 
 
 def test_tiny_split_copies_and_3way_merge_are_bit_exact(tmp_path_factory):
