@@ -59,6 +59,7 @@ Only one-hot features are merged: a bag's IDs cannot be combined into one produc
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -146,7 +147,7 @@ class Layout:
     @property
     def table(self) -> TableLayout:
         """The row geometry (:class:`TableLayout`)."""
-        return TableLayout(self.element_bytes * 8, self.beat_bytes, self.onchip_word_bytes * 8)
+        return _table_layout(self.element_bytes * 8, self.beat_bytes, self.onchip_word_bytes * 8)
 
     def row_beats(self, dim: int) -> int:
         """Beats one lookup of a ``dim``-element row reads."""
@@ -238,6 +239,13 @@ class Group:
         ms = obj["members"]
         return cls(tuple(m["feature"] for m in ms), tuple(m["rows"] for m in ms),
                    tuple(m["dim"] for m in ms), obj["bag"], obj["replicas"], obj["shards"])
+
+
+@functools.lru_cache(maxsize=32)
+def _table_layout(data_bits: int, beat_bytes: int, onchip_word_bits: int) -> TableLayout:
+    """One (frozen) TableLayout per geometry: the packing search asks for it ~10^5 times per
+    plan at MicroRec's scale, and building one validates its fields."""
+    return TableLayout(data_bits, beat_bytes, onchip_word_bits)
 
 
 def _single(spec: ModelSpec, i: int) -> Group:
