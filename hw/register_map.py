@@ -12,6 +12,8 @@ offset    register
 0x0C      IP interrupt status (bit0 done, bit1 ready; toggle on write)
 0x10...   kernel arguments (:data:`ARGS`): 64-bit pointers take two words, low word first
 0x200...  read-only identification, status and performance counters (:data:`STATUS_REGS`)
+0x300...  read-only lookups sent to each lookup unit (:data:`UNIT_LOOKUPS_BASE`; not in the
+          status block, so not readable through ``pyxrt``)
 ========  ==========================================================================
 
 XRT's Python binding (``pyxrt``) sets arguments and waits for ``ap_done`` but cannot read
