@@ -64,7 +64,7 @@ __all__ = ["Target", "PROGRAM_MAGIC", "PROGRAM_FORMAT", "MODEL_DATA_WIDTH", "FLA
 PROGRAM_MAGIC = 0x67704652
 #: Bits 64..95 of the header word: the program format the kernel executes (3: packed blocks).
 #: A header with another value leaves no valid program, as a wrong magic does.
-PROGRAM_FORMAT = 3
+PROGRAM_FORMAT = 4
 #: Width of the model master: a command word holds the widest command payload; a data beat is
 #: one word (32 int16 or 64 int8 weights, two on-chip RAM words).
 MODEL_DATA_WIDTH = 512
@@ -147,7 +147,8 @@ class RecFabricKernel(wiring.Component):
                 id_width=c.mem_id_width, read=True, write=False))
         super().__init__(members)
         # Blocks are built here so that the host can ask them for their load formats.
-        self.ctrl = ControlRegisters(c.mem_channels, c.config_hash)
+        self.ctrl = ControlRegisters(c.mem_channels, c.config_hash,
+                                     num_units=c.mem_channels + c.onchip_units)
         # The program loader streams: 128 words of FIFO keep bursts in flight over ~100 cycles
         # of read latency, so it sustains one word per cycle (docs/kernel.md).
         self.model_fetch = RecordFetcher(data_width=MODEL_DATA_WIDTH,
@@ -376,6 +377,10 @@ class RecFabricKernel(wiring.Component):
         m.d.comb += issued_now.eq(sum(u.i_lookup.valid & u.i_lookup.ready for u in units))
         mem_stall = Cat(u.i_lookup.valid & ~u.i_lookup.ready for u in self.units).any() \
             if self.units else Const(0)
+        # Per-unit lookup counters (the dispatcher's, cleared at start): registers only.
+        m.d.comb += self.dispatcher.count_clear.eq(ctrl.start)
+        for u, count in enumerate(self.dispatcher.count):
+            m.d.comb += ctrl.unit_lookups[u].eq(count)
         with m.If(ctrl.start):
             m.d.sync += [lookups.eq(0), stall_mem.eq(0), stall_mlp.eq(0)]
         with m.Else():

@@ -24,6 +24,7 @@ __all__ = [
     "index_bits", "LookupKind", "LookupErrorCause", "LookupLayout", "PooledVectorLayout",
     "DenseLayout", "RequestFlagsLayout", "MLPInputLayout", "TableDescriptorLayout",
     "DescriptorWriteLayout", "BlockBeatLayout", "BLOCK_SEL_BITS", "BLOCK_ADDR_BITS",
+    "TablePartLayout",
 ]
 
 
@@ -219,3 +220,22 @@ class BlockBeatLayout(data.StructLayout):
     def __init__(self, beat_bits: int):
         _positive(beat_bits=beat_bits)
         super().__init__({"sel": BLOCK_SEL_BITS, "addr": BLOCK_ADDR_BITS, "data": beat_bits})
+
+
+class TablePartLayout(data.StructLayout):
+    """Where one part of a table (a row-range shard of one copy) is served: a dispatcher
+    placement field (:class:`~recfabric.hw.lookup_dispatcher.PlacementLayout`).
+
+    Members
+    -------
+    unit : unsigned(unit_bits)
+        Lookup unit (memory channel, then on-chip units) holding the part.
+    desc : unsigned(desc_bits)
+        The part's table descriptor index in that unit.
+    lo : unsigned(row_bits)
+        First table row the part holds: a lookup of row ``r`` reads the part's row ``r - lo``.
+    """
+
+    def __init__(self, *, unit_bits: int, desc_bits: int, row_bits: int):
+        _positive(unit_bits=unit_bits, desc_bits=desc_bits, row_bits=row_bits)
+        super().__init__({"unit": unit_bits, "desc": desc_bits, "lo": row_bits})

@@ -42,6 +42,9 @@ def _random_fields(layout, rng):
     for name, f in layout:
         if isinstance(f.shape, data.StructLayout):
             out[name] = _random_fields(f.shape, rng)
+        elif isinstance(f.shape, data.ArrayLayout) and isinstance(f.shape.elem_shape,
+                                                                  data.StructLayout):
+            out[name] = [_random_fields(f.shape.elem_shape, rng) for _ in range(f.shape.length)]
         elif isinstance(f.shape, data.ArrayLayout):
             out[name] = [int(rng.integers(0, 1 << min(f.shape.elem_shape.width, 62)))
                          if hasattr(f.shape.elem_shape, "width") else 0

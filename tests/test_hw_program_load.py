@@ -1,4 +1,4 @@
-"""Dense kernel programs (format 3): packed weight, bias and on-chip beats load at one word per
+"""Dense kernel programs (format 4): packed weight, bias and on-chip beats load at one word per
 cycle into the engines' wide write ports, bit-exact, with random stalls on every master
 (docs/kernel.md, "Kernel program"; docs/mlp.md, "Loading weights")."""
 
@@ -11,6 +11,7 @@ from recfabric.host.compiler.compiled import golden_from_images, load_compiled
 from recfabric.host.compiler.cycle_model import program_load_cycles
 from recfabric.host.compiler.kernel_program import (
     PROGRAM_JSON,
+    PROGRAM_VERSION,
     program_word_counts,
     read_program,
 )
@@ -104,8 +105,8 @@ def test_other_program_formats_leave_no_program(tmp_path):
         acc.load(d)
         model = acc._buffers["model"]
         header = bytearray(acc.device.read(model, 64))
-        assert int.from_bytes(header[8:12], "little") == 3
-        acc.device.write(model, bytes(header[:8]) + (2).to_bytes(4, "little") +
+        assert int.from_bytes(header[8:12], "little") == PROGRAM_VERSION
+        acc.device.write(model, bytes(header[:8]) + (3).to_bytes(4, "little") +
                          bytes(header[12:]))
         with pytest.raises(Exception, match="no valid kernel program"):
             acc.infer(dense, sparse)
@@ -114,8 +115,9 @@ def test_other_program_formats_leave_no_program(tmp_path):
         acc.load(d)  # the next run carries FLAG_LOAD again
         assert np.array_equal(acc.infer(dense, sparse).scores, _golden(cm, dense, sparse))
     meta = json.loads((d / PROGRAM_JSON).read_text())
-    (d / PROGRAM_JSON).write_text(json.dumps({**meta, "version": 2}))
-    with pytest.raises(ValueError, match="version 2, expected 'recfabric-kernel-program' 3"):
+    (d / PROGRAM_JSON).write_text(json.dumps({**meta, "version": 3}))
+    with pytest.raises(ValueError, match=f"version 3, expected 'recfabric-kernel-program' "
+                                         f"{PROGRAM_VERSION}"):
         read_program(d)
 
 

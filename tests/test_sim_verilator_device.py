@@ -179,7 +179,7 @@ def test_small_config_speed(tmp_path):
 
 
 # A model whose layers' weight counts are no multiple of a beat (3 dense + 3 + 5 + 4 pooled
-# inputs, 14 hidden), with biases and on-chip rows: the packed program (format 3).
+# inputs, 14 hidden), with biases and on-chip rows: the packed program (format 4).
 RAGGED = ModelSpec(name="ragged", sparse=(SparseFeature("a", 16, 3),
                                           SparseFeature("b", 40, 5, bag=3),
                                           SparseFeature("c", 9, 4)),

@@ -39,9 +39,12 @@ Mapping decisions, and why:
   slot order, each group's features in their row order. The first top-MLP layer's weight columns
   are permuted to match, so the MLP computes exactly the same integer sums as the golden model
   (a permutation of the terms of an exact integer sum).
-* Plans hold every table once, whole, in one channel or unit (the planner works within the
-  kernel's :class:`~recfabric.hw.config.KernelCapabilities`: one copy, no row splits, pairs
-  only); :func:`check_program` asserts it.
+* A group's table may be held in several parts (copies x row-range shards, at most
+  ``table_parts``; one-hot tables only are split), each a descriptor in its channel or unit;
+  its placement lists them (unit, descriptor, first row), copy-major, and the dispatcher routes
+  each bag to one of them (:mod:`~recfabric.hw.lookup_dispatcher`). Merged groups of any size
+  up to ``max_merge`` become ``HOLD``/``MID``/``LAST`` placements.
+  :func:`check_program` asserts what the kernel's capabilities allow.
 * On-chip tables are loaded as one block per unit covering the unit's tables, beat by beat from
   the on-chip image, which the one table layout
   (:mod:`~recfabric.host.compiler.table_layout`) already lays out in RAM words.
@@ -73,8 +76,9 @@ PROGRAM_BIN = "kernel_program.bin"
 PROGRAM_JSON = "kernel_program.json"
 PROGRAM_FORMAT = "recfabric-kernel-program"
 # 2: one dispatcher placement per feature (streaming request path); 3: packed blocks (dense
-# weights, biases and on-chip rows; the header carries the format, the kernel checks it)
-PROGRAM_VERSION = 3
+# weights, biases and on-chip rows; the header carries the format, the kernel checks it);
+# 4: placements list table parts (row splits, copies) and n-way merges
+PROGRAM_VERSION = 4
 
 
 # ---- checks against the kernel's capabilities (pure Python) -----------------------------------
@@ -136,6 +140,14 @@ def check_program(spec, plan, caps) -> None:
         if g.shards > 1 and not caps.row_split:
             bad.append(f"table group {gi} ({names}) is split over {g.shards} row ranges; the "
                        "kernel cannot route lookups by row range")
+        if g.shards > 1 and g.bag > 1 and not caps.split_multi_hot:
+            bad.append(f"table group {gi} ({names}) is multi-hot (bag {g.bag}) and split over "
+                       f"{g.shards} row ranges; the kernel splits one-hot tables only (a bag "
+                       "must be pooled whole by one unit)")
+        if g.replicas * g.shards > caps.table_parts:
+            bad.append(f"table group {gi} ({names}) is held in {g.replicas} copies x "
+                       f"{g.shards} row ranges = {g.replicas * g.shards} parts, the kernel "
+                       f"lists at most {caps.table_parts} per table")
         if g.dim > caps.max_dim:
             bad.append(f"table group {gi} ({names}) has {g.dim}-element rows, max_dim "
                        f"{caps.max_dim}")
@@ -271,6 +283,9 @@ def _kernel_formats(config):
         pipeline=SimpleNamespace(engine_kwargs=lambda: kw, data_bits=mlp.data_bits))
 
 
+_WHOLE = object()  # key of a nested layout's own (offset, width) in FieldEncoder leaves
+
+
 class FieldEncoder:
     """Packs dicts of a ``data.StructLayout``'s fields into an integer, as
     ``Const.cast(layout.const(fields)).value`` does, at integer speed.
@@ -293,6 +308,7 @@ class FieldEncoder:
             shape = f.shape
             if isinstance(shape, (data.StructLayout, data.ArrayLayout)):
                 out[name] = cls._flatten(shape, base + f.offset)
+                out[name][_WHOLE] = (base + f.offset, f.width)
             else:
                 out[name] = (base + f.offset, f.width)
         return out
@@ -302,9 +318,11 @@ class FieldEncoder:
         value = 0
         for name, v in fields.items():
             leaf = leaves[name]
-            if isinstance(leaf, dict):
+            if isinstance(leaf, dict) and not isinstance(v, int):
                 value |= FieldEncoder._pack(leaf, v if isinstance(v, dict) else dict(enumerate(v)))
                 continue
+            if isinstance(leaf, dict):  # a whole struct or array given as its bits
+                leaf = leaf[_WHOLE]
             offset, width = leaf
             v = int(getattr(v, "value", v))
             if not -(1 << width) < v < (1 << width):
@@ -402,37 +420,58 @@ def onchip_beats(image, beat_bytes: int, start: int, end: int) -> list:
 
 
 def _groups(spec, descriptors):
-    """Per group: (member features sorted by position, index of the group's table record)."""
+    """Per group: (member features in member order, its table records' indices in (copy,
+    shard) order)."""
     d = descriptors
     out = []
     for g in range(len(d["groups"])):
         feats = sorted((f for f in range(len(d["features"])) if d["features"][f]["group"] == g),
                        key=lambda f: d["features"][f]["member"])
-        tables = [i for i, t in enumerate(d["tables"]) if t["group"] == g]
-        if len(tables) != 1 or len(feats) > 2:  # check_program refused such plans already
+        tables = sorted((i for i, t in enumerate(d["tables"]) if t["group"] == g),
+                        key=lambda i: (d["tables"][i]["replica"], d["tables"][i]["shard"]))
+        gr = d["groups"][g]
+        if len(tables) != gr["replicas"] * gr["shards"] or not feats:
             raise CompileError(f"model {spec.name!r}: table group {g} has {len(tables)} tables "
-                               f"and {len(feats)} features; the kernel serves 1 and at most 2")
-        out.append((feats, tables[0]))
+                               f"for {gr['replicas']} copies x {gr['shards']} row ranges")
+        out.append((feats, tables))
     return out
 
 
-def _placements(slot, unit, desc, feats, fa, fb, cart) -> dict:
+def _placements(slot, parts, feats, members, shards=1, copies=1) -> dict:
     """Dispatcher placement entries (feature -> fields) of one table group.
 
-    A single feature is ``SINGLE``. Of a Cartesian pair ``(a, b)`` (row ``id_a * rows_b +
-    id_b``), the member the parser sends first (the lower feature index) is ``HOLD``, the other
-    ``PAIR``, which emits the lookup (:mod:`recfabric.hw.lookup_dispatcher`).
+    Parameters
+    ----------
+    slot : int
+        The group's slot.
+    parts : list of dict
+        ``{"unit", "desc", "lo"}`` per table part, copy-major (``parts[c * shards + s]``).
+    feats : list of int
+        The member features, in member (radix) order.
+    members : list of dict
+        Their feature records (``rows``, ``radix``).
+
+    A single feature is ``SINGLE``. Of a merged group (row ``sum(id_i * radix_i)``), the member
+    the parser sends first (the lowest feature index) is ``HOLD``, the one it sends last
+    ``LAST`` (it emits the lookup), the others ``MID`` (:mod:`recfabric.hw.lookup_dispatcher`).
     """
     from ...hw.lookup_dispatcher import PlaceKind  # noqa: PLC0415
 
-    common = {"unit": unit, "slot": slot, "desc": desc}
-    if not cart:
-        return {feats[0]: {**common, "kind": PlaceKind.SINGLE}}
-    rows = {feats[0]: fa["rows"], feats[1]: fb["rows"]}
-    first, second = sorted(feats)
-    return {first: {"kind": PlaceKind.HOLD, "rows": rows[first]},
-            second: {**common, "kind": PlaceKind.PAIR, "rows": rows[second],
-                     "mult": fb["rows"], "partner": first, "a_held": int(first == feats[0])}}
+    route = {"slot": slot, "shards": shards, "copies": copies, "parts": list(parts)}
+    if len(feats) == 1:
+        return {feats[0]: {**route, "kind": PlaceKind.SINGLE}}
+    rec = dict(zip(feats, members))
+    order = sorted(feats)
+    out = {}
+    for k, f in enumerate(order):
+        fields = {"rows": rec[f]["rows"], "mult": rec[f]["radix"]}
+        if k == 0:
+            out[f] = {**fields, "kind": PlaceKind.HOLD}
+        elif k < len(order) - 1:
+            out[f] = {**fields, "kind": PlaceKind.MID, "partner": order[0]}
+        else:
+            out[f] = {**fields, **route, "kind": PlaceKind.LAST, "partner": order[0]}
+    return out
 
 
 def hardware_column_order(spec, descriptors) -> list:
@@ -469,6 +508,41 @@ def engine_layers(layers, caps) -> list:
         else:
             out.append(_identity(layers[0].shape[0], layers[0].in_fmt))
     return out
+
+
+def _program_table(prog, fm, geometry, caps, ti, t, Target, onchip_spans) -> int:
+    """Commands that describe table record ``t``; returns its unit. An on-chip table widens
+    ``onchip_spans[unit]`` (first word, end word), loaded afterwards as one block per unit."""
+    if t["memory"] == 0:
+        unit = t["location"]
+        lay = fm.unit_desc[unit]
+        desc = {"base": t["base"], "stride": t["stride"], "rows": t["rows"], "dim": t["dim"]}
+        word = prog.add(Target.UNIT_DESC + unit, lay,
+                        {"index": t["local_index"], "desc": desc}, "unit descriptors")
+        base_field = lay["desc"].shape["base"]
+        prog.table_fields.append({
+            "word": word, "lsb": 8 + lay["desc"].offset + base_field.offset,
+            "width": base_field.width, "channel": unit})
+        return unit
+    wbytes = geometry.onchip_word_bytes
+    j = t["location"]
+    if fm.onchip_word_bits[j] != caps.onchip_word_bits:
+        raise CompileError(f"on-chip unit {j} has {fm.onchip_word_bits[j]}-bit words, "
+                           f"the capabilities say {caps.onchip_word_bits}")
+    row_words = geometry.onchip_row_words(t["dim"])
+    if t["stride"] != row_words * wbytes or t["base"] % wbytes:
+        raise CompileError(f"on-chip table {ti} is not laid out in whole words")
+    base = t["base"] // wbytes
+    if base + row_words * t["rows"] > fm.onchip_depth[j]:
+        raise CompileError(f"on-chip unit {j} needs {base + row_words * t['rows']} "
+                           f"words, has {fm.onchip_depth[j]}")
+    prog.add(Target.ONCHIP_DESC + j, fm.onchip_desc[j],
+             {"index": t["local_index"],
+              "desc": {"base": base, "stride": row_words, "rows": t["rows"],
+                       "dim": t["dim"]}}, "on-chip descriptors")
+    lo, hi = onchip_spans.get(j, (base, base))
+    onchip_spans[j] = (min(lo, base), max(hi, base + row_words * t["rows"]))
+    return caps.mem_channels + j
 
 
 def build_program(spec, qm, plan, descriptors, images, config) -> KernelProgramImage:
@@ -511,48 +585,21 @@ def build_program(spec, qm, plan, descriptors, images, config) -> KernelProgramI
         prog.add(Target.PARSER, fm.parser, w, "parser")
 
     geometry = TableLayout.from_capabilities(caps)
-    wbytes = geometry.onchip_word_bytes
     groups = _groups(spec, descriptors)
     d = descriptors
-    n_mem = caps.mem_channels
     placements = {}  # feature -> PlacementLayout fields
     onchip_spans = {}  # on-chip unit -> (first word, end word) of its tables
-    for g, (feats, ti) in enumerate(groups):
-        t = d["tables"][ti]
-        fa = d["features"][feats[0]]
-        cart = len(feats) == 2
-        fb = d["features"][feats[1]] if cart else fa
-        if t["memory"] == 0:
-            unit = t["location"]
-            lay = fm.unit_desc[unit]
-            desc = {"base": t["base"], "stride": t["stride"], "rows": t["rows"], "dim": t["dim"]}
-            word = prog.add(Target.UNIT_DESC + unit, lay,
-                            {"index": t["local_index"], "desc": desc}, "unit descriptors")
-            base_field = lay["desc"].shape["base"]
-            prog.table_fields.append({
-                "word": word, "lsb": 8 + lay["desc"].offset + base_field.offset,
-                "width": base_field.width, "channel": unit})
-        else:
-            j = t["location"]
-            unit = n_mem + j
-            if fm.onchip_word_bits[j] != caps.onchip_word_bits:
-                raise CompileError(f"on-chip unit {j} has {fm.onchip_word_bits[j]}-bit words, "
-                                   f"the capabilities say {caps.onchip_word_bits}")
-            row_words = geometry.onchip_row_words(t["dim"])
-            if t["stride"] != row_words * wbytes or t["base"] % wbytes:
-                raise CompileError(f"on-chip table {ti} is not laid out in whole words")
-            base = t["base"] // wbytes
-            if base + row_words * t["rows"] > fm.onchip_depth[j]:
-                raise CompileError(f"on-chip unit {j} needs {base + row_words * t['rows']} "
-                                   f"words, has {fm.onchip_depth[j]}")
-            prog.add(Target.ONCHIP_DESC + j, fm.onchip_desc[j],
-                     {"index": t["local_index"],
-                      "desc": {"base": base, "stride": row_words, "rows": t["rows"],
-                               "dim": t["dim"]}}, "on-chip descriptors")
-            lo, hi = onchip_spans.get(j, (base, base))
-            onchip_spans[j] = (min(lo, base), max(hi, base + row_words * t["rows"]))
-        placements.update(_placements(g, unit, t["local_index"], feats, fa, fb, cart))
+    for g, (feats, tis) in enumerate(groups):
+        parts = []
+        for ti in tis:
+            t = d["tables"][ti]
+            unit = _program_table(prog, fm, geometry, caps, ti, t, Target, onchip_spans)
+            parts.append({"unit": unit, "desc": t["local_index"], "lo": t["row_base"]})
+        gr = d["groups"][g]
+        placements.update(_placements(g, parts, feats, [d["features"][f] for f in feats],
+                                      gr["shards"], gr["replicas"]))
     for j, (lo, hi) in sorted(onchip_spans.items()):
+        wbytes = geometry.onchip_word_bytes
         prog.add_block(fm.block, Target.ONCHIP_LOAD + j, 0, lo // fm.onchip_words_per_beat[j],
                        onchip_beats(images["onchip", j], wbytes * fm.onchip_words_per_beat[j],
                                     lo * wbytes, hi * wbytes), "on-chip rows")
