@@ -47,6 +47,7 @@ from .control_registers import ControlRegisters
 from .embedding_lookup import EmbeddingLookupUnit
 from .lookup_dispatcher import LookupDispatcher
 from .mlp import MLPPipeline
+from .hier import HierarchicalEmitter
 from .onchip_table import OnChipTable
 from .register_map import KERNEL_ID, KERNEL_VERSION, NO_ERROR_REQUEST, kernel_args
 from .request_reader import ParserParam, RecordFetcher, RecordParser
@@ -435,7 +436,18 @@ def vitis_kernel(config: AcceleratorConfig):
     return top, ports
 
 
-def generate_verilog(config: AcceleratorConfig, name: str = "recfabric_kernel") -> str:
-    """Verilog of the kernel with Vitis port names (top module ``name``)."""
+def generate_verilog(config: AcceleratorConfig, name: str = "recfabric_kernel", *,
+                     hierarchical: bool = True) -> str:
+    """Verilog of the kernel with Vitis port names (top module ``name``).
+
+    ``hierarchical`` (default) emits each distinct processing element once as its own module
+    (``NAME__processingelement_<hash>``) and instantiates it (:mod:`.hier`): the same logic as
+    the flat design (tested by simulating both), generated in a fraction of the time and memory
+    at u280 scale. ``False`` converts the plain design, as the Amaranth simulator sees it.
+    """
     top, ports = vitis_kernel(config)
-    return verilog.convert(top, name=name, ports=ports, emit_src=False)
+    if not hierarchical:
+        return verilog.convert(top, name=name, ports=ports, emit_src=False)
+    emitter = HierarchicalEmitter(prefix=name)
+    text = verilog.convert(top, name=name, ports=ports, emit_src=False, platform=emitter)
+    return emitter.verilog(text)
