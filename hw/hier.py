@@ -2,9 +2,10 @@
 
 A u280 kernel holds 5,904 processing elements of four distinct shapes. Converted flat, Amaranth
 elaborates and emits every PE (and its weight memory's initial contents, built bit by bit) once
-per instance: most of ``recfabric build``'s time, memory and Verilog size. :class:`HierarchicalEmitter`
-is passed to :func:`amaranth.back.verilog.convert` as the ``platform`` (the public channel through
-which ``elaborate(platform)`` learns what it is being built for). A block that builds many copies
+per instance: most of ``recfabric build``'s time, memory and Verilog size.
+:class:`HierarchicalEmitter` is passed to :func:`amaranth.back.verilog.convert` as the
+``platform`` (the public channel through which ``elaborate(platform)`` learns what it is being
+built for). A block that builds many copies
 of a sub-block asks :func:`separate` for each; with an emitter it gets a stand-in with the same
 signature whose body is an :class:`~amaranth.hdl.Instance` of a module the emitter converts once per
 distinct constructor arguments, and without one (simulation, formal, any other platform) it gets

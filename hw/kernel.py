@@ -45,9 +45,9 @@ from .concat_stage import ConcatStage
 from .config import AcceleratorConfig
 from .control_registers import ControlRegisters
 from .embedding_lookup import EmbeddingLookupUnit
+from .hier import HierarchicalEmitter
 from .lookup_dispatcher import LookupDispatcher
 from .mlp import MLPPipeline
-from .hier import HierarchicalEmitter
 from .onchip_table import OnChipTable
 from .register_map import KERNEL_ID, KERNEL_VERSION, NO_ERROR_REQUEST, kernel_args
 from .request_reader import ParserParam, RecordFetcher, RecordParser
