@@ -21,10 +21,10 @@ from __future__ import annotations
 import hashlib
 
 from amaranth.back import verilog
-from amaranth.hdl import ClockSignal, Instance, Module, ResetSignal, Value
+from amaranth.hdl import ClockSignal, Elaboratable, Instance, Module, ResetSignal, Value
 from amaranth.lib import wiring
 
-__all__ = ["HierarchicalEmitter", "separate"]
+__all__ = ["HierarchicalEmitter", "bind", "separate"]
 
 
 class HierarchicalEmitter:
@@ -53,9 +53,7 @@ class HierarchicalEmitter:
     def instance(self, cls, **kwargs) -> wiring.Component:
         """A stand-in for ``cls(**kwargs)`` (a :class:`wiring.Component` with a ``sync``
         domain, no other domains) that instantiates the module converted from it."""
-        key = repr((cls.__module__, cls.__qualname__, sorted(kwargs.items())))
-        name = (f"{self.prefix}__{cls.__name__.lower()}_"
-                f"{hashlib.sha1(key.encode()).hexdigest()[:8]}")
+        name = self._name(cls, kwargs)
         if name not in self.modules:
             block = cls(**kwargs)
             # the separate module is built for no platform: its own sub-blocks are plain
@@ -63,6 +61,23 @@ class HierarchicalEmitter:
             self._signatures[name] = block.signature
         self.instances[name] = self.instances.get(name, 0) + 1
         return _Instantiated(name, self._signatures[name])
+
+    def bind(self, component: wiring.Component, key: dict):
+        """An elaboratable that stands for the existing ``component`` (built with constructor
+        arguments ``key``): an ``Instance`` bound to the component's own port signals, of the
+        module converted from the first component with the same class and ``key``."""
+        cls = type(component)
+        name = self._name(cls, key)
+        if name not in self.modules:
+            self.modules[name] = verilog.convert(component, name=name, emit_src=False)
+            self._signatures[name] = component.signature
+        self.instances[name] = self.instances.get(name, 0) + 1
+        return _Bound(name, component)
+
+    def _name(self, cls, key: dict) -> str:
+        text = repr((cls.__module__, cls.__qualname__, sorted(key.items())))
+        digest = hashlib.sha1(text.encode()).hexdigest()[:8]
+        return f"{self.prefix}__{cls.__name__.lower()}_{digest}"
 
     def verilog(self, top_text: str) -> str:
         """``top_text`` followed by every separately emitted module."""
@@ -77,6 +92,35 @@ def separate(platform, cls, **kwargs):
     return cls(**kwargs)
 
 
+def bind(platform, component, key: dict):
+    """``component``, or with a :class:`HierarchicalEmitter` as ``platform`` an ``Instance``
+    of a module emitted once per distinct class and constructor arguments ``key``, bound to the
+    component's port signals."""
+    if isinstance(platform, HierarchicalEmitter):
+        return platform.bind(component, key)
+    return component
+
+
+def _instance(module_name: str, component) -> Instance:
+    """``Instance`` of ``module_name`` with the ports ``verilog.convert`` gives ``component``
+    (``clk``, ``rst``, then each member's path joined by ``__``), bound to its signals."""
+    ports = {"i_clk": ClockSignal("sync"), "i_rst": ResetSignal("sync")}
+    for path, member, value in component.signature.flatten(component):
+        kind = "i" if member.flow == wiring.In else "o"
+        ports[f"{kind}_{'__'.join(map(str, path))}"] = Value.cast(value)
+    return Instance(module_name, **ports)
+
+
+class _Bound(Elaboratable):
+    def __init__(self, module_name: str, component):
+        self._module_name, self._component = module_name, component
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.block = _instance(self._module_name, self._component)
+        return m
+
+
 class _Instantiated(wiring.Component):
     """Same signature as the block; elaborates to an ``Instance`` of its separate module with
     the ports ``verilog.convert`` gives a component (``clk``, ``rst``, then each member's path
@@ -88,9 +132,5 @@ class _Instantiated(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        ports = {"i_clk": ClockSignal("sync"), "i_rst": ResetSignal("sync")}
-        for path, member, value in self.signature.flatten(self):
-            kind = "i" if member.flow == wiring.In else "o"
-            ports[f"{kind}_{'__'.join(map(str, path))}"] = Value.cast(value)
-        m.submodules.block = Instance(self._module_name, **ports)
+        m.submodules.block = _instance(self._module_name, self)
         return m

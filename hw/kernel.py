@@ -45,7 +45,7 @@ from .concat_stage import ConcatStage
 from .config import AcceleratorConfig
 from .control_registers import ControlRegisters
 from .embedding_lookup import EmbeddingLookupUnit
-from .hier import HierarchicalEmitter
+from .hier import HierarchicalEmitter, bind
 from .lookup_dispatcher import LookupDispatcher
 from .mlp import MLPPipeline
 from .onchip_table import OnChipTable
@@ -162,8 +162,9 @@ class RecFabricKernel(wiring.Component):
             m.submodules[name] = getattr(self, name)
         for i, u in enumerate(self.units):
             m.submodules[f"unit{i}"] = u
-        for i, t in enumerate(self.onchip):
-            m.submodules[f"onchip{i}"] = t
+        onchip_key = OnChipTable.config_kwargs(self.config, word_bits=256)
+        for i, t in enumerate(self.onchip):  # one module for all when hierarchical (hw/hier.py)
+            m.submodules[f"onchip{i}"] = bind(platform, t, onchip_key)
         m.submodules.flag_fifo = flag_fifo = SyncFIFOBuffered(
             width=RequestFlagsLayout().size, depth=2 * len(self.config.mlp_top_shapes) + 4)
 
