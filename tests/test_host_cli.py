@@ -41,6 +41,23 @@ def test_demo_json_runs_the_simulated_kernel(capsys):
     assert r["program_load_cycles"] == r["cycles_with_model_load"] - r["cycles"] > 0
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["tiny", "small"])
+def test_demo_json_verilator(capsys, config):
+    """`demo --backend verilator --json` on the hierarchical Verilog: bit-exact, with the
+    simulated latency, steady-state and program-load figures (a cold Verilator build of `small`
+    takes minutes; cached afterwards)."""
+    model = "tiny" if config == "tiny" else "small"
+    assert main(["demo", "--model", model, "--config", config, "--backend", "verilator",
+                 "--batch", "16", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["match"] is True and r["scores_raw"] == r["golden_raw"]
+    assert r["cycles_per_inference_batches"] == [1, 16]
+    assert 0 < r["latency_cycles"] < r["cycles"] < r["cycles_with_model_load"]
+    assert r["cycles_per_inference"] == round((r["cycles"] - r["latency_cycles"]) / 15, 2)
+    assert r["program_load_cycles"] == r["cycles_with_model_load"] - r["cycles"]
+
+
 def test_demo_cycle_figures():
     from recfabric.host.cli.main import demo_cycle_figures
     f = demo_cycle_figures(64, 1000, 5000, {1: 370})
