@@ -24,7 +24,7 @@ from amaranth.back import verilog
 from amaranth.hdl import ClockSignal, Elaboratable, Instance, Module, ResetSignal, Value
 from amaranth.lib import wiring
 
-__all__ = ["HierarchicalEmitter", "bind", "separate"]
+__all__ = ["HierarchicalEmitter", "bind", "fingerprint", "separate"]
 
 
 class HierarchicalEmitter:
@@ -62,11 +62,12 @@ class HierarchicalEmitter:
         self.instances[name] = self.instances.get(name, 0) + 1
         return _Instantiated(name, self._signatures[name])
 
-    def bind(self, component: wiring.Component, key: dict):
-        """An elaboratable that stands for the existing ``component`` (built with constructor
-        arguments ``key``): an ``Instance`` bound to the component's own port signals, of the
-        module converted from the first component with the same class and ``key``."""
+    def bind(self, component: wiring.Component, key: dict | None = None):
+        """An elaboratable that stands for the existing ``component``: an ``Instance`` bound to
+        the component's own port signals, of the module converted from the first component with
+        the same class and ``key`` (default: :func:`fingerprint` of the component)."""
         cls = type(component)
+        key = fingerprint(component) if key is None else key
         name = self._name(cls, key)
         if name not in self.modules:
             self.modules[name] = verilog.convert(component, name=name, emit_src=False)
@@ -92,10 +93,19 @@ def separate(platform, cls, **kwargs):
     return cls(**kwargs)
 
 
-def bind(platform, component, key: dict):
+def fingerprint(component) -> dict:
+    """What tells two blocks of one class apart: their public scalar and tuple attributes (the
+    constructor parameters RecFabric's blocks keep) and their signature's members."""
+    key = {k: v for k, v in vars(component).items()
+           if not k.startswith("_") and isinstance(v, (bool, int, float, str, tuple))}
+    key["signature"] = repr(component.signature.members)
+    return key
+
+
+def bind(platform, component, key: dict | None = None):
     """``component``, or with a :class:`HierarchicalEmitter` as ``platform`` an ``Instance``
-    of a module emitted once per distinct class and constructor arguments ``key``, bound to the
-    component's port signals."""
+    of a module emitted once per distinct class and ``key`` (default: :func:`fingerprint`),
+    bound to the component's port signals."""
     if isinstance(platform, HierarchicalEmitter):
         return platform.bind(component, key)
     return component

@@ -162,9 +162,8 @@ class RecFabricKernel(wiring.Component):
             m.submodules[name] = getattr(self, name)
         for i, u in enumerate(self.units):
             m.submodules[f"unit{i}"] = u
-        onchip_key = OnChipTable.config_kwargs(self.config, word_bits=256)
         for i, t in enumerate(self.onchip):  # one module for all when hierarchical (hw/hier.py)
-            m.submodules[f"onchip{i}"] = bind(platform, t, onchip_key)
+            m.submodules[f"onchip{i}"] = bind(platform, t)
         m.submodules.flag_fifo = flag_fifo = SyncFIFOBuffered(
             width=RequestFlagsLayout().size, depth=2 * len(self.config.mlp_top_shapes) + 4)
 

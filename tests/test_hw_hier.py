@@ -1,3 +1,5 @@
+# amaranth: UnusedElaboratable=no
+# (a bound block stands in for its equal twin, which is never elaborated: as in hw/kernel.py)
 """Hierarchical emission (hw/hier.py) is the same logic as the flat design.
 
 Proof by simulation: the flat and the hierarchical Verilog of the same block are simulated side
@@ -13,6 +15,7 @@ import subprocess
 
 import pytest
 from amaranth.back import verilog
+from amaranth.hdl import Module
 
 from recfabric.hw.config import get_preset
 from recfabric.hw.hier import HierarchicalEmitter
@@ -140,3 +143,20 @@ def test_tiny_kernel_hierarchical_equals_flat(tmp_path):
     assert re.search(r"^module gate__onchiptable_", hier, re.M)
     assert _mismatches(tmp_path, flat, hier, cycles=300, clk="ap_clk", rst="ap_rst_n",
                        rst_on=0) == 0
+
+
+def test_bind_shares_a_module_only_between_equal_blocks():
+    from recfabric.hw.hier import fingerprint
+    from recfabric.hw.onchip_table import OnChipTable
+    c = get_preset("tiny")
+    kw = OnChipTable.config_kwargs(c, word_bits=256)
+    a, b = OnChipTable(**kw), OnChipTable(**kw)
+    deeper = OnChipTable(**{**kw, "depth": 2 * kw["depth"]})
+    assert fingerprint(a) == fingerprint(b) != fingerprint(deeper)
+    em = HierarchicalEmitter(prefix="t")
+    m = Module()
+    for i, t in enumerate((a, b, deeper)):
+        m.submodules[f"t{i}"] = em.bind(t)
+    assert sorted(em.instances.values()) == [1, 2] and len(em.modules) == 2
+    top = verilog.convert(m, name="t", emit_src=False, ports=[])
+    assert sum(top.count(f"  {n} ") for n in em.modules) == 3
