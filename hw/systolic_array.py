@@ -9,6 +9,7 @@ from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from .hier import separate
 from .processing_element import PE_LATENCY, ProcessingElement
 
 __all__ = ["SystolicArray"]
@@ -112,9 +113,10 @@ class SystolicArray(wiring.Component):
         pes = [[None] * self.cols for _ in range(self.rows)]
         for r in range(self.rows):
             for c in range(self.cols):
-                pe = ProcessingElement(data_bits=self.data_bits, acc_bits=self.acc_bits,
-                                       depth=self.depth, ctrl_bits=self.ctrl_bits,
-                                       x_bits=self.x_bits)
+                # one Verilog module for all PEs when built hierarchically (hw/hier.py)
+                pe = separate(platform, ProcessingElement, data_bits=self.data_bits,
+                              acc_bits=self.acc_bits, depth=self.depth,
+                              ctrl_bits=self.ctrl_bits, x_bits=self.x_bits)
                 m.submodules[f"pe_{r}_{c}"] = pe
                 pes[r][c] = pe
                 if r == 0:
