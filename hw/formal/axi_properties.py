@@ -130,6 +130,23 @@ class _Queue:
     def _next(self, p):
         return Mux(p == self.depth - 1, 0, p + 1)
 
+    def live(self, i):
+        """Slot ``i`` holds an entry (it is among the ``count`` slots from ``rp``)."""
+        d = self.depth
+        return Mux(self.rp <= i, i - self.rp, i + d - self.rp) < self.count
+
+    def beats(self):
+        """Sum of ``slot + 1`` over the live slots (the beats of the queued bursts)."""
+        return sum(Mux(self.live(i), s + 1, 0) for i, s in enumerate(self.slots))
+
+    def consistent(self):
+        """The write pointer is ``count`` slots after the read pointer (an invariant of the
+        queue itself, stated for k-induction)."""
+        d = self.depth
+        return ((self.count <= d) & (self.rp < d) & (self.wp < d) &
+                (self.wp == Mux(self.rp + self.count >= d, self.rp + self.count - d,
+                                self.rp + self.count)))
+
     def update(self, push, value, pop):
         m = self._m
         with m.If(push):
@@ -213,6 +230,8 @@ class AXI4ReadChecker(Elaboratable):
     ----------
     outstanding : Signal
         Bursts accepted and unfinished (for block-level properties).
+    owed : Signal
+        Beats accepted on AR and not yet delivered on R.
     ar_fire, r_fire, r_end : Value
         AR handshake, R handshake, R handshake of a burst's last beat.
     """
@@ -232,6 +251,7 @@ class AXI4ReadChecker(Elaboratable):
         self._ar = _AddressChannelRules(max_len=max_len, burst=burst, size=size,
                                         fixed={"id": arid, **(fixed or {})}, aligned=aligned)
         self.outstanding = Signal(range(max_outstanding + 2), name="rd_outstanding")
+        self.owed = Signal(range(256 * (max_outstanding + 1) + 1), name="rd_owed")
         self.ar_fire = bus.arvalid & bus.arready
         self.r_fire = bus.rvalid & bus.rready
         self.r_end = self.r_fire & bus.rlast
@@ -253,6 +273,12 @@ class AXI4ReadChecker(Elaboratable):
             m.d.sync += beat.eq(Mux(bus.rlast, 0, beat + 1))
 
         p.rule("master", "ar.outstanding", q.count <= self.max_outstanding)
+
+        # Beats accepted on AR and not yet delivered on R, and the checker's own bookkeeping
+        # invariants (they hold by construction; k-induction needs them stated).
+        m.d.sync += self.owed.eq(self.owed + Mux(self.ar_fire, bus.arlen + 1, 0) - self.r_fire)
+        p.check("rd.bookkeeping", q.consistent() & (self.owed == q.beats() - beat) &
+                Mux(q.count == 0, beat == 0, beat <= q.head))
 
         r_payload = Cat(bus.rid, bus.rdata, bus.rresp, bus.rlast)
         r_waited, r_same = held(m, bus.rvalid, bus.rready, r_payload, "r")

@@ -17,15 +17,17 @@ from __future__ import annotations
 import dataclasses
 import types
 from collections.abc import Callable
+from unittest import mock
 
 from amaranth.asserts import AnyConst, AnySeq, Initial
-from amaranth.hdl import Assume, Elaboratable, Module, Mux, ResetSignal, Signal
+from amaranth.hdl import Assume, Elaboratable, Fragment, Module, Mux, ResetSignal, Signal
 from amaranth.lib import wiring
 
 from ..axi4 import AXIResp
 from ..control_registers import ControlRegisters
 from ..embedding_lookup import EmbeddingLookupUnit
 from ..register_map import STATUS_BLOCK_BYTES
+from .. import request_reader
 from ..request_reader import RecordFetcher
 from ..result_writer import ResultWriter
 from .axi_properties import (
@@ -44,6 +46,54 @@ __all__ = ["Mutation", "Block", "BLOCKS", "build_harness", "LookupUnitHarness",
 ADDR_WIDTH = 16
 #: AR/AW fields every RecFabric master documents as constant.
 AXI_FIXED = {"cache": 0b0011, "lock": 0, "prot": 0, "qos": 0}
+
+
+class _Opened(Elaboratable):
+    """A block elaborated at once, with its internal signals and modules at hand.
+
+    k-induction needs invariants that tie a checker's counters to the block's internal
+    registers. This elaborates the block (through :meth:`Fragment.get`) with the ``Signal``
+    and ``Module`` names of its Python module replaced by recorders, so that the harness can
+    name the registers it states invariants over (``opened.signal("reserved")``) and the
+    block's submodules (``opened.module.submodules.fifo``). The block's code is unchanged; a
+    renamed register fails the harness build with a message naming it.
+    """
+
+    def __init__(self, block, pymodule):
+        self.signals = {}
+        self.modules = []
+        signals, modules = self.signals, self.modules
+
+        class _Recorder:
+            def __call__(self, *args, src_loc_at=0, **kwargs):
+                sig = Signal(*args, src_loc_at=src_loc_at + 1, **kwargs)
+                signals.setdefault(sig.name, sig)
+                return sig
+
+            def like(self, other, *, src_loc_at=0, **kwargs):
+                sig = Signal.like(other, src_loc_at=src_loc_at + 1, **kwargs)
+                signals.setdefault(sig.name, sig)
+                return sig
+
+        def _module():
+            mod = Module()
+            modules.append(mod)
+            return mod
+
+        with mock.patch.object(pymodule, "Signal", _Recorder()), \
+                mock.patch.object(pymodule, "Module", _module):
+            self.fragment = Fragment.get(block, None)
+        self.module = modules[0]
+
+    def signal(self, name):
+        try:
+            return self.signals[name]
+        except KeyError:
+            raise KeyError(f"the block has no internal signal {name!r} (renamed?); it has: "
+                           f"{', '.join(sorted(self.signals))}") from None
+
+    def elaborate(self, platform):
+        return self.fragment
 
 
 def _free(m, sig, bits=None):
@@ -253,7 +303,7 @@ class RecordFetchHarness(_Harness):
     def build(self, m):
         dut = RecordFetcher(data_width=self.data_width, addr_width=ADDR_WIDTH, id_width=1,
                             max_burst=self.max_burst, fifo_depth=self.fifo_depth)
-        m.submodules.dut = dut
+        m.submodules.dut = opened = _Opened(dut, request_reader)
         wb = self.data_width // 8
         bus = self._wire(m, dut.m_axi)
         # Bursts in flight are bounded by the FIFO (each has at least one reserved word); the
@@ -298,6 +348,21 @@ class RecordFetchHarness(_Harness):
                 p.check("fetch.sequential", bus.araddr == base + requested * wb)
                 p.check("fetch.total", requested + bus.arlen + 1 <= expected)
             p.check("fetch.fifo_bound", requested - delivered <= self.fifo_depth)
+            # Invariants tying the checker's counts to the fetcher's registers: they make each
+            # BMC step a one-step argument (smtbmc assumes the assertions of earlier steps) and
+            # let k-induction close.
+            pend = Mux(bus.arvalid, bus.arlen + 1, 0)  # beats of the AR waiting for ARREADY
+            addr, remaining = opened.signal("addr"), opened.signal("remaining")
+            reserved = opened.signal("reserved")
+            level = opened.module.submodules.fifo.level
+            p.check("fetch.inv_words", (requested + pend + remaining == expected) &
+                    (addr == base + (requested + pend) * wb))
+            p.check("fetch.inv_fifo", (reserved + delivered == requested + pend) &
+                    (level + chk.owed + delivered == requested) &
+                    (reserved <= self.fifo_depth) & (delivered <= expected) &
+                    (expected <= cap))
+            p.check("fetch.inv_base", (base[:(wb - 1).bit_length()] == 0) &
+                    (base + cap * wb <= (1 << ADDR_WIDTH)))
         r_err = Signal()
         m.d.sync += r_err.eq(chk.r_fire & bus.rresp[1])
         with m.If(r_err):

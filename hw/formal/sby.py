@@ -153,7 +153,7 @@ def _sby_text(mode, depth, top, solver):
     return "\n".join([
         "[options]", f"mode {mode}", f"depth {depth}", "multiclock off", "",
         "[engines]", f"smtbmc {solver}", "",
-        "[script]", f"read_rtlil {top}.il", f"prep -top {top}", "",
+        "[script]", f"read_rtlil {top}.il", f"prep -flatten -top {top}", "",
         "[files]", f"{top}.il", "",
     ])
 
