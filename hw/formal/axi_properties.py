@@ -433,6 +433,11 @@ class AXI4LiteChecker(Elaboratable):
     Attributes
     ----------
     aw_fire, w_fire, b_fire, ar_fire, r_fire : Value
+    aw_pending, w_pending, ar_pending : Signal
+        Requests accepted and not yet answered, per channel.
+    latency : dict
+        ``{"b": Signal, "r": Signal}``: cycles the complete request has waited for its response
+        (counted when ``max_latency`` is given).
     """
 
     def __init__(self, bus, *, dut="slave", max_pending=1, max_latency=None, resp=None):
@@ -443,6 +448,12 @@ class AXI4LiteChecker(Elaboratable):
         self.b_fire = bus.bvalid & bus.bready
         self.ar_fire = bus.arvalid & bus.arready
         self.r_fire = bus.rvalid & bus.rready
+        n = max_pending
+        self.aw_pending = Signal(range(n + 2), name="lite_aw_pending")
+        self.w_pending = Signal(range(n + 2), name="lite_w_pending")
+        self.ar_pending = Signal(range(n + 2), name="lite_ar_pending")
+        self.latency = {ch: Signal(range((max_latency or 0) + 2), name=f"lite_{ch}_latency")
+                        for ch in ("b", "r")}
 
     def elaborate(self, platform):
         m = Module()
@@ -465,9 +476,7 @@ class AXI4LiteChecker(Elaboratable):
                 p.rule("master", f"{ch}.payload_stable", same)
 
         # Requests accepted and not yet answered.
-        aw_n = Signal(range(n + 2), name="lite_aw_pending")
-        w_n = Signal(range(n + 2), name="lite_w_pending")
-        ar_n = Signal(range(n + 2), name="lite_ar_pending")
+        aw_n, w_n, ar_n = self.aw_pending, self.w_pending, self.ar_pending
         m.d.sync += [aw_n.eq(aw_n + self.aw_fire - self.b_fire),
                      w_n.eq(w_n + self.w_fire - self.b_fire),
                      ar_n.eq(ar_n + self.ar_fire - self.r_fire)]
@@ -489,7 +498,7 @@ class AXI4LiteChecker(Elaboratable):
                 else:
                     p.rule("slave", f"{ch}.resp", resp != AXIResp.EXOKAY)
             if self.max_latency is not None:
-                wait = Signal(range(self.max_latency + 2), name=f"lite_{ch}_latency")
+                wait = self.latency[ch]
                 with m.If(pending & ~valid & (wait <= self.max_latency)):
                     m.d.sync += wait.eq(wait + 1)
                 with m.Elif(~pending | valid):

@@ -27,7 +27,7 @@ from ..axi4 import AXIResp
 from ..control_registers import ControlRegisters
 from ..embedding_lookup import EmbeddingLookupUnit
 from ..register_map import STATUS_BLOCK_BYTES
-from .. import request_reader
+from .. import control_registers, request_reader
 from ..request_reader import RecordFetcher
 from ..result_writer import ResultWriter
 from .axi_properties import (
@@ -470,10 +470,25 @@ class ControlRegistersHarness(_Harness):
 
     def build(self, m):
         dut = ControlRegisters(num_table_channels=1, config_hash=0x5EC0FFEE)
-        m.submodules.dut = dut
+        m.submodules.dut = opened = _Opened(dut, control_registers)
         bus = self._wire(m, dut.s_axi)
-        m.submodules.checker = AXI4LiteChecker(bus, max_pending=1, max_latency=1,
-                                               resp=AXIResp.OKAY)
+        m.submodules.checker = chk = AXI4LiteChecker(bus, max_pending=1, max_latency=1,
+                                                     resp=AXIResp.OKAY)
+        # Invariants tying the checker's counts to the slave's handshake registers (for
+        # k-induction): a write is held in have_aw/have_w until answered on B, a read in
+        # `selecting` until answered on R; READY is low exactly while one is held.
+        p = PropertyWriter(m, "slave")
+        s = opened.signal
+        have_aw, have_w, bvalid = s("have_aw"), s("have_w"), s("bvalid")
+        selecting, rvalid = s("selecting"), s("rvalid")
+        p.check("lite.inv_write",
+                (chk.aw_pending == have_aw + bvalid) & (chk.w_pending == have_w + bvalid) &
+                ~(bvalid & (have_aw | have_w)) &
+                (s("awready") == ~(have_aw | bvalid)) & (s("wready") == ~(have_w | bvalid)) &
+                ((chk.latency["b"] == 0) | bvalid))
+        p.check("lite.inv_read",
+                (chk.ar_pending == selecting + rvalid) & ~(selecting & rvalid) &
+                (s("arready") == ~(selecting | rvalid)) & ((chk.latency["r"] == 0) | rvalid))
         _free(m, dut.done)
         for name in dir(dut):
             if name.startswith("status_"):
