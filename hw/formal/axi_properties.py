@@ -323,6 +323,14 @@ class AXI4WriteChecker(Elaboratable):
     ----------
     outstanding : Signal
         Bursts accepted on AW and not answered on B.
+    w_bursts, w_head : Signal
+        Bursts accepted on AW whose W burst has not ended; the oldest one's ``AWLEN``.
+    w_beat : Signal
+        Beats of the current W burst accepted so far.
+    lead_done, lead_len : Signal
+        A whole W burst is waiting for its AW; its ``AWLEN``-to-be.
+    b_owed : Signal
+        Bursts whose AW and W are both done, not yet answered on B.
     aw_fire, w_fire, b_fire : Value
     """
 
@@ -338,6 +346,12 @@ class AXI4WriteChecker(Elaboratable):
         self._aw = _AddressChannelRules(max_len=max_len, burst=burst, size=size,
                                         fixed={"id": awid, **(fixed or {})}, aligned=aligned)
         self.outstanding = Signal(range(max_outstanding + 2), name="wr_outstanding")
+        self.w_bursts = Signal(range(max_outstanding + 3), name="w_bursts")
+        self.w_head = Signal(8, name="w_head")
+        self.w_beat = Signal(8, name="w_beat")
+        self.lead_done = Signal(name="w_lead_done")
+        self.lead_len = Signal(8, name="w_lead_len")
+        self.b_owed = Signal(range(max_outstanding + 3), name="b_owed")
         self.aw_fire = bus.awvalid & bus.awready
         self.w_fire = bus.wvalid & bus.wready
         self.b_fire = bus.bvalid & bus.bready
@@ -352,11 +366,13 @@ class AXI4WriteChecker(Elaboratable):
 
         # AW bursts accepted whose W burst has not ended, oldest first.
         q = _Queue(m, self.max_outstanding + 2, 8, "wr_len")
-        w_beat = Signal(8, name="w_beat")  # beats of the current W burst accepted so far
-        lead_done = Signal(name="w_lead_done")  # a whole W burst is waiting for its AW
-        lead_len = Signal(8, name="w_lead_len")
-        b_owed = Signal(range(self.max_outstanding + 3), name="b_owed")
+        w_beat = self.w_beat  # beats of the current W burst accepted so far
+        lead_done = self.lead_done  # a whole W burst is waiting for its AW
+        lead_len = self.lead_len
+        b_owed = self.b_owed  # bursts whose AW and W are done, not yet answered on B
         aw_out = self.outstanding
+        m.d.comb += [self.w_bursts.eq(q.count), self.w_head.eq(q.head)]
+        p.check("wr.bookkeeping", q.consistent())
 
         known_q = q.count != 0
         # This W beat's burst length is known: from the queue, or from an AW accepted this cycle

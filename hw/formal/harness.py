@@ -14,20 +14,21 @@ catch that bug. :data:`BLOCKS` lists the harnesses by name.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import types
 from collections.abc import Callable
 from unittest import mock
 
 from amaranth.asserts import AnyConst, AnySeq, Initial
-from amaranth.hdl import Assume, Elaboratable, Fragment, Module, Mux, ResetSignal, Signal
+from amaranth.hdl import Assume, Elaboratable, Fragment, Module, Mux, ResetSignal, Signal, Value
 from amaranth.lib import wiring
 
 from ..axi4 import AXIResp
 from ..control_registers import ControlRegisters
 from ..embedding_lookup import EmbeddingLookupUnit
 from ..register_map import STATUS_BLOCK_BYTES
-from .. import control_registers, request_reader
+from .. import control_registers, request_reader, result_writer
 from ..request_reader import RecordFetcher
 from ..result_writer import ResultWriter
 from .axi_properties import (
@@ -54,8 +55,9 @@ class _Opened(Elaboratable):
     k-induction needs invariants that tie a checker's counters to the block's internal
     registers. This elaborates the block (through :meth:`Fragment.get`) with the ``Signal``
     and ``Module`` names of its Python module replaced by recorders, so that the harness can
-    name the registers it states invariants over (``opened.signal("reserved")``) and the
-    block's submodules (``opened.module.submodules.fifo``). The block's code is unchanged; a
+    name the registers it states invariants over (``opened.signal("reserved")``), the
+    block's submodules (``opened.module.submodules.fifo``) and its FSM states
+    (``opened.fsms[0]["IDLE"]``: 1 while that state is ongoing). The block's code is unchanged; a
     renamed register fails the harness build with a message naming it.
     """
 
@@ -67,16 +69,29 @@ class _Opened(Elaboratable):
         class _Recorder:
             def __call__(self, *args, src_loc_at=0, **kwargs):
                 sig = Signal(*args, src_loc_at=src_loc_at + 1, **kwargs)
-                signals.setdefault(sig.name, sig)
+                signals.setdefault(Value.cast(sig).name, sig)
                 return sig
 
             def like(self, other, *, src_loc_at=0, **kwargs):
                 sig = Signal.like(other, src_loc_at=src_loc_at + 1, **kwargs)
-                signals.setdefault(sig.name, sig)
+                signals.setdefault(Value.cast(sig).name, sig)
                 return sig
+
+        fsms = self.fsms = []
 
         def _module():
             mod = Module()
+            plain_fsm = mod.FSM
+
+            @contextlib.contextmanager
+            def fsm_recorded(*args, **kwargs):
+                with plain_fsm(*args, **kwargs) as fsm:
+                    yield fsm
+                    # Every state is known now; ask for their "ongoing" signals before the
+                    # FSM is lowered.
+                    fsms.append({state: fsm.ongoing(state) for state in list(fsm.encoding)})
+
+            mod.FSM = fsm_recorded
             modules.append(mod)
             return mod
 
@@ -398,7 +413,7 @@ class ResultWriterHarness(_Harness):
 
     def build(self, m):
         dut = ResultWriter(data_width=128, addr_width=ADDR_WIDTH, id_width=1, max_outstanding=2)
-        m.submodules.dut = dut
+        m.submodules.dut = opened = _Opened(dut, result_writer)
         wb = 16
         status_beats = STATUS_BLOCK_BYTES // wb
         bus = self._wire(m, dut.m_axi)
@@ -447,8 +462,61 @@ class ResultWriterHarness(_Harness):
         m.d.sync += b_err.eq(chk.b_fire & bus.bresp[1])
         with m.If(b_err):
             p.check("writer.axi_error", dut.axi_error)
+        self._invariants(m, p, opened, chk, bus, running=running, base=base, batch=batch,
+                         records=records, aws=aws, status_at=status_at,
+                         status_beats=status_beats, wb=wb)
         p.cover("cover.writer_done", dut.done & (batch == 2) & ~skip)
         p.cover("cover.writer_skip_done", dut.done & (batch == 2) & skip)
+
+
+    def _invariants(self, m, p, opened, chk, bus, *, running, base, batch, records, aws,
+                    status_at, status_beats, wb):
+        """Invariants tying the checker's and the harness's counts to the writer's registers
+        and FSM state, per phase (for k-induction; smtbmc also uses them as lemmas in BMC)."""
+        s = opened.signal
+        (fsm,) = opened.fsms
+        a, w = s("aw_pending"), s("w_pending")
+        issued, answered, inflight, sbeat = (s("issued"), s("answered"), s("inflight"),
+                                             s("status_beat"))
+        p.check("writer.inv_run",
+                (fsm["IDLE"] == ~running) & (s("base") == base) & (s("batch") == records) &
+                (s("status_at") == status_at) & (answered <= issued) & (issued <= records) &
+                (batch <= self.max_batch) & (base[:6] == 0) &
+                (base + 2 * 4096 <= (1 << ADDR_WIDTH)))
+        quiet = (~a & ~w & (chk.w_bursts == 0) & ~chk.lead_done & (chk.b_owed == 0) &
+                 (chk.outstanding == 0) & (chk.w_beat == 0) & (inflight == 0))
+        with m.If(fsm["IDLE"]):
+            p.check("writer.inv_idle", quiet)
+        with m.If(fsm["STATUS_AW"]):
+            p.check("writer.inv_status_aw", quiet & (sbeat == 0) & (issued == records) &
+                    (answered == records) & (aws == records))
+        with m.If(fsm["RECORDS"]):
+            p.check("writer.inv_records",
+                    (chk.outstanding == issued - a - answered) &
+                    (inflight == issued - a - answered) &
+                    (chk.w_bursts == (~a & w)) & (chk.lead_done == (a & ~w)) &
+                    (chk.b_owed == issued - answered - (a | w)) & (chk.w_beat == 0) &
+                    ((chk.w_bursts == 0) | (chk.w_head == 0)) &
+                    (~chk.lead_done | (chk.lead_len == 0)) &
+                    (~(a | w) | (issued != 0)) & (aws == issued - a) &
+                    (~a | ((bus.awaddr == base + (issued - 1) * wb) & (bus.awlen == 0))) &
+                    (~w | bus.wlast))
+        with m.If(fsm["STATUS_W"]):
+            acc = Signal(range(status_beats + 1), name="inv_status_accepted")
+            m.d.comb += acc.eq(sbeat - w)
+            p.check("writer.inv_status_w",
+                    (issued == records) & (answered == records) & (inflight == 0) &
+                    (sbeat <= status_beats) & (~w | (sbeat != 0)) & (aws == records + ~a) &
+                    (~a | ((bus.awaddr == status_at) & (bus.awlen == status_beats - 1))) &
+                    (~w | (bus.wlast == (sbeat == status_beats))) &
+                    (chk.w_beat == Mux(acc < status_beats, acc, 0)) &
+                    Mux(a,
+                        (chk.outstanding == 0) & (chk.w_bursts == 0) & (chk.b_owed == 0) &
+                        (chk.lead_done == (acc == status_beats)) &
+                        (~chk.lead_done | (chk.lead_len == status_beats - 1)),
+                        (chk.outstanding == 1) & (chk.w_bursts == (acc < status_beats)) &
+                        ((acc == status_beats) | (chk.w_head == status_beats - 1)) &
+                        (chk.b_owed == (acc == status_beats)) & ~chk.lead_done))
 
 
 class ControlRegistersHarness(_Harness):
