@@ -366,7 +366,8 @@ class RecordFetchHarness(_Harness):
             # Invariants tying the checker's counts to the fetcher's registers: they make each
             # BMC step a one-step argument (smtbmc assumes the assertions of earlier steps) and
             # let k-induction close.
-            pend = Mux(bus.arvalid, bus.arlen + 1, 0)  # beats of the AR waiting for ARREADY
+            # (The fetcher's own AR registers, before any mutation; the checker watches the bus.)
+            pend = Mux(dut.m_axi.arvalid, dut.m_axi.arlen + 1, 0)  # beats of the AR waiting
             addr, remaining = opened.signal("addr"), opened.signal("remaining")
             reserved = opened.signal("reserved")
             level = opened.module.submodules.fifo.level
@@ -462,17 +463,18 @@ class ResultWriterHarness(_Harness):
         m.d.sync += b_err.eq(chk.b_fire & bus.bresp[1])
         with m.If(b_err):
             p.check("writer.axi_error", dut.axi_error)
-        self._invariants(m, p, opened, chk, bus, running=running, base=base, batch=batch,
+        self._invariants(m, p, opened, chk, dut.m_axi, running=running, base=base, batch=batch,
                          records=records, aws=aws, status_at=status_at,
                          status_beats=status_beats, wb=wb)
         p.cover("cover.writer_done", dut.done & (batch == 2) & ~skip)
         p.cover("cover.writer_skip_done", dut.done & (batch == 2) & skip)
 
 
-    def _invariants(self, m, p, opened, chk, bus, *, running, base, batch, records, aws,
+    def _invariants(self, m, p, opened, chk, port, *, running, base, batch, records, aws,
                     status_at, status_beats, wb):
         """Invariants tying the checker's and the harness's counts to the writer's registers
-        and FSM state, per phase (for k-induction; smtbmc also uses them as lemmas in BMC)."""
+        and FSM state, per phase (for k-induction; smtbmc also uses them as lemmas in BMC).
+        ``port`` is the writer's own AXI port (before any mutation), ``chk`` watches the bus."""
         s = opened.signal
         (fsm,) = opened.fsms
         a, w = s("aw_pending"), s("w_pending")
@@ -499,16 +501,16 @@ class ResultWriterHarness(_Harness):
                     ((chk.w_bursts == 0) | (chk.w_head == 0)) &
                     (~chk.lead_done | (chk.lead_len == 0)) &
                     (~(a | w) | (issued != 0)) & (aws == issued - a) &
-                    (~a | ((bus.awaddr == base + (issued - 1) * wb) & (bus.awlen == 0))) &
-                    (~w | bus.wlast))
+                    (~a | ((port.awaddr == base + (issued - 1) * wb) & (port.awlen == 0))) &
+                    (~w | port.wlast))
         with m.If(fsm["STATUS_W"]):
             acc = Signal(range(status_beats + 1), name="inv_status_accepted")
             m.d.comb += acc.eq(sbeat - w)
             p.check("writer.inv_status_w",
                     (issued == records) & (answered == records) & (inflight == 0) &
                     (sbeat <= status_beats) & (~w | (sbeat != 0)) & (aws == records + ~a) &
-                    (~a | ((bus.awaddr == status_at) & (bus.awlen == status_beats - 1))) &
-                    (~w | (bus.wlast == (sbeat == status_beats))) &
+                    (~a | ((port.awaddr == status_at) & (port.awlen == status_beats - 1))) &
+                    (~w | (port.wlast == (sbeat == status_beats))) &
                     (chk.w_beat == Mux(acc < status_beats, acc, 0)) &
                     Mux(a,
                         (chk.outstanding == 0) & (chk.w_bursts == 0) & (chk.b_owed == 0) &
