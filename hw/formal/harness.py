@@ -24,11 +24,11 @@ from amaranth.asserts import AnyConst, AnySeq, Initial
 from amaranth.hdl import Assume, Elaboratable, Fragment, Module, Mux, ResetSignal, Signal, Value
 from amaranth.lib import wiring
 
+from .. import control_registers, request_reader, result_writer
 from ..axi4 import AXIResp
 from ..control_registers import ControlRegisters
 from ..embedding_lookup import EmbeddingLookupUnit
 from ..register_map import STATUS_BLOCK_BYTES
-from .. import control_registers, request_reader, result_writer
 from ..request_reader import RecordFetcher
 from ..result_writer import ResultWriter
 from .axi_properties import (
@@ -39,12 +39,14 @@ from .axi_properties import (
     held,
 )
 
-__all__ = ["Mutation", "Block", "BLOCKS", "build_harness", "LookupUnitHarness",
+__all__ = ["Mutation", "Block", "BLOCKS", "MUTATION_DEPTH", "build_harness", "LookupUnitHarness",
            "RecordFetchHarness", "ResultWriterHarness", "ControlRegistersHarness"]
 
 #: AXI address width of the harnesses: 4 KiB pages and several of them (the blocks' 4 KiB logic
 #: uses the low 12 bits; 64-bit addresses only make the solver slower).
 ADDR_WIDTH = 16
+#: BMC depth of a mutated harness (the run stops at the first failure, in a few steps).
+MUTATION_DEPTH = 30
 #: AR/AW fields every RecFabric master documents as constant.
 AXI_FIXED = {"cache": 0b0011, "lock": 0, "prot": 0, "qos": 0}
 
@@ -578,13 +580,17 @@ class Block:
     options : dict
         Keyword arguments of the harness.
     depth : int
-        Default BMC depth: 30 where the solver gets there in seconds; less where the run time
-        grows steeply with depth (measured, see the README's "Formal AXI proofs").
+        Default depth of the proof: for ``proof="prove"`` the k of k-induction (the base case
+        is a BMC of that depth; a PASS holds for every trace, however long); for
+        ``proof="bmc"`` the BMC depth, less than 30 where the run time grows steeply with
+        depth (measured, see the README's "Formal AXI proofs").
     cover_depth : int
         Default cover bound.
     finding : str or None
         A relaxed environment in which the block is known to break the protocol (the BMC is
         expected to FAIL; not run by default).
+    proof : str
+        ``"prove"`` where k-induction closes (unbounded proof), else ``"bmc"``.
     """
 
     harness: type
@@ -593,6 +599,7 @@ class Block:
     depth: int = 30
     cover_depth: int = 30
     finding: str | None = None
+    proof: str = "bmc"
 
     @property
     def mutations(self) -> dict:
@@ -611,8 +618,8 @@ BLOCKS = {
     "lookup_unit_in_table": Block(LookupUnitHarness,
                                   "m_axi_tables<i>: reads inside the described tables",
                                   {"in_table": True}, depth=8, cover_depth=10),
-    "record_fetch": Block(RecordFetchHarness, "m_axi_requests: AXI4 read master", depth=14,
-                          cover_depth=20),
+    "record_fetch": Block(RecordFetchHarness, "m_axi_requests: AXI4 read master", depth=4,
+                          cover_depth=20, proof="prove"),
     "program_fetch": Block(RecordFetchHarness, "m_axi_model: AXI4 read master",
                            {"program": True}, depth=14, cover_depth=24),
     "record_fetch_any_base": Block(
@@ -622,8 +629,10 @@ BLOCKS = {
     "record_fetch_any_start": Block(
         RecordFetchHarness, "m_axi_requests, start at any time", {"any_start": True},
         depth=10, cover_depth=10, finding="start while ARVALID waits withdraws ARVALID"),
-    "result_writer": Block(ResultWriterHarness, "m_axi_results: AXI4 write master", depth=14),
-    "control_registers": Block(ControlRegistersHarness, "s_axi_control: AXI4-Lite slave"),
+    "result_writer": Block(ResultWriterHarness, "m_axi_results: AXI4 write master", depth=4,
+                           proof="prove"),
+    "control_registers": Block(ControlRegistersHarness, "s_axi_control: AXI4-Lite slave",
+                               depth=4, proof="prove"),
 }
 
 
