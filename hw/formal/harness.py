@@ -10,6 +10,10 @@ Reset is held in the first cycle only (``Initial``).
 A *mutation* puts a deliberate protocol bug between the block and the bus (e.g. ``ARVALID``
 dropped after one cycle of waiting); a mutated harness must fail, which shows the properties
 catch that bug. :data:`BLOCKS` lists the harnesses by name.
+
+Where k-induction closes (record fetch, result writer, control slave: ``Block.proof ==
+"prove"``), the harness also asserts invariants that tie the checker's counters to the block's
+own registers, read through :class:`_Opened` (the block's code is not changed for them).
 """
 
 from __future__ import annotations

@@ -150,6 +150,7 @@ def property_name(src: str) -> str:
 
 
 def _sby_text(mode, depth, top, solver):
+    # Flattened, so that logic feeding no property (FIFO storage, read data) is removed.
     return "\n".join([
         "[options]", f"mode {mode}", f"depth {depth}", "multiclock off", "",
         "[engines]", f"smtbmc {solver}", "",
