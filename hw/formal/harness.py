@@ -20,18 +20,22 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import operator
 import types
 from collections.abc import Callable
 from unittest import mock
 
 from amaranth.asserts import AnyConst, AnySeq, Initial
 from amaranth.hdl import Assume, Elaboratable, Fragment, Module, Mux, ResetSignal, Signal, Value
-from amaranth.lib import wiring
+from amaranth.lib import data, wiring
+from amaranth.lib import fifo as amaranth_fifo
+from amaranth.lib.memory import Memory
 
-from .. import control_registers, request_reader, result_writer
+from .. import control_registers, embedding_lookup, request_reader, result_writer
 from ..axi4 import AXIResp
 from ..control_registers import ControlRegisters
-from ..embedding_lookup import EmbeddingLookupUnit
+from ..embedding_lookup import EmbeddingLookupUnit, PoolContextLayout
 from ..register_map import STATUS_BLOCK_BYTES
 from ..request_reader import RecordFetcher
 from ..result_writer import ResultWriter
@@ -55,6 +59,22 @@ MUTATION_DEPTH = 30
 AXI_FIXED = {"cache": 0b0011, "lock": 0, "prot": 0, "qos": 0}
 
 
+class _ObservedMemory(Memory):
+    """A :class:`~amaranth.lib.memory.Memory` with one more asynchronous read port per row
+    (``rows[i].data``: row ``i``'s contents), so that invariants can name its contents.
+
+    The extra ports only observe: the block's own ports, and so its behaviour, are unchanged.
+    """
+
+    def elaborate(self, platform):
+        m = Module()
+        self.rows = [self.read_port(domain="comb") for _ in range(self.depth)]
+        for i, port in enumerate(self.rows):
+            m.d.comb += port.addr.eq(i)
+        m.submodules.memory = super().elaborate(platform)
+        return m
+
+
 class _Opened(Elaboratable):
     """A block elaborated at once, with its internal signals and modules at hand.
 
@@ -67,10 +87,11 @@ class _Opened(Elaboratable):
     renamed register fails the harness build with a message naming it.
     """
 
-    def __init__(self, block, pymodule):
+    def __init__(self, block, pymodule, *, observe_memories=False):
         self.signals = {}
         self.modules = []
-        signals, modules = self.signals, self.modules
+        self.memories = []
+        signals, modules, memories = self.signals, self.modules, self.memories
 
         class _Recorder:
             def __call__(self, *args, src_loc_at=0, **kwargs):
@@ -101,8 +122,19 @@ class _Opened(Elaboratable):
             modules.append(mod)
             return mod
 
-        with mock.patch.object(pymodule, "Signal", _Recorder()), \
-                mock.patch.object(pymodule, "Module", _module):
+        class _Memory(_ObservedMemory):
+            def __init__(self, *args, src_loc_at=0, **kwargs):
+                super().__init__(*args, src_loc_at=src_loc_at + 1, **kwargs)
+                memories.append(self)
+
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(mock.patch.object(pymodule, "Signal", _Recorder()))
+            stack.enter_context(mock.patch.object(pymodule, "Module", _module))
+            if observe_memories:
+                # The block's memories and those of the library FIFOs it instantiates.
+                for mod in (pymodule, amaranth_fifo):
+                    if hasattr(mod, "Memory"):
+                        stack.enter_context(mock.patch.object(mod, "Memory", _Memory))
             self.fragment = Fragment.get(block, None)
         self.module = modules[0]
 
@@ -257,11 +289,13 @@ class LookupUnitHarness(_Harness):
             data_bits=8, max_dim=8, data_width=32, addr_width=ADDR_WIDTH, id_width=2,
             max_outstanding=2, tag_bits=1, slot_bits=1, n_desc=2, row_bits=2, stride_bits=8,
             max_bag=2, arid=2)
-        m.submodules.dut = dut
+        m.submodules.dut = opened = _Opened(dut, embedding_lookup, observe_memories=True)
         bus = self._wire(m, dut.m_axi)
         chk = AXI4ReadChecker(bus, max_outstanding=dut.max_outstanding, arid=2,
-                              max_len=dut.max_beats - 1, aligned=True, fixed=AXI_FIXED)
-        m.submodules.checker = chk
+                              max_len=dut.max_beats - 1, aligned=True, fixed=AXI_FIXED,
+                              bookkeeping=True)
+        # Elaborated here: the invariants name the checker's burst queue.
+        m.submodules.checker = Fragment.get(chk, None)
         p = PropertyWriter(m)
         _stream_source(p, m, dut.i_lookup, "lookup")
         _stream_source(p, m, dut.i_desc, "desc")
@@ -283,6 +317,59 @@ class LookupUnitHarness(_Harness):
         if self.in_table:
             with m.If(bus.arvalid):
                 p.check("lookup.in_table", sum(inside) != 0)
+        self._invariants(m, p, dut, opened, chk)
+
+    def _invariants(self, m, p, dut, opened, chk):
+        """Invariants tying the checker's bursts in flight to the unit's context FIFO and
+        pooler, and the descriptors' derived fields to their rules (for k-induction).
+
+        The context FIFO (``SyncFIFOBuffered`` of 2 entries) holds the contexts of the lookups
+        issued and not yet pooled, oldest first: its output register (``r_data``, while
+        ``r_rdy``) and its one-row memory (while the inner level is 1). The entries with
+        ``read=1`` are exactly the checker's bursts in flight, in order, with ``ARLEN = beats -
+        1``; the pooler's ``beat_idx`` is the checker's beat count of the oldest one.
+        """
+        s = opened.signal
+        descs = opened.module.submodules.descs
+        ctx_fifo = opened.module.submodules.ctx_fifo
+        (storage,) = [mem for mem in opened.memories if mem is not descs]
+        ctx_layout = PoolContextLayout(
+            tag_bits=dut.tag_bits, slot_bits=dut.slot_bits, max_beats=dut.max_beats,
+            max_dim=dut.max_dim)
+        assert dut.max_outstanding == 2 and storage.depth == 1, "invariants for 2 entries"
+        e0 = data.View(ctx_layout, ctx_fifo.r_data)
+        e1 = data.View(ctx_layout, storage.rows[0].data)
+        have0 = ctx_fifo.r_rdy
+        have1 = ctx_fifo.level - ctx_fifo.r_rdy == 1
+        read0, read1 = have0 & e0.read, have1 & e1.read
+        q, beat = chk.queue, chk.beat
+        first = Mux(read0, e0.beats, e1.beats)  # beats of the oldest read in flight
+        bb_log2 = (dut.beat_bytes - 1).bit_length()
+
+        def beats_ok(beats):
+            return (beats >= 1) & (beats <= dut.max_beats)
+
+        p.check("lookup.inv_bursts",
+                (ctx_fifo.level <= 2) &
+                (chk.outstanding == read0 + read1) &
+                ((chk.outstanding == 0) | (q.slot(0) == first - 1)) &
+                ((chk.outstanding < 2) | (q.slot(1) == e1.beats - 1)) &
+                (~read0 | beats_ok(e0.beats)) & (~read1 | beats_ok(e1.beats)) &
+                (beat == Mux(read0, s("beat_idx"), 0)) &
+                Mux(read0, s("beat_idx") < e0.beats, s("beat_idx") == 0))
+
+        def entry_ok(e):  # a valid descriptor's derived fields (computed when written)
+            return ~e.ok | (beats_ok(e.beats) & (e.desc.base[:bb_log2] == 0) &
+                            (e.desc.stride[:bb_log2] == 0))
+
+        c2 = data.View(ctx_layout, s("c2"))
+        p.check("lookup.inv_descs",
+                # The read port's register holds a row from the first cycle on.
+                (Initial() | entry_ok(descs.read_ports[0].data)) &
+                functools.reduce(operator.and_, (entry_ok(row.data) for row in descs.rows)))
+        p.check("lookup.inv_stage2",
+                ~c2.read | (beats_ok(c2.beats) & (s("base2")[:bb_log2] == 0) &
+                            (s("off2")[:bb_log2] == 0)))
 
 
 class RecordFetchHarness(_Harness):
@@ -314,12 +401,15 @@ class RecordFetchHarness(_Harness):
         # Relaxed environments (findings, see tests/test_formal_axi.py): ``any_base`` drops the
         # word alignment of ``base``, ``any_start`` lets ``start`` come at any time.
         self.any_base, self.any_start = any_base, any_start
-        # The invariants for k-induction (the small fetcher only: at the program fetch's
-        # parameters the induction step does not finish, and they slow its BMC down).
-        self.inductive = not (program or any_base or any_start)
+        # The invariants for k-induction (not in the relaxed harnesses: the findings fail).
+        self.inductive = not (any_base or any_start)
         if program:
-            self.data_width, self.max_burst, self.fifo_depth = 512, 16, 32
-            self.word_bits, self.batch_bits = 6, 0  # up to 63 words, batch = 1
+            # The kernel's word width (512 bits: the burst, 4 KiB and alignment arithmetic in
+            # 64-byte beats) and batch = 1; bursts and FIFO shrunk from the kernel's 16 and 128
+            # to 4 and 8 (the same code: bursts cut by the FIFO's free words, by 4 KiB and by the
+            # run's tail), programs of up to 15 words (several bursts, all three cuts reachable).
+            self.data_width, self.max_burst, self.fifo_depth = 512, 4, 8
+            self.word_bits, self.batch_bits = 4, 0  # up to 15 words, batch = 1
         else:
             self.data_width, self.max_burst, self.fifo_depth = 32, 2, 4
             self.word_bits, self.batch_bits = 2, 2  # up to 3 records of up to 3 words
