@@ -11,9 +11,10 @@ A *mutation* puts a deliberate protocol bug between the block and the bus (e.g. 
 dropped after one cycle of waiting); a mutated harness must fail, which shows the properties
 catch that bug. :data:`BLOCKS` lists the harnesses by name.
 
-Where k-induction closes (record fetch, result writer, control slave: ``Block.proof ==
-"prove"``), the harness also asserts invariants that tie the checker's counters to the block's
-own registers, read through :class:`_Opened` (the block's code is not changed for them).
+Every harness with ``Block.proof == "prove"`` (all but the two relaxed finding harnesses) also
+asserts invariants that tie the checker's counters to the block's own registers and memories,
+read through :class:`_Opened` (the block's code is not changed for them), so that k-induction
+closes: the properties then hold in every trace, however long.
 """
 
 from __future__ import annotations
@@ -27,7 +28,17 @@ from collections.abc import Callable
 from unittest import mock
 
 from amaranth.asserts import AnyConst, AnySeq, Initial
-from amaranth.hdl import Assume, Elaboratable, Fragment, Module, Mux, ResetSignal, Signal, Value
+from amaranth.hdl import (
+    Array,
+    Assume,
+    Elaboratable,
+    Fragment,
+    Module,
+    Mux,
+    ResetSignal,
+    Signal,
+    Value,
+)
 from amaranth.lib import data, wiring
 from amaranth.lib import fifo as amaranth_fifo
 from amaranth.lib.memory import Memory
@@ -269,7 +280,17 @@ class LookupUnitHarness(_Harness):
     space.
     With ``in_table=True``, also: each read lies inside a table the host described
     (``lookup.in_table``: the unit never reads outside a table). That property needs the solver
-    to reason about ``row * stride``; it is a separate, shallower job (``lookup_unit_in_table``).
+    to reason about ``row * stride``; it is a separate job (``lookup_unit_in_table``).
+
+    Why the small parameters still cover the logic: the AR issue, the context FIFO that limits
+    the reads in flight, the 4 KiB and bounds checks and the pooler's beat counting are the same
+    code at every size; 2 descriptors and 2 reads in flight (the smallest legal limit) keep every
+    case (a read and a non-read context in the FIFO in either order, a descriptor written while
+    another is in use) and let the invariants name each FIFO entry. k-induction invariants
+    (:meth:`_invariants`): the checker's bursts in flight are the FIFO's ``read`` contexts, in
+    order, with ``ARLEN = beats - 1``, and the pooler's beat count is the checker's; every
+    valid descriptor in the memory has legal derived fields; for ``in_table``, the harness's copy
+    of the descriptors equals the memory and a waiting read lies in a table.
     """
 
     mutations = {
@@ -307,7 +328,9 @@ class LookupUnitHarness(_Harness):
             p.assume("env.desc_when_idle", dut.idle)
             p.assume("env.table_in_memory",
                      w.desc.base + w.desc.rows * w.desc.stride <= (1 << ADDR_WIDTH))
-        tables = [Signal(dut.desc_layout, name=f"table{i}") for i in range(dut.n_desc)]
+        # Not reset: like the descriptor memory, they keep a write made during reset.
+        tables = [Signal(dut.desc_layout, name=f"table{i}", reset_less=True)
+                  for i in range(dut.n_desc)]
         with m.If(dut.i_desc.valid):
             for i, t in enumerate(tables):
                 with m.If(w.index == i):
@@ -317,9 +340,9 @@ class LookupUnitHarness(_Harness):
         if self.in_table:
             with m.If(bus.arvalid):
                 p.check("lookup.in_table", sum(inside) != 0)
-        self._invariants(m, p, dut, opened, chk)
+        self._invariants(m, p, dut, opened, chk, tables if self.in_table else None)
 
-    def _invariants(self, m, p, dut, opened, chk):
+    def _invariants(self, m, p, dut, opened, chk, tables):
         """Invariants tying the checker's bursts in flight to the unit's context FIFO and
         pooler, and the descriptors' derived fields to their rules (for k-induction).
 
@@ -360,7 +383,8 @@ class LookupUnitHarness(_Harness):
 
         def entry_ok(e):  # a valid descriptor's derived fields (computed when written)
             return ~e.ok | (beats_ok(e.beats) & (e.desc.base[:bb_log2] == 0) &
-                            (e.desc.stride[:bb_log2] == 0))
+                            (e.desc.stride[:bb_log2] == 0) &
+                            (e.desc.stride >= (e.beats << bb_log2)))
 
         c2 = data.View(ctx_layout, s("c2"))
         p.check("lookup.inv_descs",
@@ -370,6 +394,30 @@ class LookupUnitHarness(_Harness):
         p.check("lookup.inv_stage2",
                 ~c2.read | (beats_ok(c2.beats) & (s("base2")[:bb_log2] == 0) &
                             (s("off2")[:bb_log2] == 0)))
+        if tables is None:
+            return
+        # For ``lookup.in_table``: the harness's copy of each descriptor is the memory's row;
+        # the read port holds the row of the lookup in stage 1 (descriptors are written only
+        # while the unit is idle, when every cycle reads); a read waiting in stage 2 lies in a
+        # described table.
+        e1 = descs.read_ports[0].data
+        s1 = data.View(dut.lookup_layout, s("s1"))
+        base2, off2 = s("base2"), s("off2")
+        p.check("lookup.inv_tables",
+                functools.reduce(operator.and_, (
+                    (row.data.desc.as_value() == t.as_value()) &
+                    (t.base + t.rows * t.stride <= (1 << ADDR_WIDTH))
+                    for row, t in zip(descs.rows, tables))))
+        # From the second cycle after reset on (the read in the reset cycle is not s1's).
+        settled = Signal(reset_less=True, name="inv_settled")
+        m.d.sync += settled.eq(~ResetSignal())
+        p.check("lookup.inv_stage1",
+                (~settled | (e1.as_value() == Array(row.data.as_value()
+                                                     for row in descs.rows)[s1.desc])))
+        with m.If(s("v2") & c2.read):
+            p.check("lookup.inv_stage2_in_table", functools.reduce(operator.or_, (
+                (base2 == t.base) & (off2 + (c2.beats << bb_log2) <= t.rows * t.stride)
+                for t in tables)))
 
 
 class RecordFetchHarness(_Harness):
@@ -377,8 +425,12 @@ class RecordFetchHarness(_Harness):
 
     The kernel has two: the request-record fetch (``m_axi_requests``) and the kernel-program fetch
     (``m_axi_model``, 512-bit words, ``batch`` = 1); ``program=True`` checks the latter at the
-    kernel's own parameters (16-beat bursts, 32-word FIFO, programs of up to 63 words), else a
-    small fetcher (32-bit words, 2-beat bursts, 4-word FIFO, up to 3 records of up to 3 words).
+    kernel's word width (512 bits) and ``batch`` = 1 with bursts and FIFO shrunk from the
+    kernel's 16 beats and 128 words to 4 and 8 (programs of up to 15 words: bursts cut by the
+    FIFO's free words, by 4 KiB and by the run's tail all occur; the same code as at 16/128, whose
+    induction step does not finish), else a small fetcher (32-bit words, 2-beat bursts, 4-word
+    FIFO, up to 3 records of up to 3 words). Both are proved by k-induction with the same
+    invariants.
 
     Environment: ``start`` only when the previous run's words have all been delivered (the
     kernel starts a fetcher only then); the buffer is word-aligned (XRT buffers are 4 KiB
@@ -712,14 +764,15 @@ class Block:
 
 #: The blocks with AXI ports, by name.
 BLOCKS = {
-    "lookup_unit": Block(LookupUnitHarness, "m_axi_tables<i>: AXI4 read master"),
+    "lookup_unit": Block(LookupUnitHarness, "m_axi_tables<i>: AXI4 read master", depth=4,
+                         proof="prove"),
     "lookup_unit_in_table": Block(LookupUnitHarness,
                                   "m_axi_tables<i>: reads inside the described tables",
-                                  {"in_table": True}, depth=8, cover_depth=10),
+                                  {"in_table": True}, depth=4, cover_depth=10, proof="prove"),
     "record_fetch": Block(RecordFetchHarness, "m_axi_requests: AXI4 read master", depth=4,
                           cover_depth=20, proof="prove"),
     "program_fetch": Block(RecordFetchHarness, "m_axi_model: AXI4 read master",
-                           {"program": True}, depth=14, cover_depth=24),
+                           {"program": True}, depth=4, cover_depth=24, proof="prove"),
     "record_fetch_any_base": Block(
         RecordFetchHarness, "m_axi_requests, base not word-aligned", {"any_base": True},
         depth=10, cover_depth=10,
