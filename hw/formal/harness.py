@@ -426,11 +426,11 @@ class RecordFetchHarness(_Harness):
     The kernel has two: the request-record fetch (``m_axi_requests``) and the kernel-program fetch
     (``m_axi_model``, 512-bit words, ``batch`` = 1); ``program=True`` checks the latter at the
     kernel's word width (512 bits) and ``batch`` = 1 with bursts and FIFO shrunk from the
-    kernel's 16 beats and 128 words to 4 and 8 (programs of up to 15 words: bursts cut by the
-    FIFO's free words, by 4 KiB and by the run's tail all occur; the same code as at 16/128, whose
-    induction step does not finish), else a small fetcher (32-bit words, 2-beat bursts, 4-word
-    FIFO, up to 3 records of up to 3 words). Both are proved by k-induction with the same
-    invariants.
+    kernel's 16 beats and 128 words to 4 and 4, or 8 with ``program_fifo=8`` (programs of up to
+    15 words: bursts cut by the FIFO's free words, by 4 KiB and by the run's tail all occur; the
+    same code as at 16/128, whose induction step does not finish), else a small fetcher (32-bit
+    words, 2-beat bursts, 4-word FIFO, up to 3 records of up to 3 words). All are proved by
+    k-induction with the same invariants.
 
     Environment: ``start`` only when the previous run's words have all been delivered (the
     kernel starts a fetcher only then); the buffer is word-aligned (XRT buffers are 4 KiB
@@ -447,7 +447,8 @@ class RecordFetchHarness(_Harness):
                                   _glitch_while_waiting("arvalid", "arready", "araddr")),
     }
 
-    def __init__(self, mutation=None, *, program=False, any_base=False, any_start=False):
+    def __init__(self, mutation=None, *, program=False, program_fifo=4, any_base=False,
+                 any_start=False):
         super().__init__(mutation)
         self.program = program
         # Relaxed environments (findings, see tests/test_formal_axi.py): ``any_base`` drops the
@@ -458,9 +459,10 @@ class RecordFetchHarness(_Harness):
         if program:
             # The kernel's word width (512 bits: the burst, 4 KiB and alignment arithmetic in
             # 64-byte beats) and batch = 1; bursts and FIFO shrunk from the kernel's 16 and 128
-            # to 4 and 8 (the same code: bursts cut by the FIFO's free words, by 4 KiB and by the
-            # run's tail), programs of up to 15 words (several bursts, all three cuts reachable).
-            self.data_width, self.max_burst, self.fifo_depth = 512, 4, 8
+            # to 4 and 4 (8 in the slow job `program_fetch_fifo8`, where full bursts also start
+            # with words in the FIFO): the same code, bursts cut by the FIFO's free words, by
+            # 4 KiB and by the run's tail; programs of up to 15 words (several bursts).
+            self.data_width, self.max_burst, self.fifo_depth = 512, 4, program_fifo
             self.word_bits, self.batch_bits = 4, 0  # up to 15 words, batch = 1
         else:
             self.data_width, self.max_burst, self.fifo_depth = 32, 2, 4
@@ -773,6 +775,9 @@ BLOCKS = {
                           cover_depth=20, proof="prove"),
     "program_fetch": Block(RecordFetchHarness, "m_axi_model: AXI4 read master",
                            {"program": True}, depth=4, cover_depth=24, proof="prove"),
+    "program_fetch_fifo8": Block(RecordFetchHarness, "m_axi_model, 8-word FIFO",
+                                 {"program": True, "program_fifo": 8}, depth=4, cover_depth=24,
+                                 proof="prove"),
     "record_fetch_any_base": Block(
         RecordFetchHarness, "m_axi_requests, base not word-aligned", {"any_base": True},
         depth=10, cover_depth=10,
