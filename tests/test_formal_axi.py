@@ -78,6 +78,7 @@ def test_run_sby_rejects_bad_arguments(tmp_path):
         run_sby(h, name="x", depth=0, workdir=tmp_path)
     with pytest.raises(ValueError, match="job name must be a file-name-safe word"):
         run_sby(h, name="a b", workdir=tmp_path)
+    Fragment.get(h, None)  # rejected before elaboration; elaborated here (no unused warning)
 
 
 def test_unknown_block_and_mutation_are_named():
