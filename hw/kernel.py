@@ -54,7 +54,8 @@ from .result_writer import STATUS_WORDS, ResultWriter
 from .stream_arbiter import StreamArbiter
 from .stream_types import RequestFlagsLayout
 
-__all__ = ["Target", "PROGRAM_MAGIC", "MODEL_DATA_WIDTH", "FLAG_LOAD", "RecFabricKernel",
+__all__ = ["Target", "PROGRAM_MAGIC", "MODEL_DATA_WIDTH", "FLAG_LOAD", "WATCHDOG_CYCLES",
+           "RecFabricKernel",
            "vitis_kernel", "generate_verilog", "KernelUnsupported",
            "kernel_for_formats", "master_data_widths"]
 
@@ -64,6 +65,10 @@ PROGRAM_MAGIC = 0x67704652
 MODEL_DATA_WIDTH = 512
 #: ``flags`` argument bit 0: execute the kernel program before the batch.
 FLAG_LOAD = 1
+#: Default run watchdog (:class:`RecFabricKernel`): cycles without any progress after which a
+#: run is ended with ``ERROR_PROGRAM``. A run of a valid program never waits that long (an MLP
+#: vector, the longest step without a handshake, takes thousands of cycles at most).
+WATCHDOG_CYCLES = 1 << 20
 
 
 def master_data_widths(config: AcceleratorConfig) -> dict:
@@ -94,6 +99,13 @@ class Target(enum.IntEnum):
 class RecFabricKernel(wiring.Component):
     """The kernel for one :class:`~recfabric.hw.config.AcceleratorConfig` (see module docs).
 
+    Parameters
+    ----------
+    config : AcceleratorConfig
+    watchdog_cycles : int
+        A run in which no stream or AXI channel of the datapath moves for this many cycles is
+        ended (``ERROR_PROGRAM``, docs/kernel.md "Run protocol"); tests use small values.
+
     Members
     -------
     s_axi_control : In(AXI4LiteSignature(addr_width=12))
@@ -102,7 +114,10 @@ class RecFabricKernel(wiring.Component):
     interrupt : Out(1)
     """
 
-    def __init__(self, config: AcceleratorConfig):
+    def __init__(self, config: AcceleratorConfig, *, watchdog_cycles: int = WATCHDOG_CYCLES):
+        if not isinstance(watchdog_cycles, int) or watchdog_cycles < 16:
+            raise ValueError(f"watchdog_cycles must be an integer >= 16, not {watchdog_cycles!r}")
+        self.watchdog_cycles = watchdog_cycles
         if config.mlp_bottom_shapes:
             raise KernelUnsupported(
                 f"config {config.name!r}: the kernel does not instantiate a bottom MLP yet "
@@ -169,6 +184,7 @@ class RecFabricKernel(wiring.Component):
         self._connect_ports(m)
         run = self._sequence_runs(m)
         self._connect_datapath(m, run, flag_fifo)
+        self._watchdog(m, run)
         self._status(m, run, flag_fifo)
         return m
 
@@ -185,22 +201,26 @@ class RecFabricKernel(wiring.Component):
     def _sequence_runs(self, m):
         """Run sequencing: optional program load (flags.LOAD), then the batch.
 
-        The kernel holds a valid program from the end of a LOAD whose header had the magic and
-        whose reads were all answered OKAY, until reset or the next LOAD. A run without one
+        The kernel holds a valid program from the end of a LOAD whose header had the magic,
+        whose reads were all answered OKAY and whose command words all had a target of this
+        kernel, until reset, the next LOAD, or a run ended by the watchdog. A run without one
         processes no request: its batch is taken as 0 (results untouched, the status block is
-        written at its place) and ``ERROR_NO_PROGRAM`` is set.
+        written at its place) and ``ERROR_NO_PROGRAM`` is set. An unknown target or the
+        watchdog sets ``ERROR_PROGRAM`` (``run.program_error``).
         """
         ctrl = self.ctrl
         run = SimpleNamespace(start_batch=Signal(), batch=Signal(32), skip=Signal(),
                               no_program=Signal(), model_axi_error=Signal(),
-                              words_per_record=Signal(16))
+                              words_per_record=Signal(16), program_error=Signal(),
+                              running=Signal(), abort=Signal())
         program_valid = Signal()  # reset: no program
         prog_words = Signal(32)
         word = self.model_fetch.o_word
         m.d.comb += self.model_fetch.batch.eq(1)
         loading = Signal()  # the program loader's sticky error belongs to this run only then
         with m.If(ctrl.start):
-            m.d.sync += [run.no_program.eq(0), run.model_axi_error.eq(0)]
+            m.d.sync += [run.no_program.eq(0), run.model_axi_error.eq(0),
+                         run.program_error.eq(0)]
         with m.Elif(loading & self.model_fetch.axi_error):
             m.d.sync += run.model_axi_error.eq(1)
         with m.FSM(name="run"):
@@ -233,12 +253,15 @@ class RecFabricKernel(wiring.Component):
                     m.next = "PROGRAM"
             with m.State("PROGRAM"):
                 m.d.comb += loading.eq(1)
-                self._route_program(m, word)
+                known = self._route_program(m, word)
                 with m.If(word.valid & word.ready):
                     m.d.sync += prog_words.eq(prog_words - 1)
+                    with m.If(~known):  # the rest of the program is still read (and routed)
+                        m.d.sync += run.program_error.eq(1)
                     with m.If(prog_words == 1):
                         m.d.sync += program_valid.eq(~(run.model_axi_error |
-                                                       self.model_fetch.axi_error))
+                                                       self.model_fetch.axi_error |
+                                                       run.program_error | ~known))
                         m.next = "BATCH"
             with m.State("BATCH"):
                 m.d.comb += run.start_batch.eq(1)
@@ -246,6 +269,9 @@ class RecFabricKernel(wiring.Component):
                     m.d.sync += run.no_program.eq(1)
                 m.next = "RUNNING"
             with m.State("RUNNING"):
+                m.d.comb += run.running.eq(1)
+                with m.If(run.abort):  # the watchdog: end the run, drop the program
+                    m.d.sync += [program_valid.eq(0), run.program_error.eq(1)]
                 with m.If(self.writer.done):
                     m.next = "IDLE"
         m.d.comb += [run.batch.eq(Mux(program_valid, ctrl.arg_batch, 0)),
@@ -261,6 +287,7 @@ class RecFabricKernel(wiring.Component):
             self.parser.start.eq(run.start_batch), self.parser.batch.eq(run.batch),
             self.writer.start.eq(run.start_batch), self.writer.base.eq(ctrl.arg_results),
             self.writer.batch.eq(ctrl.arg_batch), self.writer.skip.eq(run.skip),
+            self.writer.abort.eq(run.abort),
             ctrl.done.eq(self.writer.done), ctrl.freeze.eq(self.writer.snapshot),
         ]
         words_per_record = run.words_per_record
@@ -325,7 +352,8 @@ class RecFabricKernel(wiring.Component):
         axi_err = (sticky.memory | run.model_axi_error |
                    (in_batch & (self.fetch.axi_error | self.writer.axi_error)))
         errors = Signal(32)
-        m.d.comb += errors.eq(Cat(sticky.id_range, axi_err, sticky.bag_range, run.no_program))
+        m.d.comb += errors.eq(Cat(sticky.id_range, axi_err, sticky.bag_range, run.no_program,
+                                  run.program_error))
 
         # First offending request (its index in the batch): flagged or failed result records
         # (the writer), and request records whose read was answered with an error.
@@ -374,8 +402,38 @@ class RecFabricKernel(wiring.Component):
         for i, name in enumerate(STATUS_WORDS):
             m.d.comb += self.writer.status[i].eq(block[name])
 
+    def _watchdog(self, m, run):
+        """End a run that stopped moving (``run.abort``, docs/kernel.md "Run protocol").
+
+        Progress is a handshake on any stream of the datapath or any channel of the batch's AXI
+        masters; ``watchdog_cycles`` cycles in a row without one end the run: the writer takes
+        no more results and writes the status block, with ``ERROR_PROGRAM``. Nothing in the
+        datapath is reset (a master may still have requests in flight): the host resets the
+        kernel before loading again.
+        """
+        streams = [self.fetch.o_word, self.parser.o_id, self.parser.o_dense, self.arbiter.o,
+                   self.concat.o_vector, self.concat.o_flags, self.mlp.o_scores,
+                   self.writer.i_result]
+        streams += [u.i_lookup for u in self.units + self.onchip]
+        moved = [s.valid & s.ready for s in streams]
+        buses = [self.m_axi_requests] + [getattr(self, f"m_axi_tables{i}")
+                                         for i in range(len(self.units))]
+        for bus in buses:
+            moved += [bus.arvalid & bus.arready, bus.rvalid & bus.rready]
+        res = self.m_axi_results
+        moved += [res.awvalid & res.awready, res.wvalid & res.wready, res.bvalid & res.bready]
+        idle = Signal(range(self.watchdog_cycles))
+        with m.If(~run.running | Cat(*moved).any()):
+            m.d.sync += idle.eq(0)
+        with m.Elif(idle == self.watchdog_cycles - 1):
+            m.d.comb += run.abort.eq(1)
+            m.d.sync += idle.eq(0)
+        with m.Else():
+            m.d.sync += idle.eq(idle + 1)
+
     def _route_program(self, m, word):
-        """Route one program word to its target's configuration stream."""
+        """Route one program word to its target's configuration stream; returns a signal that
+        is 1 when the word's target is one of this kernel's (any other word is dropped)."""
         tgt = word.payload[:8]
         body = word.payload[8:]
         sinks = [(Target.PARSER, self.parser.i_param), (Target.PLACE, self.dispatcher.i_place),
@@ -386,6 +444,7 @@ class RecFabricKernel(wiring.Component):
             sinks.append((Target.ONCHIP_DESC + i, t.i_desc))
             sinks.append((Target.ONCHIP_LOAD + i, t.i_load))
         ready = Const(1)  # unknown targets are dropped
+        hits = []
         for code, sink in sinks:
             width = len(sink.payload.as_value())
             if width > len(body):
@@ -394,7 +453,11 @@ class RecFabricKernel(wiring.Component):
             hit = tgt == int(code)
             m.d.comb += [sink.payload.eq(body[:width]), sink.valid.eq(word.valid & hit)]
             ready = ready & (~hit | sink.ready)
+            hits.append(hit)
         m.d.comb += word.ready.eq(ready)
+        known = Signal()
+        m.d.comb += known.eq(Cat(*hits).any())
+        return known
 
 
 class _VitisTop(Elaboratable):

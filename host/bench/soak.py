@@ -199,6 +199,9 @@ def soak(config: str | AcceleratorConfig = "small", *, minutes: float | None = N
     """
     if minutes is None and inferences is None:
         raise ValueError("give minutes or inferences (or both) to bound the soak")
+    for name, value in (("max_batch", max_batch), ("batches_per_model", batches_per_model)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, not {value!r}")
     cfg = soak_config(config)
     rng = np.random.default_rng(seed)
     rep = SoakReport(config=cfg.name, seed=seed)
@@ -424,6 +427,7 @@ def _cmd_soak(args) -> int:
 
     rep = soak(args.config, minutes=args.minutes, inferences=args.inferences, seed=args.seed,
                p_stall=args.p_stall, max_batch=args.max_batch,
+               batches_per_model=args.batches_per_model,
                allow_no_dense=not args.dense_only, progress=progress)
     if args.json:
         print(json.dumps(rep.to_json(), indent=1, default=str))
@@ -444,7 +448,11 @@ def register(subparsers):
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--p-stall", type=float, default=0.2,
                    help="pause probability per cycle on every AXI channel (default 0.2)")
-    s.add_argument("--max-batch", type=int, default=48)
+    s.add_argument("--max-batch", type=int, default=48,
+                   help="largest random batch (default 48)")
+    s.add_argument("--batches-per-model", type=int, default=4,
+                   help="runs per random model before the next switch (default 4; more runs "
+                        "per model spend less of the soak compiling models)")
     s.add_argument("--dense-only", action="store_true",
                    help="only models with dense features")
     s.add_argument("--json", action="store_true", help="machine-readable output")

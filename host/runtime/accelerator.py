@@ -46,6 +46,7 @@ from ...hw.register_map import (
     ERROR_BAD_INDEX,
     ERROR_BAD_REQUEST,
     ERROR_NO_PROGRAM,
+    ERROR_PROGRAM,
     STATUS_BLOCK_BYTES,
     STATUS_REGS,
     status_block_offset,
@@ -122,6 +123,9 @@ def decode_errors(errors: int) -> list[str]:
     if errors & ERROR_NO_PROGRAM:
         names.append("no valid kernel program (the kernel was reset or the load failed): "
                      "load the model again")
+    if errors & ERROR_PROGRAM:
+        names.append("the kernel program cannot run (an unknown command target, or the run "
+                     "stopped making progress and was ended): the kernel was reset")
     return names
 
 
@@ -217,6 +221,8 @@ class Accelerator:
         self.device.run(args, self._timeout(timeout))
         self._needs_load = False
         out, counters = self._collect(obuf, batch)
+        if counters["errors"] & ERROR_PROGRAM:
+            self.reset()  # docs/kernel.md: the datapath may hold the ended run's state
         if counters["errors"]:
             raise KernelError("kernel reported: " + "; ".join(decode_errors(counters["errors"]))
                               + f" (first offending request: index "
