@@ -418,12 +418,17 @@ def _cmd_soak(args) -> int:
     if args.minutes is None and args.inferences is None:
         args.minutes = 2.0
 
-    def progress(rep):
-        if args.json or rep.runs % 50:
+    t0 = time.perf_counter()
+    last = [-1]
+
+    def progress(rep):  # on stderr, so that --json output stays clean
+        if rep.runs % 50 or rep.runs == last[0]:
             return
-        print(f"[recfabric] soak: {rep.inferences} inferences, {rep.models} models, "
-              f"{rep.mismatches} mismatches, {rep.hangs} hangs, {rep.flag_errors} flag errors",
-              file=sys.stderr, flush=True)
+        last[0] = rep.runs
+        print(f"[recfabric] soak: {time.perf_counter() - t0:.0f} s, {rep.runs} runs, "
+              f"{rep.inferences} inferences, {rep.models} models, {rep.mismatches} mismatches, "
+              f"{rep.hangs} hangs, {rep.flag_errors} flag errors, {rep.cycles} cycles in "
+              f"{rep.run_wall_seconds:.0f} s of runs", file=sys.stderr, flush=True)
 
     rep = soak(args.config, minutes=args.minutes, inferences=args.inferences, seed=args.seed,
                p_stall=args.p_stall, max_batch=args.max_batch,
