@@ -256,7 +256,9 @@ class RecFabricKernel(wiring.Component):
                 known = self._route_program(m, word)
                 with m.If(word.valid & word.ready):
                     m.d.sync += prog_words.eq(prog_words - 1)
-                    with m.If(~known):  # the rest of the program is still read (and routed)
+                    # The rest of the program is still read (and routed). Words read with an
+                    # error response are not judged: that is ERROR_AXI's (and no program).
+                    with m.If(~known & ~(run.model_axi_error | self.model_fetch.axi_error)):
                         m.d.sync += run.program_error.eq(1)
                     with m.If(prog_words == 1):
                         m.d.sync += program_valid.eq(~(run.model_axi_error |
@@ -423,11 +425,12 @@ class RecFabricKernel(wiring.Component):
         res = self.m_axi_results
         moved += [res.awvalid & res.awready, res.wvalid & res.wready, res.bvalid & res.bready]
         idle = Signal(range(self.watchdog_cycles))
+        # ``abort`` is a register: the writer's ``ready`` (one of the handshakes) depends on it.
+        m.d.sync += run.abort.eq(0)
         with m.If(~run.running | Cat(*moved).any()):
             m.d.sync += idle.eq(0)
         with m.Elif(idle == self.watchdog_cycles - 1):
-            m.d.comb += run.abort.eq(1)
-            m.d.sync += idle.eq(0)
+            m.d.sync += [run.abort.eq(1), idle.eq(0)]
         with m.Else():
             m.d.sync += idle.eq(idle + 1)
 

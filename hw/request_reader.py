@@ -134,6 +134,8 @@ class RecordFetcher(wiring.Component):
     o_word : Out(stream.Signature(data_width))
     axi_error : Out(1)
         Sticky until ``start``: a read answered SLVERR/DECERR (the data is passed on anyway).
+        A beat of an abandoned run answered with an error sets it too, even after ``start``
+        (an error is never hidden; the kernel never abandons a run).
     """
 
     def __init__(self, *, data_width: int = 256, addr_width: int = 64, id_width: int = 1,
@@ -207,8 +209,8 @@ class RecordFetcher(wiring.Component):
             m.d.sync += reserved.eq(reserved + Mux(issue, burst, 0) - popped)
             with m.If(r_fire & dropping):
                 m.d.sync += discard.eq(discard - 1)
-            with m.If(bus.rvalid & bus.rresp[1] & ~dropping):
-                m.d.sync += self.axi_error.eq(1)
+        with m.If(bus.rvalid & bus.rresp[1]):  # even an abandoned run's: never hidden
+            m.d.sync += self.axi_error.eq(1)
         m.d.sync += owed.eq(owed + Mux(issue, burst, 0) - r_fire)
         return m
 

@@ -224,8 +224,9 @@ def test_sim_timeout_is_wall_clock_names_the_run_and_the_device_resets(tmp_path)
 
 def test_axi_errors_flag_records_and_name_the_first_request(tmp_path):
     """SLVERR on a table read: that request's record has MEMORY; on a result write: the
-    record's index; on the request records' read: the first record of the failed burst. Every
-    one sets ERROR_AXI and first_error_request. On the program read: no program is left
+    record's index; on the status block's write: no index, but the block says so; on the
+    request records' read: the first record of the failed burst. Every one sets ERROR_AXI
+    (and first_error_request, when a request was at fault). On the program read: no program is left
     (NO_PROGRAM), and the next run does not inherit the AXI bit. A clean run is clean again."""
     spec = _spec("dense", dense=2)
     d, cm = _compile(tmp_path, spec)
@@ -252,6 +253,15 @@ def test_axi_errors_flag_records_and_name_the_first_request(tmp_path):
         out, st = _raw_run(dev, acc._buffers, req, 6)
         writes.error_writes = set()
         assert st["errors"] == ERROR_AXI and st["first_error_request"] == 3
+
+        # The status block's own write (soak finding: the block said errors = 0): the block
+        # is written again and carries the bit; no request was at fault.
+        writes.error_writes = {writes.bursts + 6}
+        out, st = _raw_run(dev, acc._buffers, req, 6)
+        writes.error_writes = set()
+        assert st["errors"] == ERROR_AXI and st["first_error_request"] == NO_ERROR_REQUEST
+        assert st["requests_done"] == 6
+        assert np.array_equal(unpack_results(lay, out, 6)[0], _golden(cm, dense, sparse))
 
         records = models["requests"]
         n = records.stats.reads
