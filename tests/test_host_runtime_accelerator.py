@@ -142,8 +142,8 @@ def test_mismatched_configuration_is_refused(tmp_path):
 
 @pytest.mark.parametrize("name", ["tables0", "model", "requests", "results"])
 def test_unaligned_buffers_are_refused(tmp_path, name):
-    """The kernel's bursts assume page-aligned buffers (an unaligned request base made
-    RecordFetcher burst across 4 KiB, a formal finding): the driver refuses such buffers."""
+    """The kernel needs page-aligned buffers (table rows within 4 KiB, whole-word records):
+    the driver refuses other buffers."""
     spec, d, _ = compiled(tmp_path, "tiny", "tiny")
     dense, sparse = synthetic_batch(spec, 2, seed=1)
     with Accelerator.open("reference", "tiny") as acc:
