@@ -32,6 +32,7 @@ def test_soak_slice(tmp_path):
     assert rep.models >= 5 and rep.inferences >= 1500
     assert rep.bad_records > 0 and rep.axi_errors_injected > 0 and rep.resets > 0
     assert rep.cycles > 0 and rep.cycles_per_second > 0
+    assert 0 < rep.run_cpu_seconds and rep.cpu_cycles_per_second > 0
     assert rep.mismatches == 0 and rep.hangs == 0
     for check in CHECKS:
         assert rep.failures[check] == 0, (check, rep.examples)
