@@ -57,7 +57,7 @@ from .stream_arbiter import StreamArbiter
 from .stream_types import BLOCK_ADDR_BITS, BLOCK_SEL_BITS, RequestFlagsLayout
 
 __all__ = ["Target", "PROGRAM_MAGIC", "PROGRAM_FORMAT", "MODEL_DATA_WIDTH", "FLAG_LOAD",
-           "BlockCommandLayout", "RecFabricKernel",
+           "WATCHDOG_CYCLES", "BlockCommandLayout", "RecFabricKernel",
            "vitis_kernel", "generate_verilog", "KernelUnsupported",
            "kernel_for_formats", "master_data_widths"]
 
@@ -71,6 +71,10 @@ PROGRAM_FORMAT = 4
 MODEL_DATA_WIDTH = 512
 #: ``flags`` argument bit 0: execute the kernel program before the batch.
 FLAG_LOAD = 1
+#: Default run watchdog (:class:`RecFabricKernel`): cycles without any progress after which a
+#: run is ended with ``ERROR_PROGRAM``. A run of a valid program never waits that long (an MLP
+#: vector, the longest step without a handshake, takes thousands of cycles at most).
+WATCHDOG_CYCLES = 1 << 20
 
 
 def master_data_widths(config: AcceleratorConfig) -> dict:
@@ -114,6 +118,13 @@ class BlockCommandLayout(data.StructLayout):
 class RecFabricKernel(wiring.Component):
     """The kernel for one :class:`~recfabric.hw.config.AcceleratorConfig` (see module docs).
 
+    Parameters
+    ----------
+    config : AcceleratorConfig
+    watchdog_cycles : int
+        A run in which no stream or AXI channel of the datapath moves for this many cycles is
+        ended (``ERROR_PROGRAM``, docs/kernel.md "Run protocol"); tests use small values.
+
     Members
     -------
     s_axi_control : In(AXI4LiteSignature(addr_width=12))
@@ -122,7 +133,10 @@ class RecFabricKernel(wiring.Component):
     interrupt : Out(1)
     """
 
-    def __init__(self, config: AcceleratorConfig):
+    def __init__(self, config: AcceleratorConfig, *, watchdog_cycles: int = WATCHDOG_CYCLES):
+        if not isinstance(watchdog_cycles, int) or watchdog_cycles < 16:
+            raise ValueError(f"watchdog_cycles must be an integer >= 16, not {watchdog_cycles!r}")
+        self.watchdog_cycles = watchdog_cycles
         if config.mlp_bottom_shapes:
             raise KernelUnsupported(
                 f"config {config.name!r}: the kernel does not instantiate a bottom MLP yet "
@@ -193,6 +207,7 @@ class RecFabricKernel(wiring.Component):
         self._connect_ports(m)
         run = self._sequence_runs(m)
         self._connect_datapath(m, run, flag_fifo)
+        self._watchdog(m, run)
         self._status(m, run, flag_fifo)
         return m
 
@@ -209,15 +224,18 @@ class RecFabricKernel(wiring.Component):
     def _sequence_runs(self, m):
         """Run sequencing: optional program load (flags.LOAD), then the batch.
 
-        The kernel holds a valid program from the end of a LOAD whose header had the magic and
-        whose reads were all answered OKAY, until reset or the next LOAD. A run without one
+        The kernel holds a valid program from the end of a LOAD whose header had the magic,
+        whose reads were all answered OKAY and whose command words all had a target of this
+        kernel, until reset, the next LOAD, or a run ended by the watchdog. A run without one
         processes no request: its batch is taken as 0 (results untouched, the status block is
-        written at its place) and ``ERROR_NO_PROGRAM`` is set.
+        written at its place) and ``ERROR_NO_PROGRAM`` is set. An unknown target or the
+        watchdog sets ``ERROR_PROGRAM`` (``run.program_error``).
         """
         ctrl = self.ctrl
         run = SimpleNamespace(start_batch=Signal(), batch=Signal(32), skip=Signal(),
                               no_program=Signal(), model_axi_error=Signal(),
-                              words_per_record=Signal(16))
+                              words_per_record=Signal(16), program_error=Signal(),
+                              running=Signal(), abort=Signal())
         program_valid = Signal()  # reset: no program
         prog_words = Signal(32)
         block = SimpleNamespace(left=Signal(32), sink=Signal(8), sel=Signal(BLOCK_SEL_BITS),
@@ -226,7 +244,8 @@ class RecFabricKernel(wiring.Component):
         m.d.comb += self.model_fetch.batch.eq(1)
         loading = Signal()  # the program loader's sticky error belongs to this run only then
         with m.If(ctrl.start):
-            m.d.sync += [run.no_program.eq(0), run.model_axi_error.eq(0)]
+            m.d.sync += [run.no_program.eq(0), run.model_axi_error.eq(0),
+                         run.program_error.eq(0)]
         with m.Elif(loading & self.model_fetch.axi_error):
             m.d.sync += run.model_axi_error.eq(1)
         with m.FSM(name="run"):
@@ -260,12 +279,17 @@ class RecFabricKernel(wiring.Component):
                     m.next = "PROGRAM"
             with m.State("PROGRAM"):
                 m.d.comb += loading.eq(1)
-                self._route_program(m, word, block)
+                known = self._route_program(m, word, block)
                 with m.If(word.valid & word.ready):
                     m.d.sync += prog_words.eq(prog_words - 1)
+                    # The rest of the program is still read (and routed). Words read with an
+                    # error response are not judged: that is ERROR_AXI's (and no program).
+                    with m.If(~known & ~(run.model_axi_error | self.model_fetch.axi_error)):
+                        m.d.sync += run.program_error.eq(1)
                     with m.If(prog_words == 1):
                         m.d.sync += program_valid.eq(~(run.model_axi_error |
-                                                       self.model_fetch.axi_error))
+                                                       self.model_fetch.axi_error |
+                                                       run.program_error | ~known))
                         m.next = "BATCH"
             with m.State("BATCH"):
                 m.d.comb += run.start_batch.eq(1)
@@ -273,6 +297,9 @@ class RecFabricKernel(wiring.Component):
                     m.d.sync += run.no_program.eq(1)
                 m.next = "RUNNING"
             with m.State("RUNNING"):
+                m.d.comb += run.running.eq(1)
+                with m.If(run.abort):  # the watchdog: end the run, drop the program
+                    m.d.sync += [program_valid.eq(0), run.program_error.eq(1)]
                 with m.If(self.writer.done):
                     m.next = "IDLE"
         m.d.comb += [run.batch.eq(Mux(program_valid, ctrl.arg_batch, 0)),
@@ -288,6 +315,7 @@ class RecFabricKernel(wiring.Component):
             self.parser.start.eq(run.start_batch), self.parser.batch.eq(run.batch),
             self.writer.start.eq(run.start_batch), self.writer.base.eq(ctrl.arg_results),
             self.writer.batch.eq(ctrl.arg_batch), self.writer.skip.eq(run.skip),
+            self.writer.abort.eq(run.abort),
             ctrl.done.eq(self.writer.done), ctrl.freeze.eq(self.writer.snapshot),
         ]
         words_per_record = run.words_per_record
@@ -352,7 +380,8 @@ class RecFabricKernel(wiring.Component):
         axi_err = (sticky.memory | run.model_axi_error |
                    (in_batch & (self.fetch.axi_error | self.writer.axi_error)))
         errors = Signal(32)
-        m.d.comb += errors.eq(Cat(sticky.id_range, axi_err, sticky.bag_range, run.no_program))
+        m.d.comb += errors.eq(Cat(sticky.id_range, axi_err, sticky.bag_range, run.no_program,
+                                  run.program_error))
 
         # First offending request (its index in the batch): flagged or failed result records
         # (the writer), and request records whose read was answered with an error.
@@ -413,10 +442,42 @@ class RecFabricKernel(wiring.Component):
         sinks += [(Target.ONCHIP_LOAD + i, t.i_load) for i, t in enumerate(self.onchip)]
         return sinks
 
+    def _watchdog(self, m, run):
+        """End a run that stopped moving (``run.abort``, docs/kernel.md "Run protocol").
+
+        Progress is a handshake on any stream of the datapath or any channel of the batch's AXI
+        masters; ``watchdog_cycles`` cycles in a row without one end the run: the writer takes
+        no more results and writes the status block, with ``ERROR_PROGRAM``. Nothing in the
+        datapath is reset (a master may still have requests in flight): the host resets the
+        kernel before loading again.
+        """
+        streams = [self.fetch.o_word, self.parser.o_id, self.parser.o_dense, self.arbiter.o,
+                   self.concat.o_vector, self.concat.o_flags, self.mlp.o_scores,
+                   self.writer.i_result]
+        streams += [u.i_lookup for u in self.units + self.onchip]
+        moved = [s.valid & s.ready for s in streams]
+        buses = [self.m_axi_requests] + [getattr(self, f"m_axi_tables{i}")
+                                         for i in range(len(self.units))]
+        for bus in buses:
+            moved += [bus.arvalid & bus.arready, bus.rvalid & bus.rready]
+        res = self.m_axi_results
+        moved += [res.awvalid & res.awready, res.wvalid & res.wready, res.bvalid & res.bready]
+        idle = Signal(range(self.watchdog_cycles))
+        # ``abort`` is a register: the writer's ``ready`` (one of the handshakes) depends on it.
+        m.d.sync += run.abort.eq(0)
+        with m.If(~run.running | Cat(*moved).any()):
+            m.d.sync += idle.eq(0)
+        with m.Elif(idle == self.watchdog_cycles - 1):
+            m.d.sync += [run.abort.eq(1), idle.eq(0)]
+        with m.Else():
+            m.d.sync += idle.eq(idle + 1)
+
     def _route_program(self, m, word, block):
         """Route one program word: a command to its target's configuration stream, a ``BLOCK``
         command into ``block`` (sink, sel, address, beats left), a block's data beat to its sink
-        (one per cycle while the sink is ready; unknown targets and sinks drop their words)."""
+        (one per cycle while the sink is ready). Returns a signal that is 1 when the word is one
+        of this kernel's: a command with a known target or a data beat for a known sink (any
+        other word is dropped, and the caller turns it into ``ERROR_PROGRAM``)."""
         tgt = word.payload[:8]
         body = word.payload[8:]
         in_block = block.left != 0
@@ -427,20 +488,24 @@ class RecFabricKernel(wiring.Component):
         for i, t in enumerate(self.onchip):
             sinks.append((Target.ONCHIP_DESC + i, t.i_desc))
         ready = Const(1)
+        hits = []
         for code, sink in sinks:
             width = len(sink.payload.as_value())
             if width > len(body):
                 raise KernelUnsupported(f"{code!r} payload of {width} bits does not fit a "
                                         f"{len(word.payload)}-bit program word")
             hit = ~in_block & (tgt == int(code))
+            hits.append(hit)
             m.d.comb += [sink.payload.eq(body[:width]), sink.valid.eq(word.valid & hit)]
             ready = ready & (~hit | sink.ready)
         for code, sink in self.block_sinks():
             hit = in_block & (block.sink == int(code))
+            hits.append(hit)
             m.d.comb += [sink.payload.sel.eq(block.sel), sink.payload.addr.eq(block.addr),
                          sink.payload.data.eq(word.payload), sink.valid.eq(word.valid & hit)]
             ready = ready & (~hit | sink.ready)
         m.d.comb += word.ready.eq(ready)
+        hits.append(~in_block & (tgt == Target.BLOCK))
         cmd = data.View(BlockCommandLayout(), body[:BlockCommandLayout().size])
         with m.If(word.valid & word.ready):
             with m.If(in_block):
@@ -448,6 +513,9 @@ class RecFabricKernel(wiring.Component):
             with m.Elif(tgt == Target.BLOCK):
                 m.d.sync += [block.left.eq(cmd.beats), block.sink.eq(cmd.sink),
                              block.sel.eq(cmd.sel), block.addr.eq(cmd.addr)]
+        known = Signal()
+        m.d.comb += known.eq(Cat(*hits).any())
+        return known
 
 
 class _VitisTop(Elaboratable):

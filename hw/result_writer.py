@@ -10,6 +10,10 @@ u32 words in register order, :data:`recfabric.hw.register_map.STATUS_REGS`) is w
 :func:`~recfabric.hw.register_map.status_block_offset`, and ``done`` pulses once its write is
 answered, so the host finds results and status in memory when it sees ``ap_done``.
 A write answered with SLVERR/DECERR sets the sticky ``axi_error``; the writer never hangs on it.
+If the status block's own write is answered with an error, the block is sampled and written once
+more (``snapshot`` pulses again), so that the block in memory carries the error it reports
+(``ERROR_AXI`` through the kernel's ``errors`` word); a second error response ends the run
+anyway (the sticky ``axi_error``, and the registers, still say so).
 ``first_error`` is the index within the batch of the first record that carries a flag or whose
 write was answered with an error.
 """
@@ -67,10 +71,14 @@ class ResultWriter(wiring.Component):
     skip : In(1)
         The run processes no request: write no record, only the status block (at its place
         after ``batch`` records).
+    abort : In(1)
+        Pulse: end the run early: take no more records; the status block (still at its place
+        after ``batch`` records) is written once every record taken so far is answered.
     status : In(ArrayLayout(32, len(STATUS_WORDS)))
         Status register values, sampled when the last record is answered.
     snapshot : Out(1)
-        Pulse: ``status`` is being sampled (every record of the run is in memory).
+        Pulse: ``status`` is being sampled (every record of the run is in memory); pulses a
+        second time before the status block is rewritten after an error response to it.
     done : Out(1)
         Pulse: records and status block are in memory.
     written : Out(32)
@@ -97,7 +105,7 @@ class ResultWriter(wiring.Component):
             "m_axi": Out(AXI4Signature(addr_width=addr_width, data_width=data_width,
                                        id_width=id_width, read=False, write=True)),
             "i_result": In(stream.Signature(ResultLayout())),
-            "start": In(1), "base": In(64), "batch": In(32), "skip": In(1),
+            "start": In(1), "base": In(64), "batch": In(32), "skip": In(1), "abort": In(1),
             "status": In(data.ArrayLayout(32, len(STATUS_WORDS))),
             "snapshot": Out(1), "done": Out(1), "written": Out(32), "axi_error": Out(1),
             "first_error": Out(32, init=NO_ERROR_REQUEST), "stall": Out(32),
@@ -120,6 +128,7 @@ class ResultWriter(wiring.Component):
         inflight = Signal(range(self._max_out + 1))
         status_words = Signal(data.ArrayLayout(32, len(STATUS_WORDS)))
         status_beat = Signal(range(status_beats + 1))
+        rewritten = Signal()  # the status block is being written a second time
 
         m.d.comb += [
             bus.awid.eq(0), bus.awburst.eq(AXIBurst.INCR), bus.awsize.eq(size),
@@ -131,7 +140,7 @@ class ResultWriter(wiring.Component):
                          status_at.eq(self.base + (self.batch * word_bytes + STATUS_BLOCK_BYTES
                                                    - 1) // STATUS_BLOCK_BYTES
                                       * STATUS_BLOCK_BYTES),
-                         issued.eq(0),
+                         issued.eq(0), rewritten.eq(0),
                          answered.eq(0), self.axi_error.eq(0), self.stall.eq(0),
                          self.first_error.eq(NO_ERROR_REQUEST)]
 
@@ -168,8 +177,10 @@ class ResultWriter(wiring.Component):
                     m.next = "RECORDS"
             with m.State("RECORDS"):
                 can_take = ~aw_pending & ~w_pending & (inflight < self._max_out) & \
-                    (issued < batch)
+                    (issued < batch) & ~self.abort
                 m.d.comb += self.i_result.ready.eq(can_take)
+                with m.If(self.abort):
+                    m.d.sync += batch.eq(issued)
                 with m.If(self.i_result.valid & ~can_take):
                     m.d.sync += self.stall.eq(self.stall + 1)
                 with m.If(self.i_result.valid & can_take):
@@ -205,8 +216,18 @@ class ResultWriter(wiring.Component):
                         status_beat.eq(status_beat + 1),
                     ]
                 with m.If(b_done & ~aw_pending & ~w_pending & (status_beat == status_beats)):
-                    m.d.comb += self.done.eq(1)
-                    m.next = "IDLE"
+                    with m.If(bus.bresp[1] & ~rewritten):
+                        # The block in memory does not show this error: write it again once
+                        # ``axi_error`` (set at this edge) is in the sampled status.
+                        m.d.sync += rewritten.eq(1)
+                        m.next = "STATUS_RESAMPLE"
+                    with m.Else():
+                        m.d.comb += self.done.eq(1)
+                        m.next = "IDLE"
+            with m.State("STATUS_RESAMPLE"):
+                m.d.comb += self.snapshot.eq(1)
+                m.d.sync += [status_words.eq(self.status), status_beat.eq(0)]
+                m.next = "STATUS_AW"
 
         with m.If(aw_fire):
             m.d.sync += aw_pending.eq(0)
