@@ -12,10 +12,19 @@
     m_axi_requests -> RecordFetcher -> RecordParser --feature IDs--> LookupDispatcher
                                             | dense                         | lookups
                                             v                               v
-                                       ConcatStage <- StreamArbiter <- EmbeddingLookupUnit[i]
-                                            |                           (m_axi_tables<i>)
-                                            v                          OnChipTable[j]
-                                       MLPPipeline (top, sigmoid) -> ResultWriter (m_axi_results)
+                  [ElementPacker -> MLPPipeline (bottom)]         EmbeddingLookupUnit[i]
+                                            |                      (m_axi_tables<i>)
+                                            v                     OnChipTable[j]
+                                       ConcatStage <- StreamArbiter <-------'
+                                            |
+                                      [DotInteraction]
+                                            v
+                                       MLPPipeline (top, sigmoid) -> scores of a request
+                                            -> ResultWriter (m_axi_results)
+
+Blocks in brackets exist when the configuration has them (``mlp_bottom_shapes``, ``dot_lanes``);
+the program chooses per model whether dense features take the bottom MLP (``DATAPATH`` word)
+and whether the interaction is concatenation or dot (``INTERACTION`` descriptor).
 
 A run: the host writes the arguments (:func:`recfabric.hw.register_map.kernel_args`) and
 ``ap_start``. With ``flags`` bit 0 (LOAD) set, the kernel first executes the *kernel program* in
@@ -36,7 +45,7 @@ from types import SimpleNamespace
 
 from amaranth.back import verilog
 from amaranth.hdl import Cat, ClockDomain, Const, Elaboratable, Module, Mux, Signal
-from amaranth.lib import wiring
+from amaranth.lib import data, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
@@ -45,12 +54,13 @@ from .concat_stage import ConcatStage
 from .config import AcceleratorConfig
 from .control_registers import ControlRegisters
 from .embedding_lookup import EmbeddingLookupUnit
+from .interaction import DotInteraction, ElementPacker
 from .lookup_dispatcher import LookupDispatcher
 from .mlp import MLPPipeline
 from .onchip_table import OnChipTable
 from .register_map import KERNEL_ID, KERNEL_VERSION, NO_ERROR_REQUEST, kernel_args
 from .request_reader import ParserParam, RecordFetcher, RecordParser
-from .result_writer import STATUS_WORDS, ResultWriter
+from .result_writer import STATUS_WORDS, ResultLayout, ResultWriter
 from .stream_arbiter import StreamArbiter
 from .stream_types import RequestFlagsLayout
 
@@ -86,9 +96,26 @@ class Target(enum.IntEnum):
     PLACE = 0x02  # LookupDispatcher.i_place
     CONCAT = 0x03  # ConcatStage.i_desc
     MLP = 0x04  # MLPPipeline.i_load (top)
+    BOTTOM_MLP = 0x05  # MLPPipeline.i_load (bottom; mlp_bottom_shapes)
+    INTERACTION = 0x06  # DotInteraction.i_desc (dot_lanes)
+    DATAPATH = 0x07  # DatapathLayout: the kernel's own routing (bottom MLP or not)
     UNIT_DESC = 0x40  # + unit: EmbeddingLookupUnit.i_desc
     ONCHIP_DESC = 0x80  # + unit: OnChipTable.i_desc
     ONCHIP_LOAD = 0xC0  # + unit: OnChipTable.i_load
+
+
+class DatapathLayout(data.StructLayout):
+    """The kernel's routing word (``Target.DATAPATH``), reset to zero by every program load.
+
+    Members
+    -------
+    bottom : unsigned(1)
+        Dense features go through the bottom MLP (its output is the dense part); 0: they go to
+        the concatenation as they are.
+    """
+
+    def __init__(self):
+        super().__init__({"bottom": 1})
 
 
 class RecFabricKernel(wiring.Component):
@@ -103,11 +130,6 @@ class RecFabricKernel(wiring.Component):
     """
 
     def __init__(self, config: AcceleratorConfig):
-        if config.mlp_bottom_shapes:
-            raise KernelUnsupported(
-                f"config {config.name!r}: the kernel does not instantiate a bottom MLP yet "
-                "(the engine exists: recfabric.hw.mlp.MLPPipeline(sigmoid=False)); use a "
-                "configuration without mlp_bottom_shapes")
         self.config = c = config
         self.args = kernel_args(c.mem_channels)
         widths = master_data_widths(c)
@@ -146,13 +168,28 @@ class RecFabricKernel(wiring.Component):
         pooled_shape = (self.units + self.onchip)[0].o_pooled.payload.shape()
         self.arbiter = StreamArbiter(pooled_shape, len(self.units) + len(self.onchip))
         lanes = c.mlp_top_shapes[0][1]
+        self.bottom = self.dense_packer = None
+        if c.mlp_bottom_shapes:
+            self.bottom = MLPPipeline(shapes=c.mlp_bottom_shapes, data_bits=c.data_bits,
+                                      acc_bits=c.acc_bits, max_in=max(1, c.max_dense),
+                                      max_width=c.max_width, sigmoid=False)
+            self.dense_packer = ElementPacker(lanes=c.mlp_bottom_shapes[0][1], bits=c.data_bits)
         self.concat = ConcatStage(lanes=lanes, data_bits=c.data_bits, max_dim=c.max_dim,
                                   max_slots=c.max_features, max_concat=c.max_concat,
-                                  max_dense=c.max_dense, inflight=c.inflight)
+                                  max_dense=max(c.max_dense,
+                                                c.max_width if self.bottom else 0),
+                                  inflight=c.inflight)
+        self.interact = None
+        if c.dot_lanes:
+            self.interact = DotInteraction(lanes=lanes, data_bits=c.data_bits,
+                                           acc_bits=c.acc_bits, max_vectors=c.max_features + 1,
+                                           max_in=c.max_concat, dot_lanes=c.dot_lanes)
+        self.datapath_layout = DatapathLayout()
         self.mlp = MLPPipeline(shapes=c.mlp_top_shapes, data_bits=c.data_bits,
                                acc_bits=c.acc_bits, max_in=c.max_concat, max_width=c.max_width,
                                sigmoid=True)
-        self.writer = ResultWriter(data_width=c.mem_data_width, addr_width=c.mem_addr_width)
+        self.writer = ResultWriter(data_width=c.mem_data_width, addr_width=c.mem_addr_width,
+                                   outputs=c.max_outputs)
 
     def elaborate(self, platform):
         m = Module()
@@ -163,6 +200,9 @@ class RecFabricKernel(wiring.Component):
             m.submodules[f"unit{i}"] = u
         for i, t in enumerate(self.onchip):
             m.submodules[f"onchip{i}"] = t
+        for name in ("bottom", "dense_packer", "interact"):
+            if getattr(self, name) is not None:
+                m.submodules[name] = getattr(self, name)
         m.submodules.flag_fifo = flag_fifo = SyncFIFOBuffered(
             width=RequestFlagsLayout().size, depth=2 * len(self.config.mlp_top_shapes) + 4)
 
@@ -193,7 +233,8 @@ class RecFabricKernel(wiring.Component):
         ctrl = self.ctrl
         run = SimpleNamespace(start_batch=Signal(), batch=Signal(32), skip=Signal(),
                               no_program=Signal(), model_axi_error=Signal(),
-                              words_per_record=Signal(16))
+                              words_per_record=Signal(16),
+                              datapath=Signal(self.datapath_layout))
         program_valid = Signal()  # reset: no program
         prog_words = Signal(32)
         word = self.model_fetch.o_word
@@ -210,7 +251,7 @@ class RecFabricKernel(wiring.Component):
                         m.d.comb += [self.model_fetch.start.eq(1),
                                      self.model_fetch.base.eq(ctrl.arg_model),
                                      self.model_fetch.words.eq(1)]
-                        m.d.sync += program_valid.eq(0)
+                        m.d.sync += [program_valid.eq(0), run.datapath.eq(0)]
                         m.next = "HEADER"
                     with m.Else():
                         m.next = "BATCH"
@@ -233,7 +274,7 @@ class RecFabricKernel(wiring.Component):
                     m.next = "PROGRAM"
             with m.State("PROGRAM"):
                 m.d.comb += loading.eq(1)
-                self._route_program(m, word)
+                self._route_program(m, word, run)
                 with m.If(word.valid & word.ready):
                     m.d.sync += prog_words.eq(prog_words - 1)
                     with m.If(prog_words == 1):
@@ -277,9 +318,13 @@ class RecFabricKernel(wiring.Component):
             wiring.connect(m, unit.o_pooled, self.arbiter.i[k])
             m.d.comb += unit.error.clear.eq(ctrl.start)
         wiring.connect(m, self.arbiter.o, self.concat.i_pooled)
-        wiring.connect(m, self.parser.o_dense, self.concat.i_dense)
+        self._connect_dense(m, run)
         m.d.comb += self.parser.credit.eq(self.concat.released)
-        wiring.connect(m, self.concat.o_vector, self.mlp.i_vector)
+        if self.interact is not None:
+            wiring.connect(m, self.concat.o_vector, self.interact.i_vector)
+            wiring.connect(m, self.interact.o_vector, self.mlp.i_vector)
+        else:
+            wiring.connect(m, self.concat.o_vector, self.mlp.i_vector)
 
         # Per-request flags: a bad bag is flagged on the parser's first item of the feature;
         # the concat stage adds its pooled vectors' errors and hands the flags over, in request
@@ -293,14 +338,67 @@ class RecFabricKernel(wiring.Component):
             flag_fifo.w_data.eq(self.concat.o_flags.payload),
             self.concat.o_flags.ready.eq(flag_fifo.w_rdy),
         ]
+        self._collect_scores(m, flag_fifo)
+
+    def _connect_dense(self, m, run):
+        """Dense elements to the concatenation: as they are, or through the bottom MLP.
+
+        The bottom MLP keeps request order; a FIFO of the requests' tags (one per request in
+        the bottom MLP, at most ``inflight``) tags its outputs for the concatenation stage.
+        """
+        dense, sink = self.parser.o_dense, self.concat.i_dense
+        if self.bottom is None:
+            wiring.connect(m, dense, sink)
+            return
+        m.submodules.bottom_tags = tags = SyncFIFOBuffered(width=self.concat.tag_bits,
+                                                           depth=self.config.inflight)
+        wiring.connect(m, self.dense_packer.o_vector, self.bottom.i_vector)
+        out = self.bottom.o_result
+        with m.If(run.datapath.bottom):
+            pk = self.dense_packer.i_elem
+            m.d.comb += [pk.valid.eq(dense.valid & tags.w_rdy),
+                         pk.payload.data.eq(dense.payload.data),
+                         pk.payload.last.eq(dense.payload.last),
+                         dense.ready.eq(pk.ready & tags.w_rdy),
+                         tags.w_en.eq(dense.valid & dense.ready & dense.payload.last),
+                         tags.w_data.eq(dense.payload.tag)]
+            m.d.comb += [sink.valid.eq(out.valid & tags.r_rdy),
+                         sink.payload.data.eq(out.payload.data),
+                         sink.payload.last.eq(out.payload.last),
+                         sink.payload.tag.eq(tags.r_data),
+                         out.ready.eq(sink.ready & tags.r_rdy),
+                         tags.r_en.eq(out.valid & sink.ready & out.payload.last)]
+        with m.Else():
+            wiring.connect(m, dense, sink)
+
+    def _collect_scores(self, m, flag_fifo):
+        """A request's scores (one per output, ``last`` on the final one) and its flags, as one
+        result record for the writer."""
+        k = self.config.max_outputs
         scores, result = self.mlp.o_scores, self.writer.i_result
-        m.d.comb += [
-            result.valid.eq(scores.valid & flag_fifo.r_rdy),
-            result.payload.score.eq(scores.payload.score),
-            result.payload.flags.eq(flag_fifo.r_data),
-            scores.ready.eq(result.ready & flag_fifo.r_rdy),
-            flag_fifo.r_en.eq(result.ready & scores.valid),
-        ]
+        held = Signal(ResultLayout(k))
+        full = Signal()
+        idx = Signal(range(k + 1))
+        m.d.comb += [scores.ready.eq(~full), result.payload.eq(held),
+                     result.payload.flags.eq(flag_fifo.r_data),
+                     result.valid.eq(full & flag_fifo.r_rdy),
+                     flag_fifo.r_en.eq(result.valid & result.ready)]
+        with m.If(result.valid & result.ready):
+            m.d.sync += full.eq(0)
+        with m.If(scores.valid & ~full):
+            sc = scores.payload.score
+            if k == 1:
+                m.d.sync += held.score.eq(sc)
+            else:
+                with m.If(idx == 0):
+                    m.d.sync += [held.score.eq(sc)] + [held.more_scores[i].eq(0)
+                                                        for i in range(k - 1)]
+                for i in range(k - 1):
+                    with m.If(idx == i + 1):
+                        m.d.sync += held.more_scores[i].eq(sc)
+            m.d.sync += idx.eq(Mux(idx < k, idx + 1, idx))
+            with m.If(scores.payload.last):
+                m.d.sync += [full.eq(1), idx.eq(0)]
 
     def _status(self, m, run, flag_fifo):
         """Status registers and the status block (docs/kernel.md, "Errors")."""
@@ -374,12 +472,18 @@ class RecFabricKernel(wiring.Component):
         for i, name in enumerate(STATUS_WORDS):
             m.d.comb += self.writer.status[i].eq(block[name])
 
-    def _route_program(self, m, word):
+    def _route_program(self, m, word, run):
         """Route one program word to its target's configuration stream."""
         tgt = word.payload[:8]
         body = word.payload[8:]
         sinks = [(Target.PARSER, self.parser.i_param), (Target.PLACE, self.dispatcher.i_place),
                  (Target.CONCAT, self.concat.i_desc), (Target.MLP, self.mlp.i_load)]
+        if self.bottom is not None:
+            sinks.append((Target.BOTTOM_MLP, self.bottom.i_load))
+        if self.interact is not None:
+            sinks.append((Target.INTERACTION, self.interact.i_desc))
+        with m.If(word.valid & (tgt == Target.DATAPATH)):
+            m.d.sync += run.datapath.eq(body[:len(run.datapath.as_value())])
         for i, u in enumerate(self.units):
             sinks.append((Target.UNIT_DESC + i, u.i_desc))
         for i, t in enumerate(self.onchip):
