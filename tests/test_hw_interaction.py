@@ -143,7 +143,7 @@ def test_element_packer_chunks_requests_with_stalls():
 
     async def consumer(ctx):
         for n in lengths:
-            for c in range(math.ceil(n / 3)):
+            for _ in range(math.ceil(n / 3)):
                 got.append(payload_value(await stream_get(ctx, dut.o_vector, rng=rng,
                                                           p_stall=0.4)))
 

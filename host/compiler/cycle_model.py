@@ -34,8 +34,10 @@ the modelled rows of ``recfabric bench compare``): a
 batch of ``B`` requests takes ``latency + ii * (B - 1)`` cycles, with ``ii = max(MLP II, the
 plan's lookup rounds (beats per request on the busiest port), request words per record)`` and
 ``latency = MLP latency + memory read latency + KERNEL_OVERHEAD_CYCLES`` (bottom and top MLP
-added when both exist). ``KERNEL_OVERHEAD_CYCLES`` (request fetch and parse, dispatch, concat,
-result and status writes) is fitted to the simulation: the single-request run of the ``small``
+added when both exist; multi-task heads are the top MLP's last layers, fused one per depth; a
+dot interaction adds :func:`dot_interaction_cycles` to the latency and bounds ``ii``, since the
+block takes a request only after emitting the previous one). ``KERNEL_OVERHEAD_CYCLES``
+(request fetch and parse, dispatch, concat, result and status writes) is fitted to the simulation: the single-request run of the ``small``
 model on the ``small`` preset takes 343 cycles (README, ``tools/measure_kernel.py 1 16 256``,
 with the streaming request path), of which the MLP model accounts for 212 and the simulated HBM
 read latency for 64. The model then gives 1,363 cycles for a batch of 16 (simulated: 1,364) and
@@ -49,7 +51,7 @@ import math
 from dataclasses import dataclass, field
 
 __all__ = ["MLPCycleModel", "ENGINE_OVERHEAD", "DRAIN_OVERHEAD", "KERNEL_OVERHEAD_CYCLES",
-           "MEM_LATENCY_CYCLES", "kernel_batch_cycles"]
+           "MEM_LATENCY_CYCLES", "kernel_batch_cycles", "dot_interaction_cycles"]
 
 #: Engine stage latency beyond ``T + cols + rows``.
 ENGINE_OVERHEAD = 7
@@ -139,7 +141,9 @@ def kernel_batch_cycles(spec, config, rounds: int, words_per_record: int, *,
     mem_latency_cycles : int
         Memory read latency in kernel cycles.
     """
-    shapes = spec.layer_shapes()
+    from .kernel_program import top_chain_shapes  # noqa: PLC0415
+
+    shapes = {"bottom": spec.layer_shapes()["bottom"], "top": top_chain_shapes(spec)}
     ii, latency = max(rounds, words_per_record), KERNEL_OVERHEAD_CYCLES + mem_latency_cycles
     for kind, engines in (("bottom", config.mlp_bottom_shapes), ("top", config.mlp_top_shapes)):
         layers = shapes[kind]
@@ -147,4 +151,18 @@ def kernel_batch_cycles(spec, config, rounds: int, words_per_record: int, *,
             continue
         m = MLPCycleModel(shapes=list(engines), widths=(layers[0][0], *[o for _, o in layers]))
         ii, latency = max(ii, m.ii), latency + m.latency
+    if spec.interaction == "dot":
+        dot = dot_interaction_cycles(len(spec.sparse) + 1, spec.dense_out,
+                                     config.mlp_top_shapes[0][1], max(1, config.dot_lanes))
+        ii, latency = max(ii, dot), latency + dot
     return latency, ii
+
+
+def dot_interaction_cycles(n: int, d: int, lanes: int, dot_lanes: int) -> int:
+    """Cycles :class:`~recfabric.hw.interaction.DotInteraction` is busy with one request (its
+    initiation interval and its added latency): the vector taken one element per cycle
+    (``ceil(n*d / lanes) * lanes``), ``d`` dense elements of 5 cycles, and
+    ``n(n-1)/2`` dot products of ``d / dot_lanes + 4`` cycles each (module doc of
+    :mod:`recfabric.hw.interaction`)."""
+    load = math.ceil(n * d / lanes) * lanes
+    return load + 5 * d + n * (n - 1) // 2 * (math.ceil(d / dot_lanes) + 4)
