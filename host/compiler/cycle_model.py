@@ -37,8 +37,8 @@ plan's lookup rounds (beats per request on the busiest port), request words per 
 added when both exist; multi-task heads are the top MLP's last layers, fused one per depth; a
 dot interaction adds :func:`dot_interaction_cycles` to the latency and bounds ``ii``, since the
 block takes a request only after emitting the previous one). ``KERNEL_OVERHEAD_CYCLES``
-(request fetch and parse, dispatch, concat, result and status writes) is fitted to the simulation: the single-request run of the ``small``
-model on the ``small`` preset takes 343 cycles (README, ``tools/measure_kernel.py 1 16 256``,
+(request fetch and parse, dispatch, concat, result and status writes) is fitted to the
+simulation: the single-request run of the ``small`` model on the ``small`` preset takes 343 cycles (README, ``tools/measure_kernel.py 1 16 256``,
 with the streaming request path), of which the MLP model accounts for 212 and the simulated HBM
 read latency for 64. The model then gives 1,363 cycles for a batch of 16 (simulated: 1,364) and
 17,683 for 256 (simulated: 17,684). The slow tests of ``tests/test_bench_compare.py`` check it
