@@ -29,20 +29,20 @@ spacing over a burst period.)
 
 The bound the MAC array is measured against is ``sum_l K_l * N_l / sum_l rows[l] * cols[l]``.
 
-The whole kernel (:func:`kernel_batch_cycles`, the serving layer's service-time prediction and
-the modelled rows of ``recfabric bench compare``): a
-batch of ``B`` requests takes ``latency + ii * (B - 1)`` cycles, with ``ii = max(MLP II, the
-plan's lookup rounds (beats per request on the busiest port), request words per record)`` and
-``latency = MLP latency + memory read latency + KERNEL_OVERHEAD_CYCLES`` (bottom and top MLP
-added when both exist; multi-task heads are the top MLP's last layers, fused one per depth; a
-dot interaction adds :func:`dot_interaction_cycles` to the latency and bounds ``ii``, since the
-block takes a request only after emitting the previous one). ``KERNEL_OVERHEAD_CYCLES``
-(request fetch and parse, dispatch, concat, result and status writes) is fitted to the
-simulation: the single-request run of the ``small`` model on the ``small`` preset takes 343 cycles (README, ``tools/measure_kernel.py 1 16 256``,
-with the streaming request path), of which the MLP model accounts for 212 and the simulated HBM
-read latency for 64. The model then gives 1,363 cycles for a batch of 16 (simulated: 1,364) and
-17,683 for 256 (simulated: 17,684). The slow tests of ``tests/test_bench_compare.py`` check it
-against simulation: within 1% on ``small``, within 20% on ``tiny``.
+The whole kernel (:func:`kernel_batch_cycles`, the serving layer's service-time prediction and the
+modelled rows of ``recfabric bench compare``): a batch of ``B`` requests takes ``latency + ii * (B
+- 1)`` cycles, with ``ii = max(MLP II, the plan's lookup rounds (beats per request on the busiest
+port), request words per record)`` and ``latency = MLP latency + memory read latency +
+KERNEL_OVERHEAD_CYCLES`` (bottom and top MLP added when both exist; multi-task heads are the top
+MLP's last layers, fused one per depth; a dot interaction adds :func:`dot_interaction_cycles` to
+the latency and bounds ``ii``, since the block takes a request only after emitting the previous
+one). ``KERNEL_OVERHEAD_CYCLES`` (request fetch and parse, dispatch, concat, result and status
+writes) is fitted to the simulation: the single-request run of the ``small`` model on the ``small``
+preset takes 343 cycles (README, ``tools/measure_kernel.py 1 16 256``, with the streaming request
+path), of which the MLP model accounts for 212 and the simulated HBM read latency for 64. The model
+then gives 1,363 cycles for a batch of 16 (simulated: 1,364) and 17,683 for 256 (simulated:
+17,684). The slow tests of ``tests/test_bench_compare.py`` check it against simulation: within 1%
+on ``small``, within 20% on ``tiny``.
 """
 
 from __future__ import annotations
