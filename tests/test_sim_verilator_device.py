@@ -176,3 +176,16 @@ def test_small_config_speed(tmp_path):
     print(f"small, batch 512: {cycles} cycles, {cycles / cpu:,.0f} cycles/s CPU, "
           f"{cycles / wall:,.0f} cycles/s wall")
     assert cycles / cpu >= 100_000
+
+
+@pytest.mark.slow
+def test_dlrm_small_bit_exact_on_verilator(tmp_path):
+    """dlrm-small (bottom MLP, dot interaction, two heads) through the generated Verilog."""
+    spec = get_model("dlrm-small")
+    d, cm = _compiled(tmp_path, spec, config="small", seed=1)
+    with Accelerator.open("verilator", "small", p_stall=0.2, seed=3, mem_latency=30) as acc:
+        acc.load(d)
+        dense, sparse = synthetic_batch(spec, 32, seed=2)
+        r = acc.infer(dense, sparse)
+    assert r.scores.shape == (32, 2)
+    assert np.array_equal(r.scores, _golden(cm, dense, sparse))
