@@ -271,8 +271,8 @@ class AcceleratorConfig:
         for f in ("max_features", "max_bag", "max_dim", "max_concat", "max_width", "inflight"):
             need(getattr(self, f) >= 1, f, "must be at least 1")
         need(self.max_dense >= 0, "max_dense", "must be >= 0")
-        need(self.dot_lanes >= 0 and (self.dot_lanes == 0 or _pow2(self.dot_lanes)),
-             "dot_lanes", "must be 0 or a power of two")
+        need(0 <= self.dot_lanes <= self.mlp_top_shapes[0][1], "dot_lanes",
+             f"must be in 0..{self.mlp_top_shapes[0][1]} (the first top engine's columns)")
         need(1 <= self.max_outputs <= self.mem_data_width // 16 - 1, "max_outputs",
              f"must be in 1..{self.mem_data_width // 16 - 1} (one result word per request)")
         need(_pow2(self.inflight), "inflight", "must be a power of two")
@@ -374,13 +374,14 @@ _SMALL = AcceleratorConfig(
 # (of the U280's 9,024 DSP48E2); the cycle model (host/compiler/cycle_model.py) gives an initiation
 # interval of 176 cycles for 352-1024-512-256-1 (bound 172), not yet simulated at this size.
 # Bottom MLP engines sized for DLRM Kaggle's 13-512-256-64-16 (1,376 MACs, initiation interval
-# 128 cycles modelled); an 8-MAC dot-interaction unit; up to 4 task heads.
+# 128 cycles modelled); a 16-MAC dot-interaction unit (one Kaggle pair per cycle); up to 4
+# task heads.
 _U280 = AcceleratorConfig(
     name="u280", data_bits=16, acc_bits=48, mem_channels=28, mem_data_width=256, mem_id_width=6,
     channel_bytes=256 << 20, max_outstanding=64, onchip_units=8, onchip_bytes=256 << 10,
     max_features=128, max_bag=8, max_dim=64, max_dense=64, max_concat=1024, max_width=1024,
     mlp_top_shapes=((64, 32), (48, 64), (16, 48), (1, 16)),
-    mlp_bottom_shapes=((64, 1), (32, 64), (8, 32), (4, 8)), dot_lanes=8, max_outputs=4,
+    mlp_bottom_shapes=((64, 1), (32, 64), (8, 32), (4, 8)), dot_lanes=16, max_outputs=4,
     inflight=32, clock_mhz=250.0)
 
 PRESETS = {

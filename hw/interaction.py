@@ -19,22 +19,24 @@
     (per-table formats give every vector its own), ``out_frac`` the top MLP's input format.
 
 Descriptor (runtime, through ``i_desc``; :func:`interaction_desc_words` builds it), entries
-``addr -> data`` (signed 16 bits): ``0`` MODE, ``1`` N (vectors), ``2`` DIM (``d``, a multiple of
-``dot_lanes``), ``3`` OUT_FRAC, ``4`` FLAGS (bit 0: FLOOR rounding, else HALF_UP), ``8 + i``
-FRAC of vector ``i``.
+``addr -> data`` (signed 16 bits): ``0`` MODE, ``1`` N (vectors), ``2`` DIM (``d``), ``3``
+OUT_FRAC, ``4`` FLAGS (bit 0: FLOOR rounding, else HALF_UP), ``5`` DIM_WORDS and ``6`` DIM_LANES
+(``divmod(d, lanes)``), ``7`` TILES (``ceil(d / dot_lanes)``), ``8 + i`` FRAC of vector ``i``.
 
-Timing (DOT): the vector is taken one element per cycle (``chunks * lanes`` cycles); each output
-element then takes ``d / dot_lanes + 4`` cycles (a dense element 5), ``dot_lanes`` MACs per cycle.
-A request's vector is taken only after the previous request's output has been handed to the
-packer.
+Timing (DOT): the vector is stored one chunk per cycle into one of two buffers, so the next
+request is taken while the previous one is computed; the computation issues one read per cycle,
+fully pipelined: ``d`` dense elements, then ``n(n-1)/2`` pairs of ``ceil(d / dot_lanes)`` reads
+(``dot_lanes`` MACs each), one idle cycle per request. A request's first element leaves 6 cycles
+after its first read; the output is one element per cycle into the chunk packer.
 """
 
 from __future__ import annotations
 
 import math
 
-from amaranth.hdl import Array, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -48,7 +50,9 @@ __all__ = ["ElementPacker", "DotInteraction", "InteractionDescLayout", "Interact
 
 #: Descriptor entry of vector 0's FRAC; vector ``i`` is at ``FRAC_BASE + i``.
 FRAC_BASE = 8
-MODE, N, DIM, OUT_FRAC, FLAGS = 0, 1, 2, 3, 4
+MODE, N, DIM, OUT_FRAC, FLAGS, DIM_WORDS, DIM_LANES, TILES = range(8)
+#: Depth of the output FIFO (elements in flight between the first read and the packer).
+OUT_FIFO_DEPTH = 8
 
 
 class InteractionMode:
@@ -129,16 +133,18 @@ def interaction_desc_words(block, *, mode: int, n: int = 0, dim: int = 0, out_fr
         raise ValueError(f"interaction mode must be CONCAT (0) or DOT (1), not {mode!r}")
     if not 1 <= n <= block.max_vectors:
         raise ValueError(f"dot interaction of {n} vectors: the block takes 1..{block.max_vectors}")
-    if dim < 1 or dim % block.dot_lanes:
-        raise ValueError(f"dot interaction vector width {dim} must be a positive multiple of "
-                         f"the block's {block.dot_lanes} dot lanes")
+    if dim < 1:
+        raise ValueError(f"dot interaction vector width must be at least 1, not {dim}")
     if n * dim > block.max_in:
         raise ValueError(f"dot interaction input of {n} x {dim} elements exceeds max_in "
                          f"{block.max_in}")
     if len(fracs) != n:
         raise ValueError(f"{n} vectors need {n} formats, not {len(fracs)}")
     words += [{"addr": N, "data": n}, {"addr": DIM, "data": dim},
-              {"addr": OUT_FRAC, "data": out_frac}, {"addr": FLAGS, "data": int(bool(floor))}]
+              {"addr": OUT_FRAC, "data": out_frac}, {"addr": FLAGS, "data": int(bool(floor))},
+              {"addr": DIM_WORDS, "data": dim // block.lanes},
+              {"addr": DIM_LANES, "data": dim % block.lanes},
+              {"addr": TILES, "data": -(-dim // block.dot_lanes)}]
     words += [{"addr": FRAC_BASE + i, "data": int(f)} for i, f in enumerate(fracs)]
     return words
 
@@ -156,7 +162,7 @@ class DotInteraction(wiring.Component):
     max_in : int
         Most elements of the assembled input vector (``n * d``); also the longest output.
     dot_lanes : int
-        MACs per cycle (a power of two); ``d`` must be a multiple of it.
+        MACs per cycle (at most ``lanes``).
 
     Members
     -------
@@ -174,8 +180,8 @@ class DotInteraction(wiring.Component):
                         ("max_vectors", max_vectors), ("max_in", max_in),
                         ("dot_lanes", dot_lanes)):
             _pos(name, v)
-        if dot_lanes & (dot_lanes - 1):
-            raise ValueError(f"dot_lanes must be a power of two, not {dot_lanes}")
+        if dot_lanes > lanes:
+            raise ValueError(f"dot_lanes ({dot_lanes}) must not exceed lanes ({lanes})")
         self.lanes, self.data_bits, self.acc_bits = lanes, data_bits, acc_bits
         self.max_vectors, self.max_in, self.dot_lanes = max_vectors, max_in, dot_lanes
         self.desc_layout = InteractionDescLayout(max_vectors)
@@ -187,59 +193,41 @@ class DotInteraction(wiring.Component):
         })
 
     def elaborate(self, platform):
-        # One function on purpose: the loader, the pair sequencer and the output share the
-        # element counters and the two copies of the vector memory.
+        # One function on purpose: the loader, the read sequencer and the MAC pipeline share the
+        # double-buffered vector memories and the per-position (word, lane) arithmetic.
         m = Module()
         C, P, bits = self.lanes, self.dot_lanes, self.data_bits
-        lp = P.bit_length() - 1
-        positions = math.ceil(self.max_in / C) * C
-        depth = math.ceil(positions / P)
-        wbits = _bits_for(depth + 1)
+        # Position p of a vector lives in bank p % C at word p // C; reads run up to P - 1
+        # positions past the last vector, whose products are masked.
+        words = math.ceil((self.max_in + P) / C) + 1
+        local = _bits_for(words + 1)
 
         # ---- descriptor ----
         mode = Signal()
         n_vec = Signal(range(self.max_vectors + 1))
         dim = Signal(range(self.max_in + 1))
+        dim_w = Signal(local)
+        dim_l = Signal(range(C))
+        tiles = Signal(range(self.max_in + 1))
         out_frac = Signal(signed(16))
         floor = Signal()
         fracs = Array(Signal(signed(16), name=f"frac{i}") for i in range(self.max_vectors))
         d = self.i_desc
         m.d.comb += d.ready.eq(1)
+        regs = {MODE: mode, N: n_vec, DIM: dim, OUT_FRAC: out_frac, FLAGS: floor,
+                DIM_WORDS: dim_w, DIM_LANES: dim_l, TILES: tiles}
         with m.If(d.valid):
             with m.Switch(d.payload.addr):
-                with m.Case(MODE):
-                    m.d.sync += mode.eq(d.payload.data[0])
-                with m.Case(N):
-                    m.d.sync += n_vec.eq(d.payload.data)
-                with m.Case(DIM):
-                    m.d.sync += dim.eq(d.payload.data)
-                with m.Case(OUT_FRAC):
-                    m.d.sync += out_frac.eq(d.payload.data)
-                with m.Case(FLAGS):
-                    m.d.sync += floor.eq(d.payload.data[0])
+                for addr, reg in regs.items():
+                    with m.Case(addr):
+                        m.d.sync += reg.eq(d.payload.data[:len(reg)])
                 for i in range(self.max_vectors):
                     with m.Case(FRAC_BASE + i):
                         m.d.sync += fracs[i].eq(d.payload.data)
 
         m.submodules.packer = packer = ElementPacker(lanes=C, bits=bits)
         m.submodules.requant = rq = Requantizer(acc_bits=self.acc_bits, data_bits=bits)
-
-        # ---- two copies of the vector (operands a and b of a pair), dot_lanes lanes each ----
-        wa = Signal(wbits)
-        wl = Signal(range(P))
-        we = Signal()
-        wd = Signal(signed(bits))
-        ra, rb = Signal(wbits), Signal(wbits)
-        ren = Signal()
-        a_data, b_data = [], []
-        for copy, raddr, out in (("a", ra, a_data), ("b", rb, b_data)):
-            for q in range(P):
-                mem = Memory(shape=signed(bits), depth=depth, init=[])
-                m.submodules[f"{copy}{q}"] = mem
-                wp, rp = mem.write_port(), mem.read_port()
-                m.d.comb += [wp.en.eq(we & (wl == q)), wp.addr.eq(wa), wp.data.eq(wd),
-                             rp.addr.eq(raddr), rp.en.eq(ren)]
-                out.append(rp.data)
+        m.submodules.out_fifo = fifo = SyncFIFOBuffered(width=bits + 1, depth=OUT_FIFO_DEPTH)
 
         iv = self.i_vector
         with m.If(mode == InteractionMode.CONCAT):
@@ -247,84 +235,152 @@ class DotInteraction(wiring.Component):
         with m.Else():
             wiring.connect(m, packer.o_vector, wiring.flipped(self.o_vector))
 
-        # ---- dot mode sequencer ----
-        q = Signal(range(C))  # lane of the input chunk being written
-        p = Signal(range(positions + 1))  # element position being written
-        dw = Signal(range(depth + 1))  # words per vector: dim / dot_lanes
-        m.d.comb += dw.eq(dim >> lp)
-        k = Signal(range(self.max_in + 1))  # dense element
+        # ---- two buffers (request parity), two copies (operands a, b), C banks each ----
+        full = Signal(2)
+        wsel, rsel = Signal(), Signal()
+        chunk = Signal(local)
+        take = Signal()
+        addr_a = [Signal(local, name=f"ra{b}") for b in range(C)]
+        addr_b = [Signal(local, name=f"rb{b}") for b in range(C)]
+        a_data, b_data = [], []
+        for copy, addrs, out in (("a", addr_a, a_data), ("b", addr_b, b_data)):
+            for b in range(C):
+                mem = Memory(shape=signed(bits), depth=2 << local, init=[])
+                m.submodules[f"{copy}{b}"] = mem
+                wp, rp = mem.write_port(), mem.read_port()
+                m.d.comb += [wp.en.eq(take), wp.addr.eq(Cat(chunk, wsel)),
+                             wp.data.eq(iv.payload.data[b]),
+                             rp.addr.eq(Cat(addrs[b], rsel))]
+                out.append(rp.data)
+
+        # ---- loader: one chunk per cycle into the free buffer ----
+        with m.If(mode == InteractionMode.DOT):
+            m.d.comb += [iv.ready.eq(~full.bit_select(wsel, 1)), take.eq(iv.valid & iv.ready)]
+        with m.If(take):
+            m.d.sync += chunk.eq(chunk + 1)
+            with m.If(iv.payload.last):
+                m.d.sync += [chunk.eq(0), wsel.eq(~wsel)]
+        set_full = Signal(2)
+        clr_full = Signal(2)
+        m.d.comb += set_full.eq(Mux(take & iv.payload.last, Mux(wsel, 0b10, 0b01), 0))
+        m.d.sync += full.eq((full | set_full) & ~clr_full)
+
+        # ---- read sequencer: one read per cycle (dense elements, then pair tiles) ----
+        def add(pos, dw, dl):
+            """(word, lane) + (dw, dl), dl < C: the position ``dw * C + dl`` further."""
+            w, la = pos
+            s = la + dl
+            carry = s >= C
+            return w + dw + carry, Mux(carry, s - C, s)
+
+        def pos_regs(name):
+            return (Signal(local, name=f"{name}_w"), Signal(range(C), name=f"{name}_l"))
+
+        def set_pos(pos, val):
+            return [pos[0].eq(val[0]), pos[1].eq(val[1])]
+
+        busy = Signal()
+        dense = Signal()
+        k = Signal(range(self.max_in + 1))
         vi = Signal(range(self.max_vectors + 1))
         vj = Signal(range(self.max_vectors + 1))
-        bi, bj = Signal(wbits), Signal(wbits)  # word bases of vectors vi and vj
-        t = Signal(range(depth + 2))
-        acc = Signal(signed(self.acc_bits))
-        shift = Signal(signed(16))
-        lane_d = Signal(range(P))
-        wait = Signal(range(REQUANT_LATENCY + 1))
-        dense_phase = Signal()
+        t = Signal(range(self.max_in + 1))
+        rem = Signal(range(self.max_in + 1))  # elements of the pair's vectors from tile t on
+        pk, pa, pb, base_i, base_j = (pos_regs(x) for x in ("pk", "pa", "pb", "bi", "bj"))
+        credits = Signal(range(OUT_FIFO_DEPTH + 1))  # elements issued, not yet in the packer
+        pw, pl = divmod(P, C)
+
+        last_read = Mux(dense, 1, t == tiles - 1)
+        end = Mux(dense, (k == dim - 1) & (n_vec == 1),
+                  (t == tiles - 1) & (vi == n_vec - 1) & (vj == vi - 1))
+        issue = busy & (~last_read | (credits < OUT_FIFO_DEPTH))
+        # Bank b holds element x = (b - lane) mod C of a read at (word, lane): word + (b < lane).
+        ra_pos = Mux(dense, pk[0], pa[0]), Mux(dense, pk[1], pa[1])
+        for b in range(C):
+            m.d.comb += [addr_a[b].eq(ra_pos[0] + (b < ra_pos[1])),
+                         addr_b[b].eq(pb[0] + (b < pb[1]))]
+        shift0 = Signal(signed(16))
+        m.d.comb += shift0.eq(Mux(dense, fracs[0] - out_frac, fracs[vi] + fracs[vj] - out_frac))
+
+        with m.If(~busy & full.bit_select(rsel, 1)):
+            m.d.sync += [busy.eq(1), dense.eq(1), k.eq(0), *set_pos(pk, (0, 0))]
+        with m.If(issue):
+            with m.If(end):
+                m.d.sync += [busy.eq(0), rsel.eq(~rsel)]
+                m.d.comb += clr_full.eq(Mux(rsel, 0b10, 0b01))
+            with m.If(dense):
+                m.d.sync += [k.eq(k + 1), *set_pos(pk, add(pk, 0 if C > 1 else 1,
+                                                             1 if C > 1 else 0))]
+                with m.If(k == dim - 1):  # first pair: (1, 0)
+                    m.d.sync += [dense.eq(0), vi.eq(1), vj.eq(0), t.eq(0), rem.eq(dim),
+                                 *set_pos(base_i, (dim_w, dim_l)), *set_pos(pa, (dim_w, dim_l)),
+                                 *set_pos(base_j, (0, 0)), *set_pos(pb, (0, 0))]
+            with m.Elif(t != tiles - 1):
+                m.d.sync += [t.eq(t + 1), rem.eq(rem - P),
+                             *set_pos(pa, add(pa, pw, pl)), *set_pos(pb, add(pb, pw, pl))]
+            with m.Elif(vj + 1 < vi):  # next pair of the row: (vi, vj + 1)
+                nj = add(base_j, dim_w, dim_l)
+                m.d.sync += [t.eq(0), rem.eq(dim), vj.eq(vj + 1), *set_pos(base_j, nj),
+                             *set_pos(pb, nj), *set_pos(pa, base_i)]
+            with m.Else():  # next row: (vi + 1, 0)
+                ni = add(base_i, dim_w, dim_l)
+                m.d.sync += [t.eq(0), rem.eq(dim), vi.eq(vi + 1), vj.eq(0),
+                             *set_pos(base_i, ni), *set_pos(pa, ni), *set_pos(base_j, (0, 0)),
+                             *set_pos(pb, (0, 0))]
+
+        # ---- MAC pipeline: read data (1), rotate + multiply (2), sum (3), accumulate and
+        # requantize (4, 5), into the FIFO (6) ----
+        def meta(name):
+            return {"valid": Signal(name=f"{name}_valid"), "first": Signal(name=f"{name}_first"),
+                    "last": Signal(name=f"{name}_last"), "end": Signal(name=f"{name}_end"),
+                    "dense": Signal(name=f"{name}_dense"),
+                    "shift": Signal(signed(16), name=f"{name}_shift")}
+
+        m1, m2, m3 = meta("m1"), meta("m2"), meta("m3")
+        la1, lb1 = Signal(range(C)), Signal(range(C))
+        rem1 = Signal(range(self.max_in + 1))
+        m.d.sync += [m1["valid"].eq(issue), m1["first"].eq(dense | (t == 0)),
+                     m1["last"].eq(last_read), m1["end"].eq(end), m1["dense"].eq(dense),
+                     m1["shift"].eq(shift0), la1.eq(ra_pos[1]), lb1.eq(pb[1]),
+                     rem1.eq(Mux(dense, 1, rem))]
+
+        def rotate(data_, lane, x):
+            idx = lane + x
+            return Array(data_)[Mux(idx >= C, idx - C, idx)]
+
         prods = [Signal(signed(2 * bits), name=f"prod{x}") for x in range(P)]
         for x in range(P):
-            m.d.comb += prods[x].eq(a_data[x] * b_data[x])
-        psum = Signal(signed(2 * bits + lp + 1))
-        m.d.comb += psum.eq(sum(prods))
-        last_elem = Signal()
-        m.d.comb += last_elem.eq(Mux(dense_phase, (k == dim - 1) & (n_vec == 1),
-                                     (vi == n_vec - 1) & (vj == vi - 1)))
-        m.d.comb += [rq.acc.eq(acc), rq.shift.eq(shift), rq.floor.eq(floor), rq.relu.eq(0),
-                     rq.logit.eq(0), packer.i_elem.payload.data.eq(rq.y),
-                     packer.i_elem.payload.last.eq(last_elem)]
+            a_x, b_x = rotate(a_data, la1, x), rotate(b_data, lb1, x)
+            if x == 0:
+                val = Mux(m1["dense"], a_x, a_x * b_x)
+            else:
+                val = Mux(m1["dense"], 0, a_x * b_x)
+            m.d.sync += prods[x].eq(Mux(x < rem1, val, 0))
+        m.d.sync += [m2[f].eq(m1[f]) for f in m1]
+        psum = Signal(signed(2 * bits + P.bit_length()))
+        m.d.sync += [psum.eq(sum(prods)), *[m3[f].eq(m2[f]) for f in m2]]
+        acc = Signal(signed(self.acc_bits))
+        acc_next = Signal(signed(self.acc_bits))  # wraps to acc_bits, as numerics.mac does
+        m.d.comb += acc_next.eq(Mux(m3["first"], psum, acc + psum))
+        with m.If(m3["valid"]):
+            m.d.sync += acc.eq(acc_next)
+        m.d.comb += [rq.acc.eq(acc_next), rq.shift.eq(m3["shift"]), rq.floor.eq(floor),
+                     rq.relu.eq(0), rq.logit.eq(0)]
+        v = [Signal(name=f"rq_valid{i}") for i in range(REQUANT_LATENCY)]
+        e = [Signal(name=f"rq_end{i}") for i in range(REQUANT_LATENCY)]
+        m.d.sync += [v[0].eq(m3["valid"] & m3["last"]), e[0].eq(m3["end"])]
+        for i in range(1, REQUANT_LATENCY):
+            m.d.sync += [v[i].eq(v[i - 1]), e[i].eq(e[i - 1])]
+        m.d.comb += [fifo.w_en.eq(v[-1]), fifo.w_data.eq(Cat(rq.y, e[-1]))]
 
-        with m.FSM(name="dot"):
-            with m.State("LOAD"):
-                m.d.comb += [wa.eq(p >> lp), wl.eq(p[:lp] if lp else 0),
-                             wd.eq(iv.payload.data[q]),
-                             we.eq(iv.valid & (mode == InteractionMode.DOT))]
-                with m.If(mode == InteractionMode.DOT):
-                    m.d.comb += iv.ready.eq(q == C - 1)
-                    with m.If(iv.valid):
-                        m.d.sync += p.eq(p + 1)
-                        m.d.sync += q.eq(Mux(q == C - 1, 0, q + 1))
-                        with m.If((q == C - 1) & iv.payload.last):
-                            m.d.sync += [p.eq(0), k.eq(0), dense_phase.eq(1)]
-                            m.next = "DENSE"
-            with m.State("DENSE"):
-                m.d.comb += [ra.eq(k >> lp), ren.eq(1)]
-                m.d.sync += lane_d.eq(k[:lp] if lp else 0)
-                m.next = "DENSE_DATA"
-            with m.State("DENSE_DATA"):
-                m.d.sync += [acc.eq(Array(a_data)[lane_d]), shift.eq(fracs[0] - out_frac),
-                             wait.eq(0)]
-                m.next = "REQUANT"
-            with m.State("PAIR"):
-                # t counts 0..dw: read t (t < dw) while summing the data of read t - 1.
-                m.d.comb += [ra.eq(bi + t), rb.eq(bj + t), ren.eq(1)]
-                m.d.sync += t.eq(t + 1)
-                with m.If(t == 1):
-                    m.d.sync += acc.eq(psum)
-                with m.Elif(t != 0):
-                    m.d.sync += acc.eq(acc + psum)
-                with m.If(t == dw):
-                    m.d.sync += [t.eq(0), wait.eq(0), shift.eq(fracs[vi] + fracs[vj] - out_frac)]
-                    m.next = "REQUANT"
-            with m.State("REQUANT"):
-                m.d.sync += wait.eq(wait + 1)
-                with m.If(wait == REQUANT_LATENCY - 1):
-                    m.next = "OUT"
-            with m.State("OUT"):
-                m.d.comb += packer.i_elem.valid.eq(1)
-                with m.If(packer.i_elem.ready):
-                    with m.If(last_elem):
-                        m.next = "LOAD"
-                    with m.Elif(dense_phase & (k != dim - 1)):
-                        m.d.sync += k.eq(k + 1)
-                        m.next = "DENSE"
-                    with m.Elif(dense_phase | (vj == vi - 1)):
-                        # next row of the triangle: (vi + 1, 0)
-                        nxt = Mux(dense_phase, 1, vi + 1)
-                        m.d.sync += [dense_phase.eq(0), vi.eq(nxt), vj.eq(0), bj.eq(0),
-                                     bi.eq(Mux(dense_phase, dw, bi + dw))]
-                        m.next = "PAIR"
-                    with m.Else():
-                        m.d.sync += [vj.eq(vj + 1), bj.eq(bj + dw)]
-                        m.next = "PAIR"
+        # ---- output: FIFO -> packer; credits bound the elements in flight ----
+        pe = packer.i_elem
+        m.d.comb += [pe.valid.eq(fifo.r_rdy), pe.payload.data.eq(fifo.r_data[:bits]),
+                     pe.payload.last.eq(fifo.r_data[bits]), fifo.r_en.eq(pe.ready)]
+        popped = fifo.r_rdy & pe.ready
+        issued = issue & last_read
+        with m.If(issued & ~popped):
+            m.d.sync += credits.eq(credits + 1)
+        with m.Elif(~issued & popped):
+            m.d.sync += credits.eq(credits - 1)
         return m

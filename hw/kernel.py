@@ -60,7 +60,7 @@ from .mlp import MLPPipeline
 from .onchip_table import OnChipTable
 from .register_map import KERNEL_ID, KERNEL_VERSION, NO_ERROR_REQUEST, kernel_args
 from .request_reader import ParserParam, RecordFetcher, RecordParser
-from .result_writer import STATUS_WORDS, ResultLayout, ResultWriter
+from .result_writer import STATUS_WORDS, ResultWriter
 from .stream_arbiter import StreamArbiter
 from .stream_types import RequestFlagsLayout
 
@@ -373,32 +373,33 @@ class RecFabricKernel(wiring.Component):
 
     def _collect_scores(self, m, flag_fifo):
         """A request's scores (one per output, ``last`` on the final one) and its flags, as one
-        result record for the writer."""
+        result record for the writer: earlier scores are held, the final one passes straight
+        through with them (no added cycle); outputs the model lacks are zero."""
         k = self.config.max_outputs
         scores, result = self.mlp.o_scores, self.writer.i_result
-        held = Signal(ResultLayout(k))
-        full = Signal()
-        idx = Signal(range(k + 1))
-        m.d.comb += [scores.ready.eq(~full), result.payload.eq(held),
+        cur, is_last = scores.payload.score, scores.payload.last
+        m.d.comb += [result.valid.eq(scores.valid & is_last & flag_fifo.r_rdy),
                      result.payload.flags.eq(flag_fifo.r_data),
-                     result.valid.eq(full & flag_fifo.r_rdy),
+                     scores.ready.eq(~is_last | (result.ready & flag_fifo.r_rdy)),
                      flag_fifo.r_en.eq(result.valid & result.ready)]
-        with m.If(result.valid & result.ready):
-            m.d.sync += full.eq(0)
-        with m.If(scores.valid & ~full):
-            sc = scores.payload.score
-            if k == 1:
-                m.d.sync += held.score.eq(sc)
-            else:
-                with m.If(idx == 0):
-                    m.d.sync += [held.score.eq(sc)] + [held.more_scores[i].eq(0)
-                                                        for i in range(k - 1)]
+        if k == 1:
+            m.d.comb += result.payload.score.eq(cur)
+            return
+        held = [Signal(16, name=f"held_score{i}") for i in range(k - 1)]
+        idx = Signal(range(k))
+        m.d.comb += result.payload.score.eq(Mux(idx == 0, cur, held[0]))
+        for i in range(k - 1):
+            later = held[i + 1] if i + 1 < k - 1 else 0
+            m.d.comb += result.payload.more_scores[i].eq(
+                Mux(idx == i + 1, cur, Mux(idx > i + 1, later, 0)))
+        with m.If(scores.valid & scores.ready):
+            with m.If(is_last):
+                m.d.sync += idx.eq(0)
+            with m.Else():
                 for i in range(k - 1):
-                    with m.If(idx == i + 1):
-                        m.d.sync += held.more_scores[i].eq(sc)
-            m.d.sync += idx.eq(Mux(idx < k, idx + 1, idx))
-            with m.If(scores.payload.last):
-                m.d.sync += [full.eq(1), idx.eq(0)]
+                    with m.If(idx == i):
+                        m.d.sync += held[i].eq(cur)
+                m.d.sync += idx.eq(Mux(idx < k - 1, idx + 1, idx))
 
     def _status(self, m, run, flag_fifo):
         """Status registers and the status block (docs/kernel.md, "Errors")."""

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from recfabric.host.compiler.compiled import golden_from_images, load_compiled
-from recfabric.host.compiler.cycle_model import dot_interaction_cycles, kernel_batch_cycles
+from recfabric.host.compiler.cycle_model import (
+    KERNEL_OVERHEAD_CYCLES,
+    MEM_LATENCY_CYCLES,
+    MLPCycleModel,
+    dot_interaction_cycles,
+    kernel_batch_cycles,
+)
 from recfabric.host.compiler.kernel_program import fused_head_layers, top_chain_shapes
 from recfabric.host.compiler.steps import compile_model, model_runs
 from recfabric.host.model.spec import ModelSpec, SparseFeature
@@ -79,21 +85,27 @@ def test_dlrm_capabilities_and_refusals_name_the_limit():
     for part in ("dot interaction (the kernel implements concat)",
                  "outputs 2 exceeds max_outputs 1", "bottom MLP of 2 layers"):
         assert part in why
-    odd = ModelSpec("odd", sparse=(SparseFeature("a", 30, 4),), dense=3, bottom_mlp=(4,),
-                    interaction="dot", top_mlp=(4, 1))
-    assert "vector width 4 is not a multiple of dot_lanes 8" in \
-        model_runs(odd, get_preset("u280"))[0]
+    big = ModelSpec("big", sparse=tuple(SparseFeature(f"t{i}", 30, 8) for i in range(16)),
+                    dense=3, bottom_mlp=(8,), interaction="dot", top_mlp=(4, 1))
+    assert "dot interaction input (vectors x dim) 136 exceeds max_concat 128" in \
+        model_runs(big, get_preset("small"))[0]
 
 
 def test_cycle_model_covers_bottom_dot_and_heads():
-    # Interaction: one element per cycle in, 5 cycles per dense element, d/P + 4 per pair.
-    assert dot_interaction_cycles(5, 8, 4, 1) == 40 + 40 + 10 * 12
-    assert dot_interaction_cycles(27, 16, 32, 8) == 448 + 80 + 351 * 6
     u280 = get_preset("u280")
-    kg_lat, kg_ii = kernel_batch_cycles(get_model("kaggle"), u280, 1, 1)
-    assert kg_ii == dot_interaction_cycles(27, 16, 32, 8)  # the dot unit bounds Kaggle on u280
-    mt_lat, mt_ii = kernel_batch_cycles(get_model("mt-wnd"), u280.replace(
-        mlp_top_shapes=u280.mlp_top_shapes + ((1, 1),), max_concat=2048), 1, 1)
-    assert mt_ii > 0 and mt_lat > kg_lat
+    kg = get_model("kaggle")
+    dot_latency, dot_ii = dot_interaction_cycles(27, 16, 32, 16)
+    assert dot_ii == 1 + 16 + 351  # one pair per cycle: the block's simulated interval
+    latency, ii = kernel_batch_cycles(kg, u280, 1, 1)
+    assert ii == dot_ii  # the dot unit bounds Kaggle on u280
+    bottom = MLPCycleModel(shapes=list(u280.mlp_bottom_shapes), widths=(13, 512, 256, 64, 16))
+    top = MLPCycleModel(shapes=list(u280.mlp_top_shapes), widths=(367, 512, 256, 1))
+    assert latency == (KERNEL_OVERHEAD_CYCLES + MEM_LATENCY_CYCLES + bottom.latency
+                       + dot_latency + top.latency)
+    assert (bottom.ii, top.ii) == (104, 96)
+    # Multi-task heads are the top MLP's last layers: mt-wnd needs a fifth engine.
     with pytest.raises(ValueError, match="5 layers do not fit 4 engines"):
         kernel_batch_cycles(get_model("mt-wnd"), u280, 1, 1)
+    five = u280.replace(mlp_top_shapes=((64, 32), (48, 64), (32, 48), (16, 32), (1, 16)),
+                        max_concat=2048)
+    assert kernel_batch_cycles(get_model("mt-wnd"), five, 1, 1)[1] == 688  # 1376x1024 on 64x32

@@ -34,15 +34,15 @@ modelled rows of ``recfabric bench compare``): a batch of ``B`` requests takes `
 - 1)`` cycles, with ``ii = max(MLP II, the plan's lookup rounds (beats per request on the busiest
 port), request words per record)`` and ``latency = MLP latency + memory read latency +
 KERNEL_OVERHEAD_CYCLES`` (bottom and top MLP added when both exist; multi-task heads are the top
-MLP's last layers, fused one per depth; a dot interaction adds :func:`dot_interaction_cycles` to
-the latency and bounds ``ii``, since the block takes a request only after emitting the previous
-one). ``KERNEL_OVERHEAD_CYCLES`` (request fetch and parse, dispatch, concat, result and status
-writes) is fitted to the simulation: the single-request run of the ``small`` model on the ``small``
-preset takes 343 cycles (README, ``tools/measure_kernel.py 1 16 256``, with the streaming request
-path), of which the MLP model accounts for 212 and the simulated HBM read latency for 64. The model
-then gives 1,363 cycles for a batch of 16 (simulated: 1,364) and 17,683 for 256 (simulated:
-17,684). The slow tests of ``tests/test_bench_compare.py`` check it against simulation: within 1%
-on ``small``, within 20% on ``tiny``.
+MLP's last layers, fused one per depth; a dot interaction adds the latency of
+:func:`dot_interaction_cycles` and bounds ``ii`` by its interval). ``KERNEL_OVERHEAD_CYCLES``
+(request fetch and parse, dispatch, concat, result and status writes) is fitted to the simulation:
+the single-request run of the ``small`` model on the ``small`` preset takes 343 cycles (README,
+``tools/measure_kernel.py 1 16 256``, with the streaming request path), of which the MLP model
+accounts for 212 and the simulated HBM read latency for 64. The model then gives 1,363 cycles for a
+batch of 16 (simulated: 1,364) and 17,683 for 256 (simulated: 17,684). The slow tests of
+``tests/test_bench_compare.py`` check it against simulation: within 1% on ``small``, within 20% on
+``tiny``.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ import math
 from dataclasses import dataclass, field
 
 __all__ = ["MLPCycleModel", "ENGINE_OVERHEAD", "DRAIN_OVERHEAD", "KERNEL_OVERHEAD_CYCLES",
-           "MEM_LATENCY_CYCLES", "kernel_batch_cycles", "dot_interaction_cycles"]
+           "MEM_LATENCY_CYCLES", "kernel_batch_cycles", "dot_interaction_cycles",
+           "DOT_PIPELINE_CYCLES"]
 
 #: Engine stage latency beyond ``T + cols + rows``.
 ENGINE_OVERHEAD = 7
@@ -152,17 +153,25 @@ def kernel_batch_cycles(spec, config, rounds: int, words_per_record: int, *,
         m = MLPCycleModel(shapes=list(engines), widths=(layers[0][0], *[o for _, o in layers]))
         ii, latency = max(ii, m.ii), latency + m.latency
     if spec.interaction == "dot":
-        dot = dot_interaction_cycles(len(spec.sparse) + 1, spec.dense_out,
-                                     config.mlp_top_shapes[0][1], max(1, config.dot_lanes))
-        ii, latency = max(ii, dot), latency + dot
+        dot_latency, dot_ii = dot_interaction_cycles(
+            len(spec.sparse) + 1, spec.dense_out, config.mlp_top_shapes[0][1],
+            max(1, config.dot_lanes))
+        ii, latency = max(ii, dot_ii), latency + dot_latency
     return latency, ii
 
 
-def dot_interaction_cycles(n: int, d: int, lanes: int, dot_lanes: int) -> int:
-    """Cycles :class:`~recfabric.hw.interaction.DotInteraction` is busy with one request (its
-    initiation interval and its added latency): the vector taken one element per cycle
-    (``ceil(n*d / lanes) * lanes``), ``d`` dense elements of 5 cycles, and
-    ``n(n-1)/2`` dot products of ``d / dot_lanes + 4`` cycles each (module doc of
-    :mod:`recfabric.hw.interaction`)."""
-    load = math.ceil(n * d / lanes) * lanes
-    return load + 5 * d + n * (n - 1) // 2 * (math.ceil(d / dot_lanes) + 4)
+#: DotInteraction cycles from a request's last read to its last element in the chunk packer.
+DOT_PIPELINE_CYCLES = 7
+
+
+def dot_interaction_cycles(n: int, d: int, lanes: int, dot_lanes: int) -> tuple[int, int]:
+    """``(latency, ii)`` of :class:`~recfabric.hw.interaction.DotInteraction` for ``n`` vectors
+    of ``d`` elements: the vector is taken one ``lanes``-wide chunk per cycle into a free buffer
+    (``chunks = ceil(n*d / lanes)``) while the previous request computes; the computation issues
+    one read per cycle, ``d`` dense elements and ``ceil(d / dot_lanes)`` per pair, plus one idle
+    cycle per request. ``ii = max(chunks, 1 + d + n(n-1)/2 * ceil(d / dot_lanes))`` (equal to
+    the block's simulation, ``tests/test_hw_interaction.py``), ``latency = chunks + compute +``
+    :data:`DOT_PIPELINE_CYCLES`."""
+    chunks = math.ceil(n * d / lanes)
+    compute = 1 + d + n * (n - 1) // 2 * math.ceil(d / dot_lanes)
+    return chunks + compute + DOT_PIPELINE_CYCLES, max(chunks, compute)

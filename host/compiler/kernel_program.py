@@ -306,7 +306,8 @@ def _kernel_formats(config):
     if k.interact is not None:
         it = k.interact
         interact = SimpleNamespace(desc=shape(it.i_desc), block=SimpleNamespace(
-            max_vectors=it.max_vectors, dot_lanes=it.dot_lanes, max_in=it.max_in))
+            max_vectors=it.max_vectors, dot_lanes=it.dot_lanes, max_in=it.max_in,
+            lanes=it.lanes))
     return SimpleNamespace(
         bottom=bottom, interact=interact, datapath=k.datapath_layout,
         parser=shape(k.parser.i_param), place=shape(k.dispatcher.i_place),

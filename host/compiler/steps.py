@@ -114,9 +114,6 @@ def check_fits(spec: ModelSpec, config) -> None:
     if spec.interaction == "dot" and "dot" in caps.interactions:
         n, d = len(spec.sparse) + 1, spec.dense_out
         limit("dot interaction input (vectors x dim)", n * d, "max_concat", caps.max_concat)
-        if d % caps.dot_lanes:
-            bad.append(f"dot interaction vector width {d} is not a multiple of dot_lanes "
-                       f"{caps.dot_lanes}")
     bad.extend(oversized_tables(spec, caps))
     if bad:
         raise CompileError(f"model {spec.name!r} does not fit configuration {caps.config!r}: "
