@@ -1,6 +1,7 @@
 """DLRM in hardware (issue 14 item 7): bottom MLP, dot interaction and multi-task heads on the
-simulated kernel, `==` the golden model; the fused-heads quantization; the kernel program's
-dot-interaction order; capabilities and the cycle model."""
+simulated kernel, `==` the golden model (the default suite runs `recfabric demo --model
+dlrm-small`, tests/test_host_cli.py; model switches here are slow); the fused-heads
+quantization; capabilities and the cycle model."""
 
 import numpy as np
 import pytest
@@ -40,6 +41,7 @@ def _golden(cm, dense, sparse):
     return golden_from_images(cm, cm.quantized_model().quantize_dense(dense), sparse).scores
 
 
+@pytest.mark.slow
 def test_dlrm_small_and_model_switches_are_bit_exact_on_the_simulated_kernel(tmp_path):
     """dlrm-small (bottom MLP, dot, two heads), then a concat model through the bottom MLP,
     then `small` (no bottom MLP: the program's DATAPATH word is reset by the next load), one

@@ -21,6 +21,17 @@ def test_models_lists_whole_zoo(capsys):
     assert next(r for r in rows if r["name"] == "kaggle")["hardware"] == []
 
 
+def test_demo_json_runs_dlrm_small_bit_exact(capsys):
+    """DLRM in hardware (issue 14 item 7): bottom MLP, dot interaction and two task heads on
+    the simulated `small` kernel, both heads' scores `==` golden."""
+    assert main(["demo", "--model", "dlrm-small", "--config", "small", "--batch", "2",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["match"] is True and out["outputs"] == 2
+    assert out["scores_raw_per_output"] == out["golden_raw_per_output"]
+    assert len(out["scores_raw_per_output"]) == 2 and len(out["scores_raw_per_output"][0]) == 2
+
+
 def test_accuracy_json(capsys):
     assert main(["accuracy", "tiny", "--bits", "8", "--requests", "512", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
