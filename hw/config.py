@@ -364,7 +364,7 @@ _SMALL = AcceleratorConfig(
     name="small", data_bits=16, acc_bits=48, mem_channels=4, mem_data_width=256, mem_id_width=6,
     channel_bytes=16 << 20, max_outstanding=64, onchip_units=2, onchip_bytes=64 << 10,
     max_features=16, max_bag=4, max_dim=32, max_dense=16, max_concat=128, max_width=64,
-    mlp_top_shapes=((8, 4), (1, 8), (1, 1)), mlp_bottom_shapes=((4, 2), (4, 4)), dot_lanes=1,
+    mlp_top_shapes=((8, 4), (1, 8), (1, 1)), mlp_bottom_shapes=((2, 1), (2, 2)), dot_lanes=1,
     max_outputs=2, inflight=8,
     clock_mhz=250.0)
 
