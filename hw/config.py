@@ -373,15 +373,15 @@ _SMALL = AcceleratorConfig(
 # 256 KiB (URAM). MLP engines sized for MicroRec's 352/876-1024-512-256-1 top MLPs: 5,904 MACs
 # (of the U280's 9,024 DSP48E2); the cycle model (host/compiler/cycle_model.py) gives an initiation
 # interval of 176 cycles for 352-1024-512-256-1 (bound 172), not yet simulated at this size.
-# Bottom MLP engines sized for DLRM Kaggle's 13-512-256-64-16 (1,376 MACs, initiation interval
-# 128 cycles modelled); a 16-MAC dot-interaction unit (one Kaggle pair per cycle); up to 4
-# task heads.
+# Bottom MLP engines for DLRM Kaggle's 13-512-256-64-16: 704 MACs, initiation interval 256
+# cycles (modelled), under the 368 of the 16-MAC dot-interaction unit (one Kaggle pair per
+# cycle), which bounds Kaggle; up to 4 task heads per result record.
 _U280 = AcceleratorConfig(
     name="u280", data_bits=16, acc_bits=48, mem_channels=28, mem_data_width=256, mem_id_width=6,
     channel_bytes=256 << 20, max_outstanding=64, onchip_units=8, onchip_bytes=256 << 10,
     max_features=128, max_bag=8, max_dim=64, max_dense=64, max_concat=1024, max_width=1024,
     mlp_top_shapes=((64, 32), (48, 64), (16, 48), (1, 16)),
-    mlp_bottom_shapes=((64, 1), (32, 64), (8, 32), (4, 8)), dot_lanes=16, max_outputs=4,
+    mlp_bottom_shapes=((32, 1), (16, 32), (8, 16), (4, 8)), dot_lanes=16, max_outputs=4,
     inflight=32, clock_mhz=250.0)
 
 PRESETS = {

@@ -104,7 +104,7 @@ def test_cycle_model_covers_bottom_dot_and_heads():
     top = MLPCycleModel(shapes=list(u280.mlp_top_shapes), widths=(367, 512, 256, 1))
     assert latency == (KERNEL_OVERHEAD_CYCLES + MEM_LATENCY_CYCLES + bottom.latency
                        + dot_latency + top.latency)
-    assert (bottom.ii, top.ii) == (104, 96)
+    assert (bottom.ii, top.ii) == (256, 96)
     # Multi-task heads are the top MLP's last layers: mt-wnd needs a fifth engine.
     with pytest.raises(ValueError, match="5 layers do not fit 4 engines"):
         kernel_batch_cycles(get_model("mt-wnd"), u280, 1, 1)
