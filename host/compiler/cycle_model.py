@@ -32,10 +32,12 @@ The bound the MAC array is measured against is ``sum_l K_l * N_l / sum_l rows[l]
 The whole kernel (:func:`kernel_batch_cycles`, the serving layer's service-time prediction and the
 modelled rows of ``recfabric bench compare``): a batch of ``B`` requests takes ``latency + ii * (B
 - 1)`` cycles, with ``ii = max(MLP II, the plan's lookup rounds (beats per request on the busiest
-port), request words per record)`` and ``latency = MLP latency + memory read latency +
-KERNEL_OVERHEAD_CYCLES`` (bottom and top MLP added when both exist; multi-task heads are the top
-MLP's last layers, fused one per depth; a dot interaction adds the latency of
-:func:`dot_interaction_cycles` and bounds ``ii`` by its interval). ``KERNEL_OVERHEAD_CYCLES``
+port), request words per record)`` and ``latency = top MLP latency + max(memory read
+latency, bottom MLP latency) + KERNEL_OVERHEAD_CYCLES`` (the bottom MLP runs beside the lookups;
+multi-task heads are the top MLP's last layers, fused one per depth; a dot interaction adds the
+latency of :func:`dot_interaction_cycles` and bounds ``ii`` by its interval; ``dlrm-small`` on
+``small`` with both: 399 / 1,022 / 3,158 cycles modelled for batches 1 / 8 / 32, simulated 383 /
+1,015 / 3,150, ``tools/measure_dlrm.py``). ``KERNEL_OVERHEAD_CYCLES``
 (request fetch and parse, dispatch, concat, result and status writes) is fitted to the simulation:
 the single-request run of the ``small`` model on the ``small`` preset takes 343 cycles (README,
 ``tools/measure_kernel.py 1 16 256``, with the streaming request path), of which the MLP model
@@ -145,13 +147,21 @@ def kernel_batch_cycles(spec, config, rounds: int, words_per_record: int, *,
     from .kernel_program import top_chain_shapes  # noqa: PLC0415
 
     shapes = {"bottom": spec.layer_shapes()["bottom"], "top": top_chain_shapes(spec)}
-    ii, latency = max(rounds, words_per_record), KERNEL_OVERHEAD_CYCLES + mem_latency_cycles
+    ii, latency = max(rounds, words_per_record), KERNEL_OVERHEAD_CYCLES
+    # The dense path (bottom MLP) runs beside the lookups: the later of the two reaches the
+    # concatenation.
+    before_concat = mem_latency_cycles
     for kind, engines in (("bottom", config.mlp_bottom_shapes), ("top", config.mlp_top_shapes)):
         layers = shapes[kind]
         if not layers:
             continue
         m = MLPCycleModel(shapes=list(engines), widths=(layers[0][0], *[o for _, o in layers]))
-        ii, latency = max(ii, m.ii), latency + m.latency
+        ii = max(ii, m.ii)
+        if kind == "bottom":
+            before_concat = max(before_concat, m.latency)
+        else:
+            latency += m.latency
+    latency += before_concat
     if spec.interaction == "dot":
         dot_latency, dot_ii = dot_interaction_cycles(
             len(spec.sparse) + 1, spec.dense_out, config.mlp_top_shapes[0][1],
