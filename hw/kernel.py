@@ -28,10 +28,11 @@ and whether the interaction is concatenation or dot (``INTERACTION`` descriptor)
 
 A run: the host writes the arguments (:func:`recfabric.hw.register_map.kernel_args`) and
 ``ap_start``. With ``flags`` bit 0 (LOAD) set, the kernel first executes the *kernel program* in
-the model buffer (:mod:`recfabric.host.compiler.kernel_program` builds it): a header word, then one
-command word per runtime write, each ``target | payload << 8`` (:class:`Target`), routed to the
-block's configuration stream. Then it reads ``batch`` request records, and finishes (``ap_done``)
-once every result record and the status block are in memory.
+the model buffer (:mod:`recfabric.host.compiler.kernel_program` builds it): a header word, then
+command words ``target | payload << 8`` (:class:`Target`), each routed to a block's configuration
+stream, and ``BLOCK`` commands, each followed by its data beats, which go one per cycle to a
+block's wide load port (MLP weights and biases, on-chip rows). Then it reads ``batch`` request
+records, and finishes (``ap_done``) once every result record and the status block are in memory.
 
 :class:`RecFabricKernel` is the Amaranth component (ports are wiring members, as tests use them);
 :func:`vitis_kernel` wraps it with Vitis names (``ap_clk``, ``ap_rst_n``, ``s_axi_control_*``,
@@ -62,15 +63,21 @@ from .register_map import KERNEL_ID, KERNEL_VERSION, NO_ERROR_REQUEST, kernel_ar
 from .request_reader import ParserParam, RecordFetcher, RecordParser
 from .result_writer import STATUS_WORDS, ResultWriter
 from .stream_arbiter import StreamArbiter
-from .stream_types import RequestFlagsLayout
+from .stream_types import BLOCK_ADDR_BITS, BLOCK_SEL_BITS, RequestFlagsLayout
 
-__all__ = ["Target", "PROGRAM_MAGIC", "MODEL_DATA_WIDTH", "FLAG_LOAD", "RecFabricKernel",
+__all__ = ["Target", "PROGRAM_MAGIC", "PROGRAM_FORMAT", "MODEL_DATA_WIDTH", "FLAG_LOAD",
+           "BlockCommandLayout", "RecFabricKernel",
            "vitis_kernel", "generate_verilog", "KernelUnsupported",
            "kernel_for_formats", "master_data_widths"]
 
 #: First 32 bits of a kernel program's header word ("RFpg").
 PROGRAM_MAGIC = 0x67704652
-#: Width of the model master: one command word must hold the widest payload (on-chip rows).
+#: Bits 64..95 of the header word: the program format the kernel executes (3: packed blocks;
+#: 4: table parts; 5: bottom MLP, interaction and datapath words).
+#: A header with another value leaves no valid program, as a wrong magic does.
+PROGRAM_FORMAT = 5
+#: Width of the model master: a command word holds the widest command payload; a data beat is
+#: one word (32 int16 or 64 int8 weights, two on-chip RAM words).
 MODEL_DATA_WIDTH = 512
 #: ``flags`` argument bit 0: execute the kernel program before the batch.
 FLAG_LOAD = 1
@@ -90,18 +97,31 @@ class KernelUnsupported(ValueError):
 
 
 class Target(enum.IntEnum):
-    """Command word targets (bits 7..0 of a program word)."""
+    """Command word targets (bits 7..0 of a program word), and block sinks (``sink`` of a
+    :class:`BlockCommandLayout`)."""
 
     PARSER = 0x01  # RecordParser.i_param
     PLACE = 0x02  # LookupDispatcher.i_place
     CONCAT = 0x03  # ConcatStage.i_desc
-    MLP = 0x04  # MLPPipeline.i_load (top)
-    BOTTOM_MLP = 0x05  # MLPPipeline.i_load (bottom; mlp_bottom_shapes)
-    INTERACTION = 0x06  # DotInteraction.i_desc (dot_lanes)
-    DATAPATH = 0x07  # DatapathLayout: the kernel's own routing (bottom MLP or not)
+    MLP = 0x04  # command: MLPPipeline.i_load (top; descriptors); block sink: its i_block
+    BLOCK = 0x05  # a block command: the next ``beats`` words are data beats for ``sink``
+    BOTTOM_MLP = 0x06  # command: bottom MLPPipeline.i_load (descriptors); block sink: i_block
+    INTERACTION = 0x07  # DotInteraction.i_desc (dot_lanes)
+    DATAPATH = 0x08  # DatapathLayout: the kernel's own routing (bottom MLP or not)
     UNIT_DESC = 0x40  # + unit: EmbeddingLookupUnit.i_desc
     ONCHIP_DESC = 0x80  # + unit: OnChipTable.i_desc
-    ONCHIP_LOAD = 0xC0  # + unit: OnChipTable.i_load
+    ONCHIP_LOAD = 0xC0  # + unit, block sink: OnChipTable.i_load (packed words)
+
+
+class BlockCommandLayout(data.StructLayout):
+    """Payload of a ``Target.BLOCK`` command: the next ``beats`` program words are data beats
+    for block sink ``sink`` (a :class:`Target` code), each handed over as a
+    :class:`~recfabric.hw.stream_types.BlockBeatLayout` with this ``sel`` and address ``addr +
+    k`` (``k`` the beat's position in the block), one per cycle."""
+
+    def __init__(self):
+        super().__init__({"sink": 8, "sel": BLOCK_SEL_BITS, "addr": BLOCK_ADDR_BITS,
+                          "beats": 32})
 
 
 class DatapathLayout(data.StructLayout):
@@ -150,10 +170,13 @@ class RecFabricKernel(wiring.Component):
                 id_width=c.mem_id_width, read=True, write=False))
         super().__init__(members)
         # Blocks are built here so that the host can ask them for their load formats.
-        self.ctrl = ControlRegisters(c.mem_channels, c.config_hash)
+        self.ctrl = ControlRegisters(c.mem_channels, c.config_hash,
+                                     num_units=c.mem_channels + c.onchip_units)
+        # The program loader streams: 128 words of FIFO keep bursts in flight over ~100 cycles
+        # of read latency, so it sustains one word per cycle (docs/kernel.md).
         self.model_fetch = RecordFetcher(data_width=MODEL_DATA_WIDTH,
                                          addr_width=c.mem_addr_width, max_burst=16,
-                                         fifo_depth=32)
+                                         fifo_depth=128)
         self.fetch = RecordFetcher(data_width=c.mem_data_width, addr_width=c.mem_addr_width,
                                    max_burst=16, fifo_depth=32)
         self.parser = RecordParser(data_width=c.mem_data_width, max_features=c.max_features,
@@ -163,7 +186,8 @@ class RecFabricKernel(wiring.Component):
         self.dispatcher = LookupDispatcher(**LookupDispatcher.config_kwargs(c))
         self.units = [EmbeddingLookupUnit(**EmbeddingLookupUnit.config_kwargs(c, arid=0))
                       for _ in range(c.mem_channels)]
-        self.onchip = [OnChipTable(**OnChipTable.config_kwargs(c, word_bits=256))
+        self.onchip = [OnChipTable(**OnChipTable.config_kwargs(c, word_bits=256,
+                                                               beat_bits=MODEL_DATA_WIDTH))
                        for _ in range(c.onchip_units)]
         pooled_shape = (self.units + self.onchip)[0].o_pooled.payload.shape()
         self.arbiter = StreamArbiter(pooled_shape, len(self.units) + len(self.onchip))
@@ -172,7 +196,8 @@ class RecFabricKernel(wiring.Component):
         if c.mlp_bottom_shapes:
             self.bottom = MLPPipeline(shapes=c.mlp_bottom_shapes, data_bits=c.data_bits,
                                       acc_bits=c.acc_bits, max_in=max(1, c.max_dense),
-                                      max_width=c.max_width, sigmoid=False)
+                                      max_width=c.max_width, sigmoid=False,
+                                      beat_bits=MODEL_DATA_WIDTH)
             self.dense_packer = ElementPacker(lanes=c.mlp_bottom_shapes[0][1], bits=c.data_bits)
         self.concat = ConcatStage(lanes=lanes, data_bits=c.data_bits, max_dim=c.max_dim,
                                   max_slots=c.max_features, max_concat=c.max_concat,
@@ -187,7 +212,7 @@ class RecFabricKernel(wiring.Component):
         self.datapath_layout = DatapathLayout()
         self.mlp = MLPPipeline(shapes=c.mlp_top_shapes, data_bits=c.data_bits,
                                acc_bits=c.acc_bits, max_in=c.max_concat, max_width=c.max_width,
-                               sigmoid=True)
+                               sigmoid=True, beat_bits=MODEL_DATA_WIDTH)
         self.writer = ResultWriter(data_width=c.mem_data_width, addr_width=c.mem_addr_width,
                                    outputs=c.max_outputs)
 
@@ -237,6 +262,8 @@ class RecFabricKernel(wiring.Component):
                               datapath=Signal(self.datapath_layout))
         program_valid = Signal()  # reset: no program
         prog_words = Signal(32)
+        block = SimpleNamespace(left=Signal(32), sink=Signal(8), sel=Signal(BLOCK_SEL_BITS),
+                                addr=Signal(BLOCK_ADDR_BITS))
         word = self.model_fetch.o_word
         m.d.comb += self.model_fetch.batch.eq(1)
         loading = Signal()  # the program loader's sticky error belongs to this run only then
@@ -251,7 +278,8 @@ class RecFabricKernel(wiring.Component):
                         m.d.comb += [self.model_fetch.start.eq(1),
                                      self.model_fetch.base.eq(ctrl.arg_model),
                                      self.model_fetch.words.eq(1)]
-                        m.d.sync += [program_valid.eq(0), run.datapath.eq(0)]
+                        m.d.sync += [program_valid.eq(0), run.datapath.eq(0),
+                                     block.left.eq(0)]
                         m.next = "HEADER"
                     with m.Else():
                         m.next = "BATCH"
@@ -259,7 +287,8 @@ class RecFabricKernel(wiring.Component):
                 m.d.comb += [word.ready.eq(1), loading.eq(1)]
                 with m.If(word.valid):
                     m.d.sync += prog_words.eq(word.payload[32:64])
-                    with m.If(word.payload[:32] != PROGRAM_MAGIC):
+                    with m.If((word.payload[:32] != PROGRAM_MAGIC) |
+                              (word.payload[64:96] != PROGRAM_FORMAT)):
                         m.next = "BATCH"  # bad program: nothing is loaded, the run says so
                     with m.Else():
                         m.next = "PROGRAM_START"
@@ -274,7 +303,7 @@ class RecFabricKernel(wiring.Component):
                     m.next = "PROGRAM"
             with m.State("PROGRAM"):
                 m.d.comb += loading.eq(1)
-                self._route_program(m, word, run)
+                self._route_program(m, word, run, block)
                 with m.If(word.valid & word.ready):
                     m.d.sync += prog_words.eq(prog_words - 1)
                     with m.If(prog_words == 1):
@@ -450,6 +479,10 @@ class RecFabricKernel(wiring.Component):
         m.d.comb += issued_now.eq(sum(u.i_lookup.valid & u.i_lookup.ready for u in units))
         mem_stall = Cat(u.i_lookup.valid & ~u.i_lookup.ready for u in self.units).any() \
             if self.units else Const(0)
+        # Per-unit lookup counters (the dispatcher's, cleared at start): registers only.
+        m.d.comb += self.dispatcher.count_clear.eq(ctrl.start)
+        for u, count in enumerate(self.dispatcher.count):
+            m.d.comb += ctrl.unit_lookups[u].eq(count)
         with m.If(ctrl.start):
             m.d.sync += [lookups.eq(0), stall_mem.eq(0), stall_mlp.eq(0)]
         with m.Else():
@@ -473,33 +506,58 @@ class RecFabricKernel(wiring.Component):
         for i, name in enumerate(STATUS_WORDS):
             m.d.comb += self.writer.status[i].eq(block[name])
 
-    def _route_program(self, m, word, run):
-        """Route one program word to its target's configuration stream."""
+    def block_sinks(self) -> list:
+        """``(Target code, port)`` of every block sink: the wide load ports that take a
+        ``BLOCK`` command's data beats (:class:`~recfabric.hw.stream_types.BlockBeatLayout`).
+        One more pipeline is one more entry."""
+        sinks = [(Target.MLP, self.mlp.i_block)]
+        if self.bottom is not None:
+            sinks.append((Target.BOTTOM_MLP, self.bottom.i_block))
+        sinks += [(Target.ONCHIP_LOAD + i, t.i_load) for i, t in enumerate(self.onchip)]
+        return sinks
+
+    def _route_program(self, m, word, run, block):
+        """Route one program word: a command to its target's configuration stream, a ``BLOCK``
+        command into ``block`` (sink, sel, address, beats left), a block's data beat to its sink
+        (one per cycle while the sink is ready; unknown targets and sinks drop their words), a
+        ``DATAPATH`` command into ``run.datapath``."""
         tgt = word.payload[:8]
         body = word.payload[8:]
+        in_block = block.left != 0
         sinks = [(Target.PARSER, self.parser.i_param), (Target.PLACE, self.dispatcher.i_place),
                  (Target.CONCAT, self.concat.i_desc), (Target.MLP, self.mlp.i_load)]
         if self.bottom is not None:
             sinks.append((Target.BOTTOM_MLP, self.bottom.i_load))
         if self.interact is not None:
             sinks.append((Target.INTERACTION, self.interact.i_desc))
-        with m.If(word.valid & (tgt == Target.DATAPATH)):
+        with m.If(word.valid & ~in_block & (tgt == Target.DATAPATH)):
             m.d.sync += run.datapath.eq(body[:len(run.datapath.as_value())])
         for i, u in enumerate(self.units):
             sinks.append((Target.UNIT_DESC + i, u.i_desc))
         for i, t in enumerate(self.onchip):
             sinks.append((Target.ONCHIP_DESC + i, t.i_desc))
-            sinks.append((Target.ONCHIP_LOAD + i, t.i_load))
-        ready = Const(1)  # unknown targets are dropped
+        ready = Const(1)
         for code, sink in sinks:
             width = len(sink.payload.as_value())
             if width > len(body):
                 raise KernelUnsupported(f"{code!r} payload of {width} bits does not fit a "
                                         f"{len(word.payload)}-bit program word")
-            hit = tgt == int(code)
+            hit = ~in_block & (tgt == int(code))
             m.d.comb += [sink.payload.eq(body[:width]), sink.valid.eq(word.valid & hit)]
             ready = ready & (~hit | sink.ready)
+        for code, sink in self.block_sinks():
+            hit = in_block & (block.sink == int(code))
+            m.d.comb += [sink.payload.sel.eq(block.sel), sink.payload.addr.eq(block.addr),
+                         sink.payload.data.eq(word.payload), sink.valid.eq(word.valid & hit)]
+            ready = ready & (~hit | sink.ready)
         m.d.comb += word.ready.eq(ready)
+        cmd = data.View(BlockCommandLayout(), body[:BlockCommandLayout().size])
+        with m.If(word.valid & word.ready):
+            with m.If(in_block):
+                m.d.sync += [block.left.eq(block.left - 1), block.addr.eq(block.addr + 1)]
+            with m.Elif(tgt == Target.BLOCK):
+                m.d.sync += [block.left.eq(cmd.beats), block.sink.eq(cmd.sink),
+                             block.sel.eq(cmd.sel), block.addr.eq(cmd.addr)]
 
 
 class _VitisTop(Elaboratable):

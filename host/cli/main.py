@@ -270,16 +270,18 @@ def _cmd_build(args):
     from ...hw.boards.alveo import check_config, get_board
     from ...hw.config import get_preset
     from ...hw.kernel import generate_verilog
-    from ...hw.vitis_package import write_vitis_files
+    from ...hw.vitis_package import check_vitis_config, kernel_name, write_vitis_files
     from .support import Progress
     config = get_preset(args.config)
     # Board and configuration are checked before the (long) Verilog generation.
     check_config(config, get_board(args.board))
+    check_vitis_config(config)
     say = Progress()
     t0 = time.perf_counter()
     with say.bar(2, f"build {config.name}", unit="step", ticks=True):
         say(f"generating Verilog for config {config.name} (hash {config.config_hash:08x})")
-        text = generate_verilog(config)
+        # top module named after the kernel: kernel.xml, the packaged IP and XRT use that name
+        text = generate_verilog(config, name=kernel_name(config))
         say(f"writing the Vitis files for {args.board}")
         files = write_vitis_files(config, text, args.output, board=args.board)
     # the hardware/software contract of this build, as data (what the compiler plans for)
