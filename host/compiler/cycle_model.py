@@ -203,11 +203,11 @@ def program_load_cycles(words: int, *, rate: float = PROGRAM_LOAD_RATE,
     over the memory latency) and every sink takes one word per cycle, so ``rate`` is 1. The
     ``overhead`` (the header's round trip, then the first burst's latency of the program's
     body) is fitted to the simulation (model port latency 32 cycles, ``tools/measure_kernel.py``:
-    the first run minus a batch-1 run without the load): ``small`` model on ``small``, 1,733
-    words, 1,804 cycles; ``tiny`` on ``tiny``, 80 words, 151 cycles (both exactly ``words +
-    71``; ``tests/test_hw_program_load.py`` checks it). Modelled, not simulated, at any other
-    size (``tools/program_load_model.py``: microrec-small on ``u280``, 38,727 words, 38,798
-    cycles).
+    the first run minus a batch-1 run without the load): ``small`` model on ``small``, 986
+    words (format 5), 1,057 cycles; ``tiny`` on ``tiny``, 80 words, 151 cycles (both exactly
+    ``words + 71``; ``tests/test_hw_program_load.py`` checks it). Modelled, not simulated, at
+    any other size (``tools/program_load_model.py``: microrec-small on ``u280``, 38,729 words,
+    38,800 cycles; format 5).
     """
     if words < 1:
         raise ValueError(f"a kernel program has at least its header word, not {words}")
