@@ -3,7 +3,8 @@
 Result records follow wire format v1 (:mod:`recfabric.host.runtime.wire_format`): one memory word
 per request at ``base + index * word_bytes``, holding the status byte (bit 0 VALID, then the
 request's :class:`~recfabric.hw.stream_types.RequestFlagsLayout` flags: bit 1 ID_RANGE, bit 2
-BAG_RANGE, bit 3 MEMORY), a reserved byte and the u16 score. Records are written in request
+BAG_RANGE, bit 3 MEMORY), a reserved byte and the u16 score (``outputs`` u16 scores, multi-task
+heads). Records are written in request
 order as single-beat INCR bursts with one AXI ID, up to ``max_outstanding`` writes unanswered.
 When every record has been answered, the status block (the status registers as little-endian
 u32 words in register order, :data:`recfabric.hw.register_map.STATUS_REGS`) is written at
@@ -41,10 +42,18 @@ class ResultLayout(data.StructLayout):
         Sigmoid output, unsigned Q0.16.
     flags : RequestFlagsLayout
         The request's error flags (the score of a flagged request is undefined).
+    more_scores : ArrayLayout(16, outputs - 1)
+        (``outputs`` > 1: multi-task heads) Scores of outputs 1 .. outputs-1; the record holds
+        them after ``score``, as wire format v1's ``score[0..outputs-1]``.
     """
 
-    def __init__(self):
-        super().__init__({"score": 16, "flags": RequestFlagsLayout()})
+    def __init__(self, outputs: int = 1):
+        if not isinstance(outputs, int) or outputs < 1:
+            raise TypeError(f"outputs must be a positive integer, not {outputs!r}")
+        fields = {"score": 16, "flags": RequestFlagsLayout()}
+        if outputs > 1:
+            fields["more_scores"] = data.ArrayLayout(16, outputs - 1)
+        super().__init__(fields)
 
 
 class ResultWriter(wiring.Component):
@@ -57,11 +66,13 @@ class ResultWriter(wiring.Component):
     addr_width, id_width : int
     max_outstanding : int
         Writes in flight before ``awvalid`` waits for responses (power of two).
+    outputs : int
+        Scores per result record (at most ``data_width / 16 - 1``).
 
     Members
     -------
     m_axi : Out(AXI4Signature(write only))
-    i_result : In(stream.Signature(ResultLayout()))
+    i_result : In(stream.Signature(ResultLayout(outputs)))
     start : In(1)
         Pulse: begin a run (``base``, ``batch`` and ``skip`` are sampled).
     base : In(64)
@@ -94,17 +105,21 @@ class ResultWriter(wiring.Component):
     """
 
     def __init__(self, *, data_width: int = 256, addr_width: int = 64, id_width: int = 1,
-                 max_outstanding: int = 16):
+                 max_outstanding: int = 16, outputs: int = 1):
         if data_width < 128 or data_width & (data_width - 1):
             raise ValueError(f"data width must be a power of two >= 128, not {data_width}")
         if max_outstanding < 1 or max_outstanding & (max_outstanding - 1):
             raise ValueError(f"max_outstanding must be a power of two, not {max_outstanding}")
+        if not 1 <= outputs <= data_width // 16 - 1:
+            raise ValueError(f"{outputs} outputs do not fit a {data_width}-bit result record "
+                             f"(at most {data_width // 16 - 1})")
         self._dw, self._aw, self._idw, self._max_out = data_width, addr_width, id_width, \
             max_outstanding
+        self.outputs = outputs
         super().__init__({
             "m_axi": Out(AXI4Signature(addr_width=addr_width, data_width=data_width,
                                        id_width=id_width, read=False, write=True)),
-            "i_result": In(stream.Signature(ResultLayout())),
+            "i_result": In(stream.Signature(ResultLayout(outputs))),
             "start": In(1), "base": In(64), "batch": In(32), "skip": In(1), "abort": In(1),
             "status": In(data.ArrayLayout(32, len(STATUS_WORDS))),
             "snapshot": Out(1), "done": Out(1), "written": Out(32), "axi_error": Out(1),
@@ -190,7 +205,8 @@ class ResultWriter(wiring.Component):
                     m.d.sync += [
                         aw_pending.eq(1), w_pending.eq(1),
                         bus.awaddr.eq(base + issued * word_bytes), bus.awlen.eq(0),
-                        wdata.eq(Cat(status, Const(0, 8), p.score)),
+                        wdata.eq(Cat(status, Const(0, 8), p.score,
+                                     *([p.more_scores] if self.outputs > 1 else []))),
                         bus.wstrb.eq(-1), bus.wlast.eq(1),
                         issued.eq(issued + 1),
                     ]
