@@ -18,7 +18,13 @@ from recfabric.host.runtime.accelerator import Accelerator
 from recfabric.host.runtime.device import DeviceError, KernelError
 from recfabric.host.runtime.wire_format import pack_float_requests, unpack_results
 from recfabric.hw.config import get_preset
-from recfabric.hw.kernel import FLAG_LOAD, MODEL_DATA_WIDTH, PROGRAM_MAGIC, Target
+from recfabric.hw.kernel import (
+    FLAG_LOAD,
+    MODEL_DATA_WIDTH,
+    PROGRAM_FORMAT,
+    PROGRAM_MAGIC,
+    Target,
+)
 from recfabric.hw.register_map import (
     ERROR_AXI,
     ERROR_BAD_INDEX,
@@ -290,11 +296,13 @@ def _garbage_program(rng, targets, n, p_unknown):
     """A valid header, then ``n`` command words with random payloads: each targets one of
     ``targets`` or, with probability ``p_unknown``, a code the kernel does not have."""
     wb = MODEL_DATA_WIDTH // 8
-    words = [(PROGRAM_MAGIC | n << 32).to_bytes(wb, "little")]
+    words = [(PROGRAM_MAGIC | n << 32 | PROGRAM_FORMAT << 64).to_bytes(wb, "little")]
     unknown = False
     for _ in range(n):
         if rng.random() < p_unknown:
-            code = int(rng.choice([c for c in range(256) if c not in targets]))
+            # BLOCK is left out: its data beats are judged by their sink, not their first byte
+            code = int(rng.choice([c for c in range(256)
+                                   if c not in targets and c != Target.BLOCK]))
             unknown = True
         else:
             code = int(rng.choice(targets))
