@@ -51,9 +51,9 @@ class KernelCapabilities:
     data_bits, acc_bits : int
         Element and accumulator widths (bits).
     interactions : tuple of str
-        Interactions the datapath implements (``"concat"``).
+        Interactions the datapath implements (``"concat"``, and ``"dot"`` with a dot unit).
     max_outputs : int
-        Output paths (sigmoids) per request: 1, so no multi-task heads.
+        Outputs (sigmoid scores) per request; more than 1 runs multi-task heads.
     bottom_mlp : bool
         Whether a bottom MLP exists (False: dense features go to the concatenation as they are).
     max_features, max_bag, max_dim, max_dense : int
@@ -94,6 +94,10 @@ class KernelCapabilities:
         Whether a multi-hot table may be split by row range (False for the kernel: a bag spread
         over units would be pooled in parts; True only for the planner study's hypothetical
         kernel).
+    bottom_engines : tuple of (rows, cols)
+        Systolic array of each bottom-MLP layer engine (empty: no bottom MLP).
+    dot_lanes : int
+        MACs per cycle of the dot-interaction unit (0: none).
     """
 
     config: str
@@ -123,6 +127,12 @@ class KernelCapabilities:
     max_merge: int
     table_parts: int = 1
     split_multi_hot: bool = False
+    bottom_engines: tuple = ()
+    dot_lanes: int = 0
+
+    @property
+    def max_bottom_layers(self) -> int:
+        return len(self.bottom_engines)
 
     @property
     def max_top_layers(self) -> int:
@@ -140,6 +150,8 @@ class KernelCapabilities:
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)
         out["top_engines"] = [list(rc) for rc in self.top_engines]
+        out["bottom_engines"] = [list(rc) for rc in self.bottom_engines]
+        out["max_bottom_layers"] = self.max_bottom_layers
         out["logit_engines"] = list(self.logit_engines)
         out["interactions"] = list(self.interactions)
         out["onchip_bytes"] = self.onchip_bytes
@@ -193,6 +205,15 @@ class AcceleratorConfig:
         engine's rows (:class:`~recfabric.hw.mlp.MLPPipeline`); sizing engines in
         proportion to their layers' MACs balances the pipeline's initiation interval. The
         number of engines is the layer limit (fewer layers are padded with identity layers).
+        ``mlp_bottom_shapes`` empty: no bottom MLP (dense features go to the concatenation as
+        they are); else a bottom :class:`~recfabric.hw.mlp.MLPPipeline` runs on the dense
+        features of models that have one (others bypass it).
+    dot_lanes : int
+        MACs per cycle of the :class:`~recfabric.hw.interaction.DotInteraction` block (DLRM's
+        pairwise dot interaction); 0: no such block (concatenation only).
+    max_outputs : int
+        Outputs (sigmoid scores) per request: multi-task heads. Every result record is one
+        memory word, so at most ``mem_data_width / 16 - 1``.
     inflight : int
         Requests in flight between dispatch and score write-back.
     clock_mhz : float
@@ -218,6 +239,8 @@ class AcceleratorConfig:
     max_width: int = 64
     mlp_top_shapes: tuple = ((8, 4), (1, 8), (1, 1))
     mlp_bottom_shapes: tuple = ()
+    dot_lanes: int = 0
+    max_outputs: int = 1
     inflight: int = 8
     clock_mhz: float = 250.0
 
@@ -263,6 +286,10 @@ class AcceleratorConfig:
         for f in ("max_features", "max_bag", "max_dim", "max_concat", "max_width", "inflight"):
             need(getattr(self, f) >= 1, f, "must be at least 1")
         need(self.max_dense >= 0, "max_dense", "must be >= 0")
+        need(0 <= self.dot_lanes <= self.mlp_top_shapes[0][1], "dot_lanes",
+             f"must be in 0..{self.mlp_top_shapes[0][1]} (the first top engine's columns)")
+        need(1 <= self.max_outputs <= self.mem_data_width // 16 - 1, "max_outputs",
+             f"must be in 1..{self.mem_data_width // 16 - 1} (one result word per request)")
         need(_pow2(self.inflight), "inflight", "must be a power of two")
         need(self.max_dim * self.data_bits <= 64 * self.mem_data_width, "max_dim",
              "must fit a 64-beat burst")
@@ -325,7 +352,10 @@ class AcceleratorConfig:
         words = max(1, self.onchip_bytes * 8 // ONCHIP_WORD_BITS) if self.onchip_units else 0
         return KernelCapabilities(
             config=self.name, config_hash=self.config_hash, data_bits=self.data_bits,
-            acc_bits=self.acc_bits, interactions=("concat",), max_outputs=1, bottom_mlp=False,
+            acc_bits=self.acc_bits,
+            interactions=("concat", "dot") if self.dot_lanes else ("concat",),
+            max_outputs=self.max_outputs, bottom_mlp=bool(self.mlp_bottom_shapes),
+            bottom_engines=self.mlp_bottom_shapes, dot_lanes=self.dot_lanes,
             max_features=self.max_features, max_bag=self.max_bag, max_dim=self.max_dim,
             max_dense=self.max_dense, max_concat=self.max_concat, max_width=self.max_width,
             top_engines=engines, logit_engines=logit, mem_channels=self.mem_channels,
@@ -356,7 +386,8 @@ _SMALL = AcceleratorConfig(
     name="small", data_bits=16, acc_bits=48, mem_channels=4, mem_data_width=256, mem_id_width=6,
     channel_bytes=16 << 20, max_outstanding=64, onchip_units=2, onchip_bytes=64 << 10,
     max_features=16, max_bag=4, max_dim=32, max_dense=16, max_concat=128, max_width=64,
-    mlp_top_shapes=((8, 4), (1, 8), (1, 1)), inflight=8,
+    mlp_top_shapes=((8, 4), (1, 8), (1, 1)), mlp_bottom_shapes=((2, 1), (2, 2)), dot_lanes=1,
+    max_outputs=2, inflight=8,
     clock_mhz=250.0)
 
 # U280 / U50: 32 HBM pseudo-channels of 256 MiB, 256-bit AXI at the kernel side. MicroRec used
@@ -364,12 +395,16 @@ _SMALL = AcceleratorConfig(
 # 256 KiB (URAM). MLP engines sized for MicroRec's 352/876-1024-512-256-1 top MLPs: 5,904 MACs
 # (of the U280's 9,024 DSP48E2); the cycle model (host/compiler/cycle_model.py) gives an initiation
 # interval of 176 cycles for 352-1024-512-256-1 (bound 172), not yet simulated at this size.
+# Bottom MLP engines for DLRM Kaggle's 13-512-256-64-16: 704 MACs, initiation interval 256
+# cycles (modelled), under the 368 of the 16-MAC dot-interaction unit (one Kaggle pair per
+# cycle), which bounds Kaggle; up to 4 task heads per result record.
 _U280 = AcceleratorConfig(
     name="u280", data_bits=16, acc_bits=48, mem_channels=28, mem_data_width=256, mem_id_width=6,
     channel_bytes=256 << 20, max_outstanding=64, onchip_units=8, onchip_bytes=256 << 10,
     max_features=128, max_bag=8, max_dim=64, max_dense=64, max_concat=1024, max_width=1024,
-    mlp_top_shapes=((64, 32), (48, 64), (16, 48), (1, 16)), inflight=32,
-    clock_mhz=250.0)
+    mlp_top_shapes=((64, 32), (48, 64), (16, 48), (1, 16)),
+    mlp_bottom_shapes=((32, 1), (16, 32), (8, 16), (4, 8)), dot_lanes=16, max_outputs=4,
+    inflight=32, clock_mhz=250.0)
 
 PRESETS = {
     "tiny": _TINY,

@@ -12,10 +12,19 @@
     m_axi_requests -> RecordFetcher -> RecordParser --feature IDs--> LookupDispatcher
                                             | dense                         | lookups
                                             v                               v
-                                       ConcatStage <- StreamArbiter <- EmbeddingLookupUnit[i]
-                                            |                           (m_axi_tables<i>)
-                                            v                          OnChipTable[j]
-                                       MLPPipeline (top, sigmoid) -> ResultWriter (m_axi_results)
+                  [ElementPacker -> MLPPipeline (bottom)]         EmbeddingLookupUnit[i]
+                                            |                      (m_axi_tables<i>)
+                                            v                     OnChipTable[j]
+                                       ConcatStage <- StreamArbiter <-------'
+                                            |
+                                      [DotInteraction]
+                                            v
+                                       MLPPipeline (top, sigmoid) -> scores of a request
+                                            -> ResultWriter (m_axi_results)
+
+Blocks in brackets exist when the configuration has them (``mlp_bottom_shapes``, ``dot_lanes``);
+the program chooses per model whether dense features take the bottom MLP (``DATAPATH`` word)
+and whether the interaction is concatenation or dot (``INTERACTION`` descriptor).
 
 A run: the host writes the arguments (:func:`recfabric.hw.register_map.kernel_args`) and
 ``ap_start``. With ``flags`` bit 0 (LOAD) set, the kernel first executes the *kernel program* in
@@ -47,6 +56,7 @@ from .config import AcceleratorConfig
 from .control_registers import ControlRegisters
 from .embedding_lookup import EmbeddingLookupUnit
 from .hier import HierarchicalEmitter, bind
+from .interaction import DotInteraction, ElementPacker
 from .lookup_dispatcher import LookupDispatcher
 from .mlp import MLPPipeline
 from .onchip_table import OnChipTable
@@ -57,20 +67,25 @@ from .stream_arbiter import StreamArbiter
 from .stream_types import BLOCK_ADDR_BITS, BLOCK_SEL_BITS, RequestFlagsLayout
 
 __all__ = ["Target", "PROGRAM_MAGIC", "PROGRAM_FORMAT", "MODEL_DATA_WIDTH", "FLAG_LOAD",
-           "BlockCommandLayout", "RecFabricKernel",
+           "WATCHDOG_CYCLES", "BlockCommandLayout", "RecFabricKernel",
            "vitis_kernel", "generate_verilog", "KernelUnsupported",
            "kernel_for_formats", "master_data_widths"]
 
 #: First 32 bits of a kernel program's header word ("RFpg").
 PROGRAM_MAGIC = 0x67704652
-#: Bits 64..95 of the header word: the program format the kernel executes (3: packed blocks).
+#: Bits 64..95 of the header word: the program format the kernel executes (3: packed blocks;
+#: 4: table parts; 5: bottom MLP, interaction and datapath words).
 #: A header with another value leaves no valid program, as a wrong magic does.
-PROGRAM_FORMAT = 4
+PROGRAM_FORMAT = 5
 #: Width of the model master: a command word holds the widest command payload; a data beat is
 #: one word (32 int16 or 64 int8 weights, two on-chip RAM words).
 MODEL_DATA_WIDTH = 512
 #: ``flags`` argument bit 0: execute the kernel program before the batch.
 FLAG_LOAD = 1
+#: Default run watchdog (:class:`RecFabricKernel`): cycles without any progress after which a
+#: run is ended with ``ERROR_PROGRAM``. A run of a valid program never waits that long (an MLP
+#: vector, the longest step without a handshake, takes thousands of cycles at most).
+WATCHDOG_CYCLES = 1 << 20
 
 
 def master_data_widths(config: AcceleratorConfig) -> dict:
@@ -95,6 +110,9 @@ class Target(enum.IntEnum):
     CONCAT = 0x03  # ConcatStage.i_desc
     MLP = 0x04  # command: MLPPipeline.i_load (top; descriptors); block sink: its i_block
     BLOCK = 0x05  # a block command: the next ``beats`` words are data beats for ``sink``
+    BOTTOM_MLP = 0x06  # command: bottom MLPPipeline.i_load (descriptors); block sink: i_block
+    INTERACTION = 0x07  # DotInteraction.i_desc (dot_lanes)
+    DATAPATH = 0x08  # DatapathLayout: the kernel's own routing (bottom MLP or not)
     UNIT_DESC = 0x40  # + unit: EmbeddingLookupUnit.i_desc
     ONCHIP_DESC = 0x80  # + unit: OnChipTable.i_desc
     ONCHIP_LOAD = 0xC0  # + unit, block sink: OnChipTable.i_load (packed words)
@@ -111,8 +129,29 @@ class BlockCommandLayout(data.StructLayout):
                           "beats": 32})
 
 
+class DatapathLayout(data.StructLayout):
+    """The kernel's routing word (``Target.DATAPATH``), reset to zero by every program load.
+
+    Members
+    -------
+    bottom : unsigned(1)
+        Dense features go through the bottom MLP (its output is the dense part); 0: they go to
+        the concatenation as they are.
+    """
+
+    def __init__(self):
+        super().__init__({"bottom": 1})
+
+
 class RecFabricKernel(wiring.Component):
     """The kernel for one :class:`~recfabric.hw.config.AcceleratorConfig` (see module docs).
+
+    Parameters
+    ----------
+    config : AcceleratorConfig
+    watchdog_cycles : int
+        A run in which no stream or AXI channel of the datapath moves for this many cycles is
+        ended (``ERROR_PROGRAM``, docs/kernel.md "Run protocol"); tests use small values.
 
     Members
     -------
@@ -122,12 +161,10 @@ class RecFabricKernel(wiring.Component):
     interrupt : Out(1)
     """
 
-    def __init__(self, config: AcceleratorConfig):
-        if config.mlp_bottom_shapes:
-            raise KernelUnsupported(
-                f"config {config.name!r}: the kernel does not instantiate a bottom MLP yet "
-                "(the engine exists: recfabric.hw.mlp.MLPPipeline(sigmoid=False)); use a "
-                "configuration without mlp_bottom_shapes")
+    def __init__(self, config: AcceleratorConfig, *, watchdog_cycles: int = WATCHDOG_CYCLES):
+        if not isinstance(watchdog_cycles, int) or watchdog_cycles < 16:
+            raise ValueError(f"watchdog_cycles must be an integer >= 16, not {watchdog_cycles!r}")
+        self.watchdog_cycles = watchdog_cycles
         self.config = c = config
         self.args = kernel_args(c.mem_channels)
         widths = master_data_widths(c)
@@ -170,13 +207,29 @@ class RecFabricKernel(wiring.Component):
         pooled_shape = (self.units + self.onchip)[0].o_pooled.payload.shape()
         self.arbiter = StreamArbiter(pooled_shape, len(self.units) + len(self.onchip))
         lanes = c.mlp_top_shapes[0][1]
+        self.bottom = self.dense_packer = None
+        if c.mlp_bottom_shapes:
+            self.bottom = MLPPipeline(shapes=c.mlp_bottom_shapes, data_bits=c.data_bits,
+                                      acc_bits=c.acc_bits, max_in=max(1, c.max_dense),
+                                      max_width=c.max_width, sigmoid=False,
+                                      beat_bits=MODEL_DATA_WIDTH)
+            self.dense_packer = ElementPacker(lanes=c.mlp_bottom_shapes[0][1], bits=c.data_bits)
         self.concat = ConcatStage(lanes=lanes, data_bits=c.data_bits, max_dim=c.max_dim,
                                   max_slots=c.max_features, max_concat=c.max_concat,
-                                  max_dense=c.max_dense, inflight=c.inflight)
+                                  max_dense=max(c.max_dense,
+                                                c.max_width if self.bottom else 0),
+                                  inflight=c.inflight)
+        self.interact = None
+        if c.dot_lanes:
+            self.interact = DotInteraction(lanes=lanes, data_bits=c.data_bits,
+                                           acc_bits=c.acc_bits, max_vectors=c.max_features + 1,
+                                           max_in=c.max_concat, dot_lanes=c.dot_lanes)
+        self.datapath_layout = DatapathLayout()
         self.mlp = MLPPipeline(shapes=c.mlp_top_shapes, data_bits=c.data_bits,
                                acc_bits=c.acc_bits, max_in=c.max_concat, max_width=c.max_width,
                                sigmoid=True, beat_bits=MODEL_DATA_WIDTH)
-        self.writer = ResultWriter(data_width=c.mem_data_width, addr_width=c.mem_addr_width)
+        self.writer = ResultWriter(data_width=c.mem_data_width, addr_width=c.mem_addr_width,
+                                   outputs=c.max_outputs)
 
     def elaborate(self, platform):
         m = Module()
@@ -187,12 +240,16 @@ class RecFabricKernel(wiring.Component):
             m.submodules[f"unit{i}"] = u
         for i, t in enumerate(self.onchip):  # one module for all when hierarchical (hw/hier.py)
             m.submodules[f"onchip{i}"] = bind(platform, t)
+        for name in ("bottom", "dense_packer", "interact"):
+            if getattr(self, name) is not None:
+                m.submodules[name] = getattr(self, name)
         m.submodules.flag_fifo = flag_fifo = SyncFIFOBuffered(
             width=RequestFlagsLayout().size, depth=2 * len(self.config.mlp_top_shapes) + 4)
 
         self._connect_ports(m)
         run = self._sequence_runs(m)
         self._connect_datapath(m, run, flag_fifo)
+        self._watchdog(m, run)
         self._status(m, run, flag_fifo)
         return m
 
@@ -209,15 +266,19 @@ class RecFabricKernel(wiring.Component):
     def _sequence_runs(self, m):
         """Run sequencing: optional program load (flags.LOAD), then the batch.
 
-        The kernel holds a valid program from the end of a LOAD whose header had the magic and
-        whose reads were all answered OKAY, until reset or the next LOAD. A run without one
+        The kernel holds a valid program from the end of a LOAD whose header had the magic,
+        whose reads were all answered OKAY and whose command words all had a target of this
+        kernel, until reset, the next LOAD, or a run ended by the watchdog. A run without one
         processes no request: its batch is taken as 0 (results untouched, the status block is
-        written at its place) and ``ERROR_NO_PROGRAM`` is set.
+        written at its place) and ``ERROR_NO_PROGRAM`` is set. An unknown target or the
+        watchdog sets ``ERROR_PROGRAM`` (``run.program_error``).
         """
         ctrl = self.ctrl
         run = SimpleNamespace(start_batch=Signal(), batch=Signal(32), skip=Signal(),
                               no_program=Signal(), model_axi_error=Signal(),
-                              words_per_record=Signal(16))
+                              words_per_record=Signal(16), program_error=Signal(),
+                              running=Signal(), abort=Signal(),
+                              datapath=Signal(self.datapath_layout))
         program_valid = Signal()  # reset: no program
         prog_words = Signal(32)
         block = SimpleNamespace(left=Signal(32), sink=Signal(8), sel=Signal(BLOCK_SEL_BITS),
@@ -226,7 +287,8 @@ class RecFabricKernel(wiring.Component):
         m.d.comb += self.model_fetch.batch.eq(1)
         loading = Signal()  # the program loader's sticky error belongs to this run only then
         with m.If(ctrl.start):
-            m.d.sync += [run.no_program.eq(0), run.model_axi_error.eq(0)]
+            m.d.sync += [run.no_program.eq(0), run.model_axi_error.eq(0),
+                         run.program_error.eq(0)]
         with m.Elif(loading & self.model_fetch.axi_error):
             m.d.sync += run.model_axi_error.eq(1)
         with m.FSM(name="run"):
@@ -236,7 +298,8 @@ class RecFabricKernel(wiring.Component):
                         m.d.comb += [self.model_fetch.start.eq(1),
                                      self.model_fetch.base.eq(ctrl.arg_model),
                                      self.model_fetch.words.eq(1)]
-                        m.d.sync += [program_valid.eq(0), block.left.eq(0)]
+                        m.d.sync += [program_valid.eq(0), run.datapath.eq(0),
+                                     block.left.eq(0)]
                         m.next = "HEADER"
                     with m.Else():
                         m.next = "BATCH"
@@ -260,12 +323,17 @@ class RecFabricKernel(wiring.Component):
                     m.next = "PROGRAM"
             with m.State("PROGRAM"):
                 m.d.comb += loading.eq(1)
-                self._route_program(m, word, block)
+                known = self._route_program(m, word, run, block)
                 with m.If(word.valid & word.ready):
                     m.d.sync += prog_words.eq(prog_words - 1)
+                    # The rest of the program is still read (and routed). Words read with an
+                    # error response are not judged: that is ERROR_AXI's (and no program).
+                    with m.If(~known & ~(run.model_axi_error | self.model_fetch.axi_error)):
+                        m.d.sync += run.program_error.eq(1)
                     with m.If(prog_words == 1):
                         m.d.sync += program_valid.eq(~(run.model_axi_error |
-                                                       self.model_fetch.axi_error))
+                                                       self.model_fetch.axi_error |
+                                                       run.program_error | ~known))
                         m.next = "BATCH"
             with m.State("BATCH"):
                 m.d.comb += run.start_batch.eq(1)
@@ -273,6 +341,9 @@ class RecFabricKernel(wiring.Component):
                     m.d.sync += run.no_program.eq(1)
                 m.next = "RUNNING"
             with m.State("RUNNING"):
+                m.d.comb += run.running.eq(1)
+                with m.If(run.abort):  # the watchdog: end the run, drop the program
+                    m.d.sync += [program_valid.eq(0), run.program_error.eq(1)]
                 with m.If(self.writer.done):
                     m.next = "IDLE"
         m.d.comb += [run.batch.eq(Mux(program_valid, ctrl.arg_batch, 0)),
@@ -288,6 +359,7 @@ class RecFabricKernel(wiring.Component):
             self.parser.start.eq(run.start_batch), self.parser.batch.eq(run.batch),
             self.writer.start.eq(run.start_batch), self.writer.base.eq(ctrl.arg_results),
             self.writer.batch.eq(ctrl.arg_batch), self.writer.skip.eq(run.skip),
+            self.writer.abort.eq(run.abort),
             ctrl.done.eq(self.writer.done), ctrl.freeze.eq(self.writer.snapshot),
         ]
         words_per_record = run.words_per_record
@@ -304,9 +376,13 @@ class RecFabricKernel(wiring.Component):
             wiring.connect(m, unit.o_pooled, self.arbiter.i[k])
             m.d.comb += unit.error.clear.eq(ctrl.start)
         wiring.connect(m, self.arbiter.o, self.concat.i_pooled)
-        wiring.connect(m, self.parser.o_dense, self.concat.i_dense)
+        self._connect_dense(m, run)
         m.d.comb += self.parser.credit.eq(self.concat.released)
-        wiring.connect(m, self.concat.o_vector, self.mlp.i_vector)
+        if self.interact is not None:
+            wiring.connect(m, self.concat.o_vector, self.interact.i_vector)
+            wiring.connect(m, self.interact.o_vector, self.mlp.i_vector)
+        else:
+            wiring.connect(m, self.concat.o_vector, self.mlp.i_vector)
 
         # Per-request flags: a bad bag is flagged on the parser's first item of the feature;
         # the concat stage adds its pooled vectors' errors and hands the flags over, in request
@@ -320,14 +396,68 @@ class RecFabricKernel(wiring.Component):
             flag_fifo.w_data.eq(self.concat.o_flags.payload),
             self.concat.o_flags.ready.eq(flag_fifo.w_rdy),
         ]
+        self._collect_scores(m, flag_fifo)
+
+    def _connect_dense(self, m, run):
+        """Dense elements to the concatenation: as they are, or through the bottom MLP.
+
+        The bottom MLP keeps request order; a FIFO of the requests' tags (one per request in
+        the bottom MLP, at most ``inflight``) tags its outputs for the concatenation stage.
+        """
+        dense, sink = self.parser.o_dense, self.concat.i_dense
+        if self.bottom is None:
+            wiring.connect(m, dense, sink)
+            return
+        m.submodules.bottom_tags = tags = SyncFIFOBuffered(width=self.concat.tag_bits,
+                                                           depth=self.config.inflight)
+        wiring.connect(m, self.dense_packer.o_vector, self.bottom.i_vector)
+        out = self.bottom.o_result
+        with m.If(run.datapath.bottom):
+            pk = self.dense_packer.i_elem
+            m.d.comb += [pk.valid.eq(dense.valid & tags.w_rdy),
+                         pk.payload.data.eq(dense.payload.data),
+                         pk.payload.last.eq(dense.payload.last),
+                         dense.ready.eq(pk.ready & tags.w_rdy),
+                         tags.w_en.eq(dense.valid & dense.ready & dense.payload.last),
+                         tags.w_data.eq(dense.payload.tag)]
+            m.d.comb += [sink.valid.eq(out.valid & tags.r_rdy),
+                         sink.payload.data.eq(out.payload.data),
+                         sink.payload.last.eq(out.payload.last),
+                         sink.payload.tag.eq(tags.r_data),
+                         out.ready.eq(sink.ready & tags.r_rdy),
+                         tags.r_en.eq(out.valid & sink.ready & out.payload.last)]
+        with m.Else():
+            wiring.connect(m, dense, sink)
+
+    def _collect_scores(self, m, flag_fifo):
+        """A request's scores (one per output, ``last`` on the final one) and its flags, as one
+        result record for the writer: earlier scores are held, the final one passes straight
+        through with them (no added cycle); outputs the model lacks are zero."""
+        k = self.config.max_outputs
         scores, result = self.mlp.o_scores, self.writer.i_result
-        m.d.comb += [
-            result.valid.eq(scores.valid & flag_fifo.r_rdy),
-            result.payload.score.eq(scores.payload.score),
-            result.payload.flags.eq(flag_fifo.r_data),
-            scores.ready.eq(result.ready & flag_fifo.r_rdy),
-            flag_fifo.r_en.eq(result.ready & scores.valid),
-        ]
+        cur, is_last = scores.payload.score, scores.payload.last
+        m.d.comb += [result.valid.eq(scores.valid & is_last & flag_fifo.r_rdy),
+                     result.payload.flags.eq(flag_fifo.r_data),
+                     scores.ready.eq(~is_last | (result.ready & flag_fifo.r_rdy)),
+                     flag_fifo.r_en.eq(result.valid & result.ready)]
+        if k == 1:
+            m.d.comb += result.payload.score.eq(cur)
+            return
+        held = [Signal(16, name=f"held_score{i}") for i in range(k - 1)]
+        idx = Signal(range(k))
+        m.d.comb += result.payload.score.eq(Mux(idx == 0, cur, held[0]))
+        for i in range(k - 1):
+            later = held[i + 1] if i + 1 < k - 1 else 0
+            m.d.comb += result.payload.more_scores[i].eq(
+                Mux(idx == i + 1, cur, Mux(idx > i + 1, later, 0)))
+        with m.If(scores.valid & scores.ready):
+            with m.If(is_last):
+                m.d.sync += idx.eq(0)
+            with m.Else():
+                for i in range(k - 1):
+                    with m.If(idx == i):
+                        m.d.sync += held[i].eq(cur)
+                m.d.sync += idx.eq(Mux(idx < k - 1, idx + 1, idx))
 
     def _status(self, m, run, flag_fifo):
         """Status registers and the status block (docs/kernel.md, "Errors")."""
@@ -352,7 +482,8 @@ class RecFabricKernel(wiring.Component):
         axi_err = (sticky.memory | run.model_axi_error |
                    (in_batch & (self.fetch.axi_error | self.writer.axi_error)))
         errors = Signal(32)
-        m.d.comb += errors.eq(Cat(sticky.id_range, axi_err, sticky.bag_range, run.no_program))
+        m.d.comb += errors.eq(Cat(sticky.id_range, axi_err, sticky.bag_range, run.no_program,
+                                  run.program_error))
 
         # First offending request (its index in the batch): flagged or failed result records
         # (the writer), and request records whose read was answered with an error.
@@ -410,37 +541,86 @@ class RecFabricKernel(wiring.Component):
         ``BLOCK`` command's data beats (:class:`~recfabric.hw.stream_types.BlockBeatLayout`).
         One more pipeline is one more entry."""
         sinks = [(Target.MLP, self.mlp.i_block)]
+        if self.bottom is not None:
+            sinks.append((Target.BOTTOM_MLP, self.bottom.i_block))
         sinks += [(Target.ONCHIP_LOAD + i, t.i_load) for i, t in enumerate(self.onchip)]
         return sinks
 
-    def _route_program(self, m, word, block):
+    def _watchdog(self, m, run):
+        """End a run that stopped moving (``run.abort``, docs/kernel.md "Run protocol").
+
+        Progress is a handshake on any stream of the datapath or any channel of the batch's AXI
+        masters; ``watchdog_cycles`` cycles in a row without one end the run: the writer takes
+        no more results and writes the status block, with ``ERROR_PROGRAM``. Nothing in the
+        datapath is reset (a master may still have requests in flight): the host resets the
+        kernel before loading again.
+        """
+        streams = [self.fetch.o_word, self.parser.o_id, self.parser.o_dense, self.arbiter.o,
+                   self.concat.o_vector, self.concat.o_flags, self.mlp.o_scores,
+                   self.writer.i_result]
+        streams += [u.i_lookup for u in self.units + self.onchip]
+        if self.bottom is not None:
+            streams += [self.bottom.o_result]
+        if self.interact is not None:
+            streams += [self.interact.o_vector]
+        moved = [s.valid & s.ready for s in streams]
+        buses = [self.m_axi_requests] + [getattr(self, f"m_axi_tables{i}")
+                                         for i in range(len(self.units))]
+        for bus in buses:
+            moved += [bus.arvalid & bus.arready, bus.rvalid & bus.rready]
+        res = self.m_axi_results
+        moved += [res.awvalid & res.awready, res.wvalid & res.wready, res.bvalid & res.bready]
+        idle = Signal(range(self.watchdog_cycles))
+        # ``abort`` is a register: the writer's ``ready`` (one of the handshakes) depends on it.
+        m.d.sync += run.abort.eq(0)
+        with m.If(~run.running | Cat(*moved).any()):
+            m.d.sync += idle.eq(0)
+        with m.Elif(idle == self.watchdog_cycles - 1):
+            m.d.sync += [run.abort.eq(1), idle.eq(0)]
+        with m.Else():
+            m.d.sync += idle.eq(idle + 1)
+
+    def _route_program(self, m, word, run, block):
         """Route one program word: a command to its target's configuration stream, a ``BLOCK``
         command into ``block`` (sink, sel, address, beats left), a block's data beat to its sink
-        (one per cycle while the sink is ready; unknown targets and sinks drop their words)."""
+        (one per cycle while the sink is ready), a ``DATAPATH`` command into ``run.datapath``.
+        Returns a signal that is 1 when the word is one of this kernel's: a command with a known
+        target or a data beat for a known sink (any other word is dropped, and the caller turns
+        it into ``ERROR_PROGRAM``)."""
         tgt = word.payload[:8]
         body = word.payload[8:]
         in_block = block.left != 0
         sinks = [(Target.PARSER, self.parser.i_param), (Target.PLACE, self.dispatcher.i_place),
                  (Target.CONCAT, self.concat.i_desc), (Target.MLP, self.mlp.i_load)]
+        if self.bottom is not None:
+            sinks.append((Target.BOTTOM_MLP, self.bottom.i_load))
+        if self.interact is not None:
+            sinks.append((Target.INTERACTION, self.interact.i_desc))
+        with m.If(word.valid & ~in_block & (tgt == Target.DATAPATH)):
+            m.d.sync += run.datapath.eq(body[:len(run.datapath.as_value())])
         for i, u in enumerate(self.units):
             sinks.append((Target.UNIT_DESC + i, u.i_desc))
         for i, t in enumerate(self.onchip):
             sinks.append((Target.ONCHIP_DESC + i, t.i_desc))
         ready = Const(1)
+        hits = []
         for code, sink in sinks:
             width = len(sink.payload.as_value())
             if width > len(body):
                 raise KernelUnsupported(f"{code!r} payload of {width} bits does not fit a "
                                         f"{len(word.payload)}-bit program word")
             hit = ~in_block & (tgt == int(code))
+            hits.append(hit)
             m.d.comb += [sink.payload.eq(body[:width]), sink.valid.eq(word.valid & hit)]
             ready = ready & (~hit | sink.ready)
         for code, sink in self.block_sinks():
             hit = in_block & (block.sink == int(code))
+            hits.append(hit)
             m.d.comb += [sink.payload.sel.eq(block.sel), sink.payload.addr.eq(block.addr),
                          sink.payload.data.eq(word.payload), sink.valid.eq(word.valid & hit)]
             ready = ready & (~hit | sink.ready)
         m.d.comb += word.ready.eq(ready)
+        hits.append(~in_block & ((tgt == Target.BLOCK) | (tgt == Target.DATAPATH)))
         cmd = data.View(BlockCommandLayout(), body[:BlockCommandLayout().size])
         with m.If(word.valid & word.ready):
             with m.If(in_block):
@@ -448,6 +628,9 @@ class RecFabricKernel(wiring.Component):
             with m.Elif(tgt == Target.BLOCK):
                 m.d.sync += [block.left.eq(cmd.beats), block.sink.eq(cmd.sink),
                              block.sel.eq(cmd.sel), block.addr.eq(cmd.addr)]
+        known = Signal()
+        m.d.comb += known.eq(Cat(*hits).any())
+        return known
 
 
 class _VitisTop(Elaboratable):

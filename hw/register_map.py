@@ -30,8 +30,9 @@ from dataclasses import dataclass
 __all__ = [
     "CTRL", "GIE", "IER", "ISR", "CTRL_START", "CTRL_DONE", "CTRL_IDLE", "CTRL_READY",
     "KernelArg", "kernel_args", "STATUS_REGS", "STATUS_BASE", "KERNEL_ID", "KERNEL_VERSION",
-    "ERROR_BAD_INDEX", "ERROR_AXI", "ERROR_BAD_REQUEST", "ERROR_NO_PROGRAM", "ERROR_BITS",
-    "NO_ERROR_REQUEST", "status_block_offset", "UNIT_LOOKUPS_BASE", "MAX_UNIT_COUNTERS",
+    "ERROR_BAD_INDEX", "ERROR_AXI", "ERROR_BAD_REQUEST", "ERROR_NO_PROGRAM", "ERROR_PROGRAM",
+    "ERROR_BITS", "NO_ERROR_REQUEST", "status_block_offset", "UNIT_LOOKUPS_BASE",
+    "MAX_UNIT_COUNTERS",
     "STATUS_BLOCK_BYTES", "CONTROL_RANGE",
 ]
 
@@ -43,8 +44,8 @@ CONTROL_RANGE = 0x1000
 KERNEL_ID = 0x62614652
 #: Major << 16 | minor of the register map and wire format. 1.1: ERROR_NO_PROGRAM, the MEMORY
 #: result flag, ``first_error_request`` as a batch index (all ones: none), ``cycles`` ending when
-#: the status block is captured.
-KERNEL_VERSION = 0x0001_0001
+#: the status block is captured. 1.2: ERROR_PROGRAM (unknown command targets, the run watchdog).
+KERNEL_VERSION = 0x0001_0002
 
 #: Sticky error flags of the ``errors`` register (cleared by ap_start); docs/kernel.md says what
 #: the host should do about each.
@@ -60,9 +61,15 @@ ERROR_BAD_REQUEST = 1 << 2
 #: The run had no valid kernel program (none loaded since reset, or this run's LOAD found a bad
 #: magic or an AXI error): no request was processed, only the status block was written.
 ERROR_NO_PROGRAM = 1 << 3
+#: The kernel program is one the kernel cannot run: this run's LOAD met a command word whose
+#: target the kernel does not have, or this run made no progress for the kernel's watchdog
+#: period (a program inconsistent with itself, or a memory that stopped answering). The run
+#: ended early (``requests_done`` says how far it got) and the program is dropped: later runs
+#: report NO_PROGRAM. Reset the kernel before loading again (the driver does).
+ERROR_PROGRAM = 1 << 4
 #: Every error bit, by name.
 ERROR_BITS = {"BAD_INDEX": ERROR_BAD_INDEX, "AXI": ERROR_AXI, "BAD_REQUEST": ERROR_BAD_REQUEST,
-              "NO_PROGRAM": ERROR_NO_PROGRAM}
+              "NO_PROGRAM": ERROR_NO_PROGRAM, "PROGRAM": ERROR_PROGRAM}
 #: ``first_error_request`` when no request of the run was at fault.
 NO_ERROR_REQUEST = 0xFFFF_FFFF
 

@@ -29,7 +29,7 @@ maximum is clamped to the maximum and flagged (``bad_bag`` on its items, and the
 says its length is exactly 1; its single ``empty`` item carries ``bad_bag``).
 """
 
-from amaranth.hdl import Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -121,14 +121,21 @@ class RecordFetcher(wiring.Component):
     -------
     m_axi : Out(AXI4Signature(read only))
     start : In(1)
-        Pulse: sample ``base``, ``words`` and ``batch`` and begin.
+        Pulse: sample ``base``, ``words`` and ``batch`` and begin. Allowed at any time: a run
+        still in progress is abandoned (its words in the FIFO are dropped, an AR request still
+        waiting for ARREADY stays up until accepted, and the beats it and earlier bursts still
+        owe are dropped when they arrive, before the new run's).
     base : In(64)
+        First word's address; its bits below the word size are ignored (read as 0), so every
+        burst is word-aligned and never crosses a 4 KiB boundary.
     words : In(32)
         Words per record.
     batch : In(32)
     o_word : Out(stream.Signature(data_width))
     axi_error : Out(1)
         Sticky until ``start``: a read answered SLVERR/DECERR (the data is passed on anyway).
+        A beat of an abandoned run answered with an error sets it too, even after ``start``
+        (an error is never hidden; the kernel never abandons a run).
     """
 
     def __init__(self, *, data_width: int = 256, addr_width: int = 64, id_width: int = 1,
@@ -150,7 +157,10 @@ class RecordFetcher(wiring.Component):
         m = Module()
         bus = self.m_axi
         wb = self._dw // 8
-        m.submodules.fifo = fifo = SyncFIFOBuffered(width=self._dw, depth=self._depth)
+        low = (wb - 1).bit_length()  # address bits below the word
+        # ``start`` empties the FIFO: words of an abandoned run are not handed on.
+        m.submodules.fifo = fifo = ResetInserter(self.start)(
+            SyncFIFOBuffered(width=self._dw, depth=self._depth))
 
         addr = Signal(64)
         remaining = Signal(48)  # words not yet requested
@@ -160,11 +170,12 @@ class RecordFetcher(wiring.Component):
         m.d.comb += [
             bus.arid.eq(0), bus.arburst.eq(AXIBurst.INCR), bus.arsize.eq((wb - 1).bit_length()),
             bus.arcache.eq(0b0011), bus.arprot.eq(0), bus.arlock.eq(0), bus.arqos.eq(0),
-            fifo.w_data.eq(bus.rdata), fifo.w_en.eq(bus.rvalid), bus.rready.eq(1),
+            fifo.w_data.eq(bus.rdata), bus.rready.eq(1),
             self.o_word.payload.eq(fifo.r_data), self.o_word.valid.eq(fifo.r_rdy),
             fifo.r_en.eq(self.o_word.ready),
         ]
-        # Beats left before the next 4 KiB boundary, and the burst length.
+        # Beats left before the next 4 KiB boundary (at least 1: ``addr`` is word-aligned), and
+        # the burst length.
         to_boundary = Signal(range(4096 // wb + 1))
         m.d.comb += to_boundary.eq((4096 - addr[:12]) // wb)
         capped = Signal.like(burst)
@@ -173,19 +184,34 @@ class RecordFetcher(wiring.Component):
 
         popped = fifo.r_en & fifo.r_rdy
         issue = Signal()
+        r_fire = bus.rvalid & bus.rready
+        # Beats of the bursts issued (ARVALID raised) and not yet received, and how many of them
+        # belong to a run that a ``start`` abandoned: those are dropped when they arrive.
+        owed = Signal(32)
+        discard = Signal(32)
+        dropping = discard != 0
+        m.d.comb += fifo.w_en.eq(bus.rvalid & ~dropping)
         with m.If(self.start):
-            m.d.sync += [addr.eq(self.base), remaining.eq(self.words * self.batch),
-                         self.axi_error.eq(0), bus.arvalid.eq(0)]
-        with m.Elif(bus.arvalid):
-            with m.If(bus.arready):
-                m.d.sync += bus.arvalid.eq(0)
-        with m.Elif((remaining != 0) & (reserved + burst <= self._depth)):
-            m.d.comb += issue.eq(1)
-            m.d.sync += [bus.arvalid.eq(1), bus.araddr.eq(addr), bus.arlen.eq(burst - 1),
-                         addr.eq(addr + burst * wb), remaining.eq(remaining - burst)]
-        m.d.sync += reserved.eq(reserved + Mux(issue, burst, 0) - popped)
-        with m.If(bus.rvalid & bus.rresp[1]):
+            # A waiting AR request stays up until accepted (AXI4 A3.2.1); its beats, and those
+            # still in flight, are the abandoned run's.
+            m.d.sync += [addr.eq(Cat(Const(0, low), self.base[low:])),
+                         remaining.eq(self.words * self.batch), self.axi_error.eq(0),
+                         bus.arvalid.eq(bus.arvalid & ~bus.arready),
+                         discard.eq(owed - r_fire), reserved.eq(0)]
+        with m.Else():
+            with m.If(bus.arvalid):
+                with m.If(bus.arready):
+                    m.d.sync += bus.arvalid.eq(0)
+            with m.Elif((remaining != 0) & (reserved + burst <= self._depth)):
+                m.d.comb += issue.eq(1)
+                m.d.sync += [bus.arvalid.eq(1), bus.araddr.eq(addr), bus.arlen.eq(burst - 1),
+                             addr.eq(addr + burst * wb), remaining.eq(remaining - burst)]
+            m.d.sync += reserved.eq(reserved + Mux(issue, burst, 0) - popped)
+            with m.If(r_fire & dropping):
+                m.d.sync += discard.eq(discard - 1)
+        with m.If(bus.rvalid & bus.rresp[1]):  # even an abandoned run's: never hidden
             m.d.sync += self.axi_error.eq(1)
+        m.d.sync += owed.eq(owed + Mux(issue, burst, 0) - r_fire)
         return m
 
 

@@ -3,13 +3,18 @@
 Result records follow wire format v1 (:mod:`recfabric.host.runtime.wire_format`): one memory word
 per request at ``base + index * word_bytes``, holding the status byte (bit 0 VALID, then the
 request's :class:`~recfabric.hw.stream_types.RequestFlagsLayout` flags: bit 1 ID_RANGE, bit 2
-BAG_RANGE, bit 3 MEMORY), a reserved byte and the u16 score. Records are written in request
+BAG_RANGE, bit 3 MEMORY), a reserved byte and the u16 score (``outputs`` u16 scores, multi-task
+heads). Records are written in request
 order as single-beat INCR bursts with one AXI ID, up to ``max_outstanding`` writes unanswered.
 When every record has been answered, the status block (the status registers as little-endian
 u32 words in register order, :data:`recfabric.hw.register_map.STATUS_REGS`) is written at
 :func:`~recfabric.hw.register_map.status_block_offset`, and ``done`` pulses once its write is
 answered, so the host finds results and status in memory when it sees ``ap_done``.
 A write answered with SLVERR/DECERR sets the sticky ``axi_error``; the writer never hangs on it.
+If the status block's own write is answered with an error, the block is sampled and written once
+more (``snapshot`` pulses again), so that the block in memory carries the error it reports
+(``ERROR_AXI`` through the kernel's ``errors`` word); a second error response ends the run
+anyway (the sticky ``axi_error``, and the registers, still say so).
 ``first_error`` is the index within the batch of the first record that carries a flag or whose
 write was answered with an error.
 """
@@ -37,10 +42,18 @@ class ResultLayout(data.StructLayout):
         Sigmoid output, unsigned Q0.16.
     flags : RequestFlagsLayout
         The request's error flags (the score of a flagged request is undefined).
+    more_scores : ArrayLayout(16, outputs - 1)
+        (``outputs`` > 1: multi-task heads) Scores of outputs 1 .. outputs-1; the record holds
+        them after ``score``, as wire format v1's ``score[0..outputs-1]``.
     """
 
-    def __init__(self):
-        super().__init__({"score": 16, "flags": RequestFlagsLayout()})
+    def __init__(self, outputs: int = 1):
+        if not isinstance(outputs, int) or outputs < 1:
+            raise TypeError(f"outputs must be a positive integer, not {outputs!r}")
+        fields = {"score": 16, "flags": RequestFlagsLayout()}
+        if outputs > 1:
+            fields["more_scores"] = data.ArrayLayout(16, outputs - 1)
+        super().__init__(fields)
 
 
 class ResultWriter(wiring.Component):
@@ -53,11 +66,13 @@ class ResultWriter(wiring.Component):
     addr_width, id_width : int
     max_outstanding : int
         Writes in flight before ``awvalid`` waits for responses (power of two).
+    outputs : int
+        Scores per result record (at most ``data_width / 16 - 1``).
 
     Members
     -------
     m_axi : Out(AXI4Signature(write only))
-    i_result : In(stream.Signature(ResultLayout()))
+    i_result : In(stream.Signature(ResultLayout(outputs)))
     start : In(1)
         Pulse: begin a run (``base``, ``batch`` and ``skip`` are sampled).
     base : In(64)
@@ -67,10 +82,14 @@ class ResultWriter(wiring.Component):
     skip : In(1)
         The run processes no request: write no record, only the status block (at its place
         after ``batch`` records).
+    abort : In(1)
+        Pulse: end the run early: take no more records; the status block (still at its place
+        after ``batch`` records) is written once every record taken so far is answered.
     status : In(ArrayLayout(32, len(STATUS_WORDS)))
         Status register values, sampled when the last record is answered.
     snapshot : Out(1)
-        Pulse: ``status`` is being sampled (every record of the run is in memory).
+        Pulse: ``status`` is being sampled (every record of the run is in memory); pulses a
+        second time before the status block is rewritten after an error response to it.
     done : Out(1)
         Pulse: records and status block are in memory.
     written : Out(32)
@@ -86,18 +105,22 @@ class ResultWriter(wiring.Component):
     """
 
     def __init__(self, *, data_width: int = 256, addr_width: int = 64, id_width: int = 1,
-                 max_outstanding: int = 16):
+                 max_outstanding: int = 16, outputs: int = 1):
         if data_width < 128 or data_width & (data_width - 1):
             raise ValueError(f"data width must be a power of two >= 128, not {data_width}")
         if max_outstanding < 1 or max_outstanding & (max_outstanding - 1):
             raise ValueError(f"max_outstanding must be a power of two, not {max_outstanding}")
+        if not 1 <= outputs <= data_width // 16 - 1:
+            raise ValueError(f"{outputs} outputs do not fit a {data_width}-bit result record "
+                             f"(at most {data_width // 16 - 1})")
         self._dw, self._aw, self._idw, self._max_out = data_width, addr_width, id_width, \
             max_outstanding
+        self.outputs = outputs
         super().__init__({
             "m_axi": Out(AXI4Signature(addr_width=addr_width, data_width=data_width,
                                        id_width=id_width, read=False, write=True)),
-            "i_result": In(stream.Signature(ResultLayout())),
-            "start": In(1), "base": In(64), "batch": In(32), "skip": In(1),
+            "i_result": In(stream.Signature(ResultLayout(outputs))),
+            "start": In(1), "base": In(64), "batch": In(32), "skip": In(1), "abort": In(1),
             "status": In(data.ArrayLayout(32, len(STATUS_WORDS))),
             "snapshot": Out(1), "done": Out(1), "written": Out(32), "axi_error": Out(1),
             "first_error": Out(32, init=NO_ERROR_REQUEST), "stall": Out(32),
@@ -120,6 +143,7 @@ class ResultWriter(wiring.Component):
         inflight = Signal(range(self._max_out + 1))
         status_words = Signal(data.ArrayLayout(32, len(STATUS_WORDS)))
         status_beat = Signal(range(status_beats + 1))
+        rewritten = Signal()  # the status block is being written a second time
 
         m.d.comb += [
             bus.awid.eq(0), bus.awburst.eq(AXIBurst.INCR), bus.awsize.eq(size),
@@ -131,7 +155,7 @@ class ResultWriter(wiring.Component):
                          status_at.eq(self.base + (self.batch * word_bytes + STATUS_BLOCK_BYTES
                                                    - 1) // STATUS_BLOCK_BYTES
                                       * STATUS_BLOCK_BYTES),
-                         issued.eq(0),
+                         issued.eq(0), rewritten.eq(0),
                          answered.eq(0), self.axi_error.eq(0), self.stall.eq(0),
                          self.first_error.eq(NO_ERROR_REQUEST)]
 
@@ -168,8 +192,10 @@ class ResultWriter(wiring.Component):
                     m.next = "RECORDS"
             with m.State("RECORDS"):
                 can_take = ~aw_pending & ~w_pending & (inflight < self._max_out) & \
-                    (issued < batch)
+                    (issued < batch) & ~self.abort
                 m.d.comb += self.i_result.ready.eq(can_take)
+                with m.If(self.abort):
+                    m.d.sync += batch.eq(issued)
                 with m.If(self.i_result.valid & ~can_take):
                     m.d.sync += self.stall.eq(self.stall + 1)
                 with m.If(self.i_result.valid & can_take):
@@ -179,7 +205,8 @@ class ResultWriter(wiring.Component):
                     m.d.sync += [
                         aw_pending.eq(1), w_pending.eq(1),
                         bus.awaddr.eq(base + issued * word_bytes), bus.awlen.eq(0),
-                        wdata.eq(Cat(status, Const(0, 8), p.score)),
+                        wdata.eq(Cat(status, Const(0, 8), p.score,
+                                     *([p.more_scores] if self.outputs > 1 else []))),
                         bus.wstrb.eq(-1), bus.wlast.eq(1),
                         issued.eq(issued + 1),
                     ]
@@ -205,8 +232,18 @@ class ResultWriter(wiring.Component):
                         status_beat.eq(status_beat + 1),
                     ]
                 with m.If(b_done & ~aw_pending & ~w_pending & (status_beat == status_beats)):
-                    m.d.comb += self.done.eq(1)
-                    m.next = "IDLE"
+                    with m.If(bus.bresp[1] & ~rewritten):
+                        # The block in memory does not show this error: write it again once
+                        # ``axi_error`` (set at this edge) is in the sampled status.
+                        m.d.sync += rewritten.eq(1)
+                        m.next = "STATUS_RESAMPLE"
+                    with m.Else():
+                        m.d.comb += self.done.eq(1)
+                        m.next = "IDLE"
+            with m.State("STATUS_RESAMPLE"):
+                m.d.comb += self.snapshot.eq(1)
+                m.d.sync += [status_words.eq(self.status), status_beat.eq(0)]
+                m.next = "STATUS_AW"
 
         with m.If(aw_fire):
             m.d.sync += aw_pending.eq(0)

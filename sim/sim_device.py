@@ -31,7 +31,7 @@ from amaranth.sim import Simulator
 
 from ..host.runtime.device import BumpMemory, DeviceError, RegisterDevice
 from ..hw.config import AcceleratorConfig
-from ..hw.kernel import RecFabricKernel
+from ..hw.kernel import WATCHDOG_CYCLES, RecFabricKernel
 from ..hw.register_map import CTRL, CTRL_DONE
 from .axi_lite_master import AXILiteMaster
 from .axi_write_model import AXIWriteModel
@@ -77,6 +77,8 @@ class SimDevice(RegisterDevice):
     waves : path, optional
         Write every signal of the session to this VCD file (and a GTKWave save file next to
         it); complete once the device is closed. The Amaranth simulator writes VCD only.
+    watchdog_cycles : int
+        The kernel's run watchdog (:class:`~recfabric.hw.kernel.RecFabricKernel`).
     default_timeout : float
         Wall-clock seconds a run may take when the driver is given no timeout (the Amaranth
         simulator runs a few hundred to a few thousand kernel cycles per second).
@@ -85,10 +87,11 @@ class SimDevice(RegisterDevice):
     def __init__(self, config: AcceleratorConfig, *, memory_bytes: int = 64 << 20,
                  mem_latency: int = 64, p_stall: float = 0.0, seed: int = 0,
                  max_cycles: int = 5_000_000, progress=None, progress_every: int = 20_000,
-                 default_timeout: float = 1800.0, waves=None):
+                 default_timeout: float = 1800.0, waves=None,
+                 watchdog_cycles: int = WATCHDOG_CYCLES):
         self.config = config
         self.default_timeout = default_timeout
-        self.kernel_component = dut = RecFabricKernel(config)
+        self.kernel_component = dut = RecFabricKernel(config, watchdog_cycles=watchdog_cycles)
         self._mem = BumpMemory(memory_bytes)
         rng = random.Random(seed)
         mem, base = self._mem.mem, self._mem.base

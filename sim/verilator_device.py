@@ -74,16 +74,25 @@ class AXIProtocolViolation(DeviceError):
 
 # ---- Verilog and the generated port glue ----------------------------------------------------
 
-def _hw_sources_digest() -> str:
-    """Hash of the sources the kernel's Verilog is generated from (hw/ and the numerics spec)."""
-    from .. import hw  # noqa: PLC0415
+def _hw_source_files(hw_dir: Path) -> list[Path]:
+    """Every ``.py`` file under ``hw_dir`` (recursively: hw/mlp, hw/boards, ...), sorted, then
+    the numerics spec (``host/numerics.py`` beside it, which hw implements)."""
+    files = sorted(f for f in hw_dir.rglob("*.py") if "__pycache__" not in f.parts)
+    files.append(hw_dir.parent / "host" / "numerics.py")
+    return files
 
+
+def _hw_sources_digest(hw_dir: Path | None = None) -> str:
+    """Hash of the sources the kernel's Verilog is generated from (every file under hw/, and
+    the numerics spec), each under its path relative to the package, with the Amaranth
+    version: any change to any of them is a new digest."""
+    if hw_dir is None:
+        from .. import hw  # noqa: PLC0415
+
+        hw_dir = Path(hw.__file__).resolve().parent
     h = hashlib.sha256(amaranth.__version__.encode())
-    hw_dir = Path(hw.__file__).resolve().parent
-    files = sorted(hw_dir.glob("*.py"))
-    files.append(hw_dir.parent / "host" / "numerics.py")  # hw implements it
-    for f in files:
-        h.update(f.name.encode())
+    for f in _hw_source_files(hw_dir):
+        h.update(f.relative_to(hw_dir.parent).as_posix().encode())
         h.update(f.read_bytes())
     return h.hexdigest()
 

@@ -245,20 +245,10 @@ def _finding(block, tmp_path, expected_failures):
 
 
 @needs_tools
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "finding: RecordFetcher with a base that is not a multiple of the word size computes 0 beats "
-    "to the 4 KiB boundary and issues ARLEN=255 (-1) across it, again and again (remaining "
-    "never decreases): base=0x7ffe, 32-bit words -> ARADDR 0x7ffe ARLEN 0xff. The kernel's "
-    "buffers are 4 KiB aligned (XRT, BumpMemory), but arg_requests is a host-written register "
-    "and neither the block nor the driver rejects an unaligned one"))
 def test_finding_record_fetch_unaligned_base(warm, tmp_path):
     _finding("record_fetch_any_base", tmp_path, ("ar.no_4k_crossing", "ar.max_len"))
 
 
 @needs_tools
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "finding: RecordFetcher.start while ARVALID waits for ARREADY clears ARVALID (withdrawn "
-    "request, AXI violation). Unreachable in RecFabricKernel, which starts a fetcher only once "
-    "all its words were consumed; the block's docstring does not state that rule"))
 def test_finding_record_fetch_start_while_busy(warm, tmp_path):
     _finding("record_fetch_any_start", tmp_path, ("ar.valid_stable", "ar.payload_stable"))

@@ -32,12 +32,20 @@ def test_soak_slice(tmp_path):
     assert rep.models >= 5 and rep.inferences >= 1500
     assert rep.bad_records > 0 and rep.axi_errors_injected > 0 and rep.resets > 0
     assert rep.cycles > 0 and rep.cycles_per_second > 0
+    assert 0 < rep.run_cpu_seconds and rep.cpu_cycles_per_second > 0
     assert rep.mismatches == 0 and rep.hangs == 0
     for check in CHECKS:
         assert rep.failures[check] == 0, (check, rep.examples)
     # Everything a check counted is in the totals.
     assert rep.flag_errors == sum(v for k, v in rep.failures.items()
                                   if k not in ("score", "hang"))
+
+
+def test_soak_rejects_bad_bounds():
+    with pytest.raises(ValueError, match="batches_per_model must be an integer >= 1, not 0"):
+        soak("tiny", inferences=1, batches_per_model=0)
+    with pytest.raises(ValueError, match="give minutes or inferences"):
+        soak("tiny")
 
 
 def test_soak_command_json(capsys):
@@ -54,8 +62,11 @@ def test_soak_command_json(capsys):
 @pytest.mark.slow
 @pytest.mark.parametrize("config", ["small", "small-int8"])
 def test_soak_long(config, tmp_path):
-    """The full soak: every model shape (dense-free ones too), every check."""
-    rep = soak(config, minutes=10, seed=11, workdir=tmp_path)
+    """The full soak (the README's command: ``recfabric soak --config small --inferences
+    1000000 --minutes 45 --seed 11 --max-batch 160 --batches-per-model 24``): every model shape
+    (dense-free ones too), every check, 1e6 inferences over >= 50 shapes."""
+    rep = soak(config, inferences=1_000_000, minutes=45, seed=11, max_batch=160,
+               batches_per_model=24, workdir=tmp_path)
     print(format_report(rep))
-    assert rep.models >= 50
+    assert rep.models >= 50 and rep.inferences >= 1_000_000, format_report(rep)
     assert rep.mismatches == 0 and rep.hangs == 0 and rep.flag_errors == 0, format_report(rep)

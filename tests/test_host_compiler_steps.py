@@ -144,8 +144,12 @@ def test_tampered_image_is_refused(tmp_path):
 
 def test_refuses_unsupported_and_oversized_models(tmp_path):
     kaggle = get_model("kaggle")
-    with pytest.raises(SpecError, match="dot interaction"):
-        compile_model(kaggle, None, get_preset("u280"), tmp_path)
+    with pytest.raises(CompileError, match="dot interaction .the kernel implements concat"):
+        compile_model(kaggle, None, get_preset("tiny"), tmp_path)
+    uneven = ModelSpec("uneven", sparse=(SparseFeature("a", 10, 4),), dense=2, top_mlp=(4,),
+                       heads=((4, 1), (1,)))
+    with pytest.raises(SpecError, match="heads of different depths"):
+        compile_model(uneven, None, get_preset("small"), tmp_path)
     spec = get_model("small")
     with pytest.raises(CompileError, match=r"sparse features 8 exceeds max_features 4"):
         compile_model(spec, random_weights(spec), get_preset("tiny"), tmp_path)

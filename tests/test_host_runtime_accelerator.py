@@ -14,7 +14,7 @@ from recfabric.host.model.weights import random_weights
 from recfabric.host.model.zoo import get_model
 from recfabric.host.runtime.accelerator import Accelerator, Buffer, DeviceError, KernelError
 from recfabric.hw.config import get_preset
-from recfabric.hw.register_map import ERROR_NO_PROGRAM, NO_ERROR_REQUEST
+from recfabric.hw.register_map import ERROR_NO_PROGRAM, ERROR_PROGRAM, NO_ERROR_REQUEST
 
 
 def compiled(tmp_path, model, config, seed=0):
@@ -141,8 +141,8 @@ def test_mismatched_configuration_is_refused(tmp_path):
 
 @pytest.mark.parametrize("name", ["tables0", "model", "requests", "results"])
 def test_unaligned_buffers_are_refused(tmp_path, name):
-    """The kernel's bursts assume page-aligned buffers (an unaligned request base made
-    RecordFetcher burst across 4 KiB, a formal finding): the driver refuses such buffers."""
+    """The kernel needs page-aligned buffers (table rows within 4 KiB, whole-word records):
+    the driver refuses other buffers."""
     spec, d, _ = compiled(tmp_path, "tiny", "tiny")
     dense, sparse = synthetic_batch(spec, 2, seed=1)
     with Accelerator.open("reference", "tiny") as acc:
@@ -220,3 +220,24 @@ def test_run_raw_is_infer_without_checks(tmp_path):
             acc.run_raw(req[:-1])
         with pytest.raises(DeviceError, match="without waiting"):
             acc.run_raw(req, wait=False)  # the reference device has no start()
+
+
+def test_program_error_resets_the_kernel_and_rearms_the_load(tmp_path, monkeypatch):
+    """docs/kernel.md: after ERROR_PROGRAM (unknown target, watchdog) the host resets the kernel
+    before loading again; the driver does it and says so."""
+    spec, d, _ = compiled(tmp_path, "tiny", "tiny")
+    dense, sparse = synthetic_batch(spec, 2, seed=1)
+    with Accelerator.open("reference", "tiny") as acc:
+        acc.load(d)
+        acc.infer(dense, sparse)
+        resets = []
+        monkeypatch.setattr(acc.device, "reset", lambda: resets.append(1))
+        collect = acc._collect
+
+        def program_error(obuf, batch):
+            out, counters = collect(obuf, batch)
+            return out, {**counters, "errors": ERROR_PROGRAM}
+        monkeypatch.setattr(acc, "_collect", program_error)
+        with pytest.raises(KernelError, match="program cannot run .* the kernel was reset"):
+            acc.infer(dense, sparse)
+        assert resets == [1] and acc._needs_load

@@ -13,7 +13,7 @@ from amaranth.hdl import Fragment, UnusedElaboratable
 
 from recfabric.host.cli import main
 from recfabric.hw.config import get_preset
-from recfabric.hw.kernel import KernelUnsupported, RecFabricKernel, kernel_for_formats
+from recfabric.hw.kernel import kernel_for_formats
 from recfabric.hw.register_map import kernel_args
 from recfabric.hw.stream_arbiter import StreamArbiter
 from recfabric.hw.vitis_package import kernel_name
@@ -77,10 +77,16 @@ def test_yosys_reads_the_generated_verilog(build_dir):
     assert r.returncode == 0, r.stderr[-2000:]
 
 
-@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
-def test_bottom_mlp_configuration_is_refused_clearly():
-    with pytest.raises(KernelUnsupported, match="bottom MLP"):
-        RecFabricKernel(get_preset("small").replace(mlp_bottom_shapes=((4, 4),)))
+def test_dlrm_blocks_exist_exactly_when_the_configuration_asks():
+    """Bottom MLP, dot unit and multi-score results follow the config (the capabilities too)."""
+    small, tiny = kernel_for_formats(get_preset("small")), kernel_for_formats(get_preset("tiny"))
+    assert small.bottom.shapes == list(get_preset("small").mlp_bottom_shapes)
+    assert small.interact.dot_lanes == 1 and small.writer.outputs == 2
+    assert tiny.bottom is None and tiny.interact is None and tiny.writer.outputs == 1
+    caps = get_preset("small").capabilities()
+    assert (caps.bottom_mlp, caps.interactions, caps.max_outputs) == (True, ("concat", "dot"), 2)
+    caps = get_preset("tiny").capabilities()
+    assert (caps.bottom_mlp, caps.interactions, caps.max_outputs) == (False, ("concat",), 1)
 
 
 def test_kernel_for_formats_builds_without_unused_warnings():

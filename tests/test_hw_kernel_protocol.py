@@ -18,12 +18,20 @@ from recfabric.host.runtime.accelerator import Accelerator
 from recfabric.host.runtime.device import DeviceError, KernelError
 from recfabric.host.runtime.wire_format import pack_float_requests, unpack_results
 from recfabric.hw.config import get_preset
-from recfabric.hw.kernel import FLAG_LOAD
+from recfabric.hw.kernel import (
+    FLAG_LOAD,
+    MODEL_DATA_WIDTH,
+    PROGRAM_FORMAT,
+    PROGRAM_MAGIC,
+    Target,
+)
 from recfabric.hw.register_map import (
     ERROR_AXI,
     ERROR_BAD_INDEX,
     ERROR_BAD_REQUEST,
     ERROR_NO_PROGRAM,
+    ERROR_PROGRAM,
+    KERNEL_ID,
     NO_ERROR_REQUEST,
     STATUS_BLOCK_BYTES,
     STATUS_REGS,
@@ -222,8 +230,9 @@ def test_sim_timeout_is_wall_clock_names_the_run_and_the_device_resets(tmp_path)
 
 def test_axi_errors_flag_records_and_name_the_first_request(tmp_path):
     """SLVERR on a table read: that request's record has MEMORY; on a result write: the
-    record's index; on the request records' read: the first record of the failed burst. Every
-    one sets ERROR_AXI and first_error_request. On the program read: no program is left
+    record's index; on the status block's write: no index, but the block says so; on the
+    request records' read: the first record of the failed burst. Every one sets ERROR_AXI
+    (and first_error_request, when a request was at fault). On the program read: no program is left
     (NO_PROGRAM), and the next run does not inherit the AXI bit. A clean run is clean again."""
     spec = _spec("dense", dense=2)
     d, cm = _compile(tmp_path, spec)
@@ -251,6 +260,15 @@ def test_axi_errors_flag_records_and_name_the_first_request(tmp_path):
         writes.error_writes = set()
         assert st["errors"] == ERROR_AXI and st["first_error_request"] == 3
 
+        # The status block's own write (soak finding: the block said errors = 0): the block
+        # is written again and carries the bit; no request was at fault.
+        writes.error_writes = {writes.bursts + 6}
+        out, st = _raw_run(dev, acc._buffers, req, 6)
+        writes.error_writes = set()
+        assert st["errors"] == ERROR_AXI and st["first_error_request"] == NO_ERROR_REQUEST
+        assert st["requests_done"] == 6
+        assert np.array_equal(unpack_results(lay, out, 6)[0], _golden(cm, dense, sparse))
+
         records = models["requests"]
         n = records.stats.reads
         records.error_fn = lambda addr, arid, i: slverr if i == n else None
@@ -272,3 +290,69 @@ def test_axi_errors_flag_records_and_name_the_first_request(tmp_path):
         r = acc.infer(dense, sparse)
         assert r.counters["errors"] == 0 and r.counters["first_error_request"] == NO_ERROR_REQUEST
         assert np.array_equal(r.scores, _golden(cm, dense, sparse))
+
+
+def _garbage_program(rng, targets, n, p_unknown):
+    """A valid header, then ``n`` command words with random payloads: each targets one of
+    ``targets`` or, with probability ``p_unknown``, a code the kernel does not have."""
+    wb = MODEL_DATA_WIDTH // 8
+    words = [(PROGRAM_MAGIC | n << 32 | PROGRAM_FORMAT << 64).to_bytes(wb, "little")]
+    unknown = False
+    for _ in range(n):
+        if rng.random() < p_unknown:
+            # BLOCK is left out: its data beats are judged by their sink, not their first byte
+            code = int(rng.choice([c for c in range(256)
+                                   if c not in targets and c != Target.BLOCK]))
+            unknown = True
+        else:
+            code = int(rng.choice(targets))
+        words.append(bytes([code]) + rng.bytes(wb - 1))
+    return b"".join(words), unknown
+
+
+def test_nonsense_programs_end_every_run_and_the_kernel_recovers(tmp_path):
+    """Random command words behind a valid header (known targets with random payloads, and
+    unknown targets): every run ends with ap_done and a status block (the run watchdog ends a
+    run that stops moving); an unknown target or the watchdog says ERROR_PROGRAM and drops the
+    program; after the driver's reset a real model is exact again (docs/kernel.md)."""
+    spec = _spec("dense", dense=2)
+    d, cm = _compile(tmp_path, spec)
+    c = TINY
+    targets = [int(Target.PARSER), int(Target.PLACE), int(Target.CONCAT), int(Target.MLP)]
+    targets += [int(Target.UNIT_DESC) + i for i in range(c.mem_channels)]
+    targets += [int(Target.ONCHIP_DESC) + i for i in range(c.onchip_units)]
+    targets += [int(Target.ONCHIP_LOAD) + i for i in range(c.onchip_units)]
+    rng = np.random.default_rng(10)
+    seen = {"unknown": 0, "watchdog": 0, "completed": 0}
+    with _sim(watchdog_cycles=256, max_cycles=20_000) as acc:
+        dev = acc.device
+        acc.load(d)
+        dense, sparse = synthetic_batch(spec, 3, seed=1)
+        req = pack_float_requests(acc.layout, dense, sparse)
+        tables = {k: v for k, v in acc._buffers.items() if k.startswith("tables")}
+        for seed in range(14):
+            prog, unknown = _garbage_program(rng, targets, int(rng.integers(1, 25)),
+                                             0.0 if seed % 2 else 0.1)
+            model = dev.allocate(f"garbage{seed}", len(prog))
+            dev.write(model, prog)
+            out, st = _raw_run(dev, {**tables, "model": model}, req, 3, FLAG_LOAD)
+            assert st["id"] == KERNEL_ID, f"seed {seed}: no status block"
+            if unknown:
+                seen["unknown"] += 1
+                assert st["errors"] & (ERROR_PROGRAM | ERROR_NO_PROGRAM) == \
+                    ERROR_PROGRAM | ERROR_NO_PROGRAM, (seed, st)
+                assert st["requests_done"] == 0 and out == bytes(len(out)), seed
+            elif st["errors"] & ERROR_PROGRAM:
+                seen["watchdog"] += 1
+                assert st["requests_done"] < 3, (seed, st)
+            else:
+                seen["completed"] += 1
+                assert st["requests_done"] == 3, (seed, st)
+            if st["errors"] & ERROR_PROGRAM:
+                # The program is dropped: a run without LOAD says NO_PROGRAM, and ends.
+                _, st2 = _raw_run(dev, {**tables, "model": model}, req, 3, 0)
+                assert st2["errors"] == ERROR_NO_PROGRAM, (seed, st2)
+                dev.reset()  # what the driver does on ERROR_PROGRAM
+        assert seen["unknown"] and seen["watchdog"], seen
+        acc.reset()
+        assert np.array_equal(acc.infer(dense, sparse).scores, _golden(cm, dense, sparse))

@@ -1,4 +1,4 @@
-"""Dense kernel programs (format 4): packed weight, bias and on-chip beats load at one word per
+"""Dense kernel programs (format 5): packed weight, bias and on-chip beats load at one word per
 cycle into the engines' wide write ports, bit-exact, with random stalls on every master
 (docs/kernel.md, "Kernel program"; docs/mlp.md, "Loading weights")."""
 
@@ -122,6 +122,7 @@ def test_other_program_formats_leave_no_program(tmp_path):
 
 
 @pytest.mark.parametrize("model, cfg", [("tiny", TINY), ("small", get_preset("small")),
+                                        ("dlrm-small", get_preset("small")),
                                         ("tiny", INT8), ("tiny", WIDE)])
 def test_word_counts_without_building_equal_the_program(tmp_path, model, cfg):
     """program_word_counts (used for the modelled load of plans the kernel cannot run yet)
@@ -137,3 +138,6 @@ def test_word_counts_without_building_equal_the_program(tmp_path, model, cfg):
     assert meta["counts"].get("on-chip rows", 0) == n["onchip_rows"] + units
     assert meta["counts"]["MLP biases"] > n["mlp_biases"] > 0
     assert meta["counts"]["MLP weights"] > n["mlp_weights"] > 0
+    if get_model(model).bottom_mlp:  # the bottom MLP's blocks, counted apart
+        assert meta["counts"]["bottom MLP weights"] > n["bottom_weights"] > 0
+        assert meta["counts"]["bottom MLP biases"] > n["bottom_biases"] > 0

@@ -178,8 +178,21 @@ def test_small_config_speed(tmp_path):
     assert cycles / cpu >= 100_000
 
 
+@pytest.mark.slow
+def test_dlrm_small_bit_exact_on_verilator(tmp_path):
+    """dlrm-small (bottom MLP, dot interaction, two heads) through the generated Verilog."""
+    spec = get_model("dlrm-small")
+    d, cm = _compiled(tmp_path, spec, config="small", seed=1)
+    with Accelerator.open("verilator", "small", p_stall=0.2, seed=3, mem_latency=30) as acc:
+        acc.load(d)
+        dense, sparse = synthetic_batch(spec, 32, seed=2)
+        r = acc.infer(dense, sparse)
+    assert r.scores.shape == (32, 2)
+    assert np.array_equal(r.scores, _golden(cm, dense, sparse))
+
+
 # A model whose layers' weight counts are no multiple of a beat (3 dense + 3 + 5 + 4 pooled
-# inputs, 14 hidden), with biases and on-chip rows: the packed program (format 4).
+# inputs, 14 hidden), with biases and on-chip rows: the packed program (format 5).
 RAGGED = ModelSpec(name="ragged", sparse=(SparseFeature("a", 16, 3),
                                           SparseFeature("b", 40, 5, bag=3),
                                           SparseFeature("c", 9, 4)),

@@ -19,7 +19,8 @@ def test_small_mlp_places_and_routes_on_ecp5(tmp_path, capsys):
     assert r["routed"] and r["device"] == "LFE5U-85F"
     assert 10 < r["fmax_mhz"] < 500
     # one 18x18 multiplier per MAC unit of the small configuration's top MLP
-    assert r["utilization"]["MULT18X18D"]["used"] == get_preset("small").mac_units
+    top = get_preset("small").mlp_top_shapes  # the block is the top MLP (mac_units has both)
+    assert r["utilization"]["MULT18X18D"]["used"] == sum(rows * cols for rows, cols in top)
     assert (tmp_path / "report.json").exists() and (tmp_path / "nextpnr.log").exists()
 
 

@@ -128,6 +128,10 @@ class SoakReport:
     cycles: int = 0  # kernel cycles (the status block's counter) of the runs that finished
     run_wall_seconds: float = 0.0  # wall time inside those runs
     cycles_per_second: float = 0.0  # cycles / run_wall_seconds
+    # CPU time of this process in the driver calls of those runs (staging the buffers, the
+    # simulation, reading the results back): on a shared machine the comparable speed figure.
+    run_cpu_seconds: float = 0.0
+    cpu_cycles_per_second: float = 0.0  # cycles / run_cpu_seconds
     wall_seconds: float = 0.0  # everything, compiles included
     failures: dict = field(default_factory=lambda: {c: 0 for c in CHECKS})
     mismatches_by_scenario: dict = field(default_factory=lambda: {s: 0 for s in SCENARIOS})
@@ -199,6 +203,9 @@ def soak(config: str | AcceleratorConfig = "small", *, minutes: float | None = N
     """
     if minutes is None and inferences is None:
         raise ValueError("give minutes or inferences (or both) to bound the soak")
+    for name, value in (("max_batch", max_batch), ("batches_per_model", batches_per_model)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, not {value!r}")
     cfg = soak_config(config)
     rng = np.random.default_rng(seed)
     rep = SoakReport(config=cfg.name, seed=seed)
@@ -245,6 +252,7 @@ def soak(config: str | AcceleratorConfig = "small", *, minutes: float | None = N
             tmp.cleanup()
     rep.wall_seconds = time.perf_counter() - t_start
     rep.cycles_per_second = rep.cycles / rep.run_wall_seconds if rep.run_wall_seconds else 0.0
+    rep.cpu_cycles_per_second = rep.cycles / rep.run_cpu_seconds if rep.run_cpu_seconds else 0.0
     return rep
 
 
@@ -296,7 +304,9 @@ def _one_run(acc, dev, cm, spec, cfg, rng, rep, scenario, max_batch, p_bad, p_ax
         dev.configure_port(port, p_error=float(rng.uniform(0.05, 0.5)))
         req = pack_requests(layout, dense, sparse)
         try:
+            c0 = time.process_time()
             counters = acc.run_raw(req, timeout=timeout).counters
+            rep.run_cpu_seconds += time.process_time() - c0
             rep.runs += 1
             injected = dev.port_stats()[port]["errors_injected"] - before
             rep.axi_errors_injected += injected
@@ -317,7 +327,9 @@ def _one_run(acc, dev, cm, spec, cfg, rng, rep, scenario, max_batch, p_bad, p_ax
         bad = _corrupt(req, layout, spec, rng, batch)
         rep.bad_records += len(bad)
         try:
+            c0 = time.process_time()
             r = acc.run_raw(bytes(req), timeout=timeout)
+            rep.run_cpu_seconds += time.process_time() - c0
             scores, status, counters = r.scores, r.status, r.counters
         except DeviceError as e:
             rep.fail("hang", **label, bad=bad, error=str(e))
@@ -349,7 +361,9 @@ def _one_run(acc, dev, cm, spec, cfg, rng, rep, scenario, max_batch, p_bad, p_ax
 
     # A good batch through the production driver path (Accelerator.infer).
     try:
+        c0 = time.process_time()
         r = acc.infer(dense, sparse, fixed_point=True, timeout=timeout)
+        rep.run_cpu_seconds += time.process_time() - c0
         counters, scores, status = r.counters, r.scores, r.status
     except KernelError:
         counters = acc.counters()
@@ -395,7 +409,8 @@ def format_report(rep: SoakReport) -> str:
         f"{rep.bad_records} bad records, {rep.axi_errors_injected} AXI errors injected, "
         f"{rep.resets} resets",
         f"mismatches {rep.mismatches}, hangs {rep.hangs}, flag errors {rep.flag_errors}",
-        f"simulated {rep.cycles} kernel cycles in {rep.run_wall_seconds:.1f} s of runs: "
+        f"simulated {rep.cycles} kernel cycles in {rep.run_wall_seconds:.1f} s of runs "
+        f"({rep.run_cpu_seconds:.1f} s CPU, {rep.cpu_cycles_per_second:,.0f} cycles/s CPU): "
         f"{rep.cycles_per_second:,.0f} cycles/s (Verilator; kernel cycle counter / wall time "
         f"of the runs); {rep.wall_seconds:.1f} s in all",
     ]
@@ -415,15 +430,21 @@ def _cmd_soak(args) -> int:
     if args.minutes is None and args.inferences is None:
         args.minutes = 2.0
 
-    def progress(rep):
-        if args.json or rep.runs % 50:
+    t0 = time.perf_counter()
+    last = [-1]
+
+    def progress(rep):  # on stderr, so that --json output stays clean
+        if rep.runs % 50 or rep.runs == last[0]:
             return
-        print(f"[recfabric] soak: {rep.inferences} inferences, {rep.models} models, "
-              f"{rep.mismatches} mismatches, {rep.hangs} hangs, {rep.flag_errors} flag errors",
-              file=sys.stderr, flush=True)
+        last[0] = rep.runs
+        print(f"[recfabric] soak: {time.perf_counter() - t0:.0f} s, {rep.runs} runs, "
+              f"{rep.inferences} inferences, {rep.models} models, {rep.mismatches} mismatches, "
+              f"{rep.hangs} hangs, {rep.flag_errors} flag errors, {rep.cycles} cycles in "
+              f"{rep.run_wall_seconds:.0f} s of runs", file=sys.stderr, flush=True)
 
     rep = soak(args.config, minutes=args.minutes, inferences=args.inferences, seed=args.seed,
                p_stall=args.p_stall, max_batch=args.max_batch,
+               batches_per_model=args.batches_per_model,
                allow_no_dense=not args.dense_only, progress=progress)
     if args.json:
         print(json.dumps(rep.to_json(), indent=1, default=str))
@@ -444,7 +465,11 @@ def register(subparsers):
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--p-stall", type=float, default=0.2,
                    help="pause probability per cycle on every AXI channel (default 0.2)")
-    s.add_argument("--max-batch", type=int, default=48)
+    s.add_argument("--max-batch", type=int, default=48,
+                   help="largest random batch (default 48)")
+    s.add_argument("--batches-per-model", type=int, default=4,
+                   help="runs per random model before the next switch (default 4; more runs "
+                        "per model spend less of the soak compiling models)")
     s.add_argument("--dense-only", action="store_true",
                    help="only models with dense features")
     s.add_argument("--json", action="store_true", help="machine-readable output")

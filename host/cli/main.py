@@ -232,6 +232,7 @@ def _cmd_demo(args):
         "scores_raw": result.scores[:, 0].tolist(),
         "golden_raw": golden.scores[:, 0].tolist(),
         "max_abs_error_vs_float": float(err.max()),
+        "outputs": spec.num_outputs,
         "counters": result.counters,
         "wall_seconds": round(wall, 3),
     }
@@ -243,6 +244,9 @@ def _cmd_demo(args):
         out["throughput_per_s"] = round(args.batch / (t_us * 1e-6), 1)
         if sim_cycles:
             out["simulated_cycles_per_second"] = round(sim_cycles / wall, 1)
+    if spec.num_outputs > 1:  # multi-task heads: the score fields above are output 0's
+        out["scores_raw_per_output"] = result.scores.tolist()
+        out["golden_raw_per_output"] = golden.scores.tolist()
     if args.waves:
         out["waves"] = args.waves
     if args.json:
@@ -251,6 +255,8 @@ def _cmd_demo(args):
     if args.waves:
         print(f"waveforms: {args.waves} (GTKWave: gtkwave {args.waves[:-4]}.gtkw)")
     show = min(args.batch, 8)
+    if spec.num_outputs > 1:
+        print(f"{spec.num_outputs} outputs per request (task heads); output 0 shown, all compared")
     print(f"{'request':>8} {'score':>9} {'raw Q0.16':>10} {'golden':>8} {'float':>9}")
     for i in range(show):
         print(f"{i:>8} {out['scores'][i]:>9.5f} {out['scores_raw'][i]:>10} "

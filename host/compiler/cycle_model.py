@@ -29,18 +29,22 @@ spacing over a burst period.)
 
 The bound the MAC array is measured against is ``sum_l K_l * N_l / sum_l rows[l] * cols[l]``.
 
-The whole kernel (:func:`kernel_batch_cycles`, the serving layer's service-time prediction and
-the modelled rows of ``recfabric bench compare``): a
-batch of ``B`` requests takes ``latency + ii * (B - 1)`` cycles, with ``ii = max(MLP II, the
-plan's lookup rounds (beats per request on the busiest port), request words per record)`` and
-``latency = MLP latency + memory read latency + KERNEL_OVERHEAD_CYCLES`` (bottom and top MLP
-added when both exist). ``KERNEL_OVERHEAD_CYCLES`` (request fetch and parse, dispatch, concat,
-result and status writes) is fitted to the simulation: the single-request run of the ``small``
-model on the ``small`` preset takes 343 cycles (README, ``tools/measure_kernel.py 1 16 256``,
-with the streaming request path), of which the MLP model accounts for 212 and the simulated HBM
-read latency for 64. The model then gives 1,363 cycles for a batch of 16 (simulated: 1,364) and
-17,683 for 256 (simulated: 17,684). The slow tests of ``tests/test_bench_compare.py`` check it
-against simulation: within 1% on ``small``, within 20% on ``tiny``.
+The whole kernel (:func:`kernel_batch_cycles`, the serving layer's service-time prediction and the
+modelled rows of ``recfabric bench compare``): a batch of ``B`` requests takes ``latency + ii * (B
+- 1)`` cycles, with ``ii = max(MLP II, the plan's lookup rounds (beats per request on the busiest
+port), request words per record)`` and ``latency = top MLP latency + max(memory read
+latency, bottom MLP latency) + KERNEL_OVERHEAD_CYCLES`` (the bottom MLP runs beside the lookups;
+multi-task heads are the top MLP's last layers, fused one per depth; a dot interaction adds the
+latency of :func:`dot_interaction_cycles` and bounds ``ii`` by its interval; ``dlrm-small`` on
+``small`` with both: 399 / 1,022 / 3,158 cycles modelled for batches 1 / 8 / 32, simulated 383 /
+1,015 / 3,150, ``tools/measure_dlrm.py``). ``KERNEL_OVERHEAD_CYCLES``
+(request fetch and parse, dispatch, concat, result and status writes) is fitted to the simulation:
+the single-request run of the ``small`` model on the ``small`` preset takes 343 cycles (README,
+``tools/measure_kernel.py 1 16 256``, with the streaming request path), of which the MLP model
+accounts for 212 and the simulated HBM read latency for 64. The model then gives 1,363 cycles for a
+batch of 16 (simulated: 1,364) and 17,683 for 256 (simulated: 17,684). The slow tests of
+``tests/test_bench_compare.py`` check it against simulation: within 1% on ``small``, within 20% on
+``tiny``.
 """
 
 from __future__ import annotations
@@ -49,8 +53,9 @@ import math
 from dataclasses import dataclass, field
 
 __all__ = ["MLPCycleModel", "ENGINE_OVERHEAD", "DRAIN_OVERHEAD", "KERNEL_OVERHEAD_CYCLES",
-           "MEM_LATENCY_CYCLES", "kernel_batch_cycles", "program_load_cycles",
-           "PROGRAM_LOAD_OVERHEAD_CYCLES", "PROGRAM_LOAD_RATE"]
+           "MEM_LATENCY_CYCLES", "kernel_batch_cycles", "dot_interaction_cycles",
+           "DOT_PIPELINE_CYCLES", "program_load_cycles", "PROGRAM_LOAD_OVERHEAD_CYCLES",
+           "PROGRAM_LOAD_RATE"]
 
 #: Engine stage latency beyond ``T + cols + rows``.
 ENGINE_OVERHEAD = 7
@@ -145,15 +150,47 @@ def kernel_batch_cycles(spec, config, rounds: int, words_per_record: int, *,
     mem_latency_cycles : int
         Memory read latency in kernel cycles.
     """
-    shapes = spec.layer_shapes()
-    ii, latency = max(rounds, words_per_record), KERNEL_OVERHEAD_CYCLES + mem_latency_cycles
+    from .kernel_program import top_chain_shapes  # noqa: PLC0415
+
+    shapes = {"bottom": spec.layer_shapes()["bottom"], "top": top_chain_shapes(spec)}
+    ii, latency = max(rounds, words_per_record), KERNEL_OVERHEAD_CYCLES
+    # The dense path (bottom MLP) runs beside the lookups: the later of the two reaches the
+    # concatenation.
+    before_concat = mem_latency_cycles
     for kind, engines in (("bottom", config.mlp_bottom_shapes), ("top", config.mlp_top_shapes)):
         layers = shapes[kind]
         if not layers:
             continue
         m = MLPCycleModel(shapes=list(engines), widths=(layers[0][0], *[o for _, o in layers]))
-        ii, latency = max(ii, m.ii), latency + m.latency
+        ii = max(ii, m.ii)
+        if kind == "bottom":
+            before_concat = max(before_concat, m.latency)
+        else:
+            latency += m.latency
+    latency += before_concat
+    if spec.interaction == "dot":
+        dot_latency, dot_ii = dot_interaction_cycles(
+            len(spec.sparse) + 1, spec.dense_out, config.mlp_top_shapes[0][1],
+            max(1, config.dot_lanes))
+        ii, latency = max(ii, dot_ii), latency + dot_latency
     return latency, ii
+
+
+#: DotInteraction cycles from a request's last read to its last element in the chunk packer.
+DOT_PIPELINE_CYCLES = 7
+
+
+def dot_interaction_cycles(n: int, d: int, lanes: int, dot_lanes: int) -> tuple[int, int]:
+    """``(latency, ii)`` of :class:`~recfabric.hw.interaction.DotInteraction` for ``n`` vectors
+    of ``d`` elements: the vector is taken one ``lanes``-wide chunk per cycle into a free buffer
+    (``chunks = ceil(n*d / lanes)``) while the previous request computes; the computation issues
+    one read per cycle, ``d`` dense elements and ``ceil(d / dot_lanes)`` per pair, plus one idle
+    cycle per request. ``ii = max(chunks, 1 + d + n(n-1)/2 * ceil(d / dot_lanes))`` (equal to
+    the block's simulation, ``tests/test_hw_interaction.py``), ``latency = chunks + compute +``
+    :data:`DOT_PIPELINE_CYCLES`."""
+    chunks = math.ceil(n * d / lanes)
+    compute = 1 + d + n * (n - 1) // 2 * math.ceil(d / dot_lanes)
+    return chunks + compute + DOT_PIPELINE_CYCLES, max(chunks, compute)
 
 
 def program_load_cycles(words: int, *, rate: float = PROGRAM_LOAD_RATE,
@@ -166,11 +203,11 @@ def program_load_cycles(words: int, *, rate: float = PROGRAM_LOAD_RATE,
     over the memory latency) and every sink takes one word per cycle, so ``rate`` is 1. The
     ``overhead`` (the header's round trip, then the first burst's latency of the program's
     body) is fitted to the simulation (model port latency 32 cycles, ``tools/measure_kernel.py``:
-    the first run minus a batch-1 run without the load): ``small`` model on ``small``, 1,733
-    words, 1,804 cycles; ``tiny`` on ``tiny``, 80 words, 151 cycles (both exactly ``words +
-    71``; ``tests/test_hw_program_load.py`` checks it). Modelled, not simulated, at any other
-    size (``tools/program_load_model.py``: microrec-small on ``u280``, 38,727 words, 38,798
-    cycles).
+    the first run minus a batch-1 run without the load): ``small`` model on ``small``, 986
+    words (format 5), 1,057 cycles; ``tiny`` on ``tiny``, 80 words, 151 cycles (both exactly
+    ``words + 71``; ``tests/test_hw_program_load.py`` checks it). Modelled, not simulated, at
+    any other size (``tools/program_load_model.py``: microrec-small on ``u280``, 38,729 words,
+    38,800 cycles; format 5).
     """
     if words < 1:
         raise ValueError(f"a kernel program has at least its header word, not {words}")

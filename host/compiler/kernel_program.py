@@ -10,7 +10,7 @@ kernel elaboration.
 
 Program layout (little-endian, :data:`~recfabric.hw.kernel.MODEL_DATA_WIDTH`-bit words)::
 
-    word 0       magic "RFpg" (u32) | words after the header (u32) | format 3 (u32) | zero
+    word 0       magic "RFpg" (u32) | words after the header (u32) | format 5 (u32) | zero
     then         command words and blocks, in any order:
       command    target (u8, :class:`~recfabric.hw.kernel.Target`) | payload (the target
                  stream's payload bits, LSB first) | zero
@@ -18,12 +18,13 @@ Program layout (little-endian, :data:`~recfabric.hw.kernel.MODEL_DATA_WIDTH`-bit
                  addr, beats), then ``beats`` data words, each written whole to the sink
                  (``sel`` and address ``addr + k``), one per cycle
 
-Data beats are dense: an MLP weight beat holds ``512 // data_bits`` weights (32 int16, 64 int8)
-of one group of PEs at one weight address, a bias beat ``512 // acc_bits`` biases
-(:class:`~recfabric.hw.mlp.BeatPacking`), an on-chip beat two 256-bit RAM words. Descriptors,
-parser parameters, placements and concat descriptors stay one per command word (they are few).
+Data beats are dense: an MLP weight beat (top MLP, sink ``MLP``, or bottom MLP, sink
+``BOTTOM_MLP``) holds ``512 // data_bits`` weights (32 int16, 64 int8) of one group of PEs at one
+weight address, a bias beat ``512 // acc_bits`` biases (:class:`~recfabric.hw.mlp.BeatPacking`),
+an on-chip beat two 256-bit RAM words. Descriptors, parser parameters, placements, concat and
+interaction descriptors and the ``DATAPATH`` word stay one per command word (they are few).
 
-``kernel_program.json`` (format ``recfabric-kernel-program`` version 3): ``word_bits``,
+``kernel_program.json`` (format ``recfabric-kernel-program`` version 5): ``word_bits``,
 ``words`` (header included), ``commands`` (command words, block commands included), ``beats``
 (data words), ``config`` / ``config_hash``, ``sha256`` of the ``.bin``, ``counts`` (words per
 kind, a block's command word and its beats counted under its kind) and ``table_addresses``: one
@@ -68,7 +69,8 @@ from .compiled import CompileError
 from .table_layout import TableLayout
 
 __all__ = ["KernelProgram", "KernelProgramImage", "build_program", "check_program",
-           "engine_assignment", "hardware_column_order", "read_program", "write_program",
+           "engine_assignment", "hardware_column_order", "top_chain_shapes", "fused_head_layers",
+           "dot_hardware_order", "read_program", "write_program",
            "program_word_counts", "onchip_beats",
            "PROGRAM_BIN", "PROGRAM_JSON", "PROGRAM_FORMAT", "PROGRAM_VERSION"]
 
@@ -77,8 +79,9 @@ PROGRAM_JSON = "kernel_program.json"
 PROGRAM_FORMAT = "recfabric-kernel-program"
 # 2: one dispatcher placement per feature (streaming request path); 3: packed blocks (dense
 # weights, biases and on-chip rows; the header carries the format, the kernel checks it);
-# 4: placements list table parts (row splits, copies) and n-way merges
-PROGRAM_VERSION = 4
+# 4: placements list table parts (row splits, copies) and n-way merges; 5: bottom MLP (its
+# descriptors and packed blocks), interaction and datapath words (DLRM, multi-task heads)
+PROGRAM_VERSION = 5
 
 
 # ---- checks against the kernel's capabilities (pure Python) -----------------------------------
@@ -164,12 +167,67 @@ def check_program(spec, plan, caps) -> None:
             if used > caps.onchip_words * wb:
                 bad.append(f"on-chip unit {u} needs {used // wb} words, has {caps.onchip_words}")
     try:
-        engine_assignment(spec.layer_shapes()["top"], caps)
+        engine_assignment(top_chain_shapes(spec), caps)
     except CompileError as e:
         bad.append(str(e))
     if bad:
         raise CompileError(f"model {spec.name!r} cannot be programmed into a kernel of "
                            f"configuration {caps.config!r}: " + "; ".join(bad))
+
+
+def top_chain_shapes(spec) -> list:
+    """``(in, out)`` of the layers the top MLP's engines run: the top MLP, then the heads fused
+    into one layer per depth (heads of equal depth: layer 0 stacks their rows, deeper layers are
+    block-diagonal), whose last layer has one logit per head."""
+    shapes = list(spec.layer_shapes()["top"])
+    heads = spec.layer_shapes()["heads"]
+    for i in range(len(heads[0]) if heads else 0):
+        shapes.append((sum(h[i][0] for h in heads) if i else heads[0][0][0],
+                       sum(h[i][1] for h in heads)))
+    return shapes
+
+
+def fused_head_layers(qm) -> list:
+    """The heads of ``qm`` as one QLayer per depth (see :func:`top_chain_shapes`): exact, since
+    every head's layer at one depth has the same formats (the quantizer fuses them so) and the
+    off-block weights are zero. Raises :class:`CompileError` when the formats differ."""
+    heads = qm.heads
+    out = []
+    for i in range(len(heads[0]) if heads else 0):
+        ls = [h[i] for h in heads]
+        keys = {(l.in_fmt, l.w_fmt, l.out_fmt, l.relu) for l in ls}
+        if len(keys) != 1:
+            raise CompileError(f"model {qm.spec.name!r}: head layer {i} has different formats "
+                               "per head; the kernel runs the heads as one layer (quantize the "
+                               "heads together: equal depths)")
+        if i == 0:
+            w = np.concatenate([l.w for l in ls], axis=0)
+        else:
+            w = np.zeros((sum(l.shape[1] for l in ls), sum(l.shape[0] for l in ls)), np.int64)
+            r = c = 0
+            for l in ls:
+                w[r:r + l.shape[1], c:c + l.shape[0]] = l.w
+                r, c = r + l.shape[1], c + l.shape[0]
+        out.append(QLayer(w, np.concatenate([l.b for l in ls]), ls[0].in_fmt, ls[0].w_fmt,
+                          ls[0].out_fmt, ls[0].relu))
+    return out
+
+
+def dot_hardware_order(spec, descriptors) -> tuple:
+    """``(vectors, columns)`` of a dot-interaction model in the kernel: ``vectors[h]`` is the
+    golden model's vector index of the kernel's vector ``h`` (0 the dense vector, feature ``f``
+    is ``f + 1``; features in slot order), ``columns`` the golden interaction-output column of
+    each kernel output element (the dense vector, then the kernel's pairs ``(h, g)``, ``h > g``,
+    row-major). A dot product is symmetric, so the kernel's pair ``(h, g)`` is the golden pair
+    of its two vectors, in whichever order."""
+    vectors = [0] + [f + 1 for feats, _ in _groups(spec, descriptors) for f in feats]
+    d = spec.dense_out
+    cols = list(range(d))
+    for h in range(1, len(vectors)):
+        for g in range(h):
+            i, j = max(vectors[h], vectors[g]), min(vectors[h], vectors[g])
+            cols.append(d + i * (i - 1) // 2 + j)
+    return vectors, cols
 
 
 # ---- the program image (pure Python: the runtime reads this) ----------------------------------
@@ -268,7 +326,21 @@ def _kernel_formats(config):
     k = kernel_for_formats(config)
     c, mlp = k.concat, k.mlp
     kw = mlp.engine_kwargs()
+    bottom = None
+    if k.bottom is not None:
+        bkw = k.bottom.engine_kwargs()
+        bottom = SimpleNamespace(load=shape(k.bottom.i_load), engines=len(bkw),
+                                 block_sel=k.bottom.block_sel,
+                                 pipeline=SimpleNamespace(engine_kwargs=lambda: bkw,
+                                                          data_bits=k.bottom.data_bits))
+    interact = None
+    if k.interact is not None:
+        it = k.interact
+        interact = SimpleNamespace(desc=shape(it.i_desc), block=SimpleNamespace(
+            max_vectors=it.max_vectors, dot_lanes=it.dot_lanes, max_in=it.max_in,
+            lanes=it.lanes))
     return SimpleNamespace(
+        bottom=bottom, interact=interact, datapath=k.datapath_layout,
         parser=shape(k.parser.i_param), place=shape(k.dispatcher.i_place),
         concat=shape(c.i_desc), mlp=shape(mlp.i_load), mlp_block_sel=mlp.block_sel,
         block=BlockCommandLayout(),
@@ -607,6 +679,56 @@ def build_program(spec, qm, plan, descriptors, images, config) -> KernelProgramI
     for f in range(len(spec.sparse)):
         prog.add(Target.PLACE, fm.place, {"feature": f, "entry": placements[f]}, "placements")
 
+    # Routing: dense features through the bottom MLP (if the model has one), and the
+    # interaction's mode (kernels that have these blocks).
+    if fm.bottom is not None:
+        prog.add(Target.DATAPATH, fm.datapath, {"bottom": int(bool(spec.bottom_mlp))},
+                 "datapath")
+    elif spec.bottom_mlp:
+        raise CompileError(f"model {spec.name!r} has a bottom MLP; configuration "
+                           f"{config.name!r} has none")
+    first_cols = hardware_column_order(spec, descriptors)
+    try:
+        if spec.bottom_mlp:
+            layers = list(qm.bottom)
+            pad = fm.bottom.engines - len(layers)
+            if pad < 0:
+                raise CompileError(f"model {spec.name!r}: bottom MLP has {len(layers)} layers, "
+                                   f"the kernel {fm.bottom.engines} bottom engines")
+            layers += [_identity(layers[-1].shape[1], layers[-1].out_fmt)] * pad
+            image = mlp_load_image(fm.bottom.pipeline, layers, qm.rounding)
+            for blk in image.blocks:
+                what = ("bottom MLP weights" if blk.sel["kind"].name == "WEIGHT"
+                        else "bottom MLP biases")
+                prog.add_block(fm.block, Target.BOTTOM_MLP,
+                               prog.encode(fm.bottom.block_sel, blk.sel), blk.addr, blk.beats,
+                               what)
+            for w in image.descriptors:
+                prog.add(Target.BOTTOM_MLP, fm.bottom.load, w, "bottom MLP descriptors")
+        if fm.interact is not None or spec.interaction == "dot":
+            from ...hw.interaction import InteractionMode, interaction_desc_words  # noqa: PLC0415
+
+            if fm.interact is None:
+                raise CompileError(f"model {spec.name!r}: dot interaction; configuration "
+                                   f"{config.name!r} has no dot unit (dot_lanes 0)")
+            if spec.interaction == "dot":
+                vectors, first_cols = dot_hardware_order(spec, descriptors)
+                n = len(vectors)
+                fmts = (list(qm.segment_fmts) if qm.segment_fmts is not None
+                        else [qm.emb_fmt] * n)
+                words = interaction_desc_words(
+                    fm.interact.block, mode=InteractionMode.DOT, n=n, dim=spec.dense_out,
+                    out_frac=qm.interaction_fmt.frac, fracs=[fmts[v].frac for v in vectors],
+                    floor=qm.rounding.value == "floor")
+            else:
+                words = interaction_desc_words(fm.interact.block, mode=InteractionMode.CONCAT)
+            for w in words:
+                prog.add(Target.INTERACTION, fm.interact.desc, w, "interaction descriptor")
+    except ValueError as e:
+        if isinstance(e, CompileError):
+            raise
+        raise CompileError(f"model {spec.name!r}: {e}") from None
+
     # Concatenation: dense part first, then the groups in slot order.
     slots, pos = [], spec.dense_out
     for feats, _ in groups:
@@ -617,10 +739,9 @@ def build_program(spec, qm, plan, descriptors, images, config) -> KernelProgramI
         for w in concat_desc_words(fm.concat_stage, slots, dense=(0, spec.dense_out),
                                    total=pos):
             prog.add(Target.CONCAT, fm.concat, w, "concat descriptors")
-        order = hardware_column_order(spec, descriptors)
         first = qm.top[0]
-        layers = [QLayer(first.w[:, order], first.b, first.in_fmt, first.w_fmt, first.out_fmt,
-                         first.relu), *qm.top[1:]]
+        layers = [QLayer(first.w[:, first_cols], first.b, first.in_fmt, first.w_fmt,
+                         first.out_fmt, first.relu), *qm.top[1:], *fused_head_layers(qm)]
         image = mlp_load_image(fm.pipeline, engine_layers(layers, caps), qm.rounding)
         for blk in image.blocks:
             what = "MLP weights" if blk.sel["kind"].name == "WEIGHT" else "MLP biases"
@@ -644,7 +765,8 @@ def program_word_counts(spec, plan, config) -> dict:
     kernel does not have: the counts follow the same rules).
 
     Returns a dict: ``words`` (header included), ``commands``, ``beats``, and the beats of
-    ``mlp_weights``, ``mlp_biases`` and ``onchip_rows``.
+    ``mlp_weights``, ``mlp_biases`` (top MLP and fused heads), ``bottom_weights``,
+    ``bottom_biases`` (bottom MLP) and ``onchip_rows``.
     """
     import math  # noqa: PLC0415
 
@@ -663,21 +785,44 @@ def program_word_counts(spec, plan, config) -> dict:
         pos += length
     commands += len(concat_desc_words(fm.concat_stage, slots, dense=(0, spec.dense_out),
                                       total=pos))
-    beats = {"mlp_weights": 0, "mlp_biases": 0, "onchip_rows": 0}
-    layers = spec.layer_shapes()["top"]
-    where = engine_assignment(layers, caps)
-    for e, (kw, i) in enumerate(zip(fm.pipeline.engine_kwargs(), where)):
-        if i is None:  # an identity layer keeps the width of what reaches it
-            prev = [j for j in where[:e] if j is not None]
-            k = n = layers[prev[-1]][1] if prev else layers[0][0]
+    beats = {"mlp_weights": 0, "mlp_biases": 0, "bottom_weights": 0, "bottom_biases": 0,
+             "onchip_rows": 0}
+
+    def mlp(engine_kwargs, layers, where, key):
+        nonlocal commands
+        for e, (kw, i) in enumerate(zip(engine_kwargs, where)):
+            if i is None:  # an identity layer keeps the width of what reaches it
+                prev = [j for j in where[:e] if j is not None]
+                k = n = layers[prev[-1]][1] if prev else layers[0][0]
+            else:
+                k, n = layers[i]
+            pk = BeatPacking(rows=kw["rows"], cols=kw["cols"], data_bits=kw["data_bits"],
+                             acc_bits=kw["acc_bits"], beat_bits=kw["beat_bits"])
+            kt, nt = math.ceil(k / pk.cols), math.ceil(n / pk.rows)
+            beats[f"{key}_weights"] += pk.groups * kt * nt
+            beats[f"{key}_biases"] += pk.bias_groups * nt
+            commands += pk.groups + pk.bias_groups + 5  # block commands, descriptors
+
+    layers = top_chain_shapes(spec)
+    mlp(fm.pipeline.engine_kwargs(), layers, engine_assignment(layers, caps), "mlp")
+    if fm.bottom is not None:
+        commands += 1  # the DATAPATH word
+        if spec.bottom_mlp:  # padded with identity layers after the last (build_program)
+            layers = spec.layer_shapes()["bottom"]
+            bkw = fm.bottom.pipeline.engine_kwargs()
+            mlp(bkw, layers, [*range(len(layers)), *[None] * (len(bkw) - len(layers))],
+                "bottom")
+    if fm.interact is not None:
+        from ...hw.interaction import InteractionMode, interaction_desc_words  # noqa: PLC0415
+
+        if spec.interaction == "dot":
+            n = 1 + n_sparse
+            commands += len(interaction_desc_words(
+                fm.interact.block, mode=InteractionMode.DOT, n=n, dim=spec.dense_out,
+                fracs=[0] * n))
         else:
-            k, n = layers[i]
-        pk = BeatPacking(rows=kw["rows"], cols=kw["cols"], data_bits=kw["data_bits"],
-                         acc_bits=kw["acc_bits"], beat_bits=kw["beat_bits"])
-        kt, nt = math.ceil(k / pk.cols), math.ceil(n / pk.rows)
-        beats["mlp_weights"] += pk.groups * kt * nt
-        beats["mlp_biases"] += pk.bias_groups * nt
-        commands += pk.groups + pk.bias_groups + 5  # block commands, descriptors
+            commands += len(interaction_desc_words(fm.interact.block,
+                                                   mode=InteractionMode.CONCAT))
     for j in range(caps.onchip_units):
         spans = [(t.offset, t.offset + t.nbytes) for t in plan.tables
                  if t.memory == "onchip" and t.location == j]

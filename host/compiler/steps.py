@@ -75,7 +75,8 @@ def check_fits(spec: ModelSpec, config) -> None:
     request and MLP limits, and tables no channel can hold whole.
 
     ``config`` is an ``AcceleratorConfig`` or its ``KernelCapabilities``. Raises ``SpecError``
-    for what no kernel implements (dot interaction, heads) and :class:`CompileError` for limits.
+    for what no kernel implements (:meth:`ModelSpec.hardware_blockers`) and
+    :class:`CompileError` for limits (interactions, outputs, bottom MLP, sizes).
     """
     caps = _capabilities(config)
     spec.require_hardware_support()
@@ -98,7 +99,21 @@ def check_fits(spec: ModelSpec, config) -> None:
     limit("concatenated width", spec.interaction_width, "max_concat", caps.max_concat)
     for i, (_, out) in enumerate(spec.layer_shapes()["top"]):
         limit(f"top layer {i} output width", out, "max_width", caps.max_width)
-    limit("top MLP layers", len(spec.top_mlp), "max_top_layers", caps.max_top_layers)
+    heads = spec.layer_shapes()["heads"]
+    top_layers = len(spec.top_mlp) + (len(heads[0]) if heads else 0)
+    limit("top MLP layers" + (" (trunk and heads)" if heads else ""), top_layers,
+          "max_top_layers", caps.max_top_layers)
+    for i in range(len(heads[0]) if heads else 0):
+        width = sum(h[i][1] for h in heads)
+        limit(f"head layer {i} output width (all heads)", width, "max_width", caps.max_width)
+    if spec.bottom_mlp and caps.bottom_mlp:
+        limit("bottom MLP layers", len(spec.bottom_mlp), "max_bottom_layers",
+              caps.max_bottom_layers)
+        for i, (_, out) in enumerate(spec.layer_shapes()["bottom"]):
+            limit(f"bottom layer {i} output width", out, "max_width", caps.max_width)
+    if spec.interaction == "dot" and "dot" in caps.interactions:
+        n, d = len(spec.sparse) + 1, spec.dense_out
+        limit("dot interaction input (vectors x dim)", n * d, "max_concat", caps.max_concat)
     bad.extend(oversized_tables(spec, caps))
     if bad:
         raise CompileError(f"model {spec.name!r} does not fit configuration {caps.config!r}: "

@@ -225,10 +225,11 @@ class ModelSpec:
     def hardware_blockers(self) -> list[str]:
         """What this spec needs that the RecFabric hardware does not implement (empty: none)."""
         out = []
-        if self.interaction != "concat":
-            out.append(f"{self.interaction} interaction (hardware implements concat only)")
-        if self.heads:
-            out.append(f"{len(self.heads)} multi-task heads (hardware has one output path)")
+        if self.interaction not in ("concat", "dot"):
+            out.append(f"{self.interaction} interaction (hardware implements concat and dot)")
+        if len({len(h) for h in self.heads}) > 1:
+            out.append("multi-task heads of different depths (the kernel runs the heads as one "
+                       "block-diagonal layer per depth)")
         return out
 
     def require_hardware_support(self):

@@ -53,6 +53,17 @@ def _small():
         dense=4, top_mlp=(32, 16, 1))
 
 
+def _dlrm_small():
+    return ModelSpec(
+        name="dlrm-small",
+        description="End-to-end CI DLRM: 4 tables of dim 8 (one multi-hot), bottom 4-16-8, dot "
+                    "interaction (8 + 10 = 18 wide), top 18-16, two task heads 16-8-1.",
+        sparse=(SparseFeature("a", 100, 8), SparseFeature("b", 1_000, 8, bag=3),
+                SparseFeature("c", 300, 8), SparseFeature("d", 50, 8)),
+        dense=4, bottom_mlp=(16, 8), interaction="dot", top_mlp=(16,),
+        heads=((8, 1), (8, 1)))
+
+
 def _microrec_small():
     return ModelSpec(
         name="microrec-small",
@@ -158,6 +169,7 @@ def _dien():
 ZOO = {
     "tiny": _tiny,
     "small": _small,
+    "dlrm-small": _dlrm_small,
     "microrec-small": _microrec_small,
     "microrec-large": _microrec_large,
     "kaggle": _kaggle,

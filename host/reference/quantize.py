@@ -121,6 +121,44 @@ def _qlayer(name, layer, in_fmt, out_fmt, bits, acc_bits, relu, *, in_max, out_m
     return q
 
 
+def _fuse_heads(heads) -> list:
+    """Float heads of equal depth as one chain: layer 0 stacks the heads' rows (they share the
+    trunk's output), deeper layers are block-diagonal (each head sees only its own outputs)."""
+    from ..model.weights import Layer  # noqa: PLC0415
+
+    out = []
+    for i in range(len(heads[0])):
+        ls = [h[i] for h in heads]
+        if i == 0:
+            w = np.concatenate([l.weight for l in ls], axis=0)
+        else:
+            w = np.zeros((sum(l.shape[1] for l in ls), sum(l.shape[0] for l in ls)), np.float32)
+            r = c = 0
+            for l in ls:
+                w[r:r + l.shape[1], c:c + l.shape[0]] = l.weight
+                r, c = r + l.shape[1], c + l.shape[0]
+        out.append(Layer(w, np.concatenate([l.bias for l in ls])))
+    return out
+
+
+def _split_heads(fused, widths) -> list:
+    """Per-head QLayers of a fused, quantized head chain (:func:`_fuse_heads`); ``widths[h]``
+    are head ``h``'s output widths per layer. Off-block weights quantize to exact zeros, so each
+    head's layers compute what the fused layer computes for its rows."""
+    heads = [[] for _ in widths]
+    for i, q in enumerate(fused):
+        r = c = 0
+        for h, ws in enumerate(widths):
+            n = ws[i]
+            cols = slice(None) if i == 0 else slice(c, c + widths[h][i - 1])
+            heads[h].append(QLayer(q.w[r:r + n, cols], q.b[r:r + n], q.in_fmt, q.w_fmt,
+                                   q.out_fmt, q.relu))
+            r += n
+            if i:
+                c += widths[h][i - 1]
+    return heads
+
+
 #: Activation format choices of :func:`quantize_model`.
 FORMATS = ("per-table", "shared")
 
@@ -190,8 +228,18 @@ def quantize_model(weights: ModelWeights, calib_dense, calib_sparse, bits: int =
     if spec.heads:
         top, trunk_fmt, trunk_max = chain("top", weights.top, taps["top"], top_in, top_max,
                                           None, True, col_fracs)
-        heads = [chain(f"head {h}", hl, t, trunk_fmt, trunk_max, nx.SIGMOID_IN, False)[0]
-                 for h, (hl, t) in enumerate(zip(weights.heads, taps["heads"]))]
+        if len({len(h) for h in weights.heads}) == 1:
+            # Heads of equal depth share one format per depth (quantized as one block-diagonal
+            # layer, then split): the kernel runs them as that one layer, one shift per engine.
+            fused = _fuse_heads(weights.heads)
+            fused_taps = [np.concatenate([t[i] for t in taps["heads"]], axis=1)
+                          for i in range(len(fused))]
+            fq = chain("heads", fused, fused_taps, trunk_fmt, trunk_max, nx.SIGMOID_IN,
+                       False)[0]
+            heads = _split_heads(fq, [[l.shape[1] for l in h] for h in weights.heads])
+        else:
+            heads = [chain(f"head {h}", hl, t, trunk_fmt, trunk_max, nx.SIGMOID_IN, False)[0]
+                     for h, (hl, t) in enumerate(zip(weights.heads, taps["heads"]))]
     else:
         top, _, _ = chain("top", weights.top, taps["top"], top_in, top_max, nx.SIGMOID_IN,
                           False, col_fracs)

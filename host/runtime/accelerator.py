@@ -46,6 +46,7 @@ from ...hw.register_map import (
     ERROR_BAD_INDEX,
     ERROR_BAD_REQUEST,
     ERROR_NO_PROGRAM,
+    ERROR_PROGRAM,
     STATUS_BLOCK_BYTES,
     STATUS_REGS,
     UNIT_LOOKUPS_BASE,
@@ -94,21 +95,24 @@ class InferenceResult:
         return self.scores.astype(np.float64) / 65536.0
 
 
-#: Alignment the driver requires of every buffer it hands the kernel. The kernel's masters split
-#: bursts at 4 KiB boundaries counting from the base, in whole bus words: a base that is not a
-#: multiple of the bus word makes RecordFetcher issue bursts across 4 KiB (found by the formal
-#: proofs, hw/formal). Page alignment covers every bus width; XRT buffers and
+#: Alignment the driver requires of every buffer it hands the kernel. Table rows must not cross
+#: a 4 KiB boundary (the planner's layout guarantees it from a 4 KiB-aligned table base; the
+#: lookup units flag such a row instead of reading it), and request records, result records and
+#: the program are whole bus words (RecordFetcher ignores the address bits below its word, so an
+#: unaligned base would read the wrong bytes; it no longer bursts across 4 KiB from one, a
+#: formal finding fixed in hardware). Page alignment covers every bus width; XRT buffers and
 #: :class:`~recfabric.host.runtime.device.BumpMemory` buffers are 4 KiB aligned.
 BUFFER_ALIGN = 4096
 
 
 def check_aligned(buf: Buffer) -> Buffer:
     """``buf``, or :class:`DeviceError` if its device address is not :data:`BUFFER_ALIGN`
-    aligned (the kernel would read or write across 4 KiB boundaries)."""
+    aligned (table rows would cross 4 KiB boundaries, records would not be whole words)."""
     if buf.address % BUFFER_ALIGN:
         raise DeviceError(f"buffer {buf.name!r} is at device address {buf.address:#x}, not "
-                          f"{BUFFER_ALIGN}-byte aligned: the kernel's AXI bursts assume aligned "
-                          "buffers (allocate them page-aligned, as BumpMemory and XRT do)")
+                          f"{BUFFER_ALIGN}-byte aligned: the kernel needs page-aligned buffers "
+                          "(table rows within 4 KiB, whole-word records; allocate them "
+                          "page-aligned, as BumpMemory and XRT do)")
     return buf
 
 
@@ -123,6 +127,9 @@ def decode_errors(errors: int) -> list[str]:
     if errors & ERROR_NO_PROGRAM:
         names.append("no valid kernel program (the kernel was reset or the load failed): "
                      "load the model again")
+    if errors & ERROR_PROGRAM:
+        names.append("the kernel program cannot run (an unknown command target, or the run "
+                     "stopped making progress and was ended): the kernel was reset")
     return names
 
 
@@ -220,6 +227,8 @@ class Accelerator:
         self.device.run(args, self._timeout(timeout))
         self._needs_load = False
         out, counters = self._collect(obuf, batch)
+        if counters["errors"] & ERROR_PROGRAM:
+            self.reset()  # docs/kernel.md: the datapath may hold the ended run's state
         if counters["errors"]:
             raise KernelError("kernel reported: " + "; ".join(decode_errors(counters["errors"]))
                               + f" (first offending request: index "

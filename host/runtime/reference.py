@@ -32,7 +32,7 @@ __all__ = ["ReferenceDevice"]
 PROGRAM_MAGIC = 0x67704652
 #: Bits 64..95 of the header word: the program format the kernel executes
 #: (``hw.kernel.PROGRAM_FORMAT``).
-PROGRAM_FORMAT = 4
+PROGRAM_FORMAT = 5
 
 
 class ReferenceDevice(Device):

@@ -1,0 +1,44 @@
+"""Modelled (kernel cycle model, not simulated) cycles per inference of the DLRM and multi-task
+benchmarks at U280 scale: `kaggle` on `u280`, `mt-wnd` on `u280` with a fifth top engine and a
+2,048-wide concatenation (it needs both). Usage: .venv/bin/python tools/model_dlrm.py
+Prints one JSON object per model (README's U280 DLRM table comes from these). Lookup rounds and
+request words are taken as 1: these models do not compile for u280 yet (their largest tables
+exceed one channel), so no plan exists; the MLPs and the dot unit bound them anyway."""
+
+import json
+
+from recfabric.host.compiler.cycle_model import (
+    MLPCycleModel,
+    dot_interaction_cycles,
+    kernel_batch_cycles,
+)
+from recfabric.host.compiler.kernel_program import top_chain_shapes
+from recfabric.host.model.zoo import get_model
+from recfabric.hw.config import get_preset
+
+
+def main():
+    u280 = get_preset("u280")
+    five = u280.replace(name="u280+5th-engine",
+                        mlp_top_shapes=((64, 32), (48, 64), (32, 48), (16, 32), (1, 16)),
+                        max_concat=2048)
+    for name, cfg in (("kaggle", u280), ("mt-wnd", five)):
+        spec = get_model(name)
+        latency, ii = kernel_batch_cycles(spec, cfg, 1, 1)
+        out = {"model": name, "config": cfg.name, "how": "modelled", "ii": ii,
+               "latency": latency, "inferences_per_s_at_clock": round(cfg.clock_mhz * 1e6 / ii)}
+        b = spec.layer_shapes()["bottom"]
+        if b:
+            out["bottom_ii"] = MLPCycleModel(shapes=list(cfg.mlp_bottom_shapes),
+                                             widths=(b[0][0], *[o for _, o in b])).ii
+        t = top_chain_shapes(spec)
+        out["top_ii"] = MLPCycleModel(shapes=list(cfg.mlp_top_shapes),
+                                      widths=(t[0][0], *[o for _, o in t])).ii
+        if spec.interaction == "dot":
+            out["dot_ii"] = dot_interaction_cycles(len(spec.sparse) + 1, spec.dense_out,
+                                                   cfg.mlp_top_shapes[0][1], cfg.dot_lanes)[1]
+        print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
