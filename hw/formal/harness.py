@@ -527,6 +527,10 @@ class RecordFetchHarness(_Harness):
             level = opened.module.submodules.fifo.level
             p.check("fetch.inv_words", (requested + pend + remaining == expected) &
                     (addr == base + (requested + pend) * wb))
+            # The fetcher's own count of beats owed (from ARVALID on) and of beats to drop
+            # (an abandoned run's: none, as the kernel starts a run only after the last one).
+            p.check("fetch.inv_owed", (opened.signal("owed") == chk.owed + pend) &
+                    (opened.signal("discard") == 0))
             p.check("fetch.inv_fifo", (reserved + delivered == requested + pend) &
                     (level + chk.owed + delivered == requested) &
                     (reserved <= self.fifo_depth) & (delivered <= expected) &
@@ -588,17 +592,35 @@ class ResultWriterHarness(_Harness):
         running = Signal()
         base = Signal(ADDR_WIDTH)
         batch = Signal(range(self.max_batch + 1))
-        aws = Signal(range(self.max_batch + 2))  # AW requests accepted in this run
+        aws = Signal(range(self.max_batch + 3))  # AW requests accepted in this run
         skip = Signal()
+        # Records of the run: ``batch`` (none when skipped), cut to those taken by ``abort``.
+        records = Signal.like(batch)
+        taken = Signal.like(batch)  # records taken from the stream in this run
+        bs = Signal(range(self.max_batch + 3))  # B responses in this run
+        rewrite = Signal()  # the status block's first write was answered with an error
+        _free(m, dut.abort)
         with m.If(dut.start):
             p.assume("env.start_when_idle", ~running)
             p.assume("env.batch", dut.batch[:2] <= self.max_batch)
             p.assume("env.base_aligned", dut.base[:6] == 0)
             p.assume("env.buffer_in_memory", dut.base + 2 * 4096 <= (1 << ADDR_WIDTH))
             m.d.sync += [running.eq(1), base.eq(dut.base), batch.eq(dut.batch), aws.eq(0),
-                         skip.eq(dut.skip)]
-        with m.Elif(chk.aw_fire):
-            m.d.sync += aws.eq(aws + 1)
+                         skip.eq(dut.skip), records.eq(Mux(dut.skip, 0, dut.batch)),
+                         taken.eq(0), bs.eq(0), rewrite.eq(0)]
+        with m.Else():
+            with m.If(chk.aw_fire):
+                m.d.sync += aws.eq(aws + 1)
+            with m.If(dut.i_result.valid & dut.i_result.ready):
+                m.d.sync += taken.eq(taken + 1)
+            with m.If(running & dut.abort):
+                # The writer takes no more records (none in this cycle): the run ends after
+                # those taken so far.
+                m.d.sync += records.eq(taken)
+            with m.If(chk.b_fire):
+                m.d.sync += bs.eq(bs + 1)
+                with m.If(bus.bresp[1] & (bs == records)):
+                    m.d.sync += rewrite.eq(1)
         with m.If(dut.done):
             m.d.sync += running.eq(0)
 
@@ -608,24 +630,26 @@ class ResultWriterHarness(_Harness):
             p.check("writer.in_buffer",
                     (bus.awaddr >= base) &
                     (bus.awaddr + ((bus.awlen + 1) * wb) <= status_at + STATUS_BLOCK_BYTES))
-        records = Signal.like(batch)  # the status block stays after `batch` records when skipped
-        m.d.comb += records.eq(Mux(skip, 0, batch))
         with m.If(dut.done):
             p.check("writer.done", (chk.outstanding == chk.b_fire) & ~bus.awvalid &
-                    ~bus.wvalid & (aws == records + 1) & (dut.written == records))
+                    ~bus.wvalid & (aws == records + 1 + rewrite) &
+                    (dut.written == records))
         b_err = Signal()
         m.d.sync += b_err.eq(chk.b_fire & bus.bresp[1])
         with m.If(b_err):
             p.check("writer.axi_error", dut.axi_error)
         self._invariants(m, p, opened, chk, dut.m_axi, running=running, base=base, batch=batch,
-                         records=records, aws=aws, status_at=status_at,
+                         records=records, aws=aws, status_at=status_at, taken=taken, bs=bs,
+                         rewrite=rewrite,
                          status_beats=status_beats, wb=wb)
         p.cover("cover.writer_done", dut.done & (batch == 2) & ~skip)
         p.cover("cover.writer_skip_done", dut.done & (batch == 2) & skip)
+        p.cover("cover.writer_abort_done", dut.done & (batch == 2) & (records == 1))
+        p.cover("cover.writer_rewrite_done", dut.done & rewrite)
 
 
     def _invariants(self, m, p, opened, chk, port, *, running, base, batch, records, aws,
-                    status_at, status_beats, wb):
+                    status_at, taken, bs, rewrite, status_beats, wb):
         """Invariants tying the checker's and the harness's counts to the writer's registers
         and FSM state, per phase (for k-induction).
         ``port`` is the writer's own AXI port (before any mutation), ``chk`` watches the bus."""
@@ -634,8 +658,12 @@ class ResultWriterHarness(_Harness):
         a, w = s("aw_pending"), s("w_pending")
         issued, answered, inflight, sbeat = (s("issued"), s("answered"), s("inflight"),
                                              s("status_beat"))
+        rw = s("rewritten")
+        # The FSM's state register holds a state (5 states in 3 bits: 3 codes are no state).
+        p.check("writer.inv_state", functools.reduce(operator.or_, fsm.values()))
         p.check("writer.inv_run",
                 (fsm["IDLE"] == ~running) & (s("base") == base) & (s("batch") == records) &
+                (taken == issued) & (rewrite == rw) & (records <= batch) &
                 (s("status_at") == status_at) & (answered <= issued) & (issued <= records) &
                 (batch <= self.max_batch) & (base[:6] == 0) &
                 (base + 2 * 4096 <= (1 << ADDR_WIDTH)))
@@ -645,7 +673,11 @@ class ResultWriterHarness(_Harness):
             p.check("writer.inv_idle", quiet)
         with m.If(fsm["STATUS_AW"]):
             p.check("writer.inv_status_aw", quiet & (sbeat == 0) & (issued == records) &
-                    (answered == records) & (aws == records))
+                    (answered == records) & (aws == records + rw) & (bs == records + rw))
+        with m.If(fsm["STATUS_RESAMPLE"]):
+            p.check("writer.inv_status_resample",
+                    quiet & (sbeat == status_beats) & (issued == records) &
+                    (answered == records) & rw & (aws == records + 1) & (bs == records + 1))
         with m.If(fsm["RECORDS"]):
             p.check("writer.inv_records",
                     (chk.outstanding == issued - a - answered) &
@@ -654,7 +686,8 @@ class ResultWriterHarness(_Harness):
                     (chk.b_owed == issued - answered - (a | w)) & (chk.w_beat == 0) &
                     ((chk.w_bursts == 0) | (chk.w_head == 0)) &
                     (~chk.lead_done | (chk.lead_len == 0)) &
-                    (~(a | w) | (issued != 0)) & (aws == issued - a) &
+                    (~(a | w) | (issued != 0)) & (aws == issued - a) & (bs == answered) &
+                    ~rw &
                     (~a | ((port.awaddr == base + (issued - 1) * wb) & (port.awlen == 0))) &
                     (~w | port.wlast))
         with m.If(fsm["STATUS_W"]):
@@ -662,7 +695,8 @@ class ResultWriterHarness(_Harness):
             m.d.comb += acc.eq(sbeat - w)
             p.check("writer.inv_status_w",
                     (issued == records) & (answered == records) & (inflight == 0) &
-                    (sbeat <= status_beats) & (~w | (sbeat != 0)) & (aws == records + ~a) &
+                    (sbeat <= status_beats) & (~w | (sbeat != 0)) &
+                    (aws == records + rw + ~a) & (bs == records + rw) &
                     (~a | ((port.awaddr == status_at) & (port.awlen == status_beats - 1))) &
                     (~w | (port.wlast == (sbeat == status_beats))) &
                     (chk.w_beat == Mux(acc < status_beats, acc, 0)) &
@@ -778,13 +812,14 @@ BLOCKS = {
     "program_fetch_fifo8": Block(RecordFetchHarness, "m_axi_model, 8-word FIFO",
                                  {"program": True, "program_fifo": 8}, depth=4, cover_depth=24,
                                  proof="prove"),
+    # Relaxed environments that found RecordFetcher bugs (an unaligned base gave ARLEN=255
+    # bursts across 4 KiB; start while ARVALID waited withdrew ARVALID), fixed since: BMC only.
     "record_fetch_any_base": Block(
         RecordFetchHarness, "m_axi_requests, base not word-aligned", {"any_base": True},
-        depth=10, cover_depth=10,
-        finding="an unaligned base gives ARLEN=255 bursts across 4 KiB"),
+        depth=10, cover_depth=10),
     "record_fetch_any_start": Block(
         RecordFetchHarness, "m_axi_requests, start at any time", {"any_start": True},
-        depth=10, cover_depth=10, finding="start while ARVALID waits withdraws ARVALID"),
+        depth=10, cover_depth=10),
     "result_writer": Block(ResultWriterHarness, "m_axi_results: AXI4 write master", depth=4,
                            proof="prove"),
     "control_registers": Block(ControlRegistersHarness, "s_axi_control: AXI4-Lite slave",
