@@ -3,13 +3,30 @@
 Rows are output neurons, columns are input elements. Activations enter at the top of each column
 and move down one row per cycle; within a row, partial sums move right through the PEs' cascade
 adders. Nothing is broadcast: every operand reaches a PE from its neighbour's register.
+
+With ``packed=True`` (int8) two adjacent rows share one DSP48E2 per column
+(:class:`~recfabric.hw.processing_element.PackedPEPair`): rows ``2s`` and ``2s+1`` form slot
+``s``, which the activations reach ``s`` cycles after the top. The packed cascade's lower field
+holds at most :func:`~recfabric.hw.processing_element.packed_segment_len` products (7 for int8),
+so every ``segment`` columns the array drains it: the next pair's cascade input is the upper
+field alone (the lower 18 bits zeroed: wiring only), and the drained lower field (sign-extended)
+and its sign bit (the one it borrowed from the upper field) move on beside the cascade in two
+narrow fabric registers per column (reset-less: shift-register LUTs). After the last column the
+row sums are ``lo = drained + sext(P[0:18])`` and ``hi = P[18:] + P[17] + borrows``.
 """
 
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .processing_element import PE_LATENCY, ProcessingElement
+from .processing_element import (
+    PACK_P_BITS,
+    PACK_SHIFT,
+    PE_LATENCY,
+    PackedPEPair,
+    ProcessingElement,
+    packed_segment_len,
+)
 
 __all__ = ["SystolicArray"]
 
@@ -39,6 +56,10 @@ class SystolicArray(wiring.Component):
         Width of the control word carried with each wave.
     x_bits : int, optional
         Activation width (defaults to ``data_bits``).
+    packed : bool, optional
+        Two rows per DSP (int8 only: ``data_bits <= 9``, ``x_bits <= 18``); an odd last row
+        keeps a plain PE. Row sums are the same; they leave ``row // 2`` (not ``row``) cycles
+        after row 0's.
 
     Members
     -------
@@ -56,11 +77,20 @@ class SystolicArray(wiring.Component):
     """
 
     def __init__(self, *, rows: int, cols: int, data_bits: int, acc_bits: int, depth: int,
-                 ctrl_bits: int, x_bits: int | None = None):
+                 ctrl_bits: int, x_bits: int | None = None, packed: bool = False):
         for name, v in (("rows", rows), ("cols", cols)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise TypeError(f"{name} must be a positive integer, not {v!r}")
         x_bits = data_bits if x_bits is None else x_bits
+        self.packed = bool(packed) and rows >= 2
+        if self.packed:
+            if data_bits + PACK_SHIFT > 27 or x_bits > 18:
+                raise ValueError(f"packed arrays need data_bits <= {27 - PACK_SHIFT} and "
+                                 f"x_bits <= 18, not {data_bits} and {x_bits}")
+            # The upper field (P_BITS - SHIFT bits, signed) must hold a whole wave's sum.
+            if cols << (data_bits + x_bits - 2) >= 1 << (PACK_P_BITS - PACK_SHIFT - 2):
+                raise ValueError(f"{cols} columns overflow the packed upper field")
+            self.segment = packed_segment_len(data_bits, x_bits)
         self.rows, self.cols = rows, cols
         self.data_bits, self.acc_bits, self.depth = data_bits, acc_bits, depth
         self.ctrl_bits, self.x_bits = ctrl_bits, x_bits
@@ -80,9 +110,22 @@ class SystolicArray(wiring.Component):
             "w_data": In(signed(data_bits)),
         })
 
+    @property
+    def slots(self) -> int:
+        """PE positions down a column: ``rows``, or ``ceil(rows / 2)`` when packed."""
+        return (self.rows + 1) // 2 if self.packed else self.rows
+
+    @property
+    def dsp_count(self) -> int:
+        """DSP48E2 slices the array's multipliers need (one per PE or packed pair)."""
+        return self.slots * self.cols
+
+    def slot(self, row: int) -> int:
+        return row // 2 if self.packed else row
+
     def latency(self, row: int) -> int:
         """Cycles from column 0 of a wave entering the top to its sum leaving row ``row``."""
-        return (self.cols - 1) + row + PE_LATENCY
+        return (self.cols - 1) + self.slot(row) + PE_LATENCY
 
     def elaborate(self, platform):
         m = Module()
@@ -94,12 +137,17 @@ class SystolicArray(wiring.Component):
         m.d.sync += [w_en.eq(self.w_en), w_row.eq(self.w_row), w_col.eq(self.w_col),
                      w_addr.eq(self.w_addr), w_data.eq(self.w_data)]
 
-        pes = [[None] * self.cols for _ in range(self.rows)]
-        for r in range(self.rows):
+        pes = [[None] * self.cols for _ in range(self.slots)]
+        for r in range(self.slots):
+            pair = self.packed and 2 * r + 1 < self.rows
             for c in range(self.cols):
-                pe = ProcessingElement(data_bits=self.data_bits, acc_bits=self.acc_bits,
-                                       depth=self.depth, ctrl_bits=self.ctrl_bits,
-                                       x_bits=self.x_bits)
+                if pair:
+                    pe = PackedPEPair(data_bits=self.data_bits, depth=self.depth,
+                                      ctrl_bits=self.ctrl_bits, x_bits=self.x_bits)
+                else:
+                    pe = ProcessingElement(data_bits=self.data_bits, acc_bits=self.acc_bits,
+                                           depth=self.depth, ctrl_bits=self.ctrl_bits,
+                                           x_bits=self.x_bits)
                 m.submodules[f"pe_{r}_{c}"] = pe
                 pes[r][c] = pe
                 if r == 0:
@@ -110,10 +158,64 @@ class SystolicArray(wiring.Component):
                     up = pes[r - 1][c]
                     m.d.comb += [pe.x_in.eq(up.x_out), pe.addr_in.eq(up.addr_out),
                                  pe.ctrl_in.eq(up.ctrl_out), pe.valid_in.eq(up.valid_out)]
-                m.d.comb += pe.psum_in.eq(0 if c == 0 else pes[r][c - 1].psum_out)
-                m.d.comb += [pe.w_en.eq(w_en & (w_row == r) & (w_col == c)),
-                             pe.w_addr.eq(w_addr), pe.w_data.eq(w_data)]
-            last = pes[r][self.cols - 1]
-            m.d.comb += [self.psum_row[r].eq(last.psum_out), self.ctrl_row[r].eq(last.ctrl_p),
-                         self.valid_row[r].eq(last.valid_p)]
+                if self.packed:
+                    row_hit = (w_row >> 1) == r
+                    m.d.comb += pe.w_en.eq(w_en & row_hit & (w_col == c))
+                    if pair:
+                        m.d.comb += pe.w_hi.eq(w_row[0])
+                else:
+                    m.d.comb += pe.w_en.eq(w_en & (w_row == r) & (w_col == c))
+                m.d.comb += [pe.w_addr.eq(w_addr), pe.w_data.eq(w_data)]
+            if pair:
+                self._pair_row(m, r, pes[r])
+            else:
+                for c in range(self.cols):
+                    m.d.comb += pes[r][c].psum_in.eq(0 if c == 0 else pes[r][c - 1].psum_out)
+                last = pes[r][self.cols - 1]
+                row = 2 * r if self.packed else r
+                m.d.comb += [self.psum_row[row].eq(last.psum_out),
+                             self.ctrl_row[row].eq(last.ctrl_p),
+                             self.valid_row[row].eq(last.valid_p)]
         return m
+
+    def _pair_row(self, m, r, row):
+        """Cascade of packed pairs for rows ``2r``, ``2r+1``, drained every ``segment`` columns
+        (module doc)."""
+        seg = self.segment
+        lo_bits = self.data_bits + self.x_bits + max(1, self.cols.bit_length()) + 1
+        k_bits = max(1, (self.cols // seg + 1).bit_length())
+        lo_prev = k_prev = None  # drained lower sum and borrows, aligned with row[c-1].psum_out
+        for c in range(self.cols):
+            pe = row[c]
+            if c == 0:
+                m.d.comb += pe.psum_in.eq(0)
+                continue
+            left = row[c - 1].psum_out
+            if c % seg:
+                m.d.comb += pe.psum_in.eq(left)
+                if lo_prev is None:
+                    continue
+                lo_c = Signal(signed(lo_bits), name=f"lo_{r}_{c}", reset_less=True)
+                k_c = Signal(k_bits, name=f"borrow_{r}_{c}", reset_less=True)
+                m.d.sync += [lo_c.eq(lo_prev), k_c.eq(k_prev)]
+            else:
+                # Drain: the next cascade starts from the upper field; the lower one moves out.
+                m.d.comb += pe.psum_in.eq(Cat(Const(0, PACK_SHIFT), left[PACK_SHIFT:]).as_signed())
+                lo_c = Signal(signed(lo_bits), name=f"lo_{r}_{c}", reset_less=True)
+                k_c = Signal(k_bits, name=f"borrow_{r}_{c}", reset_less=True)
+                lo_field = left[:PACK_SHIFT].as_signed()
+                borrow = left[PACK_SHIFT - 1]
+                if lo_prev is None:
+                    m.d.sync += [lo_c.eq(lo_field), k_c.eq(borrow)]
+                else:
+                    m.d.sync += [lo_c.eq(lo_prev + lo_field), k_c.eq(k_prev + borrow)]
+            lo_prev, k_prev = lo_c, k_c
+        last = row[self.cols - 1]
+        p = last.psum_out
+        lo = p[:PACK_SHIFT].as_signed()
+        hi = p[PACK_SHIFT:].as_signed() + p[PACK_SHIFT - 1]
+        if lo_prev is not None:
+            lo, hi = lo + lo_prev, hi + k_prev
+        for row_ix, v in ((2 * r, lo), (2 * r + 1, hi)):
+            m.d.comb += [self.psum_row[row_ix].eq(v), self.ctrl_row[row_ix].eq(last.ctrl_p),
+                         self.valid_row[row_ix].eq(last.valid_p)]

@@ -1,18 +1,30 @@
 """SystolicArray: skewed waves give each row's wrapped dot product (naive numpy twin)."""
 
 import numpy as np
+import pytest
 from amaranth.sim import Simulator
 
 from recfabric.host import numerics as nx
 from recfabric.hw.systolic_array import SystolicArray
 
 
-def test_array_rows_equal_spec_dot_products():
-    R, C, depth, bits, acc = 3, 4, 5, 8, 20
+@pytest.mark.parametrize("R,C,acc,packed", [
+    (3, 4, 20, False),
+    (3, 4, 20, True),    # one packed pair and a plain last row
+    (4, 17, 32, True),   # 17 columns: the packed lower field is drained twice (segments of 7)
+    (5, 8, 32, False),
+])
+def test_array_rows_equal_spec_dot_products(R, C, acc, packed):
+    depth, bits = 5, 8
     rng = np.random.default_rng(0)
     w = rng.integers(-128, 128, size=(depth, R, C))
     waves = [(int(rng.integers(depth)), rng.integers(-128, 128, size=C)) for _ in range(12)]
-    dut = SystolicArray(rows=R, cols=C, data_bits=bits, acc_bits=acc, depth=depth, ctrl_bits=4)
+    # Extremes: every product -128 * -128 (the lower field's worst case), and mixed signs.
+    w[0], w[1, ::2], w[1, 1::2] = -128, 127, -128
+    waves[:3] = [(0, np.full(C, -128)), (1, np.full(C, -128)), (1, np.full(C, 127))]
+    dut = SystolicArray(rows=R, cols=C, data_bits=bits, acc_bits=acc, depth=depth, ctrl_bits=4,
+                        packed=packed)
+    assert dut.dsp_count == (((R + 1) // 2) if packed else R) * C
     got = [[] for _ in range(R)]
 
     async def tb(ctx):

@@ -10,9 +10,11 @@ drain               ``N + 1`` (one element per cycle, one idle cycle between req
 ==================  =========================================================================
 
 Latency of a stage (from its input bank becoming visible as filled to its output bank becoming
-visible as filled): ``D_l = T_l + cols[l] + rows[l] + 7`` for an engine: one cycle to take the
-bank, ``T_l`` waves, ``cols + rows - 1`` cycles of skew through the array, three PE stages, bias
-and accumulate (2), requantize (2) and the commit. The drain adds ``N + 2`` (one take cycle, one
+visible as filled): ``D_l = T_l + cols[l] + slots[l] + 7`` for an engine: one cycle to take the
+bank, ``T_l`` waves, ``cols + slots - 1`` cycles of skew through the array, three PE stages, bias
+and accumulate (2), requantize (2) and the commit. ``slots = rows``, or ``ceil(rows / 2)`` when
+int8 engines pack two rows per DSP48E2 (``packed``: the activations pass ``ceil(rows / 2)``
+PE positions down a column). The drain adds ``N + 2`` (one take cycle, one
 cycle per element, read register, sigmoid ROM register). So, on an empty pipeline, from the
 first input chunk to the last output::
 
@@ -27,7 +29,8 @@ it: ``O = D_producer + D_consumer`` with the writer's ``D = chunks``, the drain'
 (When the bank term dominates, requests leave in bursts of ``banks`` and ``II`` is the average
 spacing over a burst period.)
 
-The bound the MAC array is measured against is ``sum_l K_l * N_l / sum_l rows[l] * cols[l]``.
+The bound the MAC array is measured against is ``sum_l K_l * N_l / sum_l rows[l] * cols[l]``
+(MAC units, not DSP slices: a packed int8 DSP is two MAC units).
 
 The whole kernel (:func:`kernel_batch_cycles`, the serving layer's service-time prediction and
 the modelled rows of ``recfabric bench compare``): a
@@ -75,11 +78,14 @@ class MLPCycleModel:
         does).
     banks : int
         Banks per activation buffer.
+    packed : bool
+        int8 engines with two rows per DSP48E2 (``MLPPipeline.packed``).
     """
 
     shapes: list
     widths: tuple
     banks: int = 4
+    packed: bool = False
     stage_ii: dict = field(init=False)
     ii: float = field(init=False)
     latency: int = field(init=False)
@@ -96,7 +102,8 @@ class MLPCycleModel:
         n_out = widths[-1]
         tiles = [math.ceil(k / c) * math.ceil(n / r)
                  for (r, c), k, n in zip(self.shapes, widths[:-1], widths[1:])]
-        delays = [t + r + c + ENGINE_OVERHEAD for t, (r, c) in zip(tiles, self.shapes)]
+        delays = [t + self._slots(r) + c + ENGINE_OVERHEAD
+                  for t, (r, c) in zip(tiles, self.shapes)]
         stage = [chunks, *delays, n_out + 1]
         occupancy = [stage[i] + stage[i + 1] for i in range(len(stage) - 1)]
         self.stage_ii = {"writer": chunks, **{f"engine{l}": t for l, t in enumerate(tiles)},
@@ -106,6 +113,10 @@ class MLPCycleModel:
         self.latency = chunks + sum(delays) + n_out + DRAIN_OVERHEAD
         self.macs = sum(k * n for k, n in zip(self.widths[:-1], self.widths[1:]))
         self.mac_units = sum(r * c for r, c in self.shapes)
+        self.dsp_slices = sum(self._slots(r) * c for r, c in self.shapes)
+
+    def _slots(self, rows: int) -> int:
+        return (rows + 1) // 2 if self.packed and rows >= 2 else rows
 
     @property
     def bound(self) -> float:
@@ -118,7 +129,8 @@ class MLPCycleModel:
 
     def to_json(self) -> dict:
         return {"ii": self.ii, "latency": self.latency, "bound": self.bound,
-                "utilization": self.utilization, "stage_ii": dict(self.stage_ii)}
+                "utilization": self.utilization, "mac_units": self.mac_units,
+                "dsp_slices": self.dsp_slices, "stage_ii": dict(self.stage_ii)}
 
 
 def kernel_batch_cycles(spec, config, rounds: int, words_per_record: int, *,
@@ -145,6 +157,7 @@ def kernel_batch_cycles(spec, config, rounds: int, words_per_record: int, *,
         layers = shapes[kind]
         if not layers:
             continue
-        m = MLPCycleModel(shapes=list(engines), widths=(layers[0][0], *[o for _, o in layers]))
+        m = MLPCycleModel(shapes=list(engines), widths=(layers[0][0], *[o for _, o in layers]),
+                          packed=config.data_bits == 8)
         ii, latency = max(ii, m.ii), latency + m.latency
     return latency, ii
