@@ -10,9 +10,10 @@ drain               ``N + 1`` (one element per cycle, one idle cycle between req
 ==================  =========================================================================
 
 Latency of a stage (from its input bank becoming visible as filled to its output bank becoming
-visible as filled): ``D_l = T_l + cols[l] + slots[l] + 7`` for an engine: one cycle to take the
+visible as filled): ``D_l = T_l + cols[l] + slots[l] + 9`` for an engine: one cycle to take the
 bank, ``T_l`` waves, ``cols + slots - 1`` cycles of skew through the array, three PE stages, bias
-and accumulate (2), requantize (2) and the commit. ``slots = rows``, or ``ceil(rows / 2)`` when
+and accumulate (2), requantize (4: decode, round, shift, saturate; each <= 8 LUT levels) and the
+commit. ``slots = rows``, or ``ceil(rows / 2)`` when
 int8 engines pack two rows per DSP48E2 (``packed``: the activations pass ``ceil(rows / 2)``
 PE positions down a column). The drain adds ``N + 2`` (one take cycle, one
 cycle per element, read register, sigmoid ROM register). So, on an empty pipeline, from the
@@ -55,7 +56,7 @@ __all__ = ["MLPCycleModel", "ENGINE_OVERHEAD", "DRAIN_OVERHEAD", "KERNEL_OVERHEA
            "MEM_LATENCY_CYCLES", "kernel_batch_cycles"]
 
 #: Engine stage latency beyond ``T + cols + rows``.
-ENGINE_OVERHEAD = 7
+ENGINE_OVERHEAD = 9
 #: Drain + sigmoid latency beyond ``N``.
 DRAIN_OVERHEAD = 2
 #: Kernel cycles per batch beyond the MLP latency and the memory read latency (module doc).
