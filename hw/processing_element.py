@@ -16,7 +16,7 @@ from bit 18 up. The lower field is read as signed; its sign "bleeds" into the up
 negative lower sum borrows one from it), which the reader undoes (:func:`unpack`).
 """
 
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -227,16 +227,16 @@ class PackedPEPair(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        reads = []
-        for sel, name in ((0, "weights_lo"), (1, "weights_hi")):
-            m.submodules[name] = mem = Memory(shape=signed(self.data_bits), depth=self.depth,
-                                              init=[])
-            wr = mem.write_port()
-            rd = mem.read_port()
-            m.d.comb += [wr.en.eq(self.w_en & (self.w_hi == sel)), wr.addr.eq(self.w_addr),
-                         wr.data.eq(self.w_data), rd.addr.eq(self.addr_in)]
-            reads.append(rd.data)
-        w_lo, w_hi = reads
+        # One memory of weight pairs (one 16-bit word per address: a single RAMB18 in 1K x 18
+        # mode), each row's weight written alone through its byte lane.
+        d = self.data_bits
+        m.submodules.weights = mem = Memory(shape=2 * d, depth=self.depth, init=[])
+        wr = mem.write_port(granularity=d)
+        rd = mem.read_port()
+        m.d.comb += [wr.en.eq(Mux(self.w_hi, 0b10, 0b01) & self.w_en.replicate(2)),
+                     wr.addr.eq(self.w_addr), wr.data.eq(Cat(self.w_data, self.w_data)),
+                     rd.addr.eq(self.addr_in)]
+        w_lo, w_hi = rd.data[:d].as_signed(), rd.data[d:].as_signed()
         m.d.sync += [self.x_out.eq(self.x_in), self.addr_out.eq(self.addr_in),
                      self.ctrl_out.eq(self.ctrl_in), self.valid_out.eq(self.valid_in)]
         # Pre-adder (A:D): the packed weight pair.

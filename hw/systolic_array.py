@@ -215,7 +215,8 @@ class SystolicArray(wiring.Component):
         lo = p[:PACK_SHIFT].as_signed()
         hi = p[PACK_SHIFT:].as_signed() + p[PACK_SHIFT - 1]
         if lo_prev is not None:
-            lo, hi = lo + lo_prev, hi + k_prev
+            # The narrow borrow count first: one wide adder per row, not two in series.
+            lo, hi = lo + lo_prev, p[PACK_SHIFT:].as_signed() + (k_prev + p[PACK_SHIFT - 1])
         for row_ix, v in ((2 * r, lo), (2 * r + 1, hi)):
             m.d.comb += [self.psum_row[row_ix].eq(v), self.ctrl_row[row_ix].eq(last.ctrl_p),
                          self.valid_row[row_ix].eq(last.valid_p)]
