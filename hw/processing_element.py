@@ -85,6 +85,10 @@ class ProcessingElement(wiring.Component):
         Width of the control word carried along with the operands.
     x_bits : int, optional
         Width of the activation operand (defaults to ``data_bits``).
+    weight_in : bool, optional
+        No local memory: the weight arrives on ``w_in`` (from a memory shared with the PE above,
+        :class:`~recfabric.hw.systolic_array.SystolicArray`), one cycle after ``addr_in``, as the
+        memory's read register would present it; there are no ``w_*`` write members then.
 
     Members
     -------
@@ -106,10 +110,12 @@ class ProcessingElement(wiring.Component):
         Control word and valid bit aligned with ``psum_out``.
     w_en, w_addr, w_data : In
         Host write port of the weight memory.
+    w_in : In(signed(data_bits))
+        (``weight_in``) The weight of the operand that entered one cycle earlier.
     """
 
     def __init__(self, *, data_bits: int, acc_bits: int, depth: int, ctrl_bits: int,
-                 x_bits: int | None = None):
+                 x_bits: int | None = None, weight_in: bool = False):
         x_bits = data_bits if x_bits is None else x_bits
         for name, v in (("data_bits", data_bits), ("acc_bits", acc_bits), ("depth", depth),
                         ("ctrl_bits", ctrl_bits), ("x_bits", x_bits)):
@@ -118,8 +124,11 @@ class ProcessingElement(wiring.Component):
             raise ValueError(f"acc_bits must hold a full product ({data_bits + x_bits} bits), "
                              f"not {acc_bits}")
         self.data_bits, self.acc_bits, self.depth = data_bits, acc_bits, depth
-        self.ctrl_bits, self.x_bits = ctrl_bits, x_bits
+        self.ctrl_bits, self.x_bits, self.weight_in = ctrl_bits, x_bits, weight_in
+        ports = ({"w_in": In(signed(data_bits))} if weight_in else
+                 {"w_en": In(1), "w_addr": In(range(depth)), "w_data": In(signed(data_bits))})
         super().__init__({
+            **ports,
             "x_in": In(signed(x_bits)),
             "addr_in": In(range(depth)),
             "ctrl_in": In(ctrl_bits),
@@ -132,19 +141,20 @@ class ProcessingElement(wiring.Component):
             "psum_out": Out(signed(acc_bits)),
             "ctrl_p": Out(ctrl_bits),
             "valid_p": Out(1),
-            "w_en": In(1),
-            "w_addr": In(range(depth)),
-            "w_data": In(signed(data_bits)),
         })
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.weights = mem = Memory(shape=signed(self.data_bits), depth=self.depth,
-                                            init=[])
-        wr = mem.write_port()
-        rd = mem.read_port()
-        m.d.comb += [wr.en.eq(self.w_en), wr.addr.eq(self.w_addr), wr.data.eq(self.w_data),
-                     rd.addr.eq(self.addr_in)]
+        if self.weight_in:
+            w = self.w_in
+        else:
+            m.submodules.weights = mem = Memory(shape=signed(self.data_bits), depth=self.depth,
+                                                init=[])
+            wr = mem.write_port()
+            rd = mem.read_port()
+            m.d.comb += [wr.en.eq(self.w_en), wr.addr.eq(self.w_addr), wr.data.eq(self.w_data),
+                         rd.addr.eq(self.addr_in)]
+            w = rd.data
 
         # A/B stage: x register doubles as the pass-on register; w is the memory's read register.
         m.d.sync += [self.x_out.eq(self.x_in), self.addr_out.eq(self.addr_in),
@@ -153,7 +163,7 @@ class ProcessingElement(wiring.Component):
         prod = Signal(signed(self.data_bits + self.x_bits))
         ctrl_m = Signal(self.ctrl_bits)
         valid_m = Signal()
-        m.d.sync += [prod.eq(self.x_out * rd.data), ctrl_m.eq(self.ctrl_out),
+        m.d.sync += [prod.eq(self.x_out * w), ctrl_m.eq(self.ctrl_out),
                      valid_m.eq(self.valid_out)]
         # P stage: the cascade adder wraps at acc_bits (assignment truncates).
         m.d.sync += [self.psum_out.eq(self.psum_in + prod), self.ctrl_p.eq(ctrl_m),

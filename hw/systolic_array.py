@@ -13,10 +13,16 @@ field alone (the lower 18 bits zeroed: wiring only), and the drained lower field
 and its sign bit (the one it borrowed from the upper field) move on beside the cascade in two
 narrow fabric registers per column (reset-less: shift-register LUTs). After the last column the
 row sums are ``lo = drained + sext(P[0:18])`` and ``hi = P[18:] + P[17] + borrows``.
+
+Unpacked, the PEs of rows ``2s`` and ``2s+1`` of a column share one weight memory of
+``2 * data_bits``-bit words (a 512 x 36 RAMB18 holds both int16 rows where each PE alone would
+take a RAMB18): the upper PE's address reads it; the lower PE, one cycle behind, gets its half
+through one more register.
 """
 
-from amaranth.hdl import Cat, Const, Module, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .processing_element import (
@@ -138,6 +144,7 @@ class SystolicArray(wiring.Component):
                      w_addr.eq(self.w_addr), w_data.eq(self.w_data)]
 
         pes = [[None] * self.cols for _ in range(self.slots)]
+        share = not self.packed
         for r in range(self.slots):
             pair = self.packed and 2 * r + 1 < self.rows
             for c in range(self.cols):
@@ -145,9 +152,10 @@ class SystolicArray(wiring.Component):
                     pe = PackedPEPair(data_bits=self.data_bits, depth=self.depth,
                                       ctrl_bits=self.ctrl_bits, x_bits=self.x_bits)
                 else:
+                    shared = share and (r % 2 == 1 or r + 1 < self.rows)
                     pe = ProcessingElement(data_bits=self.data_bits, acc_bits=self.acc_bits,
                                            depth=self.depth, ctrl_bits=self.ctrl_bits,
-                                           x_bits=self.x_bits)
+                                           x_bits=self.x_bits, weight_in=shared)
                 m.submodules[f"pe_{r}_{c}"] = pe
                 pes[r][c] = pe
                 if r == 0:
@@ -163,9 +171,13 @@ class SystolicArray(wiring.Component):
                     m.d.comb += pe.w_en.eq(w_en & row_hit & (w_col == c))
                     if pair:
                         m.d.comb += pe.w_hi.eq(w_row[0])
-                else:
-                    m.d.comb += pe.w_en.eq(w_en & (w_row == r) & (w_col == c))
-                m.d.comb += [pe.w_addr.eq(w_addr), pe.w_data.eq(w_data)]
+                    m.d.comb += [pe.w_addr.eq(w_addr), pe.w_data.eq(w_data)]
+                elif not pe.weight_in:
+                    m.d.comb += [pe.w_en.eq(w_en & (w_row == r) & (w_col == c)),
+                                 pe.w_addr.eq(w_addr), pe.w_data.eq(w_data)]
+                elif r % 2 == 1:
+                    self._shared_weights(m, r, c, pes[r - 1][c], pe, w_en, w_row, w_col,
+                                         w_addr, w_data)
             if pair:
                 self._pair_row(m, r, pes[r])
             else:
@@ -177,6 +189,21 @@ class SystolicArray(wiring.Component):
                              self.ctrl_row[row].eq(last.ctrl_p),
                              self.valid_row[row].eq(last.valid_p)]
         return m
+
+    def _shared_weights(self, m, r, c, upper, lower, w_en, w_row, w_col, w_addr, w_data):
+        """One memory for the weights of PEs (``r - 1``, ``c``) and (``r``, ``c``)."""
+        d = self.data_bits
+        mem = Memory(shape=2 * d, depth=self.depth, init=[])
+        m.submodules[f"weights_{r - 1}_{c}"] = mem
+        wr = mem.write_port(granularity=d)
+        rd = mem.read_port()
+        hit = w_en & ((w_row >> 1) == (r >> 1)) & (w_col == c)
+        m.d.comb += [wr.en.eq(Mux(w_row[0], 0b10, 0b01) & hit.replicate(2)),
+                     wr.addr.eq(w_addr), wr.data.eq(Cat(w_data, w_data)),
+                     rd.addr.eq(upper.addr_in)]
+        late = Signal(signed(d), name=f"w_late_{r}_{c}")
+        m.d.sync += late.eq(rd.data[d:])
+        m.d.comb += [upper.w_in.eq(rd.data[:d]), lower.w_in.eq(late)]
 
     def _pair_row(self, m, r, row):
         """Cascade of packed pairs for rows ``2r``, ``2r+1``, drained every ``segment`` columns
