@@ -3,7 +3,8 @@
 # per-block estimate are converted one at a time; none of them is a design left unused.)
 """``recfabric report resources``: UltraScale+ resource counts and logic depth from Yosys.
 
-Yosys ``synth_xilinx -family xcup`` (YoWASP) maps each block of a kernel to UltraScale+
+Yosys ``synth_xilinx -family xcup -uram`` (YoWASP; ``-uram`` lets large memories such as the
+on-chip tables become UltraRAM) maps each block of a kernel to UltraScale+
 primitives; the report counts DSP48E2, LUT (logic LUTs plus the LUT-equivalents of LUT RAM and
 shift registers), FF, BRAM36 (``RAMB36E2`` + ``RAMB18E2 / 2``) and URAM (``URAM288``) and sets
 them beside the card's capacity.
@@ -58,9 +59,12 @@ PRESET_CARDS = {"u280": "u280", "u280-int8": "u280", "u50": "u50", "u55c": "u55c
 #: Logic levels a block may have (the issue's target for the u280 presets).
 MAX_LEVELS = 8
 #: The synthesis each block gets (YoWASP sees only its working directory: relative paths).
-YOSYS_SCRIPT = ("read_rtlil block.il; synth_xilinx -family xcup -flatten -noiopad -top top; "
-                "tee -q -o stat.txt stat; write_json net.json")
-_CACHE_VERSION = 1
+YOSYS_SCRIPT = ("read_rtlil block.il; synth_xilinx -family xcup -flatten -noiopad -uram "
+                "{extra}-top top; tee -q -o stat.txt stat; write_json net.json")
+#: What a second attempt adds when ABC9 fails on a block (YoWASP Yosys 0.70's ABC9 exits with an
+#: empty message on, e.g., the MLP input writer; with ``-dff`` it maps it).
+_FALLBACK = "-dff "
+_CACHE_VERSION = 2
 
 # LUT-equivalents of LUT RAM and shift-register primitives (UltraScale+ CLB architecture, UG574).
 _LUTRAM_LUTS = {"RAM16X1S": 1, "RAM32X1S": 1, "RAM64X1S": 1, "RAM128X1S": 2, "RAM256X1S": 4,
@@ -263,15 +267,20 @@ def synth_rtlil(il_text: str, *, cache_dir=None, timeout=None) -> dict:
     with tempfile.TemporaryDirectory() as d:
         Path(d, "block.il").write_text(il_text)
         t0 = time.monotonic()
-        run = subprocess.run([_yosys(), "-q", "-p", YOSYS_SCRIPT], capture_output=True,
-                             text=True, cwd=d, timeout=timeout)
+        for extra in ("", _FALLBACK):
+            script = YOSYS_SCRIPT.format(extra=extra)
+            run = subprocess.run([_yosys(), "-q", "-p", script], capture_output=True,
+                                 text=True, cwd=d, timeout=timeout)
+            if not run.returncode:
+                break
         if run.returncode:
-            raise RuntimeError(f"yosys failed ({run.returncode}): {run.stderr[-2000:]}")
+            raise RuntimeError(f"yosys failed ({run.returncode}) with and without "
+                               f"{_FALLBACK.strip()}: {run.stderr[-2000:]}")
         cells = parse_stat(Path(d, "stat.txt").read_text())
         depth = logic_levels(json.loads(Path(d, "net.json").read_text()))
         out = {"cells": cells, **summarize(cells), "levels": depth["levels"],
                "levels_end": depth["end"], "yosys_seconds": round(time.monotonic() - t0, 1),
-               "rtlil_sha256": key}
+               "rtlil_sha256": key, "yosys_script": script}
     cache.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out))
     out["cached"] = False
@@ -316,7 +325,7 @@ def resource_report(config, *, card=None, cache_dir=None, progress=None, timeout
     util = {k: total[k] / cap[k] for k in _KEYS}
     deep = [r["block"] for r in rows if r["levels"] > MAX_LEVELS]
     return {"config": config.name, "card": card, "method":
-            "per-block synthesis x instances (estimate): Yosys synth_xilinx -family xcup",
+            "per-block synthesis x instances (estimate): Yosys synth_xilinx -family xcup -uram",
             "depth_method": "longest path in the Yosys JSON netlist (LUT 1, CARRY/MUXF 0.5, "
                             "LUT RAM read 1; FF/BRAM/URAM/DSP/SRL end a path)",
             "blocks": rows, "total": total, "capacity": cap,
