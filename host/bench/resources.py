@@ -45,7 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["CARDS", "PRESET_CARDS", "Block", "config_blocks", "synth_block", "logic_levels",
-           "parse_stat", "resource_report", "format_resources", "MAX_LEVELS", "YOSYS_SCRIPT"]
+           "parse_stat", "resource_report", "format_resources", "flat_comparison", "MAX_LEVELS",
+           "YOSYS_SCRIPT"]
 
 #: Capacities from AMD's data sheets (DS963 Alveo U280, DS965 U50, DS978 U55C): DSP48E2 slices,
 #: CLB LUTs, CLB flip-flops, 36 Kb block RAMs and UltraRAMs.
@@ -335,6 +336,19 @@ def resource_report(config, *, card=None, cache_dir=None, progress=None, timeout
             "blocks_over_levels": deep, "level_limit": MAX_LEVELS}
 
 
+def flat_comparison(config, report: dict, *, cache_dir=None, timeout=None) -> dict:
+    """One flat synthesis of the whole kernel for ``config`` beside the per-block estimate
+    ``report``: ``{"flat": counts, "difference": estimate - flat, "relative": ...}``. Only for
+    small configurations (the u280 kernel does not synthesise flat on this kind of machine)."""
+    from recfabric.hw.kernel import RecFabricKernel
+    flat = synth_block(RecFabricKernel(config), cache_dir=cache_dir, timeout=timeout)
+    est = report["total"]
+    diff = {k: round(est[k] - flat[k], 1) for k in _KEYS}
+    rel = {k: (round(diff[k] / flat[k], 4) if flat[k] else None) for k in _KEYS}
+    return {"flat": {k: flat[k] for k in _KEYS}, "flat_levels": flat["levels"],
+            "difference": diff, "relative": rel, "yosys_seconds": flat["yosys_seconds"]}
+
+
 def _fmt(v) -> str:
     return f"{v:,.0f}" if float(v).is_integer() else f"{v:,.1f}"
 
@@ -356,4 +370,10 @@ def format_resources(r: dict) -> str:
                  + f"; deepest path {r['max_levels']:g} logic levels ({r['depth_method']})")
     if r["blocks_over_levels"]:
         lines.append(f"* over {r['level_limit']} levels: " + ", ".join(r["blocks_over_levels"]))
+    if "flat" in r:
+        f = r["flat"]
+        lines.append(f"{'flat synthesis of the whole kernel':44s}     "
+                     + " ".join(f"{_fmt(f['flat'][k]):>10s}" for k in _KEYS))
+        lines.append(f"{'estimate - flat':44s}     "
+                     + " ".join(f"{_fmt(f['difference'][k]):>10s}" for k in _KEYS))
     return "\n".join(lines)

@@ -42,6 +42,10 @@ def _cmd_resources(args):
     prog = progress_for(args)
     r = resource_report(config, card=args.card, cache_dir=args.cache, progress=prog,
                         timeout=args.timeout)
+    if args.flat:
+        from ..bench.resources import flat_comparison
+        prog("synthesising the whole kernel flat (validation)")
+        r["flat"] = flat_comparison(config, r, cache_dir=args.cache, timeout=args.timeout)
     print(json.dumps(r, indent=1) if args.json else format_resources(r))
     return 0 if r["fits"] else 1
 
@@ -74,5 +78,8 @@ def register(subparsers):
                    help="synthesis cache, keyed by each block's RTLIL hash "
                         "(default build/resources)")
     r.add_argument("--timeout", type=float, help="seconds each Yosys run may take")
+    r.add_argument("--flat", action="store_true",
+                   help="also synthesise the whole kernel flat and show the estimate's error "
+                        "(small configurations only)")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=_cmd_resources)
