@@ -62,9 +62,19 @@ MAX_LEVELS = 8
 #: The synthesis each block gets (YoWASP sees only its working directory: relative paths).
 YOSYS_SCRIPT = ("read_rtlil block.il; synth_xilinx -family xcup -flatten -noiopad -uram "
                 "{extra}-top top; tee -q -o stat.txt stat; write_json net.json")
-#: What a second attempt adds when ABC9 fails on a block (YoWASP Yosys 0.70's ABC9 exits with an
-#: empty message on, e.g., the MLP input writer; with ``-dff`` it maps it).
-_FALLBACK = "-dff "
+#: When ABC9 fails on a block (YoWASP Yosys 0.70: an empty message on the MLP input writer, a
+#: "call stack exhausted" trap on some layer engines), the second attempt adds ``-dff`` and the
+#: third maps LUTs with plain ``abc`` (the steps of synth_xilinx's map_luts label otherwise).
+_ATTEMPTS = (
+    YOSYS_SCRIPT.format(extra=""),
+    YOSYS_SCRIPT.format(extra="-dff "),
+    "read_rtlil block.il; synth_xilinx -family xcup -flatten -noiopad -uram -top top "
+    "-run :map_luts; opt_expr -mux_undef -noclkinv; abc -luts 2:2,3,6:5,10,20; clean; "
+    "xilinx_srl -fixed -minlen 3; techmap -map +/xilinx/lut_map.v -map +/xilinx/cells_map.v "
+    "-D LUT_WIDTH=6; xilinx_dffopt; opt_lut_ins -tech xilinx; synth_xilinx -family xcup "
+    "-flatten -noiopad -uram -top top -run finalize:check; tee -q -o stat.txt stat; "
+    "write_json net.json",
+)
 _CACHE_VERSION = 2
 
 # LUT-equivalents of LUT RAM and shift-register primitives (UltraScale+ CLB architecture, UG574).
@@ -268,15 +278,19 @@ def synth_rtlil(il_text: str, *, cache_dir=None, timeout=None) -> dict:
     with tempfile.TemporaryDirectory() as d:
         Path(d, "block.il").write_text(il_text)
         t0 = time.monotonic()
-        for extra in ("", _FALLBACK):
-            script = YOSYS_SCRIPT.format(extra=extra)
+        errors = []
+        for script in _ATTEMPTS:
+            for f in ("stat.txt", "net.json"):
+                Path(d, f).unlink(missing_ok=True)
             run = subprocess.run([_yosys(), "-q", "-p", script], capture_output=True,
                                  text=True, cwd=d, timeout=timeout)
-            if not run.returncode:
+            # The plain-abc attempt's exit status is 1 even when every step ran: its outputs
+            # (written by the script's last two commands) are what count.
+            if Path(d, "net.json").exists() and Path(d, "stat.txt").exists():
                 break
-        if run.returncode:
-            raise RuntimeError(f"yosys failed ({run.returncode}) with and without "
-                               f"{_FALLBACK.strip()}: {run.stderr[-2000:]}")
+            errors.append(f"({run.returncode}) {run.stderr.strip()[-300:]}")
+        else:
+            raise RuntimeError("yosys failed in every attempt: " + " | ".join(errors))
         cells = parse_stat(Path(d, "stat.txt").read_text())
         depth = logic_levels(json.loads(Path(d, "net.json").read_text()))
         out = {"cells": cells, **summarize(cells), "levels": depth["levels"],
