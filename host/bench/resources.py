@@ -321,17 +321,24 @@ def resource_report(config, *, card=None, cache_dir=None, progress=None, timeout
         parts = b.parts or [(1.0, b)]
         per = dict.fromkeys(_KEYS, 0.0)
         levels, end, secs, cached = 0.0, None, 0.0, True
+        error = None
         for w, part in parts:
             say(f"synthesising {part.name}")
-            r = synth_block(part.build(), cache_dir=cache_dir, timeout=timeout)
+            try:
+                r = synth_block(part.build(), cache_dir=cache_dir, timeout=timeout)
+            except RuntimeError as e:  # reported, not hidden: the totals then exclude it
+                error = f"{part.name}: {str(e)[:300]}"
+                break
             for k in _KEYS:
                 per[k] += w * r[k]
             if r["levels"] > levels:
                 levels, end = r["levels"], r["levels_end"]
             secs += r["yosys_seconds"]
             cached &= r["cached"]
+        if error:
+            per = dict.fromkeys(_KEYS, 0.0)
         per = {k: round(v, 1) for k, v in per.items()}
-        rows.append({"block": b.name, "count": b.count, "per_instance": per,
+        rows.append({"block": b.name, "count": b.count, "per_instance": per, "error": error,
                      "total": {k: round(per[k] * b.count, 1) for k in _KEYS},
                      "levels": levels, "levels_end": end, "note": b.note,
                      "yosys_seconds": secs, "cached": cached})
@@ -339,13 +346,15 @@ def resource_report(config, *, card=None, cache_dir=None, progress=None, timeout
     cap = CARDS[card]
     util = {k: total[k] / cap[k] for k in _KEYS}
     deep = [r["block"] for r in rows if r["levels"] > MAX_LEVELS]
+    failed = [r["block"] for r in rows if r["error"]]
     return {"config": config.name, "card": card, "method":
             "per-block synthesis x instances (estimate): Yosys synth_xilinx -family xcup -uram",
             "depth_method": "longest path in the Yosys JSON netlist (LUT 1, CARRY/MUXF 0.5, "
                             "LUT RAM read 1; FF/BRAM/URAM/DSP/SRL end a path)",
             "blocks": rows, "total": total, "capacity": cap,
             "utilization": {k: round(v, 4) for k, v in util.items()},
-            "fits": all(v <= 1 for v in util.values()),
+            "fits": all(v <= 1 for v in util.values()) and not failed,
+            "failed_blocks": failed, "complete": not failed,
             "max_levels": max(r["levels"] for r in rows),
             "blocks_over_levels": deep, "level_limit": MAX_LEVELS}
 
@@ -380,7 +389,12 @@ def format_resources(r: dict) -> str:
                  + " ".join(f"{_fmt(r['capacity'][k]):>10s}" for k in _KEYS))
     lines.append(f"{'used':44s}     "
                  + " ".join(f"{r['utilization'][k]:>10.1%}" for k in _KEYS))
-    lines.append(("fits " if r["fits"] else "DOES NOT FIT ") + r["card"].upper()
+    for b in r["blocks"]:
+        if b.get("error"):
+            lines.append(f"! not synthesised (excluded from the totals): {b['error']}")
+    verdict = ("fits " if r["fits"] else "INCOMPLETE: " if r.get("failed_blocks")
+               else "DOES NOT FIT ")
+    lines.append(verdict + r["card"].upper()
                  + f"; deepest path {r['max_levels']:g} logic levels ({r['depth_method']})")
     if r["blocks_over_levels"]:
         lines.append(f"* over {r['level_limit']} levels: " + ", ".join(r["blocks_over_levels"]))
