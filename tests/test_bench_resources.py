@@ -84,6 +84,13 @@ def test_format_names_the_method_the_fit_and_the_deep_blocks():
     row = next(line for line in text.splitlines() if line.startswith("lookup unit"))
     assert row.split()[2:8] == ["2", "0", "200", "100", "3", "0"]
     assert "DOES NOT FIT U280" in rs.format_resources(_report(fits=False))
+    # A block Yosys could not map is named and the verdict says the totals are incomplete.
+    bad = _report()
+    bad["blocks"][0]["error"] = "lookup unit: yosys failed in every attempt"
+    bad.update(fits=False, failed_blocks=["lookup unit"])
+    text = rs.format_resources(bad)
+    assert "! not synthesised (excluded from the totals): lookup unit: yosys" in text
+    assert "INCOMPLETE: U280" in text
 
 
 def test_cache_is_keyed_by_the_rtlil(tmp_path, monkeypatch):
