@@ -62,19 +62,11 @@ MAX_LEVELS = 8
 #: The synthesis each block gets (YoWASP sees only its working directory: relative paths).
 YOSYS_SCRIPT = ("read_rtlil block.il; synth_xilinx -family xcup -flatten -noiopad -uram "
                 "{extra}-top top; tee -q -o stat.txt stat; write_json net.json")
-#: When ABC9 fails on a block (YoWASP Yosys 0.70: an empty message on the MLP input writer, a
-#: "call stack exhausted" trap on some layer engines), the second attempt adds ``-dff`` and the
-#: third maps LUTs with plain ``abc`` (the steps of synth_xilinx's map_luts label otherwise).
-_ATTEMPTS = (
-    YOSYS_SCRIPT.format(extra=""),
-    YOSYS_SCRIPT.format(extra="-dff "),
-    "read_rtlil block.il; synth_xilinx -family xcup -flatten -noiopad -uram -top top "
-    "-run :map_luts; opt_expr -mux_undef -noclkinv; abc -luts 2:2,3,6:5,10,20; clean; "
-    "xilinx_srl -fixed -minlen 3; techmap -map +/xilinx/lut_map.v -map +/xilinx/cells_map.v "
-    "-D LUT_WIDTH=6; xilinx_dffopt; opt_lut_ins -tech xilinx; synth_xilinx -family xcup "
-    "-flatten -noiopad -uram -top top -run finalize:check; tee -q -o stat.txt stat; "
-    "write_json net.json",
-)
+#: When ABC9 fails on a block (YoWASP Yosys 0.70 exits with an empty message on the MLP input
+#: writer), the second attempt adds ``-dff``, which maps it. Some layer engines make YoWASP's ABC
+#: trap ("call stack exhausted", with ``-dff``, ``-nowidelut``, ``-nosrl``, unflattened, or with
+#: plain ``abc`` alike): those blocks are reported as not synthesised.
+_ATTEMPTS = (YOSYS_SCRIPT.format(extra=""), YOSYS_SCRIPT.format(extra="-dff "))
 _CACHE_VERSION = 2
 
 # LUT-equivalents of LUT RAM and shift-register primitives (UltraScale+ CLB architecture, UG574).
@@ -284,9 +276,7 @@ def synth_rtlil(il_text: str, *, cache_dir=None, timeout=None) -> dict:
                 Path(d, f).unlink(missing_ok=True)
             run = subprocess.run([_yosys(), "-q", "-p", script], capture_output=True,
                                  text=True, cwd=d, timeout=timeout)
-            # The plain-abc attempt's exit status is 1 even when every step ran: its outputs
-            # (written by the script's last two commands) are what count.
-            if Path(d, "net.json").exists() and Path(d, "stat.txt").exists():
+            if not run.returncode:
                 break
             errors.append(f"({run.returncode}) {run.stderr.strip()[-300:]}")
         else:
