@@ -278,7 +278,10 @@ def synth_rtlil(il_text: str, *, cache_dir=None, timeout=None) -> dict:
                                  text=True, cwd=d, timeout=timeout)
             if not run.returncode:
                 break
-            errors.append(f"({run.returncode}) {run.stderr.strip()[-300:]}")
+            lines = [x.strip() for x in run.stderr.splitlines() if x.strip()]
+            why = next((x for x in lines if "trap" in x or x.startswith("ERROR")),
+                       lines[-1] if lines else "no message")
+            errors.append(f"exit {run.returncode}: {why[:160]}")
         else:
             raise RuntimeError("yosys failed in every attempt: " + " | ".join(errors))
         cells = parse_stat(Path(d, "stat.txt").read_text())
