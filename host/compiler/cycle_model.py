@@ -43,7 +43,9 @@ result and status writes) is fitted to the simulation: the single-request run of
 model on the ``small`` preset takes 343 cycles (README, ``tools/measure_kernel.py 1 16 256``,
 with the streaming request path), of which the MLP model accounts for 212 and the simulated HBM
 read latency for 64. The model then gives 1,363 cycles for a batch of 16 (simulated: 1,364) and
-17,683 for 256 (simulated: 17,684). The slow tests of ``tests/test_bench_compare.py`` check it
+17,683 for 256 (simulated: 17,684). (Those figures predate the four-stage requantizer, which
+adds 2 cycles per engine to the MLP latency in the model and in the hardware alike: 218 for the
+MLP, +6 per batch; not re-simulated yet.) The slow tests of ``tests/test_bench_compare.py`` check it
 against simulation: within 1% on ``small``, within 20% on ``tiny``.
 """
 
