@@ -14,12 +14,15 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-__all__ = ["AcceleratorConfig", "ConfigError", "KernelCapabilities", "ONCHIP_WORD_BITS", "PRESETS",
-           "get_preset"]
+__all__ = ["AcceleratorConfig", "ConfigError", "KernelCapabilities", "MAX_TABLE_PARTS",
+           "ONCHIP_WORD_BITS", "PRESETS", "get_preset"]
 
 #: RAM word width of the kernel's on-chip table units (``RecFabricKernel`` builds
 #: ``OnChipTable.from_config(config, word_bits=256)``).
 ONCHIP_WORD_BITS = 256
+#: Most parts (copies x row-range shards) of one table a dispatcher placement lists (each part
+#: is a unit, a descriptor index and a 32-bit first row in the placement entry).
+MAX_TABLE_PARTS = 4
 #: Width of the top MLP's logits (the sigmoid table's input, ``numerics.SIGMOID_IN.bits``).
 _LOGIT_BITS = 11
 
@@ -75,12 +78,22 @@ class KernelCapabilities:
     descriptors_per_unit : int
         Table descriptors (and dispatcher placement entries) one lookup or on-chip unit holds.
     table_copies : int
-        Copies of a table the dispatcher serves lookups from (1: every table is held once).
+        Copies of a table the dispatcher serves lookups from, round-robin per bag
+        (:mod:`~recfabric.hw.lookup_dispatcher`).
     row_split : bool
-        Whether a table may be split by row range over units (False: each table lies whole in
-        one channel or unit).
+        Whether a one-hot table may be split by row range over units (the dispatcher routes
+        each ID to the shard holding its row). Multi-hot tables are never split: a bag would be
+        pooled in parts.
     max_merge : int
-        Features per Cartesian-merged table (the dispatcher computes products of pairs).
+        Features per Cartesian-merged table (the dispatcher sums ``id_i * radix_i`` over any
+        number of members).
+    table_parts : int
+        Parts (copies x row-range shards) one table may be held in: the dispatcher's placement
+        entry lists that many (unit, descriptor, first row) parts.
+    split_multi_hot : bool
+        Whether a multi-hot table may be split by row range (False for the kernel: a bag spread
+        over units would be pooled in parts; True only for the planner study's hypothetical
+        kernel).
     """
 
     config: str
@@ -108,6 +121,8 @@ class KernelCapabilities:
     table_copies: int
     row_split: bool
     max_merge: int
+    table_parts: int = 1
+    split_multi_hot: bool = False
 
     @property
     def max_top_layers(self) -> int:
@@ -324,8 +339,15 @@ class AcceleratorConfig:
             top_engines=engines, logit_engines=logit, mem_channels=self.mem_channels,
             channel_bytes=self.channel_bytes, beat_bytes=self.beat_bytes,
             onchip_units=self.onchip_units, onchip_word_bits=ONCHIP_WORD_BITS,
-            onchip_words=words, descriptors_per_unit=self.max_features, table_copies=1,
-            row_split=False, max_merge=2)
+            onchip_words=words, descriptors_per_unit=self.max_features,
+            table_copies=self.table_parts, row_split=self.table_parts > 1,
+            max_merge=self.max_features, table_parts=self.table_parts)
+
+    @property
+    def table_parts(self) -> int:
+        """Parts (copies x row-range shards) one table may be held in: at most
+        :data:`MAX_TABLE_PARTS`, and no more than the kernel has lookup units."""
+        return max(1, min(MAX_TABLE_PARTS, self.mem_channels + self.onchip_units))
 
     def replace(self, **changes) -> AcceleratorConfig:
         return dataclasses.replace(self, **changes)

@@ -15,7 +15,9 @@ from .register_map import (
     ISR,
     KERNEL_ID,
     KERNEL_VERSION,
+    MAX_UNIT_COUNTERS,
     STATUS_REGS,
+    UNIT_LOOKUPS_BASE,
     kernel_args,
 )
 
@@ -50,6 +52,8 @@ class ControlRegisters(wiring.Component):
         Number of ``tables<i>`` pointer arguments.
     config_hash : int
         32-bit configuration hash, read-only at ``config_hash``.
+    num_units : int
+        Per-unit lookup counters, read-only at ``UNIT_LOOKUPS_BASE + 4 * u``.
 
     Members
     -------
@@ -69,13 +73,18 @@ class ControlRegisters(wiring.Component):
         Argument values (pointers 64 bits, ``batch`` 32 bits).
     status_<name> : In(32)
         Status and counters from the core (:data:`STATUS_INPUTS`).
+    unit_lookups : In(32).array(num_units)
+        Per-unit lookup counters from the core.
     cycles : Out(64)
         Cycles from ``start`` to ``freeze`` (or ``done``) of the current or last run.
     """
 
-    def __init__(self, num_table_channels: int, config_hash: int):
+    def __init__(self, num_table_channels: int, config_hash: int, num_units: int = 0):
         if not 0 <= config_hash < 1 << 32:
             raise ValueError(f"config hash must be a 32-bit unsigned integer, not {config_hash}")
+        if not 0 <= num_units <= MAX_UNIT_COUNTERS:
+            raise ValueError(f"num_units must be in 0..{MAX_UNIT_COUNTERS}, not {num_units}")
+        self._units = num_units
         self._args = kernel_args(num_table_channels)
         self._hash = config_hash
         members = {
@@ -88,6 +97,8 @@ class ControlRegisters(wiring.Component):
             members[f"arg_{a.name}"] = Out(64 if a.is_pointer else 32)
         for name, width in STATUS_INPUTS.items():
             members[f"status_{name}"] = In(width)
+        if num_units:
+            members["unit_lookups"] = In(32).array(num_units)
         super().__init__(members)
 
     @property
@@ -136,6 +147,8 @@ class ControlRegisters(wiring.Component):
         }
         for name in STATUS_INPUTS:
             regs[STATUS_REGS[name]] = getattr(self, f"status_{name}")
+        for u in range(self._units):
+            regs[UNIT_LOOKUPS_BASE + 4 * u] = self.unit_lookups[u]
         arg_regs = {}
         for a in self._args:
             sig = getattr(self, f"arg_{a.name}")

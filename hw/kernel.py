@@ -19,10 +19,11 @@
 
 A run: the host writes the arguments (:func:`recfabric.hw.register_map.kernel_args`) and
 ``ap_start``. With ``flags`` bit 0 (LOAD) set, the kernel first executes the *kernel program* in
-the model buffer (:mod:`recfabric.host.compiler.kernel_program` builds it): a header word, then one
-command word per runtime write, each ``target | payload << 8`` (:class:`Target`), routed to the
-block's configuration stream. Then it reads ``batch`` request records, and finishes (``ap_done``)
-once every result record and the status block are in memory.
+the model buffer (:mod:`recfabric.host.compiler.kernel_program` builds it): a header word, then
+command words ``target | payload << 8`` (:class:`Target`), each routed to a block's configuration
+stream, and ``BLOCK`` commands, each followed by its data beats, which go one per cycle to a
+block's wide load port (MLP weights and biases, on-chip rows). Then it reads ``batch`` request
+records, and finishes (``ap_done``) once every result record and the status block are in memory.
 
 :class:`RecFabricKernel` is the Amaranth component (ports are wiring members, as tests use them);
 :func:`vitis_kernel` wraps it with Vitis names (``ap_clk``, ``ap_rst_n``, ``s_axi_control_*``,
@@ -36,7 +37,7 @@ from types import SimpleNamespace
 
 from amaranth.back import verilog
 from amaranth.hdl import Cat, ClockDomain, Const, Elaboratable, Module, Mux, Signal
-from amaranth.lib import wiring
+from amaranth.lib import data, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
@@ -45,6 +46,7 @@ from .concat_stage import ConcatStage
 from .config import AcceleratorConfig
 from .control_registers import ControlRegisters
 from .embedding_lookup import EmbeddingLookupUnit
+from .hier import HierarchicalEmitter, bind
 from .lookup_dispatcher import LookupDispatcher
 from .mlp import MLPPipeline
 from .onchip_table import OnChipTable
@@ -52,15 +54,20 @@ from .register_map import KERNEL_ID, KERNEL_VERSION, NO_ERROR_REQUEST, kernel_ar
 from .request_reader import ParserParam, RecordFetcher, RecordParser
 from .result_writer import STATUS_WORDS, ResultWriter
 from .stream_arbiter import StreamArbiter
-from .stream_types import RequestFlagsLayout
+from .stream_types import BLOCK_ADDR_BITS, BLOCK_SEL_BITS, RequestFlagsLayout
 
-__all__ = ["Target", "PROGRAM_MAGIC", "MODEL_DATA_WIDTH", "FLAG_LOAD", "RecFabricKernel",
+__all__ = ["Target", "PROGRAM_MAGIC", "PROGRAM_FORMAT", "MODEL_DATA_WIDTH", "FLAG_LOAD",
+           "BlockCommandLayout", "RecFabricKernel",
            "vitis_kernel", "generate_verilog", "KernelUnsupported",
            "kernel_for_formats", "master_data_widths"]
 
 #: First 32 bits of a kernel program's header word ("RFpg").
 PROGRAM_MAGIC = 0x67704652
-#: Width of the model master: one command word must hold the widest payload (on-chip rows).
+#: Bits 64..95 of the header word: the program format the kernel executes (3: packed blocks).
+#: A header with another value leaves no valid program, as a wrong magic does.
+PROGRAM_FORMAT = 4
+#: Width of the model master: a command word holds the widest command payload; a data beat is
+#: one word (32 int16 or 64 int8 weights, two on-chip RAM words).
 MODEL_DATA_WIDTH = 512
 #: ``flags`` argument bit 0: execute the kernel program before the batch.
 FLAG_LOAD = 1
@@ -80,15 +87,28 @@ class KernelUnsupported(ValueError):
 
 
 class Target(enum.IntEnum):
-    """Command word targets (bits 7..0 of a program word)."""
+    """Command word targets (bits 7..0 of a program word), and block sinks (``sink`` of a
+    :class:`BlockCommandLayout`)."""
 
     PARSER = 0x01  # RecordParser.i_param
     PLACE = 0x02  # LookupDispatcher.i_place
     CONCAT = 0x03  # ConcatStage.i_desc
-    MLP = 0x04  # MLPPipeline.i_load (top)
+    MLP = 0x04  # command: MLPPipeline.i_load (top; descriptors); block sink: its i_block
+    BLOCK = 0x05  # a block command: the next ``beats`` words are data beats for ``sink``
     UNIT_DESC = 0x40  # + unit: EmbeddingLookupUnit.i_desc
     ONCHIP_DESC = 0x80  # + unit: OnChipTable.i_desc
-    ONCHIP_LOAD = 0xC0  # + unit: OnChipTable.i_load
+    ONCHIP_LOAD = 0xC0  # + unit, block sink: OnChipTable.i_load (packed words)
+
+
+class BlockCommandLayout(data.StructLayout):
+    """Payload of a ``Target.BLOCK`` command: the next ``beats`` program words are data beats
+    for block sink ``sink`` (a :class:`Target` code), each handed over as a
+    :class:`~recfabric.hw.stream_types.BlockBeatLayout` with this ``sel`` and address ``addr +
+    k`` (``k`` the beat's position in the block), one per cycle."""
+
+    def __init__(self):
+        super().__init__({"sink": 8, "sel": BLOCK_SEL_BITS, "addr": BLOCK_ADDR_BITS,
+                          "beats": 32})
 
 
 class RecFabricKernel(wiring.Component):
@@ -128,10 +148,13 @@ class RecFabricKernel(wiring.Component):
                 id_width=c.mem_id_width, read=True, write=False))
         super().__init__(members)
         # Blocks are built here so that the host can ask them for their load formats.
-        self.ctrl = ControlRegisters(c.mem_channels, c.config_hash)
+        self.ctrl = ControlRegisters(c.mem_channels, c.config_hash,
+                                     num_units=c.mem_channels + c.onchip_units)
+        # The program loader streams: 128 words of FIFO keep bursts in flight over ~100 cycles
+        # of read latency, so it sustains one word per cycle (docs/kernel.md).
         self.model_fetch = RecordFetcher(data_width=MODEL_DATA_WIDTH,
                                          addr_width=c.mem_addr_width, max_burst=16,
-                                         fifo_depth=32)
+                                         fifo_depth=128)
         self.fetch = RecordFetcher(data_width=c.mem_data_width, addr_width=c.mem_addr_width,
                                    max_burst=16, fifo_depth=32)
         self.parser = RecordParser(data_width=c.mem_data_width, max_features=c.max_features,
@@ -141,7 +164,8 @@ class RecFabricKernel(wiring.Component):
         self.dispatcher = LookupDispatcher(**LookupDispatcher.config_kwargs(c))
         self.units = [EmbeddingLookupUnit(**EmbeddingLookupUnit.config_kwargs(c, arid=0))
                       for _ in range(c.mem_channels)]
-        self.onchip = [OnChipTable(**OnChipTable.config_kwargs(c, word_bits=256))
+        self.onchip = [OnChipTable(**OnChipTable.config_kwargs(c, word_bits=256,
+                                                               beat_bits=MODEL_DATA_WIDTH))
                        for _ in range(c.onchip_units)]
         pooled_shape = (self.units + self.onchip)[0].o_pooled.payload.shape()
         self.arbiter = StreamArbiter(pooled_shape, len(self.units) + len(self.onchip))
@@ -151,7 +175,7 @@ class RecFabricKernel(wiring.Component):
                                   max_dense=c.max_dense, inflight=c.inflight)
         self.mlp = MLPPipeline(shapes=c.mlp_top_shapes, data_bits=c.data_bits,
                                acc_bits=c.acc_bits, max_in=c.max_concat, max_width=c.max_width,
-                               sigmoid=True)
+                               sigmoid=True, beat_bits=MODEL_DATA_WIDTH)
         self.writer = ResultWriter(data_width=c.mem_data_width, addr_width=c.mem_addr_width)
 
     def elaborate(self, platform):
@@ -161,8 +185,8 @@ class RecFabricKernel(wiring.Component):
             m.submodules[name] = getattr(self, name)
         for i, u in enumerate(self.units):
             m.submodules[f"unit{i}"] = u
-        for i, t in enumerate(self.onchip):
-            m.submodules[f"onchip{i}"] = t
+        for i, t in enumerate(self.onchip):  # one module for all when hierarchical (hw/hier.py)
+            m.submodules[f"onchip{i}"] = bind(platform, t)
         m.submodules.flag_fifo = flag_fifo = SyncFIFOBuffered(
             width=RequestFlagsLayout().size, depth=2 * len(self.config.mlp_top_shapes) + 4)
 
@@ -196,6 +220,8 @@ class RecFabricKernel(wiring.Component):
                               words_per_record=Signal(16))
         program_valid = Signal()  # reset: no program
         prog_words = Signal(32)
+        block = SimpleNamespace(left=Signal(32), sink=Signal(8), sel=Signal(BLOCK_SEL_BITS),
+                                addr=Signal(BLOCK_ADDR_BITS))
         word = self.model_fetch.o_word
         m.d.comb += self.model_fetch.batch.eq(1)
         loading = Signal()  # the program loader's sticky error belongs to this run only then
@@ -210,7 +236,7 @@ class RecFabricKernel(wiring.Component):
                         m.d.comb += [self.model_fetch.start.eq(1),
                                      self.model_fetch.base.eq(ctrl.arg_model),
                                      self.model_fetch.words.eq(1)]
-                        m.d.sync += program_valid.eq(0)
+                        m.d.sync += [program_valid.eq(0), block.left.eq(0)]
                         m.next = "HEADER"
                     with m.Else():
                         m.next = "BATCH"
@@ -218,7 +244,8 @@ class RecFabricKernel(wiring.Component):
                 m.d.comb += [word.ready.eq(1), loading.eq(1)]
                 with m.If(word.valid):
                     m.d.sync += prog_words.eq(word.payload[32:64])
-                    with m.If(word.payload[:32] != PROGRAM_MAGIC):
+                    with m.If((word.payload[:32] != PROGRAM_MAGIC) |
+                              (word.payload[64:96] != PROGRAM_FORMAT)):
                         m.next = "BATCH"  # bad program: nothing is loaded, the run says so
                     with m.Else():
                         m.next = "PROGRAM_START"
@@ -233,7 +260,7 @@ class RecFabricKernel(wiring.Component):
                     m.next = "PROGRAM"
             with m.State("PROGRAM"):
                 m.d.comb += loading.eq(1)
-                self._route_program(m, word)
+                self._route_program(m, word, block)
                 with m.If(word.valid & word.ready):
                     m.d.sync += prog_words.eq(prog_words - 1)
                     with m.If(prog_words == 1):
@@ -351,6 +378,10 @@ class RecFabricKernel(wiring.Component):
         m.d.comb += issued_now.eq(sum(u.i_lookup.valid & u.i_lookup.ready for u in units))
         mem_stall = Cat(u.i_lookup.valid & ~u.i_lookup.ready for u in self.units).any() \
             if self.units else Const(0)
+        # Per-unit lookup counters (the dispatcher's, cleared at start): registers only.
+        m.d.comb += self.dispatcher.count_clear.eq(ctrl.start)
+        for u, count in enumerate(self.dispatcher.count):
+            m.d.comb += ctrl.unit_lookups[u].eq(count)
         with m.If(ctrl.start):
             m.d.sync += [lookups.eq(0), stall_mem.eq(0), stall_mlp.eq(0)]
         with m.Else():
@@ -374,27 +405,49 @@ class RecFabricKernel(wiring.Component):
         for i, name in enumerate(STATUS_WORDS):
             m.d.comb += self.writer.status[i].eq(block[name])
 
-    def _route_program(self, m, word):
-        """Route one program word to its target's configuration stream."""
+    def block_sinks(self) -> list:
+        """``(Target code, port)`` of every block sink: the wide load ports that take a
+        ``BLOCK`` command's data beats (:class:`~recfabric.hw.stream_types.BlockBeatLayout`).
+        One more pipeline is one more entry."""
+        sinks = [(Target.MLP, self.mlp.i_block)]
+        sinks += [(Target.ONCHIP_LOAD + i, t.i_load) for i, t in enumerate(self.onchip)]
+        return sinks
+
+    def _route_program(self, m, word, block):
+        """Route one program word: a command to its target's configuration stream, a ``BLOCK``
+        command into ``block`` (sink, sel, address, beats left), a block's data beat to its sink
+        (one per cycle while the sink is ready; unknown targets and sinks drop their words)."""
         tgt = word.payload[:8]
         body = word.payload[8:]
+        in_block = block.left != 0
         sinks = [(Target.PARSER, self.parser.i_param), (Target.PLACE, self.dispatcher.i_place),
                  (Target.CONCAT, self.concat.i_desc), (Target.MLP, self.mlp.i_load)]
         for i, u in enumerate(self.units):
             sinks.append((Target.UNIT_DESC + i, u.i_desc))
         for i, t in enumerate(self.onchip):
             sinks.append((Target.ONCHIP_DESC + i, t.i_desc))
-            sinks.append((Target.ONCHIP_LOAD + i, t.i_load))
-        ready = Const(1)  # unknown targets are dropped
+        ready = Const(1)
         for code, sink in sinks:
             width = len(sink.payload.as_value())
             if width > len(body):
                 raise KernelUnsupported(f"{code!r} payload of {width} bits does not fit a "
                                         f"{len(word.payload)}-bit program word")
-            hit = tgt == int(code)
+            hit = ~in_block & (tgt == int(code))
             m.d.comb += [sink.payload.eq(body[:width]), sink.valid.eq(word.valid & hit)]
             ready = ready & (~hit | sink.ready)
+        for code, sink in self.block_sinks():
+            hit = in_block & (block.sink == int(code))
+            m.d.comb += [sink.payload.sel.eq(block.sel), sink.payload.addr.eq(block.addr),
+                         sink.payload.data.eq(word.payload), sink.valid.eq(word.valid & hit)]
+            ready = ready & (~hit | sink.ready)
         m.d.comb += word.ready.eq(ready)
+        cmd = data.View(BlockCommandLayout(), body[:BlockCommandLayout().size])
+        with m.If(word.valid & word.ready):
+            with m.If(in_block):
+                m.d.sync += [block.left.eq(block.left - 1), block.addr.eq(block.addr + 1)]
+            with m.Elif(tgt == Target.BLOCK):
+                m.d.sync += [block.left.eq(cmd.beats), block.sink.eq(cmd.sink),
+                             block.sel.eq(cmd.sel), block.addr.eq(cmd.addr)]
 
 
 class _VitisTop(Elaboratable):
@@ -435,7 +488,18 @@ def vitis_kernel(config: AcceleratorConfig):
     return top, ports
 
 
-def generate_verilog(config: AcceleratorConfig, name: str = "recfabric_kernel") -> str:
-    """Verilog of the kernel with Vitis port names (top module ``name``)."""
+def generate_verilog(config: AcceleratorConfig, name: str = "recfabric_kernel", *,
+                     hierarchical: bool = True) -> str:
+    """Verilog of the kernel with Vitis port names (top module ``name``).
+
+    ``hierarchical`` (default) emits each distinct processing element once as its own module
+    (``NAME__processingelement_<hash>``) and instantiates it (:mod:`.hier`): the same logic as
+    the flat design (tested by simulating both), generated in a fraction of the time and memory
+    at u280 scale. ``False`` converts the plain design, as the Amaranth simulator sees it.
+    """
     top, ports = vitis_kernel(config)
-    return verilog.convert(top, name=name, ports=ports, emit_src=False)
+    if not hierarchical:
+        return verilog.convert(top, name=name, ports=ports, emit_src=False)
+    emitter = HierarchicalEmitter(prefix=name)
+    text = verilog.convert(top, name=name, ports=ports, emit_src=False, platform=emitter)
+    return emitter.verilog(text)

@@ -8,9 +8,9 @@ unit that serves the item's feature (an
 :class:`~recfabric.hw.embedding_lookup.EmbeddingLookupUnit` or an
 :class:`~recfabric.hw.onchip_table.OnChipTable`), according to a runtime *placement* written by
 the host (the model compiler decides it). No register holds a request: the dispatcher's state is
-a pipeline register, a placement memory and a hold memory of ``max_features`` entries each, and
-one small FIFO per unit (``fifo_depth`` lookups) that lets a stalled unit fall behind the others
-without stopping them.
+two pipeline registers, a placement memory, a hold memory and a copy-turn memory of
+``max_features`` entries each, and one small FIFO per unit (``fifo_depth`` lookups) that lets a
+stalled unit fall behind the others without stopping them.
 
 Placement (one :class:`PlacementLayout` entry per feature, in a ``lib.memory`` memory)
 --------------------------------------------------------------------------------------
@@ -18,19 +18,39 @@ Placement (one :class:`PlacementLayout` entry per feature, in a ``lib.memory`` m
 
 * ``NONE``: nothing (the feature is not looked up).
 * ``SINGLE``: the feature's bag is one slot of one table: each live ID becomes a ``ROW`` lookup
-  of row ``id`` in descriptor ``desc`` of unit ``unit``, for slot ``slot`` (``first``/``last``
-  as in the bag; the unit checks ``row < rows``), an empty bag one ``EMPTY`` lookup.
-* ``HOLD`` and ``PAIR``: two features share one Cartesian-merged table whose row
-  ``id_a * rows_b + id_b`` is ``concat(row_a, row_b)``. The product is computed **here, in
-  hardware** (one multiply; ``mult = rows_b`` is a placement field), so the wire format carries
-  the features' own IDs. The member that arrives first (the lower feature index) is ``HOLD``:
-  its ID, and whether its bag is exactly one ID below ``rows``, go to the hold memory. The
-  other member is ``PAIR`` (``partner`` = the ``HOLD`` feature, ``a_held`` = the held one is
-  ``a``): at its bag's last item it emits one lookup: ``EMPTY`` if a bag's length was not 1
-  (merged features are one-hot; the record parser flags that request BAG_RANGE, and no lookup
-  must raise the ID error as well), else ``ROW`` if both IDs are below their ``rows``,
-  otherwise ``BAD`` with ``row = 0`` (an out-of-range ID must not alias into another row of
-  the merged table).
+  of row ``id`` for slot ``slot`` (``first``/``last`` as in the bag; the unit checks
+  ``row < rows``), an empty bag one ``EMPTY`` lookup.
+* ``HOLD``, ``MID``, ``LAST``: ``n >= 2`` one-hot features share one Cartesian-merged table
+  whose row is ``sum(id_i * radix_i)`` (:class:`~recfabric.host.compiler.planner.Group`). The
+  sum is computed **here, in hardware** (one multiply per member; ``mult = radix_i`` is a
+  placement field), so the wire format carries the features' own IDs. Members arrive in
+  feature order: the first is ``HOLD`` (it writes ``id * mult``, whether its bag is exactly one
+  ID, and whether the ID is below its ``rows``, to the hold memory at its own feature index),
+  the middle ones ``MID`` (they add theirs to the held entry of ``partner``, the ``HOLD``
+  feature), the last ``LAST``: at its bag's last item it emits one lookup: ``EMPTY`` if any
+  bag's length was not 1 (merged features are one-hot; the record parser flags that request
+  BAG_RANGE, and no lookup must raise the ID error as well), else ``ROW`` if every ID is below
+  its ``rows``, otherwise ``BAD`` with ``row = 0`` (an out-of-range ID must not alias into
+  another row of the merged table).
+
+Parts: row-range splits and copies
+----------------------------------
+A ``SINGLE`` or ``LAST`` entry lists where its table is held: ``copies`` copies of
+``shards`` row-range shards each, ``parts[c * shards + s]`` (:class:`TablePartLayout`: unit,
+descriptor, first row ``lo``) for copy ``c``, shard ``s``; ``shards``/``copies`` 0 mean 1.
+Shards of a copy are in row order (``lo`` ascending, ``parts[0].lo == 0``).
+
+* **By row**: the lookup of row ``r`` goes to the shard with the largest ``lo <= r``, as row
+  ``r - lo`` of that shard's descriptor (so the unit's own ``rows`` check catches rows past the
+  table's end). A split table serves one-hot features only (the compiler refuses others): its
+  bag makes one lookup, at the bag's last item, ``ROW`` if the bag held exactly one ID and
+  ``EMPTY`` (to shard 0) otherwise (the parser flags that request BAG_RANGE). So every bag is
+  pooled whole by one unit, exactly as the golden model pools it.
+* **Copies, round-robin per bag**: feature ``f``'s bags go to copy ``0, 1, ..., copies-1, 0,
+  ...`` in turn (a turn counter per feature in the copy-turn memory, advanced at each bag's
+  end). A bag stays whole on one copy, so pooling stays exact; over a stream of equal bags the
+  copies serve lookup counts within one bag of each other, and over any stream bag counts
+  within 1.
 
 Each (request, slot) gets exactly one bag of lookups, so exactly one pooled vector. Lookups of a
 bag reach their unit contiguously because a feature's items are contiguous in the input. Units
@@ -39,12 +59,15 @@ see their bags in feature order (the concat stage takes slots in any order).
 Errors
 ------
 Nothing is read here. An ID out of range of a ``SINGLE`` feature is found by the unit (cause
-``ROW``, against its descriptor's ``rows``); a ``HOLD``/``PAIR`` member out of range becomes a
-``BAD`` lookup, which the unit flags (cause ``ROW``) without a memory read. A merged bag whose
+``ROW``, against its descriptor's ``rows``); a merged member out of range becomes a ``BAD``
+lookup, which the unit flags (cause ``ROW``) without a memory read. A merged or split bag whose
 length is not 1 becomes an ``EMPTY`` lookup: the parser has flagged it (``bad_bag``), and only
 the bag bit must be raised. Oversize bags and empty one-hot bags are flagged by the parser.
 
-Throughput: one item per cycle (a two-stage pipeline: placement read, then route).
+Counters: ``count[u]`` is the number of lookups sent to unit ``u`` since ``count_clear``.
+
+Throughput: one item per cycle (a three-stage pipeline: placement read; merge sums and copy
+turn; part choice by row, row offset and the unit's FIFO).
 """
 
 from __future__ import annotations
@@ -56,18 +79,19 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .request_reader import FeatureIdLayout
-from .stream_types import LookupKind, LookupLayout, index_bits
+from .stream_types import LookupKind, LookupLayout, TablePartLayout, index_bits
 
 __all__ = ["PlaceKind", "PlacementLayout", "PlacementWriteLayout", "LookupDispatcher"]
 
 
-class PlaceKind(enum.Enum, shape=2):
+class PlaceKind(enum.Enum, shape=3):
     """What a feature's items do (see the module docstring)."""
 
     NONE = 0
     SINGLE = 1
     HOLD = 2
-    PAIR = 3
+    MID = 3
+    LAST = 4
 
 
 class PlacementLayout(data.StructLayout):
@@ -76,26 +100,27 @@ class PlacementLayout(data.StructLayout):
     Members
     -------
     kind : PlaceKind
-    unit : unsigned(unit_bits)
-        Unit serving the feature's slot (``SINGLE``, ``PAIR``).
     slot : unsigned(slot_bits)
-    desc : unsigned(desc_bits)
-        Table descriptor index in the unit.
+        The pooled vector's slot (``SINGLE``, ``LAST``).
     rows : unsigned(id_bits)
-        The feature's own row count (``HOLD``, ``PAIR``: IDs must be below it).
+        The feature's own row count (merged members: IDs must be below it).
     mult : unsigned(id_bits)
-        ``rows_b`` of the merged pair (``PAIR``).
+        The member's radix in the merged row (``HOLD``, ``MID``, ``LAST``).
     partner : unsigned(feature_bits)
-        The ``HOLD`` member (``PAIR``).
-    a_held : unsigned(1)
-        The held member is feature ``a`` (its ID is multiplied by ``mult``).
+        The ``HOLD`` member of the merged group (``MID``, ``LAST``).
+    shards, copies : unsigned(index_bits(parts + 1))
+        Row-range shards per copy and copies of the table (``SINGLE``, ``LAST``; 0 means 1).
+    parts : ArrayLayout(TablePartLayout, parts)
+        ``parts[c * shards + s]``: shard ``s`` of copy ``c``.
     """
 
     def __init__(self, *, unit_bits: int, slot_bits: int, desc_bits: int, feature_bits: int,
-                 id_bits: int):
-        super().__init__({"kind": PlaceKind, "unit": unit_bits, "slot": slot_bits,
-                          "desc": desc_bits, "rows": id_bits, "mult": id_bits,
-                          "partner": feature_bits, "a_held": 1})
+                 id_bits: int, parts: int = 1):
+        part = TablePartLayout(unit_bits=unit_bits, desc_bits=desc_bits, row_bits=id_bits)
+        count = index_bits(parts + 1)
+        super().__init__({"kind": PlaceKind, "slot": slot_bits, "rows": id_bits,
+                          "mult": id_bits, "partner": feature_bits, "shards": count,
+                          "copies": count, "parts": data.ArrayLayout(part, parts)})
 
 
 class PlacementWriteLayout(data.StructLayout):
@@ -119,21 +144,28 @@ class LookupDispatcher(wiring.Component):
         Width of row indices (IDs arrive as 32 bits).
     fifo_depth : int
         Lookups buffered per unit (at least 2).
+    parts : int
+        Parts (copies x row-range shards) one table may be held in.
 
     Members
     -------
     i_id : In(stream.Signature(FeatureIdLayout))
     i_place : In(stream.Signature(PlacementWriteLayout))
-        Placement writes; always ready. Write while idle.
+        Placement writes; always ready. Write while idle (a write also resets the feature's
+        copy turn).
     o_lookup : Out(stream.Signature(LookupLayout)).array(n_units)
     idle : Out(1)
         Nothing is in the pipeline or the FIFOs.
+    count : Out(32).array(n_units)
+        Lookups sent to each unit since ``count_clear`` (wrapping).
+    count_clear : In(1)
     """
 
     def __init__(self, *, n_units: int, max_features: int, tag_bits: int = 4,
-                 slot_bits: int = 4, desc_bits: int = 4, id_bits: int = 32, fifo_depth: int = 4):
+                 slot_bits: int = 4, desc_bits: int = 4, id_bits: int = 32, fifo_depth: int = 4,
+                 parts: int = 1):
         for n, v in (("n_units", n_units), ("max_features", max_features),
-                     ("id_bits", id_bits), ("fifo_depth", fifo_depth)):
+                     ("id_bits", id_bits), ("fifo_depth", fifo_depth), ("parts", parts)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise TypeError(f"{n} must be a positive integer, not {v!r}")
         if fifo_depth < 2:
@@ -143,11 +175,12 @@ class LookupDispatcher(wiring.Component):
         self.n_units, self.max_features, self.fifo_depth = n_units, max_features, fifo_depth
         self.tag_bits, self.slot_bits, self.desc_bits, self.id_bits = (
             tag_bits, slot_bits, desc_bits, id_bits)
+        self.parts = parts
         self.feature_bits = index_bits(max_features)
         self.id_layout = FeatureIdLayout(tag_bits=tag_bits, feature_bits=self.feature_bits)
         self.entry_layout = PlacementLayout(
             unit_bits=index_bits(n_units), slot_bits=slot_bits, desc_bits=desc_bits,
-            feature_bits=self.feature_bits, id_bits=id_bits)
+            feature_bits=self.feature_bits, id_bits=id_bits, parts=parts)
         self.lookup_layout = LookupLayout(tag_bits=tag_bits, slot_bits=slot_bits,
                                           desc_bits=desc_bits, row_bits=id_bits)
         super().__init__({
@@ -156,6 +189,8 @@ class LookupDispatcher(wiring.Component):
                 feature_bits=self.feature_bits, entry=self.entry_layout))),
             "o_lookup": Out(stream.Signature(self.lookup_layout)).array(n_units),
             "idle": Out(1),
+            "count": Out(32).array(n_units),
+            "count_clear": In(1),
         })
 
     @classmethod
@@ -166,7 +201,8 @@ class LookupDispatcher(wiring.Component):
                     max_features=config.max_features,
                     tag_bits=index_bits(config.inflight),
                     slot_bits=index_bits(config.max_features),
-                    desc_bits=index_bits(config.max_features), id_bits=32)
+                    desc_bits=index_bits(config.max_features), id_bits=32,
+                    parts=config.capabilities().table_parts)
         args.update(overrides)
         return args
 
@@ -178,11 +214,15 @@ class LookupDispatcher(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         nf = max(2, self.max_features)
+        P = self.parts
+        count_shape = self.entry_layout["shards"].shape
         m.submodules.place = place = Memory(shape=self.entry_layout, depth=nf, init=[])
         hold_layout = data.StructLayout({"id": self.id_bits, "one": 1, "ok": 1})
         m.submodules.hold = hold = Memory(shape=hold_layout, depth=nf, init=[])
+        m.submodules.turn = turn = Memory(shape=count_shape, depth=nf, init=[])
         pw, pr = place.write_port(), place.read_port()
         hw, hr = hold.write_port(), hold.read_port(domain="comb")
+        tw, tr = turn.write_port(), turn.read_port(domain="comb")
 
         w = self.i_place
         m.d.comb += [w.ready.eq(1), pw.en.eq(w.valid), pw.addr.eq(w.payload.feature),
@@ -199,7 +239,63 @@ class LookupDispatcher(wiring.Component):
             m.d.sync += [s_valid.eq(i.valid), s.eq(i.payload)]
         e = pr.data
 
-        # Route: build the lookup, push it into the unit's FIFO.
+        # Stage 2: merged rows (hold memory), the lookup, the copy turn.
+        lk = Signal(self.lookup_layout)
+        emit = Signal()
+        sid = s.id[:self.id_bits]
+        one = s.first & s.last & ~s.empty
+        in_range = sid < e.rows
+        term = Signal(self.id_bits)
+        m.d.comb += [term.eq(sid * e.mult), hr.addr.eq(e.partner), tr.addr.eq(s.feature),
+                     lk.tag.eq(s.tag), lk.slot.eq(e.slot)]
+        held = hr.data
+        with m.Switch(e.kind):
+            with m.Case(PlaceKind.SINGLE):
+                split = e.shards > 1
+                with m.If(split):
+                    # One-hot split table: one lookup at the bag's end (row routed in stage 3).
+                    m.d.comb += [emit.eq(s.last), lk.first.eq(1), lk.last.eq(1),
+                                 lk.row.eq(Mux(one, sid, 0)),
+                                 lk.kind.eq(Mux(one, LookupKind.ROW, LookupKind.EMPTY))]
+                with m.Else():
+                    m.d.comb += [emit.eq(1), lk.first.eq(s.first), lk.last.eq(s.last),
+                                 lk.row.eq(Mux(s.empty, 0, sid)),
+                                 lk.kind.eq(Mux(s.empty, LookupKind.EMPTY, LookupKind.ROW))]
+            with m.Case(PlaceKind.HOLD):
+                # Every item writes; a bag of several IDs (or an empty bag) ends with one=0.
+                m.d.comb += [hw.en.eq(advance), hw.addr.eq(s.feature), hw.data.id.eq(term),
+                             hw.data.one.eq(one), hw.data.ok.eq(in_range)]
+            with m.Case(PlaceKind.MID):
+                m.d.comb += [hw.en.eq(advance), hw.addr.eq(e.partner),
+                             hw.data.id.eq(held.id + term), hw.data.one.eq(held.one & one),
+                             hw.data.ok.eq(held.ok & in_range)]
+            with m.Case(PlaceKind.LAST):
+                # A bag length other than 1 is the record parser's BAG_RANGE error (it flags
+                # the request): an EMPTY lookup, so that it does not raise the ID error too.
+                all_one = held.one & one
+                good = all_one & held.ok & in_range
+                m.d.comb += [emit.eq(s.last), lk.first.eq(1), lk.last.eq(1),
+                             lk.row.eq(Mux(good, held.id + term, 0)),
+                             lk.kind.eq(Mux(all_one, Mux(good, LookupKind.ROW, LookupKind.BAD),
+                                            LookupKind.EMPTY))]
+        # Copy turn: this bag's copy; the next bag of the feature takes the next copy.
+        cur = tr.data
+        m.d.comb += [tw.addr.eq(Mux(w.valid, w.payload.feature, s.feature)),
+                     tw.data.eq(Mux(w.valid | (cur + 1 >= e.copies), 0, cur + 1)),
+                     tw.en.eq(w.valid | (advance & emit & lk.last))]
+
+        route_layout = data.StructLayout({
+            "lk": self.lookup_layout, "copy": count_shape, "shards": count_shape,
+            "parts": self.entry_layout["parts"].shape})
+        r_valid = Signal()
+        r = Signal(route_layout)
+        r_free = Signal()
+        m.d.comb += advance.eq(s_valid & (~emit | r_free))
+        with m.If(r_free):
+            m.d.sync += [r_valid.eq(s_valid & emit), r.lk.eq(lk), r.copy.eq(cur),
+                         r.shards.eq(e.shards), r.parts.eq(e.parts)]
+
+        # Stage 3: the part holding the row (shards in row order), the row within it, the FIFO.
         fifos = []
         for u in range(self.n_units):
             fifo = SyncFIFOBuffered(width=self.lookup_layout.size, depth=self.fifo_depth)
@@ -208,40 +304,28 @@ class LookupDispatcher(wiring.Component):
             m.d.comb += [o.payload.eq(fifo.r_data), o.valid.eq(fifo.r_rdy),
                          fifo.r_en.eq(o.ready)]
             fifos.append(fifo)
-
-        lk = Signal(self.lookup_layout)
-        emit = Signal()
-        sid = s.id[:self.id_bits]
-        one = s.first & s.last & ~s.empty
-        in_range = sid < e.rows
-        m.d.comb += [hr.addr.eq(e.partner), lk.tag.eq(s.tag), lk.slot.eq(e.slot),
-                     lk.desc.eq(e.desc)]
-        with m.Switch(e.kind):
-            with m.Case(PlaceKind.SINGLE):
-                m.d.comb += [emit.eq(1), lk.first.eq(s.first), lk.last.eq(s.last),
-                             lk.row.eq(Mux(s.empty, 0, sid)),
-                             lk.kind.eq(Mux(s.empty, LookupKind.EMPTY, LookupKind.ROW))]
-            with m.Case(PlaceKind.HOLD):
-                # Every item writes; a bag of several IDs (or an empty bag) ends with one=0.
-                m.d.comb += [hw.en.eq(s_valid), hw.addr.eq(s.feature), hw.data.id.eq(sid),
-                             hw.data.one.eq(one), hw.data.ok.eq(in_range)]
-            with m.Case(PlaceKind.PAIR):
-                # A bag length other than 1 is the record parser's BAG_RANGE error (it flags
-                # the request): an EMPTY lookup, so that it does not raise the ID error too.
-                both_one = hr.data.one & one
-                good = both_one & hr.data.ok & in_range
-                held = hr.data.id
-                prod = Signal(self.id_bits)
-                m.d.comb += prod.eq(Mux(e.a_held, held, sid) * e.mult + Mux(e.a_held, sid, held))
-                m.d.comb += [emit.eq(s.last), lk.first.eq(1), lk.last.eq(1),
-                             lk.row.eq(Mux(good, prod, 0)),
-                             lk.kind.eq(Mux(both_one, Mux(good, LookupKind.ROW, LookupKind.BAD),
-                                            LookupKind.EMPTY))]
+        row = r.lk.row
+        shard = Signal(range(max(2, P)))
+        for p in range(1, P):
+            with m.If((p < r.shards) & (row >= r.parts[p].lo)):
+                m.d.comb += shard.eq(p)
+        index = Signal(range(max(2, P)))
+        shards1 = Mux(r.shards == 0, 1, r.shards)
+        m.d.comb += index.eq(r.copy * shards1 + shard if P > 1 else 0)
+        part = r.parts[index] if P > 1 else r.parts[0]
+        out = Signal(self.lookup_layout)
+        m.d.comb += [out.eq(r.lk), out.desc.eq(part.desc), out.row.eq(row - part.lo)]
+        unit = part.unit
         w_rdy = Signal()
-        m.d.comb += w_rdy.eq(Cat(f.w_rdy for f in fifos).bit_select(e.unit, 1)
+        m.d.comb += w_rdy.eq(Cat(f.w_rdy for f in fifos).bit_select(unit, 1)
                              if self.n_units > 1 else fifos[0].w_rdy)
-        m.d.comb += advance.eq(s_valid & (~emit | w_rdy))
+        m.d.comb += r_free.eq(~r_valid | w_rdy)
         for u, fifo in enumerate(fifos):
-            m.d.comb += [fifo.w_data.eq(lk), fifo.w_en.eq(s_valid & emit & (e.unit == u))]
-        m.d.comb += self.idle.eq(~s_valid & ~Cat(f.r_rdy for f in fifos).any())
+            push = r_valid & (unit == u) & w_rdy
+            m.d.comb += [fifo.w_data.eq(out), fifo.w_en.eq(r_valid & (unit == u))]
+            with m.If(self.count_clear):
+                m.d.sync += self.count[u].eq(0)
+            with m.Elif(push):
+                m.d.sync += self.count[u].eq(self.count[u] + 1)
+        m.d.comb += self.idle.eq(~s_valid & ~r_valid & ~Cat(f.r_rdy for f in fifos).any())
         return m

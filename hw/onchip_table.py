@@ -3,7 +3,9 @@
 :class:`OnChipTable` takes the same lookups and produces the same pooled vectors as
 :class:`~recfabric.hw.embedding_lookup.EmbeddingLookupUnit` (same :class:`LookupLayout`, error and
 pooling contract: see that module), but reads rows from an ``amaranth.lib.memory.Memory`` of
-``depth`` words of ``word_bits`` bits that the host fills through a load port.
+``depth`` words of ``word_bits`` bits that the host fills through a load port, one beat of
+``beat_bits // word_bits`` consecutive words per cycle (the RAM is ``beat_bits`` wide inside;
+a lookup reads one ``word_bits`` word of it per cycle).
 
 Descriptors (:class:`~recfabric.hw.embedding_lookup.TableDescriptorLayout`) are in *words* here:
 ``base`` is the word address of row 0, ``stride`` the words from one row to the next; ``rows`` and
@@ -25,6 +27,7 @@ from amaranth.lib.wiring import In, Out
 
 from .embedding_lookup import LookupErrorSignature, RowPooler, descriptor_written
 from .stream_types import (
+    BlockBeatLayout,
     DescriptorWriteLayout,
     LookupErrorCause,
     LookupKind,
@@ -34,14 +37,7 @@ from .stream_types import (
     index_bits,
 )
 
-__all__ = ["OnChipTable", "LoadWordLayout"]
-
-
-class LoadWordLayout(data.StructLayout):
-    """Host load of one memory word: ``addr`` (word address) and ``data``."""
-
-    def __init__(self, *, addr_bits: int, word_bits: int):
-        super().__init__({"addr": addr_bits, "data": word_bits})
+__all__ = ["OnChipTable"]
 
 
 class OnChipTable(wiring.Component):
@@ -64,14 +60,19 @@ class OnChipTable(wiring.Component):
         Width of row indices.
     max_bag : int
         Largest bag (pooling accumulator width).
+    beat_bits : int
+        Load beat width (default 512, the program loader's word): ``beat_bits // word_bits``
+        words, a power of two, per load beat.
 
     Members
     -------
     i_lookup : In(stream.Signature(LookupLayout))
     i_desc : In(stream.Signature(DescriptorWriteLayout))
         Descriptor writes (word units); always ready.
-    i_load : In(stream.Signature(LoadWordLayout))
-        Host writes of RAM words; always ready. Load while no lookup is in flight.
+    i_load : In(stream.Signature(BlockBeatLayout(beat_bits)))
+        Host writes of RAM words, one beat per cycle: beat ``addr`` holds words ``addr * n ..
+        addr * n + n - 1`` (``n = beat_bits // word_bits``), word ``i`` in bits ``i *
+        word_bits``; ``sel`` is ignored. Always ready. Load while no lookup is in flight.
     o_pooled : Out(stream.Signature(PooledVectorLayout))
     error : Out(LookupErrorSignature)
         Sticky first-error record.
@@ -80,7 +81,7 @@ class OnChipTable(wiring.Component):
 
     def __init__(self, *, data_bits: int = 16, max_dim: int = 16, word_bits: int = 256,
                  depth: int = 128, tag_bits: int = 4, slot_bits: int = 4, n_desc: int = 4,
-                 row_bits: int = 32, max_bag: int = 4):
+                 row_bits: int = 32, max_bag: int = 4, beat_bits: int = 512):
         for n, v in (("data_bits", data_bits), ("max_dim", max_dim), ("word_bits", word_bits),
                      ("depth", depth), ("n_desc", n_desc), ("max_bag", max_bag)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -88,8 +89,13 @@ class OnChipTable(wiring.Component):
         if word_bits % data_bits:
             raise ValueError(f"Word width {word_bits} is not a multiple of the element width "
                              f"{data_bits}")
+        wpb = beat_bits // word_bits
+        if beat_bits % word_bits or wpb & (wpb - 1):
+            raise ValueError(f"Load beat width {beat_bits} is not a power-of-two multiple of the "
+                             f"word width {word_bits}")
         self.data_bits, self.max_dim, self.word_bits, self.depth = (
             data_bits, max_dim, word_bits, depth)
+        self.beat_bits, self.words_per_beat = beat_bits, wpb
         self.tag_bits, self.slot_bits, self.n_desc, self.row_bits, self.max_bag = (
             tag_bits, slot_bits, n_desc, row_bits, max_bag)
         self.elems_per_word = word_bits // data_bits
@@ -107,8 +113,7 @@ class OnChipTable(wiring.Component):
             "i_lookup": In(stream.Signature(self.lookup_layout)),
             "i_desc": In(stream.Signature(DescriptorWriteLayout(desc_bits=self.desc_bits,
                                                                 desc_layout=self.desc_layout))),
-            "i_load": In(stream.Signature(LoadWordLayout(addr_bits=index_bits(depth),
-                                                         word_bits=word_bits))),
+            "i_load": In(stream.Signature(BlockBeatLayout(beat_bits))),
             "o_pooled": Out(stream.Signature(self.out_layout)),
             "error": Out(LookupErrorSignature(tag_bits=tag_bits, slot_bits=slot_bits)),
             "idle": Out(1),
@@ -139,12 +144,15 @@ class OnChipTable(wiring.Component):
         m = Module()
         epw = self.elems_per_word
 
-        m.submodules.mem = mem = Memory(shape=unsigned(self.word_bits), depth=self.depth,
-                                        init=[])
+        wpb = self.words_per_beat
+        lo = wpb.bit_length() - 1  # word address bits that select a word within a beat
+        m.submodules.mem = mem = Memory(shape=unsigned(self.beat_bits),
+                                        depth=-(-self.depth // wpb), init=[])
         wp = mem.write_port()
         rp = mem.read_port()
         m.d.comb += [wp.addr.eq(self.i_load.payload.addr), wp.data.eq(self.i_load.payload.data),
                      wp.en.eq(self.i_load.valid), self.i_load.ready.eq(1)]
+        word_sel = Signal(max(1, lo))  # which word of the read beat the read address named
 
         # ---- descriptors, validated when written -------------------------------------------
         entry = data.StructLayout({"desc": self.desc_layout, "beats": range(self.max_beats + 1),
@@ -182,8 +190,13 @@ class OnChipTable(wiring.Component):
         noread_done = v2 & ~c2.read & ctx_fifo.w_rdy
         done2 = noread_done | (issue & (k2 == c2.beats - 1))
         adv2 = ~v2 | done2
+        read_addr = Signal.like(a2)
+        m.d.comb += read_addr.eq(a2 + k2)
+        if lo:
+            with m.If(take):
+                m.d.sync += word_sel.eq(read_addr[:lo])
         m.d.comb += [
-            rp.addr.eq(a2 + k2), rp.en.eq(take),
+            rp.addr.eq(read_addr[lo:]), rp.en.eq(take),
             ctx_fifo.w_data.eq(c2), ctx_fifo.w_en.eq(noread_done | (issue & first_word)),
         ]
         with m.If(take):
@@ -219,7 +232,9 @@ class OnChipTable(wiring.Component):
         m.d.comb += [
             pooler.i_ctx.payload.eq(ctx_fifo.r_data), pooler.i_ctx.valid.eq(ctx_fifo.r_rdy),
             ctx_fifo.r_en.eq(pooler.i_ctx.ready),
-            pooler.i_beat.payload.data.eq(rp.data), pooler.i_beat.payload.err.eq(0),
+            pooler.i_beat.payload.data.eq(rp.data.word_select(word_sel, self.word_bits)
+                                          if lo else rp.data),
+            pooler.i_beat.payload.err.eq(0),
             pooler.i_beat.valid.eq(bv),
             self.idle.eq(~v1 & ~v2 & ~bv & (ctx_fifo.level == 0) & ~self.o_pooled.valid),
         ]

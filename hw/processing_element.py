@@ -16,13 +16,13 @@ from bit 18 up. The lower field is read as signed; its sign "bleeds" into the up
 negative lower sum borrows one from it), which the reader undoes (:func:`unpack`).
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed
-from amaranth.lib import wiring
+from amaranth.hdl import Module, Signal, signed
+from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["ProcessingElement", "PackedPEPair", "PE_LATENCY", "PACK_SHIFT", "PACK_P_BITS",
-           "packed_segment_len", "unpack"]
+__all__ = ["ProcessingElement", "PackedPEPair", "SharedWeights", "PE_LATENCY", "PACK_SHIFT",
+           "PACK_P_BITS", "packed_segment_len", "unpack"]
 
 #: Cycles from ``x_in`` to the matching ``psum_out`` (A/B register, M register, P register).
 PE_LATENCY = 3
@@ -202,8 +202,12 @@ class PackedPEPair(wiring.Component):
         Packed partial sum from the left neighbour.
     psum_out : Out(signed(PACK_P_BITS))
         Packed partial sum, registered (P).
-    w_en, w_hi, w_addr, w_data : In
-        Host write port: ``w_hi`` selects the upper row's weight memory.
+    w_en : In(2)
+        Byte-lane write enables: bit 0 writes the lower row's weight (``w_lo``, ``w_data[0]``),
+        bit 1 the upper row's (``w_hi``, ``w_data[1]``); both may be written in one cycle.
+    w_addr : In(range(depth))
+    w_data : In(ArrayLayout(signed(data_bits), 2))
+        The pair's two weights (lower row first).
     """
 
     def __init__(self, *, data_bits: int, depth: int, ctrl_bits: int, x_bits: int | None = None):
@@ -229,22 +233,20 @@ class PackedPEPair(wiring.Component):
             "psum_out": Out(signed(PACK_P_BITS)),
             "ctrl_p": Out(ctrl_bits),
             "valid_p": Out(1),
-            "w_en": In(1),
-            "w_hi": In(1),
+            "w_en": In(2),
             "w_addr": In(range(depth)),
-            "w_data": In(signed(data_bits)),
+            "w_data": In(data.ArrayLayout(signed(data_bits), 2)),
         })
 
     def elaborate(self, platform):
         m = Module()
         # One memory of weight pairs (one 16-bit word per address: a single RAMB18 in 1K x 18
-        # mode), each row's weight written alone through its byte lane.
+        # mode), each row's weight written through its byte lane.
         d = self.data_bits
         m.submodules.weights = mem = Memory(shape=2 * d, depth=self.depth, init=[])
         wr = mem.write_port(granularity=d)
         rd = mem.read_port()
-        m.d.comb += [wr.en.eq(Mux(self.w_hi, 0b10, 0b01) & self.w_en.replicate(2)),
-                     wr.addr.eq(self.w_addr), wr.data.eq(Cat(self.w_data, self.w_data)),
+        m.d.comb += [wr.en.eq(self.w_en), wr.addr.eq(self.w_addr), wr.data.eq(self.w_data),
                      rd.addr.eq(self.addr_in)]
         w_lo, w_hi = rd.data[:d].as_signed(), rd.data[d:].as_signed()
         m.d.sync += [self.x_out.eq(self.x_in), self.addr_out.eq(self.addr_in),
@@ -259,4 +261,54 @@ class PackedPEPair(wiring.Component):
                      valid_m.eq(self.valid_out)]
         m.d.sync += [self.psum_out.eq(self.psum_in + prod), self.ctrl_p.eq(ctrl_m),
                      self.valid_p.eq(valid_m)]
+        return m
+
+
+class SharedWeights(wiring.Component):
+    """One weight memory of ``2 * data_bits``-bit words for two vertically adjacent
+    :class:`ProcessingElement` s built with ``weight_in`` (a 512 x 36 RAMB18 holds both int16
+    rows where each PE alone would take a RAMB18).
+
+    The memory is read at ``addr_in`` (the upper PE's ``addr_in``): ``w_upper`` is the upper
+    PE's weight, registered by the read like a PE's own memory; ``w_lower`` is the lower PE's,
+    one register later (the lower PE sees the same operand one cycle after the upper one).
+
+    Parameters
+    ----------
+    data_bits, depth : int
+        As :class:`ProcessingElement`.
+
+    Members
+    -------
+    addr_in : In(range(depth))
+    w_upper, w_lower : Out(signed(data_bits))
+    w_en : In(2)
+        Byte-lane write enables: bit 0 the upper PE's weight (``w_data[0]``), bit 1 the lower
+        PE's (``w_data[1]``); both may be written in one cycle.
+    w_addr : In(range(depth))
+    w_data : In(ArrayLayout(signed(data_bits), 2))
+    """
+
+    def __init__(self, *, data_bits: int, depth: int):
+        for name, v in (("data_bits", data_bits), ("depth", depth)):
+            _check_positive(name, v)
+        self.data_bits, self.depth = data_bits, depth
+        super().__init__({
+            "addr_in": In(range(depth)),
+            "w_upper": Out(signed(data_bits)),
+            "w_lower": Out(signed(data_bits)),
+            "w_en": In(2),
+            "w_addr": In(range(depth)),
+            "w_data": In(data.ArrayLayout(signed(data_bits), 2)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        d = self.data_bits
+        m.submodules.weights = mem = Memory(shape=2 * d, depth=self.depth, init=[])
+        wr = mem.write_port(granularity=d)
+        rd = mem.read_port()
+        m.d.comb += [wr.en.eq(self.w_en), wr.addr.eq(self.w_addr), wr.data.eq(self.w_data),
+                     rd.addr.eq(self.addr_in), self.w_upper.eq(rd.data[:d])]
+        m.d.sync += self.w_lower.eq(rd.data[d:])
         return m

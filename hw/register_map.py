@@ -12,6 +12,8 @@ offset    register
 0x0C      IP interrupt status (bit0 done, bit1 ready; toggle on write)
 0x10...   kernel arguments (:data:`ARGS`): 64-bit pointers take two words, low word first
 0x200...  read-only identification, status and performance counters (:data:`STATUS_REGS`)
+0x300...  read-only lookups sent to each lookup unit (:data:`UNIT_LOOKUPS_BASE`; not in the
+          status block, so not readable through ``pyxrt``)
 ========  ==========================================================================
 
 XRT's Python binding (``pyxrt``) sets arguments and waits for ``ap_done`` but cannot read
@@ -29,7 +31,7 @@ __all__ = [
     "CTRL", "GIE", "IER", "ISR", "CTRL_START", "CTRL_DONE", "CTRL_IDLE", "CTRL_READY",
     "KernelArg", "kernel_args", "STATUS_REGS", "STATUS_BASE", "KERNEL_ID", "KERNEL_VERSION",
     "ERROR_BAD_INDEX", "ERROR_AXI", "ERROR_BAD_REQUEST", "ERROR_NO_PROGRAM", "ERROR_BITS",
-    "NO_ERROR_REQUEST", "status_block_offset",
+    "NO_ERROR_REQUEST", "status_block_offset", "UNIT_LOOKUPS_BASE", "MAX_UNIT_COUNTERS",
     "STATUS_BLOCK_BYTES", "CONTROL_RANGE",
 ]
 
@@ -120,6 +122,11 @@ STATUS_REGS = {
     "stall_mlp": 0x228,  # cycles the concat stage held a full vector the MLP did not take
     "stall_results": 0x22C,  # cycles a score waited for the results master
 }
+#: Per-unit lookup counters (read-only, not in the status block): lookups the dispatcher sent to
+#: lookup unit ``u`` (memory channels, then on-chip units) since ``ap_start``, at
+#: ``UNIT_LOOKUPS_BASE + 4 * u``.
+UNIT_LOOKUPS_BASE = 0x300
+MAX_UNIT_COUNTERS = 64
 #: Size of the status block appended to the results (one 64-byte line).
 STATUS_BLOCK_BYTES = 64
 

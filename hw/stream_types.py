@@ -23,7 +23,8 @@ from amaranth.lib import data, enum
 __all__ = [
     "index_bits", "LookupKind", "LookupErrorCause", "LookupLayout", "PooledVectorLayout",
     "DenseLayout", "RequestFlagsLayout", "MLPInputLayout", "TableDescriptorLayout",
-    "DescriptorWriteLayout",
+    "DescriptorWriteLayout", "BlockBeatLayout", "BLOCK_SEL_BITS", "BLOCK_ADDR_BITS",
+    "TablePartLayout",
 ]
 
 
@@ -193,3 +194,48 @@ class DescriptorWriteLayout(data.StructLayout):
 
     def __init__(self, *, desc_bits: int, desc_layout: data.StructLayout):
         super().__init__({"index": desc_bits, "desc": desc_layout})
+
+
+#: Width of a program block's ``sel`` field (what the sink writes: its meaning is the sink's).
+BLOCK_SEL_BITS = 24
+#: Width of a program block's start address (in the sink's beats).
+BLOCK_ADDR_BITS = 32
+
+
+class BlockBeatLayout(data.StructLayout):
+    """One data beat of a kernel-program block, as the program loader hands it to a sink.
+
+    Members
+    -------
+    sel : unsigned(BLOCK_SEL_BITS)
+        The block command's ``sel`` field, the same for every beat of the block; the sink gives
+        it a meaning (the MLP pipeline: :class:`~recfabric.hw.mlp.MLPBlockSel`).
+    addr : unsigned(BLOCK_ADDR_BITS)
+        Beat address within the sink's memory selected by ``sel``: the block's start address
+        plus the beat's position in the block.
+    data : unsigned(beat_bits)
+        The beat, as read from memory (little-endian lanes, lane 0 in the low bits).
+    """
+
+    def __init__(self, beat_bits: int):
+        _positive(beat_bits=beat_bits)
+        super().__init__({"sel": BLOCK_SEL_BITS, "addr": BLOCK_ADDR_BITS, "data": beat_bits})
+
+
+class TablePartLayout(data.StructLayout):
+    """Where one part of a table (a row-range shard of one copy) is served: a dispatcher
+    placement field (:class:`~recfabric.hw.lookup_dispatcher.PlacementLayout`).
+
+    Members
+    -------
+    unit : unsigned(unit_bits)
+        Lookup unit (memory channel, then on-chip units) holding the part.
+    desc : unsigned(desc_bits)
+        The part's table descriptor index in that unit.
+    lo : unsigned(row_bits)
+        First table row the part holds: a lookup of row ``r`` reads the part's row ``r - lo``.
+    """
+
+    def __init__(self, *, unit_bits: int, desc_bits: int, row_bits: int):
+        _positive(unit_bits=unit_bits, desc_bits=desc_bits, row_bits=row_bits)
+        super().__init__({"unit": unit_bits, "desc": desc_bits, "lo": row_bits})

@@ -17,20 +17,30 @@ row sums are ``lo = drained + sext(P[0:18])`` and ``hi = P[18:] + P[17] + borrow
 Unpacked, the PEs of rows ``2s`` and ``2s+1`` of a column share one weight memory of
 ``2 * data_bits``-bit words (a 512 x 36 RAMB18 holds both int16 rows where each PE alone would
 take a RAMB18): the upper PE's address reads it; the lower PE, one cycle behind, gets its half
-through one more register.
+through one more register (:class:`~recfabric.hw.processing_element.SharedWeights`).
+
+Weights are written through a wide port, one ``write_rows`` x ``write_cols`` rectangle of PEs per
+write (:class:`~recfabric.hw.mlp.load_format.BeatPacking` picks the rectangle). A memory shared
+by rows ``2s`` and ``2s+1`` (packed pair or unpacked shared memory) has one byte lane per row,
+each enabled by its row's group: with an even ``write_rows`` (what ``BeatPacking`` picks when
+the group count allows it) both halves of a word are written by the same write.
+
+Each PE, packed pair and shared memory is built through :func:`~recfabric.hw.hier.separate`, so
+hierarchical Verilog emits each distinct one once.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Signal, signed
 from amaranth.lib import data, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from .hier import separate
 from .processing_element import (
     PACK_P_BITS,
     PACK_SHIFT,
     PE_LATENCY,
     PackedPEPair,
     ProcessingElement,
+    SharedWeights,
     packed_segment_len,
 )
 
@@ -66,6 +76,8 @@ class SystolicArray(wiring.Component):
         Two rows per DSP (int8 only: ``data_bits <= 9``, ``x_bits <= 18``); an odd last row
         keeps a plain PE. Row sums are the same; they leave ``row // 2`` (not ``row``) cycles
         after row 0's.
+    write_rows, write_cols : int, optional
+        Shape of the PE rectangle one host write fills (default 1 x 1).
 
     Members
     -------
@@ -77,14 +89,20 @@ class SystolicArray(wiring.Component):
     psum_row : Out(ArrayLayout(signed(acc_bits), rows))
     ctrl_row : Out(ArrayLayout(unsigned(ctrl_bits), rows))
     valid_row : Out(rows)
-    w_en, w_row, w_col, w_addr, w_data : In
-        Host write port: weight ``w_data`` for PE (``w_row``, ``w_col``) at ``w_addr``. Registered
-        once before the PEs decode it (a configuration path, not the datapath).
+    w_en, w_group, w_addr, w_data : In
+        Wide host write port: one write stores a ``write_rows`` x ``write_cols`` rectangle of
+        weights, all at address ``w_addr``. PE (``r``, ``c``) belongs to group ``(r //
+        write_rows) * ceil(cols / write_cols) + c // write_cols`` and takes lane ``(r %
+        write_rows) * write_cols + c % write_cols`` of ``w_data`` when ``w_group`` is its group.
+        Registered once before the PEs decode it (a configuration path, not the datapath). The
+        default 1 x 1 rectangle writes one PE per write (group ``r * cols + c``, lane 0).
     """
 
     def __init__(self, *, rows: int, cols: int, data_bits: int, acc_bits: int, depth: int,
-                 ctrl_bits: int, x_bits: int | None = None, packed: bool = False):
-        for name, v in (("rows", rows), ("cols", cols)):
+                 ctrl_bits: int, x_bits: int | None = None, packed: bool = False,
+                 write_rows: int = 1, write_cols: int = 1):
+        for name, v in (("rows", rows), ("cols", cols), ("write_rows", write_rows),
+                        ("write_cols", write_cols)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise TypeError(f"{name} must be a positive integer, not {v!r}")
         x_bits = data_bits if x_bits is None else x_bits
@@ -100,6 +118,10 @@ class SystolicArray(wiring.Component):
         self.rows, self.cols = rows, cols
         self.data_bits, self.acc_bits, self.depth = data_bits, acc_bits, depth
         self.ctrl_bits, self.x_bits = ctrl_bits, x_bits
+        self.write_rows, self.write_cols = min(write_rows, rows), min(write_cols, cols)
+        self.col_groups = -(-cols // self.write_cols)
+        self.groups = -(-rows // self.write_rows) * self.col_groups
+        self.write_lanes = self.write_rows * self.write_cols
         abits = max(1, (depth - 1).bit_length())
         super().__init__({
             "x_top": In(data.ArrayLayout(signed(x_bits), cols)),
@@ -110,10 +132,9 @@ class SystolicArray(wiring.Component):
             "ctrl_row": Out(data.ArrayLayout(ctrl_bits, rows)),
             "valid_row": Out(rows),
             "w_en": In(1),
-            "w_row": In(range(rows)),
-            "w_col": In(range(cols)),
+            "w_group": In(range(self.groups)),
             "w_addr": In(range(depth)),
-            "w_data": In(signed(data_bits)),
+            "w_data": In(data.ArrayLayout(signed(data_bits), self.write_lanes)),
         })
 
     @property
@@ -129,6 +150,14 @@ class SystolicArray(wiring.Component):
     def slot(self, row: int) -> int:
         return row // 2 if self.packed else row
 
+    def group(self, row: int, col: int) -> int:
+        """Write group of PE (``row``, ``col``) (``w_group``)."""
+        return (row // self.write_rows) * self.col_groups + col // self.write_cols
+
+    def lane(self, row: int, col: int) -> int:
+        """Lane of ``w_data`` that PE (``row``, ``col``) takes."""
+        return (row % self.write_rows) * self.write_cols + col % self.write_cols
+
     def latency(self, row: int) -> int:
         """Cycles from column 0 of a wave entering the top to its sum leaving row ``row``."""
         return (self.cols - 1) + self.slot(row) + PE_LATENCY
@@ -136,26 +165,34 @@ class SystolicArray(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         w_en = Signal()
-        w_row = Signal.like(self.w_row)
-        w_col = Signal.like(self.w_col)
+        w_group = Signal.like(self.w_group)
         w_addr = Signal.like(self.w_addr)
         w_data = Signal.like(self.w_data)
-        m.d.sync += [w_en.eq(self.w_en), w_row.eq(self.w_row), w_col.eq(self.w_col),
-                     w_addr.eq(self.w_addr), w_data.eq(self.w_data)]
+        m.d.sync += [w_en.eq(self.w_en), w_group.eq(self.w_group), w_addr.eq(self.w_addr),
+                     w_data.eq(self.w_data)]
+        # one enable per group, decoded once and shared by the group's PEs
+        group_en = [Signal(name=f"w_en_g{q}") for q in range(self.groups)]
+        for q, en in enumerate(group_en):
+            m.d.comb += en.eq(w_en & (w_group == q))
+
+        def wport(row, col):
+            return group_en[self.group(row, col)], w_data[self.lane(row, col)]
 
         pes = [[None] * self.cols for _ in range(self.slots)]
         share = not self.packed
         for r in range(self.slots):
             pair = self.packed and 2 * r + 1 < self.rows
             for c in range(self.cols):
+                # one Verilog module per distinct PE / pair when built hierarchically (hw/hier.py)
                 if pair:
-                    pe = PackedPEPair(data_bits=self.data_bits, depth=self.depth,
-                                      ctrl_bits=self.ctrl_bits, x_bits=self.x_bits)
+                    pe = separate(platform, PackedPEPair, data_bits=self.data_bits,
+                                  depth=self.depth, ctrl_bits=self.ctrl_bits, x_bits=self.x_bits)
                 else:
                     shared = share and (r % 2 == 1 or r + 1 < self.rows)
-                    pe = ProcessingElement(data_bits=self.data_bits, acc_bits=self.acc_bits,
-                                           depth=self.depth, ctrl_bits=self.ctrl_bits,
-                                           x_bits=self.x_bits, weight_in=shared)
+                    pe = separate(platform, ProcessingElement, data_bits=self.data_bits,
+                                  acc_bits=self.acc_bits, depth=self.depth,
+                                  ctrl_bits=self.ctrl_bits, x_bits=self.x_bits,
+                                  weight_in=shared)
                 m.submodules[f"pe_{r}_{c}"] = pe
                 pes[r][c] = pe
                 if r == 0:
@@ -166,18 +203,18 @@ class SystolicArray(wiring.Component):
                     up = pes[r - 1][c]
                     m.d.comb += [pe.x_in.eq(up.x_out), pe.addr_in.eq(up.addr_out),
                                  pe.ctrl_in.eq(up.ctrl_out), pe.valid_in.eq(up.valid_out)]
-                if self.packed:
-                    row_hit = (w_row >> 1) == r
-                    m.d.comb += pe.w_en.eq(w_en & row_hit & (w_col == c))
-                    if pair:
-                        m.d.comb += pe.w_hi.eq(w_row[0])
-                    m.d.comb += [pe.w_addr.eq(w_addr), pe.w_data.eq(w_data)]
-                elif not pe.weight_in:
-                    m.d.comb += [pe.w_en.eq(w_en & (w_row == r) & (w_col == c)),
-                                 pe.w_addr.eq(w_addr), pe.w_data.eq(w_data)]
+                if pair:
+                    self._pair_write(m, pe, 2 * r, c, wport, w_addr)
+                elif not shared:
+                    en, lane = wport(2 * r if self.packed else r, c)
+                    m.d.comb += [pe.w_en.eq(en), pe.w_addr.eq(w_addr), pe.w_data.eq(lane)]
                 elif r % 2 == 1:
-                    self._shared_weights(m, r, c, pes[r - 1][c], pe, w_en, w_row, w_col,
-                                         w_addr, w_data)
+                    mem = separate(platform, SharedWeights, data_bits=self.data_bits,
+                                   depth=self.depth)
+                    m.submodules[f"weights_{r - 1}_{c}"] = mem
+                    self._pair_write(m, mem, r - 1, c, wport, w_addr)
+                    m.d.comb += [mem.addr_in.eq(pes[r - 1][c].addr_in),
+                                 pes[r - 1][c].w_in.eq(mem.w_upper), pe.w_in.eq(mem.w_lower)]
             if pair:
                 self._pair_row(m, r, pes[r])
             else:
@@ -190,20 +227,14 @@ class SystolicArray(wiring.Component):
                              self.valid_row[row].eq(last.valid_p)]
         return m
 
-    def _shared_weights(self, m, r, c, upper, lower, w_en, w_row, w_col, w_addr, w_data):
-        """One memory for the weights of PEs (``r - 1``, ``c``) and (``r``, ``c``)."""
-        d = self.data_bits
-        mem = Memory(shape=2 * d, depth=self.depth, init=[])
-        m.submodules[f"weights_{r - 1}_{c}"] = mem
-        wr = mem.write_port(granularity=d)
-        rd = mem.read_port()
-        hit = w_en & ((w_row >> 1) == (r >> 1)) & (w_col == c)
-        m.d.comb += [wr.en.eq(Mux(w_row[0], 0b10, 0b01) & hit.replicate(2)),
-                     wr.addr.eq(w_addr), wr.data.eq(Cat(w_data, w_data)),
-                     rd.addr.eq(upper.addr_in)]
-        late = Signal(signed(d), name=f"w_late_{r}_{c}")
-        m.d.sync += late.eq(rd.data[d:])
-        m.d.comb += [upper.w_in.eq(rd.data[:d]), lower.w_in.eq(late)]
+    @staticmethod
+    def _pair_write(m, unit, row, c, wport, w_addr):
+        """Byte-lane write port of a memory shared by rows ``row`` and ``row + 1`` of column
+        ``c``: each lane enabled by its row's write group, so one write fills both halves when
+        the rows share a group."""
+        (en0, d0), (en1, d1) = wport(row, c), wport(row + 1, c)
+        m.d.comb += [unit.w_en.eq(Cat(en0, en1)), unit.w_addr.eq(w_addr),
+                     unit.w_data[0].eq(d0), unit.w_data[1].eq(d1)]
 
     def _pair_row(self, m, r, row):
         """Cascade of packed pairs for rows ``2r``, ``2r+1``, drained every ``segment`` columns

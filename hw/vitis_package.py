@@ -3,7 +3,8 @@
 :func:`write_vitis_files` writes, next to the kernel's Verilog:
 
 - ``kernel.xml``: the RTL kernel description (``ap_ctrl_hs``, the control port, one
-  ``m_axi_<bundle>`` master per bundle of :func:`recfabric.hw.register_map.kernel_args`);
+  ``m_axi_<bundle>`` master per bundle of :func:`recfabric.hw.register_map.kernel_args`, each as
+  wide as the Verilog port of that bundle);
 - ``package_kernel.tcl`` / ``gen_xo.tcl``: Vivado IP packaging of the Verilog into an ``.xo``
   (``ipx::package_project``, bus interfaces associated with ``ap_clk``, the register map, then
   ``package_xo``), run as ``vivado -mode batch -source gen_xo.tcl -tclargs recfabric.xo``;
@@ -12,11 +13,18 @@
   after the last table channel), SLR placement and the kernel clock;
 - a copy of the board's constraints from ``constraints/`` and a README saying how to run it.
 
+One name runs through all of them (UG1393 requires it): the Verilog top module, the packaged IP
+(``ipx::package_project`` names the IP after the top module), kernel.xml's ``name`` and ``vlnv``,
+``package_xo -kernel_name`` and the ``nk=`` line are all :func:`kernel_name`, which carries the
+configuration hash (also readable in the ``config_hash`` register and the status block).
+``tests/test_xrt_kernel_xml.py`` checks the files and the Verilog against each other.
+
 Nothing here needs a vendor tool; what the tools do with the files is their documented flow.
 """
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
@@ -26,7 +34,15 @@ from .config import AcceleratorConfig
 from .register_map import CONTROL_RANGE, kernel_args
 
 __all__ = ["BOARDS", "kernel_name", "kernel_xml", "package_tcl", "gen_xo_tcl",
-           "connectivity_cfg", "write_vitis_files", "constraints_dir"]
+           "connectivity_cfg", "write_vitis_files", "constraints_dir", "check_vitis_config",
+           "VERILOG_FILE", "VITIS_ADDR_WIDTH", "KERNEL_VENDOR", "KERNEL_LIBRARY"]
+
+#: The Verilog file ``write_vitis_files`` writes (its top module is :func:`kernel_name`).
+VERILOG_FILE = "recfabric_kernel.v"
+#: Address width Vitis requires of an RTL kernel's AXI4 masters (UG1393: 64-bit addresses).
+VITIS_ADDR_WIDTH = 64
+#: ``vlnv`` vendor and library: ``package_tcl`` packages the IP under these.
+KERNEL_VENDOR, KERNEL_LIBRARY = "recfabric.org", "kernel"
 
 #: Board facts used for linking (Vitis platform, HBM pseudo-channels, the SLR next to the HBM,
 #: part), read from the Alveo platform definitions in :mod:`recfabric.hw.boards.alveo`.
@@ -40,14 +56,30 @@ def constraints_dir() -> Path:
 
 def kernel_name(config: AcceleratorConfig) -> str:
     """Kernel name carrying the configuration hash: XRT refuses to open a kernel of another
-    configuration by name, before any register is read."""
+    configuration by name, before any register is read. It is also the Verilog top module's
+    name (``recfabric build``) and so the packaged IP's name."""
     return f"recfabric_{config.config_hash:08x}"
 
 
+def check_vitis_config(config: AcceleratorConfig) -> None:
+    """Refuse a configuration Vitis cannot link as an RTL kernel (cheap; before generation):
+    its AXI4 masters must have 64-bit addresses."""
+    if config.mem_addr_width < VITIS_ADDR_WIDTH:
+        raise ValueError(f"config {config.name!r} has mem_addr_width={config.mem_addr_width}: "
+                         f"Vitis requires {VITIS_ADDR_WIDTH}-bit addresses on an RTL kernel's "
+                         "AXI4 masters (set mem_addr_width=64 for an Alveo build)")
+
+
 def _master_width(config: AcceleratorConfig, bundle: str) -> int:
+    """Data width of master ``bundle``: the width the kernel gives that port (the model master is
+    512 bits whatever ``mem_data_width`` is)."""
     from .kernel import master_data_widths  # noqa: PLC0415 - the kernel's own port widths
 
-    return master_data_widths(config)[bundle]
+    widths = master_data_widths(config)
+    if bundle not in widths:
+        raise ValueError(f"no AXI master bundle {bundle!r} in the kernel "
+                         f"(bundles: {', '.join(widths)})")
+    return widths[bundle]
 
 
 def kernel_xml(config: AcceleratorConfig) -> str:
@@ -57,7 +89,8 @@ def kernel_xml(config: AcceleratorConfig) -> str:
     lines = [
         '<?xml version="1.0" encoding="UTF-8"?>',
         '<root versionMajor="1" versionMinor="6">',
-        f'  <kernel name="{name}" language="ip_c" vlnv="recfabric.org:kernel:{name}:1.0" '
+        f'  <kernel name="{name}" language="ip_c" '
+        f'vlnv="{KERNEL_VENDOR}:{KERNEL_LIBRARY}:{name}:1.0" '
         'attributes="" preferredWorkGroupSizeMultiple="0" workGroupSize="1" interrupt="true" '
         'hwControlProtocol="ap_ctrl_hs">',
         "    <ports>",
@@ -87,10 +120,10 @@ def package_tcl(config: AcceleratorConfig, verilog_file: str) -> str:
         "# Sourced by gen_xo.tcl; expects $packaged_dir and $tmp_dir.",
         "create_project -force kernel_pack $tmp_dir",
         f"add_files -norecurse [file join [file dirname [info script]] {verilog_file}]",
-        "set_property top recfabric_kernel [current_fileset]",
+        f"set_property top {kernel_name(config)} [current_fileset]",
         "update_compile_order -fileset sources_1",
-        "ipx::package_project -root_dir $packaged_dir -vendor recfabric.org -library kernel "
-        "-taxonomy /KernelIP -import_files -set_current false",
+        f"ipx::package_project -root_dir $packaged_dir -vendor {KERNEL_VENDOR} "
+        f"-library {KERNEL_LIBRARY} -taxonomy /KernelIP -import_files -set_current false",
         "ipx::unload_core $packaged_dir/component.xml",
         "ipx::edit_ip_in_project -upgrade true -name tmp_edit_project "
         "-directory $packaged_dir $packaged_dir/component.xml",
@@ -190,7 +223,7 @@ Generated by `recfabric build --config {config} --board {board}` for configurati
 
 | file | what |
 |---|---|
-| `{verilog}` | the kernel RTL (top module `recfabric_kernel`) |
+| `{verilog}` | the kernel RTL (top module `{name}`, the kernel's name) |
 | `kernel.xml` | RTL kernel description: ap_ctrl_hs, `s_axi_control`, the AXI4 masters |
 | `package_kernel.tcl`, `gen_xo.tcl` | Vivado IP packaging into `{name}.xo` |
 | `connectivity.cfg` | `v++` link config: each master to an HBM pseudo-channel, SLR, clock |
@@ -205,22 +238,40 @@ v++ --link --target hw --platform {platform} --config connectivity.cfg {name}.xo
     -o recfabric.xclbin
 ```
 
-Then, on the card's host: `Accelerator.open(backend="xrt", config="{config}",
-xclbin="recfabric.xclbin")` (see the project README).
+Then, on the card's host: `recfabric demo --config {config} --backend xrt --xclbin
+recfabric.xclbin`, or `Accelerator.open(backend="xrt", config="{config}",
+xclbin="recfabric.xclbin")`. The project's docs/alveo.md has every step, and what to do after a
+run times out.
 """
 
 
+def _top_module_check(config: AcceleratorConfig, verilog: str) -> None:
+    name = kernel_name(config)
+    if not re.search(rf"^module\s+{name}\s*\(", verilog, re.MULTILINE):
+        found = re.findall(r"^module\s+(\w+)", verilog, re.MULTILINE)
+        raise ValueError(f"the Verilog has no top module {name!r} (modules: "
+                         f"{', '.join(found[:5]) or 'none'}{', ...' if len(found) > 5 else ''}): "
+                         "the top module must be named after the kernel, as kernel.xml and the "
+                         "packaged IP are (generate_verilog(config, name=kernel_name(config)))")
+
+
 def write_vitis_files(config: AcceleratorConfig, verilog: str, out_dir, board: str = "u280"):
-    """Write the Verilog and every Vitis file for ``board`` into ``out_dir``; return the paths."""
+    """Write the Verilog and every Vitis file for ``board`` into ``out_dir``; return the paths.
+
+    ``verilog``'s top module must be :func:`kernel_name` (``recfabric build`` generates it so);
+    a configuration with addresses narrower than 64 bits is refused (:func:`check_vitis_config`).
+    """
     import json
 
     get_board(board)  # unknown board: BoardError (a ValueError) naming it
+    check_vitis_config(config)
+    _top_module_check(config, verilog)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {
-        "recfabric_kernel.v": verilog,
+        VERILOG_FILE: verilog,
         "kernel.xml": kernel_xml(config),
-        "package_kernel.tcl": package_tcl(config, "recfabric_kernel.v"),
+        "package_kernel.tcl": package_tcl(config, VERILOG_FILE),
         "gen_xo.tcl": gen_xo_tcl(config),
         "connectivity.cfg": connectivity_cfg(config, board),
         "config.json": json.dumps(config.to_json(), indent=1) + "\n",
@@ -236,5 +287,5 @@ def write_vitis_files(config: AcceleratorConfig, verilog: str, out_dir, board: s
     b = BOARDS[board]
     (out / "README.md").write_text(_README.format(
         board=board, config=config.name, hash=config.config_hash, name=kernel_name(config),
-        verilog="recfabric_kernel.v", xdc=xdc, platform=b["platform"]))
+        verilog=VERILOG_FILE, xdc=xdc, platform=b["platform"]))
     return sorted(p.name for p in out.iterdir())

@@ -34,6 +34,40 @@ def test_demo_json_runs_the_simulated_kernel(capsys):
     assert r["scores_raw"] == r["golden_raw"] and len(r["scores"]) == 3
     assert 0 < r["cycles"] < r["cycles_with_model_load"]
     assert all(0 <= s <= 1 for s in r["scores"])
+    # simulated figures: batch-1 latency, steady state between batches 1 and 3, program load
+    assert r["cycles_source"] == "simulated" and r["cycles_per_inference_batches"] == [1, 3]
+    assert 0 < r["latency_cycles"] < r["cycles"]
+    assert r["cycles_per_inference"] == (r["cycles"] - r["latency_cycles"]) / 2
+    assert r["program_load_cycles"] == r["cycles_with_model_load"] - r["cycles"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["tiny", "small"])
+def test_demo_json_verilator(capsys, config):
+    """`demo --backend verilator --json` on the hierarchical Verilog: bit-exact, with the
+    simulated latency, steady-state and program-load figures (a cold Verilator build of `small`
+    takes minutes; cached afterwards)."""
+    model = "tiny" if config == "tiny" else "small"
+    assert main(["demo", "--model", model, "--config", config, "--backend", "verilator",
+                 "--batch", "16", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["match"] is True and r["scores_raw"] == r["golden_raw"]
+    assert r["cycles_per_inference_batches"] == [1, 16]
+    assert 0 < r["latency_cycles"] < r["cycles"] < r["cycles_with_model_load"]
+    assert r["cycles_per_inference"] == round((r["cycles"] - r["latency_cycles"]) / 15, 2)
+    assert r["program_load_cycles"] == r["cycles_with_model_load"] - r["cycles"]
+
+
+def test_demo_cycle_figures():
+    from recfabric.host.cli.main import demo_cycle_figures
+    f = demo_cycle_figures(64, 1000, 5000, {1: 370})
+    assert f["latency_cycles"] == 370 and f["program_load_cycles"] == 4000
+    assert f["cycles_per_inference"] == 10.0 and f["cycles_per_inference_batches"] == [1, 64]
+    # a batch of 1: the slope comes from the extra batch of 2
+    f = demo_cycle_figures(1, 370, 900, {1: 371, 2: 380})
+    assert f["latency_cycles"] == 370 and f["cycles_per_inference"] == 10.0
+    with pytest.raises(ValueError, match="two batch sizes"):
+        demo_cycle_figures(1, 370, 900, {1: 371})
 
 
 def test_unknown_model_is_a_clear_error(capsys):
@@ -74,9 +108,12 @@ def test_models_agrees_with_compile(tmp_path, model, config):
 
 def test_models_is_truthful_about_the_zoo(capsys):
     runs = {n for n, r in _REPORT.items() if any(v["runs"] for v in r["configs"].values())}
-    assert runs == {"tiny", "small", "wnd"}
-    assert not _REPORT["microrec-small"]["configs"]["u280"]["runs"]
-    assert "cannot split" in _REPORT["microrec-small"]["configs"]["u280"]["reasons"][0]
+    assert runs == {"tiny", "small", "wnd", "microrec-small", "microrec-large"}
+    # MicroRec's 10M-row table is split by row range over channels (routed by row)
+    assert _REPORT["microrec-small"]["configs"]["u280"]["runs"]
+    # DIN's 10M-row behaviour tables are multi-hot: a split bag would be pooled in parts
+    assert not _REPORT["din"]["configs"]["u280"]["runs"]
+    assert "splits only one-hot tables" in _REPORT["din"]["configs"]["u280"]["reasons"][0]
     assert main(["models", "--config", "small"]) == 0
     out = capsys.readouterr().out
     assert "runs on small" in out and "does not run on small: model 'kaggle'" in out
@@ -90,7 +127,8 @@ def test_build_writes_the_capabilities(tmp_path, monkeypatch):
     tests/test_hw_kernel_build.py builds the real Verilog)."""
     import recfabric.hw.kernel as kernel
 
-    monkeypatch.setattr(kernel, "generate_verilog", lambda config: "module recfabric_kernel;\n")
+    monkeypatch.setattr(kernel, "generate_verilog",
+                        lambda config, name: f"module {name}(ap_clk);\nendmodule\n")
     assert main(["build", "--config", "u280-int8", "-o", str(tmp_path)]) == 0
     caps = json.loads((tmp_path / "capabilities.json").read_text())
     assert caps == json.loads(json.dumps(get_preset("u280-int8").capabilities().to_json()))

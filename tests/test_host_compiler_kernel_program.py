@@ -26,7 +26,7 @@ from recfabric.host.numerics import FixedFormat
 from recfabric.host.reference.golden import QLayer, mlp_layer
 from recfabric.host.runtime import reference
 from recfabric.hw.config import PRESETS, get_preset
-from recfabric.hw.kernel import PROGRAM_MAGIC, kernel_for_formats
+from recfabric.hw.kernel import PROGRAM_FORMAT, PROGRAM_MAGIC, kernel_for_formats
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +42,9 @@ def _random_fields(layout, rng):
     for name, f in layout:
         if isinstance(f.shape, data.StructLayout):
             out[name] = _random_fields(f.shape, rng)
+        elif isinstance(f.shape, data.ArrayLayout) and isinstance(f.shape.elem_shape,
+                                                                  data.StructLayout):
+            out[name] = [_random_fields(f.shape.elem_shape, rng) for _ in range(f.shape.length)]
         elif isinstance(f.shape, data.ArrayLayout):
             out[name] = [int(rng.integers(0, 1 << min(f.shape.elem_shape.width, 62)))
                          if hasattr(f.shape.elem_shape, "width") else 0
@@ -57,8 +60,8 @@ def _random_fields(layout, rng):
 @pytest.mark.parametrize("cname", ["tiny", "small", "u280-int8"])
 def test_field_encoder_equals_amaranth(cname):
     fm = _kernel_formats(get_preset(cname))
-    layouts = [fm.parser, fm.place, fm.concat, fm.mlp, *fm.unit_desc, *fm.onchip_desc,
-               *fm.onchip_load]
+    layouts = [fm.parser, fm.place, fm.concat, fm.mlp, fm.mlp_block_sel, fm.block,
+               *fm.unit_desc, *fm.onchip_desc, *fm.onchip_load]
     rng = np.random.default_rng(1)
     for layout in layouts:
         enc = FieldEncoder(layout)
@@ -104,15 +107,18 @@ def _check_capabilities(caps, k):
 def test_written_by_compile_and_read_back(tiny_dir):
     meta = json.loads((tiny_dir / PROGRAM_JSON).read_text())
     raw = (tiny_dir / PROGRAM_BIN).read_bytes()
-    assert meta["words"] == meta["commands"] + 1 == len(raw) // 64
+    assert meta["words"] == meta["commands"] + meta["beats"] + 1 == len(raw) // 64
+    assert meta["beats"] > 0
     assert meta["config_hash"] == get_preset("tiny").config_hash
     assert int.from_bytes(raw[:4], "little") == PROGRAM_MAGIC
-    assert int.from_bytes(raw[4:8], "little") == meta["commands"]
-    assert sum(meta["counts"].values()) == meta["commands"]
+    assert int.from_bytes(raw[4:8], "little") == meta["words"] - 1
+    assert int.from_bytes(raw[8:12], "little") == PROGRAM_FORMAT == meta["version"]
+    assert sum(meta["counts"].values()) == meta["words"] - 1
     cm = load_compiled(tiny_dir)
     assert cm.program.data == raw
     assert cm.manifest["kernel_program"]["commands"] == meta["commands"]
-    assert reference.PROGRAM_MAGIC == PROGRAM_MAGIC  # the reference backend checks the header
+    # the reference backend checks the header as the kernel does
+    assert (reference.PROGRAM_MAGIC, reference.PROGRAM_FORMAT) == (PROGRAM_MAGIC, PROGRAM_FORMAT)
 
 
 def test_patch_adds_buffer_addresses_to_table_bases(tiny_dir):

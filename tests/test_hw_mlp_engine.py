@@ -21,7 +21,7 @@ from recfabric.hw.mlp import (
     SHIFT_MIN,
     MLPPipeline,
     Requantizer,
-    mlp_load_words,
+    mlp_load_image,
 )
 
 # ---- requantizer: exhaustive at small widths ----------------------------------------------------
@@ -210,13 +210,13 @@ def test_load_words_reject_models_that_do_not_fit():
     pipe = MLPPipeline(shapes=[(2, 2), (1, 2)], data_bits=8, acc_bits=32, max_in=4, max_width=4)
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match="fan-in 5 exceeds"):
-        mlp_load_words(pipe, random_layers(rng, (5, 2, 1), bits=8))
+        mlp_load_image(pipe, random_layers(rng, (5, 2, 1), bits=8))
     with pytest.raises(ValueError, match="width 6 exceeds"):
-        mlp_load_words(pipe, random_layers(rng, (4, 6, 1), bits=8))
+        mlp_load_image(pipe, random_layers(rng, (4, 6, 1), bits=8))
     with pytest.raises(ValueError, match="11-bit output does not fit 8-bit"):
-        mlp_load_words(pipe, random_layers(rng, (4, 1), bits=8))
+        mlp_load_image(pipe, random_layers(rng, (4, 1), bits=8))
     with pytest.raises(ValueError, match="shift 70 is outside"):
-        mlp_load_words(pipe, random_layers(rng, (4, 2, 1), bits=8, shifts=[70, 3]))
+        mlp_load_image(pipe, random_layers(rng, (4, 2, 1), bits=8, shifts=[70, 3]))
     with pytest.raises(ValueError, match="3 columns but engine 0 has 2 rows"):
         MLPPipeline(shapes=[(2, 2), (1, 3)], data_bits=8, acc_bits=32, max_in=4, max_width=4)
     gc.collect()  # the rejected half-built component warns when collected: inside the filter

@@ -48,8 +48,11 @@ def _simulate(dut, words, descs, lookups, rng, p=0.3, extra_descs=()):
     n_bags = sum(lk["last"] for lk in lookups)
 
     async def producer(ctx):
-        for a, w in words.items():
-            await stream_put(ctx, dut.i_load, {"addr": a, "data": w})
+        # one beat of words_per_beat consecutive words per transfer (words not given are 0)
+        n, wb = dut.words_per_beat, dut.word_bits
+        for beat in sorted({a // n for a in words}):
+            data = sum(words.get(beat * n + i, 0) << (i * wb) for i in range(n))
+            await stream_put(ctx, dut.i_load, {"sel": 0, "addr": beat, "data": data})
         for i, d in [*enumerate(descs), *extra_descs]:
             await stream_put(ctx, dut.i_desc, {"index": i, "desc": d})
         for lk in lookups:
@@ -88,14 +91,16 @@ def _bags(rng, tables, n, tag_mod=16):
     return lookups
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_pooled_vectors_match_spec(seed):
+@pytest.mark.parametrize("seed, beat_bits", [(1, 512), (2, 512), (1, WORD), (2, 4 * WORD)])
+def test_pooled_vectors_match_spec(seed, beat_bits):
+    """Rows loaded one beat (1, 2 or 4 words) per transfer read back exactly."""
     rng = random.Random(seed)
     nrng = np.random.default_rng(seed)
     tables = [nrng.integers(-(1 << 15), 1 << 15, size=(r, d)) for r, d in ((12, 3), (9, 8),
                                                                            (6, 6))]
     dut = OnChipTable(data_bits=16, max_dim=8, word_bits=WORD, depth=128, tag_bits=4,
-                      slot_bits=2, n_desc=3, max_bag=4)
+                      slot_bits=2, n_desc=3, max_bag=4, beat_bits=beat_bits)
+    assert dut.words_per_beat == beat_bits // WORD
     words, descs = _words(tables, 128, pad_stride=seed - 1)
     lookups = _bags(rng, tables, 30)
     outs, info = _simulate(dut, words, descs, lookups, rng)

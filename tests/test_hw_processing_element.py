@@ -142,12 +142,21 @@ def test_packed_pair_equals_two_plain_int8_macs():
     got = []
 
     async def tb(ctx):
-        for sel, ws in ((0, w_lo), (1, w_hi)):
-            for a, w in enumerate(ws):
-                ctx.set(dut.w_en, 1)
-                ctx.set(dut.w_hi, sel)
-                ctx.set(dut.w_addr, a)
-                ctx.set(dut.w_data, w)
+        # First half: each row's weight alone through its byte lane, with junk on the other
+        # lane that must not be written (the second write's junk would stay: lower lane first
+        # at even addresses, upper lane first at odd ones); second half: both weights of a pair
+        # in one write.
+        for a in range(depth):
+            ctx.set(dut.w_addr, a)
+            if a < depth // 2:
+                writes = [(0b01, [w_lo[a], -1]), (0b10, [5, w_hi[a]])]
+                for en, lanes in writes[::1 - 2 * (a % 2)]:
+                    ctx.set(dut.w_en, en)
+                    ctx.set(dut.w_data, lanes)
+                    await ctx.tick()
+            else:
+                ctx.set(dut.w_en, 0b11)
+                ctx.set(dut.w_data, [w_lo[a], w_hi[a]])
                 await ctx.tick()
         ctx.set(dut.w_en, 0)
         for i in range(len(cases) + PE_LATENCY):

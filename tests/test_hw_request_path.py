@@ -46,10 +46,13 @@ def test_program_places_a_pair_as_hold_and_pair(tmp_path):
              if w & 0xFF == Target.PLACE]
     entries = {int(p.feature): p.entry for p in place}
     assert sorted(entries) == [0, 1, 2, 3]
-    assert entries[0].kind == PlaceKind.HOLD and int(entries[0].rows) == 6
+    # row = id_0 * rows_2 + id_2: feature 0 holds id_0 * 5, feature 2 adds id_2 * 1 and emits
+    assert entries[0].kind == PlaceKind.HOLD
+    assert (int(entries[0].rows), int(entries[0].mult)) == (6, 5)
     pair = entries[2]
-    assert pair.kind == PlaceKind.PAIR
-    assert (int(pair.partner), int(pair.a_held), int(pair.rows), int(pair.mult)) == (0, 1, 5, 5)
+    assert pair.kind == PlaceKind.LAST
+    assert (int(pair.partner), int(pair.rows), int(pair.mult)) == (0, 5, 1)
+    assert (int(pair.shards), int(pair.copies)) == (1, 1)
     assert entries[1].kind == PlaceKind.SINGLE and entries[3].kind == PlaceKind.SINGLE
     assert len({int(entries[f].slot) for f in (1, 2, 3)}) == 3
 
@@ -79,7 +82,8 @@ def test_merged_pair_is_bit_exact_with_stalls(tmp_path, planner):
 
 def test_pair_whose_member_b_arrives_first():
     # Group members in row-product order (a = feature 4, b = feature 1): b is sent first.
-    e = _placements(3, 1, 2, [4, 1], {"rows": 10}, {"rows": 7}, True)
-    assert e[1] == {"kind": PlaceKind.HOLD, "rows": 7}
-    assert e[4] == {"unit": 1, "slot": 3, "desc": 2, "kind": PlaceKind.PAIR, "rows": 10,
-                    "mult": 7, "partner": 1, "a_held": 0}
+    parts = [{"unit": 1, "desc": 2, "lo": 0}]
+    e = _placements(3, parts, [4, 1], [{"rows": 10, "radix": 7}, {"rows": 7, "radix": 1}])
+    assert e[1] == {"kind": PlaceKind.HOLD, "rows": 7, "mult": 1}
+    assert e[4] == {"slot": 3, "shards": 1, "copies": 1, "parts": parts, "kind": PlaceKind.LAST,
+                    "rows": 10, "mult": 7, "partner": 1}

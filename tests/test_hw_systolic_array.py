@@ -8,13 +8,21 @@ from recfabric.host import numerics as nx
 from recfabric.hw.systolic_array import SystolicArray
 
 
-@pytest.mark.parametrize("R,C,acc,packed", [
-    (3, 4, 20, False),
-    (3, 4, 20, True),    # one packed pair and a plain last row
-    (4, 17, 32, True),   # 17 columns: the packed lower field is drained twice (segments of 7)
-    (5, 8, 32, False),
+@pytest.mark.parametrize("R,C,acc,packed,wr,wc", [
+    (3, 4, 20, False, 1, 1),
+    (3, 4, 20, False, 2, 4),
+    (3, 4, 20, False, 1, 3),   # rows 0 and 1 share a memory word, written by two groups
+    (3, 4, 20, True, 1, 1),    # one packed pair and a plain last row
+    (3, 4, 20, True, 2, 4),    # both halves of a pair's word in one write
+    (4, 17, 32, True, 1, 1),   # 17 columns: the packed lower field is drained twice (segments of 7)
+    (4, 17, 32, True, 1, 5),   # pairs split across groups: each half through its own byte lane
+    (4, 17, 32, True, 4, 3),
+    (5, 8, 32, False, 1, 1),
+    (5, 8, 32, False, 2, 3),
 ])
-def test_array_rows_equal_spec_dot_products(R, C, acc, packed):
+def test_array_rows_equal_spec_dot_products(R, C, acc, packed, wr, wc):
+    """Weights written through the wide port (``wr`` x ``wc`` PEs per write, ragged edges
+    included), then waves computed: every row equals the spec's dot product."""
     depth, bits = 5, 8
     rng = np.random.default_rng(0)
     w = rng.integers(-128, 128, size=(depth, R, C))
@@ -23,20 +31,27 @@ def test_array_rows_equal_spec_dot_products(R, C, acc, packed):
     w[0], w[1, ::2], w[1, 1::2] = -128, 127, -128
     waves[:3] = [(0, np.full(C, -128)), (1, np.full(C, -128)), (1, np.full(C, 127))]
     dut = SystolicArray(rows=R, cols=C, data_bits=bits, acc_bits=acc, depth=depth, ctrl_bits=4,
-                        packed=packed)
+                        packed=packed, write_rows=wr, write_cols=wc)
     assert dut.dsp_count == (((R + 1) // 2) if packed else R) * C
+    cg = -(-C // wc)
+    writes = 0
     got = [[] for _ in range(R)]
 
     async def tb(ctx):
-        for a in range(depth):
-            for r in range(R):
-                for c in range(C):
-                    ctx.set(dut.w_en, 1)
-                    ctx.set(dut.w_row, r)
-                    ctx.set(dut.w_col, c)
-                    ctx.set(dut.w_addr, a)
-                    ctx.set(dut.w_data, int(w[a, r, c]))
-                    await ctx.tick()
+        nonlocal writes
+        for q in range(dut.groups):
+            r0, c0 = (q // cg) * wr, (q % cg) * wc
+            for a in range(depth):
+                lanes = [0] * (wr * wc)
+                for r in range(r0, min(R, r0 + wr)):
+                    for c in range(c0, min(C, c0 + wc)):
+                        lanes[(r % wr) * wc + c % wc] = int(w[a, r, c])
+                ctx.set(dut.w_en, 1)
+                ctx.set(dut.w_group, q)
+                ctx.set(dut.w_addr, a)
+                ctx.set(dut.w_data, lanes)
+                await ctx.tick()
+                writes += 1
         ctx.set(dut.w_en, 0)
         await ctx.tick()
         for t in range(len(waves) + C + R + 6):
@@ -56,6 +71,7 @@ def test_array_rows_equal_spec_dot_products(R, C, acc, packed):
     sim.add_clock(1e-8)
     sim.add_testbench(tb)
     sim.run()
+    assert writes == dut.groups * depth == -(-R // wr) * cg * depth
     for r in range(R):
         want = [int(nx.mac(x[None, :], w[a, r][None, :], acc)[0, 0]) for a, x in waves]
         assert [g[0] for g in got[r]] == want

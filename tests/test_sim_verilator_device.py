@@ -176,3 +176,58 @@ def test_small_config_speed(tmp_path):
     print(f"small, batch 512: {cycles} cycles, {cycles / cpu:,.0f} cycles/s CPU, "
           f"{cycles / wall:,.0f} cycles/s wall")
     assert cycles / cpu >= 100_000
+
+
+# A model whose layers' weight counts are no multiple of a beat (3 dense + 3 + 5 + 4 pooled
+# inputs, 14 hidden), with biases and on-chip rows: the packed program (format 4).
+RAGGED = ModelSpec(name="ragged", sparse=(SparseFeature("a", 16, 3),
+                                          SparseFeature("b", 40, 5, bag=3),
+                                          SparseFeature("c", 9, 4)),
+                   dense=3, top_mlp=(14, 1))
+
+
+def _packed_program_run(tmp_path, config, spec=RAGGED):
+    """Load ``spec``'s packed program with random stalls on every port (the model's included),
+    two runs bit-exact; then, without stalls, the load costs the modelled cycles."""
+    from recfabric.host.compiler.cycle_model import program_load_cycles
+
+    cfg = get_preset(config) if isinstance(config, str) else config
+    d = tmp_path / f"{spec.name}-{cfg.name}"
+    compile_model(spec, random_weights(spec, seed=4), cfg, d, seed=4, calib_batch=64)
+    cm = load_compiled(d)
+    for kind in ("MLP weights", "MLP biases", "on-chip rows"):
+        assert cm.program.meta["counts"].get(kind, 0) > 0, kind
+    with Accelerator.open("verilator", cfg, p_stall=0.3, seed=3) as acc:
+        acc.load(d)
+        for batch, seed in ((6, 1), (2, 2)):
+            dense, sparse = synthetic_batch(spec, batch, seed=seed)
+            r = acc.infer(dense, sparse)
+            assert np.array_equal(r.scores, _golden(cm, dense, sparse))
+            assert r.counters["errors"] == 0
+    dense, sparse = synthetic_batch(spec, 1, seed=5)
+    with Accelerator.open("verilator", cfg) as acc:
+        acc.load(d)
+        first, again = acc.infer(dense, sparse), acc.infer(dense, sparse)
+    words = cm.program.meta["words"]
+    load = first.counters["cycles"] - again.counters["cycles"]
+    assert np.array_equal(first.scores, again.scores)
+    assert words <= load <= program_load_cycles(words) + 8, (words, load)
+    return load
+
+
+def test_packed_program_is_bit_exact_and_streams(tmp_path):
+    _packed_program_run(tmp_path, "tiny")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["int16-groups", "int8"])
+def test_packed_program_other_configs(tmp_path, which):
+    """Cold Verilator builds of two more configurations: an engine whose weights and biases
+    take two groups each (12 x 4 PEs, int16), and int8 (64 weights per beat)."""
+    tiny = get_preset("tiny")
+    cfg = {"int16-groups": tiny.replace(name="tiny-wide",
+                                        mlp_top_shapes=((12, 4), (1, 12), (1, 1))),
+           "int8": tiny.replace(name="tiny-int8", data_bits=8, acc_bits=32)}[which]
+    spec = RAGGED if which != "int8" else ModelSpec(
+        name="ragged8", sparse=RAGGED.sparse, dense=3, top_mlp=(7, 3, 1))
+    _packed_program_run(tmp_path, cfg, spec)

@@ -73,7 +73,8 @@ def simulate_mlp(pipe, layers, x, *, rounding=nx.Rounding.HALF_UP, rng=None, p_i
                  p_stall=0.0, check_protocol=True, max_cycles=None):
     """Run integer input vectors ``x`` (batch, K) through an ``MLPPipeline`` simulation.
 
-    Loads the model with :func:`~recfabric.hw.mlp.mlp_load_words`, streams the inputs
+    Loads the model with :func:`~recfabric.hw.mlp.mlp_load_image` (blocks of beats on
+    ``i_block``, one per cycle, then the descriptors on ``i_load``), streams the inputs
     (random idle cycles with probability ``p_idle``) and collects the outputs (random
     back-pressure ``p_stall``), with protocol checkers on both streams.
 
@@ -83,13 +84,13 @@ def simulate_mlp(pipe, layers, x, *, rounding=nx.Rounding.HALF_UP, rng=None, p_i
     """
     from amaranth.sim import Simulator
 
-    from recfabric.hw.mlp import mlp_load_words
+    from recfabric.hw.mlp import mlp_load_image
     from recfabric.sim.stream_testing import StreamChecker, stream_get, stream_put
 
     x = np.asarray(x, dtype=np.int64)
     batch, K = x.shape
     lanes = pipe.shapes[0][1]
-    words = mlp_load_words(pipe, layers, rounding)
+    image = mlp_load_image(pipe, layers, rounding)
     n_out = layers[-1].shape[1]
     chunks = math.ceil(K / lanes)
     xp = np.zeros((batch, chunks * lanes), dtype=np.int64)
@@ -112,8 +113,15 @@ def simulate_mlp(pipe, layers, x, *, rounding=nx.Rounding.HALF_UP, rng=None, p_i
             state["cycle"] += 1
 
     async def loader(ctx):
+        ctx.set(pipe.i_block.valid, 1)
+        for blk in image.blocks:
+            sel = pipe.block_sel.const(blk.sel).as_value().value
+            for k, beat in enumerate(blk.beats):
+                ctx.set(pipe.i_block.payload, {"sel": sel, "addr": blk.addr + k, "data": beat})
+                await ctx.tick()
+        ctx.set(pipe.i_block.valid, 0)
         ctx.set(pipe.i_load.valid, 1)
-        for wd in words:
+        for wd in image.descriptors:
             ctx.set(pipe.i_load.payload, wd)
             await ctx.tick()
         ctx.set(pipe.i_load.valid, 0)

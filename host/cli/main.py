@@ -185,6 +185,11 @@ def _cmd_demo(args):
         qm = cm.quantized_model()
         golden = golden_from_images(cm, qm.quantize_dense(dense), sparse)
         p_float = float_forward(weights, dense, sparse)
+        # batch sizes besides N for the latency / steady-state figures: 1, and 2 when N is 1
+        small_batches = {}
+        for n in ([1, 2] if args.batch == 1 else [1]):
+            d_n, s_n = synthetic_batch(spec, n, seed=args.seed + 3 + n)
+            small_batches[n] = (d_n, s_n, golden_from_images(cm, qm.quantize_dense(d_n), s_n))
         kwargs = {"xclbin": args.xclbin} if args.backend == "xrt" else {}
         bar = say.bar(None, f"{args.backend} run", unit="cycle")
         if args.backend == "sim":
@@ -205,11 +210,17 @@ def _cmd_demo(args):
             load_cycles = first.counters["cycles"]
             say("running the batch again, model loaded: the steady-state measurement")
             result = acc.infer(dense, sparse)
+            # Latency and steady state: a batch of 1 and a second batch size (the slope between
+            # the two is cycles per inference without the per-run overhead).
+            say("running batches of 1 (latency) and of a second size (steady state)")
+            extra = {n: acc.infer(*small_batches[n][:2]) for n in small_batches}
             wall = time.perf_counter() - t0
             sim_cycles = getattr(acc.device, "cycles", None)
     cycles = result.counters["cycles"]
     match = bool(np.array_equal(result.scores, golden.scores)
-                 and np.array_equal(first.scores, golden.scores))
+                 and np.array_equal(first.scores, golden.scores)
+                 and all(np.array_equal(extra[n].scores, small_batches[n][2].scores)
+                         for n in extra))
     err = np.abs(result.probabilities - p_float)
     out = {
         "model": spec.name, "config": config.name, "backend": args.backend,
@@ -226,6 +237,8 @@ def _cmd_demo(args):
     }
     if args.backend != "reference":
         t_us = cycles / config.clock_mhz
+        out.update(demo_cycle_figures(args.batch, cycles, load_cycles,
+                                      {n: r.counters["cycles"] for n, r in extra.items()}))
         out["batch_time_us"] = round(t_us, 3)
         out["throughput_per_s"] = round(args.batch / (t_us * 1e-6), 1)
         if sim_cycles:
@@ -251,10 +264,34 @@ def _cmd_demo(args):
         print(f"cycles: {cycles:,} for the batch ({load_cycles:,} with the model load); at "
               f"{config.clock_mhz:g} MHz: {out['batch_time_us']:.2f} us, "
               f"{out['throughput_per_s']:,.0f} inferences/s")
+        print(f"batch-1 latency {out['latency_cycles']:,} cycles; steady state "
+              f"{out['cycles_per_inference']:,} cycles/inference (batches "
+              f"{out['cycles_per_inference_batches']}); program load "
+              f"{out['program_load_cycles']:,} cycles")
         c = result.counters
         print(f"counters: lookups {c['lookups_issued']:,}, memory stalls {c['stall_memory']:,}, "
               f"MLP-input stalls {c['stall_mlp']:,}, result stalls {c['stall_results']:,}")
     return 0 if match else 1
+
+
+def demo_cycle_figures(batch: int, cycles: int, load_cycles: int, by_batch: dict) -> dict:
+    """``demo --json``'s cycle figures (all simulated) from a run of ``batch`` requests taking
+    ``cycles`` (``load_cycles`` when it also executed the model program) and runs of other batch
+    sizes (``{n: cycles}``, holding 1 and a second size when ``batch`` is 1).
+
+    ``latency_cycles`` is the batch of 1; ``cycles_per_inference`` the steady-state slope
+    between the two batch sizes (the run's fixed overhead cancels); ``program_load_cycles`` the
+    extra cycles of the first run, which executed the model program before the same requests.
+    """
+    runs = {**by_batch, batch: cycles}
+    lo, hi = min(runs), max(runs)
+    if lo == hi:
+        raise ValueError(f"need two batch sizes for a steady-state figure, got {sorted(runs)}")
+    return {"latency_cycles": runs[1],
+            "cycles_per_inference": round((runs[hi] - runs[lo]) / (hi - lo), 2),
+            "cycles_per_inference_batches": [lo, hi],
+            "program_load_cycles": load_cycles - cycles,
+            "cycles_source": "simulated"}
 
 
 def _cmd_build(args):
@@ -264,16 +301,18 @@ def _cmd_build(args):
     from ...hw.boards.alveo import check_config, get_board
     from ...hw.config import get_preset
     from ...hw.kernel import generate_verilog
-    from ...hw.vitis_package import write_vitis_files
+    from ...hw.vitis_package import check_vitis_config, kernel_name, write_vitis_files
     from .support import Progress
     config = get_preset(args.config)
     # Board and configuration are checked before the (long) Verilog generation.
     check_config(config, get_board(args.board))
+    check_vitis_config(config)
     say = Progress()
     t0 = time.perf_counter()
     with say.bar(2, f"build {config.name}", unit="step", ticks=True):
         say(f"generating Verilog for config {config.name} (hash {config.config_hash:08x})")
-        text = generate_verilog(config)
+        # top module named after the kernel: kernel.xml, the packaged IP and XRT use that name
+        text = generate_verilog(config, name=kernel_name(config))
         say(f"writing the Vitis files for {args.board}")
         files = write_vitis_files(config, text, args.output, board=args.board)
     # the hardware/software contract of this build, as data (what the compiler plans for)

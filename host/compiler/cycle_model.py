@@ -55,7 +55,8 @@ import math
 from dataclasses import dataclass, field
 
 __all__ = ["MLPCycleModel", "ENGINE_OVERHEAD", "DRAIN_OVERHEAD", "KERNEL_OVERHEAD_CYCLES",
-           "MEM_LATENCY_CYCLES", "kernel_batch_cycles"]
+           "MEM_LATENCY_CYCLES", "kernel_batch_cycles", "program_load_cycles",
+           "PROGRAM_LOAD_OVERHEAD_CYCLES", "PROGRAM_LOAD_RATE"]
 
 #: Engine stage latency beyond ``T + cols + rows``.
 ENGINE_OVERHEAD = 9
@@ -65,6 +66,11 @@ DRAIN_OVERHEAD = 2
 KERNEL_OVERHEAD_CYCLES = 67
 #: Memory read latency assumed for HBM, in kernel cycles (the simulation's HBM model).
 MEM_LATENCY_CYCLES = 64
+#: Program words the kernel's program loader takes per cycle (one 512-bit word per cycle:
+#: every sink takes a word, or a whole packed beat, per cycle; :func:`program_load_cycles`).
+PROGRAM_LOAD_RATE = 1.0
+#: Program-load cycles beyond one per word, fitted to the simulation (:func:`program_load_cycles`).
+PROGRAM_LOAD_OVERHEAD_CYCLES = 71
 
 
 @dataclass
@@ -77,7 +83,7 @@ class MLPCycleModel:
         Engine array shapes.
     widths : sequence of int
         Layer widths ``K0, N0(=K1), ..., N_last``; fewer layers than engines are padded with
-        identity layers of width ``N_last`` (what :func:`~recfabric.hw.mlp.mlp_load_words`
+        identity layers of width ``N_last`` (what :func:`~recfabric.hw.mlp.mlp_load_image`
         does).
     banks : int
         Banks per activation buffer.
@@ -164,3 +170,24 @@ def kernel_batch_cycles(spec, config, rounds: int, words_per_record: int, *,
                           packed=config.data_bits == 8)
         ii, latency = max(ii, m.ii), latency + m.latency
     return latency, ii
+
+
+def program_load_cycles(words: int, *, rate: float = PROGRAM_LOAD_RATE,
+                        overhead: int = PROGRAM_LOAD_OVERHEAD_CYCLES) -> int:
+    """Cycles a run with ``flags.LOAD`` spends executing a kernel program of ``words`` words
+    (header included; :func:`~recfabric.host.compiler.kernel_program.program_word_counts`
+    counts them for a plan) before its batch starts: ``ceil(words / rate) + overhead``.
+
+    The loader reads the program in 16-beat bursts with 128 words of FIFO (reads stay in flight
+    over the memory latency) and every sink takes one word per cycle, so ``rate`` is 1. The
+    ``overhead`` (the header's round trip, then the first burst's latency of the program's
+    body) is fitted to the simulation (model port latency 32 cycles, ``tools/measure_kernel.py``:
+    the first run minus a batch-1 run without the load): ``small`` model on ``small``, 1,733
+    words, 1,804 cycles; ``tiny`` on ``tiny``, 80 words, 151 cycles (both exactly ``words +
+    71``; ``tests/test_hw_program_load.py`` checks it). Modelled, not simulated, at any other
+    size (``tools/program_load_model.py``: microrec-small on ``u280``, 38,727 words, 38,798
+    cycles).
+    """
+    if words < 1:
+        raise ValueError(f"a kernel program has at least its header word, not {words}")
+    return math.ceil(words / rate) + overhead

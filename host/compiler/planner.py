@@ -18,10 +18,13 @@ Cost model
   ``table_copies`` copies of a table, row splits only if ``row_split``, at most
   ``descriptors_per_unit`` tables per channel or unit (:class:`Layout`).
 - A multi-hot feature with bag ``b`` costs ``b`` lookups per request (its worst case). A table
-  replicated ``R`` times serves lookup ``k`` of a bag from replica ``k mod R``, so each replica
-  serves at most ``ceil(b / R)`` lookups. A table sharded by row range serves each lookup from the
-  one shard holding the row; in the worst case all of a replica's lookups hit one shard, so every
-  shard is charged the replica's full lookup count.
+  replicated ``R`` times serves its bags round-robin, one whole bag per replica (the kernel's
+  dispatcher; a bag is pooled whole by one unit), so over a stream each replica serves
+  ``b / R`` lookups per request on average; it is charged ``ceil(b / R)``. Copies x row-range
+  shards of one table are at most ``table_parts``. A table sharded by row range serves each
+  lookup from the one shard holding the row; in the worst case all of a replica's lookups hit
+  one shard, so every shard is charged the replica's full lookup count. (The kernel splits
+  one-hot tables only; ``check_program`` refuses a split multi-hot table.)
 - **Rounds** (the objective) = the most loaded memory port's cycles per request: the busiest
   channel's beats per request, or an on-chip unit's lookups per request if that is larger.
   Ties are broken by **stored bytes** (off chip + on chip, including merge products, padding and
@@ -56,6 +59,7 @@ Only one-hot features are merged: a bag's IDs cannot be combined into one produc
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -111,6 +115,8 @@ class Layout:
         Features per Cartesian-merged table.
     tables_per_port : int
         Tables (descriptors) one channel or on-chip unit holds.
+    table_parts : int
+        Parts (copies x row-range shards) one table may be held in.
     """
 
     element_bytes: int
@@ -125,13 +131,14 @@ class Layout:
     row_split: bool = False
     max_merge: int = 2
     tables_per_port: int = 1 << 16
+    table_parts: int = 1 << 16
 
     @classmethod
     def from_capabilities(cls, caps) -> Layout:
         return cls(caps.data_bits // 8, caps.beat_bytes, caps.mem_channels, caps.channel_bytes,
                    caps.onchip_units, caps.onchip_bytes, caps.max_dim,
                    caps.onchip_word_bits // 8, caps.table_copies, caps.row_split,
-                   caps.max_merge, caps.descriptors_per_unit)
+                   caps.max_merge, caps.descriptors_per_unit, caps.table_parts)
 
     @classmethod
     def from_config(cls, config) -> Layout:
@@ -140,7 +147,7 @@ class Layout:
     @property
     def table(self) -> TableLayout:
         """The row geometry (:class:`TableLayout`)."""
-        return TableLayout(self.element_bytes * 8, self.beat_bytes, self.onchip_word_bytes * 8)
+        return _table_layout(self.element_bytes * 8, self.beat_bytes, self.onchip_word_bytes * 8)
 
     def row_beats(self, dim: int) -> int:
         """Beats one lookup of a ``dim``-element row reads."""
@@ -232,6 +239,13 @@ class Group:
         ms = obj["members"]
         return cls(tuple(m["feature"] for m in ms), tuple(m["rows"] for m in ms),
                    tuple(m["dim"] for m in ms), obj["bag"], obj["replicas"], obj["shards"])
+
+
+@functools.lru_cache(maxsize=32)
+def _table_layout(data_bits: int, beat_bytes: int, onchip_word_bits: int) -> TableLayout:
+    """One (frozen) TableLayout per geometry: the packing search asks for it ~10^5 times per
+    plan at MicroRec's scale, and building one validates its fields."""
+    return TableLayout(data_bits, beat_bytes, onchip_word_bits)
 
 
 def _single(spec: ModelSpec, i: int) -> Group:
@@ -497,6 +511,10 @@ def _shard_rows(layout: Layout, g: Group) -> list:
         raise PlanError(f"a row of {g.dim} elements ({stride} bytes) does not fit a "
                         f"{layout.channel_bytes}-byte channel")
     n = -(-g.rows // per_channel)
+    if n > layout.table_parts:
+        raise PlanError(f"a table of {g.rows:,} rows x {g.dim} elements ({g.rows * stride:,} "
+                        f"bytes) needs {n} channel-sized row ranges; the kernel holds a table "
+                        f"in at most {layout.table_parts} parts")
     if n > 1 and not layout.row_split:
         raise PlanError(f"a table of {g.rows:,} rows x {g.dim} elements ({g.rows * stride:,} "
                         f"bytes) does not fit one {layout.channel_bytes:,}-byte channel, and the "
@@ -692,7 +710,9 @@ def _pack(spec, layout, groups, rounds, split=1):
         if beats > rounds:
             return None
         per_replica = max(1, rounds // split // beats)
-        replicas = min(layout.table_copies, -(-g.bag // per_replica))
+        shards = len(_shard_rows(layout, g))
+        replicas = min(layout.table_copies, max(1, layout.table_parts // shards),
+                       -(-g.bag // per_replica))
         items.extend(_offchip_items(layout, gi, g, replicas))
     chans = _Ports(layout.channels, layout.channel_bytes, lambda s: TABLE_ALIGN,
                    layout.tables_per_port)
@@ -850,23 +870,35 @@ def study_capabilities(config):
     import dataclasses  # noqa: PLC0415
 
     return dataclasses.replace(config.capabilities(), table_copies=1 << 16, row_split=True,
-                               max_merge=1 << 16, descriptors_per_unit=1 << 16)
+                               max_merge=1 << 16, descriptors_per_unit=1 << 16,
+                               table_parts=1 << 16, split_multi_hot=True)
 
 
 def oversized_tables(spec: ModelSpec, caps) -> list[str]:
-    """One message per table larger than a channel of a kernel that cannot split tables (no
-    plan can place it; checked before anything else)."""
+    """One message per table no plan can place on the kernel (checked before anything else):
+    larger than a channel when the kernel cannot split it (no row splits, or a multi-hot table
+    on a kernel that splits one-hot tables only), or needing more channel-sized row ranges
+    than a table's ``table_parts``."""
     layout = Layout.from_capabilities(caps)
-    if layout.row_split:
-        return []
+    split_multi = getattr(caps, "split_multi_hot", True)
     out = []
     for f in spec.sparse:
         nbytes = f.rows * layout.offchip_stride(f.dim)
-        if nbytes > layout.channel_bytes:
-            out.append(f"table {f.name!r} ({f.rows:,} rows x {f.dim} elements, {nbytes:,} "
-                       f"bytes) does not fit one {layout.channel_bytes:,}-byte channel of "
-                       f"configuration {caps.config!r}, and the kernel cannot split a table "
-                       "over channels")
+        if nbytes <= layout.channel_bytes:
+            continue
+        what = (f"table {f.name!r} ({f.rows:,} rows x {f.dim} elements, {nbytes:,} bytes) does "
+                f"not fit one {layout.channel_bytes:,}-byte channel of configuration "
+                f"{caps.config!r}")
+        per_channel = max(1, layout.channel_bytes // layout.offchip_stride(f.dim))
+        need = -(-f.rows // per_channel)
+        if not layout.row_split:
+            out.append(f"{what}, and the kernel cannot split a table over channels")
+        elif f.bag > 1 and not split_multi:
+            out.append(f"{what}, and the kernel splits only one-hot tables over channels (this "
+                       f"one has bags of {f.bag})")
+        elif need > layout.table_parts:
+            out.append(f"{what}: it needs {need} channel-sized row ranges, and the kernel "
+                       f"holds a table in at most {layout.table_parts} parts")
     return out
 
 

@@ -291,7 +291,9 @@ def step_kernel_program(state: CompileState) -> None:
     state.program = build_program(state.spec, state.qm, state.plan, desc, images, state.config)
     write_program(state.step_dir("kernel_program"), state.program)
     counts = ", ".join(f"{n} {k}" for k, n in state.program.meta["counts"].items())
-    state.say(f"kernel program: {state.program.meta['commands']:,} commands ({counts})")
+    meta = state.program.meta
+    state.say(f"kernel program: {meta['words']:,} words: {meta['commands']:,} commands, "
+              f"{meta.get('beats', 0):,} data beats ({counts})")
 
 
 def load_kernel_program(state: CompileState) -> None:

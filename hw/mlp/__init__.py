@@ -2,7 +2,7 @@
 
 Modules: :mod:`.load_format` (load words, descriptor fields), :mod:`.activation_buffer`,
 :mod:`.requantizer`, :mod:`.layer_engine`, :mod:`.pipeline` (``InputWriter``, ``VectorDrain``,
-``MLPPipeline``), :mod:`.load_image` (``mlp_load_words``, host side). The processing element,
+``MLPPipeline``), :mod:`.load_image` (``mlp_load_image``, host side). The processing element,
 the systolic array and the sigmoid are :mod:`recfabric.hw.processing_element`,
 :mod:`recfabric.hw.systolic_array` and :mod:`recfabric.hw.sigmoid`.
 
@@ -25,10 +25,12 @@ between tiles or between back-to-back requests. The initiation interval of the p
 largest of these (see :mod:`recfabric.host.compiler.cycle_model`); sizing ``rows``/``cols`` per
 layer in proportion to each layer's MACs balances it.
 
-Runtime data (loaded through ``i_load``, see :class:`MLPLoadLayout` and :func:`mlp_load_words`):
-weights, biases and per-engine descriptors (tile counts, requantize shift, rounding, ReLU,
-saturation width, output length). A model with narrower layers, or fewer layers (padded with
-identity layers at the end, int16 only), runs on the same hardware. Loading while requests are
+Runtime data (see :func:`mlp_load_image`): weights and biases as packed beats through
+``i_block`` (:class:`BeatPacking`: one beat per cycle writes a whole group of PEs at one
+address, docs/mlp.md), and per-engine descriptors through ``i_load`` (:class:`MLPLoadLayout`:
+tile counts, requantize shift, rounding, ReLU, saturation width, output length). A model with
+narrower layers, or fewer layers (padded with identity layers at the end, int16 only), runs on
+the same hardware. Loading while requests are
 in flight is not supported.
 """
 
@@ -42,17 +44,20 @@ from .load_format import (
     FLAG_RELU,
     SHIFT_MAX,
     SHIFT_MIN,
+    BeatPacking,
     Desc,
     LoadKind,
+    MLPBlockSel,
     MLPLoadLayout,
 )
-from .load_image import mlp_load_words
+from .load_image import MLPBlock, MLPLoadImage, mlp_load_image
 from .pipeline import InputWriter, MLPPipeline, VectorDrain
 from .requantizer import REQUANT_LATENCY, Requantizer
 
 __all__ = [
     "LoadKind", "Desc", "MLPLoadLayout", "MLPInputLayout", "ActivationWriteSignature",
     "ActivationReadSignature", "ActivationBuffer", "Requantizer", "LayerEngine", "InputWriter",
-    "VectorDrain", "MLPPipeline", "mlp_load_words", "SHIFT_MIN", "SHIFT_MAX",
+    "VectorDrain", "MLPPipeline", "mlp_load_image", "MLPLoadImage", "MLPBlock", "MLPBlockSel",
+    "BeatPacking", "SHIFT_MIN", "SHIFT_MAX",
     "ROW_END_LATENCY", "REQUANT_LATENCY", "FLAG_RELU", "FLAG_FLOOR", "FLAG_LOGIT",
 ]

@@ -9,10 +9,11 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from ..stream_types import BlockBeatLayout
 from ..stream_types import index_bits as _bits_for
 from ..systolic_array import SystolicArray
 from .activation_buffer import ActivationReadSignature, ActivationWriteSignature
-from .load_format import Desc, LoadKind, MLPLoadLayout
+from .load_format import BeatPacking, Desc, LoadKind, MLPBlockSel, MLPLoadLayout
 from .requantizer import REQUANT_LATENCY, Requantizer
 
 
@@ -47,7 +48,9 @@ class LayerEngine(wiring.Component):
     Weight layout (host): PE (``r``, ``c``) word ``tn * k_tiles + tk`` holds
     ``W[tn * rows + r, tk * cols + c]`` (zero where the index is past ``N`` or ``K``: padded
     inputs are not masked, so padded weights must be zero). Bias of row ``r`` word ``tn`` holds
-    ``b[tn * rows + r]``.
+    ``b[tn * rows + r]``. Weights and biases are written by packed beats (``i_block``,
+    :class:`~recfabric.hw.mlp.load_format.BeatPacking`): one beat per cycle, each writing a whole
+    group of PEs (or of bias rows) at one address.
 
     Parameters
     ----------
@@ -67,6 +70,8 @@ class LayerEngine(wiring.Component):
         (:class:`~recfabric.hw.processing_element.PackedPEPair`; default True). Results are
         identical; the array's rows leave ``ceil(rows / 2)`` rather than ``rows`` cycles apart,
         so :attr:`array_latency` shrinks.
+    beat_bits : int, optional
+        Width of a weight/bias beat (default 512, the program loader's word).
 
     Members
     -------
@@ -75,14 +80,18 @@ class LayerEngine(wiring.Component):
     act_out : Out(ActivationWriteSignature)
         Writes the output buffer (``rows`` lanes).
     i_load : In(stream.Signature(MLPLoadLayout))
-        Load words addressed to this engine (always ready).
+        Descriptor words addressed to this engine (always ready).
+    i_block : In(stream.Signature(BlockBeatLayout(beat_bits)))
+        Weight and bias beats addressed to this engine (``sel`` an :class:`MLPBlockSel`;
+        always ready, one beat per cycle).
     out_len : Out(16)
         The loaded ``OUT_LEN`` descriptor field.
     """
 
     def __init__(self, *, index: int = 0, rows: int, cols: int, data_bits: int, acc_bits: int,
                  max_in: int, max_out: int, banks: int = 4, out_bits: int | None = None,
-                 load_layout: MLPLoadLayout | None = None, pack_int8: bool = True):
+                 load_layout: MLPLoadLayout | None = None, beat_bits: int = 512,
+                 block_sel: MLPBlockSel | None = None, pack_int8: bool = True):
         for name, v in (("rows", rows), ("cols", cols), ("max_in", max_in),
                         ("max_out", max_out)):
             _pos(name, v)
@@ -102,6 +111,13 @@ class LayerEngine(wiring.Component):
             load_layout = MLPLoadLayout(engines=index + 1, rows=rows, cols=cols,
                                         depth=self.wdepth, acc_bits=acc_bits)
         self.load_layout = load_layout
+        self.beat_bits = beat_bits
+        self.packing = BeatPacking(rows=rows, cols=cols, data_bits=data_bits, acc_bits=acc_bits,
+                                   beat_bits=beat_bits)
+        if block_sel is None:
+            block_sel = MLPBlockSel(engines=index + 1,
+                                    groups=max(self.packing.groups, self.packing.bias_groups))
+        self.block_sel = block_sel
         super().__init__({
             "act_in": Out(ActivationReadSignature(lanes=cols, bits=data_bits,
                                                   local_bits=self.in_local_bits, banks=banks)),
@@ -109,6 +125,7 @@ class LayerEngine(wiring.Component):
                                                     local_bits=self.out_local_bits,
                                                     banks=banks)),
             "i_load": In(stream.Signature(load_layout)),
+            "i_block": In(stream.Signature(BlockBeatLayout(beat_bits))),
             "out_len": Out(16),
         })
 
@@ -125,9 +142,10 @@ class LayerEngine(wiring.Component):
         R, C = self.rows, self.cols
         bank_bits = _bits_for(self.banks)
         ctrl_layout = _Ctrl(self.out_local_bits, bank_bits)
+        pk = self.packing
         m.submodules.array = arr = SystolicArray(
             rows=R, cols=C, data_bits=self.data_bits, acc_bits=self.acc_bits, depth=self.wdepth,
-            ctrl_bits=ctrl_layout.size, packed=self.packed)
+            ctrl_bits=ctrl_layout.size, packed=self.packed, write_rows=pk.g, write_cols=pk.w)
 
         # ---- descriptor and load port ----
         k_tiles = Signal(range(self.k_tiles_max + 1))
@@ -137,9 +155,14 @@ class LayerEngine(wiring.Component):
         out_len = self.out_len
         ld = self.i_load.payload
         m.d.comb += self.i_load.ready.eq(1)
-        m.d.comb += [arr.w_en.eq(self.i_load.valid & (ld.kind == LoadKind.WEIGHT)),
-                     arr.w_row.eq(ld.row), arr.w_col.eq(ld.col), arr.w_addr.eq(ld.addr),
-                     arr.w_data.eq(ld.data)]
+        blk = self.i_block.payload
+        sel = data.View(self.block_sel, blk.sel[:self.block_sel.size])
+        m.d.comb += self.i_block.ready.eq(1)
+        lanes = [blk.data[i * self.data_bits:(i + 1) * self.data_bits]
+                 for i in range(arr.write_lanes)]
+        m.d.comb += [arr.w_en.eq(self.i_block.valid & (sel.kind == LoadKind.WEIGHT)),
+                     arr.w_group.eq(sel.group), arr.w_addr.eq(blk.addr)]
+        m.d.comb += [arr.w_data[i].eq(v) for i, v in enumerate(lanes)]
         with m.If(self.i_load.valid & (ld.kind == LoadKind.DESC)):
             with m.Switch(ld.addr):
                 with m.Case(Desc.K_TILES):
@@ -209,13 +232,21 @@ class LayerEngine(wiring.Component):
 
         # ---- row ends: bias, accumulate, requantize, write ----
         nbias = self.n_tiles_max
+        # bias beats: registered once, then row r takes lane r % gb of group r // gb
+        b_en = Signal()
+        b_group = Signal.like(sel.group)
+        b_addr = Signal(range(nbias))
+        b_data = Signal(self.beat_bits)
+        m.d.sync += [b_en.eq(self.i_block.valid & (sel.kind == LoadKind.BIAS)),
+                     b_group.eq(sel.group), b_addr.eq(blk.addr), b_data.eq(blk.data)]
         for r in range(R):
             bias_mem = Memory(shape=signed(self.acc_bits), depth=nbias, init=[])
             m.submodules[f"bias{r}"] = bias_mem
             bw = bias_mem.write_port()
             br = bias_mem.read_port()
-            m.d.comb += [bw.en.eq(self.i_load.valid & (ld.kind == LoadKind.BIAS) & (ld.row == r)),
-                         bw.addr.eq(ld.addr), bw.data.eq(ld.data)]
+            lane = r % pk.gb
+            m.d.comb += [bw.en.eq(b_en & (b_group == r // pk.gb)), bw.addr.eq(b_addr),
+                         bw.data.eq(b_data[lane * self.acc_bits:(lane + 1) * self.acc_bits])]
             ctrl = data.View(ctrl_layout, arr.ctrl_row[r])
             m.d.comb += br.addr.eq(ctrl.tn)
             p1 = Signal(signed(self.acc_bits), name=f"p1_{r}")

@@ -1,27 +1,99 @@
-"""The load image of an MLP pipeline: the words that program a model's layers (host side)."""
+"""The load image of an MLP pipeline: descriptor words and packed weight/bias blocks (host)."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from recfabric.host import numerics as nx
 
-from .load_format import FLAG_FLOOR, FLAG_LOGIT, FLAG_RELU, SHIFT_MAX, SHIFT_MIN, Desc, LoadKind
+from .load_format import (
+    FLAG_FLOOR,
+    FLAG_LOGIT,
+    FLAG_RELU,
+    SHIFT_MAX,
+    SHIFT_MIN,
+    BeatPacking,
+    Desc,
+    LoadKind,
+)
 
-__all__ = ["mlp_load_words"]
+__all__ = ["MLPBlock", "MLPLoadImage", "mlp_load_image"]
 
 
 class _EngineGeometry:
-    def __init__(self, *, rows, cols, data_bits, max_in, max_out, out_bits, **_):
+    def __init__(self, *, rows, cols, data_bits, acc_bits, max_in, max_out, out_bits,
+                 beat_bits=512, **_):
         self.rows, self.cols, self.data_bits = rows, cols, data_bits
         self.max_in, self.max_out, self.out_bits = max_in, max_out, out_bits
+        self.packing = BeatPacking(rows=rows, cols=cols, data_bits=data_bits, acc_bits=acc_bits,
+                                   beat_bits=beat_bits)
+
+
+@dataclass
+class MLPBlock:
+    """A block of beats for ``MLPPipeline.i_block``: ``sel`` (:class:`MLPBlockSel` fields),
+    start address ``addr`` and the beats (integers of ``beat_bits`` bits), written to addresses
+    ``addr, addr + 1, ...``."""
+
+    sel: dict
+    addr: int
+    beats: list
+
+
+@dataclass
+class MLPLoadImage:
+    """What programs a model into an MLP pipeline: ``descriptors`` (:class:`MLPLoadLayout`
+    field dicts for ``i_load``) and ``blocks`` (:class:`MLPBlock` s for ``i_block``)."""
+
+    descriptors: list = field(default_factory=list)
+    blocks: list = field(default_factory=list)
+
+    @property
+    def beats(self) -> int:
+        return sum(len(b.beats) for b in self.blocks)
+
+
+def _pack_lanes(values, bits: int) -> list:
+    """Rows of ``values`` (n, lanes) as integers, lane ``i`` at bits ``i * bits`` (two's
+    complement, little-endian: the layout of a beat in memory)."""
+    values = np.asarray(values, dtype=np.int64)
+    if bits in (8, 16, 32, 64):
+        raw = values.astype(f"<i{bits // 8}").tobytes()
+        step = values.shape[1] * bits // 8
+        return [int.from_bytes(raw[i:i + step], "little") for i in range(0, len(raw), step)]
+    mask = (1 << bits) - 1
+    return [sum((int(v) & mask) << (i * bits) for i, v in enumerate(row)) for row in values]
+
+
+def _engine_blocks(l: int, pk: BeatPacking, w, b, kt: int, nt: int) -> list:
+    """Weight blocks (one per PE group, addresses ``0 .. kt * nt - 1``) and bias blocks (one per
+    row group, addresses ``0 .. nt - 1``) of engine ``l`` (``w``, ``b`` padded to the tiles)."""
+    R, C = pk.rows, pk.cols
+    # words[a, r, c]: weight of PE (r, c) at address a = tn * kt + tk
+    words = w.reshape(nt, R, kt, C).transpose(0, 2, 1, 3).reshape(nt * kt, R, C)
+    grid = np.zeros((nt * kt, pk.row_groups * pk.g, pk.col_groups * pk.w), dtype=np.int64)
+    grid[:, :R, :C] = words
+    blocks = []
+    for q in range(pk.groups):
+        r0, c0 = (q // pk.col_groups) * pk.g, (q % pk.col_groups) * pk.w
+        lanes = grid[:, r0:r0 + pk.g, c0:c0 + pk.w].reshape(nt * kt, pk.g * pk.w)
+        blocks.append(MLPBlock({"kind": LoadKind.WEIGHT, "engine": l, "group": q}, 0,
+                               _pack_lanes(lanes, pk.data_bits)))
+    bias = np.zeros((nt, pk.bias_groups * pk.gb), dtype=np.int64)
+    bias[:, :R] = b.reshape(nt, R)
+    for q in range(pk.bias_groups):
+        lanes = bias[:, q * pk.gb:(q + 1) * pk.gb]
+        blocks.append(MLPBlock({"kind": LoadKind.BIAS, "engine": l, "group": q}, 0,
+                               _pack_lanes(lanes, pk.acc_bits)))
+    return blocks
 
 
 class _IdentityLayer:
     """An exact identity layer (``w = I``, zero bias, weights in Q1.0, output in ``fmt``), with
-    the attributes :func:`mlp_load_words` reads from a layer."""
+    the attributes :func:`mlp_load_image` reads from a layer."""
 
     def __init__(self, width: int, fmt: nx.FixedFormat):
         self.w = np.eye(width, dtype=np.int64)
@@ -32,9 +104,10 @@ class _IdentityLayer:
         self.shape = (width, width)
 
 
-def mlp_load_words(pipeline, layers, rounding: nx.Rounding = nx.Rounding.HALF_UP):
-    """Load words (dicts of :class:`MLPLoadLayout` fields) that program ``layers`` into
-    ``pipeline``.
+def mlp_load_image(pipeline, layers, rounding: nx.Rounding = nx.Rounding.HALF_UP):
+    """The :class:`MLPLoadImage` that programs ``layers`` into ``pipeline``: descriptor words
+    and packed weight and bias blocks (:class:`~recfabric.hw.mlp.load_format.BeatPacking`; only
+    the addresses the model uses are written, padding weights included).
 
     ``layers`` are fixed-point layers, first to last: objects with ``w`` (out, in), ``b``,
     ``in_fmt``, ``w_fmt``, ``out_fmt``, ``relu``, ``shift`` and ``shape`` (in, out), as
@@ -60,7 +133,7 @@ def mlp_load_words(pipeline, layers, rounding: nx.Rounding = nx.Rounding.HALF_UP
                              f"{fmt.bits}-bit output does not fit {pipeline.data_bits}-bit "
                              "hidden activations")
         layers += [_IdentityLayer(layers[-1].shape[1], fmt)] * pad
-    words = []
+    image = MLPLoadImage()
     for l, (eng, layer) in enumerate(zip(engines, layers)):
         K, N = layer.shape
         if l > 0 and K != layers[l - 1].shape[1]:
@@ -89,20 +162,12 @@ def mlp_load_words(pipeline, layers, rounding: nx.Rounding = nx.Rounding.HALF_UP
         w[:N, :K] = layer.w
         b = np.zeros(nt * R, dtype=np.int64)
         b[:N] = layer.b
-        for r in range(R):
-            for c in range(C):
-                blk = w[r::R, c::C]  # (nt, kt): word tn * kt + tk
-                for a, v in enumerate(blk.reshape(-1)):
-                    words.append({"engine": l, "kind": LoadKind.WEIGHT, "row": r, "col": c,
-                                  "addr": a, "data": int(v)})
-            for tn in range(nt):
-                words.append({"engine": l, "kind": LoadKind.BIAS, "row": r, "col": 0,
-                              "addr": tn, "data": int(b[tn * R + r])})
+        image.blocks += _engine_blocks(l, eng.packing, w, b, kt, nt)
         flags = ((FLAG_RELU if layer.relu else 0)
                  | (FLAG_FLOOR if rounding is nx.Rounding.FLOOR else 0)
                  | (FLAG_LOGIT if logit else 0))
-        for field, v in ((Desc.K_TILES, kt), (Desc.N_TILES, nt), (Desc.SHIFT, layer.shift),
+        for fld, v in ((Desc.K_TILES, kt), (Desc.N_TILES, nt), (Desc.SHIFT, layer.shift),
                          (Desc.FLAGS, flags), (Desc.OUT_LEN, N)):
-            words.append({"engine": l, "kind": LoadKind.DESC, "row": 0, "col": 0,
-                          "addr": int(field), "data": int(v)})
-    return words
+            image.descriptors.append({"engine": l, "kind": LoadKind.DESC, "row": 0, "col": 0,
+                                      "addr": int(fld), "data": int(v)})
+    return image

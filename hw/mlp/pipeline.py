@@ -5,17 +5,17 @@ from __future__ import annotations
 import math
 
 from amaranth.hdl import Cat, Module, Mux, Signal
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from recfabric.host import numerics as nx
 
 from ..sigmoid import LogitLayout, ScoreLayout, Sigmoid
-from ..stream_types import MLPInputLayout
+from ..stream_types import BLOCK_SEL_BITS, BlockBeatLayout, MLPInputLayout
 from ..stream_types import index_bits as _bits_for
 from .activation_buffer import ActivationBuffer, ActivationReadSignature, ActivationWriteSignature
 from .layer_engine import LayerEngine
-from .load_format import MLPLoadLayout
+from .load_format import BeatPacking, MLPBlockSel, MLPLoadLayout
 
 
 def _pos(name, v):
@@ -146,13 +146,18 @@ class MLPPipeline(wiring.Component):
         False (bottom MLP): the outputs leave on ``o_result``.
     pack_int8 : bool
         int8 engines compute two rows per DSP48E2 (:class:`LayerEngine`; default True).
+    beat_bits : int
+        Width of the weight/bias beats on ``i_block`` (default 512, the program loader's word).
 
     Members
     -------
     i_vector : In(stream.Signature(MLPInputLayout(data_bits, cols[0])))
         Input vectors, ``cols[0]`` elements per transfer, ``last`` on a request's last chunk.
     i_load : In(stream.Signature(MLPLoadLayout))
-        Runtime memories (weights, biases, descriptors); always ready.
+        Descriptor words; always ready.
+    i_block : In(stream.Signature(BlockBeatLayout(beat_bits)))
+        Weight and bias beats (``sel`` an :class:`MLPBlockSel` of :attr:`block_sel`), one per
+        cycle; always ready.
     o_scores : Out(stream.Signature(ScoreLayout()))
         (``sigmoid``) One score per output of the last layer; ``last`` ends a request.
     o_result : Out(stream.Signature(LogitLayout(data_bits)))
@@ -160,7 +165,8 @@ class MLPPipeline(wiring.Component):
     """
 
     def __init__(self, *, shapes, data_bits: int, acc_bits: int, max_in: int, max_width: int,
-                 banks: int = 4, sigmoid: bool = True, pack_int8: bool = True):
+                 banks: int = 4, sigmoid: bool = True, beat_bits: int = 512,
+                 pack_int8: bool = True):
         shapes = [tuple(s) for s in shapes]
         if not shapes:
             raise ValueError("An MLP pipeline needs at least one layer engine, not 0")
@@ -182,12 +188,23 @@ class MLPPipeline(wiring.Component):
         L = len(shapes)
         depth = max(math.ceil((max_in if l == 0 else max_width) / c) * math.ceil(max_width / r)
                     for l, (r, c) in enumerate(shapes))
+        self.beat_bits = beat_bits
+        groups = []
+        for r, c in shapes:
+            pk = BeatPacking(rows=r, cols=c, data_bits=data_bits, acc_bits=acc_bits,
+                             beat_bits=beat_bits)
+            groups += [pk.groups, pk.bias_groups]
+        self.block_sel = MLPBlockSel(engines=L, groups=max(groups))
+        if self.block_sel.size > BLOCK_SEL_BITS:
+            raise ValueError(f"{max(groups)} beat groups per engine do not fit the "
+                             f"{BLOCK_SEL_BITS}-bit block select field")
         self.load_layout = MLPLoadLayout(engines=L, rows=max(r for r, _ in shapes),
                                          cols=max(c for _, c in shapes), depth=depth,
                                          acc_bits=acc_bits)
         members = {
             "i_vector": In(stream.Signature(MLPInputLayout(bits=data_bits, lanes=shapes[0][1]))),
             "i_load": In(stream.Signature(self.load_layout)),
+            "i_block": In(stream.Signature(BlockBeatLayout(beat_bits))),
         }
         if sigmoid:
             members["o_scores"] = Out(stream.Signature(ScoreLayout()))
@@ -202,7 +219,8 @@ class MLPPipeline(wiring.Component):
                      max_in=self.max_in if l == 0 else self.max_width, max_out=self.max_width,
                      banks=self.banks,
                      out_bits=self.out_bits if l == L - 1 else self.data_bits,
-                     load_layout=self.load_layout, pack_int8=self.pack_int8)
+                     load_layout=self.load_layout, beat_bits=self.beat_bits,
+                     block_sel=self.block_sel, pack_int8=self.pack_int8)
                 for l, (r, c) in enumerate(self.shapes)]
 
     def elaborate(self, platform):
@@ -215,13 +233,16 @@ class MLPPipeline(wiring.Component):
         m.submodules.buf0 = buf = ActivationBuffer(lanes=e0.cols, bits=self.data_bits,
                                                    local_bits=e0.in_local_bits, banks=self.banks)
         wiring.connect(m, writer.act_out, buf.wr)
-        ld = self.i_load
-        m.d.comb += ld.ready.eq(1)
+        ld, blk = self.i_load, self.i_block
+        m.d.comb += [ld.ready.eq(1), blk.ready.eq(1)]
+        blk_engine = data.View(self.block_sel, blk.payload.sel[:self.block_sel.size]).engine
         for l, eng in enumerate(engines):
             m.submodules[f"engine{l}"] = eng
             wiring.connect(m, eng.act_in, buf.rd)
             m.d.comb += [eng.i_load.payload.eq(ld.payload),
-                         eng.i_load.valid.eq(ld.valid & (ld.payload.engine == l))]
+                         eng.i_load.valid.eq(ld.valid & (ld.payload.engine == l)),
+                         eng.i_block.payload.eq(blk.payload),
+                         eng.i_block.valid.eq(blk.valid & (blk_engine == l))]
             buf = ActivationBuffer(lanes=eng.rows, bits=eng.out_bits,
                                    local_bits=eng.out_local_bits, banks=self.banks)
             m.submodules[f"buf{l + 1}"] = buf
