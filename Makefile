@@ -5,7 +5,7 @@
 #                    Idempotent: a second run skips everything already done and takes a few seconds.
 #   make test        default test suite on both cores, then ruff.
 #   make test-slow   the tests marked slow.
-#   make formal      formal AXI protocol proofs of every AXI block (SymbiYosys; BMC and covers).
+#   make formal      formal AXI protocol proofs of every AXI block (SymbiYosys; k-induction or BMC, covers).
 #   make demo        recfabric demo.
 #   make lint        ruff check.
 #   make clean       build/test outputs; `make distclean` also removes .venv.
@@ -105,7 +105,7 @@ test-slow:
 	if [ $$rc -eq 5 ]; then echo "==> test-slow: no tests are marked slow"; rc=0; fi; \
 	exit $$rc
 
-# --- formal AXI proofs (hw/formal): every block, BMC + covers; results in build/formal
+# --- formal AXI proofs (hw/formal): every block, k-induction or BMC + covers; results in build/formal
 formal:
 	@test -x $(PY) || { echo "no $(VENV): run 'make install' first" >&2; exit 2; }
 	$(PY) -m recfabric.hw.formal --out build/formal --json build/formal/results.json

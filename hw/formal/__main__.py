@@ -2,13 +2,15 @@
 
 Examples::
 
-    python -m recfabric.hw.formal                       # every block: BMC 30 + cover
+    python -m recfabric.hw.formal                       # every block: its proof + cover
     python -m recfabric.hw.formal --block result_writer --depth 40
     python -m recfabric.hw.formal --block lookup_unit --mutation arvalid_drop   # must FAIL
     python -m recfabric.hw.formal --list
 
-Exit status 0 when every job gives the expected verdict (PASS; FAIL for a mutation or for the BMC
-of a block listed with a known finding, which run only when named with --block), else 1.
+By default each block runs its own proof (k-induction where it closes, else BMC; ``--list``
+shows which) and its covers. Exit status 0 when every job gives the expected verdict (PASS;
+FAIL for a mutation or for the BMC of a block listed with a known finding, which run only when
+named with --block), else 1.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from .harness import BLOCKS, build_harness
+from .harness import BLOCKS, MUTATION_DEPTH, build_harness
 from .sby import MODES, FormalToolsMissing, run_sby, warm_tools
 
 
@@ -45,7 +47,8 @@ def main(argv=None) -> int:
         for name, b in BLOCKS.items():
             muts = ", ".join(b.mutations) or "none"
             extra = f"; known finding (BMC fails): {b.finding}" if b.finding else ""
-            print(f"{name:22} {b.port}; BMC depth {b.depth}, cover {b.cover_depth}; "
+            proof = "k-induction, k" if b.proof == "prove" else "BMC depth"
+            print(f"{name:22} {b.port}; {proof} {b.depth}, cover {b.cover_depth}; "
                   f"mutations: {muts}{extra}")
         return 0
     blocks = args.block or [name for name, b in BLOCKS.items() if not b.finding]
@@ -76,10 +79,13 @@ def main(argv=None) -> int:
         if args.mutation is not None:
             modes = ["bmc"]
         else:
-            modes = args.mode or ["bmc", "cover"]
+            modes = args.mode or [b.proof, "cover"]
         for mode in modes:
-            depth = args.depth or {"bmc": b.depth, "cover": b.cover_depth,
-                                   "prove": b.depth}[mode]
+            if args.mutation is not None:
+                depth = args.depth or MUTATION_DEPTH
+            else:
+                depth = args.depth or {"bmc": b.depth, "cover": b.cover_depth,
+                                       "prove": b.depth}[mode]
             job = f"{name}_{mode}" + (f"_{args.mutation}" if args.mutation else "")
             r = run_sby(build_harness(name, args.mutation), name=job, mode=mode, depth=depth,
                         workdir=args.out / job)

@@ -130,6 +130,23 @@ class _Queue:
     def _next(self, p):
         return Mux(p == self.depth - 1, 0, p + 1)
 
+    def live(self, i):
+        """Slot ``i`` holds an entry (it is among the ``count`` slots from ``rp``)."""
+        d = self.depth
+        return Mux(self.rp <= i, i - self.rp, i + d - self.rp) < self.count
+
+    def beats(self):
+        """Sum of ``slot + 1`` over the live slots (the beats of the queued bursts)."""
+        return sum(Mux(self.live(i), s + 1, 0) for i, s in enumerate(self.slots))
+
+    def consistent(self):
+        """The write pointer is ``count`` slots after the read pointer (an invariant of the
+        queue itself, stated for k-induction)."""
+        d = self.depth
+        return ((self.count <= d) & (self.rp < d) & (self.wp < d) &
+                (self.wp == Mux(self.rp + self.count >= d, self.rp + self.count - d,
+                                self.rp + self.count)))
+
     def update(self, push, value, pop):
         m = self._m
         with m.If(push):
@@ -208,18 +225,24 @@ class AXI4ReadChecker(Elaboratable):
     cover_outstanding : int or None
         Cover this many bursts in flight (default ``max_outstanding``; less where the bound
         asserted is not tight).
+    bookkeeping : bool
+        Also assert the checker's own invariants (``rd.bookkeeping``: queue pointers, ``owed``
+        = the queued bursts' beats not yet delivered), which k-induction needs; they cost BMC
+        time on large queues, so only harnesses proved by induction ask for them.
 
     Attributes
     ----------
     outstanding : Signal
         Bursts accepted and unfinished (for block-level properties).
+    owed : Signal
+        Beats accepted on AR and not yet delivered on R.
     ar_fire, r_fire, r_end : Value
         AR handshake, R handshake, R handshake of a burst's last beat.
     """
 
     def __init__(self, bus, *, dut="master", max_outstanding, arid, max_len=255, size=None,
                  burst=AXIBurst.INCR, fixed=None, aligned=False, cover_len=None,
-                 cover_outstanding=None):
+                 cover_outstanding=None, bookkeeping=False):
         if not 1 <= max_outstanding <= 1024:
             raise ValueError(f"max_outstanding must be in 1..1024, not {max_outstanding}")
         if not 0 <= max_len <= 255:
@@ -228,10 +251,12 @@ class AXI4ReadChecker(Elaboratable):
         self.cover_outstanding = (max_outstanding if cover_outstanding is None
                                   else cover_outstanding)
         self.max_len = max_len
+        self.bookkeeping = bookkeeping
         self.cover_len = max_len if cover_len is None else cover_len
         self._ar = _AddressChannelRules(max_len=max_len, burst=burst, size=size,
                                         fixed={"id": arid, **(fixed or {})}, aligned=aligned)
         self.outstanding = Signal(range(max_outstanding + 2), name="rd_outstanding")
+        self.owed = Signal(range(256 * (max_outstanding + 1) + 1), name="rd_owed")
         self.ar_fire = bus.arvalid & bus.arready
         self.r_fire = bus.rvalid & bus.rready
         self.r_end = self.r_fire & bus.rlast
@@ -253,6 +278,13 @@ class AXI4ReadChecker(Elaboratable):
             m.d.sync += beat.eq(Mux(bus.rlast, 0, beat + 1))
 
         p.rule("master", "ar.outstanding", q.count <= self.max_outstanding)
+
+        # Beats accepted on AR and not yet delivered on R, and the checker's own bookkeeping
+        # invariants (they hold by construction; k-induction needs them stated).
+        m.d.sync += self.owed.eq(self.owed + Mux(self.ar_fire, bus.arlen + 1, 0) - self.r_fire)
+        if self.bookkeeping:
+            p.check("rd.bookkeeping", q.consistent() & (self.owed == q.beats() - beat) &
+                    Mux(q.count == 0, beat == 0, beat <= q.head))
 
         r_payload = Cat(bus.rid, bus.rdata, bus.rresp, bus.rlast)
         r_waited, r_same = held(m, bus.rvalid, bus.rready, r_payload, "r")
@@ -297,6 +329,14 @@ class AXI4WriteChecker(Elaboratable):
     ----------
     outstanding : Signal
         Bursts accepted on AW and not answered on B.
+    w_bursts, w_head : Signal
+        Bursts accepted on AW whose W burst has not ended; the oldest one's ``AWLEN``.
+    w_beat : Signal
+        Beats of the current W burst accepted so far.
+    lead_done, lead_len : Signal
+        A whole W burst is waiting for its AW; its ``AWLEN``-to-be.
+    b_owed : Signal
+        Bursts whose AW and W are both done, not yet answered on B.
     aw_fire, w_fire, b_fire : Value
     """
 
@@ -312,6 +352,12 @@ class AXI4WriteChecker(Elaboratable):
         self._aw = _AddressChannelRules(max_len=max_len, burst=burst, size=size,
                                         fixed={"id": awid, **(fixed or {})}, aligned=aligned)
         self.outstanding = Signal(range(max_outstanding + 2), name="wr_outstanding")
+        self.w_bursts = Signal(range(max_outstanding + 3), name="w_bursts")
+        self.w_head = Signal(8, name="w_head")
+        self.w_beat = Signal(8, name="w_beat")
+        self.lead_done = Signal(name="w_lead_done")
+        self.lead_len = Signal(8, name="w_lead_len")
+        self.b_owed = Signal(range(max_outstanding + 3), name="b_owed")
         self.aw_fire = bus.awvalid & bus.awready
         self.w_fire = bus.wvalid & bus.wready
         self.b_fire = bus.bvalid & bus.bready
@@ -326,11 +372,13 @@ class AXI4WriteChecker(Elaboratable):
 
         # AW bursts accepted whose W burst has not ended, oldest first.
         q = _Queue(m, self.max_outstanding + 2, 8, "wr_len")
-        w_beat = Signal(8, name="w_beat")  # beats of the current W burst accepted so far
-        lead_done = Signal(name="w_lead_done")  # a whole W burst is waiting for its AW
-        lead_len = Signal(8, name="w_lead_len")
-        b_owed = Signal(range(self.max_outstanding + 3), name="b_owed")
+        w_beat = self.w_beat  # beats of the current W burst accepted so far
+        lead_done = self.lead_done  # a whole W burst is waiting for its AW
+        lead_len = self.lead_len
+        b_owed = self.b_owed  # bursts whose AW and W are done, not yet answered on B
         aw_out = self.outstanding
+        m.d.comb += [self.w_bursts.eq(q.count), self.w_head.eq(q.head)]
+        p.check("wr.bookkeeping", q.consistent())
 
         known_q = q.count != 0
         # This W beat's burst length is known: from the queue, or from an AW accepted this cycle
@@ -407,6 +455,11 @@ class AXI4LiteChecker(Elaboratable):
     Attributes
     ----------
     aw_fire, w_fire, b_fire, ar_fire, r_fire : Value
+    aw_pending, w_pending, ar_pending : Signal
+        Requests accepted and not yet answered, per channel.
+    latency : dict
+        ``{"b": Signal, "r": Signal}``: cycles the complete request has waited for its response
+        (counted when ``max_latency`` is given).
     """
 
     def __init__(self, bus, *, dut="slave", max_pending=1, max_latency=None, resp=None):
@@ -417,6 +470,12 @@ class AXI4LiteChecker(Elaboratable):
         self.b_fire = bus.bvalid & bus.bready
         self.ar_fire = bus.arvalid & bus.arready
         self.r_fire = bus.rvalid & bus.rready
+        n = max_pending
+        self.aw_pending = Signal(range(n + 2), name="lite_aw_pending")
+        self.w_pending = Signal(range(n + 2), name="lite_w_pending")
+        self.ar_pending = Signal(range(n + 2), name="lite_ar_pending")
+        self.latency = {ch: Signal(range((max_latency or 0) + 2), name=f"lite_{ch}_latency")
+                        for ch in ("b", "r")}
 
     def elaborate(self, platform):
         m = Module()
@@ -439,9 +498,7 @@ class AXI4LiteChecker(Elaboratable):
                 p.rule("master", f"{ch}.payload_stable", same)
 
         # Requests accepted and not yet answered.
-        aw_n = Signal(range(n + 2), name="lite_aw_pending")
-        w_n = Signal(range(n + 2), name="lite_w_pending")
-        ar_n = Signal(range(n + 2), name="lite_ar_pending")
+        aw_n, w_n, ar_n = self.aw_pending, self.w_pending, self.ar_pending
         m.d.sync += [aw_n.eq(aw_n + self.aw_fire - self.b_fire),
                      w_n.eq(w_n + self.w_fire - self.b_fire),
                      ar_n.eq(ar_n + self.ar_fire - self.r_fire)]
@@ -463,7 +520,7 @@ class AXI4LiteChecker(Elaboratable):
                 else:
                     p.rule("slave", f"{ch}.resp", resp != AXIResp.EXOKAY)
             if self.max_latency is not None:
-                wait = Signal(range(self.max_latency + 2), name=f"lite_{ch}_latency")
+                wait = self.latency[ch]
                 with m.If(pending & ~valid & (wait <= self.max_latency)):
                     m.d.sync += wait.eq(wait + 1)
                 with m.Elif(~pending | valid):

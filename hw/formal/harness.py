@@ -10,18 +10,25 @@ Reset is held in the first cycle only (``Initial``).
 A *mutation* puts a deliberate protocol bug between the block and the bus (e.g. ``ARVALID``
 dropped after one cycle of waiting); a mutated harness must fail, which shows the properties
 catch that bug. :data:`BLOCKS` lists the harnesses by name.
+
+Where k-induction closes (record fetch, result writer, control slave: ``Block.proof ==
+"prove"``), the harness also asserts invariants that tie the checker's counters to the block's
+own registers, read through :class:`_Opened` (the block's code is not changed for them).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import types
 from collections.abc import Callable
+from unittest import mock
 
 from amaranth.asserts import AnyConst, AnySeq, Initial
-from amaranth.hdl import Assume, Elaboratable, Module, Mux, ResetSignal, Signal
+from amaranth.hdl import Assume, Elaboratable, Fragment, Module, Mux, ResetSignal, Signal, Value
 from amaranth.lib import wiring
 
+from .. import control_registers, request_reader, result_writer
 from ..axi4 import AXIResp
 from ..control_registers import ControlRegisters
 from ..embedding_lookup import EmbeddingLookupUnit
@@ -36,14 +43,78 @@ from .axi_properties import (
     held,
 )
 
-__all__ = ["Mutation", "Block", "BLOCKS", "build_harness", "LookupUnitHarness",
+__all__ = ["Mutation", "Block", "BLOCKS", "MUTATION_DEPTH", "build_harness", "LookupUnitHarness",
            "RecordFetchHarness", "ResultWriterHarness", "ControlRegistersHarness"]
 
 #: AXI address width of the harnesses: 4 KiB pages and several of them (the blocks' 4 KiB logic
 #: uses the low 12 bits; 64-bit addresses only make the solver slower).
 ADDR_WIDTH = 16
+#: BMC depth of a mutated harness (the run stops at the first failure, in a few steps).
+MUTATION_DEPTH = 30
 #: AR/AW fields every RecFabric master documents as constant.
 AXI_FIXED = {"cache": 0b0011, "lock": 0, "prot": 0, "qos": 0}
+
+
+class _Opened(Elaboratable):
+    """A block elaborated at once, with its internal signals and modules at hand.
+
+    k-induction needs invariants that tie a checker's counters to the block's internal
+    registers. This elaborates the block (through :meth:`Fragment.get`) with the ``Signal``
+    and ``Module`` names of its Python module replaced by recorders, so that the harness can
+    name the registers it states invariants over (``opened.signal("reserved")``), the
+    block's submodules (``opened.module.submodules.fifo``) and its FSM states
+    (``opened.fsms[0]["IDLE"]``: 1 while that state is ongoing). The block's code is unchanged; a
+    renamed register fails the harness build with a message naming it.
+    """
+
+    def __init__(self, block, pymodule):
+        self.signals = {}
+        self.modules = []
+        signals, modules = self.signals, self.modules
+
+        class _Recorder:
+            def __call__(self, *args, src_loc_at=0, **kwargs):
+                sig = Signal(*args, src_loc_at=src_loc_at + 1, **kwargs)
+                signals.setdefault(Value.cast(sig).name, sig)
+                return sig
+
+            def like(self, other, *, src_loc_at=0, **kwargs):
+                sig = Signal.like(other, src_loc_at=src_loc_at + 1, **kwargs)
+                signals.setdefault(Value.cast(sig).name, sig)
+                return sig
+
+        fsms = self.fsms = []
+
+        def _module():
+            mod = Module()
+            plain_fsm = mod.FSM
+
+            @contextlib.contextmanager
+            def fsm_recorded(*args, **kwargs):
+                with plain_fsm(*args, **kwargs) as fsm:
+                    yield fsm
+                    # Every state is known now; ask for their "ongoing" signals before the
+                    # FSM is lowered.
+                    fsms.append({state: fsm.ongoing(state) for state in list(fsm.encoding)})
+
+            mod.FSM = fsm_recorded
+            modules.append(mod)
+            return mod
+
+        with mock.patch.object(pymodule, "Signal", _Recorder()), \
+                mock.patch.object(pymodule, "Module", _module):
+            self.fragment = Fragment.get(block, None)
+        self.module = modules[0]
+
+    def signal(self, name):
+        try:
+            return self.signals[name]
+        except KeyError:
+            raise KeyError(f"the block has no internal signal {name!r} (renamed?); it has: "
+                           f"{', '.join(sorted(self.signals))}") from None
+
+    def elaborate(self, platform):
+        return self.fragment
 
 
 def _free(m, sig, bits=None):
@@ -243,6 +314,9 @@ class RecordFetchHarness(_Harness):
         # Relaxed environments (findings, see tests/test_formal_axi.py): ``any_base`` drops the
         # word alignment of ``base``, ``any_start`` lets ``start`` come at any time.
         self.any_base, self.any_start = any_base, any_start
+        # The invariants for k-induction (the small fetcher only: at the program fetch's
+        # parameters the induction step does not finish, and they slow its BMC down).
+        self.inductive = not (program or any_base or any_start)
         if program:
             self.data_width, self.max_burst, self.fifo_depth = 512, 16, 32
             self.word_bits, self.batch_bits = 6, 0  # up to 63 words, batch = 1
@@ -253,14 +327,15 @@ class RecordFetchHarness(_Harness):
     def build(self, m):
         dut = RecordFetcher(data_width=self.data_width, addr_width=ADDR_WIDTH, id_width=1,
                             max_burst=self.max_burst, fifo_depth=self.fifo_depth)
-        m.submodules.dut = dut
+        m.submodules.dut = opened = _Opened(dut, request_reader)
         wb = self.data_width // 8
         bus = self._wire(m, dut.m_axi)
         # Bursts in flight are bounded by the FIFO (each has at least one reserved word); the
         # tight bound is on words (fetch.fifo_bound), so the cover asks for two full bursts.
         chk = AXI4ReadChecker(bus, max_outstanding=self.fifo_depth, arid=0,
                               max_len=self.max_burst - 1, aligned=not self.any_base,
-                              fixed=AXI_FIXED, cover_outstanding=2)
+                              fixed=AXI_FIXED, cover_outstanding=2,
+                              bookkeeping=self.inductive)
         m.submodules.checker = chk
         p = PropertyWriter(m)
         for s in (dut.start, dut.o_word.ready):
@@ -298,6 +373,22 @@ class RecordFetchHarness(_Harness):
                 p.check("fetch.sequential", bus.araddr == base + requested * wb)
                 p.check("fetch.total", requested + bus.arlen + 1 <= expected)
             p.check("fetch.fifo_bound", requested - delivered <= self.fifo_depth)
+        if self.inductive:
+            # Invariants tying the checker's counts to the fetcher's registers: with them
+            # k-induction closes (they are asserted, so a wrong one fails the proof).
+            # (The fetcher's own AR registers, before any mutation; the checker watches the bus.)
+            pend = Mux(dut.m_axi.arvalid, dut.m_axi.arlen + 1, 0)  # beats of the AR waiting
+            addr, remaining = opened.signal("addr"), opened.signal("remaining")
+            reserved = opened.signal("reserved")
+            level = opened.module.submodules.fifo.level
+            p.check("fetch.inv_words", (requested + pend + remaining == expected) &
+                    (addr == base + (requested + pend) * wb))
+            p.check("fetch.inv_fifo", (reserved + delivered == requested + pend) &
+                    (level + chk.owed + delivered == requested) &
+                    (reserved <= self.fifo_depth) & (delivered <= expected) &
+                    (expected <= cap))
+            p.check("fetch.inv_base", (base[:(wb - 1).bit_length()] == 0) &
+                    (base + cap * wb <= (1 << ADDR_WIDTH)))
         r_err = Signal()
         m.d.sync += r_err.eq(chk.r_fire & bus.rresp[1])
         with m.If(r_err):
@@ -333,7 +424,7 @@ class ResultWriterHarness(_Harness):
 
     def build(self, m):
         dut = ResultWriter(data_width=128, addr_width=ADDR_WIDTH, id_width=1, max_outstanding=2)
-        m.submodules.dut = dut
+        m.submodules.dut = opened = _Opened(dut, result_writer)
         wb = 16
         status_beats = STATUS_BLOCK_BYTES // wb
         bus = self._wire(m, dut.m_axi)
@@ -382,8 +473,62 @@ class ResultWriterHarness(_Harness):
         m.d.sync += b_err.eq(chk.b_fire & bus.bresp[1])
         with m.If(b_err):
             p.check("writer.axi_error", dut.axi_error)
+        self._invariants(m, p, opened, chk, dut.m_axi, running=running, base=base, batch=batch,
+                         records=records, aws=aws, status_at=status_at,
+                         status_beats=status_beats, wb=wb)
         p.cover("cover.writer_done", dut.done & (batch == 2) & ~skip)
         p.cover("cover.writer_skip_done", dut.done & (batch == 2) & skip)
+
+
+    def _invariants(self, m, p, opened, chk, port, *, running, base, batch, records, aws,
+                    status_at, status_beats, wb):
+        """Invariants tying the checker's and the harness's counts to the writer's registers
+        and FSM state, per phase (for k-induction).
+        ``port`` is the writer's own AXI port (before any mutation), ``chk`` watches the bus."""
+        s = opened.signal
+        (fsm,) = opened.fsms
+        a, w = s("aw_pending"), s("w_pending")
+        issued, answered, inflight, sbeat = (s("issued"), s("answered"), s("inflight"),
+                                             s("status_beat"))
+        p.check("writer.inv_run",
+                (fsm["IDLE"] == ~running) & (s("base") == base) & (s("batch") == records) &
+                (s("status_at") == status_at) & (answered <= issued) & (issued <= records) &
+                (batch <= self.max_batch) & (base[:6] == 0) &
+                (base + 2 * 4096 <= (1 << ADDR_WIDTH)))
+        quiet = (~a & ~w & (chk.w_bursts == 0) & ~chk.lead_done & (chk.b_owed == 0) &
+                 (chk.outstanding == 0) & (chk.w_beat == 0) & (inflight == 0))
+        with m.If(fsm["IDLE"]):
+            p.check("writer.inv_idle", quiet)
+        with m.If(fsm["STATUS_AW"]):
+            p.check("writer.inv_status_aw", quiet & (sbeat == 0) & (issued == records) &
+                    (answered == records) & (aws == records))
+        with m.If(fsm["RECORDS"]):
+            p.check("writer.inv_records",
+                    (chk.outstanding == issued - a - answered) &
+                    (inflight == issued - a - answered) &
+                    (chk.w_bursts == (~a & w)) & (chk.lead_done == (a & ~w)) &
+                    (chk.b_owed == issued - answered - (a | w)) & (chk.w_beat == 0) &
+                    ((chk.w_bursts == 0) | (chk.w_head == 0)) &
+                    (~chk.lead_done | (chk.lead_len == 0)) &
+                    (~(a | w) | (issued != 0)) & (aws == issued - a) &
+                    (~a | ((port.awaddr == base + (issued - 1) * wb) & (port.awlen == 0))) &
+                    (~w | port.wlast))
+        with m.If(fsm["STATUS_W"]):
+            acc = Signal(range(status_beats + 1), name="inv_status_accepted")
+            m.d.comb += acc.eq(sbeat - w)
+            p.check("writer.inv_status_w",
+                    (issued == records) & (answered == records) & (inflight == 0) &
+                    (sbeat <= status_beats) & (~w | (sbeat != 0)) & (aws == records + ~a) &
+                    (~a | ((port.awaddr == status_at) & (port.awlen == status_beats - 1))) &
+                    (~w | (port.wlast == (sbeat == status_beats))) &
+                    (chk.w_beat == Mux(acc < status_beats, acc, 0)) &
+                    Mux(a,
+                        (chk.outstanding == 0) & (chk.w_bursts == 0) & (chk.b_owed == 0) &
+                        (chk.lead_done == (acc == status_beats)) &
+                        (~chk.lead_done | (chk.lead_len == status_beats - 1)),
+                        (chk.outstanding == 1) & (chk.w_bursts == (acc < status_beats)) &
+                        ((acc == status_beats) | (chk.w_head == status_beats - 1)) &
+                        (chk.b_owed == (acc == status_beats)) & ~chk.lead_done))
 
 
 class ControlRegistersHarness(_Harness):
@@ -405,10 +550,25 @@ class ControlRegistersHarness(_Harness):
 
     def build(self, m):
         dut = ControlRegisters(num_table_channels=1, config_hash=0x5EC0FFEE)
-        m.submodules.dut = dut
+        m.submodules.dut = opened = _Opened(dut, control_registers)
         bus = self._wire(m, dut.s_axi)
-        m.submodules.checker = AXI4LiteChecker(bus, max_pending=1, max_latency=1,
-                                               resp=AXIResp.OKAY)
+        m.submodules.checker = chk = AXI4LiteChecker(bus, max_pending=1, max_latency=1,
+                                                     resp=AXIResp.OKAY)
+        # Invariants tying the checker's counts to the slave's handshake registers (for
+        # k-induction): a write is held in have_aw/have_w until answered on B, a read in
+        # `selecting` until answered on R; READY is low exactly while one is held.
+        p = PropertyWriter(m, "slave")
+        s = opened.signal
+        have_aw, have_w, bvalid = s("have_aw"), s("have_w"), s("bvalid")
+        selecting, rvalid = s("selecting"), s("rvalid")
+        p.check("lite.inv_write",
+                (chk.aw_pending == have_aw + bvalid) & (chk.w_pending == have_w + bvalid) &
+                ~(bvalid & (have_aw | have_w)) &
+                (s("awready") == ~(have_aw | bvalid)) & (s("wready") == ~(have_w | bvalid)) &
+                ((chk.latency["b"] == 0) | bvalid))
+        p.check("lite.inv_read",
+                (chk.ar_pending == selecting + rvalid) & ~(selecting & rvalid) &
+                (s("arready") == ~(selecting | rvalid)) & ((chk.latency["r"] == 0) | rvalid))
         _free(m, dut.done)
         for name in dir(dut):
             if name.startswith("status_"):
@@ -428,13 +588,17 @@ class Block:
     options : dict
         Keyword arguments of the harness.
     depth : int
-        Default BMC depth: 30 where the solver gets there in seconds; less where the run time
-        grows steeply with depth (measured, see the README's "Formal AXI proofs").
+        Default depth of the proof: for ``proof="prove"`` the k of k-induction (the base case
+        is a BMC of that depth; a PASS holds for every trace, however long); for
+        ``proof="bmc"`` the BMC depth, less than 30 where the run time grows steeply with
+        depth (measured, see the README's "Formal AXI proofs").
     cover_depth : int
         Default cover bound.
     finding : str or None
         A relaxed environment in which the block is known to break the protocol (the BMC is
         expected to FAIL; not run by default).
+    proof : str
+        ``"prove"`` where k-induction closes (unbounded proof), else ``"bmc"``.
     """
 
     harness: type
@@ -443,6 +607,7 @@ class Block:
     depth: int = 30
     cover_depth: int = 30
     finding: str | None = None
+    proof: str = "bmc"
 
     @property
     def mutations(self) -> dict:
@@ -461,8 +626,8 @@ BLOCKS = {
     "lookup_unit_in_table": Block(LookupUnitHarness,
                                   "m_axi_tables<i>: reads inside the described tables",
                                   {"in_table": True}, depth=8, cover_depth=10),
-    "record_fetch": Block(RecordFetchHarness, "m_axi_requests: AXI4 read master", depth=14,
-                          cover_depth=20),
+    "record_fetch": Block(RecordFetchHarness, "m_axi_requests: AXI4 read master", depth=4,
+                          cover_depth=20, proof="prove"),
     "program_fetch": Block(RecordFetchHarness, "m_axi_model: AXI4 read master",
                            {"program": True}, depth=14, cover_depth=24),
     "record_fetch_any_base": Block(
@@ -472,8 +637,10 @@ BLOCKS = {
     "record_fetch_any_start": Block(
         RecordFetchHarness, "m_axi_requests, start at any time", {"any_start": True},
         depth=10, cover_depth=10, finding="start while ARVALID waits withdraws ARVALID"),
-    "result_writer": Block(ResultWriterHarness, "m_axi_results: AXI4 write master", depth=14),
-    "control_registers": Block(ControlRegistersHarness, "s_axi_control: AXI4-Lite slave"),
+    "result_writer": Block(ResultWriterHarness, "m_axi_results: AXI4 write master", depth=4,
+                           proof="prove"),
+    "control_registers": Block(ControlRegistersHarness, "s_axi_control: AXI4-Lite slave",
+                               depth=4, proof="prove"),
 }
 
 

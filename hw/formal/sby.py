@@ -150,10 +150,11 @@ def property_name(src: str) -> str:
 
 
 def _sby_text(mode, depth, top, solver):
+    # Flattened, so that logic feeding no property (FIFO storage, read data) is removed.
     return "\n".join([
         "[options]", f"mode {mode}", f"depth {depth}", "multiclock off", "",
         "[engines]", f"smtbmc {solver}", "",
-        "[script]", f"read_rtlil {top}.il", f"prep -top {top}", "",
+        "[script]", f"read_rtlil {top}.il", f"prep -flatten -top {top}", "",
         "[files]", f"{top}.il", "",
     ])
 
