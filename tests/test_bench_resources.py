@@ -131,6 +131,16 @@ def test_cli_rejects_unknown_card_and_config(capsys):
     assert "unknown accelerator config 'u999'" in capsys.readouterr().err
 
 
+def test_failure_reason_is_the_error_or_the_trap_line():
+    tb = ("Traceback (most recent call last):\n  File \"x.py\", line 3, in run\n"
+          "    with enter_wasm(store) as trap:\n"
+          "wasmtime._trap.Trap: error while executing at wasm backtrace:\n"
+          "wasm trap: call stack exhausted\n")
+    assert rs.failure_reason(tb) == "wasm trap: call stack exhausted"
+    assert rs.failure_reason("warn\nERROR: no module top\nmore\n") == "ERROR: no module top"
+    assert rs.failure_reason("") == "no message"
+
+
 #: Blocks of `small` that YoWASP Yosys 0.70 cannot synthesise, with the tool's message: its ABC
 #: traps on the 8x4 engine's 4-row synthesis (the extrapolation's second part), with every
 #: option tried (``resources._ATTEMPTS``, module doc). Not a design error: the 2-row engine of

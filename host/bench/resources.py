@@ -258,6 +258,14 @@ def _yosys():
     return exe
 
 
+def failure_reason(stderr: str) -> str:
+    """One line saying why Yosys failed: its ``ERROR`` line, else the last line (YoWASP's
+    Python traceback ends with the WebAssembly trap, e.g. ``wasmtime._trap.Trap: wasm trap:
+    call stack exhausted``; a line of the traceback above it may mention ``trap`` too)."""
+    lines = [x.strip() for x in stderr.splitlines() if x.strip()]
+    return next((x for x in lines if x.startswith("ERROR")), lines[-1] if lines else "no message")
+
+
 def synth_rtlil(il_text: str, *, cache_dir=None, timeout=None) -> dict:
     """Synthesise one RTLIL module named ``top`` (cached by its hash); counts and depth."""
     key = hashlib.sha256(f"{_CACHE_VERSION}\n{YOSYS_SCRIPT}\n{il_text}".encode()).hexdigest()
@@ -278,9 +286,7 @@ def synth_rtlil(il_text: str, *, cache_dir=None, timeout=None) -> dict:
                                  text=True, cwd=d, timeout=timeout)
             if not run.returncode:
                 break
-            lines = [x.strip() for x in run.stderr.splitlines() if x.strip()]
-            why = next((x for x in lines if "trap" in x or x.startswith("ERROR")),
-                       lines[-1] if lines else "no message")
+            why = failure_reason(run.stderr)
             errors.append(f"exit {run.returncode}: {why[:160]}")
         else:
             raise RuntimeError("yosys failed in every attempt: " + " | ".join(errors))
