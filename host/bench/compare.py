@@ -314,7 +314,7 @@ def run_compare(model, *, config: str = "small", model_config: str = "u280", bat
     config : str or None
         Configuration simulated with the ``sim`` backend (batches up to ``sim_max_batch``);
         skipped, with a note, when None, when the model does not fit the configuration, or when
-        the model's tables exceed ``sim_memory_bytes`` (``microrec-small``'s 1.4 GB on ``u280``:
+        the model's tables exceed ``sim_memory_bytes`` (``microrec-small``'s 675 MiB of int16 rows:
         its accelerator rows are then the ``model_config`` ones).
     model_config : str or None
         Configuration evaluated with :func:`kernel_cycles` (``u280`` by default).
