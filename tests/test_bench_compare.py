@@ -147,7 +147,7 @@ def test_a_model_too_large_for_the_sim_backend_gets_modelled_rows_not_a_simulati
     assert "the accelerator rows are modelled (u280)" in note
 
 
-@pytest.mark.slow  # ~70 s at load 10: compiling microrec-small for u280 (727 MB of images)
+@pytest.mark.slow  # ~25 s (70 s at load 10): compiling microrec-small for u280 (727 MB images)
 def test_microrec_small_has_a_modelled_u280_row_checked_against_golden(capsys):
     rc = main(["bench", "compare", "microrec-small", "--config", "u280", "--platforms",
                "sim,model", "--batches", "1,2", "--json"])
