@@ -319,8 +319,16 @@ class AcceleratorConfig:
 
     @property
     def mac_units(self) -> int:
-        """MAC units (DSP slices) of all MLP engines."""
+        """MAC units of all MLP engines (one per PE)."""
         return sum(r * c for r, c in self.mlp_top_shapes + self.mlp_bottom_shapes)
+
+    @property
+    def mlp_dsp_slices(self) -> int:
+        """DSP48E2 slices of the MLP engines' multipliers: one per MAC unit, or one per two rows
+        at int8 (two MACs per DSP, :class:`~recfabric.hw.processing_element.PackedPEPair`)."""
+        def slots(r):
+            return (r + 1) // 2 if self.data_bits == 8 and r >= 2 else r
+        return sum(slots(r) * c for r, c in self.mlp_top_shapes + self.mlp_bottom_shapes)
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)
@@ -392,9 +400,11 @@ _SMALL = AcceleratorConfig(
 
 # U280 / U50: 32 HBM pseudo-channels of 256 MiB, 256-bit AXI at the kernel side. MicroRec used
 # 28-32 channels; 28 leaves room for request/score/weight masters. On-chip budget: 8 table units of
-# 256 KiB (URAM). MLP engines sized for MicroRec's 352/876-1024-512-256-1 top MLPs: 5,904 MACs
-# (of the U280's 9,024 DSP48E2); the cycle model (host/compiler/cycle_model.py) gives an initiation
-# interval of 176 cycles for 352-1024-512-256-1 (bound 172), not yet simulated at this size.
+# 256 KiB (URAM). MLP engines sized for MicroRec's 352/876-1024-512-256-1 top MLPs: one pipeline
+# cannot keep both >= 85% MAC-busy (the 876-wide first layer is 58% of the large model's MACs, the
+# 352-wide one 35% of the small's; the best common split is ~81% for both, docs/mlp.md), so the
+# engines keep the small model at II 176 and take the large one from II 448 to 272 (cycle model):
+# 7,184 MACs (of the U280's 9,024 DSP48E2). The U50 (5,952 DSP48E2) keeps the former 5,904.
 # Bottom MLP engines for DLRM Kaggle's 13-512-256-64-16: 704 MACs, initiation interval 256
 # cycles (modelled), under the 368 of the 16-MAC dot-interaction unit (one Kaggle pair per
 # cycle), which bounds Kaggle; up to 4 task heads per result record.
@@ -402,7 +412,7 @@ _U280 = AcceleratorConfig(
     name="u280", data_bits=16, acc_bits=48, mem_channels=28, mem_data_width=256, mem_id_width=6,
     channel_bytes=256 << 20, max_outstanding=64, onchip_units=8, onchip_bytes=256 << 10,
     max_features=128, max_bag=8, max_dim=64, max_dense=64, max_concat=1024, max_width=1024,
-    mlp_top_shapes=((64, 32), (48, 64), (16, 48), (1, 16)),
+    mlp_top_shapes=((64, 52), (48, 64), (16, 48), (1, 16)),
     mlp_bottom_shapes=((32, 1), (16, 32), (8, 16), (4, 8)), dot_lanes=16, max_outputs=4,
     inflight=32, clock_mhz=250.0)
 
@@ -410,8 +420,11 @@ PRESETS = {
     "tiny": _TINY,
     "small": _SMALL,
     "u280": _U280,
-    "u280-int8": _U280.replace(name="u280-int8", data_bits=8, acc_bits=32),
-    "u50": _U280.replace(name="u50"),
+    # int8: two MACs per DSP48E2 (hw/processing_element.py, PackedPEPair): 11,860 MACs in 5,940
+    # DSP48E2 (the int16 u50 budget); II 104 (small) / 169 (large), cycle model.
+    "u280-int8": _U280.replace(name="u280-int8", data_bits=8, acc_bits=32,
+                               mlp_top_shapes=((80, 68), (64, 80), (20, 64), (1, 20))),
+    "u50": _U280.replace(name="u50", mlp_top_shapes=((64, 32), (48, 64), (16, 48), (1, 16))),
     "u55c": _U280.replace(name="u55c", channel_bytes=512 << 20),
 }
 

@@ -6,17 +6,51 @@ like the PCIN/PCOUT cascade). The PE owns its slice of the layer's weights in a 
 (simple dual port: the host writes, the sequencer reads), so the weight operand never travels on a
 shared net; the activation operand, the weight address and a control word move on to the next PE
 through registers.
+
+:class:`PackedPEPair` is the int8 variant after AMD's WP486 ("Deep Learning with INT8
+Optimization on Xilinx Devices"): the two PEs of adjacent output rows share their activation
+(it travels down the column to both), so one DSP48E2 computes both products with one multiply,
+``x * ((w_hi << 18) + w_lo)`` (the 27-bit A:D pre-adder input times the 18-bit B input), and
+accumulates both in the fields of its 48-bit P: the lower row in bits ``[0, 18)``, the upper row
+from bit 18 up. The lower field is read as signed; its sign "bleeds" into the upper field (a
+negative lower sum borrows one from it), which the reader undoes (:func:`unpack`).
 """
 
 from amaranth.hdl import Module, Signal, signed
-from amaranth.lib import wiring
+from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["ProcessingElement", "PE_LATENCY"]
+__all__ = ["ProcessingElement", "PackedPEPair", "SharedWeights", "PE_LATENCY", "PACK_SHIFT",
+           "PACK_P_BITS", "packed_segment_len", "unpack"]
 
 #: Cycles from ``x_in`` to the matching ``psum_out`` (A/B register, M register, P register).
 PE_LATENCY = 3
+#: Bit offset of the upper row's field in a packed DSP word (WP486: 18).
+PACK_SHIFT = 18
+#: Width of a packed partial sum (the DSP48E2's P register).
+PACK_P_BITS = 48
+
+
+def packed_segment_len(data_bits: int = 8, x_bits: int = 8, shift: int = PACK_SHIFT) -> int:
+    """How many ``data_bits`` x ``x_bits`` signed products a packed lower field always holds.
+
+    The lower field is a signed ``shift``-bit number, so its sum stays exact while it lies in
+    ``[-2**(shift-1), 2**(shift-1))``. The largest product is ``(-2**(d-1)) * (-2**(x-1)) =
+    2**(d+x-2)`` (the most negative one is smaller in magnitude), so ``n`` products always fit
+    when ``n * 2**(d+x-2) <= 2**(shift-1) - 1``. For int8 with an 18-bit field: 7 (8 products of
+    ``-128 * -128`` reach ``2**17`` and would flip into the upper field).
+    """
+    return ((1 << (shift - 1)) - 1) // (1 << (data_bits + x_bits - 2))
+
+
+def unpack(p: int, shift: int = PACK_SHIFT) -> tuple[int, int]:
+    """Split a packed sum ``p = hi * 2**shift + lo`` (``lo`` a signed ``shift``-bit field) into
+    ``(lo, hi)``: ``lo`` is the sign-extended lower field and ``hi = (p >> shift) + lo_sign``
+    (adding back the one the negative lower field borrowed)."""
+    lo = p & ((1 << shift) - 1)
+    sign = lo >> (shift - 1)
+    return lo - (sign << shift), (p >> shift) + sign
 
 
 def _check_positive(name, value):
@@ -51,6 +85,10 @@ class ProcessingElement(wiring.Component):
         Width of the control word carried along with the operands.
     x_bits : int, optional
         Width of the activation operand (defaults to ``data_bits``).
+    weight_in : bool, optional
+        No local memory: the weight arrives on ``w_in`` (from a memory shared with the PE above,
+        :class:`~recfabric.hw.systolic_array.SystolicArray`), one cycle after ``addr_in``, as the
+        memory's read register would present it; there are no ``w_*`` write members then.
 
     Members
     -------
@@ -72,10 +110,12 @@ class ProcessingElement(wiring.Component):
         Control word and valid bit aligned with ``psum_out``.
     w_en, w_addr, w_data : In
         Host write port of the weight memory.
+    w_in : In(signed(data_bits))
+        (``weight_in``) The weight of the operand that entered one cycle earlier.
     """
 
     def __init__(self, *, data_bits: int, acc_bits: int, depth: int, ctrl_bits: int,
-                 x_bits: int | None = None):
+                 x_bits: int | None = None, weight_in: bool = False):
         x_bits = data_bits if x_bits is None else x_bits
         for name, v in (("data_bits", data_bits), ("acc_bits", acc_bits), ("depth", depth),
                         ("ctrl_bits", ctrl_bits), ("x_bits", x_bits)):
@@ -84,8 +124,11 @@ class ProcessingElement(wiring.Component):
             raise ValueError(f"acc_bits must hold a full product ({data_bits + x_bits} bits), "
                              f"not {acc_bits}")
         self.data_bits, self.acc_bits, self.depth = data_bits, acc_bits, depth
-        self.ctrl_bits, self.x_bits = ctrl_bits, x_bits
+        self.ctrl_bits, self.x_bits, self.weight_in = ctrl_bits, x_bits, weight_in
+        ports = ({"w_in": In(signed(data_bits))} if weight_in else
+                 {"w_en": In(1), "w_addr": In(range(depth)), "w_data": In(signed(data_bits))})
         super().__init__({
+            **ports,
             "x_in": In(signed(x_bits)),
             "addr_in": In(range(depth)),
             "ctrl_in": In(ctrl_bits),
@@ -98,19 +141,20 @@ class ProcessingElement(wiring.Component):
             "psum_out": Out(signed(acc_bits)),
             "ctrl_p": Out(ctrl_bits),
             "valid_p": Out(1),
-            "w_en": In(1),
-            "w_addr": In(range(depth)),
-            "w_data": In(signed(data_bits)),
         })
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.weights = mem = Memory(shape=signed(self.data_bits), depth=self.depth,
-                                            init=[])
-        wr = mem.write_port()
-        rd = mem.read_port()
-        m.d.comb += [wr.en.eq(self.w_en), wr.addr.eq(self.w_addr), wr.data.eq(self.w_data),
-                     rd.addr.eq(self.addr_in)]
+        if self.weight_in:
+            w = self.w_in
+        else:
+            m.submodules.weights = mem = Memory(shape=signed(self.data_bits), depth=self.depth,
+                                                init=[])
+            wr = mem.write_port()
+            rd = mem.read_port()
+            m.d.comb += [wr.en.eq(self.w_en), wr.addr.eq(self.w_addr), wr.data.eq(self.w_data),
+                         rd.addr.eq(self.addr_in)]
+            w = rd.data
 
         # A/B stage: x register doubles as the pass-on register; w is the memory's read register.
         m.d.sync += [self.x_out.eq(self.x_in), self.addr_out.eq(self.addr_in),
@@ -119,9 +163,152 @@ class ProcessingElement(wiring.Component):
         prod = Signal(signed(self.data_bits + self.x_bits))
         ctrl_m = Signal(self.ctrl_bits)
         valid_m = Signal()
-        m.d.sync += [prod.eq(self.x_out * rd.data), ctrl_m.eq(self.ctrl_out),
+        m.d.sync += [prod.eq(self.x_out * w), ctrl_m.eq(self.ctrl_out),
                      valid_m.eq(self.valid_out)]
         # P stage: the cascade adder wraps at acc_bits (assignment truncates).
         m.d.sync += [self.psum_out.eq(self.psum_in + prod), self.ctrl_p.eq(ctrl_m),
                      self.valid_p.eq(valid_m)]
+        return m
+
+
+class PackedPEPair(wiring.Component):
+    """Two weight-streaming int8 MACs of adjacent output rows in one DSP48E2 (WP486 packing).
+
+    ``psum_out = psum_in + x * ((w_hi[addr] << PACK_SHIFT) + w_lo[addr])``, wrapped to
+    :data:`PACK_P_BITS`: the lower row's dot product accumulates in the signed lower
+    ``PACK_SHIFT``-bit field, the upper row's above it (read them back with :func:`unpack`). The
+    lower field is exact for at most :func:`packed_segment_len` products (7 for int8); a longer
+    cascade must drain it (:class:`~recfabric.hw.systolic_array.SystolicArray` does, every
+    segment). Timing is the :class:`ProcessingElement`'s: ``psum_out`` three cycles after
+    ``x_in`` (A/B register with the weight memories' read registers, M, P).
+
+    The pre-adder output ``(w_hi << 18) + w_lo`` is the 27-bit A:D operand: its low 18 bits are
+    ``w_lo`` sign-extended, its upper bits ``w_hi - sign(w_lo)``.
+
+    Parameters
+    ----------
+    data_bits : int
+        Weight width (``data_bits + PACK_SHIFT <= 27``, the DSP48E2's A:D width: int8).
+    depth, ctrl_bits : int
+        As :class:`ProcessingElement`.
+    x_bits : int, optional
+        Activation width (``<= 18``, the B port; defaults to ``data_bits``).
+
+    Members
+    -------
+    x_in, addr_in, ctrl_in, valid_in, x_out, addr_out, ctrl_out, valid_out, ctrl_p, valid_p
+        As :class:`ProcessingElement`.
+    psum_in : In(signed(PACK_P_BITS))
+        Packed partial sum from the left neighbour.
+    psum_out : Out(signed(PACK_P_BITS))
+        Packed partial sum, registered (P).
+    w_en : In(2)
+        Byte-lane write enables: bit 0 writes the lower row's weight (``w_lo``, ``w_data[0]``),
+        bit 1 the upper row's (``w_hi``, ``w_data[1]``); both may be written in one cycle.
+    w_addr : In(range(depth))
+    w_data : In(ArrayLayout(signed(data_bits), 2))
+        The pair's two weights (lower row first).
+    """
+
+    def __init__(self, *, data_bits: int, depth: int, ctrl_bits: int, x_bits: int | None = None):
+        x_bits = data_bits if x_bits is None else x_bits
+        for name, v in (("data_bits", data_bits), ("depth", depth), ("ctrl_bits", ctrl_bits),
+                        ("x_bits", x_bits)):
+            _check_positive(name, v)
+        if data_bits + PACK_SHIFT > 27 or x_bits > 18:
+            raise ValueError(f"packing needs data_bits <= {27 - PACK_SHIFT} and x_bits <= 18 "
+                             f"(DSP48E2 A:D and B widths), not {data_bits} and {x_bits}")
+        self.data_bits, self.depth = data_bits, depth
+        self.ctrl_bits, self.x_bits = ctrl_bits, x_bits
+        super().__init__({
+            "x_in": In(signed(x_bits)),
+            "addr_in": In(range(depth)),
+            "ctrl_in": In(ctrl_bits),
+            "valid_in": In(1),
+            "x_out": Out(signed(x_bits)),
+            "addr_out": Out(range(depth)),
+            "ctrl_out": Out(ctrl_bits),
+            "valid_out": Out(1),
+            "psum_in": In(signed(PACK_P_BITS)),
+            "psum_out": Out(signed(PACK_P_BITS)),
+            "ctrl_p": Out(ctrl_bits),
+            "valid_p": Out(1),
+            "w_en": In(2),
+            "w_addr": In(range(depth)),
+            "w_data": In(data.ArrayLayout(signed(data_bits), 2)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        # One memory of weight pairs (one 16-bit word per address: a single RAMB18 in 1K x 18
+        # mode), each row's weight written through its byte lane.
+        d = self.data_bits
+        m.submodules.weights = mem = Memory(shape=2 * d, depth=self.depth, init=[])
+        wr = mem.write_port(granularity=d)
+        rd = mem.read_port()
+        m.d.comb += [wr.en.eq(self.w_en), wr.addr.eq(self.w_addr), wr.data.eq(self.w_data),
+                     rd.addr.eq(self.addr_in)]
+        w_lo, w_hi = rd.data[:d].as_signed(), rd.data[d:].as_signed()
+        m.d.sync += [self.x_out.eq(self.x_in), self.addr_out.eq(self.addr_in),
+                     self.ctrl_out.eq(self.ctrl_in), self.valid_out.eq(self.valid_in)]
+        # Pre-adder (A:D): the packed weight pair.
+        packed = Signal(signed(PACK_SHIFT + self.data_bits + 1))
+        m.d.comb += packed.eq((w_hi << PACK_SHIFT) + w_lo)
+        prod = Signal(signed(PACK_SHIFT + self.data_bits + 1 + self.x_bits))
+        ctrl_m = Signal(self.ctrl_bits)
+        valid_m = Signal()
+        m.d.sync += [prod.eq(self.x_out * packed), ctrl_m.eq(self.ctrl_out),
+                     valid_m.eq(self.valid_out)]
+        m.d.sync += [self.psum_out.eq(self.psum_in + prod), self.ctrl_p.eq(ctrl_m),
+                     self.valid_p.eq(valid_m)]
+        return m
+
+
+class SharedWeights(wiring.Component):
+    """One weight memory of ``2 * data_bits``-bit words for two vertically adjacent
+    :class:`ProcessingElement` s built with ``weight_in`` (a 512 x 36 RAMB18 holds both int16
+    rows where each PE alone would take a RAMB18).
+
+    The memory is read at ``addr_in`` (the upper PE's ``addr_in``): ``w_upper`` is the upper
+    PE's weight, registered by the read like a PE's own memory; ``w_lower`` is the lower PE's,
+    one register later (the lower PE sees the same operand one cycle after the upper one).
+
+    Parameters
+    ----------
+    data_bits, depth : int
+        As :class:`ProcessingElement`.
+
+    Members
+    -------
+    addr_in : In(range(depth))
+    w_upper, w_lower : Out(signed(data_bits))
+    w_en : In(2)
+        Byte-lane write enables: bit 0 the upper PE's weight (``w_data[0]``), bit 1 the lower
+        PE's (``w_data[1]``); both may be written in one cycle.
+    w_addr : In(range(depth))
+    w_data : In(ArrayLayout(signed(data_bits), 2))
+    """
+
+    def __init__(self, *, data_bits: int, depth: int):
+        for name, v in (("data_bits", data_bits), ("depth", depth)):
+            _check_positive(name, v)
+        self.data_bits, self.depth = data_bits, depth
+        super().__init__({
+            "addr_in": In(range(depth)),
+            "w_upper": Out(signed(data_bits)),
+            "w_lower": Out(signed(data_bits)),
+            "w_en": In(2),
+            "w_addr": In(range(depth)),
+            "w_data": In(data.ArrayLayout(signed(data_bits), 2)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        d = self.data_bits
+        m.submodules.weights = mem = Memory(shape=2 * d, depth=self.depth, init=[])
+        wr = mem.write_port(granularity=d)
+        rd = mem.read_port()
+        m.d.comb += [wr.en.eq(self.w_en), wr.addr.eq(self.w_addr), wr.data.eq(self.w_data),
+                     rd.addr.eq(self.addr_in), self.w_upper.eq(rd.data[:d])]
+        m.d.sync += self.w_lower.eq(rd.data[d:])
         return m

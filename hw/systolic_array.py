@@ -3,14 +3,46 @@
 Rows are output neurons, columns are input elements. Activations enter at the top of each column
 and move down one row per cycle; within a row, partial sums move right through the PEs' cascade
 adders. Nothing is broadcast: every operand reaches a PE from its neighbour's register.
+
+With ``packed=True`` (int8) two adjacent rows share one DSP48E2 per column
+(:class:`~recfabric.hw.processing_element.PackedPEPair`): rows ``2s`` and ``2s+1`` form slot
+``s``, which the activations reach ``s`` cycles after the top. The packed cascade's lower field
+holds at most :func:`~recfabric.hw.processing_element.packed_segment_len` products (7 for int8),
+so every ``segment`` columns the array drains it: the next pair's cascade input is the upper
+field alone (the lower 18 bits zeroed: wiring only), and the drained lower field (sign-extended)
+and its sign bit (the one it borrowed from the upper field) move on beside the cascade in two
+narrow fabric registers per column (reset-less: shift-register LUTs). After the last column the
+row sums are ``lo = drained + sext(P[0:18])`` and ``hi = P[18:] + P[17] + borrows``.
+
+Unpacked, the PEs of rows ``2s`` and ``2s+1`` of a column share one weight memory of
+``2 * data_bits``-bit words (a 512 x 36 RAMB18 holds both int16 rows where each PE alone would
+take a RAMB18): the upper PE's address reads it; the lower PE, one cycle behind, gets its half
+through one more register (:class:`~recfabric.hw.processing_element.SharedWeights`).
+
+Weights are written through a wide port, one ``write_rows`` x ``write_cols`` rectangle of PEs per
+write (:class:`~recfabric.hw.mlp.load_format.BeatPacking` picks the rectangle). A memory shared
+by rows ``2s`` and ``2s+1`` (packed pair or unpacked shared memory) has one byte lane per row,
+each enabled by its row's group: with an even ``write_rows`` (what ``BeatPacking`` picks when
+the group count allows it) both halves of a word are written by the same write.
+
+Each PE, packed pair and shared memory is built through :func:`~recfabric.hw.hier.separate`, so
+hierarchical Verilog emits each distinct one once.
 """
 
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from .hier import separate
-from .processing_element import PE_LATENCY, ProcessingElement
+from .processing_element import (
+    PACK_P_BITS,
+    PACK_SHIFT,
+    PE_LATENCY,
+    PackedPEPair,
+    ProcessingElement,
+    SharedWeights,
+    packed_segment_len,
+)
 
 __all__ = ["SystolicArray"]
 
@@ -40,6 +72,10 @@ class SystolicArray(wiring.Component):
         Width of the control word carried with each wave.
     x_bits : int, optional
         Activation width (defaults to ``data_bits``).
+    packed : bool, optional
+        Two rows per DSP (int8 only: ``data_bits <= 9``, ``x_bits <= 18``); an odd last row
+        keeps a plain PE. Row sums are the same; they leave ``row // 2`` (not ``row``) cycles
+        after row 0's.
     write_rows, write_cols : int, optional
         Shape of the PE rectangle one host write fills (default 1 x 1).
 
@@ -63,13 +99,22 @@ class SystolicArray(wiring.Component):
     """
 
     def __init__(self, *, rows: int, cols: int, data_bits: int, acc_bits: int, depth: int,
-                 ctrl_bits: int, x_bits: int | None = None, write_rows: int = 1,
-                 write_cols: int = 1):
+                 ctrl_bits: int, x_bits: int | None = None, packed: bool = False,
+                 write_rows: int = 1, write_cols: int = 1):
         for name, v in (("rows", rows), ("cols", cols), ("write_rows", write_rows),
                         ("write_cols", write_cols)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise TypeError(f"{name} must be a positive integer, not {v!r}")
         x_bits = data_bits if x_bits is None else x_bits
+        self.packed = bool(packed) and rows >= 2
+        if self.packed:
+            if data_bits + PACK_SHIFT > 27 or x_bits > 18:
+                raise ValueError(f"packed arrays need data_bits <= {27 - PACK_SHIFT} and "
+                                 f"x_bits <= 18, not {data_bits} and {x_bits}")
+            # The upper field (P_BITS - SHIFT bits, signed) must hold a whole wave's sum.
+            if cols << (data_bits + x_bits - 2) >= 1 << (PACK_P_BITS - PACK_SHIFT - 2):
+                raise ValueError(f"{cols} columns overflow the packed upper field")
+            self.segment = packed_segment_len(data_bits, x_bits)
         self.rows, self.cols = rows, cols
         self.data_bits, self.acc_bits, self.depth = data_bits, acc_bits, depth
         self.ctrl_bits, self.x_bits = ctrl_bits, x_bits
@@ -92,9 +137,30 @@ class SystolicArray(wiring.Component):
             "w_data": In(data.ArrayLayout(signed(data_bits), self.write_lanes)),
         })
 
+    @property
+    def slots(self) -> int:
+        """PE positions down a column: ``rows``, or ``ceil(rows / 2)`` when packed."""
+        return (self.rows + 1) // 2 if self.packed else self.rows
+
+    @property
+    def dsp_count(self) -> int:
+        """DSP48E2 slices the array's multipliers need (one per PE or packed pair)."""
+        return self.slots * self.cols
+
+    def slot(self, row: int) -> int:
+        return row // 2 if self.packed else row
+
+    def group(self, row: int, col: int) -> int:
+        """Write group of PE (``row``, ``col``) (``w_group``)."""
+        return (row // self.write_rows) * self.col_groups + col // self.write_cols
+
+    def lane(self, row: int, col: int) -> int:
+        """Lane of ``w_data`` that PE (``row``, ``col``) takes."""
+        return (row % self.write_rows) * self.write_cols + col % self.write_cols
+
     def latency(self, row: int) -> int:
         """Cycles from column 0 of a wave entering the top to its sum leaving row ``row``."""
-        return (self.cols - 1) + row + PE_LATENCY
+        return (self.cols - 1) + self.slot(row) + PE_LATENCY
 
     def elaborate(self, platform):
         m = Module()
@@ -104,19 +170,29 @@ class SystolicArray(wiring.Component):
         w_data = Signal.like(self.w_data)
         m.d.sync += [w_en.eq(self.w_en), w_group.eq(self.w_group), w_addr.eq(self.w_addr),
                      w_data.eq(self.w_data)]
-        wr, wc = self.write_rows, self.write_cols
         # one enable per group, decoded once and shared by the group's PEs
         group_en = [Signal(name=f"w_en_g{q}") for q in range(self.groups)]
         for q, en in enumerate(group_en):
             m.d.comb += en.eq(w_en & (w_group == q))
 
-        pes = [[None] * self.cols for _ in range(self.rows)]
-        for r in range(self.rows):
+        def wport(row, col):
+            return group_en[self.group(row, col)], w_data[self.lane(row, col)]
+
+        pes = [[None] * self.cols for _ in range(self.slots)]
+        share = not self.packed
+        for r in range(self.slots):
+            pair = self.packed and 2 * r + 1 < self.rows
             for c in range(self.cols):
-                # one Verilog module for all PEs when built hierarchically (hw/hier.py)
-                pe = separate(platform, ProcessingElement, data_bits=self.data_bits,
-                              acc_bits=self.acc_bits, depth=self.depth,
-                              ctrl_bits=self.ctrl_bits, x_bits=self.x_bits)
+                # one Verilog module per distinct PE / pair when built hierarchically (hw/hier.py)
+                if pair:
+                    pe = separate(platform, PackedPEPair, data_bits=self.data_bits,
+                                  depth=self.depth, ctrl_bits=self.ctrl_bits, x_bits=self.x_bits)
+                else:
+                    shared = share and (r % 2 == 1 or r + 1 < self.rows)
+                    pe = separate(platform, ProcessingElement, data_bits=self.data_bits,
+                                  acc_bits=self.acc_bits, depth=self.depth,
+                                  ctrl_bits=self.ctrl_bits, x_bits=self.x_bits,
+                                  weight_in=shared)
                 m.submodules[f"pe_{r}_{c}"] = pe
                 pes[r][c] = pe
                 if r == 0:
@@ -127,11 +203,78 @@ class SystolicArray(wiring.Component):
                     up = pes[r - 1][c]
                     m.d.comb += [pe.x_in.eq(up.x_out), pe.addr_in.eq(up.addr_out),
                                  pe.ctrl_in.eq(up.ctrl_out), pe.valid_in.eq(up.valid_out)]
-                m.d.comb += pe.psum_in.eq(0 if c == 0 else pes[r][c - 1].psum_out)
-                group = (r // wr) * self.col_groups + c // wc
-                m.d.comb += [pe.w_en.eq(group_en[group]), pe.w_addr.eq(w_addr),
-                             pe.w_data.eq(w_data[(r % wr) * wc + c % wc])]
-            last = pes[r][self.cols - 1]
-            m.d.comb += [self.psum_row[r].eq(last.psum_out), self.ctrl_row[r].eq(last.ctrl_p),
-                         self.valid_row[r].eq(last.valid_p)]
+                if pair:
+                    self._pair_write(m, pe, 2 * r, c, wport, w_addr)
+                elif not shared:
+                    en, lane = wport(2 * r if self.packed else r, c)
+                    m.d.comb += [pe.w_en.eq(en), pe.w_addr.eq(w_addr), pe.w_data.eq(lane)]
+                elif r % 2 == 1:
+                    mem = separate(platform, SharedWeights, data_bits=self.data_bits,
+                                   depth=self.depth)
+                    m.submodules[f"weights_{r - 1}_{c}"] = mem
+                    self._pair_write(m, mem, r - 1, c, wport, w_addr)
+                    m.d.comb += [mem.addr_in.eq(pes[r - 1][c].addr_in),
+                                 pes[r - 1][c].w_in.eq(mem.w_upper), pe.w_in.eq(mem.w_lower)]
+            if pair:
+                self._pair_row(m, r, pes[r])
+            else:
+                for c in range(self.cols):
+                    m.d.comb += pes[r][c].psum_in.eq(0 if c == 0 else pes[r][c - 1].psum_out)
+                last = pes[r][self.cols - 1]
+                row = 2 * r if self.packed else r
+                m.d.comb += [self.psum_row[row].eq(last.psum_out),
+                             self.ctrl_row[row].eq(last.ctrl_p),
+                             self.valid_row[row].eq(last.valid_p)]
         return m
+
+    @staticmethod
+    def _pair_write(m, unit, row, c, wport, w_addr):
+        """Byte-lane write port of a memory shared by rows ``row`` and ``row + 1`` of column
+        ``c``: each lane enabled by its row's write group, so one write fills both halves when
+        the rows share a group."""
+        (en0, d0), (en1, d1) = wport(row, c), wport(row + 1, c)
+        m.d.comb += [unit.w_en.eq(Cat(en0, en1)), unit.w_addr.eq(w_addr),
+                     unit.w_data[0].eq(d0), unit.w_data[1].eq(d1)]
+
+    def _pair_row(self, m, r, row):
+        """Cascade of packed pairs for rows ``2r``, ``2r+1``, drained every ``segment`` columns
+        (module doc)."""
+        seg = self.segment
+        lo_bits = self.data_bits + self.x_bits + max(1, self.cols.bit_length()) + 1
+        k_bits = max(1, (self.cols // seg + 1).bit_length())
+        lo_prev = k_prev = None  # drained lower sum and borrows, aligned with row[c-1].psum_out
+        for c in range(self.cols):
+            pe = row[c]
+            if c == 0:
+                m.d.comb += pe.psum_in.eq(0)
+                continue
+            left = row[c - 1].psum_out
+            if c % seg:
+                m.d.comb += pe.psum_in.eq(left)
+                if lo_prev is None:
+                    continue
+                lo_c = Signal(signed(lo_bits), name=f"lo_{r}_{c}", reset_less=True)
+                k_c = Signal(k_bits, name=f"borrow_{r}_{c}", reset_less=True)
+                m.d.sync += [lo_c.eq(lo_prev), k_c.eq(k_prev)]
+            else:
+                # Drain: the next cascade starts from the upper field; the lower one moves out.
+                m.d.comb += pe.psum_in.eq(Cat(Const(0, PACK_SHIFT), left[PACK_SHIFT:]).as_signed())
+                lo_c = Signal(signed(lo_bits), name=f"lo_{r}_{c}", reset_less=True)
+                k_c = Signal(k_bits, name=f"borrow_{r}_{c}", reset_less=True)
+                lo_field = left[:PACK_SHIFT].as_signed()
+                borrow = left[PACK_SHIFT - 1]
+                if lo_prev is None:
+                    m.d.sync += [lo_c.eq(lo_field), k_c.eq(borrow)]
+                else:
+                    m.d.sync += [lo_c.eq(lo_prev + lo_field), k_c.eq(k_prev + borrow)]
+            lo_prev, k_prev = lo_c, k_c
+        last = row[self.cols - 1]
+        p = last.psum_out
+        lo = p[:PACK_SHIFT].as_signed()
+        hi = p[PACK_SHIFT:].as_signed() + p[PACK_SHIFT - 1]
+        if lo_prev is not None:
+            # The narrow borrow count first: one wide adder per row, not two in series.
+            lo, hi = lo + lo_prev, p[PACK_SHIFT:].as_signed() + (k_prev + p[PACK_SHIFT - 1])
+        for row_ix, v in ((2 * r, lo), (2 * r + 1, hi)):
+            m.d.comb += [self.psum_row[row_ix].eq(v), self.ctrl_row[row_ix].eq(last.ctrl_p),
+                         self.valid_row[row_ix].eq(last.valid_p)]

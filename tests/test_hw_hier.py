@@ -92,12 +92,44 @@ def _array():
     return SystolicArray(rows=3, cols=4, data_bits=16, acc_bits=48, depth=8, ctrl_bits=5)
 
 
-def test_array_emits_one_pe_module_for_all_pes():
+def _kinds(em) -> dict:
+    """``{class name: {module name: instances}}`` of an emitter's separate modules."""
+    kinds = {}
+    for name, n in em.instances.items():
+        kinds.setdefault(name.split("__")[1].rsplit("_", 1)[0], {})[name] = n
+    return kinds
+
+
+def test_array_emits_each_distinct_pe_and_shared_memory_once():
+    # 3 x 4 int16: rows 0 and 1 share one weight memory per column (4 SharedWeights, 8 PEs
+    # without a memory), row 2 keeps its own (4 PEs): three distinct modules, each emitted once.
     flat, hier, em = _both(_array)
-    assert list(em.instances.values()) == [12] and len(em.modules) == 1
-    (name,) = em.modules
-    assert hier.count(f"module {name}(") == 1 and hier.count(f"  {name} ") == 12
-    assert "processingelement" not in flat
+    kinds = _kinds(em)
+    assert sorted(kinds) == ["processingelement", "sharedweights"]
+    assert sorted(kinds["processingelement"].values()) == [4, 8]
+    assert list(kinds["sharedweights"].values()) == [4]
+    for name, n in em.instances.items():
+        assert hier.count(f"module {name}(") == 1 and hier.count(f"  {name} ") == n
+    assert "processingelement" not in flat and "sharedweights" not in flat
+
+
+def _packed_array():
+    return SystolicArray(rows=5, cols=9, data_bits=8, acc_bits=32, depth=8, ctrl_bits=5,
+                         packed=True, write_rows=2, write_cols=4)
+
+
+def test_packed_array_emits_one_pair_module():
+    # int8, 5 rows: two packed pairs per column (18 PackedPEPair, one module) and a plain last row
+    flat, hier, em = _both(_packed_array)
+    kinds = _kinds(em)
+    assert sorted(kinds) == ["packedpepair", "processingelement"]
+    assert list(kinds["packedpepair"].values()) == [18]
+    assert list(kinds["processingelement"].values()) == [9]
+
+
+def test_packed_array_hierarchical_equals_flat(tmp_path):
+    flat, hier, _ = _both(_packed_array)
+    assert _mismatches(tmp_path, flat, hier) == 0
 
 
 def test_array_hierarchical_equals_flat(tmp_path):
@@ -120,7 +152,9 @@ def test_small_mlp_hierarchical_equals_flat(tmp_path):
         return MLPPipeline(shapes=c.mlp_top_shapes, data_bits=c.data_bits, acc_bits=c.acc_bits,
                            max_in=c.max_concat, max_width=c.max_width, sigmoid=True)
     flat, hier, em = _both(make)
-    assert sum(em.instances.values()) == 41
+    kinds = _kinds(em)
+    assert sum(kinds["processingelement"].values()) == 41
+    assert sum(kinds["sharedweights"].values()) == 16  # engine0 8x4: 4 row pairs x 4 columns
     assert _mismatches(tmp_path, flat, hier, cycles=600) == 0
 
 

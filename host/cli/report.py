@@ -1,6 +1,8 @@
-"""``recfabric report timing``: open-toolchain utilisation and Fmax (Yosys + nextpnr-ecp5).
+"""``recfabric report timing``: open-toolchain utilisation and Fmax (Yosys + nextpnr-ecp5);
+``recfabric report resources``: UltraScale+ resource counts and logic depth (Yosys xcup).
 
-The flow is :func:`recfabric.hw.boards.ecp5_timing.run_timing`; this module is its command line.
+The flows are :func:`recfabric.hw.boards.ecp5_timing.run_timing` and
+:func:`recfabric.host.bench.resources.resource_report`; this module is their command line.
 """
 
 from __future__ import annotations
@@ -30,6 +32,24 @@ def _cmd_timing(args):
     return 0
 
 
+def _cmd_resources(args):
+    from ...hw.config import get_preset
+    from ..bench.resources import CARDS, format_resources, resource_report
+    from .support import progress_for
+    config = get_preset(args.config)  # unknown names fail here, before any tool runs
+    if args.card is not None and args.card not in CARDS:
+        raise ValueError(f"unknown card {args.card!r}; cards: {', '.join(CARDS)}")
+    prog = progress_for(args)
+    r = resource_report(config, card=args.card, cache_dir=args.cache, progress=prog,
+                        timeout=args.timeout)
+    if args.flat:
+        from ..bench.resources import flat_comparison
+        prog("synthesising the whole kernel flat (validation)")
+        r["flat"] = flat_comparison(config, r, cache_dir=args.cache, timeout=args.timeout)
+    print(json.dumps(r, indent=1) if args.json else format_resources(r))
+    return 0 if r["fits"] else 1
+
+
 def register(subparsers):
     s = subparsers.add_parser("report", help="reports on the generated hardware")
     rep = s.add_subparsers(dest="report", metavar="REPORT", required=True)
@@ -48,3 +68,18 @@ def register(subparsers):
     t.add_argument("-o", "--output", help="work directory (default build/timing-CONFIG-BLOCK)")
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=_cmd_timing)
+    r = rep.add_parser(
+        "resources", help="UltraScale+ DSP48E2/LUT/FF/BRAM36/URAM and logic depth beside the "
+                          "card's capacity (Yosys synth_xilinx -family xcup, per-block synthesis "
+                          "x instances: an estimate)")
+    r.add_argument("--config", default="small", help="accelerator preset (default small)")
+    r.add_argument("--card", help="u280, u50 or u55c (default: the preset's card, else u280)")
+    r.add_argument("--cache", default="build/resources",
+                   help="synthesis cache, keyed by each block's RTLIL hash "
+                        "(default build/resources)")
+    r.add_argument("--timeout", type=float, help="seconds each Yosys run may take")
+    r.add_argument("--flat", action="store_true",
+                   help="also synthesise the whole kernel flat and show the estimate's error "
+                        "(small configurations only)")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=_cmd_resources)

@@ -10,9 +10,12 @@ drain               ``N + 1`` (one element per cycle, one idle cycle between req
 ==================  =========================================================================
 
 Latency of a stage (from its input bank becoming visible as filled to its output bank becoming
-visible as filled): ``D_l = T_l + cols[l] + rows[l] + 7`` for an engine: one cycle to take the
-bank, ``T_l`` waves, ``cols + rows - 1`` cycles of skew through the array, three PE stages, bias
-and accumulate (2), requantize (2) and the commit. The drain adds ``N + 2`` (one take cycle, one
+visible as filled): ``D_l = T_l + cols[l] + slots[l] + 9`` for an engine: one cycle to take the
+bank, ``T_l`` waves, ``cols + slots - 1`` cycles of skew through the array, three PE stages, bias
+and accumulate (2), requantize (4: decode, round, shift, saturate; each <= 8 LUT levels) and the
+commit. ``slots = rows``, or ``ceil(rows / 2)`` when
+int8 engines pack two rows per DSP48E2 (``packed``: the activations pass ``ceil(rows / 2)``
+PE positions down a column). The drain adds ``N + 2`` (one take cycle, one
 cycle per element, read register, sigmoid ROM register). So, on an empty pipeline, from the
 first input chunk to the last output::
 
@@ -27,7 +30,8 @@ it: ``O = D_producer + D_consumer`` with the writer's ``D = chunks``, the drain'
 (When the bank term dominates, requests leave in bursts of ``banks`` and ``II`` is the average
 spacing over a burst period.)
 
-The bound the MAC array is measured against is ``sum_l K_l * N_l / sum_l rows[l] * cols[l]``.
+The bound the MAC array is measured against is ``sum_l K_l * N_l / sum_l rows[l] * cols[l]``
+(MAC units, not DSP slices: a packed int8 DSP is two MAC units).
 
 The whole kernel (:func:`kernel_batch_cycles`, the serving layer's service-time prediction and the
 modelled rows of ``recfabric bench compare``): a batch of ``B`` requests takes ``latency + ii * (B
@@ -37,14 +41,15 @@ latency, bottom MLP latency) + KERNEL_OVERHEAD_CYCLES`` (the bottom MLP runs bes
 multi-task heads are the top MLP's last layers, fused one per depth; a dot interaction adds the
 latency of :func:`dot_interaction_cycles` and bounds ``ii`` by its interval; ``dlrm-small`` on
 ``small`` with both: 399 / 1,022 / 3,158 cycles modelled for batches 1 / 8 / 32, simulated 383 /
-1,015 / 3,150, ``tools/measure_dlrm.py``). ``KERNEL_OVERHEAD_CYCLES``
-(request fetch and parse, dispatch, concat, result and status writes) is fitted to the simulation:
-the single-request run of the ``small`` model on the ``small`` preset takes 343 cycles (README,
-``tools/measure_kernel.py 1 16 256``, with the streaming request path), of which the MLP model
-accounts for 212 and the simulated HBM read latency for 64. The model then gives 1,363 cycles for a
-batch of 16 (simulated: 1,364) and 17,683 for 256 (simulated: 17,684). The slow tests of
-``tests/test_bench_compare.py`` check it against simulation: within 1% on ``small``, within 20% on
-``tiny``.
+1,015 / 3,150, ``tools/measure_dlrm.py``, measured before the four-stage requantizer).
+``KERNEL_OVERHEAD_CYCLES`` (request fetch and parse, dispatch, concat, result and status writes)
+is fitted to the simulation: the single-request run of the ``small`` model on the ``small`` preset
+takes 352 cycles (README, ``tools/measure_kernel.py 1 16 256``, with the streaming request path,
+the four-stage requantizer and the merged load/routing changes), of which the MLP model accounts
+for 218 and the simulated HBM read latency for 64. The model then gives 1,372 cycles for a batch
+of 16 (simulated: 1,376) and 17,692 for 256 (simulated: 17,696). The slow tests of
+``tests/test_bench_compare.py`` check it against simulation: within 1% on ``small``, within 20%
+on ``tiny``.
 """
 
 from __future__ import annotations
@@ -58,11 +63,11 @@ __all__ = ["MLPCycleModel", "ENGINE_OVERHEAD", "DRAIN_OVERHEAD", "KERNEL_OVERHEA
            "PROGRAM_LOAD_RATE"]
 
 #: Engine stage latency beyond ``T + cols + rows``.
-ENGINE_OVERHEAD = 7
+ENGINE_OVERHEAD = 9
 #: Drain + sigmoid latency beyond ``N``.
 DRAIN_OVERHEAD = 2
 #: Kernel cycles per batch beyond the MLP latency and the memory read latency (module doc).
-KERNEL_OVERHEAD_CYCLES = 67
+KERNEL_OVERHEAD_CYCLES = 70
 #: Memory read latency assumed for HBM, in kernel cycles (the simulation's HBM model).
 MEM_LATENCY_CYCLES = 64
 #: Program words the kernel's program loader takes per cycle (one 512-bit word per cycle:
@@ -86,11 +91,14 @@ class MLPCycleModel:
         does).
     banks : int
         Banks per activation buffer.
+    packed : bool
+        int8 engines with two rows per DSP48E2 (``MLPPipeline.packed``).
     """
 
     shapes: list
     widths: tuple
     banks: int = 4
+    packed: bool = False
     stage_ii: dict = field(init=False)
     ii: float = field(init=False)
     latency: int = field(init=False)
@@ -107,7 +115,8 @@ class MLPCycleModel:
         n_out = widths[-1]
         tiles = [math.ceil(k / c) * math.ceil(n / r)
                  for (r, c), k, n in zip(self.shapes, widths[:-1], widths[1:])]
-        delays = [t + r + c + ENGINE_OVERHEAD for t, (r, c) in zip(tiles, self.shapes)]
+        delays = [t + self._slots(r) + c + ENGINE_OVERHEAD
+                  for t, (r, c) in zip(tiles, self.shapes)]
         stage = [chunks, *delays, n_out + 1]
         occupancy = [stage[i] + stage[i + 1] for i in range(len(stage) - 1)]
         self.stage_ii = {"writer": chunks, **{f"engine{l}": t for l, t in enumerate(tiles)},
@@ -117,6 +126,10 @@ class MLPCycleModel:
         self.latency = chunks + sum(delays) + n_out + DRAIN_OVERHEAD
         self.macs = sum(k * n for k, n in zip(self.widths[:-1], self.widths[1:]))
         self.mac_units = sum(r * c for r, c in self.shapes)
+        self.dsp_slices = sum(self._slots(r) * c for r, c in self.shapes)
+
+    def _slots(self, rows: int) -> int:
+        return (rows + 1) // 2 if self.packed and rows >= 2 else rows
 
     @property
     def bound(self) -> float:
@@ -129,7 +142,8 @@ class MLPCycleModel:
 
     def to_json(self) -> dict:
         return {"ii": self.ii, "latency": self.latency, "bound": self.bound,
-                "utilization": self.utilization, "stage_ii": dict(self.stage_ii)}
+                "utilization": self.utilization, "mac_units": self.mac_units,
+                "dsp_slices": self.dsp_slices, "stage_ii": dict(self.stage_ii)}
 
 
 def kernel_batch_cycles(spec, config, rounds: int, words_per_record: int, *,
@@ -161,7 +175,8 @@ def kernel_batch_cycles(spec, config, rounds: int, words_per_record: int, *,
         layers = shapes[kind]
         if not layers:
             continue
-        m = MLPCycleModel(shapes=list(engines), widths=(layers[0][0], *[o for _, o in layers]))
+        m = MLPCycleModel(shapes=list(engines), widths=(layers[0][0], *[o for _, o in layers]),
+                          packed=config.data_bits == 8)
         ii = max(ii, m.ii)
         if kind == "bottom":
             before_concat = max(before_concat, m.latency)

@@ -130,6 +130,11 @@ class _Queue:
     def _next(self, p):
         return Mux(p == self.depth - 1, 0, p + 1)
 
+    def slot(self, k):
+        """The ``k``-th oldest entry (valid while ``k < count``)."""
+        d = self.depth
+        return Array(self.slots)[Mux(self.rp + k >= d, self.rp + k - d, self.rp + k)]
+
     def live(self, i):
         """Slot ``i`` holds an entry (it is among the ``count`` slots from ``rp``)."""
         d = self.depth
@@ -238,6 +243,10 @@ class AXI4ReadChecker(Elaboratable):
         Beats accepted on AR and not yet delivered on R.
     ar_fire, r_fire, r_end : Value
         AR handshake, R handshake, R handshake of a burst's last beat.
+    queue, beat : _Queue, Signal
+        After elaboration: the ``ARLEN`` of each burst in flight (oldest first: ``queue.slot(i)``
+        is the ``i``-th oldest) and the beats of the oldest one delivered so far (for
+        invariants).
     """
 
     def __init__(self, bus, *, dut="master", max_outstanding, arid, max_len=255, size=None,
@@ -270,8 +279,8 @@ class AXI4ReadChecker(Elaboratable):
 
         # Bursts in flight, oldest first; one more slot than allowed, so that the master
         # exceeding its bound is reported (ar.outstanding) before the queue could overflow.
-        q = _Queue(m, self.max_outstanding + 1, 8, "rd_len")
-        beat = Signal(8, name="r_beat")
+        q = self.queue = _Queue(m, self.max_outstanding + 1, 8, "rd_len")
+        beat = self.beat = Signal(8, name="r_beat")
         q.update(self.ar_fire, bus.arlen, self.r_end)
         m.d.comb += self.outstanding.eq(q.count)
         with m.If(self.r_fire):

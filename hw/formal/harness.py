@@ -11,27 +11,42 @@ A *mutation* puts a deliberate protocol bug between the block and the bus (e.g. 
 dropped after one cycle of waiting); a mutated harness must fail, which shows the properties
 catch that bug. :data:`BLOCKS` lists the harnesses by name.
 
-Where k-induction closes (record fetch, result writer, control slave: ``Block.proof ==
-"prove"``), the harness also asserts invariants that tie the checker's counters to the block's
-own registers, read through :class:`_Opened` (the block's code is not changed for them).
+Every harness with ``Block.proof == "prove"`` (all but the two relaxed finding harnesses) also
+asserts invariants that tie the checker's counters to the block's own registers and memories,
+read through :class:`_Opened` (the block's code is not changed for them), so that k-induction
+closes: the properties then hold in every trace, however long.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import operator
 import types
 from collections.abc import Callable
 from unittest import mock
 
 from amaranth.asserts import AnyConst, AnySeq, Initial
-from amaranth.hdl import Assume, Elaboratable, Fragment, Module, Mux, ResetSignal, Signal, Value
-from amaranth.lib import wiring
+from amaranth.hdl import (
+    Array,
+    Assume,
+    Elaboratable,
+    Fragment,
+    Module,
+    Mux,
+    ResetSignal,
+    Signal,
+    Value,
+)
+from amaranth.lib import data, wiring
+from amaranth.lib import fifo as amaranth_fifo
+from amaranth.lib.memory import Memory
 
-from .. import control_registers, request_reader, result_writer
+from .. import control_registers, embedding_lookup, request_reader, result_writer
 from ..axi4 import AXIResp
 from ..control_registers import ControlRegisters
-from ..embedding_lookup import EmbeddingLookupUnit
+from ..embedding_lookup import EmbeddingLookupUnit, PoolContextLayout
 from ..register_map import STATUS_BLOCK_BYTES
 from ..request_reader import RecordFetcher
 from ..result_writer import ResultWriter
@@ -55,6 +70,22 @@ MUTATION_DEPTH = 30
 AXI_FIXED = {"cache": 0b0011, "lock": 0, "prot": 0, "qos": 0}
 
 
+class _ObservedMemory(Memory):
+    """A :class:`~amaranth.lib.memory.Memory` with one more asynchronous read port per row
+    (``rows[i].data``: row ``i``'s contents), so that invariants can name its contents.
+
+    The extra ports only observe: the block's own ports, and so its behaviour, are unchanged.
+    """
+
+    def elaborate(self, platform):
+        m = Module()
+        self.rows = [self.read_port(domain="comb") for _ in range(self.depth)]
+        for i, port in enumerate(self.rows):
+            m.d.comb += port.addr.eq(i)
+        m.submodules.memory = super().elaborate(platform)
+        return m
+
+
 class _Opened(Elaboratable):
     """A block elaborated at once, with its internal signals and modules at hand.
 
@@ -67,10 +98,11 @@ class _Opened(Elaboratable):
     renamed register fails the harness build with a message naming it.
     """
 
-    def __init__(self, block, pymodule):
+    def __init__(self, block, pymodule, *, observe_memories=False):
         self.signals = {}
         self.modules = []
-        signals, modules = self.signals, self.modules
+        self.memories = []
+        signals, modules, memories = self.signals, self.modules, self.memories
 
         class _Recorder:
             def __call__(self, *args, src_loc_at=0, **kwargs):
@@ -101,8 +133,19 @@ class _Opened(Elaboratable):
             modules.append(mod)
             return mod
 
-        with mock.patch.object(pymodule, "Signal", _Recorder()), \
-                mock.patch.object(pymodule, "Module", _module):
+        class _Memory(_ObservedMemory):
+            def __init__(self, *args, src_loc_at=0, **kwargs):
+                super().__init__(*args, src_loc_at=src_loc_at + 1, **kwargs)
+                memories.append(self)
+
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(mock.patch.object(pymodule, "Signal", _Recorder()))
+            stack.enter_context(mock.patch.object(pymodule, "Module", _module))
+            if observe_memories:
+                # The block's memories and those of the library FIFOs it instantiates.
+                for mod in (pymodule, amaranth_fifo):
+                    if hasattr(mod, "Memory"):
+                        stack.enter_context(mock.patch.object(mod, "Memory", _Memory))
             self.fragment = Fragment.get(block, None)
         self.module = modules[0]
 
@@ -237,7 +280,17 @@ class LookupUnitHarness(_Harness):
     space.
     With ``in_table=True``, also: each read lies inside a table the host described
     (``lookup.in_table``: the unit never reads outside a table). That property needs the solver
-    to reason about ``row * stride``; it is a separate, shallower job (``lookup_unit_in_table``).
+    to reason about ``row * stride``; it is a separate job (``lookup_unit_in_table``).
+
+    Why the small parameters still cover the logic: the AR issue, the context FIFO that limits
+    the reads in flight, the 4 KiB and bounds checks and the pooler's beat counting are the same
+    code at every size; 2 descriptors and 2 reads in flight (the smallest legal limit) keep every
+    case (a read and a non-read context in the FIFO in either order, a descriptor written while
+    another is in use) and let the invariants name each FIFO entry. k-induction invariants
+    (:meth:`_invariants`): the checker's bursts in flight are the FIFO's ``read`` contexts, in
+    order, with ``ARLEN = beats - 1``, and the pooler's beat count is the checker's; every
+    valid descriptor in the memory has legal derived fields; for ``in_table``, the harness's copy
+    of the descriptors equals the memory and a waiting read lies in a table.
     """
 
     mutations = {
@@ -257,11 +310,13 @@ class LookupUnitHarness(_Harness):
             data_bits=8, max_dim=8, data_width=32, addr_width=ADDR_WIDTH, id_width=2,
             max_outstanding=2, tag_bits=1, slot_bits=1, n_desc=2, row_bits=2, stride_bits=8,
             max_bag=2, arid=2)
-        m.submodules.dut = dut
+        m.submodules.dut = opened = _Opened(dut, embedding_lookup, observe_memories=True)
         bus = self._wire(m, dut.m_axi)
         chk = AXI4ReadChecker(bus, max_outstanding=dut.max_outstanding, arid=2,
-                              max_len=dut.max_beats - 1, aligned=True, fixed=AXI_FIXED)
-        m.submodules.checker = chk
+                              max_len=dut.max_beats - 1, aligned=True, fixed=AXI_FIXED,
+                              bookkeeping=True)
+        # Elaborated here: the invariants name the checker's burst queue.
+        m.submodules.checker = Fragment.get(chk, None)
         p = PropertyWriter(m)
         _stream_source(p, m, dut.i_lookup, "lookup")
         _stream_source(p, m, dut.i_desc, "desc")
@@ -273,7 +328,9 @@ class LookupUnitHarness(_Harness):
             p.assume("env.desc_when_idle", dut.idle)
             p.assume("env.table_in_memory",
                      w.desc.base + w.desc.rows * w.desc.stride <= (1 << ADDR_WIDTH))
-        tables = [Signal(dut.desc_layout, name=f"table{i}") for i in range(dut.n_desc)]
+        # Not reset: like the descriptor memory, they keep a write made during reset.
+        tables = [Signal(dut.desc_layout, name=f"table{i}", reset_less=True)
+                  for i in range(dut.n_desc)]
         with m.If(dut.i_desc.valid):
             for i, t in enumerate(tables):
                 with m.If(w.index == i):
@@ -283,6 +340,84 @@ class LookupUnitHarness(_Harness):
         if self.in_table:
             with m.If(bus.arvalid):
                 p.check("lookup.in_table", sum(inside) != 0)
+        self._invariants(m, p, dut, opened, chk, tables if self.in_table else None)
+
+    def _invariants(self, m, p, dut, opened, chk, tables):
+        """Invariants tying the checker's bursts in flight to the unit's context FIFO and
+        pooler, and the descriptors' derived fields to their rules (for k-induction).
+
+        The context FIFO (``SyncFIFOBuffered`` of 2 entries) holds the contexts of the lookups
+        issued and not yet pooled, oldest first: its output register (``r_data``, while
+        ``r_rdy``) and its one-row memory (while the inner level is 1). The entries with
+        ``read=1`` are exactly the checker's bursts in flight, in order, with ``ARLEN = beats -
+        1``; the pooler's ``beat_idx`` is the checker's beat count of the oldest one.
+        """
+        s = opened.signal
+        descs = opened.module.submodules.descs
+        ctx_fifo = opened.module.submodules.ctx_fifo
+        (storage,) = [mem for mem in opened.memories if mem is not descs]
+        ctx_layout = PoolContextLayout(
+            tag_bits=dut.tag_bits, slot_bits=dut.slot_bits, max_beats=dut.max_beats,
+            max_dim=dut.max_dim)
+        assert dut.max_outstanding == 2 and storage.depth == 1, "invariants for 2 entries"
+        e0 = data.View(ctx_layout, ctx_fifo.r_data)
+        e1 = data.View(ctx_layout, storage.rows[0].data)
+        have0 = ctx_fifo.r_rdy
+        have1 = ctx_fifo.level - ctx_fifo.r_rdy == 1
+        read0, read1 = have0 & e0.read, have1 & e1.read
+        q, beat = chk.queue, chk.beat
+        first = Mux(read0, e0.beats, e1.beats)  # beats of the oldest read in flight
+        bb_log2 = (dut.beat_bytes - 1).bit_length()
+
+        def beats_ok(beats):
+            return (beats >= 1) & (beats <= dut.max_beats)
+
+        p.check("lookup.inv_bursts",
+                (ctx_fifo.level <= 2) &
+                (chk.outstanding == read0 + read1) &
+                ((chk.outstanding == 0) | (q.slot(0) == first - 1)) &
+                ((chk.outstanding < 2) | (q.slot(1) == e1.beats - 1)) &
+                (~read0 | beats_ok(e0.beats)) & (~read1 | beats_ok(e1.beats)) &
+                (beat == Mux(read0, s("beat_idx"), 0)) &
+                Mux(read0, s("beat_idx") < e0.beats, s("beat_idx") == 0))
+
+        def entry_ok(e):  # a valid descriptor's derived fields (computed when written)
+            return ~e.ok | (beats_ok(e.beats) & (e.desc.base[:bb_log2] == 0) &
+                            (e.desc.stride[:bb_log2] == 0) &
+                            (e.desc.stride >= (e.beats << bb_log2)))
+
+        c2 = data.View(ctx_layout, s("c2"))
+        p.check("lookup.inv_descs",
+                # The read port's register holds a row from the first cycle on.
+                (Initial() | entry_ok(descs.read_ports[0].data)) &
+                functools.reduce(operator.and_, (entry_ok(row.data) for row in descs.rows)))
+        p.check("lookup.inv_stage2",
+                ~c2.read | (beats_ok(c2.beats) & (s("base2")[:bb_log2] == 0) &
+                            (s("off2")[:bb_log2] == 0)))
+        if tables is None:
+            return
+        # For ``lookup.in_table``: the harness's copy of each descriptor is the memory's row;
+        # the read port holds the row of the lookup in stage 1 (descriptors are written only
+        # while the unit is idle, when every cycle reads); a read waiting in stage 2 lies in a
+        # described table.
+        e1 = descs.read_ports[0].data
+        s1 = data.View(dut.lookup_layout, s("s1"))
+        base2, off2 = s("base2"), s("off2")
+        p.check("lookup.inv_tables",
+                functools.reduce(operator.and_, (
+                    (row.data.desc.as_value() == t.as_value()) &
+                    (t.base + t.rows * t.stride <= (1 << ADDR_WIDTH))
+                    for row, t in zip(descs.rows, tables))))
+        # From the second cycle after reset on (the read in the reset cycle is not s1's).
+        settled = Signal(reset_less=True, name="inv_settled")
+        m.d.sync += settled.eq(~ResetSignal())
+        p.check("lookup.inv_stage1",
+                (~settled | (e1.as_value() == Array(row.data.as_value()
+                                                     for row in descs.rows)[s1.desc])))
+        with m.If(s("v2") & c2.read):
+            p.check("lookup.inv_stage2_in_table", functools.reduce(operator.or_, (
+                (base2 == t.base) & (off2 + (c2.beats << bb_log2) <= t.rows * t.stride)
+                for t in tables)))
 
 
 class RecordFetchHarness(_Harness):
@@ -290,8 +425,12 @@ class RecordFetchHarness(_Harness):
 
     The kernel has two: the request-record fetch (``m_axi_requests``) and the kernel-program fetch
     (``m_axi_model``, 512-bit words, ``batch`` = 1); ``program=True`` checks the latter at the
-    kernel's own parameters (16-beat bursts, 32-word FIFO, programs of up to 63 words), else a
-    small fetcher (32-bit words, 2-beat bursts, 4-word FIFO, up to 3 records of up to 3 words).
+    kernel's word width (512 bits) and ``batch`` = 1 with bursts and FIFO shrunk from the
+    kernel's 16 beats and 128 words to 4 and 4, or 8 with ``program_fifo=8`` (programs of up to
+    15 words: bursts cut by the FIFO's free words, by 4 KiB and by the run's tail all occur; the
+    same code as at 16/128, whose induction step does not finish), else a small fetcher (32-bit
+    words, 2-beat bursts, 4-word FIFO, up to 3 records of up to 3 words). All are proved by
+    k-induction with the same invariants.
 
     Environment: ``start`` only when the previous run's words have all been delivered (the
     kernel starts a fetcher only then); the buffer is word-aligned (XRT buffers are 4 KiB
@@ -308,18 +447,23 @@ class RecordFetchHarness(_Harness):
                                   _glitch_while_waiting("arvalid", "arready", "araddr")),
     }
 
-    def __init__(self, mutation=None, *, program=False, any_base=False, any_start=False):
+    def __init__(self, mutation=None, *, program=False, program_fifo=4, any_base=False,
+                 any_start=False):
         super().__init__(mutation)
         self.program = program
         # Relaxed environments (findings, see tests/test_formal_axi.py): ``any_base`` drops the
         # word alignment of ``base``, ``any_start`` lets ``start`` come at any time.
         self.any_base, self.any_start = any_base, any_start
-        # The invariants for k-induction (the small fetcher only: at the program fetch's
-        # parameters the induction step does not finish, and they slow its BMC down).
-        self.inductive = not (program or any_base or any_start)
+        # The invariants for k-induction (not in the relaxed harnesses: the findings fail).
+        self.inductive = not (any_base or any_start)
         if program:
-            self.data_width, self.max_burst, self.fifo_depth = 512, 16, 32
-            self.word_bits, self.batch_bits = 6, 0  # up to 63 words, batch = 1
+            # The kernel's word width (512 bits: the burst, 4 KiB and alignment arithmetic in
+            # 64-byte beats) and batch = 1; bursts and FIFO shrunk from the kernel's 16 and 128
+            # to 4 and 4 (8 in the slow job `program_fetch_fifo8`, where full bursts also start
+            # with words in the FIFO): the same code, bursts cut by the FIFO's free words, by
+            # 4 KiB and by the run's tail; programs of up to 15 words (several bursts).
+            self.data_width, self.max_burst, self.fifo_depth = 512, 4, program_fifo
+            self.word_bits, self.batch_bits = 4, 0  # up to 15 words, batch = 1
         else:
             self.data_width, self.max_burst, self.fifo_depth = 32, 2, 4
             self.word_bits, self.batch_bits = 2, 2  # up to 3 records of up to 3 words
@@ -383,6 +527,10 @@ class RecordFetchHarness(_Harness):
             level = opened.module.submodules.fifo.level
             p.check("fetch.inv_words", (requested + pend + remaining == expected) &
                     (addr == base + (requested + pend) * wb))
+            # The fetcher's own count of beats owed (from ARVALID on) and of beats to drop
+            # (an abandoned run's: none, as the kernel starts a run only after the last one).
+            p.check("fetch.inv_owed", (opened.signal("owed") == chk.owed + pend) &
+                    (opened.signal("discard") == 0))
             p.check("fetch.inv_fifo", (reserved + delivered == requested + pend) &
                     (level + chk.owed + delivered == requested) &
                     (reserved <= self.fifo_depth) & (delivered <= expected) &
@@ -444,17 +592,35 @@ class ResultWriterHarness(_Harness):
         running = Signal()
         base = Signal(ADDR_WIDTH)
         batch = Signal(range(self.max_batch + 1))
-        aws = Signal(range(self.max_batch + 2))  # AW requests accepted in this run
+        aws = Signal(range(self.max_batch + 3))  # AW requests accepted in this run
         skip = Signal()
+        # Records of the run: ``batch`` (none when skipped), cut to those taken by ``abort``.
+        records = Signal.like(batch)
+        taken = Signal.like(batch)  # records taken from the stream in this run
+        bs = Signal(range(self.max_batch + 3))  # B responses in this run
+        rewrite = Signal()  # the status block's first write was answered with an error
+        _free(m, dut.abort)
         with m.If(dut.start):
             p.assume("env.start_when_idle", ~running)
             p.assume("env.batch", dut.batch[:2] <= self.max_batch)
             p.assume("env.base_aligned", dut.base[:6] == 0)
             p.assume("env.buffer_in_memory", dut.base + 2 * 4096 <= (1 << ADDR_WIDTH))
             m.d.sync += [running.eq(1), base.eq(dut.base), batch.eq(dut.batch), aws.eq(0),
-                         skip.eq(dut.skip)]
-        with m.Elif(chk.aw_fire):
-            m.d.sync += aws.eq(aws + 1)
+                         skip.eq(dut.skip), records.eq(Mux(dut.skip, 0, dut.batch)),
+                         taken.eq(0), bs.eq(0), rewrite.eq(0)]
+        with m.Else():
+            with m.If(chk.aw_fire):
+                m.d.sync += aws.eq(aws + 1)
+            with m.If(dut.i_result.valid & dut.i_result.ready):
+                m.d.sync += taken.eq(taken + 1)
+            with m.If(running & dut.abort):
+                # The writer takes no more records (none in this cycle): the run ends after
+                # those taken so far.
+                m.d.sync += records.eq(taken)
+            with m.If(chk.b_fire):
+                m.d.sync += bs.eq(bs + 1)
+                with m.If(bus.bresp[1] & (bs == records)):
+                    m.d.sync += rewrite.eq(1)
         with m.If(dut.done):
             m.d.sync += running.eq(0)
 
@@ -464,24 +630,26 @@ class ResultWriterHarness(_Harness):
             p.check("writer.in_buffer",
                     (bus.awaddr >= base) &
                     (bus.awaddr + ((bus.awlen + 1) * wb) <= status_at + STATUS_BLOCK_BYTES))
-        records = Signal.like(batch)  # the status block stays after `batch` records when skipped
-        m.d.comb += records.eq(Mux(skip, 0, batch))
         with m.If(dut.done):
             p.check("writer.done", (chk.outstanding == chk.b_fire) & ~bus.awvalid &
-                    ~bus.wvalid & (aws == records + 1) & (dut.written == records))
+                    ~bus.wvalid & (aws == records + 1 + rewrite) &
+                    (dut.written == records))
         b_err = Signal()
         m.d.sync += b_err.eq(chk.b_fire & bus.bresp[1])
         with m.If(b_err):
             p.check("writer.axi_error", dut.axi_error)
         self._invariants(m, p, opened, chk, dut.m_axi, running=running, base=base, batch=batch,
-                         records=records, aws=aws, status_at=status_at,
+                         records=records, aws=aws, status_at=status_at, taken=taken, bs=bs,
+                         rewrite=rewrite,
                          status_beats=status_beats, wb=wb)
         p.cover("cover.writer_done", dut.done & (batch == 2) & ~skip)
         p.cover("cover.writer_skip_done", dut.done & (batch == 2) & skip)
+        p.cover("cover.writer_abort_done", dut.done & (batch == 2) & (records == 1))
+        p.cover("cover.writer_rewrite_done", dut.done & rewrite)
 
 
     def _invariants(self, m, p, opened, chk, port, *, running, base, batch, records, aws,
-                    status_at, status_beats, wb):
+                    status_at, taken, bs, rewrite, status_beats, wb):
         """Invariants tying the checker's and the harness's counts to the writer's registers
         and FSM state, per phase (for k-induction).
         ``port`` is the writer's own AXI port (before any mutation), ``chk`` watches the bus."""
@@ -490,8 +658,12 @@ class ResultWriterHarness(_Harness):
         a, w = s("aw_pending"), s("w_pending")
         issued, answered, inflight, sbeat = (s("issued"), s("answered"), s("inflight"),
                                              s("status_beat"))
+        rw = s("rewritten")
+        # The FSM's state register holds a state (5 states in 3 bits: 3 codes are no state).
+        p.check("writer.inv_state", functools.reduce(operator.or_, fsm.values()))
         p.check("writer.inv_run",
                 (fsm["IDLE"] == ~running) & (s("base") == base) & (s("batch") == records) &
+                (taken == issued) & (rewrite == rw) & (records <= batch) &
                 (s("status_at") == status_at) & (answered <= issued) & (issued <= records) &
                 (batch <= self.max_batch) & (base[:6] == 0) &
                 (base + 2 * 4096 <= (1 << ADDR_WIDTH)))
@@ -501,7 +673,11 @@ class ResultWriterHarness(_Harness):
             p.check("writer.inv_idle", quiet)
         with m.If(fsm["STATUS_AW"]):
             p.check("writer.inv_status_aw", quiet & (sbeat == 0) & (issued == records) &
-                    (answered == records) & (aws == records))
+                    (answered == records) & (aws == records + rw) & (bs == records + rw))
+        with m.If(fsm["STATUS_RESAMPLE"]):
+            p.check("writer.inv_status_resample",
+                    quiet & (sbeat == status_beats) & (issued == records) &
+                    (answered == records) & rw & (aws == records + 1) & (bs == records + 1))
         with m.If(fsm["RECORDS"]):
             p.check("writer.inv_records",
                     (chk.outstanding == issued - a - answered) &
@@ -510,7 +686,8 @@ class ResultWriterHarness(_Harness):
                     (chk.b_owed == issued - answered - (a | w)) & (chk.w_beat == 0) &
                     ((chk.w_bursts == 0) | (chk.w_head == 0)) &
                     (~chk.lead_done | (chk.lead_len == 0)) &
-                    (~(a | w) | (issued != 0)) & (aws == issued - a) &
+                    (~(a | w) | (issued != 0)) & (aws == issued - a) & (bs == answered) &
+                    ~rw &
                     (~a | ((port.awaddr == base + (issued - 1) * wb) & (port.awlen == 0))) &
                     (~w | port.wlast))
         with m.If(fsm["STATUS_W"]):
@@ -518,7 +695,8 @@ class ResultWriterHarness(_Harness):
             m.d.comb += acc.eq(sbeat - w)
             p.check("writer.inv_status_w",
                     (issued == records) & (answered == records) & (inflight == 0) &
-                    (sbeat <= status_beats) & (~w | (sbeat != 0)) & (aws == records + ~a) &
+                    (sbeat <= status_beats) & (~w | (sbeat != 0)) &
+                    (aws == records + rw + ~a) & (bs == records + rw) &
                     (~a | ((port.awaddr == status_at) & (port.awlen == status_beats - 1))) &
                     (~w | (port.wlast == (sbeat == status_beats))) &
                     (chk.w_beat == Mux(acc < status_beats, acc, 0)) &
@@ -622,21 +800,26 @@ class Block:
 
 #: The blocks with AXI ports, by name.
 BLOCKS = {
-    "lookup_unit": Block(LookupUnitHarness, "m_axi_tables<i>: AXI4 read master"),
+    "lookup_unit": Block(LookupUnitHarness, "m_axi_tables<i>: AXI4 read master", depth=4,
+                         proof="prove"),
     "lookup_unit_in_table": Block(LookupUnitHarness,
                                   "m_axi_tables<i>: reads inside the described tables",
-                                  {"in_table": True}, depth=8, cover_depth=10),
+                                  {"in_table": True}, depth=4, cover_depth=10, proof="prove"),
     "record_fetch": Block(RecordFetchHarness, "m_axi_requests: AXI4 read master", depth=4,
                           cover_depth=20, proof="prove"),
     "program_fetch": Block(RecordFetchHarness, "m_axi_model: AXI4 read master",
-                           {"program": True}, depth=14, cover_depth=24),
+                           {"program": True}, depth=4, cover_depth=24, proof="prove"),
+    "program_fetch_fifo8": Block(RecordFetchHarness, "m_axi_model, 8-word FIFO",
+                                 {"program": True, "program_fifo": 8}, depth=4, cover_depth=24,
+                                 proof="prove"),
+    # Relaxed environments that found RecordFetcher bugs (an unaligned base gave ARLEN=255
+    # bursts across 4 KiB; start while ARVALID waited withdrew ARVALID), fixed since: BMC only.
     "record_fetch_any_base": Block(
         RecordFetchHarness, "m_axi_requests, base not word-aligned", {"any_base": True},
-        depth=10, cover_depth=10,
-        finding="an unaligned base gives ARLEN=255 bursts across 4 KiB"),
+        depth=10, cover_depth=10),
     "record_fetch_any_start": Block(
         RecordFetchHarness, "m_axi_requests, start at any time", {"any_start": True},
-        depth=10, cover_depth=10, finding="start while ARVALID waits withdraws ARVALID"),
+        depth=10, cover_depth=10),
     "result_writer": Block(ResultWriterHarness, "m_axi_results: AXI4 write master", depth=4,
                            proof="prove"),
     "control_registers": Block(ControlRegistersHarness, "s_axi_control: AXI4-Lite slave",

@@ -234,6 +234,9 @@ def _parse(log, *, name, mode, depth, seconds, workdir):
         failed.append((property_name(m.group(1)), int(m.group(2))))
     for m in re.finditer(r"summary:\s+reached cover statement \S+ at (\S+) step (\d+)", log):
         reached.append((property_name(m.group(1)), int(m.group(2))))
+    # The summary lists at most 5 covers ("and N further traces"); the engine logs every one.
+    for m in re.finditer(r"Reached cover statement in step (\d+) at \S+ (\S+)", log):
+        reached.append((property_name(m.group(2)), int(m.group(1))))
     in_unreached = False
     for line in log.splitlines():
         if re.search(r"summary: unreached cover statements:", line):

@@ -65,6 +65,11 @@ class LayerEngine(wiring.Component):
         Banks of the activation buffers around the engine.
     out_bits : int, optional
         Output element width (default ``data_bits``).
+    pack_int8 : bool, optional
+        With ``data_bits == 8`` (and ``rows >= 2``), two rows per DSP48E2
+        (:class:`~recfabric.hw.processing_element.PackedPEPair`; default True). Results are
+        identical; the array's rows leave ``ceil(rows / 2)`` rather than ``rows`` cycles apart,
+        so :attr:`array_latency` shrinks.
     beat_bits : int, optional
         Width of a weight/bias beat (default 512, the program loader's word).
 
@@ -86,7 +91,7 @@ class LayerEngine(wiring.Component):
     def __init__(self, *, index: int = 0, rows: int, cols: int, data_bits: int, acc_bits: int,
                  max_in: int, max_out: int, banks: int = 4, out_bits: int | None = None,
                  load_layout: MLPLoadLayout | None = None, beat_bits: int = 512,
-                 block_sel: MLPBlockSel | None = None):
+                 block_sel: MLPBlockSel | None = None, pack_int8: bool = True):
         for name, v in (("rows", rows), ("cols", cols), ("max_in", max_in),
                         ("max_out", max_out)):
             _pos(name, v)
@@ -94,6 +99,9 @@ class LayerEngine(wiring.Component):
         self.data_bits, self.acc_bits = data_bits, acc_bits
         self.out_bits = data_bits if out_bits is None else out_bits
         self.max_in, self.max_out, self.banks = max_in, max_out, banks
+        self.packed = bool(pack_int8) and data_bits <= 8 and rows >= 2
+        #: PE positions down a column (the array's row-to-row skew).
+        self.slots = (rows + 1) // 2 if self.packed else rows
         self.k_tiles_max = math.ceil(max_in / cols)
         self.n_tiles_max = math.ceil(max_out / rows)
         self.in_local_bits = _bits_for(self.k_tiles_max)
@@ -124,7 +132,7 @@ class LayerEngine(wiring.Component):
     @property
     def array_latency(self) -> int:
         """Cycles from issuing a wave to its last row's result being written."""
-        return 1 + self.cols + (self.rows - 1) + 3 + ROW_END_LATENCY
+        return 1 + self.cols + (self.slots - 1) + 3 + ROW_END_LATENCY
 
     def elaborate(self, platform):
         # One function on purpose (~125 lines): the tile sequencer, the weight/bias memories, the
@@ -137,7 +145,7 @@ class LayerEngine(wiring.Component):
         pk = self.packing
         m.submodules.array = arr = SystolicArray(
             rows=R, cols=C, data_bits=self.data_bits, acc_bits=self.acc_bits, depth=self.wdepth,
-            ctrl_bits=ctrl_layout.size, write_rows=pk.g, write_cols=pk.w)
+            ctrl_bits=ctrl_layout.size, packed=self.packed, write_rows=pk.g, write_cols=pk.w)
 
         # ---- descriptor and load port ----
         k_tiles = Signal(range(self.k_tiles_max + 1))

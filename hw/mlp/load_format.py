@@ -105,7 +105,9 @@ class BeatPacking:
 
     Weights: a beat holds ``lanes = beat_bits // data_bits`` weights, all at one weight address,
     for a rectangle of ``g`` array rows by ``w`` columns (``g * w <= lanes``), the one that
-    needs the fewest groups ``ceil(rows / g) * ceil(cols / w)`` (ties: the widest ``w``), so a
+    needs the fewest groups ``ceil(rows / g) * ceil(cols / w)`` (ties: first an even ``g`` or
+    ``g = rows``, so rows ``2s`` and ``2s+1``, which share one weight memory word in the array,
+    are written by the same beat; then the widest ``w``), so a
     beat carries as many real weights as the array's shape allows: 32 x 64 and 64 x 32 arrays
     fill every lane of every int16 beat, and so does 16 x 48 (``g = 2``, ``w = 16``). PE (``r``,
     ``c``) is written by beats of group ``(r // g) * col_groups + c // w`` from lane ``(r % g) *
@@ -130,9 +132,10 @@ class BeatPacking:
         for w in range(min(cols, self.lanes), 0, -1):
             g = min(rows, self.lanes // w)
             n = math.ceil(rows / g) * math.ceil(cols / w)
-            if best is None or n < best[0]:
-                best = (n, g, w)
-        _, self.g, self.w = best
+            split = g % 2 == 1 and g < rows  # a row pair 2s, 2s+1 in two groups
+            if best is None or (n, split) < best[:2]:
+                best = (n, split, g, w)
+        _, _, self.g, self.w = best
         self.col_groups = math.ceil(cols / self.w)
         self.row_groups = math.ceil(rows / self.g)
         self.groups = self.row_groups * self.col_groups

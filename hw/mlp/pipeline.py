@@ -144,6 +144,8 @@ class MLPPipeline(wiring.Component):
     sigmoid : bool
         True (top MLP): the last layer's outputs go through :class:`Sigmoid` to ``o_scores``.
         False (bottom MLP): the outputs leave on ``o_result``.
+    pack_int8 : bool
+        int8 engines compute two rows per DSP48E2 (:class:`LayerEngine`; default True).
     beat_bits : int
         Width of the weight/bias beats on ``i_block`` (default 512, the program loader's word).
 
@@ -163,7 +165,8 @@ class MLPPipeline(wiring.Component):
     """
 
     def __init__(self, *, shapes, data_bits: int, acc_bits: int, max_in: int, max_width: int,
-                 banks: int = 4, sigmoid: bool = True, beat_bits: int = 512):
+                 banks: int = 4, sigmoid: bool = True, beat_bits: int = 512,
+                 pack_int8: bool = True):
         shapes = [tuple(s) for s in shapes]
         if not shapes:
             raise ValueError("An MLP pipeline needs at least one layer engine, not 0")
@@ -178,6 +181,9 @@ class MLPPipeline(wiring.Component):
             raise ValueError(f"data_bits must be a positive width, not {data_bits!r}")
         self.shapes, self.data_bits, self.acc_bits = shapes, data_bits, acc_bits
         self.max_in, self.max_width, self.banks, self.sigmoid = max_in, max_width, banks, sigmoid
+        self.pack_int8 = pack_int8
+        #: Whether the engines pack two int8 MACs per DSP (what the cycle model needs to know).
+        self.packed = pack_int8 and data_bits <= 8
         self.out_bits = max(data_bits, nx.SIGMOID_IN.bits) if sigmoid else data_bits
         L = len(shapes)
         depth = max(math.ceil((max_in if l == 0 else max_width) / c) * math.ceil(max_width / r)
@@ -214,7 +220,7 @@ class MLPPipeline(wiring.Component):
                      banks=self.banks,
                      out_bits=self.out_bits if l == L - 1 else self.data_bits,
                      load_layout=self.load_layout, beat_bits=self.beat_bits,
-                     block_sel=self.block_sel)
+                     block_sel=self.block_sel, pack_int8=self.pack_int8)
                 for l, (r, c) in enumerate(self.shapes)]
 
     def elaborate(self, platform):

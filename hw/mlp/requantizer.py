@@ -16,16 +16,22 @@ def _pos(name, v):
 __all__ = ["Requantizer", "REQUANT_LATENCY"]
 
 #: Requantizer pipeline depth.
-REQUANT_LATENCY = 2
+REQUANT_LATENCY = 4
 
 
 class Requantizer(wiring.Component):
-    """Pipelined :func:`~recfabric.host.numerics.requantize` + optional ReLU (two cycles).
+    """Pipelined :func:`~recfabric.host.numerics.requantize` + optional ReLU (four cycles).
 
     ``y = [relu](saturate(round_shift(acc, shift)))``: shift right with HALF_UP (or FLOOR)
     rounding for ``shift > 0``, exact left shift for ``shift < 0``, then saturation to
     ``data_bits`` or, with ``logit``, to ``SIGMOID_IN.bits`` (only when ``out_bits >= 11``).
     Exact for ``SHIFT_MIN <= shift <= SHIFT_MAX``.
+
+    Four stages, each at most 8 LUT levels on UltraScale+ (``recfabric report resources``): the
+    configuration decoded (clamped shift amounts, rounding constant) and registered with ``acc``;
+    the rounding add; the variable shift (right or left); the saturation (an all-equal test of
+    the bits above the output width) and ReLU. The configuration travels with its ``acc``, so it
+    may change on any cycle.
 
     Parameters
     ----------
@@ -42,7 +48,7 @@ class Requantizer(wiring.Component):
     shift : In(signed(8))
     floor, relu, logit : In(1)
     y : Out(signed(out_bits))
-        Result for the ``acc`` presented two cycles earlier (config held stable meanwhile).
+        Result for the ``acc`` (and configuration) presented ``REQUANT_LATENCY`` cycles earlier.
     """
 
     def __init__(self, *, acc_bits: int, data_bits: int, out_bits: int | None = None):
@@ -59,44 +65,54 @@ class Requantizer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         a, ob = self.acc_bits, self.out_bits
+        lbits = nx.SIGMOID_IN.bits
         s = self.shift
-        # Right shifts beyond a + 1 give the same result as a + 1 (0 or the sign).
-        sr = Signal(range(a + 2))
-        m.d.comb += sr.eq(Mux(s > a + 1, a + 1, s[:7]))
-        rnd = Signal(a + 2)
-        m.d.comb += rnd.eq(Mux(self.floor, 0, (Const(1, a + 2) << sr) >> 1))
-        right = Signal(signed(a + 2))
-        m.d.comb += right.eq((self.acc + rnd) >> sr)
-        # Left shifts beyond ob bits saturate any non-zero value anyway.
+
+        # ---- stage 1: decode the configuration, register it with acc ----
+        acc1 = Signal(signed(a))
+        sr1 = Signal(range(a + 2))      # right shift; beyond a + 1 the result is 0 or the sign
+        sl1 = Signal(range(ob + 1))     # left shift; beyond ob any non-zero value saturates
+        rnd1 = Signal(a + 2)
+        mode1 = Signal(2)               # 0: none, 1: right, 2: left
+        relu1, logit1 = Signal(), Signal()
+        sr = Mux(s > a + 1, a + 1, s[:7])
         neg = Signal(range(65))
         m.d.comb += neg.eq(-s)
-        sl = Signal(range(ob + 1))
-        m.d.comb += sl.eq(Mux(neg > ob, ob, neg))
-        left = Signal(signed(a + ob))
-        m.d.comb += left.eq(self.acc << sl)
-        shifted = Signal(signed(a + ob + 1))
-        with m.If(s > 0):
-            m.d.sync += shifted.eq(right)
-        with m.Elif(s < 0):
-            m.d.sync += shifted.eq(left)
-        with m.Else():
-            m.d.sync += shifted.eq(self.acc)
+        m.d.sync += [acc1.eq(self.acc), sr1.eq(sr), sl1.eq(Mux(neg > ob, ob, neg)),
+                     rnd1.eq(Mux(self.floor, 0, (Const(1, a + 2) << sr) >> 1)),
+                     mode1.eq(Mux(s > 0, 1, Mux(s < 0, 2, 0))),
+                     relu1.eq(self.relu), logit1.eq(self.logit)]
 
-        hi_d, lo_d = (1 << (self.data_bits - 1)) - 1, -(1 << (self.data_bits - 1))
-        lbits = nx.SIGMOID_IN.bits
-        hi = Signal(signed(ob + 1))
-        lo = Signal(signed(ob + 1))
-        if ob >= lbits:
-            m.d.comb += [hi.eq(Mux(self.logit, (1 << (lbits - 1)) - 1, hi_d)),
-                         lo.eq(Mux(self.logit, -(1 << (lbits - 1)), lo_d))]
-        else:
-            m.d.comb += [hi.eq(hi_d), lo.eq(lo_d)]
+        # ---- stage 2: the rounding add ----
+        sum2 = Signal(signed(a + 2))
+        acc2 = Signal(signed(a))
+        sr2, sl2, mode2 = Signal.like(sr1), Signal.like(sl1), Signal.like(mode1)
+        relu2, logit2 = Signal(), Signal()
+        m.d.sync += [sum2.eq(acc1 + rnd1), acc2.eq(acc1), sr2.eq(sr1), sl2.eq(sl1),
+                     mode2.eq(mode1), relu2.eq(relu1), logit2.eq(logit1)]
+
+        # ---- stage 3: the variable shift ----
+        shifted = Signal(signed(a + ob + 1))
+        relu3, logit3 = Signal(), Signal()
+        with m.Switch(mode2):
+            with m.Case(1):
+                m.d.sync += shifted.eq(sum2 >> sr2)
+            with m.Case(2):
+                m.d.sync += shifted.eq(acc2 << sl2)
+            with m.Default():
+                m.d.sync += shifted.eq(acc2)
+        m.d.sync += [relu3.eq(relu2), logit3.eq(logit2)]
+
+        # ---- stage 4: saturate (the bits from the output width up all equal), ReLU ----
+        def saturate(w):
+            top = shifted[w - 1:]
+            fits = top.all() | ~top.any()
+            hi, lo = (1 << (w - 1)) - 1, -(1 << (w - 1))
+            return Mux(fits, shifted[:w].as_signed(), Mux(shifted[-1], lo, hi))
         sat = Signal(signed(ob))
-        with m.If(shifted > hi):
-            m.d.comb += sat.eq(hi)
-        with m.Elif(shifted < lo):
-            m.d.comb += sat.eq(lo)
-        with m.Else():
-            m.d.comb += sat.eq(shifted)
-        m.d.sync += self.y.eq(Mux(self.relu & sat[-1], 0, sat))
+        if ob >= lbits and lbits != self.data_bits:
+            m.d.comb += sat.eq(Mux(logit3, saturate(lbits), saturate(self.data_bits)))
+        else:
+            m.d.comb += sat.eq(saturate(self.data_bits))
+        m.d.sync += self.y.eq(Mux(relu3 & sat[-1], 0, sat))
         return m
