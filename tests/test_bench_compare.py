@@ -16,6 +16,7 @@ from recfabric.host.cli import main
 from recfabric.host.model.spec import ModelSpec, SparseFeature
 from recfabric.host.model.synthetic import synthetic_batch
 from recfabric.host.model.weights import random_weights
+from recfabric.host.model.zoo import get_model
 from recfabric.host.reference.golden import float_forward
 
 FAST = {"min_seconds": 0.0, "max_reps": 3}
@@ -127,3 +128,34 @@ def test_bad_batches_are_one_line_errors(text, msg, capsys):
     assert main(["bench", "compare", "tiny", "--batches", text]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and msg in err[0]
+
+
+def test_a_model_too_large_for_the_sim_backend_gets_modelled_rows_not_a_simulation():
+    """`--config u280` for a model whose tables exceed the sim backend's memory (microrec-small):
+    the simulation is skipped before anything is elaborated, with a note naming both sizes, and
+    the accelerator row is the u280 cycle model with scores from the reference backend."""
+    spec = get_model("tiny")
+    memory = spec.table_bytes(2) - 1  # one byte short of the raw int16 tables
+    r = run_compare(spec, config="u280", model_config="u280", batches=[1, 4],
+                    platforms={"sim", "model"}, sim_memory_bytes=memory, **FAST)
+    assert {row["platform"] for row in r["rows"]} == {"recfabric-u280 model"}
+    for row in r["rows"]:
+        assert row["source"] == "modelled" and row["clock"] == "assumed"
+        assert row["golden_exact"] is True and row["scores_ok"], row
+    note = next(n for n in r["notes"] if n.startswith("sim: skipped"))
+    assert "tiny's tables need at least 0.0 MiB on u280" in note, note
+    assert "the accelerator rows are modelled (u280)" in note
+
+
+@pytest.mark.slow  # ~25 s (70 s at load 10): compiling microrec-small for u280 (727 MB images)
+def test_microrec_small_has_a_modelled_u280_row_checked_against_golden(capsys):
+    rc = main(["bench", "compare", "microrec-small", "--config", "u280", "--platforms",
+               "sim,model", "--batches", "1,2", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    rows = {row["batch"]: row for row in result["rows"]}
+    assert sorted(rows) == [1, 2] and all(r["platform"] == "recfabric-u280 model"
+                                          for r in rows.values())
+    assert all(r["golden_exact"] and r["scores_ok"] and r["source"] == "modelled"
+               for r in rows.values())
+    assert any(n.startswith("sim: skipped, microrec-small's tables") for n in result["notes"])

@@ -53,11 +53,15 @@ import numpy as np
 
 from ..compiler.cycle_model import KERNEL_OVERHEAD_CYCLES, MEM_LATENCY_CYCLES, kernel_batch_cycles
 
-__all__ = ["FLOAT_TOL", "FIXED_TOL", "kernel_cycles", "to_onnx", "run_compare",
+__all__ = ["FLOAT_TOL", "FIXED_TOL", "SIM_MEMORY_BYTES", "kernel_cycles", "to_onnx", "run_compare",
            "crossovers", "format_table", "format_markdown", "plot_rows", "parse_batches"]
 
 #: Largest |probability difference| accepted between a float platform and the float reference.
 FLOAT_TOL = 1e-4
+#: Device memory the comparison gives the ``sim`` backend (its constructor's default, passed
+#: explicitly): a model whose raw tables alone exceed it is not simulated (a note says so) before
+#: anything is compiled or elaborated; its accelerator rows are the modelled ones.
+SIM_MEMORY_BYTES = 64 << 20
 #: Largest |probability difference| accepted between fixed-point scores and the float reference
 #: (int16: the README's accuracy table shows <= 0.0015; int8 up to 0.18 on DLRM).
 FIXED_TOL = {16: 0.01, 8: 0.25}
@@ -299,7 +303,8 @@ def _check(probs, p_float, tol):
 def run_compare(model, *, config: str = "small", model_config: str = "u280", batches=(1, 16),
                 sim_max_batch: int = 16, platforms=None, seed: int = 0,
                 min_seconds: float = 0.5, max_reps: int = 200, threads: int | None = 1,
-                timer: str = "wall", progress=None) -> dict:
+                timer: str = "wall", sim_memory_bytes: int = SIM_MEMORY_BYTES,
+                progress=None) -> dict:
     """Run the comparison; returns ``{"model", "rows", "crossovers", "notes", ...}``.
 
     Parameters
@@ -308,7 +313,9 @@ def run_compare(model, *, config: str = "small", model_config: str = "u280", bat
         Zoo name or spec file.
     config : str or None
         Configuration simulated with the ``sim`` backend (batches up to ``sim_max_batch``);
-        skipped when None or when the model does not fit it.
+        skipped, with a note, when None, when the model does not fit the configuration, or when
+        the model's tables exceed ``sim_memory_bytes`` (``microrec-small``'s 675 MiB of int16 rows:
+        its accelerator rows are then the ``model_config`` ones).
     model_config : str or None
         Configuration evaluated with :func:`kernel_cycles` (``u280`` by default).
     platforms : set of str, optional
@@ -367,6 +374,15 @@ def run_compare(model, *, config: str = "small", model_config: str = "u280", bat
                 sim_cfg = None
             else:
                 mod_cfg = None
+    if sim_cfg is not None:
+        need = spec.table_bytes(sim_cfg.data_bits // 8)  # a lower bound of the table images
+        if need > sim_memory_bytes:
+            notes.append(f"sim: skipped, {spec.name}'s tables need at least {need / 2**20:,.1f} "
+                         f"MiB on {sim_cfg.name}, more than the sim backend's "
+                         f"{sim_memory_bytes / 2**20:,.1f} MiB of device memory"
+                         + (f"; the accelerator rows are modelled ({mod_cfg.name})"
+                            if mod_cfg is not None else ""))
+            sim_cfg = None
     weights = random_weights(spec, seed=seed)
     inputs = {b: synthetic_batch(spec, b, seed=seed + 2 + b) for b in batches}
     p_float = {b: float_forward(weights, *inputs[b]).astype(np.float64) for b in batches}
@@ -397,7 +413,7 @@ def run_compare(model, *, config: str = "small", model_config: str = "u280", bat
             if extra_batches and len(sim_batches) < 2:
                 sim_batches = sorted(set(sim_batches) | {max(1, sim_max_batch // 2),
                                                          sim_max_batch})
-            with Accelerator.open("sim", sim_cfg) as acc:
+            with Accelerator.open("sim", sim_cfg, memory_bytes=sim_memory_bytes) as acc:
                 acc.load(f"{tmp}/sim")
                 say("simulating the program load (one request)")
                 warm_d, warm_s = synthetic_batch(spec, 1, seed=seed + 1)
@@ -467,6 +483,7 @@ def run_compare(model, *, config: str = "small", model_config: str = "u280", bat
                         "modelled", err, ok and exact, golden_exact=exact, cycles=round(cycles),
                         clock_mhz=mod_cfg.clock_mhz, clock="assumed",
                         method="kernel_batch_cycles; scores from the reference backend")
+        cres = qm = None  # the compiled images (1.4 GB for microrec-small): not needed below
         # -- CPU / GPU frameworks, measured
         plats = _cpu_platforms(weights, spec, want, threads)
         for missing in sorted((want - {"sim", "model"}) - set(plats)):

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import json
 
-from ..bench.compare import format_table, parse_batches, plot_rows, run_compare
+from ..bench.compare import (
+    SIM_MEMORY_BYTES,
+    format_table,
+    parse_batches,
+    plot_rows,
+    run_compare,
+)
 
 __all__ = ["register"]
 
@@ -45,7 +51,9 @@ def register(subparsers):
                         "Runtime (and CUDA) per batch size")
     s.add_argument("model", help="zoo name or .json spec file")
     s.add_argument("--config", default="small",
-                   help="configuration simulated with the sim backend (default small; none: skip)")
+                   help="configuration simulated with the sim backend (default small; none: "
+                        "skip; skipped with a note when the model does not fit it or the sim "
+                        f"backend's {SIM_MEMORY_BYTES >> 20} MiB of device memory)")
     s.add_argument("--model-config", default="u280",
                    help="configuration of the cycle-model rows (default u280; none: skip)")
     s.add_argument("--batches", default="1,2,4,8,16,64,256,1024,4096",
