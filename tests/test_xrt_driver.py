@@ -271,7 +271,9 @@ def test_recfabric_demo_on_the_xrt_backend(monkeypatch, model, capsys):
         warnings.simplefilter("error", DeprecationWarning)
         assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["match"] is True and card.completed == 2  # the model load run and the batch
+    # the model load run with the batch, the batch again, and the batch of 1 for the latency
+    assert out["match"] is True and card.completed == 3
+    assert out["cycles_source"] == "measured"  # a card's counter, not a simulation
     card.hang = True
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()

@@ -239,7 +239,8 @@ def _cmd_demo(args):
     if args.backend != "reference":
         t_us = cycles / config.clock_mhz
         out.update(demo_cycle_figures(args.batch, cycles, load_cycles,
-                                      {n: r.counters["cycles"] for n, r in extra.items()}))
+                                      {n: r.counters["cycles"] for n, r in extra.items()},
+                                      "measured" if args.backend == "xrt" else "simulated"))
         out["batch_time_us"] = round(t_us, 3)
         out["throughput_per_s"] = round(args.batch / (t_us * 1e-6), 1)
         if sim_cycles:
@@ -280,7 +281,8 @@ def _cmd_demo(args):
     return 0 if match else 1
 
 
-def demo_cycle_figures(batch: int, cycles: int, load_cycles: int, by_batch: dict) -> dict:
+def demo_cycle_figures(batch: int, cycles: int, load_cycles: int, by_batch: dict,
+                       source: str = "simulated") -> dict:
     """``demo --json``'s cycle figures (all simulated) from a run of ``batch`` requests taking
     ``cycles`` (``load_cycles`` when it also executed the model program) and runs of other batch
     sizes (``{n: cycles}``, holding 1 and a second size when ``batch`` is 1).
@@ -288,6 +290,8 @@ def demo_cycle_figures(batch: int, cycles: int, load_cycles: int, by_batch: dict
     ``latency_cycles`` is the batch of 1; ``cycles_per_inference`` the steady-state slope
     between the two batch sizes (the run's fixed overhead cancels); ``program_load_cycles`` the
     extra cycles of the first run, which executed the model program before the same requests.
+    ``source`` says where the cycles come from: ``"simulated"`` (sim, verilator) or
+    ``"measured"`` (the kernel's cycle counter on a card, xrt).
     """
     runs = {**by_batch, batch: cycles}
     lo, hi = min(runs), max(runs)
@@ -297,7 +301,7 @@ def demo_cycle_figures(batch: int, cycles: int, load_cycles: int, by_batch: dict
             "cycles_per_inference": round((runs[hi] - runs[lo]) / (hi - lo), 2),
             "cycles_per_inference_batches": [lo, hi],
             "program_load_cycles": load_cycles - cycles,
-            "cycles_source": "simulated"}
+            "cycles_source": source}
 
 
 def _cmd_build(args):
