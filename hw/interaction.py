@@ -52,7 +52,9 @@ __all__ = ["ElementPacker", "DotInteraction", "InteractionDescLayout", "Interact
 FRAC_BASE = 8
 MODE, N, DIM, OUT_FRAC, FLAGS, DIM_WORDS, DIM_LANES, TILES = range(8)
 #: Depth of the output FIFO (elements in flight between the first read and the packer).
-OUT_FIFO_DEPTH = 8
+#: Deep enough that the credit loop (read, MAC, ``REQUANT_LATENCY`` requantizer stages, FIFO
+#: write, pop: ~6 + ``REQUANT_LATENCY`` cycles) never throttles one issue per cycle.
+OUT_FIFO_DEPTH = 16
 
 
 class InteractionMode:
