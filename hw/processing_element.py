@@ -243,12 +243,8 @@ class PackedPEPair(wiring.Component):
         # One memory of weight pairs (one 16-bit word per address: a single RAMB18 in 1K x 18
         # mode), each row's weight written through its byte lane.
         d = self.data_bits
-        m.submodules.weights = mem = Memory(shape=2 * d, depth=self.depth, init=[])
-        wr = mem.write_port(granularity=d)
-        rd = mem.read_port()
-        m.d.comb += [wr.en.eq(self.w_en), wr.addr.eq(self.w_addr), wr.data.eq(self.w_data),
-                     rd.addr.eq(self.addr_in)]
-        w_lo, w_hi = rd.data[:d].as_signed(), rd.data[d:].as_signed()
+        pair = _weight_pair_memory(m, self, self.addr_in)
+        w_lo, w_hi = pair[:d].as_signed(), pair[d:].as_signed()
         m.d.sync += [self.x_out.eq(self.x_in), self.addr_out.eq(self.addr_in),
                      self.ctrl_out.eq(self.ctrl_in), self.valid_out.eq(self.valid_in)]
         # Pre-adder (A:D): the packed weight pair.
@@ -305,10 +301,20 @@ class SharedWeights(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         d = self.data_bits
-        m.submodules.weights = mem = Memory(shape=2 * d, depth=self.depth, init=[])
-        wr = mem.write_port(granularity=d)
-        rd = mem.read_port()
-        m.d.comb += [wr.en.eq(self.w_en), wr.addr.eq(self.w_addr), wr.data.eq(self.w_data),
-                     rd.addr.eq(self.addr_in), self.w_upper.eq(rd.data[:d])]
-        m.d.sync += self.w_lower.eq(rd.data[d:])
+        pair = _weight_pair_memory(m, self, self.addr_in)
+        m.d.comb += self.w_upper.eq(pair[:d])
+        m.d.sync += self.w_lower.eq(pair[d:])
         return m
+
+
+def _weight_pair_memory(m, block, addr):
+    """The weight memory shared by two PEs (:class:`PackedPEPair`, :class:`SharedWeights`):
+    ``2 * data_bits``-bit words, each half written through its byte lane (``block.w_en``,
+    ``w_addr``, ``w_data``), read synchronously at ``addr``; returns the read data."""
+    d = block.data_bits
+    m.submodules.weights = mem = Memory(shape=2 * d, depth=block.depth, init=[])
+    wr = mem.write_port(granularity=d)
+    rd = mem.read_port()
+    m.d.comb += [wr.en.eq(block.w_en), wr.addr.eq(block.w_addr), wr.data.eq(block.w_data),
+                 rd.addr.eq(addr)]
+    return rd.data

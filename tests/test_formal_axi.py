@@ -229,26 +229,12 @@ def test_cli_runs_a_job_and_writes_json(warm, tmp_path, capsys):
         ("control_registers", "bmc", 8, "PASS")
 
 
-# ---- findings: the RecordFetcher's contract does not state what the kernel relies on ---------
+# ---- former findings, now regression checks: the RecordFetcher's relaxed harnesses ----------
+# (a base that is not word-aligned once made it burst across 4 KiB; a ``start`` while ARVALID
+# waited once withdrew ARVALID: both fixed in hw/request_reader.py; the BMC must pass)
 
-def _finding(block, tmp_path, expected_failures):
-    """Run a relaxed harness; raise AssertionError (the xfail) only for the known failure."""
+@needs_tools
+@pytest.mark.parametrize("block", ["record_fetch_any_base", "record_fetch_any_start"])
+def test_relaxed_record_fetch_harnesses_pass(warm, tmp_path, block):
     r = _run(block, "bmc", tmp_path)
-    if r.status == "FAIL":
-        failed = {name for name, _ in r.failed}
-        if not failed & set(expected_failures):
-            raise RuntimeError(f"{block} failed differently than the known finding:\n"
-                               f"{r.summary()}")
-    elif r.status != "PASS":
-        raise RuntimeError(r.summary() + "\n" + r.log[-2000:])
-    assert r.status == "PASS", r.summary()
-
-
-@needs_tools
-def test_finding_record_fetch_unaligned_base(warm, tmp_path):
-    _finding("record_fetch_any_base", tmp_path, ("ar.no_4k_crossing", "ar.max_len"))
-
-
-@needs_tools
-def test_finding_record_fetch_start_while_busy(warm, tmp_path):
-    _finding("record_fetch_any_start", tmp_path, ("ar.valid_stable", "ar.payload_stable"))
+    assert r.status == "PASS", r.summary() + "\n" + r.log[-2000:]
