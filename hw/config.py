@@ -424,6 +424,13 @@ PRESETS = {
     # DSP48E2 (the int16 u50 budget); II 104 (small) / 169 (large), cycle model.
     "u280-int8": _U280.replace(name="u280-int8", data_bits=8, acc_bits=32,
                                mlp_top_shapes=((80, 68), (64, 80), (20, 64), (1, 20))),
+    # MT-WnD (DeepRecSys multi-task Wide & Deep: 1376-1024-512 trunk, three 512-256-128-1 heads
+    # fused into 512-768-384-3) needs five top layers and a 1,376-wide concatenation: the u280
+    # card with five top engines sized for its 2.6M MACs per inference (II 352 against a bound
+    # of 335, cycle model; `u280` itself keeps its four engines, sized for MicroRec). 7,824 top +
+    # 704 bottom MACs + 16 dot lanes = 8,544 of the U280's 9,024 DSP48E2.
+    "u280-mt": _U280.replace(name="u280-mt", max_concat=1376,
+                             mlp_top_shapes=((64, 64), (24, 64), (48, 24), (20, 48), (4, 20))),
     "u50": _U280.replace(name="u50", mlp_top_shapes=((64, 32), (48, 64), (16, 48), (1, 16))),
     "u55c": _U280.replace(name="u55c", channel_bytes=512 << 20),
 }
