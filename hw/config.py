@@ -431,7 +431,14 @@ PRESETS = {
     # 704 bottom MACs + 16 dot lanes = 8,544 of the U280's 9,024 DSP48E2.
     "u280-mt": _U280.replace(name="u280-mt", max_concat=1376,
                              mlp_top_shapes=((64, 64), (24, 64), (48, 24), (20, 48), (4, 20))),
-    "u50": _U280.replace(name="u50", mlp_top_shapes=((64, 32), (48, 64), (16, 48), (1, 16))),
+    # U50: 5,952 DSP48E2. Its top engines (5,904 MACs) keep MicroRec's II (176 small / 448
+    # large, cycle model); with u280's 704-MAC bottom MLP they would need 6,624 slices, so the
+    # u50 has no bottom MLP (5,904 + 16 dot lanes = 5,920): models with one (kaggle, rmc*) do not
+    # run on it, and `recfabric models --config u50` says so. (Shrinking the top engines to
+    # 5,136 MACs instead, (64, 40), (32, 64), (16, 32), (1, 16), would keep the bottom MLP at
+    # microrec-small II 256 instead of 176.)
+    "u50": _U280.replace(name="u50", mlp_top_shapes=((64, 32), (48, 64), (16, 48), (1, 16)),
+                         mlp_bottom_shapes=()),
     "u55c": _U280.replace(name="u55c", channel_bytes=512 << 20),
 }
 
