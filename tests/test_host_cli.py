@@ -121,13 +121,18 @@ def test_models_agrees_with_compile(tmp_path, model, config):
 def test_models_is_truthful_about_the_zoo(capsys):
     runs = {n for n, r in _REPORT.items() if any(v["runs"] for v in r["configs"].values())}
     assert runs == {"tiny", "small", "dlrm-small", "wnd", "kaggle", "microrec-small",
-                    "microrec-large"}
+                    "microrec-large", "mt-wnd", "ncf", "dien"}
     # kaggle (dot interaction, bottom MLP): its 10M-row tables are split by row range where
-    # one channel is too small (u280's 256 MiB), so every U280-class preset runs it
+    # one channel is too small (u280's 256 MiB), so every U280-class preset with a bottom MLP
+    # runs it (the u50's DSP48E2 budget leaves none)
     assert ([c for c, v in _REPORT["kaggle"]["configs"].items() if v["runs"]]
-            == ["u280", "u280-int8", "u50", "u55c"])
-    # mt-wnd's tables fit the same way; its 1,376-wide concatenation and five top layers do not
+            == ["u280", "u280-int8", "u280-mt", "u55c"])
+    assert "bottom MLP of 4 layers" in _REPORT["kaggle"]["configs"]["u50"]["reasons"][0]
+    # mt-wnd's tables fit the same way; its 1,376-wide concatenation and five top layers only
+    # on u280-mt (so do dien's 1,376-wide concatenation and ncf's five layers)
     assert "max_concat" in _REPORT["mt-wnd"]["configs"]["u280"]["reasons"][0]
+    for name in ("mt-wnd", "ncf", "dien"):
+        assert [c for c, v in _REPORT[name]["configs"].items() if v["runs"]] == ["u280-mt"]
     # MicroRec's 10M-row table is split by row range over channels (routed by row)
     assert _REPORT["microrec-small"]["configs"]["u280"]["runs"]
     # DIN's 10M-row behaviour tables are multi-hot: a split bag would be pooled in parts
