@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 
 from amaranth.back import verilog
-from amaranth.hdl import ClockSignal, Elaboratable, Instance, Module, ResetSignal, Value
+from amaranth.hdl import ClockSignal, Elaboratable, Instance, ResetSignal, Value
 from amaranth.lib import wiring
 
 __all__ = ["HierarchicalEmitter", "bind", "fingerprint", "separate"]
@@ -126,9 +126,8 @@ class _Bound(Elaboratable):
         self._module_name, self._component = module_name, component
 
     def elaborate(self, platform):
-        m = Module()
-        m.submodules.block = _instance(self._module_name, self._component)
-        return m
+        # the Instance itself, not a Module holding it: no wrapper module per instance
+        return _instance(self._module_name, self._component)
 
 
 class _Instantiated(wiring.Component):
@@ -141,6 +140,5 @@ class _Instantiated(wiring.Component):
         super().__init__(signature)
 
     def elaborate(self, platform):
-        m = Module()
-        m.submodules.block = _instance(self._module_name, self)
-        return m
+        # the Instance itself, not a Module holding it: no wrapper module per instance
+        return _instance(self._module_name, self)
