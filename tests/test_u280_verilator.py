@@ -77,6 +77,16 @@ def test_verilator_zeroes_a_stripped_memory(tmp_path, monkeypatch):
         assert ("mem[__Vi0] = 0;" in loop) is zero, loop
 
 
+@pytest.mark.parametrize("kw, bad", [({"cxx_opt": "O2"}, "'O2'"), ({"cxx_opt": "-O9"}, "-O9"),
+                                     ({"output_groups": -1}, "-1")])
+def test_bad_build_options_are_refused_by_name(kw, bad):
+    from recfabric.host.runtime.device import DeviceError
+    from recfabric.hw.config import get_preset
+    from recfabric.sim.verilator_device import build_library
+    with pytest.raises(DeviceError, match=bad):
+        build_library(get_preset("tiny"), **kw)
+
+
 def _demo(config: str, batch: int = 64) -> dict:
     cmd = [sys.executable, "-m", "recfabric.host.cli.main", "demo", "--model", "microrec-small",
            "--config", config, "--backend", "verilator", "--batch", str(batch), "--json"]
