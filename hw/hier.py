@@ -1,6 +1,6 @@
 """Hierarchical Verilog emission: each *distinct* block is converted once and instantiated.
 
-A u280 kernel holds 5,904 processing elements of four distinct shapes. Converted flat, Amaranth
+A u280 kernel holds 7,888 processing elements of a few distinct shapes. Converted flat, Amaranth
 elaborates and emits every PE (and its weight memory's initial contents, built bit by bit) once
 per instance: most of ``recfabric build``'s time, memory and Verilog size.
 :class:`HierarchicalEmitter` is passed to :func:`amaranth.back.verilog.convert` as the
