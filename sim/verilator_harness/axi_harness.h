@@ -240,6 +240,9 @@ struct Top {
     virtual void trace_close() = 0;
     virtual bool can_trace() const = 0;
     Sig clk, rst_n;
+    // Registers between the harness's reset and the kernel's (the generated top may register
+    // ap_rst_n): the kernel takes its reset values this many cycles after the first reset edge.
+    int reset_flops = 0;
 };
 
 struct Harness {
@@ -253,6 +256,10 @@ struct Harness {
     uint64_t reset_cycles = 0;
     std::string error;  // first protocol violation; non-empty stops the simulation
     bool tracing = false;
+    // Wall and CPU (this thread) seconds spent inside the C ABI calls that simulate cycles
+    // (rf_reset, rf_step, rf_reg_read/write, rf_run_until_done): with `cycle`, the
+    // simulation's own speed, whatever the caller does between calls.
+    double sim_wall_s = 0.0, sim_cpu_s = 0.0;
 
     void fail(const std::string& msg) { if (error.empty()) error = msg; }
     bool failed() const { return !error.empty(); }
