@@ -31,6 +31,7 @@ Typical use::
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import re
@@ -64,7 +65,24 @@ LIB_NAME = "librfkernel.so"
 # Amaranth's Verilog trips width/unused lint warnings, which are not errors.
 VERILATOR_ARGS = ("--cc", "--exe", "--build", "-O3", "--x-assign", "fast", "--x-initial", "fast",
                   "--noassert", "-Wno-fatal", "-Wno-lint", "-Wno-style", "-Wno-UNOPTFLAT")
-CXX_OPT = "-O2"
+# C++ options of the model and harness (CFLAGS come after Verilator's OPT_FAST, so these win).
+# -march=native: the build is cached per machine and its key holds the CPU that "native"
+# means (native_arch()); measured on `small` (README, "Verilator back-end and soak").
+CXX_OPT = "-O3 -march=native"
+
+@functools.cache
+def native_arch() -> str:
+    """What ``-march=native`` means to the C++ compiler here (e.g. ``znver3``): part of the build
+    key, so a build directory shared between machines never hands one a library built for
+    another CPU."""
+    try:
+        out = subprocess.run(["c++", "-march=native", "-Q", "--help=target"],
+                             capture_output=True, text=True, timeout=60, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    m = re.search(r"^\s*-march=\s+(\S+)", out, re.M)
+    return m.group(1) if m else "unknown"
+
 
 _PORT_RE = re.compile(r"^\s*(input|output)\s+(?:wire\s+|reg\s+)?(?:\[(\d+):0\]\s+)?(\w+)\s*;",
                       re.M)
@@ -273,7 +291,7 @@ def build_library(config: AcceleratorConfig, *, trace: bool = False, jobs: int =
     cflags = f"{CXX_OPT} -fPIC" + (" -DRF_TRACE" if trace else "")
     sources = [(f, (HARNESS_DIR / f).read_text()) for f in HARNESS_FILES]
     key = build_key(verilog, wrapper, glue, *(s for _, s in sources), " ".join(args), cflags,
-                    verilator_identity())
+                    verilator_identity(), native_arch())
 
     def build(folder: Path) -> None:
         (folder / f"{TOP}.v").write_text(verilog)
@@ -283,7 +301,7 @@ def build_library(config: AcceleratorConfig, *, trace: bool = False, jobs: int =
             (folder / name).write_text(text)
         cmd = ["verilator", *args, "--top-module", SIM_TOP, "--Mdir", str(folder / "obj"),
                "-j", str(jobs), "-CFLAGS", f"{cflags} -I{folder}", "-LDFLAGS", "-shared",
-               "-o", str(folder / LIB_NAME), "-MAKEFLAGS", f"OPT_FAST={CXX_OPT}",
+               "-o", str(folder / LIB_NAME), "-MAKEFLAGS", f"OPT_FAST={CXX_OPT.split()[0]}",
                str(folder / f"{SIM_TOP}.v"), str(folder / f"{TOP}.v"),
                str(folder / "axi_harness.cpp"),
                str(folder / "kernel_ports.cpp")]

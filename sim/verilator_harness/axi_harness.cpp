@@ -340,11 +340,12 @@ void WriteSlave::commit() {
 
 void Harness::step() {
     if (failed()) return;
-    if (in_reset) {
+    const bool idle = in_reset || release_cycles > 0;
+    if (idle) {
         for (auto& p : ports) p->drive_idle();
         lite.awvalid.set(0); lite.wvalid.set(0); lite.bready.set(0);
         lite.arvalid.set(0); lite.rready.set(0);
-        top->rst_n.set(0);
+        top->rst_n.set(in_reset ? 0 : 1);
     } else {
         for (auto& p : ports) p->drive();
         lite.awvalid.set(l_aw); lite.awaddr.set(l_addr);
@@ -361,6 +362,10 @@ void Harness::step() {
         // (AXI4 spec A3.1.2).
         if (reset_cycles++ > uint64_t(top->reset_flops))
             for (auto& p : ports) p->check_reset();
+    } else if (release_cycles > 0) {
+        // The kernel is still in reset: no handshakes, and its VALIDs must stay low.
+        --release_cycles;
+        for (auto& p : ports) p->check_reset();
     } else {
         for (auto& p : ports) p->sample();
         l_aw_fire = l_aw && lite.awready.get();
@@ -383,7 +388,7 @@ void Harness::step() {
     top->eval();
     if (tracing) top->trace_dump(2 * cycle + 1);
     top->clk.set(0);
-    if (!in_reset) {
+    if (!idle) {
         for (auto& p : ports) p->commit();
         if (l_aw_fire) l_aw = false;
         if (l_w_fire) l_w = false;
@@ -523,6 +528,8 @@ int rf_reset(void* hp, uint32_t cycles) {
     const uint32_t least = 2 + uint32_t(h->top->reset_flops);
     for (uint32_t i = 0; i < std::max<uint32_t>(cycles, least); ++i) h->step();
     h->in_reset = false;
+    h->release_cycles = uint64_t(h->top->reset_flops);
+    for (int i = 0; i < h->top->reset_flops; ++i) h->step();
     return status(h);
 }
 

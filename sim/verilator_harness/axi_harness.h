@@ -254,6 +254,9 @@ struct Harness {
     uint64_t cycle = 0;
     bool in_reset = false;
     uint64_t reset_cycles = 0;
+    // Cycles after ap_rst_n rises in which the harness still keeps every channel idle: the
+    // kernel leaves reset top->reset_flops cycles later (a slave in reset may show READY).
+    uint64_t release_cycles = 0;
     std::string error;  // first protocol violation; non-empty stops the simulation
     bool tracing = false;
     // Wall and CPU (this thread) seconds spent inside the C ABI calls that simulate cycles
