@@ -208,3 +208,15 @@ def test_int8_model_with_fewer_layers_than_engines_compiles(tmp_path):
                      dense=2, top_mlp=(1,))
     with pytest.raises(CompileError, match="identity layer"):
         compile_model(wide, random_weights(wide, 0), cfg, tmp_path / "wide", calib_batch=64)
+
+
+def test_kernel_formats_built_once_per_config():
+    """`recfabric soak` compiles hundreds of models: the kernel asked for its formats is built
+    once per configuration, and what it hands out cannot be changed by a caller."""
+    small = get_preset("small")
+    fm = _kernel_formats(small)
+    assert _kernel_formats(get_preset("small")) is fm  # an equal config hits the cache
+    assert _kernel_formats(small.replace(name="small-int8", data_bits=8, acc_bits=32)) is not fm
+    kw = fm.pipeline.engine_kwargs()
+    kw[0]["rows"] = -1
+    assert fm.pipeline.engine_kwargs()[0]["rows"] != -1

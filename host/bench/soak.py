@@ -126,13 +126,20 @@ class SoakReport:
     axi_errors_injected: int = 0
     resets: int = 0
     cycles: int = 0  # kernel cycles (the status block's counter) of the runs that finished
-    run_wall_seconds: float = 0.0  # wall time inside those runs
-    cycles_per_second: float = 0.0  # cycles / run_wall_seconds
-    # CPU time of this process in the driver calls of those runs (staging the buffers, the
-    # simulation, reading the results back): on a shared machine the comparable speed figure.
+    # Every clock cycle the Verilator harness simulated during the soak: the runs, program
+    # loads, register accesses and polling, resets, the cycles before a reset mid-batch.
+    simulated_cycles: int = 0
+    # Wall / CPU seconds spent inside the harness's simulating calls (VerilatorDevice
+    # .sim_seconds: resets, steps, register accesses, waits for ap_done; timed in C++). The
+    # host's Python work between them (compiles, golden model, packing) is not in them.
+    run_wall_seconds: float = 0.0
     run_cpu_seconds: float = 0.0
-    cpu_cycles_per_second: float = 0.0  # cycles / run_cpu_seconds
+    cycles_per_second: float = 0.0  # simulated_cycles / run_wall_seconds
+    cpu_cycles_per_second: float = 0.0  # simulated_cycles / run_cpu_seconds
+    compile_seconds: float = 0.0  # wall time of compile_model + load_compiled
+    golden_seconds: float = 0.0  # wall time of the golden model (golden_from_images)
     wall_seconds: float = 0.0  # everything, compiles included
+    cpu_seconds: float = 0.0  # CPU time of this process over the whole soak
     failures: dict = field(default_factory=lambda: {c: 0 for c in CHECKS})
     mismatches_by_scenario: dict = field(default_factory=lambda: {s: 0 for s in SCENARIOS})
     examples: list = field(default_factory=list)  # first failures of each check
@@ -209,7 +216,7 @@ def soak(config: str | AcceleratorConfig = "small", *, minutes: float | None = N
     cfg = soak_config(config)
     rng = np.random.default_rng(seed)
     rep = SoakReport(config=cfg.name, seed=seed)
-    t_start = time.perf_counter()
+    t_start, c_start = time.perf_counter(), time.process_time()
     deadline = t_start + 60 * minutes if minutes is not None else math.inf
     target = inferences if inferences is not None else math.inf
     tmp = tempfile.TemporaryDirectory(prefix="recfabric-soak-") if workdir is None else None
@@ -217,6 +224,7 @@ def soak(config: str | AcceleratorConfig = "small", *, minutes: float | None = N
     dev = open_device("verilator", cfg, p_stall=p_stall, seed=seed, max_cycles=max_cycles,
                       mem_latency=int(rng.integers(8, 80)))
     acc = Accelerator(dev)
+    cycle0, (sim_wall0, sim_cpu0) = dev.cycle, dev.sim_seconds
     prev_dense = None
     try:
         while rep.inferences < target and time.perf_counter() < deadline:
@@ -224,9 +232,11 @@ def soak(config: str | AcceleratorConfig = "small", *, minutes: float | None = N
                                allow_no_dense)
             d = root / spec.name
             try:
+                t0 = time.perf_counter()
                 compile_model(spec, random_weights(spec, seed=int(rng.integers(1 << 30))), cfg,
                               d, seed=int(rng.integers(1 << 30)), calib_batch=256)
                 cm = load_compiled(d)
+                rep.compile_seconds += time.perf_counter() - t0
                 acc.load(cm)  # a model switch without reset
             except (CompileError, ValueError) as e:
                 rep.models_refused += 1
@@ -247,12 +257,18 @@ def soak(config: str | AcceleratorConfig = "small", *, minutes: float | None = N
                 if progress:
                     progress(rep)
     finally:
+        rep.simulated_cycles = dev.cycle - cycle0
+        sim_wall, sim_cpu = dev.sim_seconds
+        rep.run_wall_seconds, rep.run_cpu_seconds = sim_wall - sim_wall0, sim_cpu - sim_cpu0
         acc.close()
         if tmp is not None:
             tmp.cleanup()
     rep.wall_seconds = time.perf_counter() - t_start
-    rep.cycles_per_second = rep.cycles / rep.run_wall_seconds if rep.run_wall_seconds else 0.0
-    rep.cpu_cycles_per_second = rep.cycles / rep.run_cpu_seconds if rep.run_cpu_seconds else 0.0
+    rep.cpu_seconds = time.process_time() - c_start
+    if rep.run_wall_seconds:
+        rep.cycles_per_second = rep.simulated_cycles / rep.run_wall_seconds
+    if rep.run_cpu_seconds:
+        rep.cpu_cycles_per_second = rep.simulated_cycles / rep.run_cpu_seconds
     return rep
 
 
@@ -277,7 +293,9 @@ def _one_run(acc, dev, cm, spec, cfg, rng, rep, scenario, max_batch, p_bad, p_ax
     """One run of a random kind; returns the scenario of the next run."""
     batch = int(rng.integers(1, max_batch + 1))
     dense, sparse = _batch(spec, cm, rng, batch)
+    t0 = time.perf_counter()
     want = golden_from_images(cm, dense, sparse).scores
+    rep.golden_seconds += time.perf_counter() - t0
     layout = acc.layout
     u = rng.random()
     label = {"model": spec.shape_string(), "run": dev.runs + 1, "batch": batch,
@@ -304,14 +322,11 @@ def _one_run(acc, dev, cm, spec, cfg, rng, rep, scenario, max_batch, p_bad, p_ax
         dev.configure_port(port, p_error=float(rng.uniform(0.05, 0.5)))
         req = pack_requests(layout, dense, sparse)
         try:
-            c0 = time.process_time()
             counters = acc.run_raw(req, timeout=timeout).counters
-            rep.run_cpu_seconds += time.process_time() - c0
             rep.runs += 1
             injected = dev.port_stats()[port]["errors_injected"] - before
             rep.axi_errors_injected += injected
             rep.cycles += counters["cycles"]
-            rep.run_wall_seconds += dev.wall_seconds
             if injected and not counters["errors"] & ERROR_AXI:
                 rep.fail("axi_flag", **label, port=port, injected=injected,
                          errors=counters["errors"])
@@ -327,9 +342,7 @@ def _one_run(acc, dev, cm, spec, cfg, rng, rep, scenario, max_batch, p_bad, p_ax
         bad = _corrupt(req, layout, spec, rng, batch)
         rep.bad_records += len(bad)
         try:
-            c0 = time.process_time()
             r = acc.run_raw(bytes(req), timeout=timeout)
-            rep.run_cpu_seconds += time.process_time() - c0
             scores, status, counters = r.scores, r.status, r.counters
         except DeviceError as e:
             rep.fail("hang", **label, bad=bad, error=str(e))
@@ -337,7 +350,6 @@ def _one_run(acc, dev, cm, spec, cfg, rng, rep, scenario, max_batch, p_bad, p_ax
             return "after_reset"
         rep.runs += 1
         rep.cycles += counters["cycles"]
-        rep.run_wall_seconds += dev.wall_seconds
         _check_good(rep, label, want, scores, status, counters, batch, skip=set(bad))
         kinds = set(bad.values())
         errors = counters["errors"]
@@ -361,9 +373,7 @@ def _one_run(acc, dev, cm, spec, cfg, rng, rep, scenario, max_batch, p_bad, p_ax
 
     # A good batch through the production driver path (Accelerator.infer).
     try:
-        c0 = time.process_time()
         r = acc.infer(dense, sparse, fixed_point=True, timeout=timeout)
-        rep.run_cpu_seconds += time.process_time() - c0
         counters, scores, status = r.counters, r.scores, r.status
     except KernelError:
         counters = acc.counters()
@@ -378,7 +388,6 @@ def _one_run(acc, dev, cm, spec, cfg, rng, rep, scenario, max_batch, p_bad, p_ax
         return "after_reset"
     rep.runs += 1
     rep.cycles += counters["cycles"]
-    rep.run_wall_seconds += dev.wall_seconds
     _check_good(rep, label, want, scores, status, counters, batch, skip=set())
     return "steady"
 
@@ -409,10 +418,12 @@ def format_report(rep: SoakReport) -> str:
         f"{rep.bad_records} bad records, {rep.axi_errors_injected} AXI errors injected, "
         f"{rep.resets} resets",
         f"mismatches {rep.mismatches}, hangs {rep.hangs}, flag errors {rep.flag_errors}",
-        f"simulated {rep.cycles} kernel cycles in {rep.run_wall_seconds:.1f} s of runs "
-        f"({rep.run_cpu_seconds:.1f} s CPU, {rep.cpu_cycles_per_second:,.0f} cycles/s CPU): "
-        f"{rep.cycles_per_second:,.0f} cycles/s (Verilator; kernel cycle counter / wall time "
-        f"of the runs); {rep.wall_seconds:.1f} s in all",
+        f"simulated {rep.simulated_cycles} cycles ({rep.cycles} of them counted by the kernel "
+        f"in its runs) in {rep.run_wall_seconds:.1f} s wall / {rep.run_cpu_seconds:.1f} s CPU "
+        f"inside the Verilator harness: {rep.cycles_per_second:,.0f} cycles/s wall, "
+        f"{rep.cpu_cycles_per_second:,.0f} cycles/s CPU",
+        f"host: compiles {rep.compile_seconds:.1f} s, golden model {rep.golden_seconds:.1f} s; "
+        f"{rep.wall_seconds:.1f} s wall, {rep.cpu_seconds:.1f} s CPU in all",
     ]
     failing = {k: v for k, v in rep.failures.items() if v}
     if failing:
@@ -439,8 +450,8 @@ def _cmd_soak(args) -> int:
         last[0] = rep.runs
         print(f"[recfabric] soak: {time.perf_counter() - t0:.0f} s, {rep.runs} runs, "
               f"{rep.inferences} inferences, {rep.models} models, {rep.mismatches} mismatches, "
-              f"{rep.hangs} hangs, {rep.flag_errors} flag errors, {rep.cycles} cycles in "
-              f"{rep.run_wall_seconds:.0f} s of runs", file=sys.stderr, flush=True)
+              f"{rep.hangs} hangs, {rep.flag_errors} flag errors, {rep.cycles} kernel cycles",
+              file=sys.stderr, flush=True)
 
     rep = soak(args.config, minutes=args.minutes, inferences=args.inferences, seed=args.seed,
                p_stall=args.p_stall, max_batch=args.max_batch,

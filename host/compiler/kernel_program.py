@@ -56,6 +56,7 @@ Mapping decisions, and why:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -307,12 +308,16 @@ def write_program(directory, program: KernelProgramImage) -> list:
 
 # ---- building (the compile step; encodes with the kernel's Amaranth payload layouts) ----------
 
+@functools.lru_cache(maxsize=16)
 def _kernel_formats(config):
     """The kernel's program sinks' payload layouts and geometry, for ``config``.
 
     Constructs (never elaborates) a kernel with :func:`~recfabric.hw.kernel.kernel_for_formats`
     to ask its blocks: 0.03 s for ``tiny``, 0.24 s for ``u280`` (measured), and it stays exactly
     what the hardware decodes. Such a kernel warns about nothing when it is dropped.
+    Cached per configuration (a frozen, hashable dataclass: equal configurations build equal
+    kernels), so a process that compiles many models (``recfabric soak``) builds it once; the
+    result is read-only (``engine_kwargs()`` hands out fresh copies).
     """
     from types import SimpleNamespace  # noqa: PLC0415
 
@@ -331,7 +336,8 @@ def _kernel_formats(config):
         bkw = k.bottom.engine_kwargs()
         bottom = SimpleNamespace(load=shape(k.bottom.i_load), engines=len(bkw),
                                  block_sel=k.bottom.block_sel,
-                                 pipeline=SimpleNamespace(engine_kwargs=lambda: bkw,
+                                 pipeline=SimpleNamespace(engine_kwargs=lambda: [
+                                     dict(e) for e in bkw],
                                                           data_bits=k.bottom.data_bits))
     interact = None
     if k.interact is not None:
@@ -352,7 +358,8 @@ def _kernel_formats(config):
         onchip_word_bits=[t.word_bits for t in k.onchip],
         concat_stage=SimpleNamespace(max_slots=c.max_slots, max_concat=c.max_concat,
                                      max_dim=c.max_dim, max_dense=c.max_dense, lanes=c.lanes),
-        pipeline=SimpleNamespace(engine_kwargs=lambda: kw, data_bits=mlp.data_bits))
+        pipeline=SimpleNamespace(engine_kwargs=lambda: [dict(e) for e in kw],
+                                 data_bits=mlp.data_bits))
 
 
 _WHOLE = object()  # key of a nested layout's own (offset, width) in FieldEncoder leaves

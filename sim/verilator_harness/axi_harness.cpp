@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <ctime>
 
 namespace rf {
 
@@ -339,11 +340,12 @@ void WriteSlave::commit() {
 
 void Harness::step() {
     if (failed()) return;
-    if (in_reset) {
+    const bool idle = in_reset || release_cycles > 0;
+    if (idle) {
         for (auto& p : ports) p->drive_idle();
         lite.awvalid.set(0); lite.wvalid.set(0); lite.bready.set(0);
         lite.arvalid.set(0); lite.rready.set(0);
-        top->rst_n.set(0);
+        top->rst_n.set(in_reset ? 0 : 1);
     } else {
         for (auto& p : ports) p->drive();
         lite.awvalid.set(l_aw); lite.awaddr.set(l_addr);
@@ -355,10 +357,15 @@ void Harness::step() {
     }
     top->eval();
     if (in_reset) {
-        // Registers take their reset values at the first reset edge; from then on every
-        // master must keep its VALIDs low (AXI4 spec A3.1.2).
-        if (reset_cycles++ > 0)
+        // Registers take their reset values at the first reset edge the kernel sees (delayed
+        // by the top's reset registers); from then on every master must keep its VALIDs low
+        // (AXI4 spec A3.1.2).
+        if (reset_cycles++ > uint64_t(top->reset_flops))
             for (auto& p : ports) p->check_reset();
+    } else if (release_cycles > 0) {
+        // The kernel is still in reset: no handshakes, and its VALIDs must stay low.
+        --release_cycles;
+        for (auto& p : ports) p->check_reset();
     } else {
         for (auto& p : ports) p->sample();
         l_aw_fire = l_aw && lite.awready.get();
@@ -381,7 +388,7 @@ void Harness::step() {
     top->eval();
     if (tracing) top->trace_dump(2 * cycle + 1);
     top->clk.set(0);
-    if (!in_reset) {
+    if (!idle) {
         for (auto& p : ports) p->commit();
         if (l_aw_fire) l_aw = false;
         if (l_w_fire) l_w = false;
@@ -405,6 +412,30 @@ namespace {
 
 int status(Harness* h) { return h->failed() ? -1 : 0; }
 
+double thread_cpu_seconds() {
+    timespec ts{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+}
+
+// Adds the wall and CPU time of one C ABI call that simulates to the harness's totals.
+struct SimTimer {
+    Harness* h;
+    std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
+    double c0 = thread_cpu_seconds();
+    explicit SimTimer(Harness* hp) : h(hp) {}
+    ~SimTimer() {
+        h->sim_wall_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+                             .count();
+        h->sim_cpu_s += thread_cpu_seconds() - c0;
+    }
+};
+
+int step_n(Harness* h, uint64_t cycles) {
+    for (uint64_t i = 0; i < cycles && !h->failed(); ++i) h->step();
+    return status(h);
+}
+
 int lite_wait(Harness* h, uint64_t budget, bool* pending) {
     uint64_t start = h->cycle;
     while (*pending) {
@@ -414,6 +445,15 @@ int lite_wait(Harness* h, uint64_t budget, bool* pending) {
     }
     if (h->failed()) return -1;
     return h->l_resp & 2 ? 3 : 0;
+}
+
+int reg_read(Harness* h, uint32_t addr, uint32_t* value, uint64_t budget) {
+    h->l_addr = addr; h->l_resp = 0;
+    h->l_ar = h->l_r = true;
+    int rc = lite_wait(h, budget, &h->l_r);
+    if (rc == 1) h->l_ar = h->l_r = false;
+    *value = uint32_t(h->l_rdata);
+    return rc;
 }
 
 }  // namespace
@@ -479,25 +519,30 @@ void rf_clear_stats(void* hp) {
 // memory contents stay. Clears a recorded protocol violation.
 int rf_reset(void* hp, uint32_t cycles) {
     auto* h = static_cast<Harness*>(hp);
+    SimTimer timer(h);
     h->error.clear();
     for (auto& p : h->ports) p->clear();
     h->l_aw = h->l_w = h->l_b = h->l_ar = h->l_r = false;
     h->in_reset = true;
     h->reset_cycles = 0;
-    for (uint32_t i = 0; i < std::max<uint32_t>(cycles, 2); ++i) h->step();
+    const uint32_t least = 2 + uint32_t(h->top->reset_flops);
+    for (uint32_t i = 0; i < std::max<uint32_t>(cycles, least); ++i) h->step();
     h->in_reset = false;
+    h->release_cycles = uint64_t(h->top->reset_flops);
+    for (int i = 0; i < h->top->reset_flops; ++i) h->step();
     return status(h);
 }
 
 int rf_step(void* hp, uint64_t cycles) {
     auto* h = static_cast<Harness*>(hp);
-    for (uint64_t i = 0; i < cycles && !h->failed(); ++i) h->step();
-    return status(h);
+    SimTimer timer(h);
+    return step_n(h, cycles);
 }
 
 int rf_reg_write(void* hp, uint32_t addr, uint32_t value, uint64_t budget) {
     auto* h = static_cast<Harness*>(hp);
     if (h->failed()) return -1;
+    SimTimer timer(h);
     h->l_addr = addr; h->l_wdata = value; h->l_resp = 0;
     h->l_aw = h->l_w = h->l_b = true;
     int rc = lite_wait(h, budget, &h->l_b);
@@ -508,12 +553,8 @@ int rf_reg_write(void* hp, uint32_t addr, uint32_t value, uint64_t budget) {
 int rf_reg_read(void* hp, uint32_t addr, uint32_t* value, uint64_t budget) {
     auto* h = static_cast<Harness*>(hp);
     if (h->failed()) return -1;
-    h->l_addr = addr; h->l_resp = 0;
-    h->l_ar = h->l_r = true;
-    int rc = lite_wait(h, budget, &h->l_r);
-    if (rc == 1) h->l_ar = h->l_r = false;
-    *value = uint32_t(h->l_rdata);
-    return rc;
+    SimTimer timer(h);
+    return reg_read(h, addr, value, budget);
 }
 
 // Poll the control register (as a host does) every `poll` cycles until ap_done; *cycles gets
@@ -521,22 +562,30 @@ int rf_reg_read(void* hp, uint32_t addr, uint32_t* value, uint64_t budget) {
 int rf_run_until_done(void* hp, uint64_t max_cycles, double timeout_s, uint32_t poll,
                       uint64_t* cycles) {
     auto* h = static_cast<Harness*>(hp);
+    SimTimer timer(h);
     const uint64_t start = h->cycle;
     const auto t0 = std::chrono::steady_clock::now();
     int rc = 0;
     for (;;) {
         uint32_t ctrl = 0;
-        rc = rf_reg_read(hp, 0x00, &ctrl, 1000);
+        rc = h->failed() ? -1 : reg_read(h, 0x00, &ctrl, 1000);
         if (rc != 0) break;
         if (ctrl & 0x2) break;
         if (h->cycle - start > max_cycles) { rc = 1; break; }
         std::chrono::duration<double> dt = std::chrono::steady_clock::now() - t0;
         if (dt.count() > timeout_s) { rc = 2; break; }
-        rc = rf_step(hp, poll);
+        rc = step_n(h, poll);
         if (rc != 0) break;
     }
     *cycles = h->cycle - start;
     return rc;
+}
+
+// Wall and CPU seconds spent simulating so far (see Harness::sim_wall_s).
+void rf_sim_time(void* hp, double* wall, double* cpu) {
+    auto* h = static_cast<Harness*>(hp);
+    *wall = h->sim_wall_s;
+    *cpu = h->sim_cpu_s;
 }
 
 int rf_mem_write(void* hp, uint64_t addr, const uint8_t* data, uint64_t n) {

@@ -240,6 +240,9 @@ struct Top {
     virtual void trace_close() = 0;
     virtual bool can_trace() const = 0;
     Sig clk, rst_n;
+    // Registers between the harness's reset and the kernel's (the generated top may register
+    // ap_rst_n): the kernel takes its reset values this many cycles after the first reset edge.
+    int reset_flops = 0;
 };
 
 struct Harness {
@@ -251,8 +254,15 @@ struct Harness {
     uint64_t cycle = 0;
     bool in_reset = false;
     uint64_t reset_cycles = 0;
+    // Cycles after ap_rst_n rises in which the harness still keeps every channel idle: the
+    // kernel leaves reset top->reset_flops cycles later (a slave in reset may show READY).
+    uint64_t release_cycles = 0;
     std::string error;  // first protocol violation; non-empty stops the simulation
     bool tracing = false;
+    // Wall and CPU (this thread) seconds spent inside the C ABI calls that simulate cycles
+    // (rf_reset, rf_step, rf_reg_read/write, rf_run_until_done): with `cycle`, the
+    // simulation's own speed, whatever the caller does between calls.
+    double sim_wall_s = 0.0, sim_cpu_s = 0.0;
 
     void fail(const std::string& msg) { if (error.empty()) error = msg; }
     bool failed() const { return !error.empty(); }
