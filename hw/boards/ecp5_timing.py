@@ -372,8 +372,7 @@ def format_timing(r: dict) -> str:
         lines.append("per clock: " + ", ".join(f"{k} {v:.1f} MHz" for k, v in per_clock.items()))
     lines.append(f"{'resource':<16} {'used':>8} {'available':>10} {'%':>6}")
     rows = dict(sorted(r["utilization"].items()))
-    for k, v in (r.get("lut4") or {}).items():
-        rows[f"{k} (LUT4)" if "LUT" in k else k] = v
+    rows.update(r.get("lut4") or {})  # nextpnr's LUT4 / DFF counts before packing
     for k, v in rows.items():
         pct = 100.0 * v["used"] / v["available"] if v["available"] else 0.0
         lines.append(f"{k:<16} {v['used']:>8,} {v['available']:>10,} {pct:>5.1f}%")
