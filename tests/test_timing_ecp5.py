@@ -14,6 +14,10 @@ from recfabric.hw.boards import ecp5_timing
 from recfabric.hw.config import get_preset
 
 _LOG = """\
+Info: Device utilisation:
+Info: \t          TRELLIS_IO:       0/    365     0%
+Info: \t              DP16KD:      98/    208    47%
+Info: \t        TRELLIS_COMB:   46985/  83640    56%
 Info: Logic utilisation before packing:
 Info:     Total LUT4s:     45247/83640    54%
 Info:         logic LUTs:  30727/83640    36%
@@ -44,6 +48,9 @@ def test_lut4_counts_and_router_progress_come_from_the_log():
     # the routed figure is the last one, not the placement estimate before it
     assert ecp5_timing._fmax_from_log(_LOG) == {"ap_clk": {"achieved": 21.07}}
     assert ecp5_timing._routing_progress("Info: Routing..\n") == []
+    assert ecp5_timing._util_from_log(_LOG) == {"DP16KD": {"used": 98, "available": 208},
+                                                "TRELLIS_COMB": {"used": 46985,
+                                                                 "available": 83640}}
 
 
 def test_critical_path_names_the_blocks_it_runs_through():
@@ -137,3 +144,38 @@ def test_text_report_carries_lut4_counts_router_and_blocks():
     assert "through blocks: k.parser -> k.disp" in text
     assert "router: 3 iterations, overused wires 90,210 -> 41,002 -> 0" in text
     assert "synth_reused" not in text and "pnr 3000 s" in text
+
+
+def test_unfinished_route_says_how_far_it_got_and_synthesis_is_reused(tmp_path, monkeypatch):
+    """nextpnr stopped mid-route (timeout): timing.json keeps the placement's utilisation and
+    the router's overuse curve; a second run with the same Verilog does not re-synthesize."""
+    calls = []
+
+    def fake_run(step, cmd, cwd, log, timeout):
+        calls.append(step)
+        if step.startswith("yosys"):
+            (cwd / "design.json").write_text("{}")
+            (cwd / "yosys.log").write_text("End of script. Logfile hash: 0, time: 1s, "
+                                           "user: 12.5s, system: 0.1s\n")
+            return
+        (cwd / "nextpnr.log").write_text(_LOG.replace("iter=3 wires=533000 overused=0",
+                                                      "iter=3 wires=533000 overused=977"))
+        raise ecp5_timing.TimingError(f"nextpnr-ecp5 did not finish in {timeout:.0f} s")
+
+    monkeypatch.setattr(ecp5_timing, "_run", fake_run)
+    monkeypatch.setattr(ecp5_timing, "_tool", lambda name: name)
+    monkeypatch.setattr(ecp5_timing, "block_verilog",
+                        lambda config, block: ("module m; endmodule\n", "m"))
+    cfg = get_preset("small")
+    for _ in range(2):
+        with pytest.raises(ecp5_timing.TimingError,
+                           match="router got to iteration 3 with 977 overused wires"):
+            ecp5_timing.run_timing(cfg, workdir=tmp_path, timeout=5)
+    assert calls == ["yosys synth_ecp5", "nextpnr-ecp5", "nextpnr-ecp5"]
+    r = json.loads((tmp_path / "timing.json").read_text())
+    assert r["finished"] is False and r["routed"] is False and r["router"] == "router2"
+    assert r["utilization"]["DP16KD"]["used"] == 98
+    assert r["placement_fmax_mhz"] == {"ap_clk": 21.07}
+    assert [c["overused"] for c in r["routing"]] == [90210, 41002, 977]
+    assert r["seconds"]["synth_reused"] is True and r["seconds"]["synth_yosys_cpu"] == 12.5
+    assert "--router router2" in r["commands"][-1]

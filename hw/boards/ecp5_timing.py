@@ -213,13 +213,26 @@ def run_timing(config, *, block: str = "kernel", board: str = "ulx3s-85f", route
     try:
         _run("nextpnr-ecp5", pnr, wd, "nextpnr.stdout", timeout)
     except TimingError as e:
+        seconds["pnr"] = round(time.perf_counter() - t0, 1)
         log = wd / "nextpnr.log"
-        curve = _routing_progress(log.read_text()) if log.exists() else []
-        if curve:
-            last = curve[-1]
-            raise TimingError(f"{e}; the router got to iteration {last['iter']} with "
-                              f"{last['overused']:,} overused wires") from None
-        raise
+        text = log.read_text(errors="replace") if log.exists() else ""
+        # what nextpnr got to before it stopped: timing.json says how far, marked unfinished
+        partial = {"config": config.name, "block": block, "board": board,
+                   "device": part["device"], "package": part["package"],
+                   "speed": part["speed"], "finished": False, "error": str(e),
+                   "routed": False, "router": router if route else None,
+                   "placement_fmax_mhz": {k: v["achieved"]
+                                          for k, v in _fmax_from_log(text).items()},
+                   "target_mhz": target, "utilization": _util_from_log(text),
+                   "lut4": _lut4_from_log(text), "routing": _routing_progress(text),
+                   "tools": _tool_versions(), "commit": _commit(),
+                   "seconds": {**seconds, "synth_reused": reused}, "workdir": str(wd),
+                   "commands": commands}
+        (wd / "timing.json").write_text(json.dumps(partial, indent=1) + "\n")
+        curve = partial["routing"]
+        got = (f"; the router got to iteration {curve[-1]['iter']} with "
+               f"{curve[-1]['overused']:,} overused wires" if curve else "")
+        raise TimingError(f"{e}{got}; how far it got: {wd / 'timing.json'}") from None
     seconds["pnr"] = round(time.perf_counter() - t0, 1)
     log_text = (wd / "nextpnr.log").read_text()
 
@@ -233,7 +246,8 @@ def run_timing(config, *, block: str = "kernel", board: str = "ulx3s-85f", route
             for k, v in rep.get("utilization", {}).items() if v["used"]}
     crit = _critical_path(rep, clk_name)
     out = {"config": config.name, "block": block, "board": board, "device": part["device"],
-           "package": part["package"], "speed": part["speed"], "routed": route,
+           "package": part["package"], "speed": part["speed"], "finished": True,
+           "routed": route,
            "router": router if route else None,
            "fmax_mhz": round(float(clk["achieved"]), 2), "target_mhz": target,
            "clock": clk_name,
@@ -305,6 +319,16 @@ def _lut4_from_log(text: str) -> dict:
     for m in re.finditer(r"(Total LUT4s|logic LUTs|carry LUTs|RAM LUTs|RAMW LUTs|Total DFFs):"
                          r"\s+(\d+)/\s*(\d+)", text):
         out[m.group(1)] = {"used": int(m.group(2)), "available": int(m.group(3))}
+    return out
+
+
+def _util_from_log(text: str) -> dict:
+    """nextpnr's "Device utilisation" lines, nonzero only: ``{bel: {"used", "available"}}``."""
+    import re
+    out = {}
+    for m in re.finditer(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", text, re.M):
+        if int(m.group(2)):
+            out[m.group(1)] = {"used": int(m.group(2)), "available": int(m.group(3))}
     return out
 
 
