@@ -115,9 +115,11 @@ def test_small_lookup_unit_placement_estimate(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_small_kernel_places_and_routes_on_ecp5(tmp_path, capsys):
-    """The whole `small` kernel on the LFE5U-85F with router2 (about an hour on one core)."""
+    """The whole `small` kernel on the LFE5U-85F with router2. Synthesis alone is ~17 min of
+    CPU and placement ~25 min on a free core; not yet seen to finish on the shared 2-core
+    machine (README, Timing evidence), hence the 4-hour limit per tool."""
     assert main(["report", "timing", "--config", "small", "--block", "kernel", "--json",
-                 "-o", str(tmp_path)]) == 0
+                 "--timeout", "14400", "-o", str(tmp_path)]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["routed"] and r["clock"] == "ap_clk" and r["routing"][-1]["overused"] == 0
     assert 5 < r["fmax_mhz"] < 500
