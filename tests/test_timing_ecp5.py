@@ -26,6 +26,10 @@ Info:           RAM LUTs:   3756/10455    35%
 Info:          RAMW LUTs:   1878/20910     8%
 
 Info:      Total DFFs:     22323/83640    26%
+Info:     at iteration #16, type ALL: wirelen solved = 270490, spread = 462208, legal = 489935
+Info: HeAP Placer Time: 394.25s
+Info:   at iteration #44: temp = 0.000000, timing cost = 4885, wirelen = 404427
+Info: SA placement time 1076.45s
 Info: Max frequency for clock 'ap_clk': 18.65 MHz (FAIL at 250.00 MHz)
 Info: Running main router loop...
 Info:     iter=1 wires=512000 overused=90210 overuse=120433 archfail=NA
@@ -48,6 +52,10 @@ def test_lut4_counts_and_router_progress_come_from_the_log():
     # the routed figure is the last one, not the placement estimate before it
     assert ecp5_timing._fmax_from_log(_LOG) == {"ap_clk": {"achieved": 21.07}}
     assert ecp5_timing._routing_progress("Info: Routing..\n") == []
+    assert ecp5_timing._placement_progress(_LOG) == {"heap_s": 394.25, "heap_iterations": 16,
+                                                     "refine_iterations": 44,
+                                                     "refine_s": 1076.45}
+    assert ecp5_timing._placement_progress("Info: Packing LUTs...\n")["heap_s"] is None
     assert ecp5_timing._util_from_log(_LOG) == {"DP16KD": {"used": 98, "available": 208},
                                                 "TRELLIS_COMB": {"used": 46985,
                                                                  "available": 83640}}

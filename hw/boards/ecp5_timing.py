@@ -224,7 +224,8 @@ def run_timing(config, *, block: str = "kernel", board: str = "ulx3s-85f", route
                    "placement_fmax_mhz": {k: v["achieved"]
                                           for k, v in _fmax_from_log(text).items()},
                    "target_mhz": target, "utilization": _util_from_log(text),
-                   "lut4": _lut4_from_log(text), "routing": _routing_progress(text),
+                   "lut4": _lut4_from_log(text), "placement": _placement_progress(text),
+                   "routing": _routing_progress(text),
                    "tools": _tool_versions(), "commit": _commit(),
                    "seconds": {**seconds, "synth_reused": reused}, "workdir": str(wd),
                    "commands": commands}
@@ -253,6 +254,7 @@ def run_timing(config, *, block: str = "kernel", board: str = "ulx3s-85f", route
            "clock": clk_name,
            "fmax_per_clock_mhz": {k: round(float(v["achieved"]), 2) for k, v in fmax.items()},
            "utilization": util, "lut4": _lut4_from_log(log_text), "critical_path": crit,
+           "placement": _placement_progress(log_text),
            "routing": _routing_progress(log_text), "tools": _tool_versions(),
            "commit": _commit(), "seconds": {**seconds, "synth_reused": reused},
            "workdir": str(wd), "commands": commands}
@@ -330,6 +332,20 @@ def _util_from_log(text: str) -> dict:
         if int(m.group(2)):
             out[m.group(1)] = {"used": int(m.group(2)), "available": int(m.group(3))}
     return out
+
+
+def _placement_progress(text: str) -> dict:
+    """How far nextpnr's placer got: HeAP's time and iterations, the annealing refinement's
+    last iteration and (once it finished) its time, from the log."""
+    import re
+    heap = re.findall(r"HeAP Placer Time: ([0-9.]+)s", text)
+    heap_iters = re.findall(r"at iteration #(\d+), type ALL", text)
+    sa_iters = re.findall(r"at iteration #(\d+): temp", text)
+    sa = re.findall(r"SA placement time ([0-9.]+)s", text)
+    return {"heap_s": float(heap[-1]) if heap else None,
+            "heap_iterations": int(heap_iters[-1]) if heap_iters else 0,
+            "refine_iterations": int(sa_iters[-1]) if sa_iters else 0,
+            "refine_s": float(sa[-1]) if sa else None}
 
 
 def _routing_progress(text: str) -> list[dict]:
