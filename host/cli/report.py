@@ -13,13 +13,15 @@ __all__ = ["register"]
 
 
 def _cmd_timing(args):
-    from ...hw.boards.ecp5_timing import BLOCKS, ecp5_part, format_timing, run_timing
+    from ...hw.boards.ecp5_timing import BLOCKS, ROUTERS, ecp5_part, format_timing, run_timing
     from ...hw.config import get_preset
     from .support import progress_for
     config = get_preset(args.config)  # unknown names fail here, before any tool runs
     ecp5_part(args.board)
     if args.block not in BLOCKS:
         raise ValueError(f"unknown block {args.block!r}; blocks: {', '.join(BLOCKS)}")
+    if args.router not in ROUTERS:
+        raise ValueError(f"unknown router {args.router!r}; routers: {', '.join(ROUTERS)}")
     prog = progress_for(args)
     with prog.bar(3, f"timing {args.block} of {config.name}", unit="step") as bar:
         def say(msg):
@@ -27,7 +29,8 @@ def _cmd_timing(args):
             bar.update(1)
         r = run_timing(config, block=args.block, board=args.board, route=not args.no_route,
                        workdir=args.output, freq_mhz=args.freq, seed=args.seed,
-                       timeout=args.timeout, progress=say)
+                       timeout=args.timeout, progress=say, router=args.router,
+                       synth_options=tuple(args.synth_option), tmg_ripup=args.tmg_ripup)
     print(json.dumps(r, indent=1) if args.json else format_timing(r))
     return 0
 
@@ -64,6 +67,13 @@ def register(subparsers):
                    help="stop after placement: a quicker, placement-only Fmax estimate")
     t.add_argument("--freq", type=float, help="target MHz (default: the configuration's clock)")
     t.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
+    t.add_argument("--router", default="router2",
+                   help="nextpnr router: router2 (default; converges on the congested whole "
+                        "kernel) or router1")
+    t.add_argument("--tmg-ripup", action="store_true",
+                   help="nextpnr --tmg-ripup: timing-driven rip-up while routing")
+    t.add_argument("--synth-option", action="append", default=[], metavar="OPT",
+                   help="extra synth_ecp5 option, repeatable (e.g. --synth-option=-nowidelut)")
     t.add_argument("--timeout", type=float, help="seconds each tool may run")
     t.add_argument("-o", "--output", help="work directory (default build/timing-CONFIG-BLOCK)")
     t.add_argument("--json", action="store_true")
