@@ -79,48 +79,52 @@ _SEQ_PREFIXES = ("FD", "RAMB", "URAM", "DSP48", "SRL", "IBUF", "OBUF", "BUFG")
 
 @dataclass
 class Block:
-    """One distinct block: how to build it, how many the kernel has, and how to combine.
-
-    ``parts`` (optional) replaces a direct synthesis by an extrapolation: a list of
-    ``(weight, Block)`` whose weighted sum of counts is the block's (a layer engine of many rows
-    from two small ones). Depth is the deepest part's.
-    """
+    """One distinct block: how to build it, how many the kernel has, and whether it is
+    synthesised hierarchically (:func:`synth_hier`: a layer engine's PEs and weight memories)."""
 
     name: str
     count: int
     build: object = None
-    parts: list = None
+    hier: bool = False
     note: str = ""
 
 
-def _engine_blocks(pipe) -> list:
+def _pipeline_blocks(pipe, label: str) -> list:
+    """Blocks of one :class:`~recfabric.hw.mlp.MLPPipeline` (``label``: "mlp" or "bottom")."""
     from recfabric.hw.mlp import LayerEngine
-    out = []
-    for l, kw in enumerate(pipe.engine_kwargs()):
-        rows = kw["rows"]
-        n_tiles = math.ceil(kw["max_out"] / rows)
+    from recfabric.hw.mlp.activation_buffer import ActivationBuffer
+    from recfabric.hw.mlp.pipeline import InputWriter, VectorDrain
+    from recfabric.hw.sigmoid import Sigmoid
 
-        def mk(r, kw=kw, n_tiles=n_tiles):
-            return lambda: LayerEngine(**{**kw, "rows": r, "max_out": r * n_tiles})
-        name = f"mlp engine{l} ({rows}x{kw['cols']})"
-        if rows <= 4:
-            out.append(Block(name, 1, mk(rows)))
-            continue
-        a = 2 + rows % 2
-        small = Block(f"{name} @{a} rows", 1, mk(a))
-        big = Block(f"{name} @{a + 2} rows", 1, mk(a + 2))
-        w = (rows - a) / 2
-        out.append(Block(name, 1, parts=[(1 - w, small), (w, big)],
-                         note=f"extrapolated from {a} and {a + 2} rows"))
-    return out
+    kws = pipe.engine_kwargs()
+    engines = [LayerEngine(**kw) for kw in kws]  # for their buffer geometry
+    e0, last = engines[0], engines[-1]
+    blocks = [Block(f"{label} input writer", 1, lambda: InputWriter(
+        lanes=e0.cols, bits=pipe.data_bits, local_bits=e0.in_local_bits, banks=pipe.banks))]
+    bufs = {(e0.cols, pipe.data_bits, e0.in_local_bits): 1}
+    for eng in engines:
+        key = (eng.rows, eng.out_bits, eng.out_local_bits)
+        bufs[key] = bufs.get(key, 0) + 1
+    for (lanes, bits, local), n in bufs.items():
+        blocks.append(Block(f"{label} activation buffer ({lanes} lanes x {bits} b, "
+                            f"{1 << local} words)", n,
+                            lambda lanes=lanes, bits=bits, local=local: ActivationBuffer(
+                                lanes=lanes, bits=bits, local_bits=local, banks=pipe.banks)))
+    for l, (kw, eng) in enumerate(zip(kws, engines)):
+        style = eng.weight_ram_style or "tool's choice"
+        blocks.append(Block(f"{label} engine{l} ({eng.rows}x{eng.cols}, {eng.wdepth} words)", 1,
+                            lambda kw=kw: LayerEngine(**kw), hier=True,
+                            note=f"weights {eng.wdepth} words deep ({style}); hierarchical"))
+    blocks.append(Block(f"{label} drain", 1, lambda: VectorDrain(
+        lanes=last.rows, bits=last.out_bits, local_bits=last.out_local_bits, banks=pipe.banks)))
+    if pipe.sigmoid:
+        blocks.append(Block(f"{label} sigmoid", 1, lambda: Sigmoid(in_bits=last.out_bits)))
+    return blocks
 
 
 def config_blocks(config) -> list:
     """The distinct blocks of the kernel for ``config`` with their instance counts."""
     from recfabric.hw.kernel import RecFabricKernel
-    from recfabric.hw.mlp.activation_buffer import ActivationBuffer
-    from recfabric.hw.mlp.pipeline import InputWriter, VectorDrain
-    from recfabric.hw.sigmoid import Sigmoid
 
     k = RecFabricKernel(config)
     c = config
@@ -135,26 +139,14 @@ def config_blocks(config) -> list:
     if k.onchip:
         blocks.append(Block("on-chip table", c.onchip_units, lambda: k.onchip[0]))
     blocks += [Block("stream arbiter", 1, lambda: k.arbiter),
-               Block("concat stage", 1, lambda: k.concat),
-               Block("result writer", 1, lambda: k.writer)]
-    pipe = k.mlp
-    from recfabric.hw.mlp import LayerEngine
-    engines = [LayerEngine(**kw) for kw in pipe.engine_kwargs()]  # for their buffer geometry
-    e0, last = engines[0], engines[-1]
-    blocks.append(Block("mlp input writer", 1, lambda: InputWriter(
-        lanes=e0.cols, bits=pipe.data_bits, local_bits=e0.in_local_bits, banks=pipe.banks)))
-    bufs = {(e0.cols, pipe.data_bits, e0.in_local_bits): 1}
-    for eng in engines:
-        key = (eng.rows, eng.out_bits, eng.out_local_bits)
-        bufs[key] = bufs.get(key, 0) + 1
-    for (lanes, bits, local), n in bufs.items():
-        blocks.append(Block(f"mlp activation buffer ({lanes} lanes x {bits} b)", n,
-                            lambda lanes=lanes, bits=bits, local=local: ActivationBuffer(
-                                lanes=lanes, bits=bits, local_bits=local, banks=pipe.banks)))
-    blocks += _engine_blocks(pipe)
-    blocks.append(Block("mlp drain", 1, lambda: VectorDrain(
-        lanes=last.rows, bits=last.out_bits, local_bits=last.out_local_bits, banks=pipe.banks)))
-    blocks.append(Block("mlp sigmoid", 1, lambda: Sigmoid(in_bits=last.out_bits)))
+               Block("concat stage", 1, lambda: k.concat)]
+    if k.interact is not None:
+        blocks.append(Block("dot interaction", 1, lambda: k.interact))
+    if k.bottom is not None:
+        blocks.append(Block("dense packer", 1, lambda: k.dense_packer))
+        blocks += _pipeline_blocks(k.bottom, "bottom")
+    blocks += _pipeline_blocks(k.mlp, "mlp")
+    blocks.append(Block("result writer", 1, lambda: k.writer))
     return blocks
 
 
@@ -192,18 +184,19 @@ def _weight(ctype: str) -> float | None:
     return 0.0  # INV, GND, VCC, buffers
 
 
-def logic_levels(netlist: dict, top: str = "top") -> dict:
+def logic_levels(netlist: dict, top: str = "top", ends=frozenset()) -> dict:
     """Longest combinational path of a flat ``write_json`` netlist in logic levels.
 
     Returns ``{"levels": float, "end": cell name}``. Paths start at ports and sequential cells'
     outputs and end at their inputs (module doc for the weights). A LUT RAM contributes only its
     read path (address inputs to data outputs); combinational loops (none in a synchronous
-    design) are cut where found.
+    design) are cut where found. Cells of a type in ``ends`` (blackboxed sub-blocks, whose
+    outputs are registers) end and start paths.
     """
     mod = netlist["modules"][top]
     driver = {}  # bit -> (cell name, weight, input bits)
     for name, cell in mod["cells"].items():
-        w = _weight(cell["type"])
+        w = None if cell["type"] in ends else _weight(cell["type"])
         if w is None:
             continue
         dirs = cell.get("port_directions", {})
@@ -266,9 +259,13 @@ def failure_reason(stderr: str) -> str:
     return next((x for x in lines if x.startswith("ERROR")), lines[-1] if lines else "no message")
 
 
-def synth_rtlil(il_text: str, *, cache_dir=None, timeout=None) -> dict:
-    """Synthesise one RTLIL module named ``top`` (cached by its hash); counts and depth."""
-    key = hashlib.sha256(f"{_CACHE_VERSION}\n{YOSYS_SCRIPT}\n{il_text}".encode()).hexdigest()
+def _synth(files: dict, read: str, top: str, *, ends=(), cache_dir=None, timeout=None) -> dict:
+    """Run the synthesis (:data:`YOSYS_SCRIPT`, ``read`` in place of its first command) on
+    ``files`` (name -> text) with ``top`` as the top module; counts and depth, cached by a hash
+    of the script and the files. ``ends``: cell types (blackboxed blocks) that end a path."""
+    body = "\n".join(f"{name}\n{text}" for name, text in sorted(files.items()))
+    key = hashlib.sha256(f"{_CACHE_VERSION}\n{YOSYS_SCRIPT}\n{read}\n{top}\n{body}"
+                         .encode()).hexdigest()
     cache = Path(cache_dir or "build/resources")
     path = cache / f"{key[:24]}.json"
     if path.exists():
@@ -276,10 +273,12 @@ def synth_rtlil(il_text: str, *, cache_dir=None, timeout=None) -> dict:
         out["cached"] = True
         return out
     with tempfile.TemporaryDirectory() as d:
-        Path(d, "block.il").write_text(il_text)
+        for name, text in files.items():
+            Path(d, name).write_text(text)
         t0 = time.monotonic()
         errors = []
         for script in _ATTEMPTS:
+            script = script.replace("read_rtlil block.il", read).replace("-top top", f"-top {top}")
             for f in ("stat.txt", "net.json"):
                 Path(d, f).unlink(missing_ok=True)
             run = subprocess.run([_yosys(), "-q", "-p", script], capture_output=True,
@@ -291,7 +290,7 @@ def synth_rtlil(il_text: str, *, cache_dir=None, timeout=None) -> dict:
         else:
             raise RuntimeError("yosys failed in every attempt: " + " | ".join(errors))
         cells = parse_stat(Path(d, "stat.txt").read_text())
-        depth = logic_levels(json.loads(Path(d, "net.json").read_text()))
+        depth = logic_levels(json.loads(Path(d, "net.json").read_text()), top, ends=set(ends))
         out = {"cells": cells, **summarize(cells), "levels": depth["levels"],
                "levels_end": depth["end"], "yosys_seconds": round(time.monotonic() - t0, 1),
                "rtlil_sha256": key, "yosys_script": script}
@@ -301,9 +300,67 @@ def synth_rtlil(il_text: str, *, cache_dir=None, timeout=None) -> dict:
     return out
 
 
+def synth_rtlil(il_text: str, *, cache_dir=None, timeout=None) -> dict:
+    """Synthesise one RTLIL module named ``top`` (cached by its hash); counts and depth."""
+    return _synth({"block.il": il_text}, "read_rtlil block.il", "top", cache_dir=cache_dir,
+                  timeout=timeout)
+
+
 def synth_block(elaboratable, **kw) -> dict:
     from amaranth.back import rtlil
     return synth_rtlil(rtlil.convert(elaboratable, name="top"), **kw)
+
+
+def synth_hier(elaboratable, *, cache_dir=None, timeout=None, progress=None) -> dict:
+    """Synthesise a block hierarchically: each distinct sub-block it builds through
+    :func:`~recfabric.hw.hier.separate` (a layer engine's PEs, packed pairs and shared weight
+    memories) once on its own, times its instance count, plus the block's own logic (its
+    sequencer, skew, biases, requantizers, the array's write decode and drains) synthesised
+    with those sub-blocks as blackboxes. Exact in counts up to cross-boundary optimisation
+    (none is possible across registered sub-block outputs); a path through a sub-block port is
+    counted in two parts (the port ends one and starts the next). Returns the
+    :func:`synth_rtlil` fields plus ``parts``: ``{module: {"count", "per_instance"}}`` and
+    ``glue`` (the block's own logic)."""
+    from amaranth.back import rtlil
+
+    from recfabric.hw.hier import HierarchicalEmitter
+    say = progress or (lambda msg: None)
+    em = HierarchicalEmitter("rfres")
+    il = rtlil.convert(elaboratable, name="top", platform=em, emit_src=False)
+    total = dict.fromkeys(_KEYS, 0.0)
+    cells: dict = {}
+    parts = {}
+    levels, end, secs, cached = 0.0, None, 0.0, True
+    for name, text in sorted(em.modules.items()):
+        n = em.instances[name]
+        say(f"  sub-block {name} x {n}")
+        r = _synth({f"{name}.v": text}, f"read_verilog {name}.v", name, cache_dir=cache_dir,
+                   timeout=timeout)
+        parts[name] = {"count": n, "per_instance": {k: r[k] for k in _KEYS},
+                       "levels": r["levels"]}
+        for k in _KEYS:
+            total[k] += n * r[k]
+        for c, v in r["cells"].items():
+            cells[c] = cells.get(c, 0) + n * v
+        if r["levels"] > levels:
+            levels, end = r["levels"], f"{name}: {r['levels_end']}"
+        secs += r["yosys_seconds"]
+        cached &= r["cached"]
+    say("  own logic, sub-blocks as blackboxes")
+    bb = "\n".join(em.modules[n] for n in sorted(em.modules))
+    g = _synth({"block.il": il, "blackboxes.v": bb},
+               "read_verilog -lib blackboxes.v; read_rtlil block.il", "top",
+               ends=em.modules, cache_dir=cache_dir, timeout=timeout)
+    for k in _KEYS:
+        total[k] += g[k]
+    for c, v in g["cells"].items():  # (blackbox instances are not primitives: not listed)
+        cells[c] = cells.get(c, 0) + v
+    if g["levels"] > levels:
+        levels, end = g["levels"], g["levels_end"]
+    return {"cells": cells, **total, "levels": levels, "levels_end": end,
+            "yosys_seconds": round(secs + g["yosys_seconds"], 1),
+            "cached": cached and g["cached"], "parts": parts,
+            "glue": {k: g[k] for k in _KEYS}}
 
 
 _KEYS = ("DSP48E2", "LUT", "FF", "BRAM36", "URAM")
@@ -317,30 +374,27 @@ def resource_report(config, *, card=None, cache_dir=None, progress=None, timeout
         raise ValueError(f"unknown card {card!r}; cards: {', '.join(CARDS)}")
     rows = []
     for b in config_blocks(config):
-        parts = b.parts or [(1.0, b)]
-        per = dict.fromkeys(_KEYS, 0.0)
-        levels, end, secs, cached = 0.0, None, 0.0, True
-        error = None
-        for w, part in parts:
-            say(f"synthesising {part.name}")
-            try:
-                r = synth_block(part.build(), cache_dir=cache_dir, timeout=timeout)
-            except RuntimeError as e:  # reported, not hidden: the totals then exclude it
-                error = f"{part.name}: {str(e)[:300]}"
-                break
-            for k in _KEYS:
-                per[k] += w * r[k]
-            if r["levels"] > levels:
-                levels, end = r["levels"], r["levels_end"]
-            secs += r["yosys_seconds"]
-            cached &= r["cached"]
-        if error:
-            per = dict.fromkeys(_KEYS, 0.0)
-        per = {k: round(v, 1) for k, v in per.items()}
-        rows.append({"block": b.name, "count": b.count, "per_instance": per, "error": error,
-                     "total": {k: round(per[k] * b.count, 1) for k in _KEYS},
-                     "levels": levels, "levels_end": end, "note": b.note,
-                     "yosys_seconds": secs, "cached": cached})
+        say(f"synthesising {b.name}" + (" (hierarchically)" if b.hier else ""))
+        error, parts = None, None
+        try:
+            if b.hier:
+                r = synth_hier(b.build(), cache_dir=cache_dir, timeout=timeout, progress=say)
+                parts = r["parts"]
+            else:
+                r = synth_block(b.build(), cache_dir=cache_dir, timeout=timeout)
+        except RuntimeError as e:  # reported, not hidden: the totals then exclude it
+            error = f"{b.name}: {str(e)[:300]}"
+            r = {**dict.fromkeys(_KEYS, 0.0), "levels": 0.0, "levels_end": None,
+                 "yosys_seconds": 0.0, "cached": False}
+        per = {k: round(r[k], 1) for k in _KEYS}
+        row = {"block": b.name, "count": b.count, "per_instance": per, "error": error,
+               "total": {k: round(per[k] * b.count, 1) for k in _KEYS},
+               "levels": r["levels"], "levels_end": r["levels_end"], "note": b.note,
+               "yosys_seconds": r["yosys_seconds"], "cached": r["cached"]}
+        if parts is not None:
+            row["sub_blocks"] = parts
+            row["own_logic"] = r["glue"]
+        rows.append(row)
     total = {k: round(sum(r["total"][k] for r in rows), 1) for k in _KEYS}
     cap = CARDS[card]
     util = {k: total[k] / cap[k] for k in _KEYS}
