@@ -31,6 +31,7 @@ DSP48E2 and shift-register cells and ports; each LUT on it counts 1, each ``CARR
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -44,7 +45,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CARDS", "PRESET_CARDS", "Block", "config_blocks", "synth_block", "logic_levels",
+__all__ = ["CARDS", "PRESET_CARDS", "Block", "config_blocks", "synth_block", "synth_hier",
+           "weight_memories", "analytic_estimate", "block_ram36", "lut_ram", "logic_levels",
            "parse_stat", "resource_report", "format_resources", "flat_comparison", "MAX_LEVELS",
            "YOSYS_SCRIPT"]
 
@@ -89,6 +91,95 @@ class Block:
     note: str = ""
 
 
+#: Simple-dual-port shapes (depth, width) of the UltraScale+ block RAMs (UG573): a memory of
+#: ``D`` x ``W`` bits takes ``ceil(D / depth) * ceil(W / width)`` of them in its best shape.
+RAMB18_SHAPES = ((16384, 1), (8192, 2), (4096, 4), (2048, 9), (1024, 18), (512, 36))
+RAMB36_SHAPES = ((32768, 1), (16384, 2), (8192, 4), (4096, 9), (2048, 18), (1024, 36),
+                 (512, 72))
+#: UltraRAM (URAM288): 4,096 words of 72 bits.
+URAM_SHAPE = (4096, 72)
+
+
+def block_ram36(depth: int, width: int) -> float:
+    """BRAM36 (a RAMB18 counts 1/2) of a ``depth`` x ``width`` block RAM in its best shape."""
+    def n(shapes):
+        return min(math.ceil(depth / d) * math.ceil(width / w) for d, w in shapes)
+    return min(n(RAMB18_SHAPES) / 2, n(RAMB36_SHAPES))
+
+
+def lut_ram(depth: int, lanes: int, lane_bits: int) -> int:
+    """LUTs of a simple-dual-port LUT RAM of ``depth`` words of ``lanes`` separately written
+    ``lane_bits``-bit lanes, counted as Yosys maps it (measured on the PE memories): one
+    ``RAM64M8`` (8 LUTs: 64 words x 7 bits) per 64 words per 7 bits of each lane, and one
+    LUT6 per output bit per 4 banks of 64 words for the read multiplexer."""
+    banks = math.ceil(depth / 64)
+    mux = lanes * lane_bits * math.ceil((banks - 1) / 3) if banks > 1 else 0
+    return 8 * banks * lanes * math.ceil(lane_bits / 7) + mux
+
+
+def weight_memories(config) -> list:
+    """Every MLP engine's weight (and bias) storage for ``config``, from the engines the kernel
+    builds (per-engine depths: :attr:`AcceleratorConfig.top_engine_widths`). One dict per
+    engine: its shape, weight memories (count, words, bits, byte lanes, ``ram_style``) and
+    their BRAM36 / LUT (LUT RAM) / URAM, the bias memories' LUT RAM, and the DSP48E2 of its
+    multipliers (one per PE or packed pair)."""
+    return [dict(e) for e in _weight_memories(config)]
+
+
+@functools.lru_cache(maxsize=16)
+def _weight_memories(config) -> tuple:
+    from recfabric.hw.kernel import RecFabricKernel
+    from recfabric.hw.mlp import LayerEngine
+    k = RecFabricKernel(config)
+    out = []
+    for label, pipe in (("bottom", k.bottom), ("mlp", k.mlp)):
+        if pipe is None:
+            continue
+        for l, kw in enumerate(pipe.engine_kwargs()):
+            e = LayerEngine(**kw)
+            d, pairs = e.data_bits, e.rows // 2
+            # memories of 2 * data_bits (two rows: packed pair or shared) and, for an odd
+            # last row, of data_bits (that row's PEs own theirs)
+            mems = [(pairs * e.cols, 2), ((e.rows % 2) * e.cols, 1)]
+            bram = lut = 0.0
+            for n, lanes in mems:
+                if not n:
+                    continue
+                if e.weight_ram_style == "distributed" or (
+                        e.weight_ram_style is None and e.wdepth <= 64):
+                    lut += n * lut_ram(e.wdepth, lanes, d)
+                else:
+                    bram += n * block_ram36(e.wdepth, lanes * d)
+            bias = e.rows * lut_ram(e.n_tiles_max, 1, e.acc_bits)
+            out.append({"mlp": label, "engine": l, "rows": e.rows, "cols": e.cols,
+                        "max_in": kw["max_in"], "max_out": kw["max_out"], "words": e.wdepth,
+                        "ram_style": e.weight_ram_style,
+                        "memories": [{"count": n, "bits": lanes * d, "lanes": lanes}
+                                     for n, lanes in mems if n],
+                        "BRAM36": bram, "LUT": lut + bias, "URAM": 0,
+                        "DSP48E2": e.slots * e.cols})
+    return tuple(out)
+
+
+def analytic_estimate(config, card=None) -> dict:
+    """Memory and DSP of ``config``'s kernel by count, no synthesis: the MLP engines' weights,
+    biases and multipliers (:func:`weight_memories`), the on-chip tables (URAM, as Yosys maps
+    them: ``ceil(512 / 72)`` wide, ``ceil(words / 4096)`` deep) and the dot unit's multipliers
+    (one DSP48E2 per lane). What it leaves out (control, lookup units, buffers) is small in
+    memory and DSP; the synthesised report counts everything."""
+    from recfabric.hw.kernel import MODEL_DATA_WIDTH
+    card = card or PRESET_CARDS.get(config.name, "u280")
+    engines = weight_memories(config)
+    total = {k: sum(e[k] for e in engines) for k in ("DSP48E2", "LUT", "BRAM36", "URAM")}
+    words = config.onchip_bytes * 8 // MODEL_DATA_WIDTH
+    total["URAM"] += config.onchip_units * (math.ceil(MODEL_DATA_WIDTH / URAM_SHAPE[1])
+                                            * math.ceil(words / URAM_SHAPE[0]))
+    total["DSP48E2"] += config.dot_lanes
+    cap = CARDS[card]
+    return {"config": config.name, "card": card, "engines": engines, "total": total,
+            "utilization": {k: round(v / cap[k], 4) for k, v in total.items()}}
+
+
 def _pipeline_blocks(pipe, label: str) -> list:
     """Blocks of one :class:`~recfabric.hw.mlp.MLPPipeline` (``label``: "mlp" or "bottom")."""
     from recfabric.hw.mlp import LayerEngine
@@ -107,7 +198,7 @@ def _pipeline_blocks(pipe, label: str) -> list:
         bufs[key] = bufs.get(key, 0) + 1
     for (lanes, bits, local), n in bufs.items():
         blocks.append(Block(f"{label} activation buffer ({lanes} lanes x {bits} b, "
-                            f"{1 << local} words)", n,
+                            f"{1 << local} words per bank)", n,
                             lambda lanes=lanes, bits=bits, local=local: ActivationBuffer(
                                 lanes=lanes, bits=bits, local_bits=local, banks=pipe.banks)))
     for l, (kw, eng) in enumerate(zip(kws, engines)):
