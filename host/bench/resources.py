@@ -350,13 +350,18 @@ def failure_reason(stderr: str) -> str:
     return next((x for x in lines if x.startswith("ERROR")), lines[-1] if lines else "no message")
 
 
+def cache_key(files: dict, read: str, top: str) -> str:
+    """SHA-256 of what a synthesis depends on: the script, the input files and the top."""
+    body = "\n".join(f"{name}\n{text}" for name, text in sorted(files.items()))
+    return hashlib.sha256(f"{_CACHE_VERSION}\n{YOSYS_SCRIPT}\n{read}\n{top}\n{body}"
+                          .encode()).hexdigest()
+
+
 def _synth(files: dict, read: str, top: str, *, ends=(), cache_dir=None, timeout=None) -> dict:
     """Run the synthesis (:data:`YOSYS_SCRIPT`, ``read`` in place of its first command) on
     ``files`` (name -> text) with ``top`` as the top module; counts and depth, cached by a hash
     of the script and the files. ``ends``: cell types (blackboxed blocks) that end a path."""
-    body = "\n".join(f"{name}\n{text}" for name, text in sorted(files.items()))
-    key = hashlib.sha256(f"{_CACHE_VERSION}\n{YOSYS_SCRIPT}\n{read}\n{top}\n{body}"
-                         .encode()).hexdigest()
+    key = cache_key(files, read, top)
     cache = Path(cache_dir or "build/resources")
     path = cache / f"{key[:24]}.json"
     if path.exists():
@@ -457,14 +462,20 @@ def synth_hier(elaboratable, *, cache_dir=None, timeout=None, progress=None) -> 
 _KEYS = ("DSP48E2", "LUT", "FF", "BRAM36", "URAM")
 
 
-def resource_report(config, *, card=None, cache_dir=None, progress=None, timeout=None) -> dict:
-    """Per-block synthesis x instances (estimate) of the kernel for ``config`` (module doc)."""
+def resource_report(config, *, card=None, cache_dir=None, progress=None, timeout=None,
+                    only: str | None = None) -> dict:
+    """Per-block synthesis x instances (estimate) of the kernel for ``config`` (module doc).
+    ``only``: synthesise just the blocks whose name starts with it (e.g. ``"bottom "``, one
+    MLP's blocks); the totals are then that part's, and ``complete`` is False."""
     say = progress or (lambda msg: None)
     card = card or PRESET_CARDS.get(config.name, "u280")
     if card not in CARDS:
         raise ValueError(f"unknown card {card!r}; cards: {', '.join(CARDS)}")
     rows = []
-    for b in config_blocks(config):
+    blocks = [b for b in config_blocks(config) if only is None or b.name.startswith(only)]
+    if not blocks:
+        raise ValueError(f"no block of {config.name!r} starts with {only!r}")
+    for b in blocks:
         say(f"synthesising {b.name}" + (" (hierarchically)" if b.hier else ""))
         error, parts = None, None
         try:
@@ -497,8 +508,8 @@ def resource_report(config, *, card=None, cache_dir=None, progress=None, timeout
                             "LUT RAM read 1; FF/BRAM/URAM/DSP/SRL end a path)",
             "blocks": rows, "total": total, "capacity": cap,
             "utilization": {k: round(v, 4) for k, v in util.items()},
-            "fits": all(v <= 1 for v in util.values()) and not failed,
-            "failed_blocks": failed, "complete": not failed,
+            "fits": all(v <= 1 for v in util.values()) and not failed and only is None,
+            "failed_blocks": failed, "complete": not failed and only is None, "only": only,
             "max_levels": max(r["levels"] for r in rows),
             "blocks_over_levels": deep, "level_limit": MAX_LEVELS}
 
@@ -537,6 +548,7 @@ def format_resources(r: dict) -> str:
         if b.get("error"):
             lines.append(f"! not synthesised (excluded from the totals): {b['error']}")
     verdict = ("fits " if r["fits"] else "INCOMPLETE: " if r.get("failed_blocks")
+               else f"PART ONLY (blocks {r['only']!r}...), no verdict for " if r.get("only")
                else "DOES NOT FIT ")
     lines.append(verdict + r["card"].upper()
                  + f"; deepest path {r['max_levels']:g} logic levels ({r['depth_method']})")
