@@ -10,18 +10,23 @@ shift registers), FF, BRAM36 (``RAMB36E2`` + ``RAMB18E2 / 2``) and URAM (``URAM2
 them beside the card's capacity.
 
 At u280 scale a flat synthesis of the whole kernel does not fit this machine, so the figure is a
-**per-block synthesis x instances (estimate)**: every distinct block is synthesised once (its
-RTLIL hash keys a cache under ``build/resources/``) and multiplied by its instance count. The
+**per-block synthesis x instances (estimate)**: every distinct block is synthesised once (a hash
+of its input keys a cache under ``build/resources/``) and multiplied by its instance count. The
 blocks are those :class:`~recfabric.hw.kernel.RecFabricKernel` builds (control registers, the
 two record fetchers, parser, dispatcher, one lookup unit per channel, one on-chip table per unit,
-arbiter, concatenation, result writer) and the top MLP's parts (input writer, activation buffers,
-one layer engine per layer, drain, sigmoid). A layer engine is linear in its rows (each row, or
-packed row pair, has its own array line, bias memory, accumulator and requantizer; the sequencer
-and input skew are per engine), so an engine of ``R`` rows is extrapolated exactly in form from
-two synthesised engines of ``a`` and ``a + 2`` rows with the same columns and memory depths:
-``E(R) = E(a) + (R - a) / 2 * (E(a + 2) - E(a))``. The kernel's own glue (run sequencing,
-counters, the flag FIFO) is not a block here; the ``small`` validation against one flat
-synthesis of the whole kernel measures what the estimate leaves out (README).
+arbiter, concatenation, dot-interaction unit, dense packer, result writer) and each MLP's parts
+(input writer, activation buffers, one layer engine per layer, drain, sigmoid). A layer engine
+is synthesised **hierarchically** (:func:`synth_hier`): each distinct PE, packed PE pair and
+shared weight memory it builds through :func:`~recfabric.hw.hier.separate` once, times its
+instance count, plus the engine's own logic (sequencer, skew, biases, accumulators,
+requantizers, the array's write decode and drains) with those as blackboxes. (Flat, YoWASP Yosys
+0.70's ABC trapped on even ``small``'s 8x4 engine, "call stack exhausted".) The kernel's own
+glue (run sequencing, counters, the flag FIFO) is not a block here; the ``small`` validation
+against one flat synthesis of the whole kernel measures what the estimate leaves out (README).
+
+:func:`analytic_estimate` counts without synthesis what decides the fit: each engine's weight
+memories (:func:`weight_memories`: block RAM in its best simple-dual-port shape, LUT RAM as
+Yosys maps it), the multipliers' DSP48E2 and the on-chip tables' URAM.
 
 Logic depth is counted from Yosys' JSON netlist, not with ``ltp`` (which does not stop at Xilinx
 flip-flops, see docs/TOOLCHAIN facts): a path starts and ends at flip-flops, block RAM, URAM,
@@ -65,9 +70,9 @@ MAX_LEVELS = 8
 YOSYS_SCRIPT = ("read_rtlil block.il; synth_xilinx -family xcup -flatten -noiopad -uram "
                 "{extra}-top top; tee -q -o stat.txt stat; write_json net.json")
 #: When ABC9 fails on a block (YoWASP Yosys 0.70 exits with an empty message on the MLP input
-#: writer), the second attempt adds ``-dff``, which maps it. Some layer engines make YoWASP's ABC
-#: trap ("call stack exhausted", with ``-dff``, ``-nowidelut``, ``-nosrl``, unflattened, or with
-#: plain ``abc`` alike): those blocks are reported as not synthesised.
+#: writer), the second attempt adds ``-dff``, which maps it. A block that fails both is reported
+#: as not synthesised (flat layer engines did: ABC trapped, "call stack exhausted"; they are
+#: synthesised hierarchically now).
 _ATTEMPTS = (YOSYS_SCRIPT.format(extra=""), YOSYS_SCRIPT.format(extra="-dff "))
 _CACHE_VERSION = 2
 
