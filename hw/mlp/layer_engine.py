@@ -9,6 +9,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from ..hier import separate
 from ..stream_types import BlockBeatLayout
 from ..stream_types import index_bits as _bits_for
 from ..systolic_array import SystolicArray
@@ -267,8 +268,9 @@ class LayerEngine(wiring.Component):
             with m.If(v1):
                 m.d.sync += acc.eq(Mux(c1.first, br.data, acc) + p1)
             m.d.sync += [c2.eq(c1), v2.eq(v1 & c1.last)]
-            rq = Requantizer(acc_bits=self.acc_bits, data_bits=self.data_bits,
-                             out_bits=self.out_bits)
+            # one module for all rows when built hierarchically (hw/hier.py)
+            rq = separate(platform, Requantizer, acc_bits=self.acc_bits,
+                          data_bits=self.data_bits, out_bits=self.out_bits)
             m.submodules[f"requant{r}"] = rq
             m.d.comb += [rq.acc.eq(acc), rq.shift.eq(shift), rq.relu.eq(flags[0]),
                          rq.floor.eq(flags[1]), rq.logit.eq(flags[2])]
