@@ -216,3 +216,16 @@ def test_resources_of_the_u280_bottom_mlp_match_the_weight_memory_count():
             assert e["BRAM36"] == 0
         assert b["levels"] > 0
     assert all(v <= 1 for v in r["utilization"].values())
+
+
+def test_cached_only_report_runs_no_synthesis_and_names_what_is_missing(tmp_path, monkeypatch):
+    from recfabric.hw.config import get_preset
+
+    def no_yosys(*a, **k):
+        raise AssertionError("ran yosys")
+    monkeypatch.setattr(rs.subprocess, "run", no_yosys)
+    r = rs.resource_report(get_preset("tiny"), cache_dir=tmp_path, only="mlp s",
+                           cached_only=True)
+    assert r["failed_blocks"] == ["mlp sigmoid"] and not r["fits"] and not r["complete"]
+    assert "not synthesised yet (cached-only report)" in r["blocks"][0]["error"]
+    assert "INCOMPLETE" in rs.format_resources(r)

@@ -362,6 +362,13 @@ def cache_key(files: dict, read: str, top: str) -> str:
                           .encode()).hexdigest()
 
 
+class NotCached(RuntimeError):
+    """A block is not in the cache and synthesis was not allowed (``cached_only``)."""
+
+
+_CACHED_ONLY = False
+
+
 def _synth(files: dict, read: str, top: str, *, ends=(), cache_dir=None, timeout=None) -> dict:
     """Run the synthesis (:data:`YOSYS_SCRIPT`, ``read`` in place of its first command) on
     ``files`` (name -> text) with ``top`` as the top module; counts and depth, cached by a hash
@@ -373,6 +380,8 @@ def _synth(files: dict, read: str, top: str, *, ends=(), cache_dir=None, timeout
         out = json.loads(path.read_text())
         out["cached"] = True
         return out
+    if _CACHED_ONLY:
+        raise NotCached("not synthesised yet (cached-only report)")
     with tempfile.TemporaryDirectory() as d:
         for name, text in files.items():
             Path(d, name).write_text(text)
@@ -468,10 +477,22 @@ _KEYS = ("DSP48E2", "LUT", "FF", "BRAM36", "URAM")
 
 
 def resource_report(config, *, card=None, cache_dir=None, progress=None, timeout=None,
-                    only: str | None = None) -> dict:
+                    only: str | None = None, cached_only: bool = False) -> dict:
     """Per-block synthesis x instances (estimate) of the kernel for ``config`` (module doc).
     ``only``: synthesise just the blocks whose name starts with it (e.g. ``"bottom "``, one
-    MLP's blocks); the totals are then that part's, and ``complete`` is False."""
+    MLP's blocks); the totals are then that part's, and ``complete`` is False.
+    ``cached_only``: run no synthesis; blocks not in the cache are listed as not synthesised
+    (a partial report while a long run fills the cache)."""
+    global _CACHED_ONLY
+    _CACHED_ONLY = cached_only
+    try:
+        return _resource_report(config, card=card, cache_dir=cache_dir, progress=progress,
+                                timeout=timeout, only=only)
+    finally:
+        _CACHED_ONLY = False
+
+
+def _resource_report(config, *, card, cache_dir, progress, timeout, only) -> dict:
     say = progress or (lambda msg: None)
     card = card or PRESET_CARDS.get(config.name, "u280")
     if card not in CARDS:
