@@ -98,6 +98,10 @@ class KernelCapabilities:
         Systolic array of each bottom-MLP layer engine (empty: no bottom MLP).
     dot_lanes : int
         MACs per cycle of the dot-interaction unit (0: none).
+    top_widths, bottom_widths : tuple of int
+        Largest output width of each top / bottom engine (its weight memory's depth); engine
+        ``l > 0`` takes at most ``widths[l - 1]`` inputs, engine 0 ``max_concat`` (top) or
+        ``max_dense`` (bottom). Empty: ``max_width`` for every engine.
     """
 
     config: str
@@ -129,6 +133,8 @@ class KernelCapabilities:
     split_multi_hot: bool = False
     bottom_engines: tuple = ()
     dot_lanes: int = 0
+    top_widths: tuple = ()
+    bottom_widths: tuple = ()
 
     @property
     def max_bottom_layers(self) -> int:
@@ -147,8 +153,18 @@ class KernelCapabilities:
     def logit_bits(self) -> int:
         return _LOGIT_BITS
 
+    def engine_limits(self, which: str = "top") -> list:
+        """``(max_in, max_out)`` of each ``which`` ("top" or "bottom") engine's weights."""
+        engines = self.top_engines if which == "top" else self.bottom_engines
+        widths = (self.top_widths if which == "top" else self.bottom_widths) or \
+            (self.max_width,) * len(engines)
+        first = self.max_concat if which == "top" else max(1, self.max_dense)
+        return [(first if l == 0 else widths[l - 1], widths[l]) for l in range(len(engines))]
+
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)
+        out["top_widths"] = list(self.top_widths)
+        out["bottom_widths"] = list(self.bottom_widths)
         out["top_engines"] = [list(rc) for rc in self.top_engines]
         out["bottom_engines"] = [list(rc) for rc in self.bottom_engines]
         out["max_bottom_layers"] = self.max_bottom_layers
@@ -208,6 +224,16 @@ class AcceleratorConfig:
         ``mlp_bottom_shapes`` empty: no bottom MLP (dense features go to the concatenation as
         they are); else a bottom :class:`~recfabric.hw.mlp.MLPPipeline` runs on the dense
         features of models that have one (others bypass it).
+    mlp_top_widths, mlp_bottom_widths : tuple of int
+        Largest output width each top / bottom engine holds weights for, one per engine (each
+        ``<= max_width``); engine ``l > 0`` takes at most ``widths[l - 1]`` inputs, engine 0
+        ``max_concat`` (top) or ``max_dense`` (bottom). An engine's weight memories are
+        ``ceil(max_in / cols) * ceil(max_out / rows)`` words deep, so these size the weight
+        RAM (:attr:`top_engine_widths`). Empty: ``max_width`` for every engine, except the
+        last top engine, which only ever produces logits: ``max_outputs``.
+    weight_lutram_depth : int
+        Weight memories at most this deep are LUT RAM (``ram_style "distributed"``), deeper
+        ones block RAM (``"block"``); 0: no attribute (the synthesis tool chooses).
     dot_lanes : int
         MACs per cycle of the :class:`~recfabric.hw.interaction.DotInteraction` block (DLRM's
         pairwise dot interaction); 0: no such block (concatenation only).
@@ -239,6 +265,9 @@ class AcceleratorConfig:
     max_width: int = 64
     mlp_top_shapes: tuple = ((8, 4), (1, 8), (1, 1))
     mlp_bottom_shapes: tuple = ()
+    mlp_top_widths: tuple = ()
+    mlp_bottom_widths: tuple = ()
+    weight_lutram_depth: int = 0
     dot_lanes: int = 0
     max_outputs: int = 1
     inflight: int = 8
@@ -260,9 +289,24 @@ class AcceleratorConfig:
                                       f"previous engine's {v[i - 1][0]} rows")
         if not self.mlp_top_shapes:
             raise ConfigError("mlp_top_shapes needs at least one engine")
+        for field, shapes in (("mlp_top_widths", self.mlp_top_shapes),
+                              ("mlp_bottom_widths", self.mlp_bottom_shapes)):
+            v = tuple(getattr(self, field))
+            object.__setattr__(self, field, v)
+            if v and len(v) != len(shapes):
+                raise ConfigError(f"{field} needs one width per engine ({len(shapes)}), not "
+                                  f"{len(v)}: {v!r}")
+            for i, w in enumerate(v):
+                if not isinstance(w, int) or isinstance(w, bool) or not 1 <= w <= self.max_width:
+                    raise ConfigError(f"{field}[{i}] must be an integer in 1..max_width "
+                                      f"{self.max_width}, not {w!r}")
+        if self.mlp_top_widths and self.mlp_top_widths[-1] < self.max_outputs:
+            raise ConfigError(f"mlp_top_widths[-1] must hold max_outputs {self.max_outputs} "
+                              f"logits, not {self.mlp_top_widths[-1]!r}")
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if f.name in ("mlp_top_shapes", "mlp_bottom_shapes"):
+            if f.name in ("mlp_top_shapes", "mlp_bottom_shapes", "mlp_top_widths",
+                          "mlp_bottom_widths"):
                 continue
             if f.name == "name":
                 need(isinstance(v, str) and v, "name", "must be a non-empty string")
@@ -286,6 +330,7 @@ class AcceleratorConfig:
         for f in ("max_features", "max_bag", "max_dim", "max_concat", "max_width", "inflight"):
             need(getattr(self, f) >= 1, f, "must be at least 1")
         need(self.max_dense >= 0, "max_dense", "must be >= 0")
+        need(self.weight_lutram_depth >= 0, "weight_lutram_depth", "must be >= 0")
         need(0 <= self.dot_lanes <= self.mlp_top_shapes[0][1], "dot_lanes",
              f"must be in 0..{self.mlp_top_shapes[0][1]} (the first top engine's columns)")
         need(1 <= self.max_outputs <= self.mem_data_width // 16 - 1, "max_outputs",
@@ -330,10 +375,24 @@ class AcceleratorConfig:
             return (r + 1) // 2 if self.data_bits == 8 and r >= 2 else r
         return sum(slots(r) * c for r, c in self.mlp_top_shapes + self.mlp_bottom_shapes)
 
+    @property
+    def top_engine_widths(self) -> tuple:
+        """Largest output width of each top engine (:attr:`mlp_top_widths`, derived if empty)."""
+        n = len(self.mlp_top_shapes)
+        return self.mlp_top_widths or (self.max_width,) * (n - 1) + (self.max_outputs,)
+
+    @property
+    def bottom_engine_widths(self) -> tuple:
+        """Largest output width of each bottom engine (:attr:`mlp_bottom_widths` or
+        ``max_width``)."""
+        return self.mlp_bottom_widths or (self.max_width,) * len(self.mlp_bottom_shapes)
+
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)
         for field in ("mlp_top_shapes", "mlp_bottom_shapes"):
             out[field] = [list(rc) for rc in out[field]]
+        for field in ("mlp_top_widths", "mlp_bottom_widths"):
+            out[field] = list(out[field])
         return out
 
     @classmethod
@@ -371,7 +430,8 @@ class AcceleratorConfig:
             onchip_units=self.onchip_units, onchip_word_bits=ONCHIP_WORD_BITS,
             onchip_words=words, descriptors_per_unit=self.max_features,
             table_copies=self.table_parts, row_split=self.table_parts > 1,
-            max_merge=self.max_features, table_parts=self.table_parts)
+            max_merge=self.max_features, table_parts=self.table_parts,
+            top_widths=self.top_engine_widths, bottom_widths=self.bottom_engine_widths)
 
     @property
     def table_parts(self) -> int:
@@ -414,7 +474,12 @@ _U280 = AcceleratorConfig(
     max_features=128, max_bag=8, max_dim=64, max_dense=64, max_concat=1024, max_width=1024,
     mlp_top_shapes=((64, 52), (48, 64), (16, 48), (1, 16)),
     mlp_bottom_shapes=((32, 1), (16, 32), (8, 16), (4, 8)), dot_lanes=16, max_outputs=4,
-    inflight=32, clock_mhz=250.0)
+    inflight=32, clock_mhz=250.0,
+    # Weight memories sized for those MLPs (MicroRec's 1024-512-256-1 tops, Kaggle's
+    # 13-512-256-64-16 bottom) rather than max_width everywhere, which needs ~3x the U280's
+    # BRAM; the shallow ones in LUT RAM (the fit: host/bench/resources.py, README).
+    mlp_top_widths=(1024, 512, 256, 4), mlp_bottom_widths=(512, 256, 64, 16),
+    weight_lutram_depth=256)
 
 PRESETS = {
     "tiny": _TINY,
@@ -422,23 +487,32 @@ PRESETS = {
     "u280": _U280,
     # int8: two MACs per DSP48E2 (hw/processing_element.py, PackedPEPair): 11,860 MACs in 5,940
     # DSP48E2 (the int16 u50 budget); II 104 (small) / 169 (large), cycle model.
+    # Its 16-bit weight pairs are half as wide: block RAM from 129 words (the first engine's
+    # 208), so the 104-deep engines (LUT RAM) and the first (BRAM) share the load.
     "u280-int8": _U280.replace(name="u280-int8", data_bits=8, acc_bits=32,
-                               mlp_top_shapes=((80, 68), (64, 80), (20, 64), (1, 20))),
+                               mlp_top_shapes=((80, 68), (64, 80), (20, 64), (1, 20)),
+                               weight_lutram_depth=128),
     # MT-WnD (DeepRecSys multi-task Wide & Deep: 1376-1024-512 trunk, three 512-256-128-1 heads
     # fused into 512-768-384-3) needs five top layers and a 1,376-wide concatenation: the u280
     # card with five top engines sized for its 2.6M MACs per inference (II 352 against a bound
     # of 335, cycle model; `u280` itself keeps its four engines, sized for MicroRec). 7,824 top +
     # 704 bottom MACs + 16 dot lanes = 8,544 of the U280's 9,024 DSP48E2.
     "u280-mt": _U280.replace(name="u280-mt", max_concat=1376,
-                             mlp_top_shapes=((64, 64), (24, 64), (48, 24), (20, 48), (4, 20))),
-    # U50: 5,952 DSP48E2. Its top engines (5,904 MACs) keep MicroRec's II (176 small / 448
-    # large, cycle model); with u280's 704-MAC bottom MLP they would need 6,624 slices, so the
-    # u50 has no bottom MLP (5,904 + 16 dot lanes = 5,920): models with one (kaggle, rmc*) do not
-    # run on it, and `recfabric models --config u50` says so. (Shrinking the top engines to
-    # 5,136 MACs instead, (64, 40), (32, 64), (16, 32), (1, 16), would keep the bottom MLP at
-    # microrec-small II 256 instead of 176.)
-    "u50": _U280.replace(name="u50", mlp_top_shapes=((64, 32), (48, 64), (16, 48), (1, 16)),
-                         mlp_bottom_shapes=()),
+                             mlp_top_shapes=((64, 64), (24, 64), (48, 24), (20, 48), (4, 20)),
+                             # output widths per engine: 1024, 512, then the fused heads'
+                             # 3 x 256 and 3 x 128, then the logits
+                             mlp_top_widths=(1024, 512, 768, 384, 4),
+                             # weight memories up to 320 words deep (engine 3's) in LUT RAM, the
+                             # rest in block RAM: 1,712 BRAM36 (85%) and 226k LUTs (counted,
+                             # tests/test_weight_memory_sizing.py); at 256, 1,952 BRAM36 (97%)
+                             weight_lutram_depth=320),
+    # U50: 5,952 DSP48E2. Top engines of 5,744 MACs + 16 dot lanes = 5,760 (96.8%), leaving 192
+    # slices for the kernel's other multipliers; MicroRec II 192 small / 448 large (cycle model;
+    # the U280's former 5,904-MAC engines gave 176 but left 32 slices). With u280's 704-MAC
+    # bottom MLP they would need 6,464 slices, so the u50 has no bottom MLP: models with one
+    # (kaggle, rmc*) do not run on it, and `recfabric models --config u50` says so.
+    "u50": _U280.replace(name="u50", mlp_top_shapes=((64, 32), (46, 64), (16, 46), (1, 16)),
+                         mlp_bottom_shapes=(), mlp_bottom_widths=()),
     "u55c": _U280.replace(name="u55c", channel_bytes=512 << 20),
 }
 

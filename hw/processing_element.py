@@ -22,7 +22,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 __all__ = ["ProcessingElement", "PackedPEPair", "SharedWeights", "PE_LATENCY", "PACK_SHIFT",
-           "PACK_P_BITS", "packed_segment_len", "unpack"]
+           "PACK_P_BITS", "RAM_STYLES", "packed_segment_len", "unpack"]
 
 #: Cycles from ``x_in`` to the matching ``psum_out`` (A/B register, M register, P register).
 PE_LATENCY = 3
@@ -51,6 +51,20 @@ def unpack(p: int, shift: int = PACK_SHIFT) -> tuple[int, int]:
     lo = p & ((1 << shift) - 1)
     sign = lo >> (shift - 1)
     return lo - (sign << shift), (p >> shift) + sign
+
+
+#: ``ram_style`` values a weight memory takes (None: no attribute).
+RAM_STYLES = (None, "block", "distributed")
+
+
+def _check_style(style):
+    if style not in RAM_STYLES:
+        raise ValueError(f"ram_style must be one of {RAM_STYLES}, not {style!r}")
+    return style
+
+
+def _attrs(style) -> dict:
+    return {} if style is None else {"ram_style": style}
 
 
 def _check_positive(name, value):
@@ -85,6 +99,9 @@ class ProcessingElement(wiring.Component):
         Width of the control word carried along with the operands.
     x_bits : int, optional
         Width of the activation operand (defaults to ``data_bits``).
+    ram_style : str, optional
+        ``ram_style`` attribute of the weight memory (``"block"``: block RAM,
+        ``"distributed"``: LUT RAM, as Vivado and Yosys read it; None: the tool chooses).
     weight_in : bool, optional
         No local memory: the weight arrives on ``w_in`` (from a memory shared with the PE above,
         :class:`~recfabric.hw.systolic_array.SystolicArray`), one cycle after ``addr_in``, as the
@@ -115,7 +132,8 @@ class ProcessingElement(wiring.Component):
     """
 
     def __init__(self, *, data_bits: int, acc_bits: int, depth: int, ctrl_bits: int,
-                 x_bits: int | None = None, weight_in: bool = False):
+                 x_bits: int | None = None, weight_in: bool = False,
+                 ram_style: str | None = None):
         x_bits = data_bits if x_bits is None else x_bits
         for name, v in (("data_bits", data_bits), ("acc_bits", acc_bits), ("depth", depth),
                         ("ctrl_bits", ctrl_bits), ("x_bits", x_bits)):
@@ -125,6 +143,7 @@ class ProcessingElement(wiring.Component):
                              f"not {acc_bits}")
         self.data_bits, self.acc_bits, self.depth = data_bits, acc_bits, depth
         self.ctrl_bits, self.x_bits, self.weight_in = ctrl_bits, x_bits, weight_in
+        self.ram_style = _check_style(ram_style)
         ports = ({"w_in": In(signed(data_bits))} if weight_in else
                  {"w_en": In(1), "w_addr": In(range(depth)), "w_data": In(signed(data_bits))})
         super().__init__({
@@ -149,7 +168,7 @@ class ProcessingElement(wiring.Component):
             w = self.w_in
         else:
             m.submodules.weights = mem = Memory(shape=signed(self.data_bits), depth=self.depth,
-                                                init=[])
+                                                init=[], attrs=_attrs(self.ram_style))
             wr = mem.write_port()
             rd = mem.read_port()
             m.d.comb += [wr.en.eq(self.w_en), wr.addr.eq(self.w_addr), wr.data.eq(self.w_data),
@@ -193,6 +212,8 @@ class PackedPEPair(wiring.Component):
         As :class:`ProcessingElement`.
     x_bits : int, optional
         Activation width (``<= 18``, the B port; defaults to ``data_bits``).
+    ram_style : str, optional
+        As :class:`ProcessingElement`.
 
     Members
     -------
@@ -210,7 +231,8 @@ class PackedPEPair(wiring.Component):
         The pair's two weights (lower row first).
     """
 
-    def __init__(self, *, data_bits: int, depth: int, ctrl_bits: int, x_bits: int | None = None):
+    def __init__(self, *, data_bits: int, depth: int, ctrl_bits: int, x_bits: int | None = None,
+                 ram_style: str | None = None):
         x_bits = data_bits if x_bits is None else x_bits
         for name, v in (("data_bits", data_bits), ("depth", depth), ("ctrl_bits", ctrl_bits),
                         ("x_bits", x_bits)):
@@ -220,6 +242,7 @@ class PackedPEPair(wiring.Component):
                              f"(DSP48E2 A:D and B widths), not {data_bits} and {x_bits}")
         self.data_bits, self.depth = data_bits, depth
         self.ctrl_bits, self.x_bits = ctrl_bits, x_bits
+        self.ram_style = _check_style(ram_style)
         super().__init__({
             "x_in": In(signed(x_bits)),
             "addr_in": In(range(depth)),
@@ -273,6 +296,8 @@ class SharedWeights(wiring.Component):
     ----------
     data_bits, depth : int
         As :class:`ProcessingElement`.
+    ram_style : str, optional
+        As :class:`ProcessingElement`.
 
     Members
     -------
@@ -285,10 +310,11 @@ class SharedWeights(wiring.Component):
     w_data : In(ArrayLayout(signed(data_bits), 2))
     """
 
-    def __init__(self, *, data_bits: int, depth: int):
+    def __init__(self, *, data_bits: int, depth: int, ram_style: str | None = None):
         for name, v in (("data_bits", data_bits), ("depth", depth)):
             _check_positive(name, v)
         self.data_bits, self.depth = data_bits, depth
+        self.ram_style = _check_style(ram_style)
         super().__init__({
             "addr_in": In(range(depth)),
             "w_upper": Out(signed(data_bits)),
@@ -312,7 +338,8 @@ def _weight_pair_memory(m, block, addr):
     ``2 * data_bits``-bit words, each half written through its byte lane (``block.w_en``,
     ``w_addr``, ``w_data``), read synchronously at ``addr``; returns the read data."""
     d = block.data_bits
-    m.submodules.weights = mem = Memory(shape=2 * d, depth=block.depth, init=[])
+    m.submodules.weights = mem = Memory(shape=2 * d, depth=block.depth, init=[],
+                                        attrs=_attrs(block.ram_style))
     wr = mem.write_port(granularity=d)
     rd = mem.read_port()
     m.d.comb += [wr.en.eq(block.w_en), wr.addr.eq(block.w_addr), wr.data.eq(block.w_data),

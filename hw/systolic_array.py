@@ -78,6 +78,9 @@ class SystolicArray(wiring.Component):
         after row 0's.
     write_rows, write_cols : int, optional
         Shape of the PE rectangle one host write fills (default 1 x 1).
+    ram_style : str, optional
+        ``ram_style`` attribute of the weight memories (``"block"``, ``"distributed"``; None:
+        the synthesis tool chooses).
 
     Members
     -------
@@ -100,7 +103,7 @@ class SystolicArray(wiring.Component):
 
     def __init__(self, *, rows: int, cols: int, data_bits: int, acc_bits: int, depth: int,
                  ctrl_bits: int, x_bits: int | None = None, packed: bool = False,
-                 write_rows: int = 1, write_cols: int = 1):
+                 write_rows: int = 1, write_cols: int = 1, ram_style: str | None = None):
         for name, v in (("rows", rows), ("cols", cols), ("write_rows", write_rows),
                         ("write_cols", write_cols)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -118,6 +121,7 @@ class SystolicArray(wiring.Component):
         self.rows, self.cols = rows, cols
         self.data_bits, self.acc_bits, self.depth = data_bits, acc_bits, depth
         self.ctrl_bits, self.x_bits = ctrl_bits, x_bits
+        self.ram_style = ram_style
         self.write_rows, self.write_cols = min(write_rows, rows), min(write_cols, cols)
         self.col_groups = -(-cols // self.write_cols)
         self.groups = -(-rows // self.write_rows) * self.col_groups
@@ -186,13 +190,14 @@ class SystolicArray(wiring.Component):
                 # one Verilog module per distinct PE / pair when built hierarchically (hw/hier.py)
                 if pair:
                     pe = separate(platform, PackedPEPair, data_bits=self.data_bits,
-                                  depth=self.depth, ctrl_bits=self.ctrl_bits, x_bits=self.x_bits)
+                                  depth=self.depth, ctrl_bits=self.ctrl_bits, x_bits=self.x_bits,
+                                  ram_style=self.ram_style)
                 else:
                     shared = share and (r % 2 == 1 or r + 1 < self.rows)
                     pe = separate(platform, ProcessingElement, data_bits=self.data_bits,
                                   acc_bits=self.acc_bits, depth=self.depth,
                                   ctrl_bits=self.ctrl_bits, x_bits=self.x_bits,
-                                  weight_in=shared)
+                                  weight_in=shared, ram_style=self.ram_style)
                 m.submodules[f"pe_{r}_{c}"] = pe
                 pes[r][c] = pe
                 if r == 0:
@@ -210,7 +215,7 @@ class SystolicArray(wiring.Component):
                     m.d.comb += [pe.w_en.eq(en), pe.w_addr.eq(w_addr), pe.w_data.eq(lane)]
                 elif r % 2 == 1:
                     mem = separate(platform, SharedWeights, data_bits=self.data_bits,
-                                   depth=self.depth)
+                                   depth=self.depth, ram_style=self.ram_style)
                     m.submodules[f"weights_{r - 1}_{c}"] = mem
                     self._pair_write(m, mem, r - 1, c, wport, w_addr)
                     m.d.comb += [mem.addr_in.eq(pes[r - 1][c].addr_in),

@@ -155,6 +155,7 @@ def test_small_mlp_hierarchical_equals_flat(tmp_path):
     kinds = _kinds(em)
     assert sum(kinds["processingelement"].values()) == 41
     assert sum(kinds["sharedweights"].values()) == 16  # engine0 8x4: 4 row pairs x 4 columns
+    assert sum(kinds["requantizer"].values()) == 8 + 1 + 1  # one per row of each engine
     assert _mismatches(tmp_path, flat, hier, cycles=600) == 0
 
 

@@ -10,18 +10,23 @@ shift registers), FF, BRAM36 (``RAMB36E2`` + ``RAMB18E2 / 2``) and URAM (``URAM2
 them beside the card's capacity.
 
 At u280 scale a flat synthesis of the whole kernel does not fit this machine, so the figure is a
-**per-block synthesis x instances (estimate)**: every distinct block is synthesised once (its
-RTLIL hash keys a cache under ``build/resources/``) and multiplied by its instance count. The
+**per-block synthesis x instances (estimate)**: every distinct block is synthesised once (a hash
+of its input keys a cache under ``build/resources/``) and multiplied by its instance count. The
 blocks are those :class:`~recfabric.hw.kernel.RecFabricKernel` builds (control registers, the
 two record fetchers, parser, dispatcher, one lookup unit per channel, one on-chip table per unit,
-arbiter, concatenation, result writer) and the top MLP's parts (input writer, activation buffers,
-one layer engine per layer, drain, sigmoid). A layer engine is linear in its rows (each row, or
-packed row pair, has its own array line, bias memory, accumulator and requantizer; the sequencer
-and input skew are per engine), so an engine of ``R`` rows is extrapolated exactly in form from
-two synthesised engines of ``a`` and ``a + 2`` rows with the same columns and memory depths:
-``E(R) = E(a) + (R - a) / 2 * (E(a + 2) - E(a))``. The kernel's own glue (run sequencing,
-counters, the flag FIFO) is not a block here; the ``small`` validation against one flat
-synthesis of the whole kernel measures what the estimate leaves out (README).
+arbiter, concatenation, dot-interaction unit, dense packer, result writer) and each MLP's parts
+(input writer, activation buffers, one layer engine per layer, drain, sigmoid). A layer engine
+is synthesised **hierarchically** (:func:`synth_hier`): each distinct PE, packed PE pair and
+shared weight memory it builds through :func:`~recfabric.hw.hier.separate` once, times its
+instance count, plus the engine's own logic (sequencer, skew, biases, accumulators,
+requantizers, the array's write decode and drains) with those as blackboxes. (Flat, YoWASP Yosys
+0.70's ABC trapped on even ``small``'s 8x4 engine, "call stack exhausted".) The kernel's own
+glue (run sequencing, counters, the flag FIFO) is not a block here; the ``small`` validation
+against one flat synthesis of the whole kernel measures what the estimate leaves out (README).
+
+:func:`analytic_estimate` counts without synthesis what decides the fit: each engine's weight
+memories (:func:`weight_memories`: block RAM in its best simple-dual-port shape, LUT RAM as
+Yosys maps it), the multipliers' DSP48E2 and the on-chip tables' URAM.
 
 Logic depth is counted from Yosys' JSON netlist, not with ``ltp`` (which does not stop at Xilinx
 flip-flops, see docs/TOOLCHAIN facts): a path starts and ends at flip-flops, block RAM, URAM,
@@ -31,6 +36,7 @@ DSP48E2 and shift-register cells and ports; each LUT on it counts 1, each ``CARR
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -44,7 +50,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CARDS", "PRESET_CARDS", "Block", "config_blocks", "synth_block", "logic_levels",
+__all__ = ["CARDS", "PRESET_CARDS", "Block", "config_blocks", "synth_block", "synth_hier",
+           "weight_memories", "analytic_estimate", "block_ram36", "lut_ram", "logic_levels",
            "parse_stat", "resource_report", "format_resources", "flat_comparison", "MAX_LEVELS",
            "YOSYS_SCRIPT"]
 
@@ -56,16 +63,17 @@ CARDS = {
     "u55c": {"DSP48E2": 9024, "LUT": 1_303_680, "FF": 2_607_360, "BRAM36": 2016, "URAM": 960},
 }
 #: The card each preset is built for (``tiny``/``small`` have none of their own: the U280).
-PRESET_CARDS = {"u280": "u280", "u280-int8": "u280", "u50": "u50", "u55c": "u55c"}
+PRESET_CARDS = {"u280": "u280", "u280-int8": "u280", "u280-mt": "u280", "u50": "u50",
+                "u55c": "u55c"}
 #: Logic levels a block may have (the issue's target for the u280 presets).
 MAX_LEVELS = 8
 #: The synthesis each block gets (YoWASP sees only its working directory: relative paths).
 YOSYS_SCRIPT = ("read_rtlil block.il; synth_xilinx -family xcup -flatten -noiopad -uram "
                 "{extra}-top top; tee -q -o stat.txt stat; write_json net.json")
 #: When ABC9 fails on a block (YoWASP Yosys 0.70 exits with an empty message on the MLP input
-#: writer), the second attempt adds ``-dff``, which maps it. Some layer engines make YoWASP's ABC
-#: trap ("call stack exhausted", with ``-dff``, ``-nowidelut``, ``-nosrl``, unflattened, or with
-#: plain ``abc`` alike): those blocks are reported as not synthesised.
+#: writer), the second attempt adds ``-dff``, which maps it. A block that fails both is reported
+#: as not synthesised (flat layer engines did: ABC trapped, "call stack exhausted"; they are
+#: synthesised hierarchically now).
 _ATTEMPTS = (YOSYS_SCRIPT.format(extra=""), YOSYS_SCRIPT.format(extra="-dff "))
 _CACHE_VERSION = 2
 
@@ -79,48 +87,141 @@ _SEQ_PREFIXES = ("FD", "RAMB", "URAM", "DSP48", "SRL", "IBUF", "OBUF", "BUFG")
 
 @dataclass
 class Block:
-    """One distinct block: how to build it, how many the kernel has, and how to combine.
-
-    ``parts`` (optional) replaces a direct synthesis by an extrapolation: a list of
-    ``(weight, Block)`` whose weighted sum of counts is the block's (a layer engine of many rows
-    from two small ones). Depth is the deepest part's.
-    """
+    """One distinct block: how to build it, how many the kernel has, and whether it is
+    synthesised hierarchically (:func:`synth_hier`: a layer engine's PEs and weight memories)."""
 
     name: str
     count: int
     build: object = None
-    parts: list = None
+    hier: bool = False
     note: str = ""
 
 
-def _engine_blocks(pipe) -> list:
-    from recfabric.hw.mlp import LayerEngine
-    out = []
-    for l, kw in enumerate(pipe.engine_kwargs()):
-        rows = kw["rows"]
-        n_tiles = math.ceil(kw["max_out"] / rows)
+#: Simple-dual-port shapes (depth, width) of the UltraScale+ block RAMs (UG573): a memory of
+#: ``D`` x ``W`` bits takes ``ceil(D / depth) * ceil(W / width)`` of them in its best shape.
+RAMB18_SHAPES = ((16384, 1), (8192, 2), (4096, 4), (2048, 9), (1024, 18), (512, 36))
+RAMB36_SHAPES = ((32768, 1), (16384, 2), (8192, 4), (4096, 9), (2048, 18), (1024, 36),
+                 (512, 72))
+#: UltraRAM (URAM288): 4,096 words of 72 bits.
+URAM_SHAPE = (4096, 72)
 
-        def mk(r, kw=kw, n_tiles=n_tiles):
-            return lambda: LayerEngine(**{**kw, "rows": r, "max_out": r * n_tiles})
-        name = f"mlp engine{l} ({rows}x{kw['cols']})"
-        if rows <= 4:
-            out.append(Block(name, 1, mk(rows)))
+
+def block_ram36(depth: int, width: int) -> float:
+    """BRAM36 (a RAMB18 counts 1/2) of a ``depth`` x ``width`` block RAM in its best shape."""
+    def n(shapes):
+        return min(math.ceil(depth / d) * math.ceil(width / w) for d, w in shapes)
+    return min(n(RAMB18_SHAPES) / 2, n(RAMB36_SHAPES))
+
+
+def lut_ram(depth: int, lanes: int, lane_bits: int) -> int:
+    """LUTs of a simple-dual-port LUT RAM of ``depth`` words of ``lanes`` separately written
+    ``lane_bits``-bit lanes, counted as Yosys maps it (measured on the PE memories): one
+    ``RAM64M8`` (8 LUTs: 64 words x 7 bits) per 64 words per 7 bits of each lane, and one
+    LUT6 per output bit per 4 banks of 64 words for the read multiplexer."""
+    banks = math.ceil(depth / 64)
+    mux = lanes * lane_bits * math.ceil((banks - 1) / 3) if banks > 1 else 0
+    return 8 * banks * lanes * math.ceil(lane_bits / 7) + mux
+
+
+def weight_memories(config) -> list:
+    """Every MLP engine's weight (and bias) storage for ``config``, from the engines the kernel
+    builds (per-engine depths: :attr:`AcceleratorConfig.top_engine_widths`). One dict per
+    engine: its shape, weight memories (count, words, bits, byte lanes, ``ram_style``) and
+    their BRAM36 / LUT (LUT RAM) / URAM, the bias memories' LUT RAM, and the DSP48E2 of its
+    multipliers (one per PE or packed pair)."""
+    return [dict(e) for e in _weight_memories(config)]
+
+
+@functools.lru_cache(maxsize=16)
+def _weight_memories(config) -> tuple:
+    from recfabric.hw.kernel import RecFabricKernel
+    from recfabric.hw.mlp import LayerEngine
+    k = RecFabricKernel(config)
+    out = []
+    for label, pipe in (("bottom", k.bottom), ("mlp", k.mlp)):
+        if pipe is None:
             continue
-        a = 2 + rows % 2
-        small = Block(f"{name} @{a} rows", 1, mk(a))
-        big = Block(f"{name} @{a + 2} rows", 1, mk(a + 2))
-        w = (rows - a) / 2
-        out.append(Block(name, 1, parts=[(1 - w, small), (w, big)],
-                         note=f"extrapolated from {a} and {a + 2} rows"))
-    return out
+        for l, kw in enumerate(pipe.engine_kwargs()):
+            e = LayerEngine(**kw)
+            d, pairs = e.data_bits, e.rows // 2
+            # memories of 2 * data_bits (two rows: packed pair or shared) and, for an odd
+            # last row, of data_bits (that row's PEs own theirs)
+            mems = [(pairs * e.cols, 2), ((e.rows % 2) * e.cols, 1)]
+            bram = lut = 0.0
+            for n, lanes in mems:
+                if not n:
+                    continue
+                if e.weight_ram_style == "distributed" or (
+                        e.weight_ram_style is None and e.wdepth <= 64):
+                    lut += n * lut_ram(e.wdepth, lanes, d)
+                else:
+                    bram += n * block_ram36(e.wdepth, lanes * d)
+            bias = e.rows * lut_ram(e.n_tiles_max, 1, e.acc_bits)
+            out.append({"mlp": label, "engine": l, "rows": e.rows, "cols": e.cols,
+                        "max_in": kw["max_in"], "max_out": kw["max_out"], "words": e.wdepth,
+                        "ram_style": e.weight_ram_style,
+                        "memories": [{"count": n, "bits": lanes * d, "lanes": lanes}
+                                     for n, lanes in mems if n],
+                        "BRAM36": bram, "LUT": lut + bias, "URAM": 0,
+                        "DSP48E2": e.slots * e.cols})
+    return tuple(out)
+
+
+def analytic_estimate(config, card=None) -> dict:
+    """Memory and DSP of ``config``'s kernel by count, no synthesis: the MLP engines' weights,
+    biases and multipliers (:func:`weight_memories`), the on-chip tables (URAM, as Yosys maps
+    them: ``ceil(512 / 72)`` wide, ``ceil(words / 4096)`` deep) and the dot unit's multipliers
+    (one DSP48E2 per lane). What it leaves out (control, lookup units, buffers) is small in
+    memory and DSP; the synthesised report counts everything."""
+    from recfabric.hw.kernel import MODEL_DATA_WIDTH
+    card = card or PRESET_CARDS.get(config.name, "u280")
+    engines = weight_memories(config)
+    total = {k: sum(e[k] for e in engines) for k in ("DSP48E2", "LUT", "BRAM36", "URAM")}
+    words = config.onchip_bytes * 8 // MODEL_DATA_WIDTH
+    total["URAM"] += config.onchip_units * (math.ceil(MODEL_DATA_WIDTH / URAM_SHAPE[1])
+                                            * math.ceil(words / URAM_SHAPE[0]))
+    total["DSP48E2"] += config.dot_lanes
+    cap = CARDS[card]
+    return {"config": config.name, "card": card, "engines": engines, "total": total,
+            "utilization": {k: round(v / cap[k], 4) for k, v in total.items()}}
+
+
+def _pipeline_blocks(pipe, label: str) -> list:
+    """Blocks of one :class:`~recfabric.hw.mlp.MLPPipeline` (``label``: "mlp" or "bottom")."""
+    from recfabric.hw.mlp import LayerEngine
+    from recfabric.hw.mlp.activation_buffer import ActivationBuffer
+    from recfabric.hw.mlp.pipeline import InputWriter, VectorDrain
+    from recfabric.hw.sigmoid import Sigmoid
+
+    kws = pipe.engine_kwargs()
+    engines = [LayerEngine(**kw) for kw in kws]  # for their buffer geometry
+    e0, last = engines[0], engines[-1]
+    blocks = [Block(f"{label} input writer", 1, lambda: InputWriter(
+        lanes=e0.cols, bits=pipe.data_bits, local_bits=e0.in_local_bits, banks=pipe.banks))]
+    bufs = {(e0.cols, pipe.data_bits, e0.in_local_bits): 1}
+    for eng in engines:
+        key = (eng.rows, eng.out_bits, eng.out_local_bits)
+        bufs[key] = bufs.get(key, 0) + 1
+    for (lanes, bits, local), n in bufs.items():
+        blocks.append(Block(f"{label} activation buffer ({lanes} lanes x {bits} b, "
+                            f"{1 << local} words per bank)", n,
+                            lambda lanes=lanes, bits=bits, local=local: ActivationBuffer(
+                                lanes=lanes, bits=bits, local_bits=local, banks=pipe.banks)))
+    for l, (kw, eng) in enumerate(zip(kws, engines)):
+        style = eng.weight_ram_style or "tool's choice"
+        blocks.append(Block(f"{label} engine{l} ({eng.rows}x{eng.cols}, {eng.wdepth} words)", 1,
+                            lambda kw=kw: LayerEngine(**kw), hier=True,
+                            note=f"weights {eng.wdepth} words deep ({style}); hierarchical"))
+    blocks.append(Block(f"{label} drain", 1, lambda: VectorDrain(
+        lanes=last.rows, bits=last.out_bits, local_bits=last.out_local_bits, banks=pipe.banks)))
+    if pipe.sigmoid:
+        blocks.append(Block(f"{label} sigmoid", 1, lambda: Sigmoid(in_bits=last.out_bits)))
+    return blocks
 
 
 def config_blocks(config) -> list:
     """The distinct blocks of the kernel for ``config`` with their instance counts."""
     from recfabric.hw.kernel import RecFabricKernel
-    from recfabric.hw.mlp.activation_buffer import ActivationBuffer
-    from recfabric.hw.mlp.pipeline import InputWriter, VectorDrain
-    from recfabric.hw.sigmoid import Sigmoid
 
     k = RecFabricKernel(config)
     c = config
@@ -135,26 +236,14 @@ def config_blocks(config) -> list:
     if k.onchip:
         blocks.append(Block("on-chip table", c.onchip_units, lambda: k.onchip[0]))
     blocks += [Block("stream arbiter", 1, lambda: k.arbiter),
-               Block("concat stage", 1, lambda: k.concat),
-               Block("result writer", 1, lambda: k.writer)]
-    pipe = k.mlp
-    from recfabric.hw.mlp import LayerEngine
-    engines = [LayerEngine(**kw) for kw in pipe.engine_kwargs()]  # for their buffer geometry
-    e0, last = engines[0], engines[-1]
-    blocks.append(Block("mlp input writer", 1, lambda: InputWriter(
-        lanes=e0.cols, bits=pipe.data_bits, local_bits=e0.in_local_bits, banks=pipe.banks)))
-    bufs = {(e0.cols, pipe.data_bits, e0.in_local_bits): 1}
-    for eng in engines:
-        key = (eng.rows, eng.out_bits, eng.out_local_bits)
-        bufs[key] = bufs.get(key, 0) + 1
-    for (lanes, bits, local), n in bufs.items():
-        blocks.append(Block(f"mlp activation buffer ({lanes} lanes x {bits} b)", n,
-                            lambda lanes=lanes, bits=bits, local=local: ActivationBuffer(
-                                lanes=lanes, bits=bits, local_bits=local, banks=pipe.banks)))
-    blocks += _engine_blocks(pipe)
-    blocks.append(Block("mlp drain", 1, lambda: VectorDrain(
-        lanes=last.rows, bits=last.out_bits, local_bits=last.out_local_bits, banks=pipe.banks)))
-    blocks.append(Block("mlp sigmoid", 1, lambda: Sigmoid(in_bits=last.out_bits)))
+               Block("concat stage", 1, lambda: k.concat)]
+    if k.interact is not None:
+        blocks.append(Block("dot interaction", 1, lambda: k.interact))
+    if k.bottom is not None:
+        blocks.append(Block("dense packer", 1, lambda: k.dense_packer))
+        blocks += _pipeline_blocks(k.bottom, "bottom")
+    blocks += _pipeline_blocks(k.mlp, "mlp")
+    blocks.append(Block("result writer", 1, lambda: k.writer))
     return blocks
 
 
@@ -192,18 +281,19 @@ def _weight(ctype: str) -> float | None:
     return 0.0  # INV, GND, VCC, buffers
 
 
-def logic_levels(netlist: dict, top: str = "top") -> dict:
+def logic_levels(netlist: dict, top: str = "top", ends=frozenset()) -> dict:
     """Longest combinational path of a flat ``write_json`` netlist in logic levels.
 
     Returns ``{"levels": float, "end": cell name}``. Paths start at ports and sequential cells'
     outputs and end at their inputs (module doc for the weights). A LUT RAM contributes only its
     read path (address inputs to data outputs); combinational loops (none in a synchronous
-    design) are cut where found.
+    design) are cut where found. Cells of a type in ``ends`` (blackboxed sub-blocks, whose
+    outputs are registers) end and start paths.
     """
     mod = netlist["modules"][top]
     driver = {}  # bit -> (cell name, weight, input bits)
     for name, cell in mod["cells"].items():
-        w = _weight(cell["type"])
+        w = None if cell["type"] in ends else _weight(cell["type"])
         if w is None:
             continue
         dirs = cell.get("port_directions", {})
@@ -266,20 +356,40 @@ def failure_reason(stderr: str) -> str:
     return next((x for x in lines if x.startswith("ERROR")), lines[-1] if lines else "no message")
 
 
-def synth_rtlil(il_text: str, *, cache_dir=None, timeout=None) -> dict:
-    """Synthesise one RTLIL module named ``top`` (cached by its hash); counts and depth."""
-    key = hashlib.sha256(f"{_CACHE_VERSION}\n{YOSYS_SCRIPT}\n{il_text}".encode()).hexdigest()
+def cache_key(files: dict, read: str, top: str) -> str:
+    """SHA-256 of what a synthesis depends on: the script, the input files and the top."""
+    body = "\n".join(f"{name}\n{text}" for name, text in sorted(files.items()))
+    return hashlib.sha256(f"{_CACHE_VERSION}\n{YOSYS_SCRIPT}\n{read}\n{top}\n{body}"
+                          .encode()).hexdigest()
+
+
+class NotCached(RuntimeError):
+    """A block is not in the cache and synthesis was not allowed (``cached_only``)."""
+
+
+_CACHED_ONLY = False
+
+
+def _synth(files: dict, read: str, top: str, *, ends=(), cache_dir=None, timeout=None) -> dict:
+    """Run the synthesis (:data:`YOSYS_SCRIPT`, ``read`` in place of its first command) on
+    ``files`` (name -> text) with ``top`` as the top module; counts and depth, cached by a hash
+    of the script and the files. ``ends``: cell types (blackboxed blocks) that end a path."""
+    key = cache_key(files, read, top)
     cache = Path(cache_dir or "build/resources")
     path = cache / f"{key[:24]}.json"
     if path.exists():
         out = json.loads(path.read_text())
         out["cached"] = True
         return out
+    if _CACHED_ONLY:
+        raise NotCached("not synthesised yet (cached-only report)")
     with tempfile.TemporaryDirectory() as d:
-        Path(d, "block.il").write_text(il_text)
+        for name, text in files.items():
+            Path(d, name).write_text(text)
         t0 = time.monotonic()
         errors = []
         for script in _ATTEMPTS:
+            script = script.replace("read_rtlil block.il", read).replace("-top top", f"-top {top}")
             for f in ("stat.txt", "net.json"):
                 Path(d, f).unlink(missing_ok=True)
             run = subprocess.run([_yosys(), "-q", "-p", script], capture_output=True,
@@ -291,7 +401,7 @@ def synth_rtlil(il_text: str, *, cache_dir=None, timeout=None) -> dict:
         else:
             raise RuntimeError("yosys failed in every attempt: " + " | ".join(errors))
         cells = parse_stat(Path(d, "stat.txt").read_text())
-        depth = logic_levels(json.loads(Path(d, "net.json").read_text()))
+        depth = logic_levels(json.loads(Path(d, "net.json").read_text()), top, ends=set(ends))
         out = {"cells": cells, **summarize(cells), "levels": depth["levels"],
                "levels_end": depth["end"], "yosys_seconds": round(time.monotonic() - t0, 1),
                "rtlil_sha256": key, "yosys_script": script}
@@ -301,46 +411,119 @@ def synth_rtlil(il_text: str, *, cache_dir=None, timeout=None) -> dict:
     return out
 
 
+def synth_rtlil(il_text: str, *, cache_dir=None, timeout=None) -> dict:
+    """Synthesise one RTLIL module named ``top`` (cached by its hash); counts and depth."""
+    return _synth({"block.il": il_text}, "read_rtlil block.il", "top", cache_dir=cache_dir,
+                  timeout=timeout)
+
+
 def synth_block(elaboratable, **kw) -> dict:
     from amaranth.back import rtlil
     return synth_rtlil(rtlil.convert(elaboratable, name="top"), **kw)
 
 
+def synth_hier(elaboratable, *, cache_dir=None, timeout=None, progress=None) -> dict:
+    """Synthesise a block hierarchically: each distinct sub-block it builds through
+    :func:`~recfabric.hw.hier.separate` (a layer engine's PEs, packed pairs and shared weight
+    memories) once on its own, times its instance count, plus the block's own logic (its
+    sequencer, skew, biases, requantizers, the array's write decode and drains) synthesised
+    with those sub-blocks as blackboxes. Exact in counts up to cross-boundary optimisation
+    (none is possible across registered sub-block outputs); a path through a sub-block port is
+    counted in two parts (the port ends one and starts the next). Returns the
+    :func:`synth_rtlil` fields plus ``parts``: ``{module: {"count", "per_instance"}}`` and
+    ``glue`` (the block's own logic)."""
+    from amaranth.back import rtlil
+
+    from recfabric.hw.hier import HierarchicalEmitter
+    say = progress or (lambda msg: None)
+    em = HierarchicalEmitter("rfres")
+    il = rtlil.convert(elaboratable, name="top", platform=em, emit_src=False)
+    total = dict.fromkeys(_KEYS, 0.0)
+    cells: dict = {}
+    parts = {}
+    levels, end, secs, cached = 0.0, None, 0.0, True
+    for name, text in sorted(em.modules.items()):
+        n = em.instances[name]
+        say(f"  sub-block {name} x {n}")
+        r = _synth({f"{name}.v": text}, f"read_verilog {name}.v", name, cache_dir=cache_dir,
+                   timeout=timeout)
+        parts[name] = {"count": n, "per_instance": {k: r[k] for k in _KEYS},
+                       "levels": r["levels"]}
+        for k in _KEYS:
+            total[k] += n * r[k]
+        for c, v in r["cells"].items():
+            cells[c] = cells.get(c, 0) + n * v
+        if r["levels"] > levels:
+            levels, end = r["levels"], f"{name}: {r['levels_end']}"
+        secs += r["yosys_seconds"]
+        cached &= r["cached"]
+    say("  own logic, sub-blocks as blackboxes")
+    bb = "\n".join(em.modules[n] for n in sorted(em.modules))
+    g = _synth({"block.il": il, "blackboxes.v": bb},
+               "read_verilog -lib blackboxes.v; read_rtlil block.il", "top",
+               ends=em.modules, cache_dir=cache_dir, timeout=timeout)
+    for k in _KEYS:
+        total[k] += g[k]
+    for c, v in g["cells"].items():  # (blackbox instances are not primitives: not listed)
+        cells[c] = cells.get(c, 0) + v
+    if g["levels"] > levels:
+        levels, end = g["levels"], g["levels_end"]
+    return {"cells": cells, **total, "levels": levels, "levels_end": end,
+            "yosys_seconds": round(secs + g["yosys_seconds"], 1),
+            "cached": cached and g["cached"], "parts": parts,
+            "glue": {k: g[k] for k in _KEYS}}
+
+
 _KEYS = ("DSP48E2", "LUT", "FF", "BRAM36", "URAM")
 
 
-def resource_report(config, *, card=None, cache_dir=None, progress=None, timeout=None) -> dict:
-    """Per-block synthesis x instances (estimate) of the kernel for ``config`` (module doc)."""
+def resource_report(config, *, card=None, cache_dir=None, progress=None, timeout=None,
+                    only: str | None = None, cached_only: bool = False) -> dict:
+    """Per-block synthesis x instances (estimate) of the kernel for ``config`` (module doc).
+    ``only``: synthesise just the blocks whose name starts with it (e.g. ``"bottom "``, one
+    MLP's blocks); the totals are then that part's, and ``complete`` is False.
+    ``cached_only``: run no synthesis; blocks not in the cache are listed as not synthesised
+    (a partial report while a long run fills the cache)."""
+    global _CACHED_ONLY
+    _CACHED_ONLY = cached_only
+    try:
+        return _resource_report(config, card=card, cache_dir=cache_dir, progress=progress,
+                                timeout=timeout, only=only)
+    finally:
+        _CACHED_ONLY = False
+
+
+def _resource_report(config, *, card, cache_dir, progress, timeout, only) -> dict:
     say = progress or (lambda msg: None)
     card = card or PRESET_CARDS.get(config.name, "u280")
     if card not in CARDS:
         raise ValueError(f"unknown card {card!r}; cards: {', '.join(CARDS)}")
     rows = []
-    for b in config_blocks(config):
-        parts = b.parts or [(1.0, b)]
-        per = dict.fromkeys(_KEYS, 0.0)
-        levels, end, secs, cached = 0.0, None, 0.0, True
-        error = None
-        for w, part in parts:
-            say(f"synthesising {part.name}")
-            try:
-                r = synth_block(part.build(), cache_dir=cache_dir, timeout=timeout)
-            except RuntimeError as e:  # reported, not hidden: the totals then exclude it
-                error = f"{part.name}: {str(e)[:300]}"
-                break
-            for k in _KEYS:
-                per[k] += w * r[k]
-            if r["levels"] > levels:
-                levels, end = r["levels"], r["levels_end"]
-            secs += r["yosys_seconds"]
-            cached &= r["cached"]
-        if error:
-            per = dict.fromkeys(_KEYS, 0.0)
-        per = {k: round(v, 1) for k, v in per.items()}
-        rows.append({"block": b.name, "count": b.count, "per_instance": per, "error": error,
-                     "total": {k: round(per[k] * b.count, 1) for k in _KEYS},
-                     "levels": levels, "levels_end": end, "note": b.note,
-                     "yosys_seconds": secs, "cached": cached})
+    blocks = [b for b in config_blocks(config) if only is None or b.name.startswith(only)]
+    if not blocks:
+        raise ValueError(f"no block of {config.name!r} starts with {only!r}")
+    for b in blocks:
+        say(f"synthesising {b.name}" + (" (hierarchically)" if b.hier else ""))
+        error, parts = None, None
+        try:
+            if b.hier:
+                r = synth_hier(b.build(), cache_dir=cache_dir, timeout=timeout, progress=say)
+                parts = r["parts"]
+            else:
+                r = synth_block(b.build(), cache_dir=cache_dir, timeout=timeout)
+        except RuntimeError as e:  # reported, not hidden: the totals then exclude it
+            error = f"{b.name}: {str(e)[:300]}"
+            r = {**dict.fromkeys(_KEYS, 0.0), "levels": 0.0, "levels_end": None,
+                 "yosys_seconds": 0.0, "cached": False}
+        per = {k: round(r[k], 1) for k in _KEYS}
+        row = {"block": b.name, "count": b.count, "per_instance": per, "error": error,
+               "total": {k: round(per[k] * b.count, 1) for k in _KEYS},
+               "levels": r["levels"], "levels_end": r["levels_end"], "note": b.note,
+               "yosys_seconds": r["yosys_seconds"], "cached": r["cached"]}
+        if parts is not None:
+            row["sub_blocks"] = parts
+            row["own_logic"] = r["glue"]
+        rows.append(row)
     total = {k: round(sum(r["total"][k] for r in rows), 1) for k in _KEYS}
     cap = CARDS[card]
     util = {k: total[k] / cap[k] for k in _KEYS}
@@ -352,8 +535,8 @@ def resource_report(config, *, card=None, cache_dir=None, progress=None, timeout
                             "LUT RAM read 1; FF/BRAM/URAM/DSP/SRL end a path)",
             "blocks": rows, "total": total, "capacity": cap,
             "utilization": {k: round(v, 4) for k, v in util.items()},
-            "fits": all(v <= 1 for v in util.values()) and not failed,
-            "failed_blocks": failed, "complete": not failed,
+            "fits": all(v <= 1 for v in util.values()) and not failed and only is None,
+            "failed_blocks": failed, "complete": not failed and only is None, "only": only,
             "max_levels": max(r["levels"] for r in rows),
             "blocks_over_levels": deep, "level_limit": MAX_LEVELS}
 
@@ -392,6 +575,7 @@ def format_resources(r: dict) -> str:
         if b.get("error"):
             lines.append(f"! not synthesised (excluded from the totals): {b['error']}")
     verdict = ("fits " if r["fits"] else "INCOMPLETE: " if r.get("failed_blocks")
+               else f"PART ONLY (blocks {r['only']!r}...), no verdict for " if r.get("only")
                else "DOES NOT FIT ")
     lines.append(verdict + r["card"].upper()
                  + f"; deepest path {r['max_levels']:g} logic levels ({r['depth_method']})")

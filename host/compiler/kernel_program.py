@@ -70,7 +70,8 @@ from .compiled import CompileError
 from .table_layout import TableLayout
 
 __all__ = ["KernelProgram", "KernelProgramImage", "build_program", "check_program",
-           "engine_assignment", "hardware_column_order", "top_chain_shapes", "fused_head_layers",
+           "engine_assignment", "engine_width_errors", "hardware_column_order",
+           "top_chain_shapes", "fused_head_layers",
            "dot_hardware_order", "read_program", "write_program",
            "program_word_counts", "onchip_beats",
            "PROGRAM_BIN", "PROGRAM_JSON", "PROGRAM_FORMAT", "PROGRAM_VERSION"]
@@ -168,12 +169,38 @@ def check_program(spec, plan, caps) -> None:
             if used > caps.onchip_words * wb:
                 bad.append(f"on-chip unit {u} needs {used // wb} words, has {caps.onchip_words}")
     try:
-        engine_assignment(top_chain_shapes(spec), caps)
+        top = top_chain_shapes(spec)
+        bad += engine_width_errors("top", top, engine_assignment(top, caps), caps)
     except CompileError as e:
         bad.append(str(e))
+    if spec.bottom_mlp and caps.bottom_engines:
+        bottom = list(spec.layer_shapes()["bottom"])
+        pad = max(0, len(caps.bottom_engines) - len(bottom))
+        bad += engine_width_errors("bottom", bottom, [*range(len(bottom)), *[None] * pad], caps)
     if bad:
         raise CompileError(f"model {spec.name!r} cannot be programmed into a kernel of "
                            f"configuration {caps.config!r}: " + "; ".join(bad))
+
+
+def engine_width_errors(which: str, layer_shapes, where, caps) -> list:
+    """What of the layers placed on ``which`` ("top"/"bottom") engines by ``where`` (a layer
+    index per engine, None for an identity, which keeps the width reaching it) exceeds an
+    engine's weight memory (:meth:`KernelCapabilities.engine_limits`): one message each."""
+    limits = caps.engine_limits(which)
+    field = f"mlp_{which}_widths"
+    out = []
+    for e, (i, (max_in, max_out)) in enumerate(zip(where, limits)):
+        if i is None:
+            prev = [j for j in where[:e] if j is not None]
+            k = n = layer_shapes[prev[-1]][1] if prev else layer_shapes[0][0]
+            what = f"identity layer ({k} wide)"
+        else:
+            k, n = layer_shapes[i]
+            what = f"{which} layer {i} ({k} -> {n})"
+        if k > max_in or n > max_out:
+            out.append(f"{what} on {which} engine {e} exceeds its weight memory (at most "
+                       f"{max_in} inputs, {max_out} outputs: {field})")
+    return out
 
 
 def top_chain_shapes(spec) -> list:

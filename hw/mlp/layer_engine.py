@@ -9,6 +9,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from ..hier import separate
 from ..stream_types import BlockBeatLayout
 from ..stream_types import index_bits as _bits_for
 from ..systolic_array import SystolicArray
@@ -72,6 +73,10 @@ class LayerEngine(wiring.Component):
         so :attr:`array_latency` shrinks.
     beat_bits : int, optional
         Width of a weight/bias beat (default 512, the program loader's word).
+    weight_lutram_depth : int, optional
+        The PEs' weight memories (:attr:`wdepth` words) are LUT RAM (``ram_style
+        "distributed"``) when at most this deep, else block RAM (``"block"``); 0 (default): no
+        attribute, the synthesis tool chooses.
 
     Members
     -------
@@ -91,7 +96,8 @@ class LayerEngine(wiring.Component):
     def __init__(self, *, index: int = 0, rows: int, cols: int, data_bits: int, acc_bits: int,
                  max_in: int, max_out: int, banks: int = 4, out_bits: int | None = None,
                  load_layout: MLPLoadLayout | None = None, beat_bits: int = 512,
-                 block_sel: MLPBlockSel | None = None, pack_int8: bool = True):
+                 block_sel: MLPBlockSel | None = None, pack_int8: bool = True,
+                 weight_lutram_depth: int = 0):
         for name, v in (("rows", rows), ("cols", cols), ("max_in", max_in),
                         ("max_out", max_out)):
             _pos(name, v)
@@ -107,6 +113,8 @@ class LayerEngine(wiring.Component):
         self.in_local_bits = _bits_for(self.k_tiles_max)
         self.out_local_bits = _bits_for(self.n_tiles_max)
         self.wdepth = self.k_tiles_max * self.n_tiles_max
+        self.weight_ram_style = (None if not weight_lutram_depth else "distributed"
+                                 if self.wdepth <= weight_lutram_depth else "block")
         if load_layout is None:
             load_layout = MLPLoadLayout(engines=index + 1, rows=rows, cols=cols,
                                         depth=self.wdepth, acc_bits=acc_bits)
@@ -145,7 +153,8 @@ class LayerEngine(wiring.Component):
         pk = self.packing
         m.submodules.array = arr = SystolicArray(
             rows=R, cols=C, data_bits=self.data_bits, acc_bits=self.acc_bits, depth=self.wdepth,
-            ctrl_bits=ctrl_layout.size, packed=self.packed, write_rows=pk.g, write_cols=pk.w)
+            ctrl_bits=ctrl_layout.size, packed=self.packed, write_rows=pk.g, write_cols=pk.w,
+            ram_style=self.weight_ram_style)
 
         # ---- descriptor and load port ----
         k_tiles = Signal(range(self.k_tiles_max + 1))
@@ -259,8 +268,9 @@ class LayerEngine(wiring.Component):
             with m.If(v1):
                 m.d.sync += acc.eq(Mux(c1.first, br.data, acc) + p1)
             m.d.sync += [c2.eq(c1), v2.eq(v1 & c1.last)]
-            rq = Requantizer(acc_bits=self.acc_bits, data_bits=self.data_bits,
-                             out_bits=self.out_bits)
+            # one module for all rows when built hierarchically (hw/hier.py)
+            rq = separate(platform, Requantizer, acc_bits=self.acc_bits,
+                          data_bits=self.data_bits, out_bits=self.out_bits)
             m.submodules[f"requant{r}"] = rq
             m.d.comb += [rq.acc.eq(acc), rq.shift.eq(shift), rq.relu.eq(flags[0]),
                          rq.floor.eq(flags[1]), rq.logit.eq(flags[2])]

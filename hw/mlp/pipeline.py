@@ -139,6 +139,13 @@ class MLPPipeline(wiring.Component):
         Largest input vector (first layer fan-in).
     max_width : int
         Largest output width of every layer.
+    max_widths : sequence of int, optional
+        Largest output width of each engine (default ``max_width`` for each): engine ``l``
+        holds the weights of layers of at most ``max_widths[l - 1]`` (engine 0: ``max_in``)
+        inputs and ``max_widths[l]`` outputs, which sets its weight memories' depth.
+    weight_lutram_depth : int, optional
+        Weight memories at most this deep are LUT RAM, deeper ones block RAM (0, the default:
+        no attribute; :class:`LayerEngine`).
     banks : int
         Banks per activation buffer (requests each stage may have in flight), power of two.
     sigmoid : bool
@@ -166,13 +173,20 @@ class MLPPipeline(wiring.Component):
 
     def __init__(self, *, shapes, data_bits: int, acc_bits: int, max_in: int, max_width: int,
                  banks: int = 4, sigmoid: bool = True, beat_bits: int = 512,
-                 pack_int8: bool = True):
+                 pack_int8: bool = True, max_widths=None, weight_lutram_depth: int = 0):
         shapes = [tuple(s) for s in shapes]
         if not shapes:
             raise ValueError("An MLP pipeline needs at least one layer engine, not 0")
         for i, (r, c) in enumerate(shapes):
             _pos(f"shapes[{i}] rows", r)
             _pos(f"shapes[{i}] cols", c)
+        widths = tuple(max_widths) if max_widths is not None else (max_width,) * len(shapes)
+        if len(widths) != len(shapes):
+            raise ValueError(f"max_widths needs one width per engine ({len(shapes)}), not "
+                             f"{widths!r}")
+        for i, w in enumerate(widths):
+            _pos(f"max_widths[{i}]", w)
+        self.max_widths, self.weight_lutram_depth = widths, weight_lutram_depth
         for i in range(1, len(shapes)):
             if shapes[i][1] != shapes[i - 1][0]:
                 raise ValueError(f"Engine {i} has {shapes[i][1]} columns but engine {i - 1} has "
@@ -186,7 +200,8 @@ class MLPPipeline(wiring.Component):
         self.packed = pack_int8 and data_bits <= 8
         self.out_bits = max(data_bits, nx.SIGMOID_IN.bits) if sigmoid else data_bits
         L = len(shapes)
-        depth = max(math.ceil((max_in if l == 0 else max_width) / c) * math.ceil(max_width / r)
+        ins = (max_in,) + widths[:-1]
+        depth = max(math.ceil(ins[l] / c) * math.ceil(widths[l] / r)
                     for l, (r, c) in enumerate(shapes))
         self.beat_bits = beat_bits
         groups = []
@@ -215,12 +230,14 @@ class MLPPipeline(wiring.Component):
     def engine_kwargs(self) -> list:
         """Constructor arguments of each :class:`LayerEngine` the pipeline builds."""
         L = len(self.shapes)
+        w = self.max_widths
         return [dict(index=l, rows=r, cols=c, data_bits=self.data_bits, acc_bits=self.acc_bits,
-                     max_in=self.max_in if l == 0 else self.max_width, max_out=self.max_width,
+                     max_in=self.max_in if l == 0 else w[l - 1], max_out=w[l],
                      banks=self.banks,
                      out_bits=self.out_bits if l == L - 1 else self.data_bits,
                      load_layout=self.load_layout, beat_bits=self.beat_bits,
-                     block_sel=self.block_sel, pack_int8=self.pack_int8)
+                     block_sel=self.block_sel, pack_int8=self.pack_int8,
+                     weight_lutram_depth=self.weight_lutram_depth)
                 for l, (r, c) in enumerate(self.shapes)]
 
     def elaborate(self, platform):
