@@ -236,7 +236,7 @@ class OnChipTable(wiring.Component):
                                           if lo else rp.data),
             pooler.i_beat.payload.err.eq(0),
             pooler.i_beat.valid.eq(bv),
-            self.idle.eq(~v1 & ~v2 & ~bv & (ctx_fifo.level == 0) & ~self.o_pooled.valid),
+            self.idle.eq(~v1 & ~v2 & ~bv & (ctx_fifo.level == 0) & ~pooler.busy),
         ]
         wiring.connect(m, wiring.flipped(self.o_pooled), pooler.o_pooled)
         wiring.connect(m, wiring.flipped(self.error), pooler.error)
