@@ -63,6 +63,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..host.numerics import pool_acc_bits
+from .arith import carry_select_add
 from .axi4 import AXI4Signature, AXIBurst
 from .stream_types import (
     DescriptorWriteLayout,
@@ -494,8 +495,9 @@ class EmbeddingLookupUnit(wiring.Component):
         off2 = Signal(self.addr_width)
 
         addr2 = Signal(self.addr_width)
-        m.d.comb += addr2.eq(base2 + off2)
-        cross4k = (addr2[:12] + (c2.beats << bb_log2)) > 4096
+        m.d.comb += addr2.eq(carry_select_add(base2, off2, self.addr_width))
+        # The row's first byte within its 4 KiB page, from the low bits alone.
+        cross4k = ((base2[:12] + off2[:12])[:12] + (c2.beats << bb_log2)) > 4096
         c2_out = Signal(pooler.ctx_layout)
         m.d.comb += c2_out.eq(c2)
         with m.If(c2.read & cross4k):

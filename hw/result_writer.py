@@ -23,6 +23,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from .arith import carry_select_add
 from .axi4 import AXI4Signature, AXIBurst
 from .register_map import NO_ERROR_REQUEST, STATUS_BLOCK_BYTES, STATUS_REGS
 from .stream_types import RequestFlagsLayout
@@ -137,7 +138,7 @@ class ResultWriter(wiring.Component):
 
         base = Signal(64)
         batch = Signal(32)  # records to write
-        status_at = Signal(64)  # status block address
+        status_off = Signal(64)  # status block address - base
         issued = Signal(32)  # records whose AW was sent
         answered = Signal(32)
         inflight = Signal(range(self._max_out + 1))
@@ -152,9 +153,8 @@ class ResultWriter(wiring.Component):
         ]
         with m.If(self.start):
             m.d.sync += [base.eq(self.base), batch.eq(Mux(self.skip, 0, self.batch)),
-                         status_at.eq(self.base + (self.batch * word_bytes + STATUS_BLOCK_BYTES
-                                                   - 1) // STATUS_BLOCK_BYTES
-                                      * STATUS_BLOCK_BYTES),
+                         status_off.eq((self.batch * word_bytes + STATUS_BLOCK_BYTES - 1)
+                                       // STATUS_BLOCK_BYTES * STATUS_BLOCK_BYTES),
                          issued.eq(0), rewritten.eq(0),
                          answered.eq(0), self.axi_error.eq(0), self.stall.eq(0),
                          self.first_error.eq(NO_ERROR_REQUEST)]
@@ -204,7 +204,8 @@ class ResultWriter(wiring.Component):
                                  p.flags.memory, Const(0, 4))
                     m.d.sync += [
                         aw_pending.eq(1), w_pending.eq(1),
-                        bus.awaddr.eq(base + issued * word_bytes), bus.awlen.eq(0),
+                        bus.awaddr.eq(carry_select_add(base, issued * word_bytes, 64)),
+                        bus.awlen.eq(0),
                         wdata.eq(Cat(status, Const(0, 8), p.score,
                                      *([p.more_scores] if self.outputs > 1 else []))),
                         bus.wstrb.eq(-1), bus.wlast.eq(1),
@@ -217,7 +218,7 @@ class ResultWriter(wiring.Component):
             with m.State("STATUS_AW"):
                 m.d.sync += [
                     aw_pending.eq(1),
-                    bus.awaddr.eq(status_at),
+                    bus.awaddr.eq(carry_select_add(base, status_off, 64)),
                     bus.awlen.eq(status_beats - 1),
                 ]
                 m.next = "STATUS_W"

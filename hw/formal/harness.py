@@ -664,7 +664,8 @@ class ResultWriterHarness(_Harness):
         p.check("writer.inv_run",
                 (fsm["IDLE"] == ~running) & (s("base") == base) & (s("batch") == records) &
                 (taken == issued) & (rewrite == rw) & (records <= batch) &
-                (s("status_at") == status_at) & (answered <= issued) & (issued <= records) &
+                (s("base") + s("status_off") == status_at) & (answered <= issued) &
+                (issued <= records) &
                 (batch <= self.max_batch) & (base[:6] == 0) &
                 (base + 2 * 4096 <= (1 << ADDR_WIDTH)))
         quiet = (~a & ~w & (chk.w_bursts == 0) & ~chk.lead_done & (chk.b_owed == 0) &
