@@ -164,17 +164,26 @@ class ResultWriter(wiring.Component):
             m.d.sync += self.axi_error.eq(1)
 
         # First offending record: flags are seen in record order, write errors in answer order;
-        # a write error of record i can come after records > i were taken with flags.
-        flagged_idx = Signal(33)
-        b_err_idx = Signal(33)
-        m.d.comb += [flagged_idx.eq(Mux(self.i_result.valid & self.i_result.ready &
-                                        (self.i_result.payload.flags.as_value() != 0),
-                                        issued, NO_ERROR_REQUEST)),
-                     b_err_idx.eq(Mux(b_done & bus.bresp[1] & (answered < issued), answered,
-                                      NO_ERROR_REQUEST))]
-        low = Mux(flagged_idx < b_err_idx, flagged_idx, b_err_idx)
-        with m.If(~self.start & (low < self.first_error)):
-            m.d.sync += self.first_error.eq(low)
+        # a write error of record i can come after records > i were taken with flags. Each
+        # cycle's candidates are registered, then folded into ``first_error`` (two levels of
+        # compare-and-select instead of one chain); the status is sampled one cycle after the
+        # last answer, once the fold has seen it.
+        flag_cand = Signal(33, init=NO_ERROR_REQUEST)
+        b_err_cand = Signal(33, init=NO_ERROR_REQUEST)
+        m.d.sync += [flag_cand.eq(Mux(self.i_result.valid & self.i_result.ready &
+                                      (self.i_result.payload.flags.as_value() != 0),
+                                      issued, NO_ERROR_REQUEST)),
+                     b_err_cand.eq(Mux(b_done & bus.bresp[1] & (answered < issued), answered,
+                                       NO_ERROR_REQUEST))]
+        # The three compares side by side, then a select (not compare -> mux -> compare).
+        flag_low, b_low = flag_cand < self.first_error, b_err_cand < self.first_error
+        flag_first = flag_cand < b_err_cand
+        with m.If(self.start):
+            m.d.sync += [flag_cand.eq(NO_ERROR_REQUEST), b_err_cand.eq(NO_ERROR_REQUEST)]
+        with m.Elif(flag_low & (~b_low | flag_first)):
+            m.d.sync += self.first_error.eq(flag_cand)
+        with m.Elif(b_low):
+            m.d.sync += self.first_error.eq(b_err_cand)
 
         # AW and W of one record go out together: a record is taken from the stream only when
         # both channels accept it in the same cycle, or whichever is left completes later.
@@ -212,9 +221,11 @@ class ResultWriter(wiring.Component):
                         issued.eq(issued + 1),
                     ]
                 with m.If((answered == batch) & (issued == batch)):
-                    m.d.comb += self.snapshot.eq(1)
-                    m.d.sync += [status_words.eq(self.status), status_beat.eq(0)]
-                    m.next = "STATUS_AW"
+                    m.next = "SNAPSHOT"
+            with m.State("SNAPSHOT"):
+                m.d.comb += self.snapshot.eq(1)
+                m.d.sync += [status_words.eq(self.status), status_beat.eq(0)]
+                m.next = "STATUS_AW"
             with m.State("STATUS_AW"):
                 m.d.sync += [
                     aw_pending.eq(1),

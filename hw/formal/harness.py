@@ -659,7 +659,7 @@ class ResultWriterHarness(_Harness):
         issued, answered, inflight, sbeat = (s("issued"), s("answered"), s("inflight"),
                                              s("status_beat"))
         rw = s("rewritten")
-        # The FSM's state register holds a state (5 states in 3 bits: 3 codes are no state).
+        # The FSM's state register holds a state (6 states in 3 bits: 2 codes are no state).
         p.check("writer.inv_state", functools.reduce(operator.or_, fsm.values()))
         p.check("writer.inv_run",
                 (fsm["IDLE"] == ~running) & (s("base") == base) & (s("batch") == records) &
@@ -672,6 +672,9 @@ class ResultWriterHarness(_Harness):
                  (chk.outstanding == 0) & (chk.w_beat == 0) & (inflight == 0))
         with m.If(fsm["IDLE"]):
             p.check("writer.inv_idle", quiet)
+        with m.If(fsm["SNAPSHOT"]):
+            p.check("writer.inv_snapshot", quiet & (issued == records) &
+                    (answered == records) & ~rw & (aws == records) & (bs == records))
         with m.If(fsm["STATUS_AW"]):
             p.check("writer.inv_status_aw", quiet & (sbeat == 0) & (issued == records) &
                     (answered == records) & (aws == records + rw) & (bs == records + rw))
