@@ -44,10 +44,11 @@ latency of :func:`dot_interaction_cycles` and bounds ``ii`` by its interval; ``d
 1,015 / 3,150, ``tools/measure_dlrm.py``, measured before the four-stage requantizer).
 ``KERNEL_OVERHEAD_CYCLES`` (request fetch and parse, dispatch, concat, result and status writes)
 is fitted to the simulation: the single-request run of the ``small`` model on the ``small`` preset
-takes 352 cycles (README, ``tools/measure_kernel.py 1 16 256``, with the streaming request path,
-the four-stage requantizer and the merged load/routing changes), of which the MLP model accounts
-for 218 and the simulated HBM read latency for 64. The model then gives 1,372 cycles for a batch
-of 16 (simulated: 1,376) and 17,692 for 256 (simulated: 17,696). The slow tests of
+takes 355 cycles (``tools/measure_kernel.py 1 16``, with the streaming request path, the
+four-stage requantizer, the merged load/routing changes and the lookup-side pipelining for
+<= 8 logic levels, which added 3 cycles to 352), of which the MLP model accounts for 218 and the
+simulated HBM read latency for 64. The model then gives 1,375 cycles for a batch of 16
+(simulated: 1,379) and 17,695 for 256 (not re-simulated; 17,696 before the pipelining). The slow tests of
 ``tests/test_bench_compare.py`` check it against simulation: within 1% on ``small``, within 20%
 on ``tiny``.
 """
@@ -67,7 +68,9 @@ ENGINE_OVERHEAD = 9
 #: Drain + sigmoid latency beyond ``N``.
 DRAIN_OVERHEAD = 2
 #: Kernel cycles per batch beyond the MLP latency and the memory read latency (module doc).
-KERNEL_OVERHEAD_CYCLES = 70
+#: 70 + 3 for the logic-depth pipelining of the lookup side: the pooler's word register, the
+#: concatenation stage's input register and the result writer's SNAPSHOT cycle.
+KERNEL_OVERHEAD_CYCLES = 73
 #: Memory read latency assumed for HBM, in kernel cycles (the simulation's HBM model).
 MEM_LATENCY_CYCLES = 64
 #: Program words the kernel's program loader takes per cycle (one 512-bit word per cycle:
