@@ -496,8 +496,10 @@ class EmbeddingLookupUnit(wiring.Component):
 
         addr2 = Signal(self.addr_width)
         m.d.comb += addr2.eq(carry_select_add(base2, off2, self.addr_width))
-        # The row's first byte within its 4 KiB page, from the low bits alone.
-        cross4k = ((base2[:12] + off2[:12])[:12] + (c2.beats << bb_log2)) > 4096
+        # The row's first byte within its 4 KiB page (from the low bits alone) against the last
+        # start that keeps the row in the page (``4096 - row bytes``, registered in stage 1).
+        lim2 = Signal(13)
+        cross4k = (base2[:12] + off2[:12])[:12] > lim2
         c2_out = Signal(pooler.ctx_layout)
         m.d.comb += c2_out.eq(c2)
         with m.If(c2.read & cross4k):
@@ -537,6 +539,7 @@ class EmbeddingLookupUnit(wiring.Component):
                     c2.read.eq(is_row & (cause == LookupErrorCause.NONE)),
                     c2.beats.eq(e1.beats), c2.dim.eq(e1.desc.dim),
                     base2.eq(e1.desc.base), off2.eq(s1.row * e1.desc.stride),
+                    lim2.eq(4096 - (e1.beats << bb_log2)),
                 ]
         with m.If(self.i_lookup.ready):
             m.d.sync += v1.eq(self.i_lookup.valid)

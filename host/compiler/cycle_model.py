@@ -48,9 +48,9 @@ takes 355 cycles (``tools/measure_kernel.py 1 16``, with the streaming request p
 four-stage requantizer, the merged load/routing changes and the lookup-side pipelining for
 <= 8 logic levels, which added 3 cycles to 352), of which the MLP model accounts for 218 and the
 simulated HBM read latency for 64. The model then gives 1,375 cycles for a batch of 16
-(simulated: 1,379) and 17,695 for 256 (not re-simulated; 17,696 before the pipelining). The slow tests of
-``tests/test_bench_compare.py`` check it against simulation: within 1% on ``small``, within 20%
-on ``tiny``.
+(simulated: 1,379) and 17,695 for 256 (not re-simulated; 17,696 before the pipelining). The
+slow tests of ``tests/test_bench_compare.py`` check it against simulation: within 1% on
+``small``, within 20% on ``tiny``.
 """
 
 from __future__ import annotations
@@ -194,7 +194,9 @@ def kernel_batch_cycles(spec, config, rounds: int, words_per_record: int, *,
     return latency, ii
 
 
-#: DotInteraction cycles from a request's last read to its last element in the chunk packer.
+#: DotInteraction cycles from a request's last read to its last element in the chunk packer,
+#: with a one-cycle product sum (``dot_lanes`` <= 2); each further adder level of the sum
+#: (:func:`~recfabric.hw.interaction.sum_stages`) adds one.
 DOT_PIPELINE_CYCLES = 7
 
 
@@ -205,10 +207,11 @@ def dot_interaction_cycles(n: int, d: int, lanes: int, dot_lanes: int) -> tuple[
     one read per cycle, ``d`` dense elements and ``ceil(d / dot_lanes)`` per pair, plus one idle
     cycle per request. ``ii = max(chunks, 1 + d + n(n-1)/2 * ceil(d / dot_lanes))`` (equal to
     the block's simulation, ``tests/test_hw_interaction.py``), ``latency = chunks + compute +``
-    :data:`DOT_PIPELINE_CYCLES`."""
+    :data:`DOT_PIPELINE_CYCLES` ``+ ceil(log2(dot_lanes)) - 1`` (for ``dot_lanes`` > 2)."""
     chunks = math.ceil(n * d / lanes)
     compute = 1 + d + n * (n - 1) // 2 * math.ceil(d / dot_lanes)
-    return chunks + compute + DOT_PIPELINE_CYCLES, max(chunks, compute)
+    sum_extra = max(1, (dot_lanes - 1).bit_length()) - 1  # hw.interaction.sum_stages - 1
+    return chunks + compute + DOT_PIPELINE_CYCLES + sum_extra, max(chunks, compute)
 
 
 def program_load_cycles(words: int, *, rate: float = PROGRAM_LOAD_RATE,

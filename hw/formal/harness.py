@@ -393,7 +393,8 @@ class LookupUnitHarness(_Harness):
                 functools.reduce(operator.and_, (entry_ok(row.data) for row in descs.rows)))
         p.check("lookup.inv_stage2",
                 ~c2.read | (beats_ok(c2.beats) & (s("base2")[:bb_log2] == 0) &
-                            (s("off2")[:bb_log2] == 0)))
+                            (s("off2")[:bb_log2] == 0) &
+                            (s("lim2") == 4096 - (c2.beats << bb_log2))))
         if tables is None:
             return
         # For ``lookup.in_table``: the harness's copy of each descriptor is the memory's row;
