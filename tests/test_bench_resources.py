@@ -115,6 +115,8 @@ def test_blocks_mirror_the_kernel_and_extrapolate_wide_engines():
     blocks = {b.name: b for b in rs.config_blocks(c)}
     assert blocks["lookup unit"].count == c.mem_channels
     assert blocks["on-chip table"].count == c.onchip_units
+    assert blocks["dot interaction"].count == 1 and c.dot_lanes  # DLRM's unit is a block too
+    assert "dot interaction" not in {b.name for b in rs.config_blocks(get_preset("tiny"))}
     eng = blocks["mlp engine0 (80x68)"]
     (w1, b1), (w2, b2) = eng.parts
     assert (w1, w2) == (-38.0, 39.0)  # E(80) = E(2) + 39 * (E(4) - E(2))

@@ -14,11 +14,12 @@ At u280 scale a flat synthesis of the whole kernel does not fit this machine, so
 RTLIL hash keys a cache under ``build/resources/``) and multiplied by its instance count. The
 blocks are those :class:`~recfabric.hw.kernel.RecFabricKernel` builds (control registers, the
 two record fetchers, parser, dispatcher, one lookup unit per channel, one on-chip table per unit,
-arbiter, concatenation, result writer) and the top MLP's parts (input writer, activation buffers,
-one layer engine per layer, drain, sigmoid). A layer engine is linear in its rows (each row, or
-packed row pair, has its own array line, bias memory, accumulator and requantizer; the sequencer
-and input skew are per engine), so an engine of ``R`` rows is extrapolated exactly in form from
-two synthesised engines of ``a`` and ``a + 2`` rows with the same columns and memory depths:
+arbiter, concatenation, the dot-interaction unit where configured, result writer) and the top
+MLP's parts (input writer, activation buffers, one layer engine per layer, drain, sigmoid). A
+layer engine is linear in its rows (each row, or packed row pair, has its own array line, bias
+memory, accumulator and requantizer; the sequencer and input skew are per engine), so an engine
+of ``R`` rows is extrapolated exactly in form from two synthesised engines of ``a`` and
+``a + 2`` rows with the same columns and memory depths:
 ``E(R) = E(a) + (R - a) / 2 * (E(a + 2) - E(a))``. The kernel's own glue (run sequencing,
 counters, the flag FIFO) is not a block here; the ``small`` validation against one flat
 synthesis of the whole kernel measures what the estimate leaves out (README).
@@ -135,8 +136,10 @@ def config_blocks(config) -> list:
     if k.onchip:
         blocks.append(Block("on-chip table", c.onchip_units, lambda: k.onchip[0]))
     blocks += [Block("stream arbiter", 1, lambda: k.arbiter),
-               Block("concat stage", 1, lambda: k.concat),
-               Block("result writer", 1, lambda: k.writer)]
+               Block("concat stage", 1, lambda: k.concat)]
+    if k.interact:  # the DLRM dot-interaction unit (configurations with dot_lanes)
+        blocks.append(Block("dot interaction", 1, lambda: k.interact))
+    blocks.append(Block("result writer", 1, lambda: k.writer))
     pipe = k.mlp
     from recfabric.hw.mlp import LayerEngine
     engines = [LayerEngine(**kw) for kw in pipe.engine_kwargs()]  # for their buffer geometry
