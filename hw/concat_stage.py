@@ -208,10 +208,14 @@ class ConcatStage(wiring.Component):
             return (Signal(_WORD_BITS, name=f"{name}_word"), Signal(range(C), name=f"{name}_lane"),
                     Signal(_LEN_BITS, name=f"{name}_len"))
 
-        slot_regs = [place_regs(f"slot{s}") for s in range(self.max_slots)]
+        # A slot's placement is held as word, lane and end (``lane + length``, added when the
+        # descriptor is written rather than when a vector arrives).
+        slot_regs = [(Signal(_WORD_BITS, name=f"slot{s}_word"),
+                      Signal(range(C), name=f"slot{s}_lane"),
+                      Signal(_LEN_BITS + 1, name=f"slot{s}_end")) for s in range(self.max_slots)]
         s_word = Array(r[0] for r in slot_regs)
         s_lane = Array(r[1] for r in slot_regs)
-        s_len = Array(r[2] for r in slot_regs)
+        s_end = Array(r[2] for r in slot_regs)
         n_slots = Signal(range(self.max_slots + 1))
         d_word, d_lane, d_len = place_regs("dense")
         chunks = Signal(self.local_bits + 1)
@@ -228,7 +232,10 @@ class ConcatStage(wiring.Component):
             with m.Switch(dsc.addr):
                 for s in range(self.max_slots):
                     with m.Case(s):
-                        m.d.sync += set_place(slot_regs[s])
+                        w, la, end = slot_regs[s]
+                        lane = dsc.data[_WORD_BITS:_WORD_BITS + _LANE_BITS]
+                        m.d.sync += [w.eq(dsc.data[:_WORD_BITS]), la.eq(lane),
+                                     end.eq(lane + dsc.data[_WORD_BITS + _LANE_BITS:])]
                 with m.Case(self.max_slots):
                     m.d.sync += n_slots.eq(dsc.data)
                 with m.Case(self.max_slots + 1):
@@ -263,13 +270,13 @@ class ConcatStage(wiring.Component):
 
         # ---- pooled writer: window j of the slot's placement, one word per cycle ----
         # Stage A takes a pooled vector and its slot's placement into registers; each cycle the
-        # window writes the lanes ``lo_r <= q < end_r`` (``end_r``: the piece's end relative to
-        # the window's first lane), element ``q + off_r`` into lane ``q``.
+        # window writes the lanes of ``slot_en`` (a register: the next window's lanes are found
+        # a cycle ahead), element ``q + off_r`` into lane ``q``; ``end_r`` is the piece's end
+        # relative to the window's first lane.
         pv = self.i_pooled.payload
         pr_valid = Signal()
         pr = Signal.like(pv, name="pr")
         word_r = Signal(_WORD_BITS)
-        lo_r = Signal(range(C))
         end_r = Signal(signed(_LEN_BITS + 2))
         off_r = Signal(signed(_LEN_BITS + 2))
         last_win = end_r <= C
@@ -278,21 +285,25 @@ class ConcatStage(wiring.Component):
         for q in range(C):
             i = Signal(signed(_LEN_BITS + 2), name=f"elem{q}")
             m.d.comb += i.eq(off_r + q)
-            m.d.comb += slot_en[q].eq(pr_valid & (q >= lo_r) & (q < end_r))
             m.d.comb += [wr_addr[q].eq(Cat(word_r[:self.local_bits], pr.tag)),
                          wr_data[q].eq(pr.data[i[:idx_bits]])]
         take_pv = ~pr_valid | last_win
         m.d.comb += self.i_pooled.ready.eq(take_pv)
         with m.If(take_pv):
             m.d.sync += [pr_valid.eq(self.i_pooled.valid), pr.eq(pv)]
-            lane0 = s_lane[pv.slot]
-            m.d.sync += [word_r.eq(s_word[pv.slot]), lo_r.eq(lane0),
-                         end_r.eq(lane0 + s_len[pv.slot]), off_r.eq(-lane0)]
+            lane0, end0 = s_lane[pv.slot], s_end[pv.slot]
+            m.d.sync += [word_r.eq(s_word[pv.slot]), end_r.eq(end0), off_r.eq(-lane0)]
+            m.d.sync += [slot_en[q].eq(self.i_pooled.valid & (q >= lane0) & (q < end0))
+                         for q in range(C)]
         with m.Else():
-            m.d.sync += [word_r.eq(word_r + 1), lo_r.eq(0), end_r.eq(end_r - C),
-                         off_r.eq(off_r + C)]
+            m.d.sync += [word_r.eq(word_r + 1), end_r.eq(end_r - C), off_r.eq(off_r + C)]
+            m.d.sync += [slot_en[q].eq(q + C < end_r) for q in range(C)]
+        # Per tag: all N_SLOTS pooled vectors are in (set with the count's last increment).
+        slots_done = Signal(T)
         with m.If(pr_valid & last_win):
             m.d.sync += slot_cnt[pr.tag].eq(slot_cnt[pr.tag] + 1)
+            with m.If(slot_cnt[pr.tag] + 1 == n_slots):
+                m.d.sync += slots_done.bit_select(pr.tag, 1).eq(1)
             with m.If(pr.error):
                 m.d.sync += self.error.eq(1)
                 with m.If(pr.cause == LookupErrorCause.RESP):
@@ -310,7 +321,7 @@ class ConcatStage(wiring.Component):
         with m.If(self.i_desc.valid & (dsc.addr == self.max_slots + 1)):
             m.d.sync += [d_w.eq(dsc.data[:_WORD_BITS]),
                          d_q.eq(dsc.data[_WORD_BITS:_WORD_BITS + _LANE_BITS])]
-        lane_free = ~(pr_valid & (d_q >= lo_r) & (d_q < end_r))
+        lane_free = ~slot_en.bit_select(d_q, 1)
         dense_go = self.i_dense.valid & lane_free & (d_len != 0)
         m.d.comb += self.i_dense.ready.eq(dense_go)
         dense_en = Signal(C)
@@ -340,7 +351,7 @@ class ConcatStage(wiring.Component):
         free = ~o.valid | o.ready
         adv = active & free
         # An unprogrammed stage (CHUNKS 0) never emits.
-        complete = ((chunks != 0) & (slot_cnt[head] == n_slots)
+        complete = ((chunks != 0) & (slots_done.bit_select(head, 1) | (n_slots == 0))
                     & (dense_done[head] | (d_len == 0)))
         m.d.comb += [rd_addr.eq(Cat(c[:self.local_bits], head)), rd_en.eq(adv),
                      o.payload.last.eq(last_d)]
@@ -353,6 +364,7 @@ class ConcatStage(wiring.Component):
             with m.If(c + 1 >= chunks):
                 m.d.comb += self.released.eq(1)
                 m.d.sync += [active.eq(0), slot_cnt[head].eq(0), dense_done[head].eq(0),
+                             slots_done.bit_select(head, 1).eq(0),
                              head.eq(_wrap_inc(head, T))]
                 m.d.sync += [v.bit_select(head, 1).eq(0) for v in flag_bits.values()]
         with m.Elif(~active & complete & self.o_flags.ready):
