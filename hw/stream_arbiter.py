@@ -13,10 +13,10 @@ def _or_all(values):
     return reduce(lambda a, b: a | b, values)
 
 
-def _lowest_one(v: Value, n: int) -> list:
-    """One-hot of the lowest set bit of ``v`` (``n`` bits): bit ``i`` is set when ``v[i]`` is
-    and no bit below it is (a prefix OR, a few LUT levels wide, not a carry chain)."""
-    return [v[0]] + [v[i] & ~v[:i].any() for i in range(1, n)]
+def _below(v: Value, n: int) -> Value:
+    """Bit ``i``: some bit of ``v`` below ``i`` is set (a prefix OR, a few LUT levels, not a
+    carry chain)."""
+    return Cat(0, *[v[:i].any() for i in range(1, n)])
 
 
 class StreamArbiter(wiring.Component):
@@ -26,7 +26,7 @@ class StreamArbiter(wiring.Component):
     ``valid`` and payload stay stable until taken (the stream rules hold on the output). The
     grant is one-hot, with a register of the inputs above it: the next grant is the lowest
     valid input above the granted one, else the lowest valid input (the granted one itself
-    last), two prefix ORs rather than a modulo search.
+    last): two prefix ORs rather than a modulo search.
 
     Members
     -------
@@ -56,12 +56,13 @@ class StreamArbiter(wiring.Component):
         ]
         for k, s in enumerate(self.i):
             m.d.comb += s.ready.eq(grant[k] & self.o.ready)
+        # The lowest set bit of ``v`` is ``v & ~below(v)``; the inputs above it are
+        # ``below(v)`` itself, so the next ``above`` needs no second pass over the new grant.
         hi = valids & above
-        pick_hi, pick_any = Cat(*_lowest_one(hi, n)), Cat(*_lowest_one(valids, n))
-        nxt = Signal(n)
-        m.d.comb += nxt.eq(Mux(hi.any(), pick_hi, pick_any))
+        below_hi, below_any = _below(hi, n), _below(valids, n)
+        use_hi = hi.any()
         hold = self.o.valid & ~self.o.ready
         with m.If(~hold & valids.any()):
-            m.d.sync += [grant.eq(nxt),
-                         above.eq(Cat(0, *[nxt[:i + 1].any() for i in range(n - 1)]))]
+            m.d.sync += [grant.eq(Mux(use_hi, hi & ~below_hi, valids & ~below_any)),
+                         above.eq(Mux(use_hi, below_hi, below_any))]
         return m
