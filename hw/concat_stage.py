@@ -208,10 +208,14 @@ class ConcatStage(wiring.Component):
             return (Signal(_WORD_BITS, name=f"{name}_word"), Signal(range(C), name=f"{name}_lane"),
                     Signal(_LEN_BITS, name=f"{name}_len"))
 
-        slot_regs = [place_regs(f"slot{s}") for s in range(self.max_slots)]
+        # A slot's placement is held as word, lane and end (``lane + length``, added when the
+        # descriptor is written rather than when a vector arrives).
+        slot_regs = [(Signal(_WORD_BITS, name=f"slot{s}_word"),
+                      Signal(range(C), name=f"slot{s}_lane"),
+                      Signal(_LEN_BITS + 1, name=f"slot{s}_end")) for s in range(self.max_slots)]
         s_word = Array(r[0] for r in slot_regs)
         s_lane = Array(r[1] for r in slot_regs)
-        s_len = Array(r[2] for r in slot_regs)
+        s_end = Array(r[2] for r in slot_regs)
         n_slots = Signal(range(self.max_slots + 1))
         d_word, d_lane, d_len = place_regs("dense")
         chunks = Signal(self.local_bits + 1)
@@ -228,7 +232,10 @@ class ConcatStage(wiring.Component):
             with m.Switch(dsc.addr):
                 for s in range(self.max_slots):
                     with m.Case(s):
-                        m.d.sync += set_place(slot_regs[s])
+                        w, la, end = slot_regs[s]
+                        lane = dsc.data[_WORD_BITS:_WORD_BITS + _LANE_BITS]
+                        m.d.sync += [w.eq(dsc.data[:_WORD_BITS]), la.eq(lane),
+                                     end.eq(lane + dsc.data[_WORD_BITS + _LANE_BITS:])]
                 with m.Case(self.max_slots):
                     m.d.sync += n_slots.eq(dsc.data)
                 with m.Case(self.max_slots + 1):
@@ -262,62 +269,78 @@ class ConcatStage(wiring.Component):
             m.d.sync += flag_bits["bag_range"].bit_select(self.i_bag_error.payload.tag, 1).eq(1)
 
         # ---- pooled writer: window j of the slot's placement, one word per cycle ----
+        # Stage A takes a pooled vector and its slot's placement into registers; each cycle the
+        # window writes the lanes of ``slot_en`` (a register: the next window's lanes are found
+        # a cycle ahead), element ``q + off_r`` into lane ``q``; ``end_r`` is the piece's end
+        # relative to the window's first lane.
         pv = self.i_pooled.payload
-        j = Signal(range(math.ceil((C + self.max_dim) / C) + 1))
-        lane0 = s_lane[pv.slot]
-        length = s_len[pv.slot]
-        word = s_word[pv.slot] + j
-        last_win = (j + 1) * C >= lane0 + length
+        pr_valid = Signal()
+        pr = Signal.like(pv, name="pr")
+        word_r = Signal(_WORD_BITS)
+        end_r = Signal(signed(_LEN_BITS + 2))
+        off_r = Signal(signed(_LEN_BITS + 2))
+        last_win = end_r <= C
         slot_en = Signal(C)
+        idx_bits = _bits_for(self.max_dim)
         for q in range(C):
             i = Signal(signed(_LEN_BITS + 2), name=f"elem{q}")
-            m.d.comb += i.eq(j * C + q - lane0)
-            m.d.comb += slot_en[q].eq(self.i_pooled.valid & (i >= 0) & (i < length))
-            m.d.comb += [wr_addr[q].eq(Cat(word[:self.local_bits], pv.tag)),
-                         wr_data[q].eq(pv.data[i[:_bits_for(self.max_dim)]])]
-        m.d.comb += self.i_pooled.ready.eq(last_win)
-        with m.If(self.i_pooled.valid):
-            with m.If(last_win):
-                m.d.sync += [j.eq(0), slot_cnt[pv.tag].eq(slot_cnt[pv.tag] + 1)]
-                with m.If(pv.error):
-                    m.d.sync += self.error.eq(1)
-                    with m.If(pv.cause == LookupErrorCause.RESP):
-                        m.d.sync += flag_bits["memory"].bit_select(pv.tag, 1).eq(1)
-                    with m.Else():
-                        m.d.sync += flag_bits["id_range"].bit_select(pv.tag, 1).eq(1)
-            with m.Else():
-                m.d.sync += j.eq(j + 1)
+            m.d.comb += i.eq(off_r + q)
+            m.d.comb += [wr_addr[q].eq(Cat(word_r[:self.local_bits], pr.tag)),
+                         wr_data[q].eq(pr.data[i[:idx_bits]])]
+        take_pv = ~pr_valid | last_win
+        m.d.comb += self.i_pooled.ready.eq(take_pv)
+        with m.If(take_pv):
+            m.d.sync += [pr_valid.eq(self.i_pooled.valid), pr.eq(pv)]
+            lane0, end0 = s_lane[pv.slot], s_end[pv.slot]
+            m.d.sync += [word_r.eq(s_word[pv.slot]), end_r.eq(end0), off_r.eq(-lane0)]
+            m.d.sync += [slot_en[q].eq(self.i_pooled.valid & (q >= lane0) & (q < end0))
+                         for q in range(C)]
+        with m.Else():
+            m.d.sync += [word_r.eq(word_r + 1), end_r.eq(end_r - C), off_r.eq(off_r + C)]
+            m.d.sync += [slot_en[q].eq(q + C < end_r) for q in range(C)]
+        # Per tag: all N_SLOTS pooled vectors are in (set with the count's last increment).
+        slots_done = Signal(T)
+        with m.If(pr_valid & last_win):
+            m.d.sync += slot_cnt[pr.tag].eq(slot_cnt[pr.tag] + 1)
+            with m.If(slot_cnt[pr.tag] + 1 == n_slots):
+                m.d.sync += slots_done.bit_select(pr.tag, 1).eq(1)
+            with m.If(pr.error):
+                m.d.sync += self.error.eq(1)
+                with m.If(pr.cause == LookupErrorCause.RESP):
+                    m.d.sync += flag_bits["memory"].bit_select(pr.tag, 1).eq(1)
+                with m.Else():
+                    m.d.sync += flag_bits["id_range"].bit_select(pr.tag, 1).eq(1)
 
         # ---- dense writer: one element per cycle into a lane the pooled writer leaves free ----
+        # ``d_q``/``d_w``: where the next dense element goes (the descriptor's placement at the
+        # start of each request's dense part).
         d_tag = self.i_dense.payload.tag
         d_n = Signal(_LEN_BITS)
         d_q = Signal(range(C))
         d_w = Signal(_WORD_BITS)
-        d_started = Signal()
-        cur_q = Signal(range(C))
-        cur_w = Signal(_WORD_BITS)
-        # The first element of a request starts at the descriptor's placement.
-        m.d.comb += [cur_q.eq(Mux(d_started, d_q, d_lane)), cur_w.eq(Mux(d_started, d_w, d_word))]
-        lane_free = ~slot_en.bit_select(cur_q, 1)
+        with m.If(self.i_desc.valid & (dsc.addr == self.max_slots + 1)):
+            m.d.sync += [d_w.eq(dsc.data[:_WORD_BITS]),
+                         d_q.eq(dsc.data[_WORD_BITS:_WORD_BITS + _LANE_BITS])]
+        lane_free = ~slot_en.bit_select(d_q, 1)
         dense_go = self.i_dense.valid & lane_free & (d_len != 0)
         m.d.comb += self.i_dense.ready.eq(dense_go)
         dense_en = Signal(C)
         for q in range(C):
-            m.d.comb += dense_en[q].eq(dense_go & (cur_q == q))
+            m.d.comb += dense_en[q].eq(dense_go & (d_q == q))
             with m.If(dense_en[q]):
-                m.d.comb += [wr_addr[q].eq(Cat(cur_w[:self.local_bits], d_tag)),
+                m.d.comb += [wr_addr[q].eq(Cat(d_w[:self.local_bits], d_tag)),
                              wr_data[q].eq(self.i_dense.payload.data)]
         m.d.comb += wr_en.eq(slot_en | dense_en)
         with m.If(dense_go):
-            m.d.sync += d_started.eq(1)
-            with m.If(cur_q == C - 1):
-                m.d.sync += [d_q.eq(0), d_w.eq(cur_w + 1)]
-            with m.Else():
-                m.d.sync += [d_q.eq(cur_q + 1), d_w.eq(cur_w)]
             with m.If(d_n + 1 >= d_len):
-                m.d.sync += [d_n.eq(0), d_started.eq(0), dense_done[d_tag].eq(1)]
+                m.d.sync += [d_n.eq(0), dense_done[d_tag].eq(1), d_q.eq(d_lane),
+                             d_w.eq(d_word)]
             with m.Else():
                 m.d.sync += d_n.eq(d_n + 1)
+                with m.If(d_q == C - 1):
+                    m.d.sync += [d_q.eq(0), d_w.eq(d_w + 1)]
+                with m.Else():
+                    m.d.sync += d_q.eq(d_q + 1)
 
         # ---- reader: head request, in order ----
         head = Signal(self.tag_bits)
@@ -328,7 +351,7 @@ class ConcatStage(wiring.Component):
         free = ~o.valid | o.ready
         adv = active & free
         # An unprogrammed stage (CHUNKS 0) never emits.
-        complete = ((chunks != 0) & (slot_cnt[head] == n_slots)
+        complete = ((chunks != 0) & (slots_done.bit_select(head, 1) | (n_slots == 0))
                     & (dense_done[head] | (d_len == 0)))
         m.d.comb += [rd_addr.eq(Cat(c[:self.local_bits], head)), rd_en.eq(adv),
                      o.payload.last.eq(last_d)]
@@ -341,6 +364,7 @@ class ConcatStage(wiring.Component):
             with m.If(c + 1 >= chunks):
                 m.d.comb += self.released.eq(1)
                 m.d.sync += [active.eq(0), slot_cnt[head].eq(0), dense_done[head].eq(0),
+                             slots_done.bit_select(head, 1).eq(0),
                              head.eq(_wrap_inc(head, T))]
                 m.d.sync += [v.bit_select(head, 1).eq(0) for v in flag_bits.values()]
         with m.Elif(~active & complete & self.o_flags.ready):

@@ -63,6 +63,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..host.numerics import pool_acc_bits
+from .arith import carry_select_add
 from .axi4 import AXI4Signature, AXIBurst
 from .stream_types import (
     DescriptorWriteLayout,
@@ -185,7 +186,7 @@ class RowPooler(wiring.Component):
 
     Consumes one context per lookup (in lookup order) and, for contexts with ``read=1``, that
     many words from the beat stream; emits one pooled vector per bag. One word (or one
-    ``read=0`` context) is consumed per cycle.
+    ``read=0`` context) is consumed per cycle, also while pooled vectors leave one per cycle.
 
     Parameters
     ----------
@@ -207,6 +208,11 @@ class RowPooler(wiring.Component):
         ``error`` and ``cause`` say whether (and why) a lookup of the bag was bad.
     error : Out(LookupErrorSignature)
         Sticky first-error record.
+    busy : Out(1)
+        A bag's words are being summed or a pooled vector is waiting in the output.
+
+    A pooled vector leaves two cycles after its bag's last word (or context) is taken: one
+    cycle to register the word, one to add it; the saturated sum is registered at the output.
     """
 
     def __init__(self, *, data_bits: int, max_dim: int, beat_width: int, tag_bits: int,
@@ -231,19 +237,33 @@ class RowPooler(wiring.Component):
             "i_beat": In(stream.Signature(BeatLayout(beat_width))),
             "o_pooled": Out(stream.Signature(self.out_layout)),
             "error": Out(LookupErrorSignature(tag_bits=tag_bits, slot_bits=slot_bits)),
+            "busy": Out(1),
         })
 
     def elaborate(self, platform):
+        # Two stages, each <= 8 LUT levels: stage 0 takes a context / word (the handshake, beat
+        # counting, which elements the word feeds) and registers it; stage 1 accumulates and
+        # writes the saturated vector into a two-entry output register (``o`` and a skid
+        # register). Stage 0 takes a bag's last word only when the output will have room for it.
         m = Module()
-        db, epb = self.data_bits, self.elems_per_beat
+        db, epb, n = self.data_bits, self.elems_per_beat, self.max_dim
         ctx, beat, o = self.i_ctx.payload, self.i_beat.payload, self.o_pooled
 
-        acc = [Signal(signed(self.acc_bits), name=f"acc{i}") for i in range(self.max_dim)]
-        bag_err = Signal()
-        bag_cause = Signal(LookupErrorCause)
         beat_idx = Signal(range(max(2, self.max_beats)))
+        # ---- stage 1 registers ----
+        v1, end1, clear1, err1 = Signal(), Signal(), Signal(), Signal()
+        cause1 = Signal(LookupErrorCause)
+        use1 = Signal(n)
+        data1 = Signal(self.beat_width)
+        tag1, slot1 = Signal.like(ctx.tag), Signal.like(ctx.slot)
+        # ---- output: ``o`` and the skid register behind it ----
+        sk_valid = Signal()
+        sk = Signal(self.out_layout)
+        pop = o.valid & o.ready
+        # Bag ends held in stage 1, ``o`` and the skid register, less the one leaving now: a
+        # bag's end may enter stage 1 while that is at most one (``sk_valid`` implies ``o.valid``).
+        can_emit = ~(o.valid & (sk_valid | (v1 & end1))) | pop
 
-        can_emit = ~o.valid | o.ready
         last_beat = beat_idx == ctx.beats - 1
         # Plain expressions rather than m.If: they become continuous assignments, which Icarus
         # evaluates at time 0 (an `always @*` whose inputs never change would stay X there).
@@ -257,37 +277,54 @@ class RowPooler(wiring.Component):
             self.i_ctx.ready.eq(ctx_done),
         ]
 
-        clear = ctx.first & (beat_idx == 0)
         resp_err = ctx.read & beat.err
         this_err = (ctx.cause != LookupErrorCause.NONE) | resp_err
         this_cause = Mux(resp_err, LookupErrorCause.RESP, ctx.cause)
-        prev_err = Mux(clear, 0, bag_err)
-        new_err = prev_err | this_err
-        # The bag's cause is its first bad lookup's.
-        new_cause = Mux(prev_err, bag_cause, Mux(this_err, this_cause, LookupErrorCause.NONE))
-        new_acc = []
-        for i, a in enumerate(acc):
-            g, j = divmod(i, epb)
-            elem = beat.data[j * db:(j + 1) * db].as_signed()
-            use = ctx.read & (beat_idx == g) & (ctx.dim > i)
-            s = Signal(signed(self.acc_bits), name=f"new_acc{i}")
-            m.d.comb += s.eq(Mux(clear, 0, a) + Mux(use, elem, 0))
-            new_acc.append(s)
-
-        lo, hi = -(1 << (db - 1)), (1 << (db - 1)) - 1
-        with m.If(o.ready):
-            m.d.sync += o.valid.eq(0)
+        use = Signal(n)
+        for i in range(n):
+            m.d.comb += use[i].eq(ctx.read & (beat_idx == i // epb) & (ctx.dim > i))
+        m.d.sync += v1.eq(step)
         with m.If(step):
-            m.d.sync += beat_idx.eq(Mux(ctx_done, 0, beat_idx + 1))
-            m.d.sync += [a.eq(s) for a, s in zip(acc, new_acc)]
+            m.d.sync += [beat_idx.eq(Mux(ctx_done, 0, beat_idx + 1)),
+                         end1.eq(ctx_done & ctx.last), clear1.eq(ctx.first & (beat_idx == 0)),
+                         err1.eq(this_err), cause1.eq(this_cause), use1.eq(use),
+                         data1.eq(beat.data), tag1.eq(ctx.tag), slot1.eq(ctx.slot)]
+
+        # ---- stage 1: accumulate; a bag's end goes to the output ----
+        acc = [Signal(signed(self.acc_bits), name=f"acc{i}") for i in range(n)]
+        bag_err = Signal()
+        bag_cause = Signal(LookupErrorCause)
+        prev_err = Mux(clear1, 0, bag_err)
+        new_err = prev_err | err1
+        # The bag's cause is its first bad lookup's.
+        new_cause = Mux(prev_err, bag_cause, Mux(err1, cause1, LookupErrorCause.NONE))
+        lo, hi = -(1 << (db - 1)), (1 << (db - 1)) - 1
+        vec = Signal(self.out_layout)
+        m.d.comb += [vec.tag.eq(tag1), vec.slot.eq(slot1), vec.error.eq(new_err),
+                     vec.cause.eq(new_cause)]
+        for i, a in enumerate(acc):
+            elem = data1[(i % epb) * db:(i % epb + 1) * db].as_signed()
+            s = Signal(signed(self.acc_bits), name=f"new_acc{i}")
+            m.d.comb += s.eq(Mux(clear1, 0, a) + Mux(use1[i], elem, 0))
+            with m.If(v1):
+                m.d.sync += a.eq(s)
+            m.d.comb += vec.data[i].eq(Mux(new_err, 0, Mux(s > hi, hi, Mux(s < lo, lo, s))))
+        with m.If(v1):
             m.d.sync += [bag_err.eq(new_err), bag_cause.eq(new_cause)]
-            with m.If(ctx_done & ctx.last):
-                m.d.sync += [o.valid.eq(1), o.payload.tag.eq(ctx.tag),
-                             o.payload.slot.eq(ctx.slot), o.payload.error.eq(new_err),
-                             o.payload.cause.eq(new_cause)]
-                for i, s in enumerate(new_acc):
-                    sat = Mux(s > hi, hi, Mux(s < lo, lo, s))
-                    m.d.sync += o.payload.data[i].eq(Mux(new_err, 0, sat))
+        put = v1 & end1
+        with m.If(sk_valid):
+            with m.If(pop):
+                m.d.sync += [o.payload.eq(sk), sk_valid.eq(put)]
+                with m.If(put):
+                    m.d.sync += sk.eq(vec)
+        with m.Elif(put):
+            with m.If(o.valid & ~pop):
+                m.d.sync += [sk_valid.eq(1), sk.eq(vec)]
+            with m.Else():
+                m.d.sync += [o.valid.eq(1), o.payload.eq(vec)]
+        with m.Elif(pop):
+            m.d.sync += o.valid.eq(0)
+        m.d.comb += self.busy.eq(v1 | sk_valid | o.valid)
 
         err = self.error
         with m.If(err.clear):
@@ -458,8 +495,11 @@ class EmbeddingLookupUnit(wiring.Component):
         off2 = Signal(self.addr_width)
 
         addr2 = Signal(self.addr_width)
-        m.d.comb += addr2.eq(base2 + off2)
-        cross4k = (addr2[:12] + (c2.beats << bb_log2)) > 4096
+        m.d.comb += addr2.eq(carry_select_add(base2, off2, self.addr_width))
+        # The row's first byte within its 4 KiB page (from the low bits alone) against the last
+        # start that keeps the row in the page (``4096 - row bytes``, registered in stage 1).
+        lim2 = Signal(13)
+        cross4k = (base2[:12] + off2[:12])[:12] > lim2
         c2_out = Signal(pooler.ctx_layout)
         m.d.comb += c2_out.eq(c2)
         with m.If(c2.read & cross4k):
@@ -499,6 +539,7 @@ class EmbeddingLookupUnit(wiring.Component):
                     c2.read.eq(is_row & (cause == LookupErrorCause.NONE)),
                     c2.beats.eq(e1.beats), c2.dim.eq(e1.desc.dim),
                     base2.eq(e1.desc.base), off2.eq(s1.row * e1.desc.stride),
+                    lim2.eq(4096 - (e1.beats << bb_log2)),
                 ]
         with m.If(self.i_lookup.ready):
             m.d.sync += v1.eq(self.i_lookup.valid)
@@ -510,7 +551,7 @@ class EmbeddingLookupUnit(wiring.Component):
             ctx_fifo.r_en.eq(pooler.i_ctx.ready),
             pooler.i_beat.payload.data.eq(ax.rdata), pooler.i_beat.payload.err.eq(ax.rresp[1]),
             pooler.i_beat.valid.eq(ax.rvalid), ax.rready.eq(pooler.i_beat.ready),
-            self.idle.eq(~v1 & ~v2 & (ctx_fifo.level == 0) & ~self.o_pooled.valid),
+            self.idle.eq(~v1 & ~v2 & (ctx_fifo.level == 0) & ~pooler.busy),
         ]
         wiring.connect(m, wiring.flipped(self.o_pooled), pooler.o_pooled)
         wiring.connect(m, wiring.flipped(self.error), pooler.error)

@@ -26,8 +26,9 @@ OUT_FRAC, ``4`` FLAGS (bit 0: FLOOR rounding, else HALF_UP), ``5`` DIM_WORDS and
 Timing (DOT): the vector is stored one chunk per cycle into one of two buffers, so the next
 request is taken while the previous one is computed; the computation issues one read per cycle,
 fully pipelined: ``d`` dense elements, then ``n(n-1)/2`` pairs of ``ceil(d / dot_lanes)`` reads
-(``dot_lanes`` MACs each), one idle cycle per request. A request's first element leaves 6 cycles
-after its first read; the output is one element per cycle into the chunk packer.
+(``dot_lanes`` MACs each), one idle cycle per request. A request's first element leaves 6
+cycles after its first read (``5 + sum_stages(dot_lanes)`` in general: the products' sum takes
+one cycle per adder level); the output is one element per cycle into the chunk packer.
 """
 
 from __future__ import annotations
@@ -46,15 +47,22 @@ from .stream_types import MLPInputLayout
 from .stream_types import index_bits as _bits_for
 
 __all__ = ["ElementPacker", "DotInteraction", "InteractionDescLayout", "InteractionMode",
-           "interaction_desc_words", "FRAC_BASE"]
+           "interaction_desc_words", "FRAC_BASE", "sum_stages"]
 
 #: Descriptor entry of vector 0's FRAC; vector ``i`` is at ``FRAC_BASE + i``.
 FRAC_BASE = 8
 MODE, N, DIM, OUT_FRAC, FLAGS, DIM_WORDS, DIM_LANES, TILES = range(8)
-#: Depth of the output FIFO (elements in flight between the first read and the packer).
-#: Deep enough that the credit loop (read, MAC, ``REQUANT_LATENCY`` requantizer stages, FIFO
-#: write, pop: ~6 + ``REQUANT_LATENCY`` cycles) never throttles one issue per cycle.
+#: Depth of the output FIFO (elements in flight between the first read and the packer) for
+#: one-cycle sums (:func:`sum_stages` 1): deep enough that the credit loop (read, MAC,
+#: ``REQUANT_LATENCY`` requantizer stages, FIFO write, pop: ~6 + ``REQUANT_LATENCY`` cycles)
+#: never throttles one issue per cycle; each further sum stage adds one entry.
 OUT_FIFO_DEPTH = 16
+
+
+def sum_stages(dot_lanes: int) -> int:
+    """Cycles the sum of ``dot_lanes`` products takes: one two-input adder level per cycle
+    (``ceil(log2(dot_lanes))``, at least 1)."""
+    return max(1, (dot_lanes - 1).bit_length())
 
 
 class InteractionMode:
@@ -229,7 +237,8 @@ class DotInteraction(wiring.Component):
 
         m.submodules.packer = packer = ElementPacker(lanes=C, bits=bits)
         m.submodules.requant = rq = Requantizer(acc_bits=self.acc_bits, data_bits=bits)
-        m.submodules.out_fifo = fifo = SyncFIFOBuffered(width=bits + 1, depth=OUT_FIFO_DEPTH)
+        fifo_depth = OUT_FIFO_DEPTH + sum_stages(P) - 1
+        m.submodules.out_fifo = fifo = SyncFIFOBuffered(width=bits + 1, depth=fifo_depth)
 
         iv = self.i_vector
         with m.If(mode == InteractionMode.CONCAT):
@@ -289,13 +298,13 @@ class DotInteraction(wiring.Component):
         t = Signal(range(self.max_in + 1))
         rem = Signal(range(self.max_in + 1))  # elements of the pair's vectors from tile t on
         pk, pa, pb, base_i, base_j = (pos_regs(x) for x in ("pk", "pa", "pb", "bi", "bj"))
-        credits = Signal(range(OUT_FIFO_DEPTH + 1))  # elements issued, not yet in the packer
+        credits = Signal(range(fifo_depth + 1))  # elements issued, not yet in the packer
         pw, pl = divmod(P, C)
 
         last_read = Mux(dense, 1, t == tiles - 1)
         end = Mux(dense, (k == dim - 1) & (n_vec == 1),
                   (t == tiles - 1) & (vi == n_vec - 1) & (vj == vi - 1))
-        issue = busy & (~last_read | (credits < OUT_FIFO_DEPTH))
+        issue = busy & (~last_read | (credits < fifo_depth))
         # Bank b holds element x = (b - lane) mod C of a read at (word, lane): word + (b < lane).
         ra_pos = Mux(dense, pk[0], pa[0]), Mux(dense, pk[1], pa[1])
         for b in range(C):
@@ -330,8 +339,8 @@ class DotInteraction(wiring.Component):
                              *set_pos(base_i, ni), *set_pos(pa, ni), *set_pos(base_j, (0, 0)),
                              *set_pos(pb, (0, 0))]
 
-        # ---- MAC pipeline: read data (1), rotate + multiply (2), sum (3), accumulate and
-        # requantize (4, 5), into the FIFO (6) ----
+        # ---- MAC pipeline: read data (1), rotate + multiply (2), sum (3, one cycle per adder
+        # level), accumulate and requantize (4, 5), into the FIFO (6) ----
         def meta(name):
             return {"valid": Signal(name=f"{name}_valid"), "first": Signal(name=f"{name}_first"),
                     "last": Signal(name=f"{name}_last"), "end": Signal(name=f"{name}_end"),
@@ -359,8 +368,20 @@ class DotInteraction(wiring.Component):
                 val = Mux(m1["dense"], 0, a_x * b_x)
             m.d.sync += prods[x].eq(Mux(x < rem1, val, 0))
         m.d.sync += [m2[f].eq(m1[f]) for f in m1]
+        # The products' sum: a tree of two-input adders, one level per cycle (a wide adder is
+        # already ~5 logic levels), the last level into ``psum`` with ``m3``.
+        level, mt = list(prods), m2
+        for depth in range(1, sum_stages(P)):
+            nxt = []
+            for k in range(0, len(level), 2):
+                r = Signal(signed(2 * bits + depth), name=f"psum{depth}_{k // 2}")
+                m.d.sync += r.eq(sum(level[k:k + 2]))
+                nxt.append(r)
+            mn = meta(f"mt{depth}")
+            m.d.sync += [mn[f].eq(mt[f]) for f in mt]
+            level, mt = nxt, mn
         psum = Signal(signed(2 * bits + P.bit_length()))
-        m.d.sync += [psum.eq(sum(prods)), *[m3[f].eq(m2[f]) for f in m2]]
+        m.d.sync += [psum.eq(sum(level)), *[m3[f].eq(mt[f]) for f in mt]]
         acc = Signal(signed(self.acc_bits))
         acc_next = Signal(signed(self.acc_bits))  # wraps to acc_bits, as numerics.mac does
         m.d.comb += acc_next.eq(Mux(m3["first"], psum, acc + psum))

@@ -68,7 +68,8 @@ class OnChipTable(wiring.Component):
     -------
     i_lookup : In(stream.Signature(LookupLayout))
     i_desc : In(stream.Signature(DescriptorWriteLayout))
-        Descriptor writes (word units); always ready.
+        Descriptor writes (word units); always ready. A write is in effect for lookups taken
+        from the next cycle on.
     i_load : In(stream.Signature(BlockBeatLayout(beat_bits)))
         Host writes of RAM words, one beat per cycle: beat ``addr`` holds words ``addr * n ..
         addr * n + n - 1`` (``n = beat_bits // word_bits``), word ``i`` in bits ``i *
@@ -162,15 +163,23 @@ class OnChipTable(wiring.Component):
         m.submodules.descs = descs = Memory(shape=entry, depth=max(2, self.n_desc), init=[])
         d_wp = descs.write_port()
         d_rp = descs.read_port(transparent_for=(d_wp,))
+        # A write is checked over two cycles: the table's size (``rows * stride``, a multiply)
+        # and the room above ``base`` are registered, then compared as the entry is written.
         w = self.i_desc.payload.desc
         w_beats = Signal(range(self.max_beats + 1))
         m.d.comb += w_beats.eq((w.dim + epw - 1) >> (epw.bit_length() - 1))
-        w_ok = ((w.dim != 0) & (w.dim <= self.max_dim) & (w.stride >= w_beats) &
-                (w.base + w.rows * w.stride <= self.depth))
+        wv1, w1 = Signal(), Signal.like(self.i_desc.payload, name="w1")
+        beats1, ok1 = Signal.like(w_beats), Signal()
+        size1 = Signal(len(w.rows) + len(w.stride))
+        room1 = Signal(self.addr_bits + 1)
+        m.d.sync += [wv1.eq(self.i_desc.valid & (self.i_desc.payload.index < self.n_desc)),
+                     w1.eq(self.i_desc.payload), beats1.eq(w_beats),
+                     ok1.eq((w.dim != 0) & (w.dim <= self.max_dim) & (w.stride >= w_beats) &
+                            (w.base <= self.depth)),
+                     size1.eq(w.rows * w.stride), room1.eq(self.depth - w.base)]
         m.d.comb += self.i_desc.ready.eq(1)
-        m.d.comb += [d_wp.en.eq(self.i_desc.valid & (self.i_desc.payload.index < self.n_desc)),
-                     d_wp.addr.eq(self.i_desc.payload.index), d_wp.data.desc.eq(w),
-                     d_wp.data.beats.eq(w_beats), d_wp.data.ok.eq(w_ok)]
+        m.d.comb += [d_wp.en.eq(wv1), d_wp.addr.eq(w1.index), d_wp.data.desc.eq(w1.desc),
+                     d_wp.data.beats.eq(beats1), d_wp.data.ok.eq(ok1 & (size1 <= room1))]
 
         m.submodules.pooler = pooler = RowPooler(
             data_bits=self.data_bits, max_dim=self.max_dim, beat_width=self.word_bits,
@@ -236,7 +245,7 @@ class OnChipTable(wiring.Component):
                                           if lo else rp.data),
             pooler.i_beat.payload.err.eq(0),
             pooler.i_beat.valid.eq(bv),
-            self.idle.eq(~v1 & ~v2 & ~bv & (ctx_fifo.level == 0) & ~self.o_pooled.valid),
+            self.idle.eq(~v1 & ~v2 & ~bv & (ctx_fifo.level == 0) & ~pooler.busy),
         ]
         wiring.connect(m, wiring.flipped(self.o_pooled), pooler.o_pooled)
         wiring.connect(m, wiring.flipped(self.error), pooler.error)

@@ -23,6 +23,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from .arith import carry_select_add
 from .axi4 import AXI4Signature, AXIBurst
 from .register_map import NO_ERROR_REQUEST, STATUS_BLOCK_BYTES, STATUS_REGS
 from .stream_types import RequestFlagsLayout
@@ -137,7 +138,7 @@ class ResultWriter(wiring.Component):
 
         base = Signal(64)
         batch = Signal(32)  # records to write
-        status_at = Signal(64)  # status block address
+        status_off = Signal(64)  # status block address - base
         issued = Signal(32)  # records whose AW was sent
         answered = Signal(32)
         inflight = Signal(range(self._max_out + 1))
@@ -152,9 +153,8 @@ class ResultWriter(wiring.Component):
         ]
         with m.If(self.start):
             m.d.sync += [base.eq(self.base), batch.eq(Mux(self.skip, 0, self.batch)),
-                         status_at.eq(self.base + (self.batch * word_bytes + STATUS_BLOCK_BYTES
-                                                   - 1) // STATUS_BLOCK_BYTES
-                                      * STATUS_BLOCK_BYTES),
+                         status_off.eq((self.batch * word_bytes + STATUS_BLOCK_BYTES - 1)
+                                       // STATUS_BLOCK_BYTES * STATUS_BLOCK_BYTES),
                          issued.eq(0), rewritten.eq(0),
                          answered.eq(0), self.axi_error.eq(0), self.stall.eq(0),
                          self.first_error.eq(NO_ERROR_REQUEST)]
@@ -164,17 +164,26 @@ class ResultWriter(wiring.Component):
             m.d.sync += self.axi_error.eq(1)
 
         # First offending record: flags are seen in record order, write errors in answer order;
-        # a write error of record i can come after records > i were taken with flags.
-        flagged_idx = Signal(33)
-        b_err_idx = Signal(33)
-        m.d.comb += [flagged_idx.eq(Mux(self.i_result.valid & self.i_result.ready &
-                                        (self.i_result.payload.flags.as_value() != 0),
-                                        issued, NO_ERROR_REQUEST)),
-                     b_err_idx.eq(Mux(b_done & bus.bresp[1] & (answered < issued), answered,
-                                      NO_ERROR_REQUEST))]
-        low = Mux(flagged_idx < b_err_idx, flagged_idx, b_err_idx)
-        with m.If(~self.start & (low < self.first_error)):
-            m.d.sync += self.first_error.eq(low)
+        # a write error of record i can come after records > i were taken with flags. Each
+        # cycle's candidates are registered, then folded into ``first_error`` (two levels of
+        # compare-and-select instead of one chain); the status is sampled one cycle after the
+        # last answer, once the fold has seen it.
+        flag_cand = Signal(33, init=NO_ERROR_REQUEST)
+        b_err_cand = Signal(33, init=NO_ERROR_REQUEST)
+        m.d.sync += [flag_cand.eq(Mux(self.i_result.valid & self.i_result.ready &
+                                      (self.i_result.payload.flags.as_value() != 0),
+                                      issued, NO_ERROR_REQUEST)),
+                     b_err_cand.eq(Mux(b_done & bus.bresp[1] & (answered < issued), answered,
+                                       NO_ERROR_REQUEST))]
+        # The three compares side by side, then a select (not compare -> mux -> compare).
+        flag_low, b_low = flag_cand < self.first_error, b_err_cand < self.first_error
+        flag_first = flag_cand < b_err_cand
+        with m.If(self.start):
+            m.d.sync += [flag_cand.eq(NO_ERROR_REQUEST), b_err_cand.eq(NO_ERROR_REQUEST)]
+        with m.Elif(flag_low & (~b_low | flag_first)):
+            m.d.sync += self.first_error.eq(flag_cand)
+        with m.Elif(b_low):
+            m.d.sync += self.first_error.eq(b_err_cand)
 
         # AW and W of one record go out together: a record is taken from the stream only when
         # both channels accept it in the same cycle, or whichever is left completes later.
@@ -204,20 +213,23 @@ class ResultWriter(wiring.Component):
                                  p.flags.memory, Const(0, 4))
                     m.d.sync += [
                         aw_pending.eq(1), w_pending.eq(1),
-                        bus.awaddr.eq(base + issued * word_bytes), bus.awlen.eq(0),
+                        bus.awaddr.eq(carry_select_add(base, issued * word_bytes, 64)),
+                        bus.awlen.eq(0),
                         wdata.eq(Cat(status, Const(0, 8), p.score,
                                      *([p.more_scores] if self.outputs > 1 else []))),
                         bus.wstrb.eq(-1), bus.wlast.eq(1),
                         issued.eq(issued + 1),
                     ]
                 with m.If((answered == batch) & (issued == batch)):
-                    m.d.comb += self.snapshot.eq(1)
-                    m.d.sync += [status_words.eq(self.status), status_beat.eq(0)]
-                    m.next = "STATUS_AW"
+                    m.next = "SNAPSHOT"
+            with m.State("SNAPSHOT"):
+                m.d.comb += self.snapshot.eq(1)
+                m.d.sync += [status_words.eq(self.status), status_beat.eq(0)]
+                m.next = "STATUS_AW"
             with m.State("STATUS_AW"):
                 m.d.sync += [
                     aw_pending.eq(1),
-                    bus.awaddr.eq(status_at),
+                    bus.awaddr.eq(carry_select_add(base, status_off, 64)),
                     bus.awlen.eq(status_beats - 1),
                 ]
                 m.next = "STATUS_W"

@@ -124,6 +124,8 @@ def test_blocks_mirror_the_kernel_and_engines_are_hierarchical():
     assert sum(b.count for n, b in blocks.items() if n.startswith("mlp activation")) == 5
     assert sum(b.count for n, b in blocks.items() if n.startswith("bottom activation")) == 5
     assert {"dot interaction", "dense packer", "bottom drain", "mlp sigmoid"} <= set(blocks)
+    assert blocks["dot interaction"].count == 1 and c.dot_lanes  # DLRM's unit is a block too
+    assert "dot interaction" not in {b.name for b in rs.config_blocks(get_preset("tiny"))}
     assert not any(b.hier for n, b in blocks.items() if " engine" not in n)
 
 

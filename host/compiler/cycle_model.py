@@ -46,12 +46,13 @@ both: 410 / 1,033 / 3,169 cycles modelled for batches 1 / 8 / 32, simulated 395 
 and the lookups overlap more than the fitted overhead assumes).
 ``KERNEL_OVERHEAD_CYCLES`` (request fetch and parse, dispatch, concat, result and status writes)
 is fitted to the simulation: the single-request run of the ``small`` model on the ``small`` preset
-takes 352 cycles (README, ``tools/measure_kernel.py 1 16 256``, with the streaming request path,
-the four-stage requantizer and the merged load/routing changes), of which the MLP model accounts
-for 218 and the simulated HBM read latency for 64. The model then gives 1,372 cycles for a batch
-of 16 (simulated: 1,376) and 17,692 for 256 (simulated: 17,696). The slow tests of
-``tests/test_bench_compare.py`` check it against simulation: within 1% on ``small``, within 20%
-on ``tiny``.
+takes 355 cycles (``tools/measure_kernel.py 1 16``, with the streaming request path, the
+four-stage requantizer, the merged load/routing changes and the lookup-side pipelining for
+<= 8 logic levels, which added 3 cycles to 352), of which the MLP model accounts for 218 and the
+simulated HBM read latency for 64. The model then gives 1,375 cycles for a batch of 16
+(simulated: 1,379) and 17,695 for 256 (not re-simulated; 17,696 before the pipelining). The
+slow tests of ``tests/test_bench_compare.py`` check it against simulation: within 1% on
+``small``, within 20% on ``tiny``.
 """
 
 from __future__ import annotations
@@ -69,7 +70,9 @@ ENGINE_OVERHEAD = 9
 #: Drain + sigmoid latency beyond ``N``.
 DRAIN_OVERHEAD = 2
 #: Kernel cycles per batch beyond the MLP latency and the memory read latency (module doc).
-KERNEL_OVERHEAD_CYCLES = 70
+#: 70 + 3 for the logic-depth pipelining of the lookup side: the pooler's word register, the
+#: concatenation stage's input register and the result writer's SNAPSHOT cycle.
+KERNEL_OVERHEAD_CYCLES = 73
 #: Memory read latency assumed for HBM, in kernel cycles (the simulation's HBM model).
 MEM_LATENCY_CYCLES = 64
 #: Program words the kernel's program loader takes per cycle (one 512-bit word per cycle:
@@ -202,6 +205,8 @@ def kernel_batch_cycles(spec, config, rounds: int, words_per_record: int, *,
 #: simulation (one request into an idle block: first input chunk to last output chunk, both
 #: counted; equal for four geometries, tests/test_dot_latency.py; 7 before the requantizer
 #: grew from two stages to four).
+#: Each adder level of the product sum beyond the first
+#: (:func:`~recfabric.hw.interaction.sum_stages`, ``dot_lanes`` > 2) adds one.
 DOT_PIPELINE_CYCLES = 10
 
 
@@ -212,10 +217,12 @@ def dot_interaction_cycles(n: int, d: int, lanes: int, dot_lanes: int) -> tuple[
     one read per cycle, ``d`` dense elements and ``ceil(d / dot_lanes)`` per pair, plus one idle
     cycle per request. ``ii = max(chunks, 1 + d + n(n-1)/2 * ceil(d / dot_lanes))`` (equal to
     the block's simulation, ``tests/test_hw_interaction.py``), ``latency = chunks + compute +``
-    :data:`DOT_PIPELINE_CYCLES` (equal to the block's simulation, ``tests/test_dot_latency.py``)."""
+    :data:`DOT_PIPELINE_CYCLES` ``+ ceil(log2(dot_lanes)) - 1`` (for ``dot_lanes`` > 2; equal to
+    the block's simulation, ``tests/test_dot_latency.py``)."""
     chunks = math.ceil(n * d / lanes)
     compute = 1 + d + n * (n - 1) // 2 * math.ceil(d / dot_lanes)
-    return chunks + compute + DOT_PIPELINE_CYCLES, max(chunks, compute)
+    sum_extra = max(1, (dot_lanes - 1).bit_length()) - 1  # hw.interaction.sum_stages - 1
+    return chunks + compute + DOT_PIPELINE_CYCLES + sum_extra, max(chunks, compute)
 
 
 def program_load_cycles(words: int, *, rate: float = PROGRAM_LOAD_RATE,

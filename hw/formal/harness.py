@@ -393,7 +393,8 @@ class LookupUnitHarness(_Harness):
                 functools.reduce(operator.and_, (entry_ok(row.data) for row in descs.rows)))
         p.check("lookup.inv_stage2",
                 ~c2.read | (beats_ok(c2.beats) & (s("base2")[:bb_log2] == 0) &
-                            (s("off2")[:bb_log2] == 0)))
+                            (s("off2")[:bb_log2] == 0) &
+                            (s("lim2") == 4096 - (c2.beats << bb_log2))))
         if tables is None:
             return
         # For ``lookup.in_table``: the harness's copy of each descriptor is the memory's row;
@@ -659,18 +660,22 @@ class ResultWriterHarness(_Harness):
         issued, answered, inflight, sbeat = (s("issued"), s("answered"), s("inflight"),
                                              s("status_beat"))
         rw = s("rewritten")
-        # The FSM's state register holds a state (5 states in 3 bits: 3 codes are no state).
+        # The FSM's state register holds a state (6 states in 3 bits: 2 codes are no state).
         p.check("writer.inv_state", functools.reduce(operator.or_, fsm.values()))
         p.check("writer.inv_run",
                 (fsm["IDLE"] == ~running) & (s("base") == base) & (s("batch") == records) &
                 (taken == issued) & (rewrite == rw) & (records <= batch) &
-                (s("status_at") == status_at) & (answered <= issued) & (issued <= records) &
+                (s("base") + s("status_off") == status_at) & (answered <= issued) &
+                (issued <= records) &
                 (batch <= self.max_batch) & (base[:6] == 0) &
                 (base + 2 * 4096 <= (1 << ADDR_WIDTH)))
         quiet = (~a & ~w & (chk.w_bursts == 0) & ~chk.lead_done & (chk.b_owed == 0) &
                  (chk.outstanding == 0) & (chk.w_beat == 0) & (inflight == 0))
         with m.If(fsm["IDLE"]):
             p.check("writer.inv_idle", quiet)
+        with m.If(fsm["SNAPSHOT"]):
+            p.check("writer.inv_snapshot", quiet & (issued == records) &
+                    (answered == records) & ~rw & (aws == records) & (bs == records))
         with m.If(fsm["STATUS_AW"]):
             p.check("writer.inv_status_aw", quiet & (sbeat == 0) & (issued == records) &
                     (answered == records) & (aws == records + rw) & (bs == records + rw))
