@@ -127,7 +127,7 @@ def test_cycle_model_covers_bottom_dot_and_heads():
     with pytest.raises(ValueError, match="5 layers do not fit 4 engines"):
         kernel_batch_cycles(get_model("mt-wnd"), u280, 1, 1)
     five = u280.replace(mlp_top_shapes=((64, 32), (48, 64), (32, 48), (16, 32), (1, 16)),
-                        max_concat=2048)
+                        mlp_top_widths=(1024, 512, 768, 384, 4), max_concat=2048)
     assert kernel_batch_cycles(get_model("mt-wnd"), five, 1, 1)[1] == 688  # 1376x1024 on 64x32
 
 

@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 
 from recfabric.host.compiler.compiled import golden_from_images, load_compiled
-from recfabric.host.compiler.cycle_model import MLPCycleModel, kernel_batch_cycles
+from recfabric.host.compiler.cycle_model import (
+    KERNEL_OVERHEAD_CYCLES,
+    MLPCycleModel,
+    kernel_batch_cycles,
+)
 from recfabric.host.compiler.kernel_program import top_chain_shapes
 from recfabric.host.compiler.steps import compile_model, model_runs
 from recfabric.host.model.spec import ModelSpec, SparseFeature
@@ -50,7 +54,8 @@ def test_mt_wnd_cycle_model_on_u280_mt():
     assert top.ii == 352 and top.mac_units == 7824 and round(top.bound) == 335
     latency, ii = kernel_batch_cycles(spec, cfg, 1, 1)
     assert ii == 352
-    assert latency == top.latency + 64 + 70  # + the memory round and the kernel overhead
+    # + the memory round and the kernel overhead
+    assert latency == top.latency + 64 + KERNEL_OVERHEAD_CYCLES
 
 
 @pytest.mark.slow  # ~75 s: compile, elaborate and simulate the five-engine small kernel
