@@ -158,14 +158,39 @@ class RecordFetcher(wiring.Component):
         bus = self.m_axi
         wb = self._dw // 8
         low = (wb - 1).bit_length()  # address bits below the word
+        pw = 12 - low  # word-index bits within a 4 KiB page
+        bb = (self._burst - 1).bit_length()
         # ``start`` empties the FIFO: words of an abandoned run are not handed on.
         m.submodules.fifo = fifo = ResetInserter(self.start)(
             SyncFIFOBuffered(width=self._dw, depth=self._depth))
 
+        # Logic depth (<= 8 LUT levels, docs/kernel.md): wide quantities are split and their
+        # next values precomputed a cycle ahead, which the AR handshake allows (a burst is issued
+        # at most every other cycle: ARVALID is up in the cycle after an issue).
+        # * The address is a page (``addr[12:]``) and a word offset in it (``off``): a burst never
+        #   crosses 4 KiB, so the page only steps to ``page + 1`` (precomputed, ``page_p1``).
+        # * ``remaining`` (words not yet requested) is ``Cat(rem_lo, rem_hi)``; a burst subtracts
+        #   from the 12-bit ``rem_lo`` and borrows ``rem_hi - 1`` (precomputed, ``rem_hi_m1``).
+        # * ``burst_r`` (the next burst's length) is registered from them every cycle.
+        # * ``words * batch`` is four 16x16 partial products (DSP), then two additions: the run's
+        #   first burst issues 4 cycles after ``start`` (``phase``).
+        page = Signal(64 - 12)
+        page_p1 = Signal(64 - 12, init=1)
+        off = Signal(pw)
         addr = Signal(64)
+        m.d.comb += addr.eq(Cat(Const(0, low), off, page))
+        rem_lo = Signal(12)
+        rem_hi = Signal(36)
+        rem_hi_m1 = Signal(36, init=(1 << 36) - 1)
         remaining = Signal(48)  # words not yet requested
+        m.d.comb += remaining.eq(Cat(rem_lo, rem_hi))
+        burst_r = Signal(range(self._burst + 1))
+        room = Signal(range(self._depth + 1), init=self._depth)  # FIFO words not promised
         reserved = Signal(range(self._depth + 1))  # FIFO entries promised to issued bursts
-        burst = Signal(range(self._burst + 1))
+        m.d.comb += reserved.eq(self._depth - room)
+        phase = Signal(range(5), init=4)
+        prods = [Signal(32, name=f"prod{i}{j}") for i in range(2) for j in range(2)]
+        mid = Signal(33)
 
         m.d.comb += [
             bus.arid.eq(0), bus.arburst.eq(AXIBurst.INCR), bus.arsize.eq((wb - 1).bit_length()),
@@ -174,13 +199,14 @@ class RecordFetcher(wiring.Component):
             self.o_word.payload.eq(fifo.r_data), self.o_word.valid.eq(fifo.r_rdy),
             fifo.r_en.eq(self.o_word.ready),
         ]
-        # Beats left before the next 4 KiB boundary (at least 1: ``addr`` is word-aligned), and
-        # the burst length.
-        to_boundary = Signal(range(4096 // wb + 1))
-        m.d.comb += to_boundary.eq((4096 - addr[:12]) // wb)
-        capped = Signal.like(burst)
-        m.d.comb += capped.eq(Mux(remaining < self._burst, remaining, self._burst))
-        m.d.comb += burst.eq(Mux(to_boundary < capped, to_boundary, capped))
+        # The next burst: at most ``max_burst``, the words remaining and the words left in the
+        # page (at least 1); 0 only when nothing remains.
+        rem_small = (rem_hi == 0) & (rem_lo[bb:] == 0) if bb < 12 else rem_hi == 0
+        capped = Mux(rem_small, rem_lo[:bb], self._burst)
+        to_boundary = Signal(pw + 1)
+        m.d.comb += to_boundary.eq((1 << pw) - off)
+        m.d.sync += [burst_r.eq(Mux(to_boundary < capped, to_boundary, capped)),
+                     rem_hi_m1.eq(rem_hi - 1), page_p1.eq(page + 1)]
 
         popped = fifo.r_en & fifo.r_rdy
         issue = Signal()
@@ -191,27 +217,46 @@ class RecordFetcher(wiring.Component):
         discard = Signal(32)
         dropping = discard != 0
         m.d.comb += fifo.w_en.eq(bus.rvalid & ~dropping)
+        w = [self.words[16 * i:16 * (i + 1)] for i in range(2)]
+        b = [self.batch[16 * i:16 * (i + 1)] for i in range(2)]
         with m.If(self.start):
             # A waiting AR request stays up until accepted (AXI4 A3.2.1); its beats, and those
             # still in flight, are the abandoned run's.
-            m.d.sync += [addr.eq(Cat(Const(0, low), self.base[low:])),
-                         remaining.eq(self.words * self.batch), self.axi_error.eq(0),
+            m.d.sync += [page.eq(self.base[12:]), off.eq(self.base[low:12]),
+                         phase.eq(1), self.axi_error.eq(0),
                          bus.arvalid.eq(bus.arvalid & ~bus.arready),
-                         discard.eq(owed - r_fire), reserved.eq(0)]
+                         discard.eq(owed - r_fire), room.eq(self._depth)]
+            m.d.sync += [prods[2 * i + j].eq(w[i] * b[j]) for i in range(2) for j in range(2)]
         with m.Else():
+            with m.If(phase == 1):
+                m.d.sync += [mid.eq(prods[1] + prods[2]), phase.eq(2)]
+            with m.If(phase == 2):
+                m.d.sync += [Cat(rem_lo, rem_hi).eq(Cat(prods[0], prods[3]) + (mid << 16)),
+                             phase.eq(3)]
+            with m.If(phase == 3):
+                m.d.sync += phase.eq(4)
             with m.If(bus.arvalid):
                 with m.If(bus.arready):
                     m.d.sync += bus.arvalid.eq(0)
-            with m.Elif((remaining != 0) & (reserved + burst <= self._depth)):
+            with m.Elif((phase == 4) & (burst_r != 0) & (burst_r <= room)):
                 m.d.comb += issue.eq(1)
-                m.d.sync += [bus.arvalid.eq(1), bus.araddr.eq(addr), bus.arlen.eq(burst - 1),
-                             addr.eq(addr + burst * wb), remaining.eq(remaining - burst)]
-            m.d.sync += reserved.eq(reserved + Mux(issue, burst, 0) - popped)
+                borrow = Signal()
+                end = Signal(pw + 1)
+                m.d.comb += end.eq(off + burst_r)
+                lo_next = Signal(13)
+                m.d.comb += [lo_next.eq(rem_lo - burst_r), borrow.eq(lo_next[12])]
+                m.d.sync += [bus.arvalid.eq(1), bus.araddr.eq(addr), bus.arlen.eq(burst_r - 1),
+                             off.eq(end[:pw]), rem_lo.eq(lo_next[:12])]
+                with m.If(end[pw]):
+                    m.d.sync += page.eq(page_p1)
+                with m.If(borrow):
+                    m.d.sync += rem_hi.eq(rem_hi_m1)
+            m.d.sync += room.eq(Mux(issue, room - burst_r + popped, room + popped))
             with m.If(r_fire & dropping):
                 m.d.sync += discard.eq(discard - 1)
         with m.If(bus.rvalid & bus.rresp[1]):  # even an abandoned run's: never hidden
             m.d.sync += self.axi_error.eq(1)
-        m.d.sync += owed.eq(owed + Mux(issue, burst, 0) - r_fire)
+        m.d.sync += owed.eq(Mux(issue, owed + burst_r - r_fire, owed - r_fire))
         return m
 
 
