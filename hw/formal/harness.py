@@ -30,8 +30,8 @@ from unittest import mock
 from amaranth.asserts import AnyConst, AnySeq, Initial
 from amaranth.hdl import (
     Array,
-    Cat,
     Assume,
+    Cat,
     Elaboratable,
     Fragment,
     Module,
