@@ -7,7 +7,10 @@ on the model: they reach the hardware as runtime parameters (:class:`ParserParam
 
 :class:`RecordFetcher` reads ``batch * words`` memory words from ``base`` with INCR bursts (never
 crossing 4 KiB), issuing a burst only when its beats have room in the word FIFO, so the R channel
-is never back-pressured by the parser. :class:`RecordParser` parses each record where its words
+is never back-pressured by the parser. Its first burst issues four cycles after ``start``
+(``words * batch`` is a two-stage pipelined product), later ones at most every other cycle (as
+the AR handshake allows anyway), which keeps every path within 8 LUT levels.
+:class:`RecordParser` parses each record where its words
 stand, at the head of the word stream (no register holds a record):
 
 * the bag-length words are stored as they arrive, one word (``data_width / 16`` lengths) per
@@ -19,6 +22,9 @@ stand, at the head of the word stream (no register holds a record):
   ``ids_offset + 4 * (bags before it)``), and a word is popped in the cycle its last wanted
   field is used, so a request costs about one cycle per live ID, plus one per length word, one
   per dense value and one per word holding nothing wanted, plus two;
+  a feature sequencer prepares each bag's registered descriptor (clamped length, first slot,
+  where the parse goes on) a few cycles ahead, reading a length as soon as its word is stored,
+  so the per-item logic only compares registered word indices (<= 8 LUT levels);
 * the dense values as a stream of elements (``last`` on the request's last one).
 
 A request gets a tag (its sequence number modulo ``inflight``) only when fewer than ``inflight``
