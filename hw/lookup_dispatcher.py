@@ -8,7 +8,7 @@ unit that serves the item's feature (an
 :class:`~recfabric.hw.embedding_lookup.EmbeddingLookupUnit` or an
 :class:`~recfabric.hw.onchip_table.OnChipTable`), according to a runtime *placement* written by
 the host (the model compiler decides it). No register holds a request: the dispatcher's state is
-two pipeline registers, a placement memory, a hold memory and a copy-turn memory of
+seven pipeline stages (one item each), a placement memory, a hold memory and a copy-turn memory of
 ``max_features`` entries each, and one small FIFO per unit (``fifo_depth`` lookups) that lets a
 stalled unit fall behind the others without stopping them.
 
@@ -67,9 +67,9 @@ the bag bit must be raised. Oversize bags and empty one-hot bags are flagged by 
 Counters: ``count[u]`` is the number of lookups sent to unit ``u`` since ``count_clear``.
 
 Throughput: one item per cycle (a seven-stage pipeline, for a logic depth of at most 8 LUT
-levels: placement read; the merge product's partial products; their sum and the member's range
-check; merge sums and copy turn; the shard compares; the part; the row within it and the unit's
-FIFO).
+levels: placement read; the merge product's partial products; their sum, the member's range
+check and the held entry's read; merge sums and copy turn; the shard compares; the part; the
+row within it and the unit's FIFO).
 """
 
 from __future__ import annotations
@@ -223,7 +223,10 @@ class LookupDispatcher(wiring.Component):
         m.submodules.hold = hold = Memory(shape=hold_layout, depth=nf, init=[])
         m.submodules.turn = turn = Memory(shape=count_shape, depth=nf, init=[])
         pw, pr = place.write_port(), place.read_port()
-        hw, hr = hold.write_port(), hold.read_port(domain="comb")
+        hw = hold.write_port()
+        # Read as the item enters stage T (transparent: a write by the item ahead in stage 2,
+        # its merge partner, is seen), so stage 2 adds two registered values.
+        hr = hold.read_port(transparent_for=(hw,))
         tw, tr = turn.write_port(), turn.read_port(domain="comb")
 
         w = self.i_place
@@ -266,6 +269,7 @@ class LookupDispatcher(wiring.Component):
         in_range = Signal()
         advance = Signal()
         m.d.comb += adv_m.eq(~t_valid | advance)
+        m.d.comb += [hr.addr.eq(me.partner), hr.en.eq(adv_m)]
         with m.If(adv_m):
             m.d.sync += [t_valid.eq(m_valid), t.eq(ms), e.eq(me),
                          term.eq(prods[0] + ((prods[1] + prods[2]) << 16)),
@@ -276,7 +280,7 @@ class LookupDispatcher(wiring.Component):
         emit = Signal()
         sid = t.id[:self.id_bits]
         one = t.first & t.last & ~t.empty
-        m.d.comb += [hr.addr.eq(e.partner), tr.addr.eq(t.feature),
+        m.d.comb += [tr.addr.eq(t.feature),
                      lk.tag.eq(t.tag), lk.slot.eq(e.slot)]
         held = hr.data
         with m.Switch(e.kind):
