@@ -74,7 +74,7 @@ row within it and the unit's FIFO).
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -326,7 +326,11 @@ class LookupDispatcher(wiring.Component):
         r_free = Signal()
         m.d.comb += advance.eq(t_valid & (~emit | r_free))
         with m.If(r_free):
-            m.d.sync += [r_valid.eq(t_valid & emit), r.lk.eq(lk), r.copy.eq(cur),
+            # Not ``desc``: stage 3c sets it from the part (``lk.desc`` is a constant
+            # ``always @*`` that Icarus never runs: X in the registers).
+            m.d.sync += [r.lk[n].eq(lk[n]) for n in ("tag", "slot", "row", "kind", "first",
+                                                     "last")]
+            m.d.sync += [r_valid.eq(t_valid & emit), r.copy.eq(cur),
                          r.shards.eq(e.shards), r.parts.eq(e.parts)]
 
         # Stage 3a: which shards start at or below the row (shards in row order), and the first
@@ -359,10 +363,15 @@ class LookupDispatcher(wiring.Component):
         b_unit = Signal(self.n_units)  # one-hot
         b_free = Signal()
         m.d.comb += a_free.eq(~a_valid | b_free)
+        # The highest shard whose ``ge`` is set, as one expression (a Verilog continuous
+        # assignment). Not an ``If`` chain: that becomes an ``always @*`` block whose only inputs
+        # are ``ge``, which never changes in a design whose tables are unsharded, and under
+        # Icarus (-g2012) such a block never runs, leaving ``shard`` (and the part chosen) X.
         shard = Signal(range(max(2, P)))
+        shard_expr = Const(0, shard.shape())
         for p in range(1, P):
-            with m.If(ge[p]):
-                m.d.comb += shard.eq(p)
+            shard_expr = Mux(ge[p], p, shard_expr)
+        m.d.comb += shard.eq(shard_expr)
         index = Signal(range(max(2, P)))
         m.d.comb += index.eq(first_part + shard if P > 1 else 0)
         part = a.parts[index] if P > 1 else a.parts[0]
