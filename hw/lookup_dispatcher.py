@@ -8,7 +8,7 @@ unit that serves the item's feature (an
 :class:`~recfabric.hw.embedding_lookup.EmbeddingLookupUnit` or an
 :class:`~recfabric.hw.onchip_table.OnChipTable`), according to a runtime *placement* written by
 the host (the model compiler decides it). No register holds a request: the dispatcher's state is
-two pipeline registers, a placement memory, a hold memory and a copy-turn memory of
+seven pipeline stages (one item each), a placement memory, a hold memory and a copy-turn memory of
 ``max_features`` entries each, and one small FIFO per unit (``fifo_depth`` lookups) that lets a
 stalled unit fall behind the others without stopping them.
 
@@ -66,13 +66,15 @@ the bag bit must be raised. Oversize bags and empty one-hot bags are flagged by 
 
 Counters: ``count[u]`` is the number of lookups sent to unit ``u`` since ``count_clear``.
 
-Throughput: one item per cycle (a three-stage pipeline: placement read; merge sums and copy
-turn; part choice by row, row offset and the unit's FIFO).
+Throughput: one item per cycle (a seven-stage pipeline, for a logic depth of at most 8 LUT
+levels: placement read; the merge product's partial products; their sum, the member's range
+check and the held entry's read; merge sums and copy turn; the shard compares; the part; the
+row within it and the unit's FIFO).
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -221,7 +223,10 @@ class LookupDispatcher(wiring.Component):
         m.submodules.hold = hold = Memory(shape=hold_layout, depth=nf, init=[])
         m.submodules.turn = turn = Memory(shape=count_shape, depth=nf, init=[])
         pw, pr = place.write_port(), place.read_port()
-        hw, hr = hold.write_port(), hold.read_port(domain="comb")
+        hw = hold.write_port()
+        # Read as the item enters stage T (transparent: a write by the item ahead in stage 2,
+        # its merge partner, is seen), so stage 2 adds two registered values.
+        hr = hold.read_port(transparent_for=(hw,))
         tw, tr = turn.write_port(), turn.read_port(domain="comb")
 
         w = self.i_place
@@ -229,41 +234,70 @@ class LookupDispatcher(wiring.Component):
                      pw.data.eq(w.payload.entry)]
 
         # Stage 1: the item and its placement (read in the cycle the item is accepted).
+        # Logic depth (<= 8 LUT levels): the merge product ``id * mult`` takes two stages of
+        # its own (16x16 partial products in DSPs, then their sum), and the part choice three
+        # (the shard compares; the part; the row within it and the FIFO push). Every stage
+        # holds one item and moves when the next one is free (``adv_*``).
         s_valid = Signal()
         s = Signal(self.id_layout)
-        advance = Signal()
         i = self.i_id
-        m.d.comb += [i.ready.eq(~s_valid | advance), pr.addr.eq(i.payload.feature),
+        adv_s = Signal()
+        m.d.comb += [i.ready.eq(~s_valid | adv_s), pr.addr.eq(i.payload.feature),
                      pr.en.eq(i.ready)]
         with m.If(i.ready):
             m.d.sync += [s_valid.eq(i.valid), s.eq(i.payload)]
-        e = pr.data
+
+        # Stage M: the partial products of ``id * mult`` (mod 2**id_bits).
+        sid_full = s.id[:self.id_bits]
+        m_valid = Signal()
+        ms = Signal(self.id_layout)
+        me = Signal(self.entry_layout)
+        prods = [Signal(32, name=f"prod{k}") for k in range(3)]
+        adv_m = Signal()
+        m.d.comb += adv_s.eq(~m_valid | adv_m)
+        with m.If(adv_s):
+            m.d.sync += [m_valid.eq(s_valid), ms.eq(s), me.eq(pr.data),
+                         prods[0].eq(sid_full[:16] * pr.data.mult[:16]),
+                         prods[1].eq(sid_full[:16] * pr.data.mult[16:32]),
+                         prods[2].eq(sid_full[16:32] * pr.data.mult[:16])]
+
+        # Stage T: the member's term and whether its ID is in its range.
+        t_valid = Signal()
+        t = Signal(self.id_layout)
+        e = Signal(self.entry_layout)
+        term = Signal(self.id_bits)
+        in_range = Signal()
+        advance = Signal()
+        m.d.comb += adv_m.eq(~t_valid | advance)
+        m.d.comb += [hr.addr.eq(me.partner), hr.en.eq(adv_m)]
+        with m.If(adv_m):
+            m.d.sync += [t_valid.eq(m_valid), t.eq(ms), e.eq(me),
+                         term.eq(prods[0] + ((prods[1] + prods[2]) << 16)),
+                         in_range.eq(ms.id[:self.id_bits] < me.rows)]
 
         # Stage 2: merged rows (hold memory), the lookup, the copy turn.
         lk = Signal(self.lookup_layout)
         emit = Signal()
-        sid = s.id[:self.id_bits]
-        one = s.first & s.last & ~s.empty
-        in_range = sid < e.rows
-        term = Signal(self.id_bits)
-        m.d.comb += [term.eq(sid * e.mult), hr.addr.eq(e.partner), tr.addr.eq(s.feature),
-                     lk.tag.eq(s.tag), lk.slot.eq(e.slot)]
+        sid = t.id[:self.id_bits]
+        one = t.first & t.last & ~t.empty
+        m.d.comb += [tr.addr.eq(t.feature),
+                     lk.tag.eq(t.tag), lk.slot.eq(e.slot)]
         held = hr.data
         with m.Switch(e.kind):
             with m.Case(PlaceKind.SINGLE):
                 split = e.shards > 1
                 with m.If(split):
                     # One-hot split table: one lookup at the bag's end (row routed in stage 3).
-                    m.d.comb += [emit.eq(s.last), lk.first.eq(1), lk.last.eq(1),
+                    m.d.comb += [emit.eq(t.last), lk.first.eq(1), lk.last.eq(1),
                                  lk.row.eq(Mux(one, sid, 0)),
                                  lk.kind.eq(Mux(one, LookupKind.ROW, LookupKind.EMPTY))]
                 with m.Else():
-                    m.d.comb += [emit.eq(1), lk.first.eq(s.first), lk.last.eq(s.last),
-                                 lk.row.eq(Mux(s.empty, 0, sid)),
-                                 lk.kind.eq(Mux(s.empty, LookupKind.EMPTY, LookupKind.ROW))]
+                    m.d.comb += [emit.eq(1), lk.first.eq(t.first), lk.last.eq(t.last),
+                                 lk.row.eq(Mux(t.empty, 0, sid)),
+                                 lk.kind.eq(Mux(t.empty, LookupKind.EMPTY, LookupKind.ROW))]
             with m.Case(PlaceKind.HOLD):
                 # Every item writes; a bag of several IDs (or an empty bag) ends with one=0.
-                m.d.comb += [hw.en.eq(advance), hw.addr.eq(s.feature), hw.data.id.eq(term),
+                m.d.comb += [hw.en.eq(advance), hw.addr.eq(t.feature), hw.data.id.eq(term),
                              hw.data.one.eq(one), hw.data.ok.eq(in_range)]
             with m.Case(PlaceKind.MID):
                 m.d.comb += [hw.en.eq(advance), hw.addr.eq(e.partner),
@@ -274,13 +308,13 @@ class LookupDispatcher(wiring.Component):
                 # the request): an EMPTY lookup, so that it does not raise the ID error too.
                 all_one = held.one & one
                 good = all_one & held.ok & in_range
-                m.d.comb += [emit.eq(s.last), lk.first.eq(1), lk.last.eq(1),
+                m.d.comb += [emit.eq(t.last), lk.first.eq(1), lk.last.eq(1),
                              lk.row.eq(Mux(good, held.id + term, 0)),
                              lk.kind.eq(Mux(all_one, Mux(good, LookupKind.ROW, LookupKind.BAD),
                                             LookupKind.EMPTY))]
         # Copy turn: this bag's copy; the next bag of the feature takes the next copy.
         cur = tr.data
-        m.d.comb += [tw.addr.eq(Mux(w.valid, w.payload.feature, s.feature)),
+        m.d.comb += [tw.addr.eq(Mux(w.valid, w.payload.feature, t.feature)),
                      tw.data.eq(Mux(w.valid | (cur + 1 >= e.copies), 0, cur + 1)),
                      tw.en.eq(w.valid | (advance & emit & lk.last))]
 
@@ -290,12 +324,17 @@ class LookupDispatcher(wiring.Component):
         r_valid = Signal()
         r = Signal(route_layout)
         r_free = Signal()
-        m.d.comb += advance.eq(s_valid & (~emit | r_free))
+        m.d.comb += advance.eq(t_valid & (~emit | r_free))
         with m.If(r_free):
-            m.d.sync += [r_valid.eq(s_valid & emit), r.lk.eq(lk), r.copy.eq(cur),
+            # Not ``desc``: stage 3c sets it from the part (``lk.desc`` is a constant
+            # ``always @*`` that Icarus never runs: X in the registers).
+            m.d.sync += [r.lk[n].eq(lk[n]) for n in ("tag", "slot", "row", "kind", "first",
+                                                     "last")]
+            m.d.sync += [r_valid.eq(t_valid & emit), r.copy.eq(cur),
                          r.shards.eq(e.shards), r.parts.eq(e.parts)]
 
-        # Stage 3: the part holding the row (shards in row order), the row within it, the FIFO.
+        # Stage 3a: which shards start at or below the row (shards in row order), and the first
+        # part of the bag's copy.
         fifos = []
         for u in range(self.n_units):
             fifo = SyncFIFOBuffered(width=self.lookup_layout.size, depth=self.fifo_depth)
@@ -304,28 +343,55 @@ class LookupDispatcher(wiring.Component):
             m.d.comb += [o.payload.eq(fifo.r_data), o.valid.eq(fifo.r_rdy),
                          fifo.r_en.eq(o.ready)]
             fifos.append(fifo)
-        row = r.lk.row
+        a_valid = Signal()
+        a = Signal(route_layout)
+        ge = Signal(max(1, P))  # ge[p]: shard p exists and starts at or below the row
+        first_part = Signal(range(max(2, P)))
+        a_free = Signal()
+        m.d.comb += r_free.eq(~r_valid | a_free)
+        with m.If(a_free):
+            shards1 = Mux(r.shards == 0, 1, r.shards)
+            m.d.sync += [a_valid.eq(r_valid), a.eq(r),
+                         first_part.eq(r.copy * shards1 if P > 1 else 0)]
+            m.d.sync += [ge[p].eq((p < r.shards) & (r.lk.row >= r.parts[p].lo))
+                         for p in range(1, P)]
+
+        # Stage 3b: the part holding the row.
+        b_valid = Signal()
+        b_lk = Signal(self.lookup_layout)
+        b_part = Signal(self.entry_layout["parts"].shape.elem_shape)
+        b_unit = Signal(self.n_units)  # one-hot
+        b_free = Signal()
+        m.d.comb += a_free.eq(~a_valid | b_free)
+        # The highest shard whose ``ge`` is set, as one expression (a Verilog continuous
+        # assignment). Not an ``If`` chain: that becomes an ``always @*`` block whose only inputs
+        # are ``ge``, which never changes in a design whose tables are unsharded, and under
+        # Icarus (-g2012) such a block never runs, leaving ``shard`` (and the part chosen) X.
         shard = Signal(range(max(2, P)))
+        shard_expr = Const(0, shard.shape())
         for p in range(1, P):
-            with m.If((p < r.shards) & (row >= r.parts[p].lo)):
-                m.d.comb += shard.eq(p)
+            shard_expr = Mux(ge[p], p, shard_expr)
+        m.d.comb += shard.eq(shard_expr)
         index = Signal(range(max(2, P)))
-        shards1 = Mux(r.shards == 0, 1, r.shards)
-        m.d.comb += index.eq(r.copy * shards1 + shard if P > 1 else 0)
-        part = r.parts[index] if P > 1 else r.parts[0]
+        m.d.comb += index.eq(first_part + shard if P > 1 else 0)
+        part = a.parts[index] if P > 1 else a.parts[0]
+        with m.If(b_free):
+            m.d.sync += [b_valid.eq(a_valid), b_lk.eq(a.lk), b_part.eq(part),
+                         b_unit.eq(1 << part.unit)]
+
+        # Stage 3c: the row within the part, into the unit's FIFO.
         out = Signal(self.lookup_layout)
-        m.d.comb += [out.eq(r.lk), out.desc.eq(part.desc), out.row.eq(row - part.lo)]
-        unit = part.unit
+        m.d.comb += [out.eq(b_lk), out.desc.eq(b_part.desc), out.row.eq(b_lk.row - b_part.lo)]
         w_rdy = Signal()
-        m.d.comb += w_rdy.eq(Cat(f.w_rdy for f in fifos).bit_select(unit, 1)
-                             if self.n_units > 1 else fifos[0].w_rdy)
-        m.d.comb += r_free.eq(~r_valid | w_rdy)
+        m.d.comb += w_rdy.eq((b_unit & Cat(f.w_rdy for f in fifos)).any())
+        m.d.comb += b_free.eq(~b_valid | w_rdy)
         for u, fifo in enumerate(fifos):
-            push = r_valid & (unit == u) & w_rdy
-            m.d.comb += [fifo.w_data.eq(out), fifo.w_en.eq(r_valid & (unit == u))]
+            push = b_valid & b_unit[u] & w_rdy
+            m.d.comb += [fifo.w_data.eq(out), fifo.w_en.eq(b_valid & b_unit[u])]
             with m.If(self.count_clear):
                 m.d.sync += self.count[u].eq(0)
             with m.Elif(push):
                 m.d.sync += self.count[u].eq(self.count[u] + 1)
-        m.d.comb += self.idle.eq(~s_valid & ~r_valid & ~Cat(f.r_rdy for f in fifos).any())
+        m.d.comb += self.idle.eq(~s_valid & ~m_valid & ~t_valid & ~r_valid & ~a_valid &
+                                 ~b_valid & ~Cat(f.r_rdy for f in fifos).any())
         return m

@@ -7,7 +7,10 @@ on the model: they reach the hardware as runtime parameters (:class:`ParserParam
 
 :class:`RecordFetcher` reads ``batch * words`` memory words from ``base`` with INCR bursts (never
 crossing 4 KiB), issuing a burst only when its beats have room in the word FIFO, so the R channel
-is never back-pressured by the parser. :class:`RecordParser` parses each record where its words
+is never back-pressured by the parser. Its first burst issues four cycles after ``start``
+(``words * batch`` is a two-stage pipelined product), later ones at most every other cycle (as
+the AR handshake allows anyway), which keeps every path within 8 LUT levels.
+:class:`RecordParser` parses each record where its words
 stand, at the head of the word stream (no register holds a record):
 
 * the bag-length words are stored as they arrive, one word (``data_width / 16`` lengths) per
@@ -19,6 +22,9 @@ stand, at the head of the word stream (no register holds a record):
   ``ids_offset + 4 * (bags before it)``), and a word is popped in the cycle its last wanted
   field is used, so a request costs about one cycle per live ID, plus one per length word, one
   per dense value and one per word holding nothing wanted, plus two;
+  a feature sequencer prepares each bag's registered descriptor (clamped length, first slot,
+  where the parse goes on) a few cycles ahead, reading a length as soon as its word is stored,
+  so the per-item logic only compares registered word indices (<= 8 LUT levels);
 * the dense values as a stream of elements (``last`` on the request's last one).
 
 A request gets a tag (its sequence number modulo ``inflight``) only when fewer than ``inflight``
@@ -158,14 +164,39 @@ class RecordFetcher(wiring.Component):
         bus = self.m_axi
         wb = self._dw // 8
         low = (wb - 1).bit_length()  # address bits below the word
+        pw = 12 - low  # word-index bits within a 4 KiB page
+        bb = (self._burst - 1).bit_length()
         # ``start`` empties the FIFO: words of an abandoned run are not handed on.
         m.submodules.fifo = fifo = ResetInserter(self.start)(
             SyncFIFOBuffered(width=self._dw, depth=self._depth))
 
+        # Logic depth (<= 8 LUT levels, docs/kernel.md): wide quantities are split and their
+        # next values precomputed a cycle ahead, which the AR handshake allows (a burst is issued
+        # at most every other cycle: ARVALID is up in the cycle after an issue).
+        # * The address is a page (``addr[12:]``) and a word offset in it (``off``): a burst never
+        #   crosses 4 KiB, so the page only steps to ``page + 1`` (precomputed, ``page_p1``).
+        # * ``remaining`` (words not yet requested) is ``Cat(rem_lo, rem_hi)``; a burst subtracts
+        #   from the 12-bit ``rem_lo`` and borrows ``rem_hi - 1`` (precomputed, ``rem_hi_m1``).
+        # * ``burst_r`` (the next burst's length) is registered from them every cycle.
+        # * ``words * batch`` is four 16x16 partial products (DSP), then two additions: the run's
+        #   first burst issues 4 cycles after ``start`` (``phase``).
+        page = Signal(64 - 12)
+        page_p1 = Signal(64 - 12, init=1)
+        off = Signal(pw)
         addr = Signal(64)
+        m.d.comb += addr.eq(Cat(Const(0, low), off, page))
+        rem_lo = Signal(12)
+        rem_hi = Signal(36)
+        rem_hi_m1 = Signal(36, init=(1 << 36) - 1)
         remaining = Signal(48)  # words not yet requested
+        m.d.comb += remaining.eq(Cat(rem_lo, rem_hi))
+        burst_r = Signal(range(self._burst + 1))
+        room = Signal(range(self._depth + 1), init=self._depth)  # FIFO words not promised
         reserved = Signal(range(self._depth + 1))  # FIFO entries promised to issued bursts
-        burst = Signal(range(self._burst + 1))
+        m.d.comb += reserved.eq(self._depth - room)
+        phase = Signal(range(5), init=4)
+        prods = [Signal(32, name=f"prod{i}{j}") for i in range(2) for j in range(2)]
+        mid = Signal(33)
 
         m.d.comb += [
             bus.arid.eq(0), bus.arburst.eq(AXIBurst.INCR), bus.arsize.eq((wb - 1).bit_length()),
@@ -174,13 +205,14 @@ class RecordFetcher(wiring.Component):
             self.o_word.payload.eq(fifo.r_data), self.o_word.valid.eq(fifo.r_rdy),
             fifo.r_en.eq(self.o_word.ready),
         ]
-        # Beats left before the next 4 KiB boundary (at least 1: ``addr`` is word-aligned), and
-        # the burst length.
-        to_boundary = Signal(range(4096 // wb + 1))
-        m.d.comb += to_boundary.eq((4096 - addr[:12]) // wb)
-        capped = Signal.like(burst)
-        m.d.comb += capped.eq(Mux(remaining < self._burst, remaining, self._burst))
-        m.d.comb += burst.eq(Mux(to_boundary < capped, to_boundary, capped))
+        # The next burst: at most ``max_burst``, the words remaining and the words left in the
+        # page (at least 1); 0 only when nothing remains.
+        rem_small = (rem_hi == 0) & (rem_lo[bb:] == 0) if bb < 12 else rem_hi == 0
+        capped = Mux(rem_small, rem_lo[:bb], self._burst)
+        to_boundary = Signal(pw + 1)
+        m.d.comb += to_boundary.eq((1 << pw) - off)
+        m.d.sync += [burst_r.eq(Mux(to_boundary < capped, to_boundary, capped)),
+                     rem_hi_m1.eq(rem_hi - 1), page_p1.eq(page + 1)]
 
         popped = fifo.r_en & fifo.r_rdy
         issue = Signal()
@@ -191,27 +223,46 @@ class RecordFetcher(wiring.Component):
         discard = Signal(32)
         dropping = discard != 0
         m.d.comb += fifo.w_en.eq(bus.rvalid & ~dropping)
+        w = [self.words[16 * i:16 * (i + 1)] for i in range(2)]
+        b = [self.batch[16 * i:16 * (i + 1)] for i in range(2)]
         with m.If(self.start):
             # A waiting AR request stays up until accepted (AXI4 A3.2.1); its beats, and those
             # still in flight, are the abandoned run's.
-            m.d.sync += [addr.eq(Cat(Const(0, low), self.base[low:])),
-                         remaining.eq(self.words * self.batch), self.axi_error.eq(0),
+            m.d.sync += [page.eq(self.base[12:]), off.eq(self.base[low:12]),
+                         phase.eq(1), self.axi_error.eq(0),
                          bus.arvalid.eq(bus.arvalid & ~bus.arready),
-                         discard.eq(owed - r_fire), reserved.eq(0)]
+                         discard.eq(owed - r_fire), room.eq(self._depth)]
+            m.d.sync += [prods[2 * i + j].eq(w[i] * b[j]) for i in range(2) for j in range(2)]
         with m.Else():
+            with m.If(phase == 1):
+                m.d.sync += [mid.eq(prods[1] + prods[2]), phase.eq(2)]
+            with m.If(phase == 2):
+                m.d.sync += [Cat(rem_lo, rem_hi).eq(Cat(prods[0], prods[3]) + (mid << 16)),
+                             phase.eq(3)]
+            with m.If(phase == 3):
+                m.d.sync += phase.eq(4)
             with m.If(bus.arvalid):
                 with m.If(bus.arready):
                     m.d.sync += bus.arvalid.eq(0)
-            with m.Elif((remaining != 0) & (reserved + burst <= self._depth)):
+            with m.Elif((phase == 4) & (burst_r != 0) & (burst_r <= room)):
                 m.d.comb += issue.eq(1)
-                m.d.sync += [bus.arvalid.eq(1), bus.araddr.eq(addr), bus.arlen.eq(burst - 1),
-                             addr.eq(addr + burst * wb), remaining.eq(remaining - burst)]
-            m.d.sync += reserved.eq(reserved + Mux(issue, burst, 0) - popped)
+                borrow = Signal()
+                end = Signal(pw + 1)
+                m.d.comb += end.eq(off + burst_r)
+                lo_next = Signal(13)
+                m.d.comb += [lo_next.eq(rem_lo - burst_r), borrow.eq(lo_next[12])]
+                m.d.sync += [bus.arvalid.eq(1), bus.araddr.eq(addr), bus.arlen.eq(burst_r - 1),
+                             off.eq(end[:pw]), rem_lo.eq(lo_next[:12])]
+                with m.If(end[pw]):
+                    m.d.sync += page.eq(page_p1)
+                with m.If(borrow):
+                    m.d.sync += rem_hi.eq(rem_hi_m1)
+            m.d.sync += room.eq(Mux(issue, room - burst_r + popped, room + popped))
             with m.If(r_fire & dropping):
                 m.d.sync += discard.eq(discard - 1)
         with m.If(bus.rvalid & bus.rresp[1]):  # even an abandoned run's: never hidden
             m.d.sync += self.axi_error.eq(1)
-        m.d.sync += owed.eq(owed + Mux(issue, burst, 0) - r_fire)
+        m.d.sync += owed.eq(Mux(issue, owed + burst_r - r_fire, owed - r_fire))
         return m
 
 
@@ -286,8 +337,7 @@ class RecordParser(wiring.Component):
         m.submodules.bags = bags = Memory(shape=unsigned(16), depth=max(2, self._maxf), init=[])
         m.submodules.lens = lens = Memory(shape=unsigned(self._dw), depth=max(2, n_len_words),
                                           init=[])
-        bag_w, bag_r = bags.write_port(), bags.read_port(domain="comb")
-        len_w, len_r = lens.write_port(), lens.read_port(domain="comb")
+        bag_w, len_w = bags.write_port(), lens.write_port()
 
         p = self.i_param
         m.d.comb += p.ready.eq(1)
@@ -307,7 +357,14 @@ class RecordParser(wiring.Component):
                 with m.Case(ParserParam.DENSE_COUNT):
                     m.d.sync += dense_count.eq(p.payload.data)
 
+        # Derived parameters, registered (parameters are written while idle, long before a run).
+        n_len = Signal(range(n_len_words + 1))  # length words per record
+        after_ids = Signal(24)  # where the first dense value (or the record's end) is
+        m.d.sync += [n_len.eq((features * 2 + wb - 1) >> wshift),
+                     after_ids.eq(Mux(dense_count != 0, dense_offset, words << wshift))]
+
         batch = Signal(32)
+        todo = Signal(32)  # requests of the run not yet parsed
         tag = Signal(self.tag_bits)
         inuse = Signal(range(self._inflight + 1))
         take_credit = Signal()
@@ -321,123 +378,162 @@ class RecordParser(wiring.Component):
         # The record's words are parsed where they stand, at the head of ``i_word``: ``hidx`` is
         # the head's index in the record. A field is available when its word is the head; the
         # head is popped in the cycle that uses its last wanted field.
+        #
+        # Logic depth (<= 8 LUT levels): a feature sequencer runs ahead of the ID emitter. It
+        # reads feature ``fq``'s length word (as soon as it is stored: the read is transparent
+        # to the store) and maximum bag (stage R), selects the length (stage 1), and clamps it
+        # and places the bag in the record (stage D: the descriptor ``d_*``), one feature per
+        # cycle. The emitter then only compares registered word indices with ``hidx``: the
+        # item's own (``pos``), and at a bag's last item the one the parse goes on from
+        # (``d_next_word``); within a bag the word changes after its last slot.
         head, hv = self.i_word.payload, self.i_word.valid
         hidx = Signal(16)
         lw = Signal(range(n_len_words + 1))  # length words stored
-        f = Signal(range(self._maxf + 1))
-        fstart = Signal(20)  # ID slot index of feature ``f``'s first slot
-        k = Signal(16)
-        d = Signal(16)
         pop = Signal()
         m.d.comb += self.i_word.ready.eq(pop)
         with m.If(pop):
             m.d.sync += hidx.eq(hidx + 1)
+        lanes_log = lanes16.bit_length() - 1
+        ids_word = ids_offset[wshift:]
 
-        def word_of(pos):
-            return pos >> wshift
+        # Feature sequencer, stage R: issue feature ``fq``'s reads.
+        bag_r = bags.read_port()
+        len_r = lens.read_port(transparent_for=(len_w,))
+        fs_on = Signal()  # the current record still has features to sequence
+        fq = Signal(range(self._maxf + 1))
+        v0, v1, dv = Signal(), Signal(), Signal()
+        adv0, adv1, adv_d, consumed = Signal(), Signal(), Signal(), Signal()
+        m.d.comb += [adv_d.eq(~dv | consumed), adv1.eq(~v1 | adv_d), adv0.eq(~v0 | adv1)]
+        wi = fq >> lanes_log
+        avail = (wi < lw) | ((wi == lw) & len_w.en)
+        issue = Signal()
+        m.d.comb += [issue.eq(adv0 & fs_on & avail),
+                     bag_r.addr.eq(fq), bag_r.en.eq(adv0), len_r.addr.eq(wi), len_r.en.eq(adv0)]
+        f0 = Signal.like(fq)
+        final0 = Signal()
+        with m.If(adv0):
+            m.d.sync += [v0.eq(issue), f0.eq(fq), final0.eq(fq + 1 == features)]
+        with m.If(issue):
+            m.d.sync += fq.eq(fq + 1)
+            with m.If(fq + 1 == features):
+                m.d.sync += fs_on.eq(0)
 
-        end_pos = Signal(24)  # first byte past the record
-        m.d.comb += end_pos.eq(words << wshift)
+        # Stage 1: the feature's raw length and maximum bag.
+        raw1, bag1 = Signal(16), Signal(16)
+        f1 = Signal.like(fq)
+        final1 = Signal()
+        sel = f0[:lanes_log] if lanes16 > 1 else 0
+        with m.If(adv1):
+            m.d.sync += [v1.eq(v0), f1.eq(f0), final1.eq(final0), bag1.eq(bag_r.data),
+                         raw1.eq(len_r.data.word_select(sel, 16) if lanes16 > 1
+                                 else len_r.data[:16])]
 
-        # Feature ``f``'s bag: its maximum and its (clamped) length.
-        m.d.comb += [bag_r.addr.eq(f), len_r.addr.eq(f >> (lanes16.bit_length() - 1))]
-        bag = bag_r.data
-        raw = len_r.data.word_select(f[:lanes16.bit_length() - 1], 16) if lanes16 > 1 \
-            else len_r.data[:16]
-        over = Signal()
-        length = Signal(16)
-        bad_len = Signal()  # over the maximum, or an empty bag of a one-hot feature
-        m.d.comb += [over.eq(raw > bag), length.eq(Mux(over, bag, raw)),
-                     bad_len.eq(over | ((raw == 0) & (bag == 1)))]
+        # Stage D: the descriptor of the bag the emitter works on: clamped length (as ``last``,
+        # ``rem`` and ``empty``), error, where its slots start (``pos``) and where the parse goes
+        # on after it (``d_next_word``: the next feature's first slot, or ``after_ids``).
+        over = raw1 > bag1
+        bad1 = over | ((raw1 == 0) & (bag1 == 1))
+        raw_m1 = Mux(raw1 == 0, 0, raw1 - 1)
+        bag_m1 = Mux(bag1 == 0, 0, bag1 - 1)
+        pos_acc = Signal(24)  # byte position of the next feature's first slot
+        end = Signal(24)
+        m.d.comb += end.eq(pos_acc + (bag1 << 2))
+        d_f = Signal.like(fq)
+        d_empty, d_bad, d_final = Signal(), Signal(), Signal()
+        d_next_word = Signal(16)
+        pos = Signal(24)
+        rem = Signal(16)  # items of the bag after the current one
+        first, last = Signal(), Signal()
+        with m.If(adv_d):
+            m.d.sync += dv.eq(v1)
+            with m.If(v1):
+                m.d.sync += [d_f.eq(f1), d_final.eq(final1), d_bad.eq(bad1),
+                             d_empty.eq(Mux(over, bag1 == 0, raw1 == 0)),
+                             d_next_word.eq(Mux(final1, after_ids, end) >> wshift),
+                             pos.eq(pos_acc), pos_acc.eq(end),
+                             rem.eq(Mux(over, bag_m1, raw_m1)), first.eq(1),
+                             last.eq(Mux(over, bag1 <= 1, raw1 <= 1))]
 
-        id_pos = Signal(24)
-        m.d.comb += id_pos.eq(ids_offset + ((fstart + k) << 2))
-        dense_pos = Signal(24)
-        m.d.comb += dense_pos.eq(dense_offset + d * eb)
-        # Where the first dense value (or the record's end, if none) is.
-        after_ids = Signal(24)
-        m.d.comb += after_ids.eq(Mux(dense_count != 0, dense_offset, end_pos))
-
-        lane32 = head.word_select(id_pos[2:wshift], 32) if wb > 4 else head[:32]
-        lane_e = head.word_select(dense_pos[eb.bit_length() - 1:wshift], self._bits)
+        # Dense values: position and count left.
+        dpos = Signal(24)
+        drem = Signal(16)
 
         o = self.o_id
         with m.If(self.start):
             # Tags keep counting across runs: downstream blocks expect requests in tag order.
-            m.d.sync += [batch.eq(self.batch), self.parsed.eq(0), self.bad_bag.eq(0)]
+            m.d.sync += [batch.eq(self.batch), todo.eq(self.batch), self.parsed.eq(0),
+                         self.bad_bag.eq(0)]
         with m.FSM():
             with m.State("IDLE"):
-                with m.If(~self.start & (self.parsed < batch) & (inuse < self._inflight)):
+                with m.If(~self.start & (todo != 0) & (inuse < self._inflight)):
                     m.d.comb += take_credit.eq(1)
-                    m.d.sync += [f.eq(0), fstart.eq(0), k.eq(0), d.eq(0), lw.eq(0),
-                                 hidx.eq(0)]
+                    m.d.sync += [lw.eq(0), hidx.eq(0), fq.eq(0), fs_on.eq(features != 0),
+                                 v0.eq(0), v1.eq(0), dv.eq(0), pos_acc.eq(ids_offset),
+                                 dpos.eq(dense_offset), drem.eq(dense_count)]
                     m.next = "LEN"
             with m.State("LEN"):
                 # One length word per cycle into ``lens``; the word holding the first ID slot
                 # stays at the head.
-                n_len = Signal(range(n_len_words + 1))
-                m.d.comb += n_len.eq((features * 2 + wb - 1) >> wshift)
                 with m.If(lw == n_len):
                     m.next = "IDS"
                 with m.Elif(hv):
                     m.d.comb += [len_w.addr.eq(lw), len_w.data.eq(head), len_w.en.eq(1),
-                                 pop.eq(word_of(ids_offset) != hidx)]
+                                 pop.eq(ids_word != hidx)]
                     m.d.sync += lw.eq(lw + 1)
                     with m.If(lw + 1 == n_len):
                         m.next = "IDS"
             with m.State("IDS"):
-                # One item per cycle: the live IDs of feature ``f``'s bag (or one ``empty``
-                # item), skipping its dead slots by arithmetic.
-                empty = length == 0
-                last = empty | (k + 1 == length)
-                next_pos = Signal(24)
-                with m.If(~last):
-                    m.d.comb += next_pos.eq(id_pos + 4)
-                with m.Elif(f + 1 < features):
-                    m.d.comb += next_pos.eq(ids_offset + ((fstart + bag) << 2))
-                with m.Else():
-                    m.d.comb += next_pos.eq(after_ids)
-                with m.If(f == features):
+                # One item per cycle: the live IDs of the descriptor's bag (or one ``empty``
+                # item), skipping words of dead slots.
+                lane32 = head.word_select(pos[2:wshift], 32) if wb > 4 else head[:32]
+                with m.If(features == 0):
                     m.next = "DENSE"
-                with m.Elif(word_of(id_pos) != hidx):
+                with m.Elif(~dv):
+                    pass  # the sequencer has not caught up yet
+                with m.Elif(pos[wshift:] != hidx):
                     m.d.comb += pop.eq(hv)  # a word of dead slots
                 with m.Elif(hv):
                     m.d.comb += [
-                        o.payload.tag.eq(tag), o.payload.feature.eq(f), o.payload.id.eq(lane32),
-                        o.payload.first.eq(k == 0), o.payload.last.eq(last),
-                        o.payload.empty.eq(empty), o.payload.bad_bag.eq(bad_len),
+                        o.payload.tag.eq(tag), o.payload.feature.eq(d_f), o.payload.id.eq(lane32),
+                        o.payload.first.eq(first), o.payload.last.eq(last),
+                        o.payload.empty.eq(d_empty), o.payload.bad_bag.eq(d_bad),
                         o.valid.eq(1),
                     ]
                     with m.If(o.ready):
-                        m.d.comb += pop.eq(word_of(next_pos) != hidx)
-                        with m.If(bad_len):
+                        with m.If(d_bad):
                             m.d.sync += self.bad_bag.eq(1)
                         with m.If(last):
-                            m.d.sync += [k.eq(0), f.eq(f + 1), fstart.eq(fstart + bag)]
-                            with m.If(f + 1 == features):
+                            m.d.comb += [consumed.eq(1), pop.eq(d_next_word != hidx)]
+                            with m.If(d_final):
                                 m.next = "DENSE"
                         with m.Else():
-                            m.d.sync += k.eq(k + 1)
+                            m.d.comb += pop.eq(pos[2:wshift].all() if wb > 4 else 1)
+                            m.d.sync += [pos.eq(pos + 4), rem.eq(rem - 1), first.eq(0),
+                                         last.eq(rem == 1)]
             with m.State("DENSE"):
-                with m.If(d == dense_count):
+                lane_e = head.word_select(dpos[eb.bit_length() - 1:wshift], self._bits)
+                dlast = drem == 1
+                with m.If(drem == 0):
                     m.next = "SKIP"
-                with m.Elif(word_of(dense_pos) != hidx):
+                with m.Elif(dpos[wshift:] != hidx):
                     m.d.comb += pop.eq(hv)
                 with m.Elif(hv):
-                    dlast = d + 1 == dense_count
                     m.d.comb += [self.o_dense.payload.tag.eq(tag),
                                  self.o_dense.payload.data.eq(lane_e.as_signed()),
                                  self.o_dense.payload.last.eq(dlast),
                                  self.o_dense.valid.eq(1)]
                     with m.If(self.o_dense.ready):
-                        m.d.comb += pop.eq(word_of(Mux(dlast, end_pos, dense_pos + eb)) != hidx)
-                        m.d.sync += d.eq(d + 1)
+                        lane_end = dpos[eb.bit_length() - 1:wshift].all() \
+                            if wb > eb else 1
+                        m.d.comb += pop.eq(dlast | lane_end)
+                        m.d.sync += [dpos.eq(dpos + eb), drem.eq(drem - 1)]
                         with m.If(dlast):
                             m.next = "SKIP"
             with m.State("SKIP"):
                 with m.If(hidx < words):
                     m.d.comb += pop.eq(hv)
                 with m.Else():
-                    m.d.sync += [self.parsed.eq(self.parsed + 1), tag.eq(tag + 1)]
+                    m.d.sync += [self.parsed.eq(self.parsed + 1), todo.eq(todo - 1),
+                                 tag.eq(tag + 1)]
                     m.next = "IDLE"
         return m

@@ -34,11 +34,16 @@ SPECS = [
     ModelSpec("p2", sparse=tuple(SparseFeature(f"s{i}", 1000 + i, 8, bag=1 + i % 3)
                                  for i in range(11)), dense=13, top_mlp=(1,)),
     ModelSpec("p3", sparse=(SparseFeature("a", 3, 4),), dense=0, top_mlp=(1,)),
+    # Several length words per record (the parser's feature sequencer reads each length as
+    # soon as its word is stored), multi-hot and one-hot bags mixed.
+    ModelSpec("p4", sparse=tuple(SparseFeature(f"m{i}", 50 + i, 4, bag=1 + i % 4)
+                                 for i in range(21)), dense=5, top_mlp=(1,)),
 ]
 
 
 @pytest.mark.parametrize("spec, dw, bits", [(SPECS[0], 256, 16), (SPECS[1], 256, 8),
-                                             (SPECS[1], 512, 16), (SPECS[2], 256, 16)])
+                                             (SPECS[1], 512, 16), (SPECS[2], 256, 16),
+                                             (SPECS[3], 128, 16), (SPECS[3], 256, 8)])
 def test_parser_and_fetcher_match_the_wire_format(spec, dw, bits):
     rng = random.Random(3)
     batch, inflight = 7, 4
@@ -56,8 +61,8 @@ def test_parser_and_fetcher_match_the_wire_format(spec, dw, bits):
 
     m = Module()
     m.submodules.fetch = fetch = RecordFetcher(data_width=dw, max_burst=4, fifo_depth=8)
-    m.submodules.parse = parse = RecordParser(data_width=dw, max_features=16, inflight=inflight,
-                                              data_bits=bits)
+    m.submodules.parse = parse = RecordParser(
+        data_width=dw, max_features=max(16, len(spec.sparse)), inflight=inflight, data_bits=bits)
     wiring.connect(m, fetch.o_word, parse.i_word)
     hbm = HBMModel(fetch.m_axi, mem, latency=9, p_ar_stall=0.2, p_r_idle=0.2, rng=rng)
     id_check = StreamChecker(parse.o_id, name="o_id")

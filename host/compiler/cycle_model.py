@@ -70,16 +70,17 @@ ENGINE_OVERHEAD = 9
 #: Drain + sigmoid latency beyond ``N``.
 DRAIN_OVERHEAD = 2
 #: Kernel cycles per batch beyond the MLP latency and the memory read latency (module doc).
-#: 70 + 3 for the logic-depth pipelining of the lookup side: the pooler's word register, the
-#: concatenation stage's input register and the result writer's SNAPSHOT cycle.
-KERNEL_OVERHEAD_CYCLES = 73
+#: 70 + 12 for the logic-depth pipelining to <= 8 LUT levels: the request path +9 (request
+#: fetcher +3, parser +2, dispatcher +4) and the lookup side +3 (the pooler's word register, the
+#: concatenation stage's input register, the result writer's SNAPSHOT cycle).
+KERNEL_OVERHEAD_CYCLES = 82
 #: Memory read latency assumed for HBM, in kernel cycles (the simulation's HBM model).
 MEM_LATENCY_CYCLES = 64
 #: Program words the kernel's program loader takes per cycle (one 512-bit word per cycle:
 #: every sink takes a word, or a whole packed beat, per cycle; :func:`program_load_cycles`).
 PROGRAM_LOAD_RATE = 1.0
 #: Program-load cycles beyond one per word, fitted to the simulation (:func:`program_load_cycles`).
-PROGRAM_LOAD_OVERHEAD_CYCLES = 71
+PROGRAM_LOAD_OVERHEAD_CYCLES = 77
 
 
 @dataclass
@@ -236,10 +237,11 @@ def program_load_cycles(words: int, *, rate: float = PROGRAM_LOAD_RATE,
     ``overhead`` (the header's round trip, then the first burst's latency of the program's
     body) is fitted to the simulation (model port latency 32 cycles, ``tools/measure_kernel.py``:
     the first run minus a batch-1 run without the load): ``small`` model on ``small``, 986
-    words (format 5), 1,057 cycles; ``tiny`` on ``tiny``, 80 words, 151 cycles (both exactly
-    ``words + 71``; ``tests/test_hw_program_load.py`` checks it). Modelled, not simulated, at
-    any other size (``tools/program_load_model.py``: microrec-small on ``u280``, 38,729 words,
-    38,800 cycles; format 5).
+    words (format 5), 1,063 cycles; ``tiny`` on ``tiny``, 81 words, 158 cycles (both exactly
+    ``words + 77``, with the fetcher pipelined to <= 8 LUT levels: +3 cycles per fetch run;
+    ``tests/test_hw_program_load.py`` checks it). Modelled, not simulated, at any other size
+    (``tools/program_load_model.py``: microrec-small on ``u280``, 38,729 words, 38,806 cycles;
+    format 5).
     """
     if words < 1:
         raise ValueError(f"a kernel program has at least its header word, not {words}")

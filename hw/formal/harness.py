@@ -31,6 +31,7 @@ from amaranth.asserts import AnyConst, AnySeq, Initial
 from amaranth.hdl import (
     Array,
     Assume,
+    Cat,
     Elaboratable,
     Fragment,
     Module,
@@ -526,8 +527,34 @@ class RecordFetchHarness(_Harness):
             addr, remaining = opened.signal("addr"), opened.signal("remaining")
             reserved = opened.signal("reserved")
             level = opened.module.submodules.fifo.level
-            p.check("fetch.inv_words", (requested + pend + remaining == expected) &
-                    (addr == base + (requested + pend) * wb))
+            # ``words * batch`` in flight through its pipeline (``phase`` 1, 2: partial
+            # products, then their middle sum), then ``remaining``; from ``phase`` 4 on, with
+            # ARVALID low, the precomputed next burst, page and borrow are those of the
+            # registers now (a burst is issued only then).
+            phase = opened.signal("phase")
+            prods = [opened.signal(f"prod{i}{j}") for i in range(2) for j in range(2)]
+            mid = opened.signal("mid")
+            full = Cat(prods[0], prods[3])
+            rem_lo, rem_hi = opened.signal("rem_lo"), opened.signal("rem_hi")
+            off, page = opened.signal("off"), opened.signal("page")
+            to_boundary = (4096 // wb) - off
+            bb = (self.max_burst - 1).bit_length()
+            capped = Mux((rem_hi == 0) & (rem_lo[bb:] == 0), rem_lo[:bb], self.max_burst)
+            p.check("fetch.inv_phase", phase >= 1)
+            with m.If(phase <= 2):
+                p.check("fetch.inv_product", (requested == 0) & ~dut.m_axi.arvalid &
+                        (addr == base) &
+                        (expected == Mux(phase == 1,
+                                         full + ((prods[1] + prods[2]) << 16),
+                                         full + (mid << 16))[:48]))
+            with m.Else():
+                p.check("fetch.inv_words", (requested + pend + remaining == expected) &
+                        (addr == base + (requested + pend) * wb))
+            with m.If((phase == 4) & ~dut.m_axi.arvalid):
+                p.check("fetch.inv_next", (opened.signal("burst_r") ==
+                                           Mux(to_boundary < capped, to_boundary, capped)) &
+                        (opened.signal("rem_hi_m1") == (rem_hi - 1)[:len(rem_hi)]) &
+                        (opened.signal("page_p1") == (page + 1)[:len(page)]))
             # The fetcher's own count of beats owed (from ARVALID on) and of beats to drop
             # (an abandoned run's: none, as the kernel starts a run only after the last one).
             p.check("fetch.inv_owed", (opened.signal("owed") == chk.owed + pend) &
