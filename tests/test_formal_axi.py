@@ -116,7 +116,8 @@ def test_every_harness_converts_with_its_covers():
 def test_opened_block_names_a_missing_register():
     from recfabric.hw import result_writer
     opened = _Opened(result_writer.ResultWriter(data_width=128, addr_width=16), result_writer)
-    assert set(opened.fsms[0]) == {"IDLE", "RECORDS", "STATUS_AW", "STATUS_W", "STATUS_RESAMPLE"}
+    assert set(opened.fsms[0]) == {"IDLE", "RECORDS", "SNAPSHOT", "STATUS_AW", "STATUS_W",
+                                 "STATUS_RESAMPLE"}
     assert opened.signal("issued").shape().width == 32
     with pytest.raises(KeyError, match="no internal signal 'issues' .*issued"):
         opened.signal("issues")
