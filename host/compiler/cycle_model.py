@@ -37,20 +37,21 @@ The whole kernel (:func:`kernel_batch_cycles`, the serving layer's service-time 
 modelled rows of ``recfabric bench compare``): a batch of ``B`` requests takes ``latency + ii * (B
 - 1)`` cycles, with ``ii = max(MLP II, the plan's lookup rounds (beats per request on the busiest
 port), request words per record)`` and ``latency = top MLP latency + max(memory read
-latency, bottom MLP latency) + KERNEL_OVERHEAD_CYCLES`` (the bottom MLP runs beside the lookups;
+latency + LOOKUP_BRANCH_CYCLES, bottom MLP latency) + KERNEL_OVERHEAD_CYCLES -
+LOOKUP_BRANCH_CYCLES`` (the bottom MLP runs beside the lookups;
 multi-task heads are the top MLP's last layers, fused one per depth; a dot interaction adds the
 latency of :func:`dot_interaction_cycles` less the top MLP's input chunks, which the writer takes
 as the dot unit packs them, and bounds ``ii`` by its interval; ``dlrm-small`` on ``small`` with
-both: 410 / 1,033 / 3,169 cycles modelled for batches 1 / 8 / 32, simulated 395 / 1,027 / 3,162,
-``tools/measure_dlrm.py``, with the four-stage requantizer: 3.8% high at batch 1, the bottom MLP
+both: 417 / 1,040 / 3,176 cycles modelled for batches 1 / 8 / 32, simulated 401 / 1,033 / 3,168,
+``tools/measure_dlrm.py``, after the logic-depth pipelining: 4.0% high at batch 1, the bottom MLP
 and the lookups overlap more than the fitted overhead assumes).
 ``KERNEL_OVERHEAD_CYCLES`` (request fetch and parse, dispatch, concat, result and status writes)
 is fitted to the simulation: the single-request run of the ``small`` model on the ``small`` preset
-takes 355 cycles (``tools/measure_kernel.py 1 16``, with the streaming request path, the
-four-stage requantizer, the merged load/routing changes and the lookup-side pipelining for
-<= 8 logic levels, which added 3 cycles to 352), of which the MLP model accounts for 218 and the
-simulated HBM read latency for 64. The model then gives 1,375 cycles for a batch of 16
-(simulated: 1,379) and 17,695 for 256 (not re-simulated; 17,696 before the pipelining). The
+takes 364 cycles (``tools/measure_kernel.py 1 16 256``, with the streaming request path, the
+four-stage requantizer, the merged load/routing changes and the pipelining of the request path
+and the lookup side to <= 8 logic levels, which added 12 cycles to 352), of which the MLP model
+accounts for 218 and the simulated HBM read latency for 64. The model then gives 1,384 cycles
+for a batch of 16 (simulated: 1,390) and 17,704 for 256 (simulated: 17,708). The
 slow tests of ``tests/test_bench_compare.py`` check it against simulation: within 1% on
 ``small``, within 20% on ``tiny``.
 """
@@ -61,6 +62,7 @@ import math
 from dataclasses import dataclass, field
 
 __all__ = ["MLPCycleModel", "ENGINE_OVERHEAD", "DRAIN_OVERHEAD", "KERNEL_OVERHEAD_CYCLES",
+           "LOOKUP_BRANCH_CYCLES",
            "MEM_LATENCY_CYCLES", "kernel_batch_cycles", "dot_interaction_cycles",
            "DOT_PIPELINE_CYCLES", "program_load_cycles", "PROGRAM_LOAD_OVERHEAD_CYCLES",
            "PROGRAM_LOAD_RATE"]
@@ -74,6 +76,10 @@ DRAIN_OVERHEAD = 2
 #: fetcher +3, parser +2, dispatcher +4) and the lookup side +3 (the pooler's word register, the
 #: concatenation stage's input register, the result writer's SNAPSHOT cycle).
 KERNEL_OVERHEAD_CYCLES = 82
+#: The part of :data:`KERNEL_OVERHEAD_CYCLES` on the lookup branch only (the dispatcher's 4
+#: pipeline stages and the pooler's word register): the bottom MLP, which runs beside the lookups,
+#: hides it when it is the later of the two branches.
+LOOKUP_BRANCH_CYCLES = 5
 #: Memory read latency assumed for HBM, in kernel cycles (the simulation's HBM model).
 MEM_LATENCY_CYCLES = 64
 #: Program words the kernel's program loader takes per cycle (one 512-bit word per cycle:
@@ -173,10 +179,10 @@ def kernel_batch_cycles(spec, config, rounds: int, words_per_record: int, *,
     from .kernel_program import top_chain_shapes  # noqa: PLC0415
 
     shapes = {"bottom": spec.layer_shapes()["bottom"], "top": top_chain_shapes(spec)}
-    ii, latency = max(rounds, words_per_record), KERNEL_OVERHEAD_CYCLES
+    ii, latency = max(rounds, words_per_record), KERNEL_OVERHEAD_CYCLES - LOOKUP_BRANCH_CYCLES
     # The dense path (bottom MLP) runs beside the lookups: the later of the two reaches the
     # concatenation.
-    before_concat = mem_latency_cycles
+    before_concat = mem_latency_cycles + LOOKUP_BRANCH_CYCLES
     for kind, engines in (("bottom", config.mlp_bottom_shapes), ("top", config.mlp_top_shapes)):
         layers = shapes[kind]
         if not layers:
