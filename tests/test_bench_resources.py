@@ -55,11 +55,14 @@ def test_logic_levels_count_luts_and_carries_and_stop_at_registers():
     }
     net = {"modules": {"top": {"cells": cells}}}
     got = rs.logic_levels(net)
-    assert got == {"levels": 3.0, "end": "l2"}
+    # the path, from its end back to its start: l1 -> carry c1 (+0.5) -> carry c2 -> l2
+    assert got == {"levels": 3.0, "end": "l2",
+                   "path": [(3.0, "l2", 7), (2.0, "c2", 6), (1.5, "c1", 5), (1.0, "l1", 4)]}
     # One more LUT after the carry chain: 4 levels, ending there.
     cells["l5"] = _cell("LUT1", I0=[7], O=[14])
     cells["q1"] = _cell("FDRE", D=[14], Q=[8], C=[1])
-    assert rs.logic_levels(net) == {"levels": 4.0, "end": "l5"}
+    got = rs.logic_levels(net)
+    assert (got["levels"], got["end"], got["path"][0]) == (4.0, "l5", (4.0, "l5", 14))
 
 
 def _report(fits=True):

@@ -21,71 +21,21 @@ from recfabric.host.bench import resources as R
 
 
 def trace(netlist: dict, top: str = "top", limit: int = 40) -> tuple[float, list]:
+    """The deepest path as :func:`~recfabric.host.bench.resources.logic_levels` finds it, with
+    each cell's type, the name of the net it drives and its HDL source location."""
     mod = netlist["modules"][top]
-    driver = {}
-    for name, cell in mod["cells"].items():
-        w = R._weight(cell["type"])
-        if w is None:
-            continue
-        dirs = cell.get("port_directions", {})
-        ins, outs = [], []
-        for port, bits in cell["connections"].items():
-            d = dirs.get(port, "output" if port[:1] == "O" or port.startswith("DO") else "input")
-            if d == "output":
-                outs += [b for b in bits if isinstance(b, int)]
-            elif cell["type"] in R._LUTRAM_LUTS and not port.startswith(("A", "ADDR")):
-                continue
-            else:
-                ins += [b for b in bits if isinstance(b, int)]
-        for b in outs:
-            driver[b] = (name, w, ins)
     names = {}
     for n, net in mod["netnames"].items():
         for b in net["bits"]:
-            if isinstance(b, int) and (b not in names or n.startswith("\\") is False
-                                       and not n.startswith("$")):
+            if isinstance(b, int) and (b not in names or not n.startswith(("\\", "$"))):
                 names.setdefault(b, n)
-    depth, via = {}, {}
-
-    def solve(b0):
-        stack = [(b0, False)]
-        onstack = set()
-        while stack:
-            b, done = stack.pop()
-            if b in depth:
-                continue
-            if b not in driver:
-                depth[b] = 0.0
-                continue
-            name, w, ins = driver[b]
-            if done:
-                onstack.discard(b)
-                best, arg = 0.0, None
-                for i in ins:
-                    if depth.get(i, 0.0) > best or arg is None:
-                        best, arg = max(best, depth.get(i, 0.0)), i
-                depth[b] = best + w
-                via[b] = arg
-                continue
-            onstack.add(b)
-            stack.append((b, True))
-            for i in ins:
-                if i not in depth and i not in onstack:
-                    stack.append((i, False))
-
-    for b in list(driver):
-        solve(b)
-    worst = max(depth, key=depth.get)
-    path, b = [], worst
-    while b is not None and b in driver and len(path) < limit:
-        name, w, _ = driver[b]
+    r = R.logic_levels(netlist, top)
+    path = []
+    for dep, name, b in r["path"][:limit]:
         cell = mod["cells"][name]
-        src = cell.get("attributes", {}).get("src", "")
-        path.append((depth[b], cell["type"], names.get(b, "?"), src))
-        b = via.get(b)
-    start = names.get(b, "?") if b is not None else "?"
-    path.append((0.0, "start", start, ""))
-    return depth[worst], path
+        path.append((dep, cell["type"], names.get(b, "?"),
+                     cell.get("attributes", {}).get("src", "")))
+    return r["levels"], path
 
 
 def main():

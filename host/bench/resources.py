@@ -284,11 +284,12 @@ def _weight(ctype: str) -> float | None:
 def logic_levels(netlist: dict, top: str = "top", ends=frozenset()) -> dict:
     """Longest combinational path of a flat ``write_json`` netlist in logic levels.
 
-    Returns ``{"levels": float, "end": cell name}``. Paths start at ports and sequential cells'
-    outputs and end at their inputs (module doc for the weights). A LUT RAM contributes only its
-    read path (address inputs to data outputs); combinational loops (none in a synchronous
-    design) are cut where found. Cells of a type in ``ends`` (blackboxed sub-blocks, whose
-    outputs are registers) end and start paths.
+    Returns ``{"levels": float, "end": cell name, "path": [(levels, cell name, bit), ...]}``,
+    the path from its end back to its start (``tools/depth_trace.py`` prints it). Paths start at
+    ports and sequential cells' outputs and end at their inputs (module doc for the weights). A
+    LUT RAM contributes only its read path (address inputs to data outputs); combinational loops
+    (none in a synchronous design) are cut where found. Cells of a type in ``ends`` (blackboxed
+    sub-blocks, whose outputs are registers) end and start paths.
     """
     mod = netlist["modules"][top]
     driver = {}  # bit -> (cell name, weight, input bits)
@@ -308,7 +309,7 @@ def logic_levels(netlist: dict, top: str = "top", ends=frozenset()) -> dict:
                 ins += [b for b in bits if isinstance(b, int)]
         for b in outs:
             driver[b] = (name, w, ins)
-    depth, end = {}, {}
+    depth, end, via = {}, {}, {}
     sys.setrecursionlimit(max(10000, sys.getrecursionlimit()))
     for start in list(driver):
         if start in depth:
@@ -325,9 +326,10 @@ def logic_levels(netlist: dict, top: str = "top", ends=frozenset()) -> dict:
             name, w, ins = driver[b]
             if done:
                 onstack.discard(b)
-                best = max((depth.get(i, 0.0) for i in ins), default=0.0)
-                depth[b] = best + w
+                arg = max(ins, key=lambda i: depth.get(i, 0.0), default=None)
+                depth[b] = (depth.get(arg, 0.0) if arg is not None else 0.0) + w
                 end[b] = name
+                via[b] = arg
                 continue
             onstack.add(b)
             stack.append((b, True))
@@ -335,9 +337,13 @@ def logic_levels(netlist: dict, top: str = "top", ends=frozenset()) -> dict:
                 if i not in depth and i not in onstack:
                     stack.append((i, False))
     if not depth:
-        return {"levels": 0.0, "end": None}
+        return {"levels": 0.0, "end": None, "path": []}
     worst = max(depth, key=depth.get)
-    return {"levels": depth[worst], "end": end.get(worst)}
+    path, b = [], worst
+    while b is not None and b in end:
+        path.append((depth[b], end[b], b))
+        b = via.get(b)
+    return {"levels": depth[worst], "end": end.get(worst), "path": path}
 
 
 def _yosys():
