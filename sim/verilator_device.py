@@ -60,8 +60,8 @@ from .verilator_env import (
 )
 
 __all__ = ["VerilatorDevice", "AXIProtocolViolation", "build_library", "kernel_verilog",
-           "native_arch", "ports_source", "sim_top_source", "strip_zero_memory_init",
-           "HARNESS_DIR"]
+           "build_options", "native_arch", "ports_source", "sim_top_source",
+           "strip_zero_memory_init", "HARNESS_DIR"]
 
 HARNESS_DIR = Path(__file__).resolve().parent / "verilator_harness"
 HARNESS_FILES = ("axi_harness.h", "axi_harness.cpp")
@@ -78,6 +78,13 @@ VERILATOR_ARGS = ("--cc", "--exe", "--build", "-O3", "--x-assign", "fast", "--x-
 # "native" means (native_arch()); measured on `small` (README, "Verilator back-end and soak").
 CXX_OPT = "-O3"
 CXX_ARCH = "-march=native"
+# Configurations with more MLP multipliers than LARGE_MACS (the u280 class: ~130 MB of C++) are
+# compiled at LARGE_CXX_OPT with the model's files in up to LARGE_OUTPUT_GROUPS translation units
+# (Verilator's default joins them into ``jobs`` units of ~45 MB each, which gcc compiles for
+# tens of minutes); measured with tools/measure_verilator_build.py (docs/kernel.md).
+LARGE_MACS = 4096
+LARGE_CXX_OPT = "-O1"
+LARGE_OUTPUT_GROUPS = 256
 # Memories whose initial contents are all zero are handed to Verilator without their `initial`
 # blocks (:func:`strip_zero_memory_init`) and zeroed by Verilator instead: this option, given
 # after VERILATOR_ARGS, wins over their --x-initial and is documented to initialise to zero.
@@ -304,8 +311,21 @@ Top* make_top(Harness& h) {{
 
 # ---- building -------------------------------------------------------------------------------
 
+def build_options(config: AcceleratorConfig, cxx_opt: str | None = None,
+                  output_groups: int | None = None) -> tuple[str, int | None]:
+    """``(cxx_opt, output_groups)`` of a build of ``config``: the given ones, else by size
+    (:data:`CXX_OPT` and Verilator's grouping; :data:`LARGE_CXX_OPT` and
+    :data:`LARGE_OUTPUT_GROUPS` above :data:`LARGE_MACS` MLP multipliers)."""
+    large = config.mac_units > LARGE_MACS
+    if cxx_opt is None:
+        cxx_opt = LARGE_CXX_OPT if large else CXX_OPT
+    if output_groups is None and large:
+        output_groups = LARGE_OUTPUT_GROUPS
+    return cxx_opt, output_groups
+
+
 def build_library(config: AcceleratorConfig, *, trace: bool = False, jobs: int = 2,
-                  verbose: bool = False, cxx_opt: str = CXX_OPT,
+                  verbose: bool = False, cxx_opt: str | None = None,
                   output_groups: int | None = None) -> tuple[Path, dict]:
     """The compiled harness + kernel shared library for ``config`` (built once, then cached).
 
@@ -313,11 +333,14 @@ def build_library(config: AcceleratorConfig, *, trace: bool = False, jobs: int =
     seconds spent (``verilog_s``, ``build_s``). The cache key covers the Verilog, the harness
     sources, the generated port glue, the build arguments and the Verilator identity.
 
-    ``cxx_opt`` (default :data:`CXX_OPT`) is the C++ optimisation level of the model and
-    ``output_groups`` Verilator's ``--output-groups`` (how many translation units the model's
-    files are concatenated into; Verilator's default is ``jobs``): the levers for u280-scale
-    builds, where the model is ~130 MB of C++ (docs/kernel.md). Both are part of the key.
+    ``cxx_opt`` is the C++ optimisation level of the model and ``output_groups`` Verilator's
+    ``--output-groups`` (how many translation units the model's files are concatenated into;
+    Verilator's default is ``jobs``): the levers for u280-scale builds, where the model is ~130
+    MB of C++ (docs/kernel.md). Both are part of the key. By default :data:`CXX_OPT` and
+    Verilator's grouping, or :data:`LARGE_CXX_OPT` and :data:`LARGE_OUTPUT_GROUPS` for a
+    configuration of more than :data:`LARGE_MACS` MLP multipliers.
     """
+    cxx_opt, output_groups = build_options(config, cxx_opt, output_groups)
     if not re.fullmatch(r"-O[0-3gs]", cxx_opt):
         raise DeviceError(f"cxx_opt must be a gcc optimisation flag -O0..-O3, -Og or -Os, not "
                           f"{cxx_opt!r}")

@@ -103,3 +103,16 @@ def test_microrec_small_demo_on_verilator_at_u280(config):
     for key in ("cycles", "cycles_per_inference", "latency_cycles", "program_load_cycles"):
         assert out[key] > 0, key
     assert out["cycles_source"] == "simulated"
+
+
+def test_build_options_follow_the_configuration_size():
+    from recfabric.hw.config import get_preset
+    from recfabric.sim import verilator_device as vd
+    # small and tiny: the fast model (-O3, Verilator's grouping); the u280 class: -O1 in many
+    # translation units (two ~45 MB units did not compile within 15 min, docs/kernel.md)
+    for name in ("tiny", "small"):
+        assert vd.build_options(get_preset(name)) == (vd.CXX_OPT, None)
+    for name in ("u280", "u280-int8", "u280-mt", "u50", "u55c"):
+        assert vd.build_options(get_preset(name)) == (vd.LARGE_CXX_OPT, vd.LARGE_OUTPUT_GROUPS)
+    # what the caller gives wins
+    assert vd.build_options(get_preset("u280"), "-O2", 2) == ("-O2", 2)

@@ -19,16 +19,17 @@ import time
 from pathlib import Path
 
 from recfabric.hw.config import get_preset
-from recfabric.sim.verilator_device import CXX_OPT, build_library
+from recfabric.sim.verilator_device import build_library
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("config")
     ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--cxx-opt", default=CXX_OPT, help=f"C++ optimisation (default {CXX_OPT})")
+    ap.add_argument("--cxx-opt", default=None,
+                    help="C++ optimisation (default: build_library's, by configuration size)")
     ap.add_argument("--output-groups", type=int, default=None,
-                    help="Verilator --output-groups (default: Verilator's, = --jobs)")
+                    help="Verilator --output-groups (default: build_library's, by size)")
     args = ap.parse_args()
     t0 = time.perf_counter()
     path, info = build_library(get_preset(args.config), jobs=args.jobs,
