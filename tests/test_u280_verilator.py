@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -103,6 +104,18 @@ def test_microrec_small_demo_on_verilator_at_u280(config):
     for key in ("cycles", "cycles_per_inference", "latency_cycles", "program_load_cycles"):
         assert out[key] > 0, key
     assert out["cycles_source"] == "simulated"
+    # the cycle model within 5% of the simulation (issue 9.6)
+    from recfabric.host.compiler.steps import compile_model
+    from recfabric.host.model.weights import random_weights
+    from recfabric.host.model.zoo import get_model
+    from recfabric.host.serve.devices import kernel_service_model
+    from recfabric.hw.config import get_preset
+    spec = get_model("microrec-small")
+    with tempfile.TemporaryDirectory() as d:
+        compile_model(spec, random_weights(spec), get_preset(config), d)
+        k = kernel_service_model(d)
+    assert abs(out["cycles"] - k.cycles(64)) <= 0.05 * k.cycles(64)
+    assert abs(out["latency_cycles"] - k.cycles(1)) <= 0.05 * k.cycles(1)
 
 
 def test_build_options_follow_the_configuration_size():
