@@ -72,6 +72,27 @@ def _check_positive(name, value):
         raise TypeError(f"{name} must be a positive integer, not {value!r}")
 
 
+
+def _array_ports(x_bits: int, depth: int, ctrl_bits: int, psum_bits: int) -> dict:
+    """The ports a PE (or packed pair) shares with its array neighbours: the activation, weight
+    address, control and valid it forwards east, and the partial sum it adds to and passes
+    south with its control and valid (the same for :class:`ProcessingElement` and
+    :class:`PackedPEPair`)."""
+    return {
+        "x_in": In(signed(x_bits)),
+        "addr_in": In(range(depth)),
+        "ctrl_in": In(ctrl_bits),
+        "valid_in": In(1),
+        "x_out": Out(signed(x_bits)),
+        "addr_out": Out(range(depth)),
+        "ctrl_out": Out(ctrl_bits),
+        "valid_out": Out(1),
+        "psum_in": In(signed(psum_bits)),
+        "psum_out": Out(signed(psum_bits)),
+        "ctrl_p": Out(ctrl_bits),
+        "valid_p": Out(1),
+    }
+
 class ProcessingElement(wiring.Component):
     """Weight-streaming MAC unit: ``psum_out = wrap(psum_in + x * w[addr], acc_bits)``.
 
@@ -146,21 +167,7 @@ class ProcessingElement(wiring.Component):
         self.ram_style = _check_style(ram_style)
         ports = ({"w_in": In(signed(data_bits))} if weight_in else
                  {"w_en": In(1), "w_addr": In(range(depth)), "w_data": In(signed(data_bits))})
-        super().__init__({
-            **ports,
-            "x_in": In(signed(x_bits)),
-            "addr_in": In(range(depth)),
-            "ctrl_in": In(ctrl_bits),
-            "valid_in": In(1),
-            "x_out": Out(signed(x_bits)),
-            "addr_out": Out(range(depth)),
-            "ctrl_out": Out(ctrl_bits),
-            "valid_out": Out(1),
-            "psum_in": In(signed(acc_bits)),
-            "psum_out": Out(signed(acc_bits)),
-            "ctrl_p": Out(ctrl_bits),
-            "valid_p": Out(1),
-        })
+        super().__init__({**ports, **_array_ports(x_bits, depth, ctrl_bits, acc_bits)})
 
     def elaborate(self, platform):
         m = Module()
@@ -244,18 +251,7 @@ class PackedPEPair(wiring.Component):
         self.ctrl_bits, self.x_bits = ctrl_bits, x_bits
         self.ram_style = _check_style(ram_style)
         super().__init__({
-            "x_in": In(signed(x_bits)),
-            "addr_in": In(range(depth)),
-            "ctrl_in": In(ctrl_bits),
-            "valid_in": In(1),
-            "x_out": Out(signed(x_bits)),
-            "addr_out": Out(range(depth)),
-            "ctrl_out": Out(ctrl_bits),
-            "valid_out": Out(1),
-            "psum_in": In(signed(PACK_P_BITS)),
-            "psum_out": Out(signed(PACK_P_BITS)),
-            "ctrl_p": Out(ctrl_bits),
-            "valid_p": Out(1),
+            **_array_ports(x_bits, depth, ctrl_bits, PACK_P_BITS),
             "w_en": In(2),
             "w_addr": In(range(depth)),
             "w_data": In(data.ArrayLayout(signed(data_bits), 2)),
