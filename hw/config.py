@@ -27,6 +27,10 @@ MAX_TABLE_PARTS = 4
 _LOGIT_BITS = 11
 
 
+#: Fields the config hash includes only when they differ from these values (their defaults).
+_HASHED_IF_NOT_DEFAULT = {"activation_banks": 4}
+
+
 class ConfigError(ValueError):
     """An accelerator configuration is invalid; the message names the field and the value."""
 
@@ -231,6 +235,14 @@ class AcceleratorConfig:
         ``ceil(max_in / cols) * ceil(max_out / rows)`` words deep, so these size the weight
         RAM (:attr:`top_engine_widths`). Empty: ``max_width`` for every engine, except the
         last top engine, which only ever produces logits: ``max_outputs``.
+    activation_banks : int
+        Banks of every activation buffer of the top and bottom MLP pipelines (a power of two
+        >= 2): the requests each stage may hold at once
+        (:class:`~recfabric.hw.mlp.ActivationBuffer`). A request holds a bank from its producer
+        allocating it until its consumer releases it, so the pipeline's initiation interval is
+        at least that occupancy / banks (the cycle model's bank term,
+        :class:`~recfabric.host.compiler.cycle_model.MLPCycleModel`). Each bank is one more
+        request's worth of activation memory per buffer.
     weight_lutram_depth : int
         Weight memories at most this deep are LUT RAM (``ram_style "distributed"``), deeper
         ones block RAM (``"block"``); 0: no attribute (the synthesis tool chooses).
@@ -268,6 +280,7 @@ class AcceleratorConfig:
     mlp_top_widths: tuple = ()
     mlp_bottom_widths: tuple = ()
     weight_lutram_depth: int = 0
+    activation_banks: int = 4
     dot_lanes: int = 0
     max_outputs: int = 1
     inflight: int = 8
@@ -331,6 +344,8 @@ class AcceleratorConfig:
             need(getattr(self, f) >= 1, f, "must be at least 1")
         need(self.max_dense >= 0, "max_dense", "must be >= 0")
         need(self.weight_lutram_depth >= 0, "weight_lutram_depth", "must be >= 0")
+        need(_pow2(self.activation_banks) and self.activation_banks >= 2, "activation_banks",
+             "must be a power of two >= 2")
         need(0 <= self.dot_lanes <= self.mlp_top_shapes[0][1], "dot_lanes",
              f"must be in 0..{self.mlp_top_shapes[0][1]} (the first top engine's columns)")
         need(1 <= self.max_outputs <= self.mem_data_width // 16 - 1, "max_outputs",
@@ -405,8 +420,13 @@ class AcceleratorConfig:
 
     @property
     def config_hash(self) -> int:
-        """32-bit hash of every parameter except the name (the hardware exposes it)."""
-        params = {k: v for k, v in self.to_json().items() if k != "name"}
+        """32-bit hash of every parameter except the name (the hardware exposes it).
+
+        A field added after the hash was introduced enters it only when it differs from its
+        default (:data:`_HASHED_IF_NOT_DEFAULT`), so configurations that leave it alone keep
+        their hash, their Verilog and their compiled models."""
+        params = {k: v for k, v in self.to_json().items()
+                  if k != "name" and _HASHED_IF_NOT_DEFAULT.get(k, ...) != v}
         digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).digest()
         return int.from_bytes(digest[:4], "little")
 
@@ -485,13 +505,17 @@ PRESETS = {
     "tiny": _TINY,
     "small": _SMALL,
     "u280": _U280,
-    # int8: two MACs per DSP48E2 (hw/processing_element.py, PackedPEPair): 11,860 MACs in 5,940
-    # DSP48E2 (the int16 u50 budget); II 104 (small) / 169 (large), cycle model.
+    # int8: two MACs per DSP48E2 (hw/processing_element.py, PackedPEPair): 13,060 MACs in 6,540
+    # DSP48E2; II 91 (small) / 169 (large), cycle model. 8 activation-buffer banks: with 4, a
+    # request holding a bank from engine 1's allocation to engine 2's release (~404 cycles)
+    # bounds the small model at II 101-105 whatever the engines; with 8 the engines do
+    # (docs/mlp.md, "Sizing the u280 presets"). The banks double every activation buffer's
+    # depth (10k LUTs of LUT RAM, counted by host/bench/resources.activation_memories).
     # Its 16-bit weight pairs are half as wide: block RAM from 129 words (the first engine's
-    # 208), so the 104-deep engines (LUT RAM) and the first (BRAM) share the load.
+    # 208), so the 91-deep engines (LUT RAM) and the first (BRAM) share the load.
     "u280-int8": _U280.replace(name="u280-int8", data_bits=8, acc_bits=32,
-                               mlp_top_shapes=((80, 68), (64, 80), (20, 64), (1, 20)),
-                               weight_lutram_depth=128),
+                               mlp_top_shapes=((80, 68), (76, 80), (20, 76), (1, 20)),
+                               weight_lutram_depth=128, activation_banks=8),
     # MT-WnD (DeepRecSys multi-task Wide & Deep: 1376-1024-512 trunk, three 512-256-128-1 heads
     # fused into 512-768-384-3) needs five top layers and a 1,376-wide concatenation: the u280
     # card with five top engines sized for its 2.6M MACs per inference (II 352 against a bound

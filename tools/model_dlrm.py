@@ -26,11 +26,10 @@ def main():
                "latency": latency, "inferences_per_s_at_clock": round(cfg.clock_mhz * 1e6 / ii)}
         b = spec.layer_shapes()["bottom"]
         if b:
-            out["bottom_ii"] = MLPCycleModel(shapes=list(cfg.mlp_bottom_shapes),
-                                             widths=(b[0][0], *[o for _, o in b])).ii
+            out["bottom_ii"] = MLPCycleModel.for_config(
+                cfg, (b[0][0], *[o for _, o in b]), "bottom").ii
         t = top_chain_shapes(spec)
-        out["top_ii"] = MLPCycleModel(shapes=list(cfg.mlp_top_shapes),
-                                      widths=(t[0][0], *[o for _, o in t])).ii
+        out["top_ii"] = MLPCycleModel.for_config(cfg, (t[0][0], *[o for _, o in t])).ii
         if spec.interaction == "dot":
             out["dot_ii"] = dot_interaction_cycles(len(spec.sparse) + 1, spec.dense_out,
                                                    cfg.mlp_top_shapes[0][1], cfg.dot_lanes)[1]

@@ -57,8 +57,7 @@ def pruned_widths(spec, keep: float) -> tuple:
 def mlp_cycles(spec, config, top=None) -> MLPCycleModel:
     """Cycle model of the top MLP of ``spec`` (or with widths ``top``) on ``config``'s engines."""
     top = spec.top_mlp if top is None else top
-    return MLPCycleModel(list(config.mlp_top_shapes), (spec.interaction_width, *top),
-                         packed=config.data_bits == 8)
+    return MLPCycleModel.for_config(config, (spec.interaction_width, *top))
 
 
 def keep_for_cycles(spec, config, target: float, step: float = 0.005) -> float:
@@ -131,7 +130,8 @@ def simulate_cycles(qm, config, x, batch: int = 12) -> dict:
     from .mlp import golden_mlp, simulate_mlp
     pipe = MLPPipeline(shapes=config.mlp_top_shapes, data_bits=config.data_bits,
                        acc_bits=config.acc_bits, max_in=config.max_concat,
-                       max_width=config.max_width, sigmoid=True)
+                       max_width=config.max_width, sigmoid=True,
+                       banks=config.activation_banks)
     x = np.asarray(x[:batch], dtype=np.int64)
     res = simulate_mlp(pipe, qm.top, x, rounding=qm.rounding)
     want = golden_mlp(qm.top, x, qm.acc_bits, qm.rounding)

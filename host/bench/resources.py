@@ -51,7 +51,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["CARDS", "PRESET_CARDS", "Block", "config_blocks", "synth_block", "synth_hier",
-           "weight_memories", "analytic_estimate", "block_ram36", "lut_ram", "logic_levels",
+           "weight_memories", "activation_memories", "analytic_estimate", "block_ram36",
+           "lut_ram", "logic_levels",
            "parse_stat", "resource_report", "format_resources", "flat_comparison", "MAX_LEVELS",
            "YOSYS_SCRIPT"]
 
@@ -167,22 +168,66 @@ def _weight_memories(config) -> tuple:
     return tuple(out)
 
 
+#: Deepest activation-buffer lane memory Yosys maps to LUT RAM (the buffers carry no
+#: ``ram_style``); deeper ones take block RAM. Measured (``docs/resources-u280-partial.json``,
+#: 4 banks): 52 lanes x 16 b x 128 words, 3,448 LUTs and no block RAM; 1 lane x 16 b x 256
+#: words, one RAMB18.
+ACTIVATION_LUTRAM_DEPTH = 128
+
+
+def activation_memories(config) -> list:
+    """Every MLP activation buffer's lane memories for ``config`` (what the banks cost): one
+    dict per buffer, with its lanes, lane width, depth (``activation_banks`` banks of one
+    request's words each) and BRAM36 or LUTs (LUT RAM up to :data:`ACTIVATION_LUTRAM_DEPTH`
+    words, as Yosys maps them, else block RAM; one memory per lane)."""
+    return [dict(b) for b in _activation_memories(config)]
+
+
+@functools.lru_cache(maxsize=16)
+def _activation_memories(config) -> tuple:
+    from recfabric.hw.kernel import RecFabricKernel
+    from recfabric.hw.mlp import LayerEngine
+    k = RecFabricKernel(config)
+    out = []
+    for label, pipe in (("bottom", k.bottom), ("mlp", k.mlp)):
+        if pipe is None:
+            continue
+        engines = [LayerEngine(**kw) for kw in pipe.engine_kwargs()]
+        bufs = [(engines[0].cols, pipe.data_bits, engines[0].in_local_bits)]
+        bufs += [(e.rows, e.out_bits, e.out_local_bits) for e in engines]
+        for i, (lanes, bits, local) in enumerate(bufs):
+            depth = pipe.banks << local
+            lut = bram = 0
+            if depth <= ACTIVATION_LUTRAM_DEPTH:
+                lut = lanes * lut_ram(depth, 1, bits)
+            else:
+                bram = lanes * block_ram36(depth, bits)
+            out.append({"mlp": label, "buffer": i, "lanes": lanes, "bits": bits,
+                        "banks": pipe.banks, "words": depth, "BRAM36": bram, "LUT": lut,
+                        "URAM": 0, "DSP48E2": 0})
+    return tuple(out)
+
+
 def analytic_estimate(config, card=None) -> dict:
     """Memory and DSP of ``config``'s kernel by count, no synthesis: the MLP engines' weights,
     biases and multipliers (:func:`weight_memories`), the on-chip tables (URAM, as Yosys maps
     them: ``ceil(512 / 72)`` wide, ``ceil(words / 4096)`` deep) and the dot unit's multipliers
-    (one DSP48E2 per lane). What it leaves out (control, lookup units, buffers) is small in
-    memory and DSP; the synthesised report counts everything."""
+    (one DSP48E2 per lane). What it leaves out (control, lookup units, FIFOs) is small in
+    memory and DSP; the synthesised report counts everything. The activation buffers' lane
+    memories (:func:`activation_memories`) are counted too: their depth grows with the banks."""
     from recfabric.hw.kernel import MODEL_DATA_WIDTH
     card = card or PRESET_CARDS.get(config.name, "u280")
     engines = weight_memories(config)
-    total = {k: sum(e[k] for e in engines) for k in ("DSP48E2", "LUT", "BRAM36", "URAM")}
+    buffers = activation_memories(config)
+    total = {k: sum(e[k] for e in engines + buffers)
+             for k in ("DSP48E2", "LUT", "BRAM36", "URAM")}
     words = config.onchip_bytes * 8 // MODEL_DATA_WIDTH
     total["URAM"] += config.onchip_units * (math.ceil(MODEL_DATA_WIDTH / URAM_SHAPE[1])
                                             * math.ceil(words / URAM_SHAPE[0]))
     total["DSP48E2"] += config.dot_lanes
     cap = CARDS[card]
-    return {"config": config.name, "card": card, "engines": engines, "total": total,
+    return {"config": config.name, "card": card, "engines": engines,
+            "activation_buffers": buffers, "total": total,
             "utilization": {k: round(v / cap[k], 4) for k, v in total.items()}}
 
 

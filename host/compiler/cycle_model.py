@@ -140,6 +140,19 @@ class MLPCycleModel:
         self.mac_units = sum(r * c for r, c in self.shapes)
         self.dsp_slices = sum(self._slots(r) * c for r, c in self.shapes)
 
+    @classmethod
+    def for_config(cls, config, widths, which: str = "top") -> MLPCycleModel:
+        """The model of layer widths ``widths`` on ``config``'s ``which`` ("top" or "bottom")
+        pipeline, as the kernel builds it: its engine shapes, ``config.activation_banks`` banks
+        per activation buffer, and int8 rows packed two per DSP48E2 at ``data_bits`` 8."""
+        if which not in ("top", "bottom"):
+            raise ValueError(f"which must be 'top' or 'bottom', not {which!r}")
+        shapes = config.mlp_top_shapes if which == "top" else config.mlp_bottom_shapes
+        if not shapes:
+            raise ValueError(f"config {config.name!r} has no {which} MLP engines")
+        return cls(shapes=list(shapes), widths=tuple(widths), banks=config.activation_banks,
+                   packed=config.data_bits == 8)
+
     def _slots(self, rows: int) -> int:
         return (rows + 1) // 2 if self.packed and rows >= 2 else rows
 
@@ -168,7 +181,8 @@ def kernel_batch_cycles(spec, config, rounds: int, words_per_record: int, *,
     spec : ModelSpec
         The model (its ``layer_shapes()``).
     config : AcceleratorConfig
-        The kernel's MLP engine shapes (``mlp_bottom_shapes``, ``mlp_top_shapes``).
+        The kernel's MLP engine shapes (``mlp_bottom_shapes``, ``mlp_top_shapes``), element
+        width and activation-buffer banks (:meth:`MLPCycleModel.for_config`).
     rounds : int
         The plan's lookup rounds (beats per request on the busiest memory port).
     words_per_record : int
@@ -183,12 +197,11 @@ def kernel_batch_cycles(spec, config, rounds: int, words_per_record: int, *,
     # The dense path (bottom MLP) runs beside the lookups: the later of the two reaches the
     # concatenation.
     before_concat = mem_latency_cycles + LOOKUP_BRANCH_CYCLES
-    for kind, engines in (("bottom", config.mlp_bottom_shapes), ("top", config.mlp_top_shapes)):
+    for kind in ("bottom", "top"):
         layers = shapes[kind]
         if not layers:
             continue
-        m = MLPCycleModel(shapes=list(engines), widths=(layers[0][0], *[o for _, o in layers]),
-                          packed=config.data_bits == 8)
+        m = MLPCycleModel.for_config(config, (layers[0][0], *[o for _, o in layers]), kind)
         ii = max(ii, m.ii)
         if kind == "bottom":
             before_concat = max(before_concat, m.latency)
