@@ -186,20 +186,43 @@ def test_random_shapes_property(data):
 # ---- cycle model --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("shapes,widths,bits", [
-    ([(4, 2), (2, 4), (1, 2)], (16, 8, 4, 1), 16),
-    ([(2, 3)], (7, 5), 16),
-    ([(1, 1), (1, 1)], (2, 1, 1), 16),  # bank-bound: tiny layers, long pipeline latency
-    ([(6, 2), (4, 6), (1, 4)], (12, 6, 4, 1), 8),  # packed int8: shorter row skew
+@pytest.mark.parametrize("shapes,widths,bits,banks", [
+    ([(4, 2), (2, 4), (1, 2)], (16, 8, 4, 1), 16, 4),
+    ([(2, 3)], (7, 5), 16, 4),
+    ([(1, 1), (1, 1)], (2, 1, 1), 16, 4),  # bank-bound: tiny layers, long pipeline latency
+    ([(1, 1), (1, 1)], (2, 1, 1), 16, 8),  # ... still bank-bound with 8 banks, at half the II
+    ([(6, 2), (4, 6), (1, 4)], (12, 6, 4, 1), 8, 4),  # packed int8: shorter row skew
 ])
-def test_cycle_model_matches_simulation(shapes, widths, bits):
-    res, pipe = _check(shapes, widths, batch=13, top=len(shapes) > 1, bits=bits)
+def test_cycle_model_matches_simulation(shapes, widths, bits, banks):
+    res, pipe = _check(shapes, widths, batch=3 * banks + 1, top=len(shapes) > 1, bits=bits,
+                       banks=banks)
     model = MLPCycleModel(shapes=shapes, widths=widths, banks=pipe.banks, packed=pipe.packed)
     out = np.asarray(res["out_last"])
-    ii = (out[-1] - out[-9]) / 8  # two bank periods: bank-bound pipelines leave in bursts
+    # two bank periods: bank-bound pipelines leave in bursts of `banks`
+    ii = (out[-1] - out[-1 - 2 * banks]) / (2 * banks)
     latency = res["out_last"][0] - res["in_first"][0]
     assert abs(ii - model.ii) <= 0.05 * model.ii, (ii, model.to_json())
     assert abs(latency - model.latency) <= 0.05 * model.latency, (latency, model.latency)
+
+
+@pytest.mark.parametrize("banks", [4, 8])
+def test_more_banks_lift_a_bank_bound_pipeline(banks):
+    """The u280-int8 situation at a small size: int8 engines whose request occupancy of the
+    middle buffer (O = D0 + D1 = 39 cycles) exceeds 4 x the longest stage (T0 = 8 waves). With
+    4 banks the pipeline is bank-bound (II 39 / 4); with 8 the first engine bounds it (II 8).
+    Random stalls: scores == golden; no stalls: the cycle model's II and latency exactly."""
+    shapes, widths = [(4, 4), (1, 4)], (16, 8, 1)
+    _check(shapes, widths, bits=8, batch=2 * banks + 3, banks=banks, p=0.3, seed=10 + banks)
+    res, pipe = _check(shapes, widths, bits=8, batch=4 * banks + 1, banks=banks, seed=banks)
+    assert pipe.packed and pipe.banks == banks
+    model = MLPCycleModel(shapes=shapes, widths=widths, banks=banks, packed=True)
+    assert model.stage_ii["engine0"] == 8
+    assert model.stage_ii["banks"] == 39 / banks
+    assert model.ii == max(8, 39 / banks)
+    out = np.asarray(res["out_last"])
+    # over whole bank periods (bank-bound requests leave in bursts of `banks`)
+    assert (out[-1] - out[-1 - 2 * banks]) / (2 * banks) == model.ii
+    assert res["out_last"][0] - res["in_first"][0] == model.latency
 
 
 # ---- load image errors --------------------------------------------------------------------------

@@ -29,6 +29,35 @@ def test_block_ram_and_lut_ram_counting_rules():
     assert rs.lut_ram(64, 1, 16) == 24  # one bank, no multiplexer (Yosys: 3 RAM64M8)
 
 
+#: Yosys synth_xilinx LUTs / BRAM36 of the u280 (4 banks) activation buffers, by (mlp, lanes,
+#: words): docs/resources-u280-partial.json (`recfabric report resources --config u280`).
+U280_BUFFERS_MEASURED = {
+    ("bottom", 1, 256): (16, 0.5), ("bottom", 32, 64): (784, 0), ("bottom", 16, 64): (400, 0),
+    ("bottom", 8, 32): (144, 0), ("bottom", 4, 16): (80, 0), ("mlp", 52, 128): (3448, 0),
+    ("mlp", 64, 64): (1552, 0), ("mlp", 48, 64): (1168, 0), ("mlp", 16, 64): (400, 0),
+    ("mlp", 1, 16): (32, 0)}
+
+
+def test_activation_buffers_are_counted_as_yosys_maps_them():
+    # The banks' cost: every buffer is `activation_banks` requests deep. The counting rule
+    # (LUT RAM up to 128 words, else block RAM; no pointer logic) against the synthesised u280
+    # buffers: block RAM exact, LUTs 2% under in total (the pointers and flags are not counted).
+    bufs = rs.activation_memories(get_preset("u280"))
+    counted = {(b["mlp"], b["lanes"], b["words"]): (b["LUT"], b["BRAM36"]) for b in bufs}
+    assert counted.keys() == U280_BUFFERS_MEASURED.keys()
+    for key, (_lut, bram) in U280_BUFFERS_MEASURED.items():
+        assert counted[key][1] == bram, key
+    got, want = (sum(v[0] for v in d.values()) for d in (counted, U280_BUFFERS_MEASURED))
+    assert 0.95 * want <= got <= want, (got, want)
+    # doubling the banks doubles each buffer's depth; u280-int8 pays 5,184 more LUTs for 8
+    c = get_preset("u280-int8")
+    eight, four = (rs.activation_memories(c.replace(activation_banks=b)) for b in (8, 4))
+    assert [b["words"] for b in eight] == [2 * b["words"] for b in four]
+    assert sum(b["LUT"] for b in eight) - sum(b["LUT"] for b in four) == 10064 - 4880
+    total = rs.analytic_estimate(c)["total"]
+    assert total["LUT"] == sum(e["LUT"] for e in rs.weight_memories(c) + eight)
+
+
 @pytest.mark.parametrize("name", PRESETS)
 def test_engine_depths_follow_the_per_engine_widths(name):
     c = get_preset(name)
