@@ -507,8 +507,8 @@ PRESETS = {
     "u280": _U280,
     # int8: two MACs per DSP48E2 (hw/processing_element.py, PackedPEPair): 13,060 MACs in 6,540
     # DSP48E2; II 91 (small) / 169 (large), cycle model. 8 activation-buffer banks: with 4, a
-    # request holding a bank from engine 1's allocation to engine 2's release (~404 cycles)
-    # bounds the small model at II 101-105 whatever the engines; with 8 the engines do
+    # request holding a bank of engine 1's input from engine 0's allocation to engine 1's
+    # release (413-420 cycles) bounds the small model at II 103-105; with 8 the engines do
     # (docs/mlp.md, "Sizing the u280 presets"). The banks double every activation buffer's
     # depth (10k LUTs of LUT RAM, counted by host/bench/resources.activation_memories).
     # Its 16-bit weight pairs are half as wide: block RAM from 129 words (the first engine's
