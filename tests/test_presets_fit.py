@@ -88,6 +88,13 @@ def test_u280_int8_sizing_meets_the_cycle_goal():
     assert MLPCycleModel.for_config(cfg, large).ii <= 169
     four = MLPCycleModel.for_config(cfg.replace(activation_banks=4), small)
     assert four.ii > 100 and four.ii == four.stage_ii["banks"]
+    # every whole-kernel use of the model sees the configured banks (compile / serving
+    # predictions, bench compare's modelled rows, the pruning study)
+    from recfabric.host.bench.prune import mlp_cycles
+    from recfabric.host.compiler.cycle_model import kernel_batch_cycles
+    spec = get_model("microrec-small")
+    assert kernel_batch_cycles(spec, cfg, 1, 1)[1] == s.ii == mlp_cycles(spec, cfg).ii
+    assert kernel_batch_cycles(spec, cfg.replace(activation_banks=4), 1, 1)[1] == four.ii
     with pytest.raises(ValueError, match="^which must be 'top' or 'bottom', not 'side'$"):
         MLPCycleModel.for_config(cfg, small, "side")
     with pytest.raises(ValueError, match="^config 'u50' has no bottom MLP engines$"):

@@ -21,7 +21,8 @@ first input chunk to the last output::
 
     latency = chunks + sum_l D_l + N + 2
 
-Steady state: every stage must keep pace, and each activation buffer's ``banks`` banks must
+Steady state: every stage must keep pace, and each activation buffer's ``banks`` banks
+(``AcceleratorConfig.activation_banks``; :meth:`MLPCycleModel.for_config`) must
 cover the time a request holds a bank (from its producer allocating it to its consumer releasing
 it: ``O = D_producer + D_consumer`` with the writer's ``D = chunks``, the drain's ``D = N + 1``)::
 
