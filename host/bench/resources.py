@@ -53,7 +53,7 @@ from pathlib import Path
 __all__ = ["CARDS", "PRESET_CARDS", "Block", "config_blocks", "synth_block", "synth_hier",
            "weight_memories", "analytic_estimate", "block_ram36", "lut_ram", "logic_levels",
            "parse_stat", "resource_report", "format_resources", "flat_comparison", "MAX_LEVELS",
-           "YOSYS_SCRIPT"]
+           "YOSYS_SCRIPT", "bracket_free_names"]
 
 #: Capacities from AMD's data sheets (DS963 Alveo U280, DS965 U50, DS978 U55C): DSP48E2 slices,
 #: CLB LUTs, CLB flip-flops, 36 Kb block RAMs and UltraRAMs.
@@ -70,12 +70,31 @@ MAX_LEVELS = 8
 #: The synthesis each block gets (YoWASP sees only its working directory: relative paths).
 YOSYS_SCRIPT = ("read_rtlil block.il; synth_xilinx -family xcup -flatten -noiopad -uram "
                 "{extra}-top top; tee -q -o stat.txt stat; write_json net.json")
-#: When ABC9 fails on a block (YoWASP Yosys 0.70 exits with an empty message on the MLP input
-#: writer), the second attempt adds ``-dff``, which maps it. A block that fails both is reported
-#: as not synthesised (flat layer engines did: ABC trapped, "call stack exhausted"; they are
-#: synthesised hierarchically now).
+#: When ABC9 fails on a block, the second attempt adds ``-dff``. A block that fails both is
+#: reported as not synthesised (flat layer engines did: ABC trapped, "call stack exhausted";
+#: they are synthesised hierarchically now). The RTLIL is first renamed
+#: (:func:`bracket_free_names`), which is what made ABC9 fail on every block with an array port
+#: or memory; since then the second attempt is a safety net.
 _ATTEMPTS = (YOSYS_SCRIPT.format(extra=""), YOSYS_SCRIPT.format(extra="-dff "))
-_CACHE_VERSION = 2
+_CACHE_VERSION = 3
+
+
+_BRACKETED = re.compile(r"(?<!\S)([\\$][^\s\[\]]*\[\d+\]\S*)")
+
+
+def bracket_free_names(il_text: str) -> str:
+    """``il_text`` with every identifier that carries an index (``\\act_in__addr[3]``, the
+    wires Amaranth makes for an array member beside the whole ``\\act_in__addr``) renamed
+    (``\\act_in__addr__3_``).
+
+    Yosys issue #4349: ABC9's AIGER reader takes ``x[0]`` for bit 0 of a wire ``x`` and
+    asserts (``count_id(wire->name) == 0``) when both exist. Every block with an array port or
+    a memory (activation buffers, the MLP input writer, each layer engine's own logic) failed
+    that way after the whole flow up to ABC9 had run, then ran again with ``-dff``: the u280
+    64x52 engine's failed first attempt alone took 9.7 min wall (1.9 CPU min). Only names
+    change (RTLIL writes a bit select with a space, ``\\x [3]``, so no select is touched)."""
+    return _BRACKETED.sub(lambda m: m.group(1).replace("[", "__").replace("]", "_"), il_text)
+
 
 # LUT-equivalents of LUT RAM and shift-register primitives (UltraScale+ CLB architecture, UG574).
 _LUTRAM_LUTS = {"RAM16X1S": 1, "RAM32X1S": 1, "RAM64X1S": 1, "RAM128X1S": 2, "RAM256X1S": 4,
@@ -380,6 +399,7 @@ def _synth(files: dict, read: str, top: str, *, ends=(), cache_dir=None, timeout
     """Run the synthesis (:data:`YOSYS_SCRIPT`, ``read`` in place of its first command) on
     ``files`` (name -> text) with ``top`` as the top module; counts and depth, cached by a hash
     of the script and the files. ``ends``: cell types (blackboxed blocks) that end a path."""
+    files = {n: bracket_free_names(t) if n.endswith(".il") else t for n, t in files.items()}
     key = cache_key(files, read, top)
     cache = Path(cache_dir or "build/resources")
     path = cache / f"{key[:24]}.json"
