@@ -395,12 +395,14 @@ class NotCached(RuntimeError):
 _CACHED_ONLY = False
 
 
-def _synth(files: dict, read: str, top: str, *, ends=(), cache_dir=None, timeout=None) -> dict:
+def _synth(files: dict, read: str, top: str, *, ends=(), cache_dir=None, timeout=None,
+           family: str = "xcup") -> dict:
     """Run the synthesis (:data:`YOSYS_SCRIPT`, ``read`` in place of its first command) on
     ``files`` (name -> text) with ``top`` as the top module; counts and depth, cached by a hash
-    of the script and the files. ``ends``: cell types (blackboxed blocks) that end a path."""
+    of the script and the files. ``ends``: cell types (blackboxed blocks) that end a path.
+    ``family``: another ``synth_xilinx -family`` (no ``-uram``), for :func:`dsp_packed_pe`."""
     files = {n: bracket_free_names(t) if n.endswith(".il") else t for n, t in files.items()}
-    key = cache_key(files, read, top)
+    key = cache_key(files, read if family == "xcup" else f"{read} [{family}]", top)
     cache = Path(cache_dir or "build/resources")
     path = cache / f"{key[:24]}.json"
     if path.exists():
@@ -416,6 +418,8 @@ def _synth(files: dict, read: str, top: str, *, ends=(), cache_dir=None, timeout
         errors = []
         for script in _ATTEMPTS:
             script = script.replace("read_rtlil block.il", read).replace("-top top", f"-top {top}")
+            if family != "xcup":
+                script = script.replace("-family xcup", f"-family {family}").replace(" -uram", "")
             for f in ("stat.txt", "net.json"):
                 Path(d, f).unlink(missing_ok=True)
             run = subprocess.run([_yosys(), "-q", "-p", script], capture_output=True,
@@ -430,7 +434,7 @@ def _synth(files: dict, read: str, top: str, *, ends=(), cache_dir=None, timeout
         depth = logic_levels(json.loads(Path(d, "net.json").read_text()), top, ends=set(ends))
         out = {"cells": cells, **summarize(cells), "levels": depth["levels"],
                "levels_end": depth["end"], "yosys_seconds": round(time.monotonic() - t0, 1),
-               "rtlil_sha256": key, "yosys_script": script}
+               "rtlil_sha256": key, "yosys_script": script, "failed_attempts": errors}
     cache.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out))
     out["cached"] = False
@@ -457,7 +461,8 @@ def synth_hier(elaboratable, *, cache_dir=None, timeout=None, progress=None) -> 
     (none is possible across registered sub-block outputs); a path through a sub-block port is
     counted in two parts (the port ends one and starts the next). Returns the
     :func:`synth_rtlil` fields plus ``parts``: ``{module: {"count", "per_instance"}}`` and
-    ``glue`` (the block's own logic)."""
+    ``glue`` (the block's own logic) and ``dsp_packed``: the same counts with each PE that
+    reads a shared weight memory taken from :func:`dsp_packed_pe` (see there)."""
     from amaranth.back import rtlil
 
     from recfabric.hw.hier import HierarchicalEmitter
@@ -467,6 +472,7 @@ def synth_hier(elaboratable, *, cache_dir=None, timeout=None, progress=None) -> 
     total = dict.fromkeys(_KEYS, 0.0)
     cells: dict = {}
     parts = {}
+    packed = dict.fromkeys(_KEYS, 0.0)
     levels, end, secs, cached = 0.0, None, 0.0, True
     for name, text in sorted(em.modules.items()):
         n = em.instances[name]
@@ -475,8 +481,12 @@ def synth_hier(elaboratable, *, cache_dir=None, timeout=None, progress=None) -> 
                    timeout=timeout)
         parts[name] = {"count": n, "per_instance": {k: r[k] for k in _KEYS},
                        "levels": r["levels"]}
+        p = dsp_packed_pe(name, text, r, cache_dir=cache_dir, timeout=timeout)
+        if p is not None:
+            parts[name]["per_instance_dsp_packed"] = p
         for k in _KEYS:
             total[k] += n * r[k]
+            packed[k] += n * (r[k] if p is None else p[k])
         for c, v in r["cells"].items():
             cells[c] = cells.get(c, 0) + n * v
         if r["levels"] > levels:
@@ -490,6 +500,7 @@ def synth_hier(elaboratable, *, cache_dir=None, timeout=None, progress=None) -> 
                ends=em.modules, cache_dir=cache_dir, timeout=timeout)
     for k in _KEYS:
         total[k] += g[k]
+        packed[k] += g[k]
     for c, v in g["cells"].items():  # (blackbox instances are not primitives: not listed)
         cells[c] = cells.get(c, 0) + v
     if g["levels"] > levels:
@@ -497,7 +508,31 @@ def synth_hier(elaboratable, *, cache_dir=None, timeout=None, progress=None) -> 
     return {"cells": cells, **total, "levels": levels, "levels_end": end,
             "yosys_seconds": round(secs + g["yosys_seconds"], 1),
             "cached": cached and g["cached"], "parts": parts,
-            "glue": {k: g[k] for k in _KEYS}}
+            "glue": {k: g[k] for k in _KEYS}, "dsp_packed": packed}
+
+
+def dsp_packed_pe(name: str, verilog_text: str, xcup: dict, *, cache_dir=None,
+                  timeout=None) -> dict | None:
+    """A PE's fabric when its DSP registers and post-adder are packed, or None (not a PE that
+    reads a shared weight memory, or the packing did not map).
+
+    Yosys 0.70 maps only the multiplier of a DSP48E2: its ``xilinx_dsp`` pass runs the register
+    and post-adder packer (A/B, M, P registers, ``P = C + M``) for ``-family xc7`` (DSP48E1)
+    and the DSP48A families only, so an int16 PE's product register, 48-bit cascade adder and
+    its register stay in fabric (48 LUT, ~80 FF per PE). The PE matches that packer's pattern
+    (multiplier -> register -> adder with the neighbour's sum -> register): synthesised for
+    xc7 (DSP48E1: the same M and P registers and 48-bit post-adder; a 25 x 18 multiplier holds
+    int16) it packs them. This returns the ``xcup`` counts with LUT and FF from that xc7
+    synthesis, when it used as many DSP48E1 as ``xcup`` used DSP48E2 (int8 packed pairs need a
+    27-bit operand, two DSP48E1: not adjusted). An estimate of what a packing tool (Vivado
+    infers these patterns) leaves in fabric, reported beside the Yosys counts."""
+    if "__processingelement_" not in name or not re.search(r"\bw_in\b", verilog_text):
+        return None
+    r = _synth({f"{name}.v": verilog_text}, f"read_verilog {name}.v", name, cache_dir=cache_dir,
+               timeout=timeout, family="xc7")
+    if r["cells"].get("DSP48E1", 0) != xcup["DSP48E2"]:
+        return None
+    return {**{k: xcup[k] for k in _KEYS}, "LUT": r["LUT"], "FF": r["FF"]}
 
 
 _KEYS = ("DSP48E2", "LUT", "FF", "BRAM36", "URAM")
@@ -549,12 +584,15 @@ def _resource_report(config, *, card, cache_dir, progress, timeout, only) -> dic
         if parts is not None:
             row["sub_blocks"] = parts
             row["own_logic"] = r["glue"]
+        row["dsp_packed"] = {k: round(r.get("dsp_packed", per)[k] * b.count, 1) for k in _KEYS}
         rows.append(row)
     total = {k: round(sum(r["total"][k] for r in rows), 1) for k in _KEYS}
     cap = CARDS[card]
     util = {k: total[k] / cap[k] for k in _KEYS}
     deep = [r["block"] for r in rows if r["levels"] > MAX_LEVELS]
     failed = [r["block"] for r in rows if r["error"]]
+    packed = {k: round(sum(r["dsp_packed"][k] for r in rows), 1) for k in _KEYS}
+    packed_util = {k: packed[k] / cap[k] for k in _KEYS}
     return {"config": config.name, "card": card, "method":
             "per-block synthesis x instances (estimate): Yosys synth_xilinx -family xcup -uram",
             "depth_method": "longest path in the Yosys JSON netlist (LUT 1, CARRY/MUXF 0.5, "
@@ -564,7 +602,30 @@ def _resource_report(config, *, card, cache_dir, progress, timeout, only) -> dic
             "fits": all(v <= 1 for v in util.values()) and not failed and only is None,
             "failed_blocks": failed, "complete": not failed and only is None, "only": only,
             "max_levels": max(r["levels"] for r in rows),
-            "blocks_over_levels": deep, "level_limit": MAX_LEVELS}
+            "blocks_over_levels": deep, "level_limit": MAX_LEVELS,
+            "estimated": ESTIMATED,
+            "dsp_packed": {"total": packed,
+                           "utilization": {k: round(v, 4) for k, v in packed_util.items()},
+                           "fits": (all(v <= 1 for v in packed_util.values()) and not failed
+                                    and only is None),
+                           "how": DSP_PACKED_HOW}}
+
+
+#: What the per-block figure estimates and how (stored in every report).
+ESTIMATED = (
+    "Every distinct block is synthesised once and multiplied by its instance count; a layer "
+    "engine's PEs, packed pairs, shared weight memories and requantizers are synthesised once "
+    "each and its own logic (sequencer, skew, biases, accumulators, write decode, drains) with "
+    "them as blackboxes. Lost: optimisation across block boundaries (constant inputs, unused "
+    "outputs, shared logic) and the kernel's own glue (run sequencing, counters, flag FIFO); "
+    "a path through a blackbox port is counted in two parts. small: --flat measures the "
+    "difference against one flat synthesis.")
+#: How ``dsp_packed`` is obtained (:func:`dsp_packed_pe`).
+DSP_PACKED_HOW = (
+    "the same counts with each shared-memory PE's LUT and FF from the PE synthesised for "
+    "xc7, where Yosys packs the product register, 48-bit cascade adder and its register into "
+    "the DSP (it does not for xcup); int8 packed pairs and PEs with their own memory keep the "
+    "xcup counts. An estimate of a packing tool's result, not a synthesis of it.")
 
 
 def flat_comparison(config, report: dict, *, cache_dir=None, timeout=None) -> dict:
@@ -597,6 +658,12 @@ def format_resources(r: dict) -> str:
                  + " ".join(f"{_fmt(r['capacity'][k]):>10s}" for k in _KEYS))
     lines.append(f"{'used':44s}     "
                  + " ".join(f"{r['utilization'][k]:>10.1%}" for k in _KEYS))
+    dp = r.get("dsp_packed")
+    if dp and dp["total"] != r["total"]:
+        lines.append(f"{'DSP registers + post-adder packed (estimate)':44s}     "
+                     + " ".join(f"{_fmt(dp['total'][k]):>10s}" for k in _KEYS))
+        lines.append(f"{'  used':44s}     "
+                     + " ".join(f"{dp['utilization'][k]:>10.1%}" for k in _KEYS))
     for b in r["blocks"]:
         if b.get("error"):
             lines.append(f"! not synthesised (excluded from the totals): {b['error']}")
