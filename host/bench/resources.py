@@ -76,7 +76,8 @@ YOSYS_SCRIPT = ("read_rtlil block.il; synth_xilinx -family xcup -flatten -noiopa
 #: (:func:`bracket_free_names`), which is what made ABC9 fail on every block with an array port
 #: or memory; since then the second attempt is a safety net.
 _ATTEMPTS = (YOSYS_SCRIPT.format(extra=""), YOSYS_SCRIPT.format(extra="-dff "))
-_CACHE_VERSION = 3
+# (2 still: a block whose RTLIL has no bracketed name gets the same input, script and result.)
+_CACHE_VERSION = 2
 
 
 _BRACKETED = re.compile(r"(?<!\S)([\\$][^\s\[\]]*\[\d+\]\S*)")
