@@ -292,14 +292,14 @@ def test_dsp_packed_pe_takes_fabric_from_the_xc7_synthesis(tmp_path, monkeypatch
     assert rs.dsp_packed_pe(name, text, xcup, cache_dir=tmp_path) is None
 
 
-@pytest.mark.parametrize("name", ["small", "u280", "u280-int8"])
+_DOCS = __import__("pathlib").Path(__file__).parent.parent / "docs"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in _DOCS.glob("resources-*.json")))
 def test_stored_reports_add_up_and_state_the_fit(name):
-    """docs/resources-<name>.json (what the README quotes): totals are the blocks' sums, the
+    """Every docs/resources-*.json (what the README quotes): totals are the blocks' sums, the
     verdict follows from totals and capacity, and a complete report synthesised every block."""
-    from pathlib import Path
-    path = Path(__file__).parent.parent / "docs" / f"resources-{name}.json"
-    if not path.exists():
-        pytest.fail(f"{path.name} is missing")
+    path = _DOCS / name
     r = json.loads(path.read_text())
     for k in rs._KEYS:
         assert math.isclose(r["total"][k], sum(b["total"][k] for b in r["blocks"]),
@@ -309,7 +309,7 @@ def test_stored_reports_add_up_and_state_the_fit(name):
     assert r["capacity"] == rs.CARDS[r["card"]]
     over = [k for k in rs._KEYS if r["total"][k] > r["capacity"][k]]
     assert r["fits"] == (r["complete"] and not over)
-    assert r["complete"] == (not r["failed_blocks"] and r["only"] is None)
+    assert r["complete"] == (not r["failed_blocks"] and r.get("only") is None)
     assert r["failed_blocks"] == [b["block"] for b in r["blocks"] if b["error"]]
     assert r["max_levels"] == max(b["levels"] for b in r["blocks"])
 
@@ -325,3 +325,14 @@ def test_a_block_with_array_ports_maps_on_the_first_attempt(tmp_path):
                        cache_dir=tmp_path)
     assert r["failed_attempts"] == [] and "-dff" not in r["yosys_script"]
     assert r["FF"] > 0 and r["LUT"] > 0
+
+
+def test_format_shows_the_dsp_packed_estimate_when_it_differs():
+    r = _report()
+    assert "post-adder packed" not in rs.format_resources(r)
+    packed = {**r["total"], "LUT": 120, "FF": 40}
+    r["dsp_packed"] = {"total": packed, "fits": True, "how": rs.DSP_PACKED_HOW,
+                       "utilization": {k: packed[k] / r["capacity"][k] for k in packed}}
+    row = next(line for line in rs.format_resources(r).splitlines()
+               if line.startswith("DSP registers + post-adder packed (estimate)"))
+    assert row.split()[-5:] == ["0", "120", "40", "3", "0"]
