@@ -336,3 +336,15 @@ def test_format_shows_the_dsp_packed_estimate_when_it_differs():
     row = next(line for line in rs.format_resources(r).splitlines()
                if line.startswith("DSP registers + post-adder packed (estimate)"))
     assert row.split()[-5:] == ["0", "120", "40", "3", "0"]
+
+
+def test_cli_only_reports_a_part_from_the_cache(tmp_path, monkeypatch, capsys):
+    from recfabric.host.cli.main import main
+    _no_yosys(monkeypatch)
+    argv = ["report", "resources", "--config", "tiny", "--only", "mlp s", "--cached-only",
+            "--cache", str(tmp_path), "--json"]
+    assert main(argv) == 1  # no verdict for a part
+    r = json.loads(capsys.readouterr().out)
+    assert r["only"] == "mlp s" and [b["block"] for b in r["blocks"]] == ["mlp sigmoid"]
+    assert main(argv[:5] + ["zzz"] + argv[6:]) == 2
+    assert "no block of 'tiny' starts with 'zzz'" in capsys.readouterr().err
