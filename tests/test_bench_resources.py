@@ -234,3 +234,23 @@ def test_cached_only_report_runs_no_synthesis_and_names_what_is_missing(tmp_path
     assert r["failed_blocks"] == ["mlp sigmoid"] and not r["fits"] and not r["complete"]
     assert "not synthesised yet (cached-only report)" in r["blocks"][0]["error"]
     assert "INCOMPLETE" in rs.format_resources(r)
+
+
+def test_glue_blocks_and_the_block_filter(tmp_path, monkeypatch, capsys):
+    # The kernel's and each MLP pipeline's own logic are blocks (their sub-blocks blackboxed,
+    # the kernel's flag FIFO kept); --block picks blocks by name prefix, several at once.
+    from recfabric.host.cli.main import main
+    from recfabric.hw.config import get_preset
+    blocks = {b.name: b for b in rs.config_blocks(get_preset("small"))}
+    assert blocks["kernel glue"].glue == ("flag_fifo", "bottom_tags")
+    assert blocks["mlp pipeline glue"].glue == () and blocks["bottom pipeline glue"].count == 1
+    assert sum(b.glue is not None for b in blocks.values()) == 3
+
+    def no_yosys(*a, **k):
+        raise AssertionError("ran yosys")
+    monkeypatch.setattr(rs.subprocess, "run", no_yosys)
+    assert main(["report", "resources", "--config", "tiny", "--cache", str(tmp_path),
+                 "--cached-only", "--json", "--block", "mlp s", "--block", "mlp d"]) == 1
+    r = json.loads(capsys.readouterr().out)
+    assert [b["block"] for b in r["blocks"]] == ["mlp drain", "mlp sigmoid"]
+    assert r["only"] == ["mlp s", "mlp d"] and not r["complete"]
