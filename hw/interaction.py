@@ -41,6 +41,7 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from .arith import carry_select_add
 from .mlp.requantizer import REQUANT_LATENCY, Requantizer
 from .sigmoid import LogitLayout
 from .stream_types import MLPInputLayout
@@ -410,7 +411,11 @@ class DotInteraction(wiring.Component):
         m.d.sync += [psum.eq(sum(level)), *[m3[f].eq(mt[f]) for f in mt]]
         acc = Signal(signed(self.acc_bits))
         acc_next = Signal(signed(self.acc_bits))  # wraps to acc_bits, as numerics.mac does
-        m.d.comb += acc_next.eq(Mux(m3["first"], psum, acc + psum))
+        psum_ext = Signal(signed(self.acc_bits))
+        # (carry-select: a 48-bit ripple add and the select were 8 levels at u280)
+        m.d.comb += [psum_ext.eq(psum),
+                     acc_next.eq(Mux(m3["first"], psum,
+                                     carry_select_add(acc, psum_ext, self.acc_bits)))]
         with m.If(m3["valid"]):
             m.d.sync += acc.eq(acc_next)
         m.d.comb += [rq.acc.eq(acc_next), rq.shift.eq(m3["shift"]), rq.floor.eq(floor),
