@@ -209,14 +209,15 @@ class ConcatStage(wiring.Component):
                     Signal(_LEN_BITS, name=f"{name}_len"))
 
         # A slot's placement is held as word, lane and end (``lane + length``, added when the
-        # descriptor is written rather than when a vector arrives).
-        slot_regs = [(Signal(_WORD_BITS, name=f"slot{s}_word"),
-                      Signal(range(C), name=f"slot{s}_lane"),
-                      Signal(_LEN_BITS + 1, name=f"slot{s}_end")) for s in range(self.max_slots)]
-        s_word = Array(r[0] for r in slot_regs)
-        s_lane = Array(r[1] for r in slot_regs)
-        s_end = Array(r[2] for r in slot_regs)
+        # descriptor is written rather than when a vector arrives), in a memory read one cycle
+        # ahead of the pooled writer (a register file with a ``max_slots``-way read multiplexer
+        # was 10 logic levels at u280's 128 slots).
+        place_layout = data.StructLayout({"word": _WORD_BITS, "lane": range(C),
+                                          "end": _LEN_BITS + 1})
+        m.submodules.places = places = Memory(shape=place_layout, depth=self.max_slots, init=[])
+        place_w, place_r = places.write_port(), places.read_port()
         n_slots = Signal(range(self.max_slots + 1))
+        n_slots_m1 = Signal(range(self.max_slots + 1))  # N_SLOTS - 1, kept beside N_SLOTS
         d_word, d_lane, d_len = place_regs("dense")
         chunks = Signal(self.local_bits + 1)
         dsc = self.i_desc.payload
@@ -228,16 +229,16 @@ class ConcatStage(wiring.Component):
                     la.eq(dsc.data[_WORD_BITS:_WORD_BITS + _LANE_BITS]),
                     n.eq(dsc.data[_WORD_BITS + _LANE_BITS:])]
 
+        lane_field = dsc.data[_WORD_BITS:_WORD_BITS + _LANE_BITS]
+        m.d.comb += [place_w.en.eq(self.i_desc.valid & (dsc.addr < self.max_slots)),
+                     place_w.addr.eq(dsc.addr),
+                     place_w.data.word.eq(dsc.data[:_WORD_BITS]),
+                     place_w.data.lane.eq(lane_field),
+                     place_w.data.end.eq(lane_field + dsc.data[_WORD_BITS + _LANE_BITS:])]
         with m.If(self.i_desc.valid):
             with m.Switch(dsc.addr):
-                for s in range(self.max_slots):
-                    with m.Case(s):
-                        w, la, end = slot_regs[s]
-                        lane = dsc.data[_WORD_BITS:_WORD_BITS + _LANE_BITS]
-                        m.d.sync += [w.eq(dsc.data[:_WORD_BITS]), la.eq(lane),
-                                     end.eq(lane + dsc.data[_WORD_BITS + _LANE_BITS:])]
                 with m.Case(self.max_slots):
-                    m.d.sync += n_slots.eq(dsc.data)
+                    m.d.sync += [n_slots.eq(dsc.data), n_slots_m1.eq(dsc.data - 1)]
                 with m.Case(self.max_slots + 1):
                     m.d.sync += set_place((d_word, d_lane, d_len))
                 with m.Case(self.max_slots + 2):
@@ -269,11 +270,14 @@ class ConcatStage(wiring.Component):
             m.d.sync += flag_bits["bag_range"].bit_select(self.i_bag_error.payload.tag, 1).eq(1)
 
         # ---- pooled writer: window j of the slot's placement, one word per cycle ----
-        # Stage A takes a pooled vector and its slot's placement into registers; each cycle the
-        # window writes the lanes of ``slot_en`` (a register: the next window's lanes are found
-        # a cycle ahead), element ``q + off_r`` into lane ``q``; ``end_r`` is the piece's end
-        # relative to the window's first lane.
+        # Stage P takes a pooled vector into a register while the placement memory reads its
+        # slot's entry; stage A takes both into registers; each cycle the window writes the
+        # lanes of ``slot_en`` (a register: the next window's lanes are found a cycle ahead),
+        # element ``q + off_r`` into lane ``q``; ``end_r`` is the piece's end relative to the
+        # window's first lane.
         pv = self.i_pooled.payload
+        p_valid = Signal()
+        p = Signal.like(pv, name="pin")
         pr_valid = Signal()
         pr = Signal.like(pv, name="pr")
         word_r = Signal(_WORD_BITS)
@@ -288,28 +292,35 @@ class ConcatStage(wiring.Component):
             m.d.comb += [wr_addr[q].eq(Cat(word_r[:self.local_bits], pr.tag)),
                          wr_data[q].eq(pr.data[i[:idx_bits]])]
         take_pv = ~pr_valid | last_win
-        m.d.comb += self.i_pooled.ready.eq(take_pv)
+        take_in = ~p_valid | take_pv
+        m.d.comb += [self.i_pooled.ready.eq(take_in), place_r.addr.eq(pv.slot),
+                     place_r.en.eq(take_in)]
+        with m.If(take_in):
+            m.d.sync += [p_valid.eq(self.i_pooled.valid), p.eq(pv)]
         with m.If(take_pv):
-            m.d.sync += [pr_valid.eq(self.i_pooled.valid), pr.eq(pv)]
-            lane0, end0 = s_lane[pv.slot], s_end[pv.slot]
-            m.d.sync += [word_r.eq(s_word[pv.slot]), end_r.eq(end0), off_r.eq(-lane0)]
-            m.d.sync += [slot_en[q].eq(self.i_pooled.valid & (q >= lane0) & (q < end0))
+            m.d.sync += [pr_valid.eq(p_valid), pr.eq(p)]
+            place = place_r.data
+            m.d.sync += [word_r.eq(place.word), end_r.eq(place.end), off_r.eq(-place.lane)]
+            m.d.sync += [slot_en[q].eq(p_valid & (q >= place.lane) & (q < place.end))
                          for q in range(C)]
         with m.Else():
             m.d.sync += [word_r.eq(word_r + 1), end_r.eq(end_r - C), off_r.eq(off_r + C)]
             m.d.sync += [slot_en[q].eq(q + C < end_r) for q in range(C)]
         # Per tag: all N_SLOTS pooled vectors are in (set with the count's last increment).
+        # Each tag compares its own count (no ``inflight``-way read multiplexer on the path).
         slots_done = Signal(T)
-        with m.If(pr_valid & last_win):
-            m.d.sync += slot_cnt[pr.tag].eq(slot_cnt[pr.tag] + 1)
-            with m.If(slot_cnt[pr.tag] + 1 == n_slots):
-                m.d.sync += slots_done.bit_select(pr.tag, 1).eq(1)
-            with m.If(pr.error):
-                m.d.sync += self.error.eq(1)
-                with m.If(pr.cause == LookupErrorCause.RESP):
-                    m.d.sync += flag_bits["memory"].bit_select(pr.tag, 1).eq(1)
-                with m.Else():
-                    m.d.sync += flag_bits["id_range"].bit_select(pr.tag, 1).eq(1)
+        counted = pr_valid & last_win
+        for t in range(T):
+            with m.If(counted & (pr.tag == t)):
+                m.d.sync += slot_cnt[t].eq(slot_cnt[t] + 1)
+                with m.If(slot_cnt[t] == n_slots_m1):
+                    m.d.sync += slots_done[t].eq(1)
+        with m.If(counted & pr.error):
+            m.d.sync += self.error.eq(1)
+            with m.If(pr.cause == LookupErrorCause.RESP):
+                m.d.sync += flag_bits["memory"].bit_select(pr.tag, 1).eq(1)
+            with m.Else():
+                m.d.sync += flag_bits["id_range"].bit_select(pr.tag, 1).eq(1)
 
         # ---- dense writer: one element per cycle into a lane the pooled writer leaves free ----
         # ``d_q``/``d_w``: where the next dense element goes (the descriptor's placement at the

@@ -41,6 +41,7 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from .arith import carry_select_add
 from .mlp.requantizer import REQUANT_LATENCY, Requantizer
 from .sigmoid import LogitLayout
 from .stream_types import MLPInputLayout
@@ -224,6 +225,12 @@ class DotInteraction(wiring.Component):
         fracs = Array(Signal(signed(16), name=f"frac{i}") for i in range(self.max_vectors))
         d = self.i_desc
         m.d.comb += d.ready.eq(1)
+        # N - 1, DIM - 1 and TILES - 1 as registers beside them, set with them: the read
+        # sequencer's end tests are then equalities (no subtraction on its critical path).
+        n_m1 = Signal.like(n_vec)
+        dim_m1 = Signal.like(dim)
+        tiles_m1 = Signal.like(tiles)
+        minus_one = {N: n_m1, DIM: dim_m1, TILES: tiles_m1}
         regs = {MODE: mode, N: n_vec, DIM: dim, OUT_FRAC: out_frac, FLAGS: floor,
                 DIM_WORDS: dim_w, DIM_LANES: dim_l, TILES: tiles}
         with m.If(d.valid):
@@ -231,6 +238,8 @@ class DotInteraction(wiring.Component):
                 for addr, reg in regs.items():
                     with m.Case(addr):
                         m.d.sync += reg.eq(d.payload.data[:len(reg)])
+                        if addr in minus_one:
+                            m.d.sync += minus_one[addr].eq(d.payload.data - 1)
                 for i in range(self.max_vectors):
                     with m.Case(FRAC_BASE + i):
                         m.d.sync += fracs[i].eq(d.payload.data)
@@ -295,23 +304,28 @@ class DotInteraction(wiring.Component):
         k = Signal(range(self.max_in + 1))
         vi = Signal(range(self.max_vectors + 1))
         vj = Signal(range(self.max_vectors + 1))
+        vi_m1 = Signal(range(self.max_vectors + 1))  # vi - 1, kept beside vi
         t = Signal(range(self.max_in + 1))
         rem = Signal(range(self.max_in + 1))  # elements of the pair's vectors from tile t on
         pk, pa, pb, base_i, base_j = (pos_regs(x) for x in ("pk", "pa", "pb", "bi", "bj"))
         credits = Signal(range(fifo_depth + 1))  # elements issued, not yet in the packer
         pw, pl = divmod(P, C)
 
-        last_read = Mux(dense, 1, t == tiles - 1)
-        end = Mux(dense, (k == dim - 1) & (n_vec == 1),
-                  (t == tiles - 1) & (vi == n_vec - 1) & (vj == vi - 1))
+        last_tile = t == tiles_m1
+        last_read = Mux(dense, 1, last_tile)
+        end = Mux(dense, (k == dim_m1) & (n_vec == 1),
+                  last_tile & (vi == n_m1) & (vj == vi_m1))
         issue = busy & (~last_read | (credits < fifo_depth))
         # Bank b holds element x = (b - lane) mod C of a read at (word, lane): word + (b < lane).
         ra_pos = Mux(dense, pk[0], pa[0]), Mux(dense, pk[1], pa[1])
         for b in range(C):
             m.d.comb += [addr_a[b].eq(ra_pos[0] + (b < ra_pos[1])),
                          addr_b[b].eq(pb[0] + (b < pb[1]))]
-        shift0 = Signal(signed(16))
-        m.d.comb += shift0.eq(Mux(dense, fracs[0] - out_frac, fracs[vi] + fracs[vj] - out_frac))
+        # The two formats are read here, their sum in the next stage (a ``max_vectors``-way
+        # read and a three-operand add in one cycle were too deep).
+        frac_a, frac_b = Signal(signed(16)), Signal(signed(16))
+        m.d.comb += [frac_a.eq(Mux(dense, fracs[0], fracs[vi])),
+                     frac_b.eq(Mux(dense, 0, fracs[vj]))]
 
         with m.If(~busy & full.bit_select(rsel, 1)):
             m.d.sync += [busy.eq(1), dense.eq(1), k.eq(0), *set_pos(pk, (0, 0))]
@@ -322,52 +336,65 @@ class DotInteraction(wiring.Component):
             with m.If(dense):
                 m.d.sync += [k.eq(k + 1), *set_pos(pk, add(pk, 0 if C > 1 else 1,
                                                              1 if C > 1 else 0))]
-                with m.If(k == dim - 1):  # first pair: (1, 0)
-                    m.d.sync += [dense.eq(0), vi.eq(1), vj.eq(0), t.eq(0), rem.eq(dim),
+                with m.If(k == dim_m1):  # first pair: (1, 0)
+                    m.d.sync += [dense.eq(0), vi.eq(1), vi_m1.eq(0), vj.eq(0), t.eq(0),
+                                 rem.eq(dim),
                                  *set_pos(base_i, (dim_w, dim_l)), *set_pos(pa, (dim_w, dim_l)),
                                  *set_pos(base_j, (0, 0)), *set_pos(pb, (0, 0))]
-            with m.Elif(t != tiles - 1):
+            with m.Elif(~last_tile):
                 m.d.sync += [t.eq(t + 1), rem.eq(rem - P),
                              *set_pos(pa, add(pa, pw, pl)), *set_pos(pb, add(pb, pw, pl))]
-            with m.Elif(vj + 1 < vi):  # next pair of the row: (vi, vj + 1)
+            with m.Elif(vj != vi_m1):  # next pair of the row: (vi, vj + 1)
                 nj = add(base_j, dim_w, dim_l)
                 m.d.sync += [t.eq(0), rem.eq(dim), vj.eq(vj + 1), *set_pos(base_j, nj),
                              *set_pos(pb, nj), *set_pos(pa, base_i)]
             with m.Else():  # next row: (vi + 1, 0)
                 ni = add(base_i, dim_w, dim_l)
-                m.d.sync += [t.eq(0), rem.eq(dim), vi.eq(vi + 1), vj.eq(0),
+                m.d.sync += [t.eq(0), rem.eq(dim), vi.eq(vi + 1), vi_m1.eq(vi), vj.eq(0),
                              *set_pos(base_i, ni), *set_pos(pa, ni), *set_pos(base_j, (0, 0)),
                              *set_pos(pb, (0, 0))]
 
         # ---- MAC pipeline: read data (1), rotate + multiply (2), sum (3, one cycle per adder
         # level), accumulate and requantize (4, 5), into the FIFO (6) ----
-        def meta(name):
-            return {"valid": Signal(name=f"{name}_valid"), "first": Signal(name=f"{name}_first"),
-                    "last": Signal(name=f"{name}_last"), "end": Signal(name=f"{name}_end"),
-                    "dense": Signal(name=f"{name}_dense"),
-                    "shift": Signal(signed(16), name=f"{name}_shift")}
+        def meta(name, shift=True):
+            fields = {"valid": Signal(name=f"{name}_valid"),
+                      "first": Signal(name=f"{name}_first"), "last": Signal(name=f"{name}_last"),
+                      "end": Signal(name=f"{name}_end"), "dense": Signal(name=f"{name}_dense")}
+            if shift:  # (m1 carries the two formats instead: fa1, fb1)
+                fields["shift"] = Signal(signed(16), name=f"{name}_shift")
+            return fields
 
-        m1, m2, m3 = meta("m1"), meta("m2"), meta("m3")
-        la1, lb1 = Signal(range(C)), Signal(range(C))
+        m1, m2, m3 = meta("m1", shift=False), meta("m2"), meta("m3")
+        fa1, fb1 = Signal(signed(16)), Signal(signed(16))
         rem1 = Signal(range(self.max_in + 1))
         m.d.sync += [m1["valid"].eq(issue), m1["first"].eq(dense | (t == 0)),
                      m1["last"].eq(last_read), m1["end"].eq(end), m1["dense"].eq(dense),
-                     m1["shift"].eq(shift0), la1.eq(ra_pos[1]), lb1.eq(pb[1]),
-                     rem1.eq(Mux(dense, 1, rem))]
+                     fa1.eq(frac_a), fb1.eq(frac_b), rem1.eq(Mux(dense, 1, rem))]
 
-        def rotate(data_, lane, x):
-            idx = lane + x
-            return Array(data_)[Mux(idx >= C, idx - C, idx)]
+        # Product x takes element x of the read at (word, lane): bank (lane + x) mod C. The
+        # banks are chosen in the read's cycle, the data arrive with ``m1`` (the bank index
+        # and the ``C``-way data multiplexer in one cycle were too deep).
+        def bank_regs(name, lane):
+            regs = []
+            for x in range(P):
+                r = Signal(range(C), name=f"{name}{x}")
+                idx = lane + x
+                m.d.sync += r.eq(Mux(idx >= C, idx - C, idx))
+                regs.append(r)
+            return regs
+
+        bank_a, bank_b = bank_regs("bank_a", ra_pos[1]), bank_regs("bank_b", pb[1])
 
         prods = [Signal(signed(2 * bits), name=f"prod{x}") for x in range(P)]
         for x in range(P):
-            a_x, b_x = rotate(a_data, la1, x), rotate(b_data, lb1, x)
+            a_x, b_x = Array(a_data)[bank_a[x]], Array(b_data)[bank_b[x]]
             if x == 0:
                 val = Mux(m1["dense"], a_x, a_x * b_x)
             else:
                 val = Mux(m1["dense"], 0, a_x * b_x)
             m.d.sync += prods[x].eq(Mux(x < rem1, val, 0))
         m.d.sync += [m2[f].eq(m1[f]) for f in m1]
+        m.d.sync += m2["shift"].eq(fa1 + fb1 - out_frac)
         # The products' sum: a tree of two-input adders, one level per cycle (a wide adder is
         # already ~5 logic levels), the last level into ``psum`` with ``m3``.
         level, mt = list(prods), m2
@@ -384,7 +411,11 @@ class DotInteraction(wiring.Component):
         m.d.sync += [psum.eq(sum(level)), *[m3[f].eq(mt[f]) for f in mt]]
         acc = Signal(signed(self.acc_bits))
         acc_next = Signal(signed(self.acc_bits))  # wraps to acc_bits, as numerics.mac does
-        m.d.comb += acc_next.eq(Mux(m3["first"], psum, acc + psum))
+        psum_ext = Signal(signed(self.acc_bits))
+        # (carry-select: a 48-bit ripple add and the select were 8 levels at u280)
+        m.d.comb += [psum_ext.eq(psum),
+                     acc_next.eq(Mux(m3["first"], psum,
+                                     carry_select_add(acc, psum_ext, self.acc_bits)))]
         with m.If(m3["valid"]):
             m.d.sync += acc.eq(acc_next)
         m.d.comb += [rq.acc.eq(acc_next), rq.shift.eq(m3["shift"]), rq.floor.eq(floor),

@@ -50,6 +50,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
+from .arith import carry_select_add
 from .axi4 import AXI4LiteSignature, AXI4Signature
 from .concat_stage import ConcatStage
 from .config import AcceleratorConfig
@@ -320,7 +321,9 @@ class RecFabricKernel(wiring.Component):
                         m.next = "PROGRAM_START"
             with m.State("PROGRAM_START"):
                 m.d.comb += [self.model_fetch.start.eq(1), loading.eq(1),
-                             self.model_fetch.base.eq(ctrl.arg_model + MODEL_DATA_WIDTH // 8),
+                             # (carry-select: a 64-bit ripple add was 8.5 logic levels)
+                             self.model_fetch.base.eq(carry_select_add(
+                                 ctrl.arg_model, MODEL_DATA_WIDTH // 8, len(ctrl.arg_model))),
                              self.model_fetch.words.eq(prog_words)]
                 with m.If(prog_words == 0):
                     m.d.sync += program_valid.eq(~run.model_axi_error)

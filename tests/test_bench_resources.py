@@ -338,13 +338,30 @@ def test_format_shows_the_dsp_packed_estimate_when_it_differs():
     assert row.split()[-5:] == ["0", "120", "40", "3", "0"]
 
 
-def test_cli_only_reports_a_part_from_the_cache(tmp_path, monkeypatch, capsys):
+def test_cli_block_reports_a_part_from_the_cache(tmp_path, monkeypatch, capsys):
     from recfabric.host.cli.main import main
     _no_yosys(monkeypatch)
-    argv = ["report", "resources", "--config", "tiny", "--only", "mlp s", "--cached-only",
+    argv = ["report", "resources", "--config", "tiny", "--block", "mlp s", "--cached-only",
             "--cache", str(tmp_path), "--json"]
     assert main(argv) == 1  # no verdict for a part
     r = json.loads(capsys.readouterr().out)
-    assert r["only"] == "mlp s" and [b["block"] for b in r["blocks"]] == ["mlp sigmoid"]
+    assert r["only"] == ["mlp s"] and [b["block"] for b in r["blocks"]] == ["mlp sigmoid"]
     assert main(argv[:5] + ["zzz"] + argv[6:]) == 2
     assert "no block of 'tiny' starts with 'zzz'" in capsys.readouterr().err
+
+def test_glue_blocks_and_the_block_filter(tmp_path, monkeypatch, capsys):
+    # The kernel's and each MLP pipeline's own logic are blocks (their sub-blocks blackboxed,
+    # the kernel's flag FIFO kept); --block picks blocks by name prefix, several at once.
+    from recfabric.host.cli.main import main
+    from recfabric.hw.config import get_preset
+    blocks = {b.name: b for b in rs.config_blocks(get_preset("small"))}
+    assert blocks["kernel glue"].glue == ("flag_fifo", "bottom_tags")
+    assert blocks["mlp pipeline glue"].glue == () and blocks["bottom pipeline glue"].count == 1
+    assert sum(b.glue is not None for b in blocks.values()) == 3
+
+    _no_yosys(monkeypatch)
+    assert main(["report", "resources", "--config", "tiny", "--cache", str(tmp_path),
+                 "--cached-only", "--json", "--block", "mlp s", "--block", "mlp d"]) == 1
+    r = json.loads(capsys.readouterr().out)
+    assert [b["block"] for b in r["blocks"]] == ["mlp drain", "mlp sigmoid"]
+    assert r["only"] == ["mlp s", "mlp d"] and not r["complete"]

@@ -20,7 +20,8 @@ from pathlib import Path
 from recfabric.host.bench import resources as R
 
 
-def trace(netlist: dict, top: str = "top", limit: int = 40) -> tuple[float, list]:
+def trace(netlist: dict, top: str = "top", limit: int = 40,
+          ends=frozenset()) -> tuple[float, list]:
     """The deepest path as :func:`~recfabric.host.bench.resources.logic_levels` finds it, with
     each cell's type, the name of the net it drives and its HDL source location."""
     mod = netlist["modules"][top]
@@ -29,7 +30,7 @@ def trace(netlist: dict, top: str = "top", limit: int = 40) -> tuple[float, list
         for b in net["bits"]:
             if isinstance(b, int) and (b not in names or not n.startswith(("\\", "$"))):
                 names.setdefault(b, n)
-    r = R.logic_levels(netlist, top)
+    r = R.logic_levels(netlist, top, ends=ends)
     path = []
     for dep, name, b in r["path"][:limit]:
         cell = mod["cells"][name]
@@ -50,16 +51,22 @@ def main():
     blocks = {b.name: b for b in R.config_blocks(cfg)}
     for name in a.blocks:
         b = blocks[name]
-        il = rtlil.convert(b.build(), name="top")
+        script, ends = R._ATTEMPTS[0], frozenset()
+        if b.glue is not None:  # the block's own logic, its sub-blocks blackboxed
+            files, read, ends, _ = R.glue_input(b.build(), b.glue, emit_src=True)
+            script = script.replace("read_rtlil block.il", read)
+        else:
+            files = {"block.il": rtlil.convert(b.build(), name="top")}
         with tempfile.TemporaryDirectory() as d:
-            Path(d, "block.il").write_text(il)
-            run = subprocess.run([R._yosys(), "-q", "-p", R._ATTEMPTS[0]], cwd=d,
+            for fname, text in files.items():
+                Path(d, fname).write_text(text)
+            run = subprocess.run([R._yosys(), "-q", "-p", script], cwd=d,
                                  capture_output=True, text=True)
             if run.returncode:
                 print(name, "yosys failed:", R.failure_reason(run.stderr))
                 continue
             net = json.loads(Path(d, "net.json").read_text())
-        lv, path = trace(net)
+        lv, path = trace(net, ends=ends)
         print(f"== {a.config} / {name}: {lv:g} levels")
         for dep, typ, net_name, src in path:
             print(f"  {dep:5.1f} {typ:9s} {net_name[:60]:60s} {src.split('|')[0][-70:]}")

@@ -21,8 +21,11 @@ shared weight memory it builds through :func:`~recfabric.hw.hier.separate` once,
 instance count, plus the engine's own logic (sequencer, skew, biases, accumulators,
 requantizers, the array's write decode and drains) with those as blackboxes. (Flat, YoWASP Yosys
 0.70's ABC trapped on even ``small``'s 8x4 engine, "call stack exhausted".) The kernel's own
-glue (run sequencing, counters, the flag FIFO) is not a block here; the ``small`` validation
-against one flat synthesis of the whole kernel measures what the estimate leaves out (README).
+glue (run sequencing, program routing, counters, status, the flag FIFO) and each MLP pipeline's
+(weight-load routing) are blocks too, synthesised with their sub-blocks as blackboxes
+(:func:`synth_glue`); the ``small`` validation against one flat synthesis of the whole kernel
+measures what the estimate leaves out (README). Depth is per block: a path that crosses a block
+boundary combinationally (a ``ready`` or ``valid`` passed through) is counted in parts.
 
 :func:`analytic_estimate` counts without synthesis what decides the fit: each engine's weight
 memories (:func:`weight_memories`: block RAM in its best simple-dual-port shape, LUT RAM as
@@ -51,7 +54,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["CARDS", "PRESET_CARDS", "Block", "config_blocks", "synth_block", "synth_hier",
-           "weight_memories", "activation_memories", "analytic_estimate", "block_ram36",
+           "synth_glue", "glue_input", "weight_memories", "activation_memories",
+           "analytic_estimate", "block_ram36",
            "lut_ram", "logic_levels",
            "parse_stat", "resource_report", "format_resources", "flat_comparison", "MAX_LEVELS",
            "YOSYS_SCRIPT", "bracket_free_names"]
@@ -109,13 +113,16 @@ _SEQ_PREFIXES = ("FD", "RAMB", "URAM", "DSP48", "SRL", "IBUF", "OBUF", "BUFG")
 @dataclass
 class Block:
     """One distinct block: how to build it, how many the kernel has, and whether it is
-    synthesised hierarchically (:func:`synth_hier`: a layer engine's PEs and weight memories)."""
+    synthesised hierarchically (:func:`synth_hier`: a layer engine's PEs and weight memories)
+    or as glue (:func:`synth_glue`: its sub-blocks blackboxed)."""
 
     name: str
     count: int
     build: object = None
     hier: bool = False
     note: str = ""
+    #: Not None: the block's own logic only (:func:`synth_glue`), keeping these sub-blocks.
+    glue: tuple | None = None
 
 
 #: Simple-dual-port shapes (depth, width) of the UltraScale+ block RAMs (UG573): a memory of
@@ -261,7 +268,9 @@ def _pipeline_blocks(pipe, label: str) -> list:
     kws = pipe.engine_kwargs()
     engines = [LayerEngine(**kw) for kw in kws]  # for their buffer geometry
     e0, last = engines[0], engines[-1]
-    blocks = [Block(f"{label} input writer", 1, lambda: InputWriter(
+    blocks = [Block(f"{label} pipeline glue", 1, lambda: pipe, glue=(),
+                    note="load routing; its blocks blackboxed")]
+    blocks += [Block(f"{label} input writer", 1, lambda: InputWriter(
         lanes=e0.cols, bits=pipe.data_bits, local_bits=e0.in_local_bits, banks=pipe.banks))]
     bufs = {(e0.cols, pipe.data_bits, e0.in_local_bits): 1}
     for eng in engines:
@@ -291,6 +300,8 @@ def config_blocks(config) -> list:
     k = RecFabricKernel(config)
     c = config
     blocks = [
+        Block("kernel glue", 1, lambda: k, glue=("flag_fifo", "bottom_tags"),
+              note="run sequencing, program routing, scores, status; its blocks blackboxed"),
         Block("control registers", 1, lambda: k.ctrl),
         Block("model record fetcher", 1, lambda: k.model_fetch),
         Block("request record fetcher", 1, lambda: k.fetch),
@@ -584,11 +595,45 @@ def dsp_packed_pe(name: str, verilog_text: str, xcup: dict, *, cache_dir=None,
 _KEYS = ("DSP48E2", "LUT", "FF", "BRAM36", "URAM")
 
 
+def glue_input(elaboratable, keep=(), emit_src=False) -> tuple:
+    """What :func:`synth_glue` synthesises: ``(files, read command, path-ending cell types,
+    blackboxed sub-blocks)``. The block is converted with its separately built parts as
+    modules (:class:`~recfabric.hw.hier.HierarchicalEmitter`); every direct sub-block not in
+    ``keep`` becomes a blackbox (Yosys ``blackbox``)."""
+    from amaranth.back import rtlil
+
+    from recfabric.hw.hier import HierarchicalEmitter
+    em = HierarchicalEmitter("rfglue")
+    il = rtlil.convert(elaboratable, name="top", platform=em, emit_src=emit_src)
+    children = sorted(n for n in re.findall(r"^module \\top\.(\S+)$", il, re.M)
+                      if "." not in n and n not in keep)
+    boxed = [f"top.{n}" for n in children]
+    read = ("read_verilog -lib blackboxes.v; read_rtlil block.il"
+            + "".join(f"; blackbox {b}" for b in boxed))
+    bb = "\n".join(em.modules[n] for n in sorted(em.modules)) or "// none\n"
+    return {"block.il": il, "blackboxes.v": bb}, read, set(boxed) | set(em.modules), children
+
+
+def synth_glue(elaboratable, *, keep=(), cache_dir=None, timeout=None) -> dict:
+    """Synthesise a block's own logic only: its direct sub-blocks (the blocks the report
+    measures on their own) become blackboxes whose ports end paths, except those named in
+    ``keep`` (e.g. the kernel's flag FIFO, which is its glue). For the kernel's run sequencing,
+    program routing, score collection and status, and an MLP pipeline's load routing: logic no
+    other block's synthesis contains. Returns the :func:`synth_rtlil` fields plus ``boxed``
+    (the blackboxed sub-blocks)."""
+    files, read, ends, children = glue_input(elaboratable, keep)
+    r = _synth(files, read, "top", ends=ends, cache_dir=cache_dir, timeout=timeout)
+    r["boxed"] = children
+    return r
+
+
 def resource_report(config, *, card=None, cache_dir=None, progress=None, timeout=None,
-                    only: str | None = None, cached_only: bool = False) -> dict:
+                    only=None, cached_only: bool = False) -> dict:
     """Per-block synthesis x instances (estimate) of the kernel for ``config`` (module doc).
-    ``only``: synthesise just the blocks whose name starts with it (e.g. ``"bottom "``, one
-    MLP's blocks); the totals are then that part's, and ``complete`` is False.
+    ``only``: synthesise just the blocks whose name starts with it, or with one of them (a
+    sequence; e.g. ``"bottom "``, one MLP's blocks, or ``("concat stage", "dot interaction")``
+    for a depth check of a few blocks); the totals are then that part's, and ``complete`` is
+    False.
     ``cached_only``: run no synthesis; blocks not in the cache are listed as not synthesised
     (a partial report while a long run fills the cache)."""
     global _CACHED_ONLY
@@ -606,9 +651,12 @@ def _resource_report(config, *, card, cache_dir, progress, timeout, only) -> dic
     if card not in CARDS:
         raise ValueError(f"unknown card {card!r}; cards: {', '.join(CARDS)}")
     rows = []
-    blocks = [b for b in config_blocks(config) if only is None or b.name.startswith(only)]
+    prefixes = (only,) if isinstance(only, str) else None if only is None else tuple(only)
+    blocks = [b for b in config_blocks(config)
+              if prefixes is None or b.name.startswith(prefixes)]
     if not blocks:
-        raise ValueError(f"no block of {config.name!r} starts with {only!r}")
+        raise ValueError(f"no block of {config.name!r} starts with "
+                         f"{' or '.join(repr(x) for x in prefixes)}")
     for b in blocks:
         say(f"synthesising {b.name}" + (" (hierarchically)" if b.hier else ""))
         error, parts = None, None
@@ -616,6 +664,8 @@ def _resource_report(config, *, card, cache_dir, progress, timeout, only) -> dic
             if b.hier:
                 r = synth_hier(b.build(), cache_dir=cache_dir, timeout=timeout, progress=say)
                 parts = r["parts"]
+            elif b.glue is not None:
+                r = synth_glue(b.build(), keep=b.glue, cache_dir=cache_dir, timeout=timeout)
             else:
                 r = synth_block(b.build(), cache_dir=cache_dir, timeout=timeout)
         except RuntimeError as e:  # reported, not hidden: the totals then exclude it
@@ -646,7 +696,8 @@ def _resource_report(config, *, card, cache_dir, progress, timeout, only) -> dic
             "blocks": rows, "total": total, "capacity": cap,
             "utilization": {k: round(v, 4) for k, v in util.items()},
             "fits": all(v <= 1 for v in util.values()) and not failed and only is None,
-            "failed_blocks": failed, "complete": not failed and only is None, "only": only,
+            "failed_blocks": failed, "complete": not failed and only is None,
+            "only": only if only is None or isinstance(only, str) else list(only),
             "max_levels": max(r["levels"] for r in rows),
             "blocks_over_levels": deep, "level_limit": MAX_LEVELS,
             "estimated": ESTIMATED,

@@ -44,7 +44,8 @@ def _cmd_resources(args):
         raise ValueError(f"unknown card {args.card!r}; cards: {', '.join(CARDS)}")
     prog = progress_for(args)
     r = resource_report(config, card=args.card, cache_dir=args.cache, progress=prog,
-                        timeout=args.timeout, cached_only=args.cached_only, only=args.only)
+                        timeout=args.timeout, cached_only=args.cached_only,
+                        only=args.block or None)
     if args.flat:
         from ..bench.resources import flat_comparison
         prog("synthesising the whole kernel flat (validation)")
@@ -91,9 +92,10 @@ def register(subparsers):
     r.add_argument("--cached-only", action="store_true",
                    help="run no synthesis: report the blocks already in the cache, list the "
                         "others as not synthesised (while a long run fills the cache)")
-    r.add_argument("--only", metavar="PREFIX",
-                   help="synthesise only the blocks whose name starts with PREFIX (e.g. "
-                        "'mlp engine'): a part's totals, no fit verdict")
+    r.add_argument("--block", action="append", metavar="NAME",
+                   help="only the blocks whose name starts with NAME (repeatable), e.g. "
+                        "--block 'concat stage' --block 'mlp ': a part's counts and depth, "
+                        "no fit verdict")
     r.add_argument("--flat", action="store_true",
                    help="also synthesise the whole kernel flat and show the estimate's error "
                         "(small configurations only)")

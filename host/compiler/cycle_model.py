@@ -48,11 +48,13 @@ both: 417 / 1,040 / 3,176 cycles modelled for batches 1 / 8 / 32, simulated 401 
 and the lookups overlap more than the fitted overhead assumes).
 ``KERNEL_OVERHEAD_CYCLES`` (request fetch and parse, dispatch, concat, result and status writes)
 is fitted to the simulation: the single-request run of the ``small`` model on the ``small`` preset
-takes 364 cycles (``tools/measure_kernel.py 1 16 256``, with the streaming request path, the
+takes 365 cycles (``tools/measure_kernel.py 1 16 256``, with the streaming request path, the
 four-stage requantizer, the merged load/routing changes and the pipelining of the request path
-and the lookup side to <= 8 logic levels, which added 12 cycles to 352), of which the MLP model
-accounts for 218 and the simulated HBM read latency for 64. The model then gives 1,384 cycles
-for a batch of 16 (simulated: 1,390) and 17,704 for 256 (simulated: 17,708). The
+and the lookup side to <= 8 logic levels, which added 12 cycles to 352, and the concatenation
+stage's placement read, 1 more), of which the MLP model accounts for 218 and the simulated HBM
+read latency for 64. The model then gives 1,385 cycles
+for a batch of 16 (simulated: 1,391) and 17,705 for 256 (simulated 17,708 before the placement
+read's cycle). The
 slow tests of ``tests/test_bench_compare.py`` check it against simulation: within 1% on
 ``small``, within 20% on ``tiny``.
 """
@@ -75,12 +77,14 @@ DRAIN_OVERHEAD = 2
 #: Kernel cycles per batch beyond the MLP latency and the memory read latency (module doc).
 #: 70 + 12 for the logic-depth pipelining to <= 8 LUT levels: the request path +9 (request
 #: fetcher +3, parser +2, dispatcher +4) and the lookup side +3 (the pooler's word register, the
-#: concatenation stage's input register, the result writer's SNAPSHOT cycle).
-KERNEL_OVERHEAD_CYCLES = 82
+#: concatenation stage's input register, the result writer's SNAPSHOT cycle); + 1 for the
+#: concatenation stage's placement-memory read (stage P, u280 depth; simulated 364 -> 365).
+KERNEL_OVERHEAD_CYCLES = 83
 #: The part of :data:`KERNEL_OVERHEAD_CYCLES` on the lookup branch only (the dispatcher's 4
-#: pipeline stages and the pooler's word register): the bottom MLP, which runs beside the lookups,
-#: hides it when it is the later of the two branches.
-LOOKUP_BRANCH_CYCLES = 5
+#: pipeline stages, the pooler's word register and the concatenation stage's placement read):
+#: the bottom MLP, which runs beside the lookups, hides it when it is the later of the two
+#: branches.
+LOOKUP_BRANCH_CYCLES = 6
 #: Memory read latency assumed for HBM, in kernel cycles (the simulation's HBM model).
 MEM_LATENCY_CYCLES = 64
 #: Program words the kernel's program loader takes per cycle (one 512-bit word per cycle:
