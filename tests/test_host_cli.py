@@ -92,6 +92,11 @@ def test_demo_json_verilator(capsys, config):
     assert 0 < r["latency_cycles"] < r["cycles"] < r["cycles_with_model_load"]
     assert r["cycles_per_inference"] == round((r["cycles"] - r["latency_cycles"]) / 15, 2)
     assert r["program_load_cycles"] == r["cycles_with_model_load"] - r["cycles"]
+    # the speed divides by the time inside the Verilated model (VerilatorDevice.sim_seconds)
+    assert r["simulated_cycles"] > r["cycles_with_model_load"] + r["cycles"]
+    assert 0 < r["simulation_wall_seconds"] < r["wall_seconds"]
+    assert r["simulated_cycles_per_simulation_wall_second"] == round(
+        r["simulated_cycles"] / r["simulation_wall_seconds"], 1)
 
 
 def test_demo_cycle_figures():
