@@ -100,6 +100,7 @@ class SimDevice(RegisterDevice):
         self.cycles = 0
         self.run_cycles = 0
         self.runs = 0
+        self._sim_wall = self._sim_cpu = 0.0  # time inside simulator calls (sim_seconds)
         self._run_desc = "run 0"
         self._top = _ResettableTop(dut)
         sim = Simulator(self._top)
@@ -188,11 +189,25 @@ class SimDevice(RegisterDevice):
     def _do(self, **op):
         op["done"] = False
         self._ops.append(op)
-        while not op["done"]:
-            self.sim.advance()
+        w0, c0 = time.perf_counter(), time.thread_time()
+        try:
+            while not op["done"]:
+                self.sim.advance()
+        finally:
+            self._sim_wall += time.perf_counter() - w0
+            self._sim_cpu += time.thread_time() - c0
         if "error" in op:
             raise DeviceError(op["error"])
         return op.get("result")
+
+    @property
+    def sim_seconds(self) -> tuple[float, float]:
+        """(wall, CPU) seconds spent advancing the simulator: resets, register reads and
+        writes, :meth:`wait_done` (CPU time is this thread's), as
+        :attr:`recfabric.sim.verilator_device.VerilatorDevice.sim_seconds`. ``cycles /
+        sim_seconds[0]`` is the simulation's speed in cycles per wall second, every simulated
+        cycle counted, the elaboration and the host's Python work between calls not."""
+        return self._sim_wall, self._sim_cpu
 
     def read_register(self, offset):
         return self._do(kind="read", addr=offset)

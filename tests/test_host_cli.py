@@ -51,6 +51,30 @@ def test_demo_json_runs_the_simulated_kernel(capsys):
     assert 0 < r["latency_cycles"] < r["cycles"]
     assert r["cycles_per_inference"] == (r["cycles"] - r["latency_cycles"]) / 2
     assert r["program_load_cycles"] == r["cycles_with_model_load"] - r["cycles"] > 0
+    # the simulator's speed divides by the time inside the simulator, not the demo's wall time
+    # (which also holds the kernel's elaboration and the host's work)
+    assert r["simulated_cycles"] > r["cycles_with_model_load"] + r["cycles"]
+    assert 0 < r["simulation_cpu_seconds"] and 0 < r["simulation_wall_seconds"] < r["wall_seconds"]
+    assert r["simulated_cycles_per_simulation_wall_second"] == round(
+        r["simulated_cycles"] / r["simulation_wall_seconds"], 1)
+    assert "simulated_cycles_per_second" not in r  # the old, misnamed figure
+
+
+def test_simulation_speed_divides_by_time_in_the_simulator():
+    from recfabric.host.cli.main import simulation_speed
+
+    class Simulating:  # as SimDevice / VerilatorDevice: cycles and (wall, CPU) in the simulator
+        cycles, sim_seconds = 30_000, (2.0, 1.5)
+
+    f = simulation_speed(Simulating())
+    assert f == {"simulated_cycles": 30_000, "simulation_wall_seconds": 2.0,
+                 "simulation_cpu_seconds": 1.5,
+                 "simulated_cycles_per_simulation_wall_second": 15_000.0}
+
+    class Card:  # xrt: the kernel's cycle counter is measured, nothing simulated
+        pass
+
+    assert simulation_speed(Card()) == {}
 
 
 @pytest.mark.slow
@@ -68,6 +92,11 @@ def test_demo_json_verilator(capsys, config):
     assert 0 < r["latency_cycles"] < r["cycles"] < r["cycles_with_model_load"]
     assert r["cycles_per_inference"] == round((r["cycles"] - r["latency_cycles"]) / 15, 2)
     assert r["program_load_cycles"] == r["cycles_with_model_load"] - r["cycles"]
+    # the speed divides by the time inside the Verilated model (VerilatorDevice.sim_seconds)
+    assert r["simulated_cycles"] > r["cycles_with_model_load"] + r["cycles"]
+    assert 0 < r["simulation_wall_seconds"] < r["wall_seconds"]
+    assert r["simulated_cycles_per_simulation_wall_second"] == round(
+        r["simulated_cycles"] / r["simulation_wall_seconds"], 1)
 
 
 def test_demo_cycle_figures():

@@ -2,6 +2,7 @@
 (stand-in) backends; the counters mean what the kernel's mean on every backend."""
 
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -115,6 +116,15 @@ def test_sim_backend_is_bit_exact_with_stalls(tmp_path, p_stall):
                 assert ref.infer(dense, sparse).counters["lookups_issued"] == \
                     c["lookups_issued"]
             assert c["cycles"] > 0 and c["config_hash"] == get_preset("tiny").config_hash
+        # sim_seconds is the time inside the simulator: a pause between calls is not in it
+        dev = acc.device
+        (wall0, cpu0), cycles0 = dev.sim_seconds, dev.cycles
+        t0 = time.perf_counter()
+        time.sleep(0.3)
+        dev.read_register(0)
+        (wall1, cpu1), outside = dev.sim_seconds, time.perf_counter() - t0
+        assert dev.cycles > cycles0 and wall1 > wall0 and cpu1 > cpu0
+        assert wall1 - wall0 < outside - 0.3
 
 
 def test_sim_backend_small_preset(tmp_path):

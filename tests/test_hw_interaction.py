@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from recfabric.host.compiler.cycle_model import dot_interaction_cycles
 from recfabric.host.numerics import FixedFormat, Rounding
 from recfabric.host.reference.golden import interaction
 from recfabric.hw.interaction import (
@@ -161,46 +160,3 @@ def test_element_packer_chunks_requests_with_stalls():
         assert flat == r + [0] * (chunks * 3 - len(r))
         assert [c["last"] for c in got[i:i + chunks]] == [0] * (chunks - 1) + [1]
         i += chunks
-
-
-@pytest.mark.parametrize("lanes,dot_lanes,n,d", [(4, 1, 5, 8), (3, 2, 4, 4), (4, 4, 3, 4),
-                                                 (32, 16, 27, 16)])
-def test_dot_interaction_interval_is_the_cycle_models(lanes, dot_lanes, n, d):
-    """Back-to-back requests, no stalls: the simulated interval between requests' last output
-    chunks equals the cycle model's `ii` (the last row is Kaggle on u280's dot unit)."""
-    n_req = 4
-    dut = DotInteraction(lanes=lanes, data_bits=16, acc_bits=48, max_vectors=n + 1,
-                         max_in=n * d + 3, dot_lanes=dot_lanes)
-    words = interaction_desc_words(dut, mode=InteractionMode.DOT, n=n, dim=d, out_frac=4,
-                                   fracs=[8] * n)
-    chunks = math.ceil(n * d / lanes)
-    ends, state = [], {"cycle": 0}
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-
-    async def producer(ctx):
-        for w in words:
-            await stream_put(ctx, dut.i_desc, w)
-        for _ in range(n_req):
-            for c in range(chunks):
-                await stream_put(ctx, dut.i_vector, {"data": [1] * lanes,
-                                                     "last": c == chunks - 1})
-
-    async def clock(ctx):
-        async for _ in ctx.tick():
-            state["cycle"] += 1
-
-    async def consumer(ctx):
-        ctx.set(dut.o_vector.ready, 1)
-        while len(ends) < n_req:
-            _, _, valid, payload = await ctx.tick().sample(dut.o_vector.valid,
-                                                           dut.o_vector.payload)
-            if valid and payload.last:
-                ends.append(state["cycle"])
-
-    sim.add_testbench(producer)
-    sim.add_process(clock)
-    sim.add_testbench(consumer)
-    sim.run()
-    _, ii = dot_interaction_cycles(n, d, lanes, dot_lanes)
-    assert [b - a for a, b in zip(ends, ends[1:])] == [ii] * (n_req - 1)

@@ -28,6 +28,44 @@ def expected_items(sparse, batch, inflight):
     return [tuple(int(v) for v in it) for it in items]
 
 
+def _fetcher_and_parser(buf, *, base, dw, max_burst, fifo_depth, max_features, inflight,
+                        latency, rng=None, p_stall=0.0, **parser_kw):
+    """A RecordFetcher feeding a RecordParser, ``buf`` at ``base`` of an HBMModel memory (with
+    ``p_stall`` pauses on AR and R). Returns (module, fetcher, parser, memory model)."""
+    mem = np.zeros(base + len(buf) + 4096, np.uint8)
+    mem[base:base + len(buf)] = np.frombuffer(buf, np.uint8)
+    m = Module()
+    m.submodules.fetch = fetch = RecordFetcher(data_width=dw, max_burst=max_burst,
+                                               fifo_depth=fifo_depth)
+    m.submodules.parse = parse = RecordParser(data_width=dw, max_features=max_features,
+                                              inflight=inflight, **parser_kw)
+    wiring.connect(m, fetch.o_word, parse.i_word)
+    hbm = HBMModel(fetch.m_axi, mem, latency=latency, p_ar_stall=p_stall, p_r_idle=p_stall,
+                   rng=rng)
+    return m, fetch, parse, hbm
+
+
+def _set_fetch(ctx, fetch, base, words, batch):
+    """The fetcher's run inputs, with ``start`` raised (the caller ticks and lowers it)."""
+    ctx.set(fetch.base, base)
+    ctx.set(fetch.words, words)
+    ctx.set(fetch.batch, batch)
+    ctx.set(fetch.start, 1)
+
+
+async def _start_reader(ctx, fetch, parse, layout, base, batch):
+    """Load the parser's parameter words, then start fetcher and parser together."""
+    for w in parser_param_words(layout):
+        await stream_put(ctx, parse.i_param, w)
+    _set_fetch(ctx, fetch, base, layout.words_per_record, batch)
+    ctx.set(parse.batch, batch)
+    ctx.set(parse.start, 1)
+    await ctx.tick()
+    ctx.set(fetch.start, 0)
+    ctx.set(parse.start, 0)
+
+
+
 SPECS = [
     ModelSpec("p1", sparse=(SparseFeature("a", 70000, 4), SparseFeature("b", 9, 4, bag=3),
                             SparseFeature("c", 5, 4, bag=5)), dense=3, top_mlp=(1,)),
@@ -56,15 +94,9 @@ def test_parser_and_fetcher_match_the_wire_format(spec, dw, bits):
                                               size=(batch, spec.dense))
     buf = pack_requests(layout, dense, sparse)
     base = 0x3000
-    mem = np.zeros(base + len(buf) + 4096, np.uint8)
-    mem[base:base + len(buf)] = np.frombuffer(buf, np.uint8)
-
-    m = Module()
-    m.submodules.fetch = fetch = RecordFetcher(data_width=dw, max_burst=4, fifo_depth=8)
-    m.submodules.parse = parse = RecordParser(
-        data_width=dw, max_features=max(16, len(spec.sparse)), inflight=inflight, data_bits=bits)
-    wiring.connect(m, fetch.o_word, parse.i_word)
-    hbm = HBMModel(fetch.m_axi, mem, latency=9, p_ar_stall=0.2, p_r_idle=0.2, rng=rng)
+    m, fetch, parse, hbm = _fetcher_and_parser(
+        buf, base=base, dw=dw, max_burst=4, fifo_depth=8, max_features=max(16, len(spec.sparse)),
+        inflight=inflight, data_bits=bits, latency=9, rng=rng, p_stall=0.2)
     id_check = StreamChecker(parse.o_id, name="o_id")
     checkers = [id_check, StreamChecker(parse.o_dense, name="o_dense"),
                 StreamChecker(parse.i_word, name="i_word")]
@@ -74,17 +106,7 @@ def test_parser_and_fetcher_match_the_wire_format(spec, dw, bits):
     got, got_dense = [], []
 
     async def control(ctx):
-        for w in parser_param_words(layout):
-            await stream_put(ctx, parse.i_param, w)
-        ctx.set(fetch.base, base)
-        ctx.set(fetch.words, layout.words_per_record)
-        ctx.set(fetch.batch, batch)
-        ctx.set(parse.batch, batch)
-        ctx.set(fetch.start, 1)
-        ctx.set(parse.start, 1)
-        await ctx.tick()
-        ctx.set(fetch.start, 0)
-        ctx.set(parse.start, 0)
+        await _start_reader(ctx, fetch, parse, layout, base, batch)
 
     async def ids(ctx):
         per_tag_last = {}
@@ -130,29 +152,15 @@ def _run_parser(spec, buf, layout, batch, *, dw=256, inflight=8, rng=None, p_sta
                 max_features=None):
     """Fetcher + parser over ``buf``; returns (items, dense values, o_id checker, bad_bag)."""
     base = 0x1000
-    mem = np.zeros(base + len(buf) + 4096, np.uint8)
-    mem[base:base + len(buf)] = np.frombuffer(buf, np.uint8)
-    m = Module()
-    m.submodules.fetch = fetch = RecordFetcher(data_width=dw, max_burst=16, fifo_depth=32)
-    m.submodules.parse = parse = RecordParser(
-        data_width=dw, max_features=max_features or len(spec.sparse), inflight=inflight)
-    wiring.connect(m, fetch.o_word, parse.i_word)
-    hbm = HBMModel(fetch.m_axi, mem, latency=4, rng=rng)
+    m, fetch, parse, hbm = _fetcher_and_parser(
+        buf, base=base, dw=dw, max_burst=16, fifo_depth=32,
+        max_features=max_features or len(spec.sparse), inflight=inflight, latency=4, rng=rng)
     id_check = StreamChecker(parse.o_id, name="o_id")
     dense_check = StreamChecker(parse.o_dense, name="o_dense")
     got, got_dense, flags = [], [], []
 
     async def control(ctx):
-        for w in parser_param_words(layout):
-            await stream_put(ctx, parse.i_param, w)
-        for sig, v in ((fetch.base, base), (fetch.words, layout.words_per_record),
-                       (fetch.batch, batch), (parse.batch, batch)):
-            ctx.set(sig, v)
-        ctx.set(fetch.start, 1)
-        ctx.set(parse.start, 1)
-        await ctx.tick()
-        ctx.set(fetch.start, 0)
-        ctx.set(parse.start, 0)
+        await _start_reader(ctx, fetch, parse, layout, base, batch)
         await ctx.tick().until(parse.parsed == batch)
         await ctx.tick()
         flags.append(ctx.get(parse.bad_bag))
@@ -251,10 +259,7 @@ def _fetch_words(base, words, batch, *, restart=None, p_ar_stall=0.0, seed=0):
     got, log = [], {}
 
     async def control(ctx):
-        ctx.set(dut.base, base)
-        ctx.set(dut.words, words)
-        ctx.set(dut.batch, batch)
-        ctx.set(dut.start, 1)
+        _set_fetch(ctx, dut, base, words, batch)
         await ctx.tick()
         ctx.set(dut.start, 0)
         if restart:  # wait for an AR request held up, after one burst was accepted
@@ -268,10 +273,7 @@ def _fetch_words(base, words, batch, *, restart=None, p_ar_stall=0.0, seed=0):
                 accepted += arvalid and arready
                 n += 1
                 assert n < 500, "no AR request waited for ARREADY"
-            ctx.set(dut.base, restart[0])
-            ctx.set(dut.words, restart[1])
-            ctx.set(dut.batch, restart[2])
-            ctx.set(dut.start, 1)
+            _set_fetch(ctx, dut, *restart)
             log["arvalid_at_start"] = ctx.get(dut.m_axi.arvalid)
             await ctx.tick()
             ctx.set(dut.start, 0)

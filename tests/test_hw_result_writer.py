@@ -12,6 +12,31 @@ from recfabric.sim.axi_write_model import AXIWriteModel
 from recfabric.sim.stream_testing import stream_put
 
 
+async def _pulse_start(ctx, dut, batch, *, base=None, status=None):
+    """Set the run's inputs (``base`` and ``status`` when given) and pulse ``start``."""
+    if base is not None:
+        ctx.set(dut.base, base)
+    ctx.set(dut.batch, batch)
+    if status is not None:
+        ctx.set(dut.status, status)
+    ctx.set(dut.start, 1)
+    await ctx.tick()
+    ctx.set(dut.start, 0)
+
+
+def _simulate(dut, model, control, producer=None):
+    """Run the writer with its AXI write model, ``control`` and an optional background
+    ``producer`` testbench, until ``control`` returns."""
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_process(model.process)
+    sim.add_testbench(control)
+    if producer is not None:
+        sim.add_testbench(producer, background=True)
+    sim.run()
+
+
+
 @pytest.mark.parametrize("batch, p_stall, dw", [(0, 0.0, 256), (1, 0.0, 256), (23, 0.4, 256),
                                                (9, 0.3, 512)])
 def test_results_and_status_block_reach_memory(batch, p_stall, dw):
@@ -28,12 +53,7 @@ def test_results_and_status_block_reach_memory(batch, p_stall, dw):
     log = {}
 
     async def control(ctx):
-        ctx.set(dut.base, base)
-        ctx.set(dut.batch, batch)
-        ctx.set(dut.status, status)
-        ctx.set(dut.start, 1)
-        await ctx.tick()
-        ctx.set(dut.start, 0)
+        await _pulse_start(ctx, dut, batch, base=base, status=status)
         cycles = 0
         while not ctx.get(dut.done):
             await ctx.tick()
@@ -48,12 +68,7 @@ def test_results_and_status_block_reach_memory(batch, p_stall, dw):
         for s, f in zip(scores, flags):
             await stream_put(ctx, dut.i_result, {"score": s, "flags": f}, rng=rng, p_idle=0.3)
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_process(model.process)
-    sim.add_testbench(control)
-    sim.add_testbench(producer, background=True)
-    sim.run()
+    _simulate(dut, model, control, producer)
 
     layout = RequestLayout((("f", 10, 1),), 0, 1, word_bits=dw)
     if batch:
@@ -81,10 +96,7 @@ def test_axi_error_is_sticky_and_does_not_hang(flagged):
     log = {}
 
     async def control(ctx):
-        ctx.set(dut.batch, 3)
-        ctx.set(dut.start, 1)
-        await ctx.tick()
-        ctx.set(dut.start, 0)
+        await _pulse_start(ctx, dut, 3)
         for i in range(3):
             await stream_put(ctx, dut.i_result, {"score": 5, "flags": {"memory": i == flagged}})
         n = 0
@@ -95,11 +107,7 @@ def test_axi_error_is_sticky_and_does_not_hang(flagged):
         log["err"] = ctx.get(dut.axi_error)
         log["first"] = ctx.get(dut.first_error)
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_process(model.process)
-    sim.add_testbench(control)
-    sim.run()
+    _simulate(dut, model, control)
     assert log["err"] == 1
     assert log["first"] == (0 if flagged == 0 else 1)
 
@@ -118,10 +126,7 @@ def test_error_on_any_write_reaches_the_status_block(batch, failing):
     log = {"snapshots": 0}
 
     async def control(ctx):
-        ctx.set(dut.batch, batch)
-        ctx.set(dut.start, 1)
-        await ctx.tick()
-        ctx.set(dut.start, 0)
+        await _pulse_start(ctx, dut, batch)
         for i in range(batch):
             await stream_put(ctx, dut.i_result, {"score": i, "flags": {}})
         n = 0
@@ -134,11 +139,7 @@ def test_error_on_any_write_reaches_the_status_block(batch, failing):
         log["err"] = ctx.get(dut.axi_error)
         log["first"] = ctx.get(dut.first_error)
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_process(model.process)
-    sim.add_testbench(control)
-    sim.run()
+    _simulate(dut, model, control)
     off = status_block_offset(batch * word)
     block = mem[off: off + STATUS_BLOCK_BYTES].view("<u4")
     assert log["err"] == 1, failing
@@ -157,11 +158,7 @@ def test_abort_ends_the_run_with_the_status_block():
     log = {}
 
     async def control(ctx):
-        ctx.set(dut.batch, 9)
-        ctx.set(dut.status, [0xAB] * len(STATUS_WORDS))
-        ctx.set(dut.start, 1)
-        await ctx.tick()
-        ctx.set(dut.start, 0)
+        await _pulse_start(ctx, dut, 9, status=[0xAB] * len(STATUS_WORDS))
         for i in range(3):
             await stream_put(ctx, dut.i_result, {"score": 100 + i, "flags": {}})
         ctx.set(dut.abort, 1)
@@ -176,11 +173,7 @@ def test_abort_ends_the_run_with_the_status_block():
             assert n < 1000, "ResultWriter never finished after abort"
         log["written"] = ctx.get(dut.written)
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_process(model.process)
-    sim.add_testbench(control)
-    sim.run()
+    _simulate(dut, model, control)
     assert log["written"] == 3 and model.bursts == 4
     off = status_block_offset(9 * 32)
     assert mem[off: off + STATUS_BLOCK_BYTES].view("<u4")[0] == 0xAB
@@ -198,11 +191,7 @@ def test_multi_output_records_hold_every_score():
     flag0 = {"id_range": 0, "bag_range": 0, "memory": 0}
 
     async def control(ctx):
-        ctx.set(dut.base, 0x1000)
-        ctx.set(dut.batch, batch)
-        ctx.set(dut.start, 1)
-        await ctx.tick()
-        ctx.set(dut.start, 0)
+        await _pulse_start(ctx, dut, batch, base=0x1000)
         await ctx.tick().until(dut.done)
 
     async def producer(ctx):
@@ -211,12 +200,7 @@ def test_multi_output_records_hold_every_score():
             await stream_put(ctx, dut.i_result, {"score": s[0], "more_scores": s[1:],
                                                  "flags": flag0}, rng=rng, p_idle=0.3)
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_process(model.process)
-    sim.add_testbench(control)
-    sim.add_testbench(producer, background=True)
-    sim.run()
+    _simulate(dut, model, control, producer)
     layout = RequestLayout((("f", 10, 1),), 0, outputs, word_bits=dw)
     got, st = unpack_results(layout, mem[:batch * dw // 8].tobytes(), batch)
     assert got.tolist() == scores and st.tolist() == [int(ResultStatus.VALID)] * batch

@@ -215,7 +215,7 @@ def _cmd_demo(args):
             say("running batches of 1 (latency) and of a second size (steady state)")
             extra = {n: acc.infer(*small_batches[n][:2]) for n in small_batches}
             wall = time.perf_counter() - t0
-            sim_cycles = getattr(acc.device, "cycles", None)
+            speed = simulation_speed(acc.device)
     cycles = result.counters["cycles"]
     match = bool(np.array_equal(result.scores, golden.scores)
                  and np.array_equal(first.scores, golden.scores)
@@ -243,8 +243,7 @@ def _cmd_demo(args):
                                       "measured" if args.backend == "xrt" else "simulated"))
         out["batch_time_us"] = round(t_us, 3)
         out["throughput_per_s"] = round(args.batch / (t_us * 1e-6), 1)
-        if sim_cycles:
-            out["simulated_cycles_per_second"] = round(sim_cycles / wall, 1)
+        out.update(speed)  # sim, verilator: how fast the simulator ran (none for xrt)
     if spec.num_outputs > 1:  # multi-task heads: the score fields above are output 0's
         out["scores_raw_per_output"] = result.scores.tolist()
         out["golden_raw_per_output"] = golden.scores.tolist()
@@ -275,10 +274,39 @@ def _cmd_demo(args):
               f"{out['cycles_per_inference']:,} cycles/inference (batches "
               f"{out['cycles_per_inference_batches']}); program load "
               f"{out['program_load_cycles']:,} cycles")
+        if speed:
+            print(f"simulation: {speed['simulated_cycles']:,} cycles in "
+                  f"{speed['simulation_wall_seconds']:.2f} s inside the simulator, "
+                  f"{speed['simulated_cycles_per_simulation_wall_second']:,.0f} cycles/s "
+                  f"(the demo's wall time {wall:.2f} s also holds elaboration or the library "
+                  "load, the program load and the host's work)")
         c = result.counters
         print(f"counters: lookups {c['lookups_issued']:,}, memory stalls {c['stall_memory']:,}, "
               f"MLP-input stalls {c['stall_mlp']:,}, result stalls {c['stall_results']:,}")
     return 0 if match else 1
+
+
+def simulation_speed(device) -> dict:
+    """``demo --json``'s simulation-speed figures from a simulating device (``sim``,
+    ``verilator``: ``cycles`` and ``sim_seconds``); ``{}`` for the others (``reference`` has no
+    cycles, ``xrt``'s are measured on a card, not simulated).
+
+    ``simulated_cycles`` counts every cycle simulated since the device was opened (resets,
+    program load, register accesses, polling, the runs); ``simulation_wall_seconds`` and
+    ``simulation_cpu_seconds`` the time spent inside the simulator's calls, without the
+    elaboration (``sim``) or library load (``verilator``) and without the host's Python work
+    between calls. ``simulated_cycles_per_simulation_wall_second`` divides the first by the
+    second: the simulator's speed, not the demo's (``wall_seconds`` holds all of that too).
+    """
+    sim_seconds = getattr(device, "sim_seconds", None)
+    if sim_seconds is None:
+        return {}
+    cycles, (sim_wall, sim_cpu) = int(device.cycles), sim_seconds
+    return {"simulated_cycles": cycles,
+            "simulation_wall_seconds": sim_wall,
+            "simulation_cpu_seconds": sim_cpu,
+            "simulated_cycles_per_simulation_wall_second":
+                round(cycles / sim_wall, 1) if sim_wall > 0 else None}
 
 
 def demo_cycle_figures(batch: int, cycles: int, load_cycles: int, by_batch: dict,

@@ -241,7 +241,7 @@ def dot_interaction_cycles(n: int, d: int, lanes: int, dot_lanes: int) -> tuple[
     (``chunks = ceil(n*d / lanes)``) while the previous request computes; the computation issues
     one read per cycle, ``d`` dense elements and ``ceil(d / dot_lanes)`` per pair, plus one idle
     cycle per request. ``ii = max(chunks, 1 + d + n(n-1)/2 * ceil(d / dot_lanes))`` (equal to
-    the block's simulation, ``tests/test_hw_interaction.py``), ``latency = chunks + compute +``
+    the block's simulation, ``tests/test_dot_latency.py``), ``latency = chunks + compute +``
     :data:`DOT_PIPELINE_CYCLES` ``+ ceil(log2(dot_lanes)) - 1`` (for ``dot_lanes`` > 2; equal to
     the block's simulation, ``tests/test_dot_latency.py``)."""
     chunks = math.ceil(n * d / lanes)
