@@ -272,3 +272,32 @@ def test_an_id_past_the_split_table_is_flagged(compiled):
         r = acc.infer(dense, sparse)
     g = golden_from_images(cm, cm.quantized_model().quantize_dense(dense), sparse)
     assert np.array_equal(r.scores, g.scores)
+
+
+def test_combiner_latency_is_the_modelled_one():
+    """A vector passed through an idle combiner leaves COMBINER_CYCLES cycles after it was
+    offered (the cycle model's constant, kept in host/ beside the hardware's)."""
+    from recfabric.host.compiler import cycle_model
+    from recfabric.hw import bag_combiner
+    assert cycle_model.COMBINER_CYCLES == bag_combiner.COMBINER_CYCLES
+    dut = BagCombiner(tag_bits=1, slot_bits=1, data_bits=8, max_dim=1, max_bag=2, pools=1)
+    seen = []
+
+    async def tb(ctx):
+        ctx.set(dut.o_pooled.ready, 1)
+        ctx.set(dut.i_pooled.payload, {"tag": 1, "slot": 0, "error": 0, "cause": 0,
+                                       "data": [5]})
+        ctx.set(dut.i_pooled.valid, 1)
+        for cycle in range(8):
+            _, _, ready, valid = await ctx.tick().sample(dut.i_pooled.ready, dut.o_pooled.valid)
+            if ready:
+                ctx.set(dut.i_pooled.valid, 0)
+            if valid:
+                seen.append(cycle)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+    # taken at the first edge (cycle 0), out after COMBINER_CYCLES edges
+    assert seen == [bag_combiner.COMBINER_CYCLES]

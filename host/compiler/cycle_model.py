@@ -61,6 +61,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+#: The bag combiner's latency (``hw/bag_combiner.py``, kernels with ``split_pools``); the value
+#: is repeated here so that the host does not import the hardware package.
+COMBINER_CYCLES = 3
+
 __all__ = ["MLPCycleModel", "ENGINE_OVERHEAD", "DRAIN_OVERHEAD", "KERNEL_OVERHEAD_CYCLES",
            "LOOKUP_BRANCH_CYCLES",
            "MEM_LATENCY_CYCLES", "kernel_batch_cycles", "dot_interaction_cycles",
@@ -159,7 +163,8 @@ class MLPCycleModel:
 
 
 def kernel_batch_cycles(spec, config, rounds: int, words_per_record: int, *,
-                        mem_latency_cycles: int = MEM_LATENCY_CYCLES) -> tuple[int, float]:
+                        mem_latency_cycles: int = MEM_LATENCY_CYCLES,
+                        pooled_inputs: int = 0) -> tuple[int, float]:
     """Modelled ``(latency, ii)`` of the whole kernel in cycles (module doc): a batch of ``B``
     requests takes ``latency + ii * (B - 1)``.
 
@@ -175,14 +180,22 @@ def kernel_batch_cycles(spec, config, rounds: int, words_per_record: int, *,
         Request words per record (the wire format's record length).
     mem_latency_cycles : int
         Memory read latency in kernel cycles.
+    pooled_inputs : int
+        Pooled vectors and bag counts per request through the arbiter and the bag combiner,
+        one per cycle (:attr:`~recfabric.host.compiler.planner.Plan.pooled_inputs`; 0: not
+        counted). A kernel with a bag combiner (``config.split_pools``) adds
+        :data:`~recfabric.hw.bag_combiner.COMBINER_CYCLES` to the lookup branch's latency.
     """
     from .kernel_program import top_chain_shapes  # noqa: PLC0415
 
     shapes = {"bottom": spec.layer_shapes()["bottom"], "top": top_chain_shapes(spec)}
-    ii, latency = max(rounds, words_per_record), KERNEL_OVERHEAD_CYCLES - LOOKUP_BRANCH_CYCLES
+    ii = max(rounds, words_per_record, pooled_inputs)
+    latency = KERNEL_OVERHEAD_CYCLES - LOOKUP_BRANCH_CYCLES
     # The dense path (bottom MLP) runs beside the lookups: the later of the two reaches the
     # concatenation.
     before_concat = mem_latency_cycles + LOOKUP_BRANCH_CYCLES
+    if getattr(config, "split_pools", 0):
+        before_concat += COMBINER_CYCLES
     for kind, engines in (("bottom", config.mlp_bottom_shapes), ("top", config.mlp_top_shapes)):
         layers = shapes[kind]
         if not layers:
