@@ -113,7 +113,8 @@ class BagCombiner(wiring.Component):
         self.acc_bits = pool_acc_bits(data_bits, max_bag)
         self.pooled_layout = PooledVectorLayout(tag_bits=tag_bits, slot_bits=slot_bits,
                                                 data_bits=data_bits, max_dim=max_dim)
-        self.count_layout = BagCountLayout(tag_bits=tag_bits, slot_bits=slot_bits, pool_bits=self.pool_bits,
+        self.count_layout = BagCountLayout(tag_bits=tag_bits, slot_bits=slot_bits,
+                                           pool_bits=self.pool_bits,
                                            max_bag=max_bag)
         super().__init__({
             "i_pooled": In(stream.Signature(self.pooled_layout)),

@@ -2,9 +2,10 @@
 then whole kernels on the ``sim`` back-end, ``==`` the golden model.
 
 The kernel test uses a ``tiny`` kernel with four 64 KiB channels and two combiner pools; its
-model has two multi-hot tables larger than a channel (each split over 2 channels; the second model has one over 3), a one-hot
-table and dense features. Bags are chosen so that some have all IDs in one shard, some spread
-over every shard, some are empty, some short; then random bags. Random stalls everywhere, and a
+model has two multi-hot tables larger than a channel (each split over 2 channels; the second
+model has one over 3), a one-hot table and dense features. Bags are chosen so that some have
+all IDs in one shard, some spread over every shard, some are empty, some short; then random
+bags. Random stalls everywhere, and a
 switch between two models (and back) without a reset.
 """
 
@@ -74,40 +75,47 @@ def _run_combiner(seed, p=0.4):
     rounds = [_combiner_case(rng, 6) for _ in range(3)]
     got = []
 
-    async def producer(ctx):
+    finished = []  # rounds whose outputs have all left (a tag is reused only after that)
+    mapped = []
+
+    async def wait_round(ctx, r):
+        while len(finished) < r or not mapped:
+            await ctx.tick()
+
+    async def vectors(ctx):
         for slot in range(1 << SLOTB):
             await stream_put(ctx, dut.i_map, {"slot": slot, "split": int(slot in (4, 5)),
                                               "pool": slot - 4 if slot in (4, 5) else 0})
-        for bags, passes, _ in rounds:
-            # pieces of all bags and the pass-through vectors, shuffled (the units' order is
-            # any), each bag's pieces in any order relative to each other and to its count
+        mapped.append(1)
+        for r, (bags, passes, _) in enumerate(rounds):
+            await wait_round(ctx, r)
+            # pieces of all bags and the pass-through vectors shuffled (the units' order is any)
             vecs = [v for pieces, _ in bags for v in pieces] + passes
             rng.shuffle(vecs)
-            counts = [c for _, c in bags]
-            rng.shuffle(counts)
+            for v in vecs:
+                await stream_put(ctx, dut.i_pooled, v, rng=rng, p_idle=p)
 
-            async def send_counts(ctx, counts=counts):
-                for c in counts:
-                    await stream_put(ctx, dut.i_count, c, rng=rng, p_idle=p)
-            done = []
-
-            async def send_vecs(ctx, vecs=vecs):
-                for v in vecs:
-                    await stream_put(ctx, dut.i_pooled, v, rng=rng, p_idle=p)
-                done.append(1)
-            await send_counts(ctx)
-            await send_vecs(ctx)
+    async def counts(ctx):
+        # concurrently with the vectors: a count may come before, between or after its pieces
+        for r, (bags, _, _) in enumerate(rounds):
+            await wait_round(ctx, r)
+            cs = [c for _, c in bags]
+            rng.shuffle(cs)
+            for c in cs:
+                await stream_put(ctx, dut.i_count, c, rng=rng, p_idle=0.8)
 
     async def consumer(ctx):
-        for _, passes, want in rounds:
+        for _, _, want in rounds:
             for _ in range(len(want)):
-                v = payload_value(await stream_get(ctx, dut.o_pooled, rng=rng, p_stall=p))
-                got.append(v)
+                got.append(payload_value(await stream_get(ctx, dut.o_pooled, rng=rng,
+                                                          p_stall=p)))
+            finished.append(1)
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     sim.add_process(StreamChecker(dut.o_pooled, name="o_pooled").process)
-    sim.add_testbench(producer)
+    sim.add_testbench(vectors)
+    sim.add_testbench(counts)
     sim.add_testbench(consumer)
     sim.run_until(2e-4)
     return rounds, got
