@@ -212,7 +212,9 @@ class BagCombiner(wiring.Component):
         o = self.o_pooled
         free2 = ~v2 | o.ready
         emits = ~split1 | done
-        m.d.comb += adv1.eq(v1 & (~emits | free2) | ~v1)
+        # Stage 1 moves whenever the output register may take an item, whether or not this one
+        # goes there: ``done`` (an entry read and an add) stays out of the ready path upstream.
+        m.d.comb += adv1.eq(~v1 | free2)
         m.d.comb += [wr_en.eq(v1 & split1 & adv1), wr_live.eq(~done),
                      aw.en.eq(wr_en), aw.addr.eq(addr1),
                      aw.data.got.eq(got), aw.data.want.eq(want), aw.data.error.eq(new_err),

@@ -37,7 +37,8 @@ The whole kernel (:func:`kernel_batch_cycles`, the serving layer's service-time 
 modelled rows of ``recfabric bench compare``): a batch of ``B`` requests takes ``latency + ii * (B
 - 1)`` cycles, with ``ii = max(MLP II, the plan's lookup rounds (beats per request on the busiest
 port), request words per record)`` and ``latency = top MLP latency + max(memory read
-latency + LOOKUP_BRANCH_CYCLES, bottom MLP latency) + KERNEL_OVERHEAD_CYCLES -
+latency + LOOKUP_BRANCH_CYCLES + max(0, IDs per request - FIT_IDS_PER_REQUEST), bottom MLP
+latency) + KERNEL_OVERHEAD_CYCLES -
 LOOKUP_BRANCH_CYCLES`` (the bottom MLP runs beside the lookups;
 multi-task heads are the top MLP's last layers, fused one per depth; a dot interaction adds the
 latency of :func:`dot_interaction_cycles` less the top MLP's input chunks, which the writer takes
@@ -66,7 +67,7 @@ from dataclasses import dataclass, field
 COMBINER_CYCLES = 3
 
 __all__ = ["MLPCycleModel", "ENGINE_OVERHEAD", "DRAIN_OVERHEAD", "KERNEL_OVERHEAD_CYCLES",
-           "LOOKUP_BRANCH_CYCLES",
+           "LOOKUP_BRANCH_CYCLES", "FIT_IDS_PER_REQUEST", "COMBINER_CYCLES",
            "MEM_LATENCY_CYCLES", "kernel_batch_cycles", "dot_interaction_cycles",
            "DOT_PIPELINE_CYCLES", "program_load_cycles", "PROGRAM_LOAD_OVERHEAD_CYCLES",
            "PROGRAM_LOAD_RATE"]
@@ -84,6 +85,13 @@ KERNEL_OVERHEAD_CYCLES = 82
 #: pipeline stages and the pooler's word register): the bottom MLP, which runs beside the lookups,
 #: hides it when it is the later of the two branches.
 LOOKUP_BRANCH_CYCLES = 5
+#: IDs per request of the model :data:`KERNEL_OVERHEAD_CYCLES` was fitted with (the ``small``
+#: model: 8 features, bags of up to 12 IDs). A request's IDs leave the parser and the
+#: dispatcher one per cycle (and its pooled vectors reach the concatenation one per cycle), so
+#: each ID beyond these adds a cycle to the lookup branch: fitted on Verilator at u280 (README
+#: "u280 on Verilator"): microrec-small's 47 IDs +35 = 840 / 1,016 cycles (int8 / int16,
+#: simulated 840 / 1,016), microrec-large's 98 +86 and wnd's 27 +15 (within 1.2%).
+FIT_IDS_PER_REQUEST = 12
 #: Memory read latency assumed for HBM, in kernel cycles (the simulation's HBM model).
 MEM_LATENCY_CYCLES = 64
 #: Program words the kernel's program loader takes per cycle (one 512-bit word per cycle:
@@ -193,7 +201,8 @@ def kernel_batch_cycles(spec, config, rounds: int, words_per_record: int, *,
     latency = KERNEL_OVERHEAD_CYCLES - LOOKUP_BRANCH_CYCLES
     # The dense path (bottom MLP) runs beside the lookups: the later of the two reaches the
     # concatenation.
-    before_concat = mem_latency_cycles + LOOKUP_BRANCH_CYCLES
+    ids = sum(f.bag for f in spec.sparse)
+    before_concat = mem_latency_cycles + LOOKUP_BRANCH_CYCLES + max(0, ids - FIT_IDS_PER_REQUEST)
     if getattr(config, "split_pools", 0):
         before_concat += COMBINER_CYCLES
     for kind, engines in (("bottom", config.mlp_bottom_shapes), ("top", config.mlp_top_shapes)):
