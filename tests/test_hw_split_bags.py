@@ -18,8 +18,8 @@ import pytest
 from amaranth.sim import Simulator
 
 from recfabric.host.compiler.compiled import golden_from_images, load_compiled
-from recfabric.host.compiler.kernel_program import check_program
-from recfabric.host.compiler.planner import plan
+from recfabric.host.compiler.kernel_program import CompileError, check_program
+from recfabric.host.compiler.planner import PlanError, plan
 from recfabric.host.compiler.steps import compile_model
 from recfabric.host.model.spec import Bags, ModelSpec, SparseFeature
 from recfabric.host.model.synthetic import synthetic_batch
@@ -242,6 +242,17 @@ def test_the_plan_splits_both_multi_hot_tables():
     p2 = plan(SPEC2, CONFIG)
     check_program(SPEC2, p2, CONFIG.capabilities())
     assert {g.features: g.shards for g in p2.groups}[(0,)] == 3
+
+
+def test_split_multi_hot_tables_beyond_the_pools_are_refused_by_name():
+    one_pool = CONFIG.replace(name="tiny-split-1", split_pools=1)
+    p = plan(SPEC, one_pool)
+    with pytest.raises(CompileError, match=r"2 multi-hot tables are split over row ranges "
+                                           r"\(bi, bc\); .* at most 1 \(split_pools\)"):
+        check_program(SPEC, p, one_pool.capabilities())
+    # no combiner: the planner refuses the table before planning, naming it
+    with pytest.raises(PlanError, match=r"table 'bi' .* splits only one-hot tables"):
+        plan(SPEC, CONFIG.replace(name="tiny-split-0", split_pools=0))
 
 
 def test_split_bags_bit_exact_with_stalls_and_a_model_switch(compiled):
