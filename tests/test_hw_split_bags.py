@@ -320,3 +320,22 @@ def test_combiner_latency_is_the_modelled_one():
     sim.run()
     # taken at the first edge (cycle 0), out after COMBINER_CYCLES edges
     assert seen == [bag_combiner.COMBINER_CYCLES]
+
+
+@pytest.mark.slow  # a Verilator build of the tiny-split kernel (~2-8 min here), then seconds
+def test_split_bags_on_verilator(compiled):
+    """The generated Verilog of the dispatcher's pieces and the combiner, under Verilator: the
+    same requests and model switch, `==` golden."""
+    from recfabric.sim.cocotb_launch import require_simulator
+    from recfabric.sim.verilator_env import have_verilator
+    require_simulator(have_verilator(), "Verilator")
+    with Accelerator.open("verilator", CONFIG, p_stall=0.3, mem_latency=20, seed=4) as acc:
+        for name, spec, batch, seed in (("split-bags", SPEC, 64, 1),
+                                        ("split-bags-2", SPEC2, 32, 2),
+                                        ("split-bags", SPEC, 32, 3)):
+            d, cm = compiled[name]
+            acc.load(d)
+            dense, sparse = _requests(cm, spec, batch, seed)
+            r = acc.infer(dense, sparse)
+            g = golden_from_images(cm, cm.quantized_model().quantize_dense(dense), sparse)
+            assert np.array_equal(r.scores, g.scores), name

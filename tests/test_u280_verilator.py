@@ -102,7 +102,7 @@ def _demo(config: str, batch: int = 64, model: str = "microrec-small",
 @pytest.mark.parametrize("config", ["u280-int8", "u280"])
 def test_zoo_demo_on_verilator_at_u280(config, model):
     """Bit-exact at u280 scale, and the cycle model within 5% (microrec-large: 1.7 GB of
-    tables, a ~10 min run each here; README "u280 on Verilator")."""
+    tables, a 4-21 min run each here; README "Verilator back-end and soak")."""
     out = _demo(config, model=model)
     assert out["match"] is True
     for key in ("cycles", "cycles_per_inference", "latency_cycles", "program_load_cycles"):
