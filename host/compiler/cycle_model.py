@@ -89,8 +89,9 @@ LOOKUP_BRANCH_CYCLES = 5
 #: model: 8 features, bags of up to 12 IDs). A request's IDs leave the parser and the
 #: dispatcher one per cycle (and its pooled vectors reach the concatenation one per cycle), so
 #: each ID beyond these adds a cycle to the lookup branch: fitted on Verilator at u280 (README
-#: "Verilator back-end and soak"): microrec-small's 47 IDs +35 = 840 / 1,016 cycles (int8 / int16,
-#: simulated 840 / 1,016), microrec-large's 98 +86 and wnd's 27 +15 (within 1.3% of the simulated latencies).
+#: "Verilator back-end and soak"): microrec-small's 47 IDs +35 = 840 / 1,016 cycles (int8 /
+#: int16, simulated 840 / 1,016), microrec-large's 98 +86 and wnd's 27 +15 (within 1.3% of
+#: the simulated latencies).
 FIT_IDS_PER_REQUEST = 12
 #: Memory read latency assumed for HBM, in kernel cycles (the simulation's HBM model).
 MEM_LATENCY_CYCLES = 64
