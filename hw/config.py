@@ -85,9 +85,8 @@ class KernelCapabilities:
         Copies of a table the dispatcher serves lookups from, round-robin per bag
         (:mod:`~recfabric.hw.lookup_dispatcher`).
     row_split : bool
-        Whether a one-hot table may be split by row range over units (the dispatcher routes
-        each ID to the shard holding its row). Multi-hot tables are never split: a bag would be
-        pooled in parts.
+        Whether a table may be split by row range over units (the dispatcher routes each ID to
+        the shard holding its row). A multi-hot table only if ``split_multi_hot``.
     max_merge : int
         Features per Cartesian-merged table (the dispatcher sums ``id_i * radix_i`` over any
         number of members).
@@ -95,9 +94,11 @@ class KernelCapabilities:
         Parts (copies x row-range shards) one table may be held in: the dispatcher's placement
         entry lists that many (unit, descriptor, first row) parts.
     split_multi_hot : bool
-        Whether a multi-hot table may be split by row range (False for the kernel: a bag spread
-        over units would be pooled in parts; True only for the planner study's hypothetical
-        kernel).
+        Whether a multi-hot table may be split by row range: the kernel has a
+        :class:`~recfabric.hw.bag_combiner.BagCombiner` (``split_pools`` > 0), which adds the
+        pieces of a bag spread over units (the planner study's hypothetical kernel: always).
+    split_pools : int
+        Multi-hot features of one model that may be split by row range (the combiner's pools).
     bottom_engines : tuple of (rows, cols)
         Systolic array of each bottom-MLP layer engine (empty: no bottom MLP).
     dot_lanes : int
@@ -135,6 +136,7 @@ class KernelCapabilities:
     max_merge: int
     table_parts: int = 1
     split_multi_hot: bool = False
+    split_pools: int = 0
     bottom_engines: tuple = ()
     dot_lanes: int = 0
     top_widths: tuple = ()
@@ -254,6 +256,12 @@ class AcceleratorConfig:
         memory word, so at most ``mem_data_width / 16 - 1``.
     inflight : int
         Requests in flight between dispatch and score write-back.
+    split_pools : int
+        Multi-hot features per model that may be split by row range over memory channels (a
+        table larger than a channel): the kernel then has a
+        :class:`~recfabric.hw.bag_combiner.BagCombiner` with this many pools (accumulators per
+        request in flight) that adds the pieces of such bags. 0: no combiner; only one-hot
+        tables are split.
     clock_mhz : float
         Target kernel clock, used to convert simulated cycles into time.
     """
@@ -284,6 +292,7 @@ class AcceleratorConfig:
     dot_lanes: int = 0
     max_outputs: int = 1
     inflight: int = 8
+    split_pools: int = 0
     clock_mhz: float = 250.0
 
     def __post_init__(self):
@@ -343,6 +352,8 @@ class AcceleratorConfig:
         for f in ("max_features", "max_bag", "max_dim", "max_concat", "max_width", "inflight"):
             need(getattr(self, f) >= 1, f, "must be at least 1")
         need(self.max_dense >= 0, "max_dense", "must be >= 0")
+        need(0 <= self.split_pools <= self.max_features, "split_pools",
+             f"must be in 0..max_features {self.max_features}")
         need(self.weight_lutram_depth >= 0, "weight_lutram_depth", "must be >= 0")
         need(_pow2(self.activation_banks) and self.activation_banks >= 2, "activation_banks",
              "must be a power of two >= 2")
@@ -451,6 +462,8 @@ class AcceleratorConfig:
             onchip_words=words, descriptors_per_unit=self.max_features,
             table_copies=self.table_parts, row_split=self.table_parts > 1,
             max_merge=self.max_features, table_parts=self.table_parts,
+            split_multi_hot=self.table_parts > 1 and self.split_pools > 0,
+            split_pools=self.split_pools if self.table_parts > 1 else 0,
             top_widths=self.top_engine_widths, bottom_widths=self.bottom_engine_widths)
 
     @property
@@ -495,6 +508,8 @@ _U280 = AcceleratorConfig(
     mlp_top_shapes=((64, 52), (48, 64), (16, 48), (1, 16)),
     mlp_bottom_shapes=((32, 1), (16, 32), (8, 16), (4, 8)), dot_lanes=16, max_outputs=4,
     inflight=32, clock_mhz=250.0,
+    # DIN's two 10M-row multi-hot tables are split over 3 channels each (docs/lookup.md)
+    split_pools=4,
     # Weight memories sized for those MLPs (MicroRec's 1024-512-256-1 tops, Kaggle's
     # 13-512-256-64-16 bottom) rather than max_width everywhere, which needs ~3x the U280's
     # BRAM; the shallow ones in LUT RAM (the fit: host/bench/resources.py, README).

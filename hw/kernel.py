@@ -52,6 +52,7 @@ from amaranth.lib.wiring import In, Out
 
 from .arith import carry_select_add
 from .axi4 import AXI4LiteSignature, AXI4Signature
+from .bag_combiner import BagCombiner
 from .concat_stage import ConcatStage
 from .config import AcceleratorConfig
 from .control_registers import ControlRegisters
@@ -207,6 +208,9 @@ class RecFabricKernel(wiring.Component):
                        for _ in range(c.onchip_units)]
         pooled_shape = (self.units + self.onchip)[0].o_pooled.payload.shape()
         self.arbiter = StreamArbiter(pooled_shape, len(self.units) + len(self.onchip))
+        # Split multi-hot tables: the pieces of their bags meet here (hw/bag_combiner.py).
+        self.combiner = (BagCombiner(**BagCombiner.config_kwargs(c))
+                         if self.dispatcher.pools else None)
         lanes = c.mlp_top_shapes[0][1]
         self.bottom = self.dense_packer = None
         if c.mlp_bottom_shapes:
@@ -247,7 +251,7 @@ class RecFabricKernel(wiring.Component):
             m.submodules[f"unit{i}"] = u
         for i, t in enumerate(self.onchip):  # one module for all when hierarchical (hw/hier.py)
             m.submodules[f"onchip{i}"] = bind(platform, t)
-        for name in ("bottom", "dense_packer", "interact"):
+        for name in ("bottom", "dense_packer", "interact", "combiner"):
             if getattr(self, name) is not None:
                 m.submodules[name] = getattr(self, name)
         m.submodules.flag_fifo = flag_fifo = SyncFIFOBuffered(
@@ -384,7 +388,13 @@ class RecFabricKernel(wiring.Component):
             wiring.connect(m, self.dispatcher.o_lookup[k], unit.i_lookup)
             wiring.connect(m, unit.o_pooled, self.arbiter.i[k])
             m.d.comb += unit.error.clear.eq(ctrl.start)
-        wiring.connect(m, self.arbiter.o, self.concat.i_pooled)
+        if self.combiner is not None:
+            wiring.connect(m, self.arbiter.o, self.combiner.i_pooled)
+            wiring.connect(m, self.dispatcher.o_count, self.combiner.i_count)
+            wiring.connect(m, self.dispatcher.o_map, self.combiner.i_map)
+            wiring.connect(m, self.combiner.o_pooled, self.concat.i_pooled)
+        else:
+            wiring.connect(m, self.arbiter.o, self.concat.i_pooled)
         self._connect_dense(m, run)
         m.d.comb += self.parser.credit.eq(self.concat.released)
         if self.interact is not None:
@@ -572,6 +582,8 @@ class RecFabricKernel(wiring.Component):
             streams += [self.bottom.o_result]
         if self.interact is not None:
             streams += [self.interact.o_vector]
+        if self.combiner is not None:
+            streams += [self.combiner.o_pooled, self.combiner.i_count]
         moved = [s.valid & s.ready for s in streams]
         buses = [self.m_axi_requests] + [getattr(self, f"m_axi_tables{i}")
                                          for i in range(len(self.units))]

@@ -46,6 +46,14 @@ Shards of a copy are in row order (``lo`` ascending, ``parts[0].lo == 0``).
   bag makes one lookup, at the bag's last item, ``ROW`` if the bag held exactly one ID and
   ``EMPTY`` (to shard 0) otherwise (the parser flags that request BAG_RANGE). So every bag is
   pooled whole by one unit, exactly as the golden model pools it.
+* **Split multi-hot tables** (``pieces = 1``; kernels with ``pools`` > 0): a bag's IDs may
+  need rows of several shards, so each item becomes a *piece*, a one-lookup bag
+  (``first = last = 1``) routed by its row as above: ``ROW`` for a live ID, ``EMPTY`` (to
+  shard 0) for an empty bag. At the bag's last item the dispatcher sends the bag's piece count
+  (tag, slot, the placement's ``pool``) on ``o_count``, and the
+  :class:`~recfabric.hw.bag_combiner.BagCombiner` adds the pieces (the units return each row
+  as it is) into one pooled vector, saturated once: exactly the golden model's pooling. A
+  placement write also tells the combiner (``o_map``) whether its slot is split and its pool.
 * **Copies, round-robin per bag**: feature ``f``'s bags go to copy ``0, 1, ..., copies-1, 0,
   ...`` in turn (a turn counter per feature in the copy-turn memory, advanced at each bag's
   end). A bag stays whole on one copy, so pooling stays exact; over a stream of equal bags the
@@ -80,6 +88,7 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from .bag_combiner import BagCountLayout, PoolMapLayout
 from .request_reader import FeatureIdLayout
 from .stream_types import LookupKind, LookupLayout, TablePartLayout, index_bits
 
@@ -114,15 +123,22 @@ class PlacementLayout(data.StructLayout):
         Row-range shards per copy and copies of the table (``SINGLE``, ``LAST``; 0 means 1).
     parts : ArrayLayout(TablePartLayout, parts)
         ``parts[c * shards + s]``: shard ``s`` of copy ``c``.
+    pieces : unsigned(1)
+        A split multi-hot table: every item is a piece (``SINGLE`` only; only when ``pools``).
+    pool : unsigned(index_bits(pools))
+        The combiner pool of a ``pieces`` feature (only when ``pools``).
     """
 
     def __init__(self, *, unit_bits: int, slot_bits: int, desc_bits: int, feature_bits: int,
-                 id_bits: int, parts: int = 1):
+                 id_bits: int, parts: int = 1, pools: int = 0):
         part = TablePartLayout(unit_bits=unit_bits, desc_bits=desc_bits, row_bits=id_bits)
         count = index_bits(parts + 1)
-        super().__init__({"kind": PlaceKind, "slot": slot_bits, "rows": id_bits,
-                          "mult": id_bits, "partner": feature_bits, "shards": count,
-                          "copies": count, "parts": data.ArrayLayout(part, parts)})
+        fields = {"kind": PlaceKind, "slot": slot_bits, "rows": id_bits,
+                  "mult": id_bits, "partner": feature_bits, "shards": count,
+                  "copies": count, "parts": data.ArrayLayout(part, parts)}
+        if pools:
+            fields.update(pieces=1, pool=index_bits(pools))
+        super().__init__(fields)
 
 
 class PlacementWriteLayout(data.StructLayout):
@@ -148,6 +164,11 @@ class LookupDispatcher(wiring.Component):
         Lookups buffered per unit (at least 2).
     parts : int
         Parts (copies x row-range shards) one table may be held in.
+    pools : int
+        Split multi-hot features served (pieces and counts for a
+        :class:`~recfabric.hw.bag_combiner.BagCombiner`); 0: none (no ``o_count``/``o_map``).
+    max_bag : int
+        Largest bag (the piece count's range; used when ``pools``).
 
     Members
     -------
@@ -156,6 +177,11 @@ class LookupDispatcher(wiring.Component):
         Placement writes; always ready. Write while idle (a write also resets the feature's
         copy turn).
     o_lookup : Out(stream.Signature(LookupLayout)).array(n_units)
+    o_count : Out(stream.Signature(BagCountLayout))
+        Piece count of each split bag (only when ``pools``).
+    o_map : Out(stream.Signature(PoolMapLayout))
+        Slot-map writes for the combiner, one per ``SINGLE``/``LAST`` placement write (only
+        when ``pools``; ``ready`` is ignored: the combiner's map is always ready).
     idle : Out(1)
         Nothing is in the pipeline or the FIFOs.
     count : Out(32).array(n_units)
@@ -165,9 +191,10 @@ class LookupDispatcher(wiring.Component):
 
     def __init__(self, *, n_units: int, max_features: int, tag_bits: int = 4,
                  slot_bits: int = 4, desc_bits: int = 4, id_bits: int = 32, fifo_depth: int = 4,
-                 parts: int = 1):
+                 parts: int = 1, pools: int = 0, max_bag: int = 1):
         for n, v in (("n_units", n_units), ("max_features", max_features),
-                     ("id_bits", id_bits), ("fifo_depth", fifo_depth), ("parts", parts)):
+                     ("id_bits", id_bits), ("fifo_depth", fifo_depth), ("parts", parts),
+                     ("max_bag", max_bag)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise TypeError(f"{n} must be a positive integer, not {v!r}")
         if fifo_depth < 2:
@@ -177,15 +204,17 @@ class LookupDispatcher(wiring.Component):
         self.n_units, self.max_features, self.fifo_depth = n_units, max_features, fifo_depth
         self.tag_bits, self.slot_bits, self.desc_bits, self.id_bits = (
             tag_bits, slot_bits, desc_bits, id_bits)
-        self.parts = parts
+        if not isinstance(pools, int) or isinstance(pools, bool) or pools < 0:
+            raise TypeError(f"pools must be a non-negative integer, not {pools!r}")
+        self.parts, self.pools, self.max_bag = parts, pools, max_bag
         self.feature_bits = index_bits(max_features)
         self.id_layout = FeatureIdLayout(tag_bits=tag_bits, feature_bits=self.feature_bits)
         self.entry_layout = PlacementLayout(
             unit_bits=index_bits(n_units), slot_bits=slot_bits, desc_bits=desc_bits,
-            feature_bits=self.feature_bits, id_bits=id_bits, parts=parts)
+            feature_bits=self.feature_bits, id_bits=id_bits, parts=parts, pools=pools)
         self.lookup_layout = LookupLayout(tag_bits=tag_bits, slot_bits=slot_bits,
                                           desc_bits=desc_bits, row_bits=id_bits)
-        super().__init__({
+        members = {
             "i_id": In(stream.Signature(self.id_layout)),
             "i_place": In(stream.Signature(PlacementWriteLayout(
                 feature_bits=self.feature_bits, entry=self.entry_layout))),
@@ -193,7 +222,15 @@ class LookupDispatcher(wiring.Component):
             "idle": Out(1),
             "count": Out(32).array(n_units),
             "count_clear": In(1),
-        })
+        }
+        if pools:
+            self.bag_count_layout = BagCountLayout(
+                tag_bits=tag_bits, slot_bits=slot_bits, pool_bits=index_bits(pools),
+                max_bag=max_bag)
+            members["o_count"] = Out(stream.Signature(self.bag_count_layout))
+            members["o_map"] = Out(stream.Signature(PoolMapLayout(
+                slot_bits=slot_bits, pool_bits=index_bits(pools))))
+        super().__init__(members)
 
     @classmethod
     def config_kwargs(cls, config, **overrides) -> dict:
@@ -204,7 +241,8 @@ class LookupDispatcher(wiring.Component):
                     tag_bits=index_bits(config.inflight),
                     slot_bits=index_bits(config.max_features),
                     desc_bits=index_bits(config.max_features), id_bits=32,
-                    parts=config.capabilities().table_parts)
+                    parts=config.capabilities().table_parts, pools=config.split_pools,
+                    max_bag=config.max_bag)
         args.update(overrides)
         return args
 
@@ -232,6 +270,14 @@ class LookupDispatcher(wiring.Component):
         w = self.i_place
         m.d.comb += [w.ready.eq(1), pw.en.eq(w.valid), pw.addr.eq(w.payload.feature),
                      pw.data.eq(w.payload.entry)]
+        if self.pools:
+            we = w.payload.entry
+            m.d.comb += [
+                self.o_map.valid.eq(w.valid & ((we.kind == PlaceKind.SINGLE) |
+                                               (we.kind == PlaceKind.LAST))),
+                self.o_map.payload.slot.eq(we.slot),
+                self.o_map.payload.split.eq(we.pieces & (we.kind == PlaceKind.SINGLE)),
+                self.o_map.payload.pool.eq(we.pool)]
 
         # Stage 1: the item and its placement (read in the cycle the item is accepted).
         # Logic depth (<= 8 LUT levels): the merge product ``id * mult`` takes two stages of
@@ -283,10 +329,36 @@ class LookupDispatcher(wiring.Component):
         m.d.comb += [tr.addr.eq(t.feature),
                      lk.tag.eq(t.tag), lk.slot.eq(e.slot)]
         held = hr.data
+        # Split multi-hot bags: the bag's piece count so far, and the count to the combiner.
+        cnt_push = Signal()
+        if self.pools:
+            m.submodules.count_fifo = cfifo = SyncFIFOBuffered(
+                width=self.bag_count_layout.size, depth=4)
+            pieces_so_far = Signal(range(self.max_bag + 1))
+            n_pieces = Signal(range(self.max_bag + 2))
+            cnt = Signal(self.bag_count_layout)
+            m.d.comb += [n_pieces.eq(Mux(t.first, 0, pieces_so_far) + 1),
+                         cnt.tag.eq(t.tag), cnt.slot.eq(e.slot), cnt.pool.eq(e.pool),
+                         cnt.count.eq(n_pieces),
+                         cfifo.w_data.eq(cnt), cfifo.w_en.eq(cnt_push & advance),
+                         self.o_count.payload.eq(cfifo.r_data),
+                         self.o_count.valid.eq(cfifo.r_rdy), cfifo.r_en.eq(self.o_count.ready)]
+            count_room = cfifo.w_rdy
+        else:
+            count_room = 1
         with m.Switch(e.kind):
             with m.Case(PlaceKind.SINGLE):
                 split = e.shards > 1
-                with m.If(split):
+                if self.pools:
+                    with m.If(e.pieces & split):
+                        # Split multi-hot table: every item a one-lookup bag, routed by its row
+                        m.d.comb += [emit.eq(1), lk.first.eq(1), lk.last.eq(1),
+                                     lk.row.eq(Mux(t.empty, 0, sid)),
+                                     lk.kind.eq(Mux(t.empty, LookupKind.EMPTY, LookupKind.ROW)),
+                                     cnt_push.eq(t.last)]
+                        with m.If(advance):
+                            m.d.sync += pieces_so_far.eq(n_pieces)
+                with (m.Elif(split) if self.pools else m.If(split)):
                     # One-hot split table: one lookup at the bag's end (row routed in stage 3).
                     m.d.comb += [emit.eq(t.last), lk.first.eq(1), lk.last.eq(1),
                                  lk.row.eq(Mux(one, sid, 0)),
@@ -316,7 +388,7 @@ class LookupDispatcher(wiring.Component):
         cur = tr.data
         m.d.comb += [tw.addr.eq(Mux(w.valid, w.payload.feature, t.feature)),
                      tw.data.eq(Mux(w.valid | (cur + 1 >= e.copies), 0, cur + 1)),
-                     tw.en.eq(w.valid | (advance & emit & lk.last))]
+                     tw.en.eq(w.valid | (advance & emit & t.last))]
 
         route_layout = data.StructLayout({
             "lk": self.lookup_layout, "copy": count_shape, "shards": count_shape,
@@ -324,7 +396,7 @@ class LookupDispatcher(wiring.Component):
         r_valid = Signal()
         r = Signal(route_layout)
         r_free = Signal()
-        m.d.comb += advance.eq(t_valid & (~emit | r_free))
+        m.d.comb += advance.eq(t_valid & (~emit | r_free) & (~cnt_push | count_room))
         with m.If(r_free):
             # Not ``desc``: stage 3c sets it from the part (``lk.desc`` is a constant
             # ``always @*`` that Icarus never runs: X in the registers).
@@ -392,6 +464,7 @@ class LookupDispatcher(wiring.Component):
                 m.d.sync += self.count[u].eq(0)
             with m.Elif(push):
                 m.d.sync += self.count[u].eq(self.count[u] + 1)
+        pending = [f.r_rdy for f in fifos] + ([cfifo.r_rdy] if self.pools else [])
         m.d.comb += self.idle.eq(~s_valid & ~m_valid & ~t_valid & ~r_valid & ~a_valid &
-                                 ~b_valid & ~Cat(f.r_rdy for f in fifos).any())
+                                 ~b_valid & ~Cat(*pending).any())
         return m

@@ -465,6 +465,11 @@ class VerilatorDevice(RegisterDevice):
         Cycles between two reads of the control register while waiting for ``ap_done``.
     """
 
+    #: Seconds a run may take when ``Accelerator.infer`` is given no timeout. A u280-class
+    #: kernel simulates ~1-4k cycles per second here, so the first run of a GB-scale model (its
+    #: program load, ~60k cycles for microrec-large) takes minutes; 60 s (a card's) stopped it.
+    default_timeout = 1800.0
+
     def __init__(self, config: AcceleratorConfig, *, mem_latency: int = 64,
                  p_stall: float = 0.0, p_error: float = 0.0, seed: int = 0,
                  max_cycles: int = 50_000_000, max_outstanding: int | None = None,

@@ -150,7 +150,7 @@ def test_models_agrees_with_compile(tmp_path, model, config):
 def test_models_is_truthful_about_the_zoo(capsys):
     runs = {n for n, r in _REPORT.items() if any(v["runs"] for v in r["configs"].values())}
     assert runs == {"tiny", "small", "dlrm-small", "wnd", "kaggle", "microrec-small",
-                    "microrec-large", "mt-wnd", "ncf", "dien"}
+                    "microrec-large", "mt-wnd", "ncf", "dien", "din"}
     # kaggle (dot interaction, bottom MLP): its 10M-row tables are split by row range where
     # one channel is too small (u280's 256 MiB), so every U280-class preset with a bottom MLP
     # runs it (the u50's DSP48E2 budget leaves none)
@@ -164,9 +164,11 @@ def test_models_is_truthful_about_the_zoo(capsys):
         assert [c for c, v in _REPORT[name]["configs"].items() if v["runs"]] == ["u280-mt"]
     # MicroRec's 10M-row table is split by row range over channels (routed by row)
     assert _REPORT["microrec-small"]["configs"]["u280"]["runs"]
-    # DIN's 10M-row behaviour tables are multi-hot: a split bag would be pooled in parts
-    assert not _REPORT["din"]["configs"]["u280"]["runs"]
-    assert "splits only one-hot tables" in _REPORT["din"]["configs"]["u280"]["reasons"][0]
+    # DIN's 10M-row behaviour tables are multi-hot: split by row range where the kernel has a
+    # bag combiner (split_pools: the U280 class), refused where it has none
+    assert ([c for c, v in _REPORT["din"]["configs"].items() if v["runs"]]
+            == ["u280", "u280-int8", "u280-mt", "u50", "u55c"])
+    assert "splits only one-hot tables" in _REPORT["din"]["configs"]["small"]["reasons"][0]
     assert main(["models", "--config", "small"]) == 0
     out = capsys.readouterr().out
     assert "runs on small" in out and "does not run on small: model 'kaggle'" in out

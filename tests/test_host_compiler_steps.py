@@ -167,14 +167,19 @@ def test_cli_plan_and_compile(tmp_path, capsys):
     assert args.func(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["planner"] == "microrec" and out["figures"]["rounds"] >= 1
-    # the real U280 kernel splits MicroRec's 10M-row table over 3 channels, but not DIN's
-    # multi-hot behaviour tables: the planner says which
+    # the real U280 kernel splits MicroRec's 10M-row table over 3 channels, and DIN's multi-hot
+    # behaviour tables (its bag combiner); `small` has none: the planner says which
     args = parser.parse_args(["plan", "microrec-small", "--json"])
     assert args.func(args) == 0
     out = json.loads(capsys.readouterr().out)
     t29 = [g for g in out["groups"] if [m["name"] for m in g["members"]] == ["t29"]]
     assert len(t29) == 1 and t29[0]["shards"] == 3
     args = parser.parse_args(["plan", "din", "--json"])
+    assert args.func(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    behav = [g for g in out["groups"] if [m["name"] for m in g["members"]] == ["behav_item"]]
+    assert len(behav) == 1 and behav[0]["shards"] == 3
+    args = parser.parse_args(["plan", "din", "--config", "small", "--json"])
     with pytest.raises(ValueError, match="'behav_item'.*splits only one-hot tables"):
         args.func(args)
     args = parser.parse_args(["compile", "tiny", "--config", "tiny", "-o", str(tmp_path)])

@@ -89,7 +89,8 @@ def kernel_cycles(spec, config, plan, words_per_record: int,
     and memory latency plus the overhead fitted to the simulated kernel for one request), with
     its inputs recorded."""
     latency, ii = kernel_batch_cycles(spec, config, plan.rounds, words_per_record,
-                                      mem_latency_cycles=mem_latency)
+                                      mem_latency_cycles=mem_latency,
+                                      pooled_inputs=plan.pooled_inputs)
     return KernelCycles(float(ii), int(latency),
                         {"lookup_rounds": plan.rounds, "request_words": words_per_record,
                          "mem_latency": mem_latency,

@@ -38,7 +38,8 @@ The whole kernel (:func:`kernel_batch_cycles`, the serving layer's service-time 
 modelled rows of ``recfabric bench compare``): a batch of ``B`` requests takes ``latency + ii * (B
 - 1)`` cycles, with ``ii = max(MLP II, the plan's lookup rounds (beats per request on the busiest
 port), request words per record)`` and ``latency = top MLP latency + max(memory read
-latency + LOOKUP_BRANCH_CYCLES, bottom MLP latency) + KERNEL_OVERHEAD_CYCLES -
+latency + LOOKUP_BRANCH_CYCLES + max(0, IDs per request - FIT_IDS_PER_REQUEST), bottom MLP
+latency) + KERNEL_OVERHEAD_CYCLES -
 LOOKUP_BRANCH_CYCLES`` (the bottom MLP runs beside the lookups;
 multi-task heads are the top MLP's last layers, fused one per depth; a dot interaction adds the
 latency of :func:`dot_interaction_cycles` less the top MLP's input chunks, which the writer takes
@@ -64,8 +65,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+#: The bag combiner's latency (``hw/bag_combiner.py``, kernels with ``split_pools``); the value
+#: is repeated here so that the host does not import the hardware package.
+COMBINER_CYCLES = 3
+
 __all__ = ["MLPCycleModel", "ENGINE_OVERHEAD", "DRAIN_OVERHEAD", "KERNEL_OVERHEAD_CYCLES",
-           "LOOKUP_BRANCH_CYCLES",
+           "LOOKUP_BRANCH_CYCLES", "FIT_IDS_PER_REQUEST", "COMBINER_CYCLES",
            "MEM_LATENCY_CYCLES", "kernel_batch_cycles", "dot_interaction_cycles",
            "DOT_PIPELINE_CYCLES", "program_load_cycles", "PROGRAM_LOAD_OVERHEAD_CYCLES",
            "PROGRAM_LOAD_RATE"]
@@ -85,6 +90,14 @@ KERNEL_OVERHEAD_CYCLES = 83
 #: the bottom MLP, which runs beside the lookups, hides it when it is the later of the two
 #: branches.
 LOOKUP_BRANCH_CYCLES = 6
+#: IDs per request of the model :data:`KERNEL_OVERHEAD_CYCLES` was fitted with (the ``small``
+#: model: 8 features, bags of up to 12 IDs). A request's IDs leave the parser and the
+#: dispatcher one per cycle (and its pooled vectors reach the concatenation one per cycle), so
+#: each ID beyond these adds a cycle to the lookup branch: fitted on Verilator at u280 (README
+#: "Verilator back-end and soak"): microrec-small's 47 IDs +35 = 840 / 1,016 cycles (int8 /
+#: int16, simulated 840 / 1,016), microrec-large's 98 +86 and wnd's 27 +15 (within 1.3% of
+#: the simulated latencies).
+FIT_IDS_PER_REQUEST = 12
 #: Memory read latency assumed for HBM, in kernel cycles (the simulation's HBM model).
 MEM_LATENCY_CYCLES = 64
 #: Program words the kernel's program loader takes per cycle (one 512-bit word per cycle:
@@ -177,7 +190,8 @@ class MLPCycleModel:
 
 
 def kernel_batch_cycles(spec, config, rounds: int, words_per_record: int, *,
-                        mem_latency_cycles: int = MEM_LATENCY_CYCLES) -> tuple[int, float]:
+                        mem_latency_cycles: int = MEM_LATENCY_CYCLES,
+                        pooled_inputs: int = 0) -> tuple[int, float]:
     """Modelled ``(latency, ii)`` of the whole kernel in cycles (module doc): a batch of ``B``
     requests takes ``latency + ii * (B - 1)``.
 
@@ -194,14 +208,23 @@ def kernel_batch_cycles(spec, config, rounds: int, words_per_record: int, *,
         Request words per record (the wire format's record length).
     mem_latency_cycles : int
         Memory read latency in kernel cycles.
+    pooled_inputs : int
+        Pooled vectors and bag counts per request through the arbiter and the bag combiner,
+        one per cycle (:attr:`~recfabric.host.compiler.planner.Plan.pooled_inputs`; 0: not
+        counted). A kernel with a bag combiner (``config.split_pools``) adds
+        :data:`~recfabric.hw.bag_combiner.COMBINER_CYCLES` to the lookup branch's latency.
     """
     from .kernel_program import top_chain_shapes  # noqa: PLC0415
 
     shapes = {"bottom": spec.layer_shapes()["bottom"], "top": top_chain_shapes(spec)}
-    ii, latency = max(rounds, words_per_record), KERNEL_OVERHEAD_CYCLES - LOOKUP_BRANCH_CYCLES
+    ii = max(rounds, words_per_record, pooled_inputs)
+    latency = KERNEL_OVERHEAD_CYCLES - LOOKUP_BRANCH_CYCLES
     # The dense path (bottom MLP) runs beside the lookups: the later of the two reaches the
     # concatenation.
-    before_concat = mem_latency_cycles + LOOKUP_BRANCH_CYCLES
+    ids = sum(f.bag for f in spec.sparse)
+    before_concat = mem_latency_cycles + LOOKUP_BRANCH_CYCLES + max(0, ids - FIT_IDS_PER_REQUEST)
+    if getattr(config, "split_pools", 0):
+        before_concat += COMBINER_CYCLES
     for kind in ("bottom", "top"):
         layers = shapes[kind]
         if not layers:

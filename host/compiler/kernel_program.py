@@ -41,7 +41,8 @@ Mapping decisions, and why:
   are permuted to match, so the MLP computes exactly the same integer sums as the golden model
   (a permutation of the terms of an exact integer sum).
 * A group's table may be held in several parts (copies x row-range shards, at most
-  ``table_parts``; one-hot tables only are split), each a descriptor in its channel or unit;
+  ``table_parts``; multi-hot tables only on kernels with ``split_pools``, at most that many,
+  each given a combiner pool), each a descriptor in its channel or unit;
   its placement lists them (unit, descriptor, first row), copy-major, and the dispatcher routes
   each bag to one of them (:mod:`~recfabric.hw.lookup_dispatcher`). Merged groups of any size
   up to ``max_merge`` become ``HOLD``/``MID``/``LAST`` placements.
@@ -147,8 +148,8 @@ def check_program(spec, plan, caps) -> None:
                        "kernel cannot route lookups by row range")
         if g.shards > 1 and g.bag > 1 and not caps.split_multi_hot:
             bad.append(f"table group {gi} ({names}) is multi-hot (bag {g.bag}) and split over "
-                       f"{g.shards} row ranges; the kernel splits one-hot tables only (a bag "
-                       "must be pooled whole by one unit)")
+                       f"{g.shards} row ranges; the kernel splits one-hot tables only (it has "
+                       "no bag combiner: split_pools is 0)")
         if g.replicas * g.shards > caps.table_parts:
             bad.append(f"table group {gi} ({names}) is held in {g.replicas} copies x "
                        f"{g.shards} row ranges = {g.replicas * g.shards} parts, the kernel "
@@ -156,6 +157,11 @@ def check_program(spec, plan, caps) -> None:
         if g.dim > caps.max_dim:
             bad.append(f"table group {gi} ({names}) has {g.dim}-element rows, max_dim "
                        f"{caps.max_dim}")
+    split_bags = [g for g in plan.groups if g.shards > 1 and g.bag > 1]
+    if caps.split_multi_hot and len(split_bags) > caps.split_pools:
+        names = ", ".join(spec.sparse[g.features[0]].name for g in split_bags)
+        bad.append(f"{len(split_bags)} multi-hot tables are split over row ranges ({names}); "
+                   f"the kernel pools the bags of at most {caps.split_pools} (split_pools)")
     per_port = {}
     for t in plan.tables:
         per_port[t.memory, t.location] = per_port.get((t.memory, t.location), 0) + 1
@@ -543,7 +549,7 @@ def _groups(spec, descriptors):
     return out
 
 
-def _placements(slot, parts, feats, members, shards=1, copies=1) -> dict:
+def _placements(slot, parts, feats, members, shards=1, copies=1, pool=None) -> dict:
     """Dispatcher placement entries (feature -> fields) of one table group.
 
     Parameters
@@ -556,6 +562,9 @@ def _placements(slot, parts, feats, members, shards=1, copies=1) -> dict:
         The member features, in member (radix) order.
     members : list of dict
         Their feature records (``rows``, ``radix``).
+    pool : int or None
+        The combiner pool of a multi-hot table split by row range (its bags go out as pieces,
+        :mod:`recfabric.hw.bag_combiner`); None otherwise.
 
     A single feature is ``SINGLE``. Of a merged group (row ``sum(id_i * radix_i)``), the member
     the parser sends first (the lowest feature index) is ``HOLD``, the one it sends last
@@ -565,6 +574,8 @@ def _placements(slot, parts, feats, members, shards=1, copies=1) -> dict:
 
     route = {"slot": slot, "shards": shards, "copies": copies, "parts": list(parts)}
     if len(feats) == 1:
+        if pool is not None:
+            route.update(pieces=1, pool=pool)
         return {feats[0]: {**route, "kind": PlaceKind.SINGLE}}
     rec = dict(zip(feats, members))
     order = sorted(feats)
@@ -695,6 +706,7 @@ def build_program(spec, qm, plan, descriptors, images, config) -> KernelProgramI
     d = descriptors
     placements = {}  # feature -> PlacementLayout fields
     onchip_spans = {}  # on-chip unit -> (first word, end word) of its tables
+    pools = 0  # combiner pools given to split multi-hot tables so far
     for g, (feats, tis) in enumerate(groups):
         parts = []
         for ti in tis:
@@ -702,8 +714,11 @@ def build_program(spec, qm, plan, descriptors, images, config) -> KernelProgramI
             unit = _program_table(prog, fm, geometry, caps, ti, t, Target, onchip_spans)
             parts.append({"unit": unit, "desc": t["local_index"], "lo": t["row_base"]})
         gr = d["groups"][g]
+        pool = None
+        if gr["shards"] > 1 and gr["bag"] > 1:
+            pool, pools = pools, pools + 1
         placements.update(_placements(g, parts, feats, [d["features"][f] for f in feats],
-                                      gr["shards"], gr["replicas"]))
+                                      gr["shards"], gr["replicas"], pool))
     for j, (lo, hi) in sorted(onchip_spans.items()):
         wbytes = geometry.onchip_word_bytes
         prog.add_block(fm.block, Target.ONCHIP_LOAD + j, 0, lo // fm.onchip_words_per_beat[j],

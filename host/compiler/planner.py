@@ -23,8 +23,10 @@ Cost model
   ``b / R`` lookups per request on average; it is charged ``ceil(b / R)``. Copies x row-range
   shards of one table are at most ``table_parts``. A table sharded by row range serves each
   lookup from the one shard holding the row; in the worst case all of a replica's lookups hit
-  one shard, so every shard is charged the replica's full lookup count. (The kernel splits
-  one-hot tables only; ``check_program`` refuses a split multi-hot table.)
+  one shard, so every shard is charged the replica's full lookup count (a split multi-hot
+  table's bag goes out as one piece per ID, each to the shard holding its row: a bag's beats
+  may all land on one channel). The kernel splits multi-hot tables only if it has a bag
+  combiner (``split_multi_hot``, at most ``split_pools`` of them; ``check_program``).
 - **Rounds** (the objective) = the most loaded memory port's cycles per request: the busiest
   channel's beats per request, or an on-chip unit's lookups per request if that is larger.
   Ties are broken by **stored bytes** (off chip + on chip, including merge products, padding and
@@ -378,6 +380,14 @@ class Plan:
     @property
     def rounds(self) -> int:
         return max(self.channel_load + self.onchip_load + (0,))
+
+    @property
+    def pooled_inputs(self) -> int:
+        """Pooled vectors (and bag counts) per request into the kernel's concatenation side, one
+        per cycle through the arbiter and the bag combiner: one per group, and a split
+        multi-hot group's bag as up to ``bag`` pieces plus its count
+        (:mod:`recfabric.hw.bag_combiner`)."""
+        return sum(g.bag + 1 if g.shards > 1 and g.bag > 1 else 1 for g in self.groups)
 
     @property
     def stored_bytes(self) -> int:
@@ -871,7 +881,8 @@ def study_capabilities(config):
 
     return dataclasses.replace(config.capabilities(), table_copies=1 << 16, row_split=True,
                                max_merge=1 << 16, descriptors_per_unit=1 << 16,
-                               table_parts=1 << 16, split_multi_hot=True)
+                               table_parts=1 << 16, split_multi_hot=True,
+                               split_pools=1 << 16)
 
 
 def oversized_tables(spec: ModelSpec, caps) -> list[str]:

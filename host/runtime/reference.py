@@ -41,12 +41,17 @@ class ReferenceDevice(Device):
     Parameters
     ----------
     config : AcceleratorConfig
-    memory_bytes : int
-        Modelled device memory.
+    memory_bytes : int, optional
+        Modelled device memory; default: every memory channel of ``config`` plus 1 GiB (for the
+        program, requests and results), so that any model that compiles for ``config`` loads
+        (numpy's zeroed memory takes host pages only where written: GB-scale u280 models cost
+        their tables' bytes).
     """
 
-    def __init__(self, config: AcceleratorConfig, memory_bytes: int = 1 << 30):
+    def __init__(self, config: AcceleratorConfig, memory_bytes: int | None = None):
         self.config = config
+        if memory_bytes is None:
+            memory_bytes = config.mem_channels * config.channel_bytes + (1 << 30)
         self._mem = BumpMemory(memory_bytes)
         self._model: CompiledModel | None = None
         self._program_valid = False  # as the kernel: a program is valid from a good LOAD on

@@ -135,7 +135,8 @@ def kernel_service_model(compiled, config=None, *,
     config = config or _config_of(cm)
     words = RequestLayout.for_config(cm.quantized_model(), config).words_per_record
     latency, ii = kernel_batch_cycles(cm.spec, config, cm.plan.rounds, words,
-                                      mem_latency_cycles=mem_latency_cycles)
+                                      mem_latency_cycles=mem_latency_cycles,
+                                      pooled_inputs=cm.plan.pooled_inputs)
     return KernelServiceModel(latency, ii, config.clock_mhz)
 
 
