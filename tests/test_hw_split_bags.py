@@ -206,7 +206,7 @@ def _shard_bases(cm, feature):
 def _requests(cm, spec, batch, seed):
     """Random requests whose first bags are the interesting cases for every split feature:
     all IDs in one shard, one ID per shard, an empty bag, a one-ID bag, a full bag in the
-    last shard."""
+    last shard (as many of these as the batch has requests)."""
     dense, sparse = synthetic_batch(spec, batch, seed=seed)
     rng = np.random.default_rng(seed)
     for f, feat in enumerate(spec.sparse):
@@ -226,7 +226,7 @@ def _requests(cm, spec, batch, seed):
             ([0] * feat.bag, 0),  # empty
             ([ends[0]] + [0] * (feat.bag - 1), 1),  # one ID, the second shard's first row
         ]
-        for r, (row, n) in enumerate(cases):
+        for r, (row, n) in enumerate(cases[:batch]):
             ids[r, :] = 0
             ids[r, :len(row)] = row
             lengths[r] = n
@@ -275,22 +275,33 @@ def test_split_bags_bit_exact_with_stalls_and_a_model_switch(compiled):
 
 
 def test_an_id_past_the_split_table_is_flagged(compiled):
-    """An ID past the table's end reaches the last shard, whose unit flags it (cause ROW); the
-    run reports the request, and the next run is `==` golden again."""
+    """An ID past the table's end reaches the last shard, whose unit flags it (cause ROW): the
+    record's status says ID_RANGE, the run's errors BAD_INDEX, every other record is `==`
+    golden, and the next run is `==` golden again. The host refuses such an ID before packing,
+    so the bad record is written into the packed batch (what ``recfabric soak`` does)."""
+    from recfabric.host.runtime.wire_format import ResultStatus, pack_requests
+    from recfabric.hw.register_map import ERROR_BAD_INDEX
     d, cm = compiled["split-bags"]
     dense, sparse = _requests(cm, SPEC, 4, 5)
-    ids = sparse[1].ids.copy()
-    lengths = sparse[1].lengths.copy()
-    ids[2, 0], lengths[2] = SPEC.sparse[1].rows + 3, max(1, int(lengths[2]))
-    bad = sparse[:1] + [Bags(ids, lengths)] + sparse[2:]
+    qdense = cm.quantized_model().quantize_dense(dense)
+    g = golden_from_images(cm, qdense, sparse)
     with Accelerator.open("sim", CONFIG, p_stall=0.2, mem_latency=5, seed=2,
                           max_cycles=100_000) as acc:
         acc.load(d)
-        with pytest.raises(KernelError, match=r"row index out of range.*index 2 of the batch"):
-            acc.infer(dense, bad)
-        r = acc.infer(dense, sparse)
-    g = golden_from_images(cm, cm.quantized_model().quantize_dense(dense), sparse)
-    assert np.array_equal(r.scores, g.scores)
+        layout = acc.layout
+        req = bytearray(pack_requests(layout, qdense, sparse))
+        slot, base = layout.slots[1], 2 * layout.record_bytes
+        assert SPEC.sparse[1].bag > 1 and slot.rows == SPEC.sparse[1].rows
+        req[base + slot.length_offset:base + slot.length_offset + 2] = (1).to_bytes(2, "little")
+        off = base + slot.ids_offset
+        req[off:off + 4] = (slot.rows + 3).to_bytes(4, "little")
+        r = acc.run_raw(bytes(req))
+        assert r.counters["errors"] & ERROR_BAD_INDEX
+        assert r.status[2] & ResultStatus.ID_RANGE
+        assert [int(r.status[i]) for i in (0, 1, 3)] == [int(ResultStatus.VALID)] * 3
+        assert np.array_equal(r.scores[[0, 1, 3]], g.scores[[0, 1, 3]])
+        again = acc.infer(dense, sparse)
+    assert np.array_equal(again.scores, g.scores)
 
 
 def test_combiner_latency_is_the_modelled_one():
