@@ -23,6 +23,12 @@ ONCHIP_WORD_BITS = 256
 #: Most parts (copies x row-range shards) of one table a dispatcher placement lists (each part
 #: is a unit, a descriptor index and a 32-bit first row in the placement entry).
 MAX_TABLE_PARTS = 4
+#: Products a packed int8 lower field holds (``processing_element.packed_segment_len(8, 8)``):
+#: the longest cascade segment an int8 configuration may ask for.
+_PACKED_SEGMENT = 7
+#: Fields left out of :attr:`AcceleratorConfig.config_hash` while 0 (added after presets had
+#: hashes).
+_UNHASHED_DEFAULTS = frozenset({"mlp_cascade", "mlp_broadcast"})
 #: Width of the top MLP's logits (the sigmoid table's input, ``numerics.SIGMOID_IN.bits``).
 _LOGIT_BITS = 11
 
@@ -234,6 +240,17 @@ class AcceleratorConfig:
     weight_lutram_depth : int
         Weight memories at most this deep are LUT RAM (``ram_style "distributed"``), deeper
         ones block RAM (``"block"``); 0: no attribute (the synthesis tool chooses).
+    mlp_cascade : int
+        Columns per row-cascade segment of every MLP engine's systolic array (0: one cascade
+        through all columns): each segment's partial sums start afresh, so a wave's input skew
+        spans ``mlp_cascade`` columns instead of ``cols``, and a registered adder tree
+        (``ceil(log2(segments))`` levels) sums each row's segments
+        (:class:`~recfabric.hw.systolic_array.SystolicArray`). At int8 at most 7 (the packed
+        lower field's products). Cuts the batch-1 latency; costs the adder trees' LUTs and FFs.
+    mlp_broadcast : int
+        Fanout of the registers that broadcast activations down every engine's columns (0:
+        activations move one PE position per cycle, so rows finish one after another; else
+        all rows finish together, ``ceil(log_fanout(slots)) - 1`` register levels down).
     dot_lanes : int
         MACs per cycle of the :class:`~recfabric.hw.interaction.DotInteraction` block (DLRM's
         pairwise dot interaction); 0: no such block (concatenation only).
@@ -268,6 +285,8 @@ class AcceleratorConfig:
     mlp_top_widths: tuple = ()
     mlp_bottom_widths: tuple = ()
     weight_lutram_depth: int = 0
+    mlp_cascade: int = 0
+    mlp_broadcast: int = 0
     dot_lanes: int = 0
     max_outputs: int = 1
     inflight: int = 8
@@ -331,6 +350,12 @@ class AcceleratorConfig:
             need(getattr(self, f) >= 1, f, "must be at least 1")
         need(self.max_dense >= 0, "max_dense", "must be >= 0")
         need(self.weight_lutram_depth >= 0, "weight_lutram_depth", "must be >= 0")
+        need(self.mlp_cascade >= 0, "mlp_cascade", "must be >= 0")
+        if self.data_bits == 8:
+            need(self.mlp_cascade <= _PACKED_SEGMENT, "mlp_cascade",
+                 f"must be at most {_PACKED_SEGMENT} at int8 (the packed lower field's products)")
+        need(self.mlp_broadcast == 0 or self.mlp_broadcast >= 2, "mlp_broadcast",
+             "must be 0 (off) or a fanout of at least 2")
         need(0 <= self.dot_lanes <= self.mlp_top_shapes[0][1], "dot_lanes",
              f"must be in 0..{self.mlp_top_shapes[0][1]} (the first top engine's columns)")
         need(1 <= self.max_outputs <= self.mem_data_width // 16 - 1, "max_outputs",
@@ -406,7 +431,10 @@ class AcceleratorConfig:
     @property
     def config_hash(self) -> int:
         """32-bit hash of every parameter except the name (the hardware exposes it)."""
-        params = {k: v for k, v in self.to_json().items() if k != "name"}
+        # The latency fields count only when set, so configurations without them keep the
+        # hash (and so the Verilog) they had before the fields existed.
+        params = {k: v for k, v in self.to_json().items()
+                  if k != "name" and not (k in _UNHASHED_DEFAULTS and not v)}
         digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).digest()
         return int.from_bytes(digest[:4], "little")
 

@@ -200,7 +200,8 @@ def run_mlp_bench(cases=None, *, quick: bool = False, seed: int = 0, progress=No
         span = span - span % pipe.banks if span >= pipe.banks else span
         ii = float(out_last[-1] - out_last[-1 - span]) / span
         latency = int(r["out_last"][0] - r["in_first"][0])
-        model = MLPCycleModel(shapes=shapes, widths=widths, banks=pipe.banks, packed=pipe.packed)
+        model = MLPCycleModel(shapes=shapes, widths=widths, banks=pipe.banks, packed=pipe.packed,
+                              cascade=pipe.cascade, broadcast=pipe.broadcast)
         macs = sum(k * n for k, n in zip(widths[:-1], widths[1:]))
         units = sum(rr * cc for rr, cc in shapes)
         bound = macs / units

@@ -58,7 +58,8 @@ def mlp_cycles(spec, config, top=None) -> MLPCycleModel:
     """Cycle model of the top MLP of ``spec`` (or with widths ``top``) on ``config``'s engines."""
     top = spec.top_mlp if top is None else top
     return MLPCycleModel(list(config.mlp_top_shapes), (spec.interaction_width, *top),
-                         packed=config.data_bits == 8)
+                         packed=config.data_bits == 8, cascade=config.mlp_cascade,
+                         broadcast=config.mlp_broadcast)
 
 
 def keep_for_cycles(spec, config, target: float, step: float = 0.005) -> float:
