@@ -507,7 +507,11 @@ _U280 = AcceleratorConfig(
     # 13-512-256-64-16 bottom) rather than max_width everywhere, which needs ~3x the U280's
     # BRAM; the shallow ones in LUT RAM (the fit: host/bench/resources.py, README).
     mlp_top_widths=(1024, 512, 256, 4), mlp_bottom_widths=(512, 256, 64, 16),
-    weight_lutram_depth=256)
+    weight_lutram_depth=256,
+    # Batch-1 latency (issue 9): row cascades in segments of 8 columns summed by adder trees,
+    # activations broadcast down the columns at fanout 16. microrec-small 981 -> 720 cycles
+    # modelled (the int16 waves alone, sum T_l = 480, keep it above 600 + memory latency).
+    mlp_cascade=8, mlp_broadcast=16)
 
 PRESETS = {
     "tiny": _TINY,
@@ -519,7 +523,11 @@ PRESETS = {
     # 208), so the 104-deep engines (LUT RAM) and the first (BRAM) share the load.
     "u280-int8": _U280.replace(name="u280-int8", data_bits=8, acc_bits=32,
                                mlp_top_shapes=((80, 68), (64, 80), (20, 64), (1, 20)),
-                               weight_lutram_depth=128),
+                               weight_lutram_depth=128,
+                               # segments of 7 columns: a packed segment's lower field holds
+                               # 7 products without a drain; microrec-small 805 -> 538 cycles
+                               # batch-1 latency (modelled)
+                               mlp_cascade=7),
     # MT-WnD (DeepRecSys multi-task Wide & Deep: 1376-1024-512 trunk, three 512-256-128-1 heads
     # fused into 512-768-384-3) needs five top layers and a 1,376-wide concatenation: the u280
     # card with five top engines sized for its 2.6M MACs per inference (II 352 against a bound
