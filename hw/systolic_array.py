@@ -4,6 +4,20 @@ Rows are output neurons, columns are input elements. Activations enter at the to
 and move down one row per cycle; within a row, partial sums move right through the PEs' cascade
 adders. Nothing is broadcast: every operand reaches a PE from its neighbour's register.
 
+Two options cut a wave's fill skew (``cols + slots`` cycles; :class:`ArrayTiming` has the
+arithmetic, ``docs/mlp.md`` the figures):
+
+* ``cascade = S``: each row's cascade restarts every ``S`` columns (segments right-aligned, so
+  every segment's last column has input skew ``S - 1`` and all finish together), and a
+  registered two-input adder tree per row (``ceil(log2(segments))`` levels, wrapping at
+  ``acc_bits`` like the cascade) sums the segments. A packed pair starts each segment from
+  ``2**(PACK_SHIFT-1)``: its lower field then never goes negative, so the tree reads both fields
+  by wiring (``lo = P[0:18] ^ 2**17`` signed, ``hi = P[18:]``); ``S`` is at most
+  :func:`~recfabric.hw.processing_element.packed_segment_len`, so segments need no drain.
+* ``broadcast = F``: a column's activation, address and control reach all its PEs in the same
+  cycle through a register tree in which each register drives at most ``F`` loads; every row
+  finishes together (shared int16 weight memories then give the lower PE its half at once).
+
 With ``packed=True`` (int8) two adjacent rows share one DSP48E2 per column
 (:class:`~recfabric.hw.processing_element.PackedPEPair`): rows ``2s`` and ``2s+1`` form slot
 ``s``, which the activations reach ``s`` cycles after the top. The packed cascade's lower field
@@ -132,11 +146,12 @@ class SystolicArray(wiring.Component):
 
     A *wave* is one ``cols``-element slice of the input vector times the ``rows`` x ``cols``
     weight block that the PEs hold at one address. Column ``c`` of a wave must be presented at
-    the top (``x_top[c]``, ``addr_top[c]``, ``ctrl_top[c]``, ``valid_top[c]``) ``c`` cycles after
-    column 0 (input skew). Row ``r`` then presents the wave's dot product
+    the top (``x_top[c]``, ``addr_top[c]``, ``ctrl_top[c]``, ``valid_top[c]``)
+    :meth:`input_skew` ``(c)`` cycles (``c`` without ``cascade``) after the wave's first columns
+    (input skew). Row ``r`` then presents the wave's dot product
     ``sum_c x[c] * w_rc[addr]`` on ``psum_row[r]``, wrapped to ``acc_bits``, with the wave's
     control word (as it entered column ``cols-1``) on ``ctrl_row[r]`` and ``valid_row[r]``,
-    :meth:`latency` ``(r)`` cycles after column 0 entered the array.
+    :meth:`latency` ``(r)`` cycles after the first columns entered the array.
 
     Parameters
     ----------
@@ -161,6 +176,12 @@ class SystolicArray(wiring.Component):
     ram_style : str, optional
         ``ram_style`` attribute of the weight memories (``"block"``, ``"distributed"``; None:
         the synthesis tool chooses).
+    cascade : int, optional
+        Columns per row-cascade segment (0, default: one cascade through all columns; module
+        doc). Column ``c``'s input skew is then :meth:`input_skew` ``(c)``, not ``c``.
+    broadcast : int, optional
+        Fanout of the activation broadcast registers (0, default: activations move down one
+        slot per cycle; at least 2 otherwise).
 
     Members
     -------

@@ -264,9 +264,18 @@ class LayerEngine(wiring.Component):
             d_w.append(w)
         m.d.comb += self.act_in.en.eq(1)
         for c, k in enumerate(skews):
-            m.d.comb += [self.act_in.addr[c].eq(d_in[k]), arr.x_top[c].eq(self.act_in.data[c]),
-                         arr.addr_top[c].eq(d_w[k + 1]), arr.ctrl_top[c].eq(d_ctrl[k + 1]),
-                         arr.valid_top[c].eq(d_valid[k + 1])]
+            m.d.comb += [self.act_in.addr[c].eq(d_in[k]), arr.x_top[c].eq(self.act_in.data[c])]
+            if self.cascade and self.broadcast:
+                # Columns of equal skew (one per segment) each get their own last skew register
+                # (same timing as d_*[k + 1]): each one's broadcast tree then loads only it.
+                w = Signal.like(d_w[k + 1], name=f"skew_w_col{c}")
+                ctl = Signal(ctrl_layout, name=f"skew_ctrl_col{c}")
+                v = Signal(name=f"skew_valid_col{c}")
+                m.d.sync += [w.eq(d_w[k]), ctl.eq(d_ctrl[k]), v.eq(d_valid[k])]
+            else:
+                w, ctl, v = d_w[k + 1], d_ctrl[k + 1], d_valid[k + 1]
+            m.d.comb += [arr.addr_top[c].eq(w), arr.ctrl_top[c].eq(ctl),
+                         arr.valid_top[c].eq(v)]
 
         # ---- row ends: bias, accumulate, requantize, write ----
         nbias = self.n_tiles_max
