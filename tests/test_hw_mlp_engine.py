@@ -309,3 +309,26 @@ def test_synthesis_latency_options_keep_one_dsp48e2_per_pair():
     assert plain["DSP48E2"] == fast["DSP48E2"] == fast["dsp_slices"] == 36
     wide = synth_mlp_resources([(3, 9), (1, 3)], max_in=18, max_width=8, cascade=4, broadcast=2)
     assert wide["DSP48E2"] == wide["mac_units"] == 30
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_latency_options_refuse_bad_values():
+    from recfabric.hw.config import ConfigError, get_preset
+    from recfabric.hw.mlp import LayerEngine
+    small = get_preset("small")
+    with pytest.raises(ConfigError, match="mlp_cascade must be at most 7 at int8.*not 8"):
+        small.replace(data_bits=8, acc_bits=32, mlp_cascade=8)
+    with pytest.raises(ConfigError, match="mlp_broadcast must be 0 .* not 1"):
+        small.replace(mlp_broadcast=1)
+    with pytest.raises(ConfigError, match="mlp_cascade must be >= 0, not -2"):
+        small.replace(mlp_cascade=-2)
+    eng = dict(rows=4, cols=16, data_bits=8, acc_bits=32, max_in=32, max_out=8)
+    with pytest.raises(ValueError, match="cascade 8 exceeds the 7 products"):
+        LayerEngine(**eng, cascade=8)
+    with pytest.raises(ValueError, match="not 1"):
+        LayerEngine(**eng, broadcast=1)
+    # The fields count in the config hash only when set: presets without them keep theirs.
+    assert small.replace(mlp_cascade=4).config_hash != small.config_hash
+    # (the hashes of 458bd7a, before the fields existed: the measured Verilog stays valid)
+    assert (get_preset("tiny").config_hash, small.config_hash) == (1255732182, 4268313264)
+    gc.collect()

@@ -10,6 +10,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..hier import separate
+from ..processing_element import packed_segment_len
 from ..stream_types import BlockBeatLayout
 from ..stream_types import index_bits as _bits_for
 from ..systolic_array import ArrayTiming, SystolicArray
@@ -134,6 +135,15 @@ class LayerEngine(wiring.Component):
             block_sel = MLPBlockSel(engines=index + 1,
                                     groups=max(self.packing.groups, self.packing.bias_groups))
         self.block_sel = block_sel
+        for name, v in (("cascade", cascade), ("broadcast", broadcast)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise TypeError(f"{name} must be a non-negative integer, not {v!r}")
+        if broadcast == 1:
+            raise ValueError("broadcast fanout must be 0 (off) or at least 2, not 1")
+        if self.packed and packed_segment_len(data_bits, data_bits) < cascade < cols:
+            raise ValueError(f"cascade {cascade} exceeds the "
+                             f"{packed_segment_len(data_bits, data_bits)} "
+                             f"products a packed int8 segment holds")
         # Only when used (class defaults otherwise): the hierarchical fingerprint (hw/hier.py),
         # and so the Verilog, of engines without them stays as it was.
         if cascade:
