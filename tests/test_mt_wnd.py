@@ -49,7 +49,8 @@ def test_mt_wnd_cycle_model_on_u280_mt():
     """Modelled (cycle model): 2.6M MACs per inference on 7,824 MAC units, bound 335 cycles."""
     cfg = get_preset("u280-mt")
     spec = get_model("mt-wnd")
-    top = MLPCycleModel(shapes=list(cfg.mlp_top_shapes), widths=(1376, 1024, 512, 768, 384, 3))
+    top = MLPCycleModel(shapes=list(cfg.mlp_top_shapes), widths=(1376, 1024, 512, 768, 384, 3),
+                        cascade=cfg.mlp_cascade, broadcast=cfg.mlp_broadcast)
     # engine 0: 1376/64 chunks x 1024/64 tiles = 22 x 16; engine 1: 16 x 22; the heads' 512x768
     # on 48x24: 22 x 16
     assert top.stage_ii["engine0"] == top.stage_ii["engine1"] == top.stage_ii["engine2"] == 352

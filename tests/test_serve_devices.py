@@ -161,8 +161,9 @@ def test_fleet_service_model_plans_within_the_kernel_unless_study():
     real = fleet_service_model("microrec-small", "u280")
     k = fleet_service_model("microrec-small", "u280", study=True)
     assert (real.ii_cycles, real.latency_cycles) == (k.ii_cycles, k.latency_cycles)
-    mlp = MLPCycleModel(shapes=list(get_preset("u280").mlp_top_shapes),
-                        widths=(352, 1024, 512, 256, 1))
+    u280 = get_preset("u280")
+    mlp = MLPCycleModel(shapes=list(u280.mlp_top_shapes), widths=(352, 1024, 512, 256, 1),
+                        cascade=u280.mlp_cascade, broadcast=u280.mlp_broadcast)
     assert k.ii_cycles == mlp.ii == 176
     # + one cycle per ID beyond the fitted model's (47 one-hot features) and the bag combiner's 3
     from recfabric.host.compiler.cycle_model import COMBINER_CYCLES, FIT_IDS_PER_REQUEST

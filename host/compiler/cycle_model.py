@@ -15,7 +15,16 @@ bank, ``T_l`` waves, ``cols + slots - 1`` cycles of skew through the array, thre
 and accumulate (2), requantize (4: decode, round, shift, saturate; each <= 8 LUT levels) and the
 commit. ``slots = rows``, or ``ceil(rows / 2)`` when
 int8 engines pack two rows per DSP48E2 (``packed``: the activations pass ``ceil(rows / 2)``
-PE positions down a column). The drain adds ``N + 2`` (one take cycle, one
+PE positions down a column). With the latency options
+(:class:`~recfabric.hw.systolic_array.ArrayTiming`) the skew terms change::
+
+    D_l = T_l + S_l + B_l + levels_l + 9
+
+``S_l = min(cascade, cols)`` (columns per row-cascade segment; ``cols`` without), ``levels_l =
+ceil(log2(ceil(cols / S_l)))`` registered adder levels summing a row's segments, ``B_l = slots``
+without broadcast, else ``1 +`` the broadcast register levels (the fewest ``L`` with ``fanout **
+(L + 1) >= slots``). Without either option ``S + B + levels = cols + slots``.
+The drain adds ``N + 2`` (one take cycle, one
 cycle per element, read register, sigmoid ROM register). So, on an empty pipeline, from the
 first input chunk to the last output::
 
@@ -123,12 +132,17 @@ class MLPCycleModel:
         Banks per activation buffer.
     packed : bool
         int8 engines with two rows per DSP48E2 (``MLPPipeline.packed``).
+    cascade, broadcast : int
+        The engines' row-cascade segment length and activation broadcast fanout (0: off;
+        ``AcceleratorConfig.mlp_cascade`` / ``mlp_broadcast``).
     """
 
     shapes: list
     widths: tuple
     banks: int = 4
     packed: bool = False
+    cascade: int = 0
+    broadcast: int = 0
     stage_ii: dict = field(init=False)
     ii: float = field(init=False)
     latency: int = field(init=False)
@@ -145,8 +159,7 @@ class MLPCycleModel:
         n_out = widths[-1]
         tiles = [math.ceil(k / c) * math.ceil(n / r)
                  for (r, c), k, n in zip(self.shapes, widths[:-1], widths[1:])]
-        delays = [t + self._slots(r) + c + ENGINE_OVERHEAD
-                  for t, (r, c) in zip(tiles, self.shapes)]
+        delays = [t + self.skew(r, c) + ENGINE_OVERHEAD for t, (r, c) in zip(tiles, self.shapes)]
         stage = [chunks, *delays, n_out + 1]
         occupancy = [stage[i] + stage[i + 1] for i in range(len(stage) - 1)]
         self.stage_ii = {"writer": chunks, **{f"engine{l}": t for l, t in enumerate(tiles)},
@@ -162,17 +175,32 @@ class MLPCycleModel:
     def for_config(cls, config, widths, which: str = "top") -> MLPCycleModel:
         """The model of layer widths ``widths`` on ``config``'s ``which`` ("top" or "bottom")
         pipeline, as the kernel builds it: its engine shapes, ``config.activation_banks`` banks
-        per activation buffer, and int8 rows packed two per DSP48E2 at ``data_bits`` 8."""
+        per activation buffer, int8 rows packed two per DSP48E2 at ``data_bits`` 8, and the
+        latency options ``mlp_cascade`` / ``mlp_broadcast``."""
         if which not in ("top", "bottom"):
             raise ValueError(f"which must be 'top' or 'bottom', not {which!r}")
         shapes = config.mlp_top_shapes if which == "top" else config.mlp_bottom_shapes
         if not shapes:
             raise ValueError(f"config {config.name!r} has no {which} MLP engines")
         return cls(shapes=list(shapes), widths=tuple(widths), banks=config.activation_banks,
-                   packed=config.data_bits == 8)
+                   packed=config.data_bits == 8, cascade=config.mlp_cascade,
+                   broadcast=config.mlp_broadcast)
 
     def _slots(self, rows: int) -> int:
         return (rows + 1) // 2 if self.packed and rows >= 2 else rows
+
+    def skew(self, rows: int, cols: int) -> int:
+        """An engine's latency beyond its waves and :data:`ENGINE_OVERHEAD`: ``S + B + levels``
+        (module doc; ``cols + slots`` without the latency options)."""
+        seg = min(self.cascade, cols) if self.cascade else cols
+        levels = (-(-cols // seg) - 1).bit_length()
+        slots = self._slots(rows)
+        if self.broadcast:
+            fan = 0
+            while self.broadcast ** (fan + 1) < slots:
+                fan += 1
+            slots = fan + 1
+        return seg + slots + levels
 
     @property
     def bound(self) -> float:

@@ -10,9 +10,10 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..hier import separate
+from ..processing_element import packed_segment_len
 from ..stream_types import BlockBeatLayout
 from ..stream_types import index_bits as _bits_for
-from ..systolic_array import SystolicArray
+from ..systolic_array import ArrayTiming, SystolicArray
 from .activation_buffer import ActivationReadSignature, ActivationWriteSignature
 from .load_format import BeatPacking, Desc, LoadKind, MLPBlockSel, MLPLoadLayout
 from .requantizer import REQUANT_LATENCY, Requantizer
@@ -77,6 +78,14 @@ class LayerEngine(wiring.Component):
         The PEs' weight memories (:attr:`wdepth` words) are LUT RAM (``ram_style
         "distributed"``) when at most this deep, else block RAM (``"block"``); 0 (default): no
         attribute, the synthesis tool chooses.
+    cascade : int, optional
+        Columns per row-cascade segment of the array (0, default: one cascade per row; see
+        :class:`~recfabric.hw.systolic_array.SystolicArray`): the input skew spans ``cascade``
+        columns instead of ``cols``, and an adder tree sums each row's segments.
+    broadcast : int, optional
+        Fanout of the array's activation broadcast registers (0, default: activations move
+        down a column one PE position per cycle, so rows finish one after another; else every
+        row finishes in the same cycle).
 
     Members
     -------
@@ -97,7 +106,7 @@ class LayerEngine(wiring.Component):
                  max_in: int, max_out: int, banks: int = 4, out_bits: int | None = None,
                  load_layout: MLPLoadLayout | None = None, beat_bits: int = 512,
                  block_sel: MLPBlockSel | None = None, pack_int8: bool = True,
-                 weight_lutram_depth: int = 0):
+                 weight_lutram_depth: int = 0, cascade: int = 0, broadcast: int = 0):
         for name, v in (("rows", rows), ("cols", cols), ("max_in", max_in),
                         ("max_out", max_out)):
             _pos(name, v)
@@ -126,6 +135,21 @@ class LayerEngine(wiring.Component):
             block_sel = MLPBlockSel(engines=index + 1,
                                     groups=max(self.packing.groups, self.packing.bias_groups))
         self.block_sel = block_sel
+        for name, v in (("cascade", cascade), ("broadcast", broadcast)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise TypeError(f"{name} must be a non-negative integer, not {v!r}")
+        if broadcast == 1:
+            raise ValueError("broadcast fanout must be 0 (off) or at least 2, not 1")
+        if self.packed and packed_segment_len(data_bits, data_bits) < cascade < cols:
+            raise ValueError(f"cascade {cascade} exceeds the "
+                             f"{packed_segment_len(data_bits, data_bits)} "
+                             f"products a packed int8 segment holds")
+        # Only when used (class defaults otherwise): the hierarchical fingerprint (hw/hier.py),
+        # and so the Verilog, of engines without them stays as it was.
+        if cascade:
+            self.cascade = cascade
+        if broadcast:
+            self.broadcast = broadcast
         super().__init__({
             "act_in": Out(ActivationReadSignature(lanes=cols, bits=data_bits,
                                                   local_bits=self.in_local_bits, banks=banks)),
@@ -137,10 +161,22 @@ class LayerEngine(wiring.Component):
             "out_len": Out(16),
         })
 
+    #: Columns per cascade segment (0: whole rows; constructor).
+    cascade = 0
+    #: Activation broadcast fanout (0: none; constructor).
+    broadcast = 0
+
+    @property
+    def timing(self) -> ArrayTiming:
+        """The array's wave timing."""
+        return ArrayTiming(self.rows, self.cols, self.packed, self.cascade, self.broadcast)
+
     @property
     def array_latency(self) -> int:
-        """Cycles from issuing a wave to its last row's result being written."""
-        return 1 + self.cols + (self.slots - 1) + 3 + ROW_END_LATENCY
+        """Cycles from issuing a wave to its last row's result being written: the activation
+        read, then the array's :meth:`~recfabric.hw.systolic_array.ArrayTiming.latency`
+        (``cols + slots + 2`` without segments or broadcast), then the row end."""
+        return 1 + 1 + self.timing.latency(self.rows - 1) + ROW_END_LATENCY
 
     def elaborate(self, platform):
         # One function on purpose (~125 lines): the tile sequencer, the weight/bias memories, the
@@ -151,10 +187,12 @@ class LayerEngine(wiring.Component):
         bank_bits = _bits_for(self.banks)
         ctrl_layout = _Ctrl(self.out_local_bits, bank_bits)
         pk = self.packing
+        extra = {k: v for k, v in (("cascade", self.cascade), ("broadcast", self.broadcast))
+                 if v}
         m.submodules.array = arr = SystolicArray(
             rows=R, cols=C, data_bits=self.data_bits, acc_bits=self.acc_bits, depth=self.wdepth,
             ctrl_bits=ctrl_layout.size, packed=self.packed, write_rows=pk.g, write_cols=pk.w,
-            ram_style=self.weight_ram_style)
+            ram_style=self.weight_ram_style, **extra)
 
         # ---- descriptor and load port ----
         k_tiles = Signal(range(self.k_tiles_max + 1))
@@ -216,14 +254,15 @@ class LayerEngine(wiring.Component):
                 with m.Else():
                     m.d.sync += busy.eq(0)
 
-        # ---- input skew: column c sees a wave c cycles after column 0 ----
+        # ---- input skew: column c sees a wave arr.input_skew(c) cycles after the first ----
         ctrl0 = Signal(ctrl_layout)
         m.d.comb += [ctrl0.first.eq(tk == 0), ctrl0.last.eq(last_k), ctrl0.eor.eq(final),
                      ctrl0.tn.eq(tn), ctrl0.bank.eq(out_bank)]
         d_valid, d_ctrl = [busy], [ctrl0]
         d_in = [Cat(tk[:self.in_local_bits], in_bank)]
         d_w = [waddr]
-        for j in range(1, C + 1):
+        skews = [arr.input_skew(c) for c in range(C)]
+        for j in range(1, max(skews) + 2):
             v = Signal(name=f"skew_valid{j}")
             c = Signal(ctrl_layout, name=f"skew_ctrl{j}")
             a = Signal(self.in_local_bits + bank_bits, name=f"skew_in{j}")
@@ -234,10 +273,19 @@ class LayerEngine(wiring.Component):
             d_in.append(a)
             d_w.append(w)
         m.d.comb += self.act_in.en.eq(1)
-        for c in range(C):
-            m.d.comb += [self.act_in.addr[c].eq(d_in[c]), arr.x_top[c].eq(self.act_in.data[c]),
-                         arr.addr_top[c].eq(d_w[c + 1]), arr.ctrl_top[c].eq(d_ctrl[c + 1]),
-                         arr.valid_top[c].eq(d_valid[c + 1])]
+        for c, k in enumerate(skews):
+            m.d.comb += [self.act_in.addr[c].eq(d_in[k]), arr.x_top[c].eq(self.act_in.data[c])]
+            if self.cascade and self.broadcast:
+                # Columns of equal skew (one per segment) each get their own last skew register
+                # (same timing as d_*[k + 1]): each one's broadcast tree then loads only it.
+                w = Signal.like(d_w[k + 1], name=f"skew_w_col{c}")
+                ctl = Signal(ctrl_layout, name=f"skew_ctrl_col{c}")
+                v = Signal(name=f"skew_valid_col{c}")
+                m.d.sync += [w.eq(d_w[k]), ctl.eq(d_ctrl[k]), v.eq(d_valid[k])]
+            else:
+                w, ctl, v = d_w[k + 1], d_ctrl[k + 1], d_valid[k + 1]
+            m.d.comb += [arr.addr_top[c].eq(w), arr.ctrl_top[c].eq(ctl),
+                         arr.valid_top[c].eq(v)]
 
         # ---- row ends: bias, accumulate, requantize, write ----
         nbias = self.n_tiles_max

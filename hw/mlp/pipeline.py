@@ -155,6 +155,9 @@ class MLPPipeline(wiring.Component):
         int8 engines compute two rows per DSP48E2 (:class:`LayerEngine`; default True).
     beat_bits : int
         Width of the weight/bias beats on ``i_block`` (default 512, the program loader's word).
+    cascade, broadcast : int
+        Every engine's row-cascade segment length and activation broadcast fanout (0: off;
+        :class:`LayerEngine`).
 
     Members
     -------
@@ -173,7 +176,8 @@ class MLPPipeline(wiring.Component):
 
     def __init__(self, *, shapes, data_bits: int, acc_bits: int, max_in: int, max_width: int,
                  banks: int = 4, sigmoid: bool = True, beat_bits: int = 512,
-                 pack_int8: bool = True, max_widths=None, weight_lutram_depth: int = 0):
+                 pack_int8: bool = True, max_widths=None, weight_lutram_depth: int = 0,
+                 cascade: int = 0, broadcast: int = 0):
         shapes = [tuple(s) for s in shapes]
         if not shapes:
             raise ValueError("An MLP pipeline needs at least one layer engine, not 0")
@@ -196,6 +200,7 @@ class MLPPipeline(wiring.Component):
         self.shapes, self.data_bits, self.acc_bits = shapes, data_bits, acc_bits
         self.max_in, self.max_width, self.banks, self.sigmoid = max_in, max_width, banks, sigmoid
         self.pack_int8 = pack_int8
+        self.cascade, self.broadcast = cascade, broadcast
         #: Whether the engines pack two int8 MACs per DSP (what the cycle model needs to know).
         self.packed = pack_int8 and data_bits <= 8
         self.out_bits = max(data_bits, nx.SIGMOID_IN.bits) if sigmoid else data_bits
@@ -237,7 +242,8 @@ class MLPPipeline(wiring.Component):
                      out_bits=self.out_bits if l == L - 1 else self.data_bits,
                      load_layout=self.load_layout, beat_bits=self.beat_bits,
                      block_sel=self.block_sel, pack_int8=self.pack_int8,
-                     weight_lutram_depth=self.weight_lutram_depth)
+                     weight_lutram_depth=self.weight_lutram_depth, cascade=self.cascade,
+                     broadcast=self.broadcast)
                 for l, (r, c) in enumerate(self.shapes)]
 
     def elaborate(self, platform):
