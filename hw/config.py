@@ -547,16 +547,16 @@ PRESETS = {
     "small": _SMALL,
     "u280": _U280,
     # int8: two MACs per DSP48E2 (hw/processing_element.py, PackedPEPair): 13,060 MACs in 6,540
-    # DSP48E2; II 91 (small) / 169 (large), cycle model. 8 activation-buffer banks: with 4, a
-    # request holding a bank of engine 1's input from engine 0's allocation to engine 1's
-    # release (413-420 cycles) bounds the small model at II 103-105; with 8 the engines do
-    # (docs/mlp.md, "Sizing the u280 presets"). The banks double every activation buffer's
-    # depth (10k LUTs of LUT RAM, counted by host/bench/resources.activation_memories).
+    # DSP48E2; II 91 (small) / 169 (large), cycle model. 4 activation-buffer banks suffice
+    # with the row-cascade segments and broadcast: a request holds a bank of engine 1's input
+    # for 225 cycles (bank term 56.25). Without them (413-420 cycles) the small model was
+    # bank-bound at II 103-105 with 4 banks and needed 8, which double every activation
+    # buffer's depth (+5,184 LUTs of LUT RAM; docs/mlp.md, "Sizing the u280 presets").
     # Its 16-bit weight pairs are half as wide: block RAM from 129 words (the first engine's
     # 208), so the 91-deep engines (LUT RAM) and the first (BRAM) share the load.
     "u280-int8": _U280.replace(name="u280-int8", data_bits=8, acc_bits=32,
                                mlp_top_shapes=((80, 68), (76, 80), (20, 76), (1, 20)),
-                               weight_lutram_depth=128, activation_banks=8,
+                               weight_lutram_depth=128,
                                # segments of 7 columns: a packed segment's lower field holds
                                # 7 products without a drain (docs/mlp.md)
                                mlp_cascade=7),
