@@ -31,7 +31,8 @@ _LOGIT_BITS = 11
 
 
 #: Fields the config hash includes only when they differ from these values (their defaults).
-_HASHED_IF_NOT_DEFAULT = {"activation_banks": 4, "mlp_cascade": 0, "mlp_broadcast": 0}
+_HASHED_IF_NOT_DEFAULT = {"activation_banks": 4, "mlp_cascade": 0, "mlp_broadcast": 0,
+                          "split_pools": 0}
 
 
 class ConfigError(ValueError):
