@@ -214,14 +214,7 @@ class RecFabricKernel(wiring.Component):
         lanes = c.mlp_top_shapes[0][1]
         self.bottom = self.dense_packer = None
         if c.mlp_bottom_shapes:
-            self.bottom = MLPPipeline(shapes=c.mlp_bottom_shapes, data_bits=c.data_bits,
-                                      acc_bits=c.acc_bits, max_in=max(1, c.max_dense),
-                                      max_width=c.max_width, sigmoid=False,
-                                      beat_bits=MODEL_DATA_WIDTH,
-                                      max_widths=c.bottom_engine_widths,
-                                      weight_lutram_depth=c.weight_lutram_depth,
-                                      banks=c.activation_banks,
-                                      cascade=c.mlp_cascade, broadcast=c.mlp_broadcast)
+            self.bottom = MLPPipeline.for_config(c, "bottom", beat_bits=MODEL_DATA_WIDTH)
             self.dense_packer = ElementPacker(lanes=c.mlp_bottom_shapes[0][1], bits=c.data_bits)
         self.concat = ConcatStage(lanes=lanes, data_bits=c.data_bits, max_dim=c.max_dim,
                                   max_slots=c.max_features, max_concat=c.max_concat,
@@ -234,13 +227,7 @@ class RecFabricKernel(wiring.Component):
                                            acc_bits=c.acc_bits, max_vectors=c.max_features + 1,
                                            max_in=c.max_concat, dot_lanes=c.dot_lanes)
         self.datapath_layout = DatapathLayout()
-        self.mlp = MLPPipeline(shapes=c.mlp_top_shapes, data_bits=c.data_bits,
-                               acc_bits=c.acc_bits, max_in=c.max_concat, max_width=c.max_width,
-                               sigmoid=True, beat_bits=MODEL_DATA_WIDTH,
-                               max_widths=c.top_engine_widths,
-                               weight_lutram_depth=c.weight_lutram_depth,
-                               banks=c.activation_banks,
-                               cascade=c.mlp_cascade, broadcast=c.mlp_broadcast)
+        self.mlp = MLPPipeline.for_config(c, "top", beat_bits=MODEL_DATA_WIDTH)
         self.writer = ResultWriter(data_width=c.mem_data_width, addr_width=c.mem_addr_width,
                                    outputs=c.max_outputs)
 

@@ -336,8 +336,10 @@ def test_synthesis_latency_options_keep_one_dsp48e2_per_pair():
 
 @pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 def test_latency_options_refuse_bad_values():
-    from recfabric.hw.config import ConfigError, get_preset
+    from recfabric.hw.config import _PACKED_SEGMENT, ConfigError, get_preset
     from recfabric.hw.mlp import LayerEngine
+    from recfabric.hw.processing_element import packed_segment_len
+    assert _PACKED_SEGMENT == packed_segment_len(8, 8)  # the config's copy of the PE's limit
     small = get_preset("small")
     with pytest.raises(ConfigError, match="mlp_cascade must be at most 7 at int8.*not 8"):
         small.replace(data_bits=8, acc_bits=32, mlp_cascade=8)

@@ -67,9 +67,10 @@ def test_activation_banks_is_checked_hashed_and_serialised():
 
 @pytest.mark.parametrize("name", ["small", "u280-int8"])
 def test_the_kernel_builds_the_configured_banks(name):
+    # 8, not the presets' 4 (MLPPipeline's default): the kernel must pass the field on
     from recfabric.host.bench import resources as rs
     from recfabric.hw.kernel import RecFabricKernel
-    cfg = get_preset(name)
+    cfg = get_preset(name).replace(activation_banks=8)
     k = RecFabricKernel(cfg)
     assert k.mlp.banks == k.bottom.banks == cfg.activation_banks
     # and the counted activation memory follows: each buffer is banks requests deep
@@ -106,3 +107,20 @@ def test_u280_int8_sizing_meets_the_cycle_goal():
         MLPCycleModel.for_config(cfg, small, "side")
     with pytest.raises(ValueError, match="^config 'u50' has no bottom MLP engines$"):
         MLPCycleModel.for_config(get_preset("u50"), (13, 16), "bottom")
+
+
+def test_mlp_pipelines_for_a_config_are_the_kernels():
+    """Everything that builds a configuration's MLP (kernel, pruning simulation, ECP5 timing
+    block) goes through MLPPipeline.for_config: the kernel's pipelines have its fields."""
+    from recfabric.hw.kernel import RecFabricKernel
+    from recfabric.hw.mlp import MLPPipeline
+    cfg = get_preset("small").replace(activation_banks=8, mlp_cascade=4, mlp_broadcast=4)
+    k = RecFabricKernel(cfg)
+    for which, pipe in (("top", k.mlp), ("bottom", k.bottom)):
+        alone = MLPPipeline.for_config(cfg, which)
+        for attr in ("shapes", "max_widths", "banks", "cascade", "broadcast", "sigmoid",
+                     "weight_lutram_depth", "max_in"):
+            assert getattr(alone, attr) == getattr(pipe, attr), (which, attr)
+    assert (k.mlp.banks, k.mlp.cascade, k.mlp.broadcast) == (8, 4, 4)
+    with pytest.raises(ValueError, match="^which must be 'top' or 'bottom', not 'side'$"):
+        MLPPipeline.for_config(cfg, "side")

@@ -27,12 +27,12 @@ MODELS = ("microrec-small", "microrec-large")
 def modelled(model: str, cfg) -> dict:
     spec = get_model(model)
     try:
-        rounds, study = plan(spec, cfg, "default").rounds, False
+        p, study = plan(spec, cfg, "default"), False
     except PlanError:
-        rounds, study = plan(spec, study_capabilities(cfg), "default").rounds, True
+        p, study = plan(spec, study_capabilities(cfg), "default"), True
     words = RequestLayout.for_model(spec, word_bits=256,
                                     elem_bits=cfg.data_bits).words_per_record
-    latency, ii = kernel_batch_cycles(spec, cfg, rounds, words)
+    latency, ii = kernel_batch_cycles(spec, cfg, p.rounds, words, pooled_inputs=p.pooled_inputs)
     return {"latency": latency, "ii": ii, "study_plan": study}
 
 

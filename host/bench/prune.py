@@ -128,10 +128,7 @@ def simulate_cycles(qm, config, x, batch: int = 12) -> dict:
     from recfabric.hw.mlp import MLPPipeline
 
     from .mlp import golden_mlp, simulate_mlp
-    pipe = MLPPipeline(shapes=config.mlp_top_shapes, data_bits=config.data_bits,
-                       acc_bits=config.acc_bits, max_in=config.max_concat,
-                       max_width=config.max_width, sigmoid=True,
-                       banks=config.activation_banks)
+    pipe = MLPPipeline.for_config(config, "top")
     x = np.asarray(x[:batch], dtype=np.int64)
     res = simulate_mlp(pipe, qm.top, x, rounding=qm.rounding)
     want = golden_mlp(qm.top, x, qm.acc_bits, qm.rounding)

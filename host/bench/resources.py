@@ -311,8 +311,10 @@ def config_blocks(config) -> list:
     ]
     if k.onchip:
         blocks.append(Block("on-chip table", c.onchip_units, lambda: k.onchip[0]))
-    blocks += [Block("stream arbiter", 1, lambda: k.arbiter),
-               Block("concat stage", 1, lambda: k.concat)]
+    blocks.append(Block("stream arbiter", 1, lambda: k.arbiter))
+    if k.combiner is not None:
+        blocks.append(Block("bag combiner", 1, lambda: k.combiner))
+    blocks.append(Block("concat stage", 1, lambda: k.concat))
     if k.interact is not None:
         blocks.append(Block("dot interaction", 1, lambda: k.interact))
     if k.bottom is not None:

@@ -44,13 +44,14 @@ def fleet_service_model(model: str, config: str, *, study: bool = False):
     from ..runtime.wire_format import RequestLayout  # noqa: PLC0415
     spec, cfg = get_model(model), get_preset(config)
     try:
-        rounds = plan(spec, study_capabilities(cfg) if study else cfg, "default").rounds
+        p = plan(spec, study_capabilities(cfg) if study else cfg, "default")
     except PlanError as e:
         hint = "" if study else "; --study plans for a kernel that splits tables by row range"
         raise ValueError(f"model {model!r} on {config!r}: {e}{hint}") from None
     words = RequestLayout.for_model(spec, word_bits=256, elem_bits=cfg.data_bits) \
         .words_per_record
-    latency, ii = kernel_batch_cycles(spec, cfg, rounds, words)
+    latency, ii = kernel_batch_cycles(spec, cfg, p.rounds, words,
+                                      pooled_inputs=p.pooled_inputs)
     return KernelServiceModel(latency, ii, cfg.clock_mhz)
 
 

@@ -78,10 +78,7 @@ def block_verilog(config, block: str) -> tuple[str, str]:
         return generate_verilog(config), "recfabric_kernel"
     if block == "mlp":
         from ..mlp_engine import MLPPipeline
-        c = config
-        dut = MLPPipeline(shapes=c.mlp_top_shapes, data_bits=c.data_bits, acc_bits=c.acc_bits,
-                          max_in=c.max_concat, max_width=c.max_width, sigmoid=True,
-                          banks=c.activation_banks)
+        dut = MLPPipeline.for_config(config, "top")
         return verilog.convert(dut, name="recfabric_mlp", emit_src=False), "recfabric_mlp"
     if block == "lookup":
         from ..embedding_lookup import EmbeddingLookupUnit
