@@ -715,9 +715,9 @@ ESTIMATED = (
     "Every distinct block is synthesised once and multiplied by its instance count; a layer "
     "engine's PEs, packed pairs, shared weight memories and requantizers are synthesised once "
     "each and its own logic (sequencer, skew, biases, accumulators, write decode, drains) with "
-    "them as blackboxes. Lost: optimisation across block boundaries (constant inputs, unused "
-    "outputs, shared logic) and the kernel's own glue (run sequencing, counters, flag FIFO); "
-    "a path through a blackbox port is counted in two parts. small: --flat measures the "
+    "them as blackboxes; the kernel's and each MLP pipeline's own glue likewise, their blocks "
+    "blackboxed. Lost: optimisation across block boundaries (constant inputs, unused outputs, "
+    "shared logic); a path through a blackbox port is counted in two parts. small: --flat measures the "
     "difference against one flat synthesis.")
 #: How ``dsp_packed`` is obtained (:func:`dsp_packed_pe`).
 DSP_PACKED_HOW = (
