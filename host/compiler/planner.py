@@ -950,7 +950,8 @@ def plan(spec: ModelSpec, config, planner: str = "default") -> Plan:
     Raises
     ------
     PlanError
-        If the tables cannot be placed (the message names the table and the limits).
+        If the tables cannot be placed (the message names the table and the limits), or the
+        plan splits more multi-hot tables than the kernel's ``split_pools``.
     """
     caps = config.capabilities() if hasattr(config, "capabilities") else config
     if planner not in PLANNERS:
