@@ -21,11 +21,12 @@ from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+# PE_LATENCY is defined with the array's timing arithmetic, which the host imports without Amaranth
+from .array_timing import PE_LATENCY
+
 __all__ = ["ProcessingElement", "PackedPEPair", "SharedWeights", "PE_LATENCY", "PACK_SHIFT",
            "PACK_P_BITS", "RAM_STYLES", "packed_segment_len", "unpack"]
 
-#: Cycles from ``x_in`` to the matching ``psum_out`` (A/B register, M register, P register).
-PE_LATENCY = 3
 #: Bit offset of the upper row's field in a packed DSP word (WP486: 18).
 PACK_SHIFT = 18
 #: Width of a packed partial sum (the DSP48E2's P register).

@@ -223,12 +223,15 @@ def test_resources_of_the_u280_bottom_mlp_match_the_weight_memory_count():
     assert all(v <= 1 for v in r["utilization"].values())
 
 
-def test_cached_only_report_runs_no_synthesis_and_names_what_is_missing(tmp_path, monkeypatch):
-    from recfabric.hw.config import get_preset
-
+def _no_yosys(monkeypatch):
     def no_yosys(*a, **k):
         raise AssertionError("ran yosys")
     monkeypatch.setattr(rs.subprocess, "run", no_yosys)
+
+
+def test_cached_only_report_runs_no_synthesis_and_names_what_is_missing(tmp_path, monkeypatch):
+    from recfabric.hw.config import get_preset
+    _no_yosys(monkeypatch)
     r = rs.resource_report(get_preset("tiny"), cache_dir=tmp_path, only="mlp s",
                            cached_only=True)
     assert r["failed_blocks"] == ["mlp sigmoid"] and not r["fits"] and not r["complete"]
@@ -264,12 +267,6 @@ def test_amaranth_array_wires_leave_no_bracketed_name():
     fixed = re.findall(r"^\s*wire (?:.* )?(\S+)$", rs.bracket_free_names(il), re.M)
     assert len(fixed) == len(set(fixed)) == len(names)
     assert not any(re.search(r"\[\d+\]", n) for n in fixed)
-
-
-def _no_yosys(monkeypatch):
-    def no_yosys(*a, **k):
-        raise AssertionError("ran yosys")
-    monkeypatch.setattr(rs.subprocess, "run", no_yosys)
 
 
 def test_dsp_packed_pe_takes_fabric_from_the_xc7_synthesis(tmp_path, monkeypatch):
@@ -338,20 +335,10 @@ def test_format_shows_the_dsp_packed_estimate_when_it_differs():
     assert row.split()[-5:] == ["0", "120", "40", "3", "0"]
 
 
-def test_cli_block_reports_a_part_from_the_cache(tmp_path, monkeypatch, capsys):
-    from recfabric.host.cli.main import main
-    _no_yosys(monkeypatch)
-    argv = ["report", "resources", "--config", "tiny", "--block", "mlp s", "--cached-only",
-            "--cache", str(tmp_path), "--json"]
-    assert main(argv) == 1  # no verdict for a part
-    r = json.loads(capsys.readouterr().out)
-    assert r["only"] == ["mlp s"] and [b["block"] for b in r["blocks"]] == ["mlp sigmoid"]
-    assert main(argv[:5] + ["zzz"] + argv[6:]) == 2
-    assert "no block of 'tiny' starts with 'zzz'" in capsys.readouterr().err
-
 def test_glue_blocks_and_the_block_filter(tmp_path, monkeypatch, capsys):
     # The kernel's and each MLP pipeline's own logic are blocks (their sub-blocks blackboxed,
-    # the kernel's flag FIFO kept); --block picks blocks by name prefix, several at once.
+    # the kernel's flag FIFO kept); --block picks blocks by name prefix, several at once, and
+    # reports that part from the cache (no verdict for a part: exit 1).
     from recfabric.host.cli.main import main
     from recfabric.hw.config import get_preset
     blocks = {b.name: b for b in rs.config_blocks(get_preset("small"))}
@@ -360,8 +347,14 @@ def test_glue_blocks_and_the_block_filter(tmp_path, monkeypatch, capsys):
     assert sum(b.glue is not None for b in blocks.values()) == 3
 
     _no_yosys(monkeypatch)
-    assert main(["report", "resources", "--config", "tiny", "--cache", str(tmp_path),
-                 "--cached-only", "--json", "--block", "mlp s", "--block", "mlp d"]) == 1
+    argv = ["report", "resources", "--config", "tiny", "--cache", str(tmp_path),
+            "--cached-only", "--json", "--block", "mlp s"]
+    assert main(argv) == 1
+    r = json.loads(capsys.readouterr().out)
+    assert r["only"] == ["mlp s"] and [b["block"] for b in r["blocks"]] == ["mlp sigmoid"]
+    assert main(argv + ["--block", "mlp d"]) == 1
     r = json.loads(capsys.readouterr().out)
     assert [b["block"] for b in r["blocks"]] == ["mlp drain", "mlp sigmoid"]
     assert r["only"] == ["mlp s", "mlp d"] and not r["complete"]
+    assert main(argv[:-1] + ["zzz"]) == 2
+    assert "no block of 'tiny' starts with 'zzz'" in capsys.readouterr().err

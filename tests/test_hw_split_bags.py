@@ -12,6 +12,7 @@ switch between two models (and back) without a reset.
 from __future__ import annotations
 
 import random
+import re
 
 import numpy as np
 import pytest
@@ -19,8 +20,8 @@ from amaranth.sim import Simulator
 
 from recfabric.host.compiler.compiled import golden_from_images, load_compiled
 from recfabric.host.compiler.kernel_program import CompileError, check_program
-from recfabric.host.compiler.planner import PlanError, plan
-from recfabric.host.compiler.steps import compile_model
+from recfabric.host.compiler.planner import PLANNERS, PlanError, plan
+from recfabric.host.compiler.steps import compile_model, model_runs
 from recfabric.host.model.spec import Bags, ModelSpec, SparseFeature
 from recfabric.host.model.synthetic import synthetic_batch
 from recfabric.host.model.weights import random_weights
@@ -244,12 +245,36 @@ def test_the_plan_splits_both_multi_hot_tables():
     assert {g.features: g.shards for g in p2.groups}[(0,)] == 3
 
 
-def test_split_multi_hot_tables_beyond_the_pools_are_refused_by_name():
+def test_split_multi_hot_tables_beyond_the_pools_are_refused_by_name(tmp_path):
     one_pool = CONFIG.replace(name="tiny-split-1", split_pools=1)
-    p = plan(SPEC, one_pool)
-    with pytest.raises(CompileError, match=r"2 multi-hot tables are split over row ranges "
-                                           r"\(bi, bc\); .* at most 1 \(split_pools\)"):
-        check_program(SPEC, p, one_pool.capabilities())
+    refusal = (r"2 multi-hot tables are split over row ranges \(bi, bc\); .* at most 1 "
+               r"\(split_pools\)")
+    # the planner refuses them itself (every planner), so plan, compile and `recfabric models`
+    # agree with the kernel-program check
+    for planner in PLANNERS:
+        with pytest.raises(PlanError, match=refusal):
+            plan(SPEC, one_pool, planner)
+    assert model_runs(SPEC, one_pool) and re.search(refusal, model_runs(SPEC, one_pool)[0])
+    assert model_runs(SPEC, CONFIG) == []
+    with pytest.raises(CompileError, match=refusal):  # compile's fit check, before writing
+        compile_model(SPEC, random_weights(SPEC, seed=3), one_pool, tmp_path / "one-pool")
+    assert not (tmp_path / "one-pool").exists() or not any((tmp_path / "one-pool").iterdir())
+    # a plan made for two pools is refused by the kernel-program check on one
+    with pytest.raises(CompileError, match=refusal):
+        check_program(SPEC, plan(SPEC, CONFIG), one_pool.capabilities())
+    # one split multi-hot table fits one pool (SPEC2's x)
+    check_program(SPEC2, plan(SPEC2, one_pool), one_pool.capabilities())
+    # with room on chip for one of them, no table must be split: the default planner puts bc
+    # on chip and splits bi alone; microrec's placement (no split table on chip) and none
+    # split both, which plan() refuses after planning
+    roomy = one_pool.replace(name="tiny-split-1-onchip", onchip_bytes=1 << 17)
+    p = plan(SPEC, roomy)
+    check_program(SPEC, p, roomy.capabilities())
+    assert {g.features: g.shards for g in p.groups} == {(0,): 1, (1,): 2, (2,): 1}
+    assert {t.memory for t in p.tables if t.group == 2} == {"onchip"}
+    for planner in ("microrec", "none"):
+        with pytest.raises(PlanError, match=refusal):
+            plan(SPEC, roomy, planner)
     # no combiner: the planner refuses the table before planning, naming it
     with pytest.raises(PlanError, match=r"table 'bi' .* splits only one-hot tables"):
         plan(SPEC, CONFIG.replace(name="tiny-split-0", split_pools=0))

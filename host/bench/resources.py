@@ -717,8 +717,8 @@ ESTIMATED = (
     "each and its own logic (sequencer, skew, biases, accumulators, write decode, drains) with "
     "them as blackboxes; the kernel's and each MLP pipeline's own glue likewise, their blocks "
     "blackboxed. Lost: optimisation across block boundaries (constant inputs, unused outputs, "
-    "shared logic); a path through a blackbox port is counted in two parts. small: --flat measures the "
-    "difference against one flat synthesis.")
+    "shared logic); a path through a blackbox port is counted in two parts. small: --flat "
+    "measures the difference against one flat synthesis.")
 #: How ``dsp_packed`` is obtained (:func:`dsp_packed_pe`).
 DSP_PACKED_HOW = (
     "the same counts with each shared-memory PE's LUT and FF from the PE synthesised for "

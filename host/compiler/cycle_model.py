@@ -16,7 +16,7 @@ and accumulate (2), requantize (4: decode, round, shift, saturate; each <= 8 LUT
 commit. ``slots = rows``, or ``ceil(rows / 2)`` when
 int8 engines pack two rows per DSP48E2 (``packed``: the activations pass ``ceil(rows / 2)``
 PE positions down a column). With the latency options
-(:class:`~recfabric.hw.systolic_array.ArrayTiming`) the skew terms change::
+(:class:`~recfabric.hw.array_timing.ArrayTiming`) the skew terms change::
 
     D_l = T_l + S_l + B_l + levels_l + 9
 
@@ -74,8 +74,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from ...hw.array_timing import ArrayTiming
+
 #: The bag combiner's latency (``hw/bag_combiner.py``, kernels with ``split_pools``); the value
-#: is repeated here so that the host does not import the hardware package.
+#: is repeated here so that the host does not import Amaranth.
 COMBINER_CYCLES = 3
 
 __all__ = ["MLPCycleModel", "ENGINE_OVERHEAD", "DRAIN_OVERHEAD", "KERNEL_OVERHEAD_CYCLES",
@@ -169,7 +171,7 @@ class MLPCycleModel:
         self.latency = chunks + sum(delays) + n_out + DRAIN_OVERHEAD
         self.macs = sum(k * n for k, n in zip(self.widths[:-1], self.widths[1:]))
         self.mac_units = sum(r * c for r, c in self.shapes)
-        self.dsp_slices = sum(self._slots(r) * c for r, c in self.shapes)
+        self.dsp_slices = sum(self.timing(r, c).slots * c for r, c in self.shapes)
 
     @classmethod
     def for_config(cls, config, widths, which: str = "top") -> MLPCycleModel:
@@ -186,21 +188,17 @@ class MLPCycleModel:
                    packed=config.data_bits == 8, cascade=config.mlp_cascade,
                    broadcast=config.mlp_broadcast)
 
-    def _slots(self, rows: int) -> int:
-        return (rows + 1) // 2 if self.packed and rows >= 2 else rows
+    def timing(self, rows: int, cols: int) -> ArrayTiming:
+        """The wave timing of an engine's ``rows`` x ``cols`` array (the hardware's own
+        arithmetic, :class:`~recfabric.hw.array_timing.ArrayTiming`)."""
+        return ArrayTiming(rows, cols, self.packed and rows >= 2, self.cascade, self.broadcast)
 
     def skew(self, rows: int, cols: int) -> int:
         """An engine's latency beyond its waves and :data:`ENGINE_OVERHEAD`: ``S + B + levels``
-        (module doc; ``cols + slots`` without the latency options)."""
-        seg = min(self.cascade, cols) if self.cascade else cols
-        levels = (-(-cols // seg) - 1).bit_length()
-        slots = self._slots(rows)
-        if self.broadcast:
-            fan = 0
-            while self.broadcast ** (fan + 1) < slots:
-                fan += 1
-            slots = fan + 1
-        return seg + slots + levels
+        (module doc; ``cols + slots`` without the latency options), ``B`` being the last row's
+        slot delay plus one."""
+        t = self.timing(rows, cols)
+        return t.seg_len + t.slot_delay(rows - 1) + 1 + t.tree_levels
 
     @property
     def bound(self) -> float:

@@ -68,6 +68,7 @@ import numpy as np
 from ..numerics import FixedFormat
 from ..reference.golden import QLayer
 from .compiled import CompileError
+from .planner import split_pools_error
 from .table_layout import TableLayout
 
 __all__ = ["KernelProgram", "KernelProgramImage", "build_program", "check_program",
@@ -157,11 +158,10 @@ def check_program(spec, plan, caps) -> None:
         if g.dim > caps.max_dim:
             bad.append(f"table group {gi} ({names}) has {g.dim}-element rows, max_dim "
                        f"{caps.max_dim}")
-    split_bags = [g for g in plan.groups if g.shards > 1 and g.bag > 1]
+    split_bags = [spec.sparse[g.features[0]].name for g in plan.groups
+                  if g.shards > 1 and g.bag > 1]
     if caps.split_multi_hot and len(split_bags) > caps.split_pools:
-        names = ", ".join(spec.sparse[g.features[0]].name for g in split_bags)
-        bad.append(f"{len(split_bags)} multi-hot tables are split over row ranges ({names}); "
-                   f"the kernel pools the bags of at most {caps.split_pools} (split_pools)")
+        bad.append(split_pools_error(split_bags, caps.split_pools))
     per_port = {}
     for t in plan.tables:
         per_port[t.memory, t.location] = per_port.get((t.memory, t.location), 0) + 1

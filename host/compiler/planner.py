@@ -26,7 +26,9 @@ Cost model
   one shard, so every shard is charged the replica's full lookup count (a split multi-hot
   table's bag goes out as one piece per ID, each to the shard holding its row: a bag's beats
   may all land on one channel). The kernel splits multi-hot tables only if it has a bag
-  combiner (``split_multi_hot``, at most ``split_pools`` of them; ``check_program``).
+  combiner (``split_multi_hot``), and at most ``split_pools`` of them: :func:`plan` refuses a
+  model with more multi-hot tables that fit neither one channel nor on chip, and any plan that
+  splits more (the message ``check_program`` gives).
 - **Rounds** (the objective) = the most loaded memory port's cycles per request: the busiest
   channel's beats per request, or an on-chip unit's lookups per request if that is larger.
   Ties are broken by **stored bytes** (off chip + on chip, including merge products, padding and
@@ -69,7 +71,7 @@ from ..model.spec import ModelSpec
 from .table_layout import TABLE_ALIGN, TableLayout, align_up
 
 __all__ = ["PLANNERS", "Group", "Layout", "Plan", "PlanError", "TablePlacement", "plan",
-           "study_capabilities", "oversized_tables", "TABLE_ALIGN"]
+           "study_capabilities", "oversized_tables", "split_pools_error", "TABLE_ALIGN"]
 
 #: Planner names, the default first.
 PLANNERS = ("default", "microrec", "none")
@@ -889,14 +891,17 @@ def oversized_tables(spec: ModelSpec, caps) -> list[str]:
     """One message per table no plan can place on the kernel (checked before anything else):
     larger than a channel when the kernel cannot split it (no row splits, or a multi-hot table
     on a kernel that splits one-hot tables only), or needing more channel-sized row ranges
-    than a table's ``table_parts``."""
+    than a table's ``table_parts``; and one for more multi-hot tables that fit neither a
+    channel nor on chip (so must be split) than the kernel's ``split_pools``."""
     layout = Layout.from_capabilities(caps)
     split_multi = getattr(caps, "split_multi_hot", True)
-    out = []
-    for f in spec.sparse:
+    out, must_split = [], []
+    for i, f in enumerate(spec.sparse):
         nbytes = f.rows * layout.offchip_stride(f.dim)
         if nbytes <= layout.channel_bytes:
             continue
+        if f.bag > 1 and not _onchip_fits(layout, _single(spec, i)):
+            must_split.append(f.name)
         what = (f"table {f.name!r} ({f.rows:,} rows x {f.dim} elements, {nbytes:,} bytes) does "
                 f"not fit one {layout.channel_bytes:,}-byte channel of configuration "
                 f"{caps.config!r}")
@@ -910,7 +915,21 @@ def oversized_tables(spec: ModelSpec, caps) -> list[str]:
         elif need > layout.table_parts:
             out.append(f"{what}: it needs {need} channel-sized row ranges, and the kernel "
                        f"holds a table in at most {layout.table_parts} parts")
+    pools = getattr(caps, "split_pools", 1 << 16)
+    if split_multi and layout.row_split and len(must_split) > pools:
+        out.append(split_pools_error(must_split, pools))
     return out
+
+
+def split_pools_error(names, pools: int) -> str:
+    """The one-line refusal of more split multi-hot tables (``names``) than the kernel's
+    ``pools`` (``split_pools``); :func:`plan` and ``check_program`` give the same one."""
+    return (f"{len(names)} multi-hot tables are split over row ranges ({', '.join(names)}); "
+            f"the kernel pools the bags of at most {pools} (split_pools)")
+
+
+def _split_bag_names(spec: ModelSpec, p: Plan) -> list[str]:
+    return [spec.sparse[g.features[0]].name for g in p.groups if g.shards > 1 and g.bag > 1]
 
 
 def plan(spec: ModelSpec, config, planner: str = "default") -> Plan:
@@ -931,7 +950,8 @@ def plan(spec: ModelSpec, config, planner: str = "default") -> Plan:
     Raises
     ------
     PlanError
-        If the tables cannot be placed (the message names the table and the limits).
+        If the tables cannot be placed (the message names the table and the limits), or the
+        plan splits more multi-hot tables than the kernel's ``split_pools``.
     """
     caps = config.capabilities() if hasattr(config, "capabilities") else config
     if planner not in PLANNERS:
@@ -941,7 +961,12 @@ def plan(spec: ModelSpec, config, planner: str = "default") -> Plan:
     if too_big:
         raise PlanError("; ".join(too_big))
     if planner == "default":
-        return plan_default(spec, layout, caps.config)
-    if planner == "microrec":
-        return plan_microrec(spec, layout, caps.config)
-    return plan_microrec(spec, layout, caps.config, merge=False)
+        p = plan_default(spec, layout, caps.config)
+    elif planner == "microrec":
+        p = plan_microrec(spec, layout, caps.config)
+    else:
+        p = plan_microrec(spec, layout, caps.config, merge=False)
+    split = _split_bag_names(spec, p)
+    if getattr(caps, "split_multi_hot", False) and len(split) > caps.split_pools:
+        raise PlanError(split_pools_error(split, caps.split_pools))
+    return p
