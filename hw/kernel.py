@@ -214,7 +214,8 @@ class RecFabricKernel(wiring.Component):
         lanes = c.mlp_top_shapes[0][1]
         self.bottom = self.dense_packer = None
         if c.mlp_bottom_shapes:
-            self.bottom = MLPPipeline.for_config(c, "bottom", beat_bits=MODEL_DATA_WIDTH)
+            self.bottom = MLPPipeline(**MLPPipeline.config_kwargs(
+                c, "bottom", beat_bits=MODEL_DATA_WIDTH))
             self.dense_packer = ElementPacker(lanes=c.mlp_bottom_shapes[0][1], bits=c.data_bits)
         self.concat = ConcatStage(lanes=lanes, data_bits=c.data_bits, max_dim=c.max_dim,
                                   max_slots=c.max_features, max_concat=c.max_concat,
@@ -227,7 +228,8 @@ class RecFabricKernel(wiring.Component):
                                            acc_bits=c.acc_bits, max_vectors=c.max_features + 1,
                                            max_in=c.max_concat, dot_lanes=c.dot_lanes)
         self.datapath_layout = DatapathLayout()
-        self.mlp = MLPPipeline.for_config(c, "top", beat_bits=MODEL_DATA_WIDTH)
+        self.mlp = MLPPipeline(**MLPPipeline.config_kwargs(
+            c, "top", beat_bits=MODEL_DATA_WIDTH))
         self.writer = ResultWriter(data_width=c.mem_data_width, addr_width=c.mem_addr_width,
                                    outputs=c.max_outputs)
 

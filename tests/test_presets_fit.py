@@ -111,16 +111,18 @@ def test_u280_int8_sizing_meets_the_cycle_goal():
 
 def test_mlp_pipelines_for_a_config_are_the_kernels():
     """Everything that builds a configuration's MLP (kernel, pruning simulation, ECP5 timing
-    block) goes through MLPPipeline.for_config: the kernel's pipelines have its fields."""
+    block) takes MLPPipeline.config_kwargs: the kernel's pipelines have its fields."""
     from recfabric.hw.kernel import RecFabricKernel
     from recfabric.hw.mlp import MLPPipeline
     cfg = get_preset("small").replace(activation_banks=8, mlp_cascade=4, mlp_broadcast=4)
     k = RecFabricKernel(cfg)
+    k._MustUse__silence = True  # built for its pipelines' fields, never elaborated
     for which, pipe in (("top", k.mlp), ("bottom", k.bottom)):
-        alone = MLPPipeline.for_config(cfg, which)
+        alone = MLPPipeline(**MLPPipeline.config_kwargs(cfg, which))
+        alone._MustUse__silence = True  # built to compare its fields, never elaborated
         for attr in ("shapes", "max_widths", "banks", "cascade", "broadcast", "sigmoid",
                      "weight_lutram_depth", "max_in"):
             assert getattr(alone, attr) == getattr(pipe, attr), (which, attr)
     assert (k.mlp.banks, k.mlp.cascade, k.mlp.broadcast) == (8, 4, 4)
     with pytest.raises(ValueError, match="^which must be 'top' or 'bottom', not 'side'$"):
-        MLPPipeline.for_config(cfg, "side")
+        MLPPipeline.config_kwargs(cfg, "side")

@@ -128,7 +128,7 @@ def simulate_cycles(qm, config, x, batch: int = 12) -> dict:
     from recfabric.hw.mlp import MLPPipeline
 
     from .mlp import golden_mlp, simulate_mlp
-    pipe = MLPPipeline.for_config(config, "top")
+    pipe = MLPPipeline(**MLPPipeline.config_kwargs(config, "top"))
     x = np.asarray(x[:batch], dtype=np.int64)
     res = simulate_mlp(pipe, qm.top, x, rounding=qm.rounding)
     want = golden_mlp(qm.top, x, qm.acc_bits, qm.rounding)

@@ -78,7 +78,7 @@ def block_verilog(config, block: str) -> tuple[str, str]:
         return generate_verilog(config), "recfabric_kernel"
     if block == "mlp":
         from ..mlp_engine import MLPPipeline
-        dut = MLPPipeline.for_config(config, "top")
+        dut = MLPPipeline(**MLPPipeline.config_kwargs(config, "top"))
         return verilog.convert(dut, name="recfabric_mlp", emit_src=False), "recfabric_mlp"
     if block == "lookup":
         from ..embedding_lookup import EmbeddingLookupUnit

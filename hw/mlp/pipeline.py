@@ -175,13 +175,15 @@ class MLPPipeline(wiring.Component):
     """
 
     @classmethod
-    def for_config(cls, config, which: str = "top", *, beat_bits: int = 512) -> MLPPipeline:
-        """The ``which`` ("top" or "bottom") pipeline exactly as the kernel builds it from an
-        :class:`~recfabric.hw.config.AcceleratorConfig`: engine shapes and widths, activation
-        banks, weight memory placement and the latency options (``mlp_cascade``,
-        ``mlp_broadcast``); ``beat_bits``: the program beat (the kernel passes its
-        ``MODEL_DATA_WIDTH``). Everything that builds a configuration's MLP (the kernel, the
-        pruning study's simulation, the ECP5 timing block) uses this."""
+    def config_kwargs(cls, config, which: str = "top", **overrides) -> dict:
+        """Constructor arguments of the ``which`` ("top" or "bottom") pipeline exactly as the
+        kernel builds it from an :class:`~recfabric.hw.config.AcceleratorConfig`: engine shapes
+        and widths, activation banks, weight memory placement and the latency options
+        (``mlp_cascade``, ``mlp_broadcast``); ``overrides`` replace any of them (the kernel
+        passes ``beat_bits=MODEL_DATA_WIDTH``). Everything that builds a configuration's MLP (the
+        kernel, the pruning study's simulation, the ECP5 timing block) uses
+        ``MLPPipeline(**MLPPipeline.config_kwargs(config, which))`` (constructed in the caller's
+        file, so its ``UnusedElaboratable`` setting applies)."""
         c = config
         if which == "top":
             shapes, widths, max_in, sigmoid = (c.mlp_top_shapes, c.top_engine_widths,
@@ -191,10 +193,12 @@ class MLPPipeline(wiring.Component):
                                                max(1, c.max_dense), False)
         else:
             raise ValueError(f"which must be 'top' or 'bottom', not {which!r}")
-        return cls(shapes=shapes, data_bits=c.data_bits, acc_bits=c.acc_bits, max_in=max_in,
-                   max_width=c.max_width, sigmoid=sigmoid, beat_bits=beat_bits, max_widths=widths,
-                   weight_lutram_depth=c.weight_lutram_depth, banks=c.activation_banks,
-                   cascade=c.mlp_cascade, broadcast=c.mlp_broadcast)
+        args = dict(shapes=shapes, data_bits=c.data_bits, acc_bits=c.acc_bits, max_in=max_in,
+                    max_width=c.max_width, sigmoid=sigmoid, max_widths=widths,
+                    weight_lutram_depth=c.weight_lutram_depth, banks=c.activation_banks,
+                    cascade=c.mlp_cascade, broadcast=c.mlp_broadcast)
+        args.update(overrides)
+        return args
 
     def __init__(self, *, shapes, data_bits: int, acc_bits: int, max_in: int, max_width: int,
                  banks: int = 4, sigmoid: bool = True, beat_bits: int = 512,
