@@ -280,23 +280,29 @@ def test_split_multi_hot_tables_beyond_the_pools_are_refused_by_name(tmp_path):
         plan(SPEC, CONFIG.replace(name="tiny-split-0", split_pools=0))
 
 
+def _run_switching_models(acc, compiled, runs):
+    """Load each ``(model, spec, batch, seed)`` of ``runs`` in turn on ``acc`` without a reset
+    and check its scores `==` golden, no error flags, and one lookup per ID of a split bag (one
+    for an empty bag), one per bag of the rest."""
+    for name, spec, batch, seed in runs:
+        d, cm = compiled[name]
+        acc.load(d)
+        dense, sparse = _requests(cm, spec, batch, seed)
+        r = acc.infer(dense, sparse)
+        g = golden_from_images(cm, cm.quantized_model().quantize_dense(dense), sparse)
+        assert np.array_equal(r.scores, g.scores), name
+        assert r.counters["errors"] == 0 and r.counters["requests_done"] == batch
+        want = sum(batch if f.bag == 1 else int(np.maximum(sparse[i].lengths, 1).sum())
+                   for i, f in enumerate(spec.sparse))
+        assert r.counters["lookups_issued"] == want, name
+
+
 def test_split_bags_bit_exact_with_stalls_and_a_model_switch(compiled):
     with Accelerator.open("sim", CONFIG, p_stall=0.3, mem_latency=7, seed=11,
                           max_cycles=200_000) as acc:
-        for name, spec, batch, seed in (("split-bags", SPEC, 12, 1),
-                                        ("split-bags-2", SPEC2, 6, 2),
-                                        ("split-bags", SPEC, 6, 3)):
-            d, cm = compiled[name]
-            acc.load(d)
-            dense, sparse = _requests(cm, spec, batch, seed)
-            r = acc.infer(dense, sparse)
-            g = golden_from_images(cm, cm.quantized_model().quantize_dense(dense), sparse)
-            assert np.array_equal(r.scores, g.scores), name
-            assert r.counters["errors"] == 0 and r.counters["requests_done"] == batch
-            # one lookup per ID of a split bag (one for an empty bag), one per bag of the rest
-            want = sum(batch if f.bag == 1 else int(np.maximum(sparse[i].lengths, 1).sum())
-                       for i, f in enumerate(spec.sparse))
-            assert r.counters["lookups_issued"] == want, name
+        _run_switching_models(acc, compiled, (("split-bags", SPEC, 12, 1),
+                                              ("split-bags-2", SPEC2, 6, 2),
+                                              ("split-bags", SPEC, 6, 3)))
 
 
 def test_an_id_past_the_split_table_is_flagged(compiled):
@@ -366,12 +372,6 @@ def test_split_bags_on_verilator(compiled):
     from recfabric.sim.verilator_env import have_verilator
     require_simulator(have_verilator(), "Verilator")
     with Accelerator.open("verilator", CONFIG, p_stall=0.3, mem_latency=20, seed=4) as acc:
-        for name, spec, batch, seed in (("split-bags", SPEC, 64, 1),
-                                        ("split-bags-2", SPEC2, 32, 2),
-                                        ("split-bags", SPEC, 32, 3)):
-            d, cm = compiled[name]
-            acc.load(d)
-            dense, sparse = _requests(cm, spec, batch, seed)
-            r = acc.infer(dense, sparse)
-            g = golden_from_images(cm, cm.quantized_model().quantize_dense(dense), sparse)
-            assert np.array_equal(r.scores, g.scores), name
+        _run_switching_models(acc, compiled, (("split-bags", SPEC, 64, 1),
+                                              ("split-bags-2", SPEC2, 32, 2),
+                                              ("split-bags", SPEC, 32, 3)))
