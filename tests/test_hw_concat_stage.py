@@ -12,7 +12,13 @@ from hypothesis import strategies as st
 
 from recfabric.hw.concat_stage import ConcatStage, concat_desc_words
 from recfabric.hw.stream_types import LookupErrorCause
-from recfabric.sim.stream_testing import StreamChecker, payload_value, stream_get, stream_put
+from recfabric.sim.stream_testing import (
+    StreamChecker,
+    payload_value,
+    stream_get,
+    stream_put,
+    stream_put_all,
+)
 
 
 class ConcatModel:
@@ -87,11 +93,7 @@ def _run(lanes, dims, dense_len, n_req, seed, p=0.3, inflight=4, max_dim=None, b
             state["released"] += rel
 
     async def desc(ctx):
-        for w in words:
-            ctx.set(dut.i_desc.valid, 1)
-            ctx.set(dut.i_desc.payload, w)
-            await ctx.tick()
-        ctx.set(dut.i_desc.valid, 0)
+        await stream_put_all(ctx, dut.i_desc, words)
         state["loaded"] = True
 
     async def wait_credit(ctx, r):
@@ -186,11 +188,7 @@ def test_concat_takes_one_single_window_vector_per_cycle():
     taken = []
 
     async def tb(ctx):
-        for w in words:
-            ctx.set(dut.i_desc.valid, 1)
-            ctx.set(dut.i_desc.payload, w)
-            await ctx.tick()
-        ctx.set(dut.i_desc.valid, 0)
+        await stream_put_all(ctx, dut.i_desc, words)
         ctx.set(dut.o_vector.ready, 1)
         ctx.set(dut.o_flags.ready, 1)
         items = [(r, s) for r in range(n_req) for s in range(n_slots)]

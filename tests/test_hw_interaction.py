@@ -17,7 +17,13 @@ from recfabric.hw.interaction import (
     InteractionMode,
     interaction_desc_words,
 )
-from recfabric.sim.stream_testing import StreamChecker, payload_value, stream_get, stream_put
+from recfabric.sim.stream_testing import (
+    StreamChecker,
+    payload_value,
+    stream_get,
+    stream_put,
+    stream_put_all,
+)
 
 
 def _golden(n, d, vecs, fracs, out_frac, bits, acc_bits, rounding, per_vector):
@@ -65,11 +71,7 @@ def _run_dot(seed, *, lanes, dot_lanes, n, d, n_req, bits=16, acc_bits=48, p=0.3
     state = {"loaded": False}
 
     async def desc(ctx):
-        for w in words:
-            ctx.set(dut.i_desc.valid, 1)
-            ctx.set(dut.i_desc.payload, w)
-            await ctx.tick()
-        ctx.set(dut.i_desc.valid, 0)
+        await stream_put_all(ctx, dut.i_desc, words)
         state["loaded"] = True
 
     async def producer(ctx):
