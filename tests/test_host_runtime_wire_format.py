@@ -240,7 +240,10 @@ def test_for_config_uses_the_word_and_element_width_and_checks_limits():
     assert RequestLayout.for_config(qm8, get_preset("u280-int8")).dense_fmt == qm8.dense_fmt
 
 
+@pytest.mark.slow
 def test_pack_speed_64k_requests():
+    """A throughput target (wall time), so kept out of the default run: on a shared 2-core CI
+    machine a timed assertion is noise. Packing itself is checked `==` in the tests above."""
     spec = get_model("small")
     layout = RequestLayout.for_model(spec, 256, 16, dense_frac=10)
     dense, sparse = synthetic_batch(spec, 65536, seed=0)

@@ -127,9 +127,57 @@ def test_worker_faults_make_it_unhealthy(small):
         w.inject("melt")
 
 
-def test_calibrate_fits_a_linear_model(small):
+class _FakeClock:
+    """A timer that only moves when a fake runner 'runs' (no wall time in the fit)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+class _LinearRunner:
+    """Takes ``fixed + per_row * rows`` seconds, plus a first-call warm-up, on a fake clock."""
+
+    def __init__(self, clock, fixed, per_row, warmup=0.0):
+        self.clock, self.fixed, self.per_row, self.warmup = clock, fixed, per_row, warmup
+        self.rows = []
+
+    def run(self, payload):
+        rows = dv.payload_rows(payload)
+        self.rows.append(rows)
+        self.clock.now += self.fixed + self.per_row * rows + self.warmup
+        self.warmup = 0.0
+        return {}
+
+
+def test_calibrate_fits_fixed_and_per_row_time_best_of_repeats(small):
+    clock = _FakeClock()
+    runner = _LinearRunner(clock, fixed=0.002, per_row=1e-5, warmup=0.5)
+    m = dv.calibrate(runner, small["payload"], sizes=(1, 48), repeats=3, clock=clock)
+    assert runner.rows == [1, 1, 1, 48, 48, 48]  # each size `repeats` times, the slice it asked
+    assert m.source == "measured"
+    # the warm-up of the first call is dropped by best-of-repeats
+    assert m.fixed == pytest.approx(0.002, rel=1e-9) and m.per_row == pytest.approx(1e-5, rel=1e-9)
+    assert m.predict(100) == pytest.approx(0.002 + 100e-5, rel=1e-9)
+
+
+def test_calibrate_never_fits_a_negative_slope(small):
+    clock = _FakeClock()
+    runner = _LinearRunner(clock, fixed=0.003, per_row=-1e-6)  # noise: the big batch was faster
+    m = dv.calibrate(runner, small["payload"], sizes=(1, 48), clock=clock)
+    assert m.per_row == 0.0 and m.fixed == pytest.approx(0.003 - 1e-6, rel=1e-9)
+    with pytest.raises(ValueError, match="0 < n0 < n1"):
+        dv.calibrate(runner, small["payload"], sizes=(48, 1))
+
+
+def test_calibrate_measures_the_cpu_runner(small):
+    """On the real CPU runner and the real clock: a measured model that predicts a positive
+    batch time. The slope's sign on a shared machine is noise, tested above with a fake clock."""
     m = dv.calibrate(dv.make_runner("cpu", small["dir"]), small["payload"], sizes=(1, 48))
-    assert m.source == "measured" and m.fixed >= 0 and m.per_row > 0
+    assert m.source == "measured" and m.fixed >= 0 and m.per_row >= 0
+    assert m.predict(48) > 0
 
 
 def test_fleet_simulation_small():

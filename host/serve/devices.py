@@ -390,19 +390,30 @@ def make_runner(kind: str, compiled_dir, *, cpu_engine: str = "golden", float_we
     return AcceleratorRunner(compiled_dir, kind, xclbin=xclbin, device_index=device_index)
 
 
-def calibrate(runner, payload: dict, sizes=(1, 64), repeats: int = 3) -> LinearServiceModel:
+def calibrate(runner, payload: dict, sizes=(1, 64), repeats: int = 3,
+              clock=time.perf_counter) -> LinearServiceModel:
     """Measure a runner's batch time at two batch sizes (best of ``repeats``) and fit
-    ``fixed + per_row * rows``: the CPU fallback's measured service model."""
+    ``fixed + per_row * rows``: the CPU fallback's measured service model.
+
+    On a noisy machine the larger batch can come out no slower than the smaller one; the fit
+    then has ``per_row == 0`` (a service time that does not grow with the batch), never a
+    negative slope. ``clock`` is the timer (seconds); tests pass a deterministic one.
+    """
+    (n0, n1) = sizes
+    if not 0 < n0 < n1:
+        raise ValueError(f"calibrate needs two batch sizes 0 < n0 < n1, got {sizes}")
+    if repeats < 1:
+        raise ValueError(f"calibrate needs repeats >= 1, got {repeats}")
     times = []
     for n in sizes:
         p = _slice(payload, n)
         best = math.inf
         for _ in range(repeats):
-            t0 = time.perf_counter()
+            t0 = clock()
             runner.run(p)
-            best = min(best, time.perf_counter() - t0)
+            best = min(best, clock() - t0)
         times.append(best)
-    (n0, n1), (t0, t1) = sizes, times
+    (t0, t1) = times
     per_row = max((t1 - t0) / (n1 - n0), 0.0)
     return LinearServiceModel(max(t0 - per_row * n0, 0.0), per_row)
 
