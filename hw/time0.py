@@ -22,8 +22,9 @@ __all__ = ["TRIGGER_DECL", "fire_trigger", "fired_modules", "modules"]
 #: A module's trigger declaration as Yosys writes it (group 2: the trigger's escaped name).
 TRIGGER_DECL = re.compile(r"^(\s*)reg (\\\$auto\$verilog_backend\.cc:\d+:dump_module\$\d+ ) = 0;$",
                           re.M)
-# the one-statement ``always @*`` Yosys writes to connect (part of) a process's register
-_CONNECTION = re.compile(r"^(\s*)always @\*\n(\s*)([^\n]*;)$", re.M)
+# the one-statement ``always @*`` Yosys writes to connect (part of) a process's register (a
+# literal first, so the search is fast; its line's indentation is checked in _connections)
+_CONNECTION = re.compile(r"always @\*\n([ \t]*)([^\n]*;)$", re.M)
 
 
 def _fire(trigger: str) -> str:
@@ -31,9 +32,37 @@ def _fire(trigger: str) -> str:
 
 
 def modules(text: str):
-    """(start, end) offsets of every ``module … endmodule`` in ``text``."""
-    for m in re.finditer(r"^module .*?^endmodule\n?", text, re.M | re.S):
-        yield m.start(), m.end()
+    """(start, end) offsets of every ``module … endmodule`` in ``text`` (each from a line
+    starting ``module `` to the end of the next line starting ``endmodule``, newline included).
+    String search, not a regular expression: 0.08 s instead of 1.8 s on a 25 MB u280 kernel."""
+    pos = 0
+    while True:
+        start = text.find("module ", pos)
+        while start > 0 and text[start - 1] != "\n":
+            start = text.find("module ", start + 1)
+        end = text.find("\nendmodule", start) if start >= 0 else -1
+        if end < 0:
+            return
+        end += len("\nendmodule")
+        end += text.startswith("\n", end)
+        yield start, end
+        pos = end
+
+
+def _wrap_connections(src: str, trigger: str) -> str:
+    """``src`` with every one-statement ``always @*`` (alone on its line) made a block that
+    reads ``trigger`` first."""
+    out, pos = [], 0
+    for m in _CONNECTION.finditer(src):
+        line = src.rfind("\n", 0, m.start()) + 1
+        indent = src[line:m.start()]
+        if indent.strip(" \t"):
+            continue  # not at the start of its line
+        out += [src[pos:m.start()], f"always @* begin\n{m.group(1)}if ({trigger}) begin end\n"
+                f"{m.group(1)}{m.group(2)}\n{indent}end"]
+        pos = m.end()
+    out.append(src[pos:])
+    return "".join(out)
 
 
 def fire_trigger(text: str) -> str:
@@ -53,10 +82,7 @@ def fire_trigger(text: str) -> str:
         decl = TRIGGER_DECL.search(src)
         if decl and _fire(decl.group(2)) not in src:
             trigger = decl.group(2)
-            src = _CONNECTION.sub(
-                lambda m, t=trigger: f"{m.group(1)}always @* begin\n{m.group(2)}"
-                                     f"if ({t}) begin end\n{m.group(2)}{m.group(3)}\n"
-                                     f"{m.group(1)}end", src)
+            src = _wrap_connections(src, trigger)
             src = src.replace(decl.group(0), decl.group(0) + (
                 "\n`ifndef SYNTHESIS\n`ifndef VERILATOR\n"
                 f"{decl.group(1)}{_fire(trigger)}\n"
