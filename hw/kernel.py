@@ -67,6 +67,7 @@ from .request_reader import ParserParam, RecordFetcher, RecordParser
 from .result_writer import STATUS_WORDS, ResultWriter
 from .stream_arbiter import StreamArbiter
 from .stream_types import BLOCK_ADDR_BITS, BLOCK_SEL_BITS, RequestFlagsLayout
+from .time0 import fire_trigger
 
 __all__ = ["Target", "PROGRAM_MAGIC", "PROGRAM_FORMAT", "MODEL_DATA_WIDTH", "FLAG_LOAD",
            "WATCHDOG_CYCLES", "BlockCommandLayout", "RecFabricKernel",
@@ -691,11 +692,15 @@ def generate_verilog(config: AcceleratorConfig, name: str = "recfabric_kernel", 
     (``NAME__processingelement_<hash>``) and instantiates it (:mod:`.hier`): the same logic as
     the flat design (tested by simulating both), generated in a fraction of the time and memory
     at u280 scale. ``False`` converts the plain design, as the Amaranth simulator sees it.
+
+    Every module's Yosys time-0 trigger is fired (:func:`.time0.fire_trigger`), so the
+    ``always @*`` blocks run at time 0 under SystemVerilog semantics too (Icarus ``-g2012``,
+    cocotb); synthesis and Verilator do not see the added ``initial``.
     """
     with few_collections():
         top, ports = vitis_kernel(config)
         if not hierarchical:
-            return verilog.convert(top, name=name, ports=ports, emit_src=False)
+            return fire_trigger(verilog.convert(top, name=name, ports=ports, emit_src=False))
         emitter = HierarchicalEmitter(prefix=name)
         text = verilog.convert(top, name=name, ports=ports, emit_src=False, platform=emitter)
-        return emitter.verilog(text)
+        return fire_trigger(emitter.verilog(text))

@@ -26,6 +26,14 @@ bit; :func:`parse_report` reads
 that report. The instrumented design behaves as the original (each block also sets a flag bit,
 which nothing reads during the run). :func:`fire_trigger` is the fix: the trigger changes at
 ``#0`` of time 0, so every block runs once at time 0 under either semantics.
+
+What is applied now: :func:`recfabric.hw.kernel.generate_verilog` (and so ``recfabric build``,
+the Vitis packaging, the Verilator back-end and the cocotb runs) returns its Verilog with
+:func:`fire_trigger` applied to every module (it lives in :mod:`recfabric.hw.time0` and is
+re-exported here); :func:`instrument` remains the audit, and on that Verilog it finds no block
+that never ran. Verilog from a plain :func:`amaranth.back.verilog.convert` (tests of single
+blocks) does not have it: apply :func:`fire_trigger` yourself before simulating under
+``-g2012``.
 """
 
 from __future__ import annotations
@@ -33,13 +41,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from ..hw.time0 import TRIGGER_DECL as _TRIGGER_DECL
+from ..hw.time0 import fire_trigger
+from ..hw.time0 import modules as _modules
+
 __all__ = ["REPORT_FILE", "Time0Report", "fire_trigger", "instrument", "parse_report"]
 
 #: File the instrumented design appends its report to (relative to the simulator's directory).
 REPORT_FILE = "rf_time0_report.txt"
 
-_TRIGGER_DECL = re.compile(r"^(\s*)reg (\\\$auto\$verilog_backend\.cc:\d+:dump_module\$\d+ ) = 0;$",
-                           re.M)
 _IDENT = r"(?:\\\S+ |[A-Za-z_][\w$]*)"
 _ARRAY_DECL = re.compile(rf"^\s*reg\s*(?:\[[^\]]*\])?\s*({_IDENT})\s*\[[^\]]*\]\s*;", re.M)
 _INIT_REG_DECL = re.compile(rf"^\s*reg\s*(?:\[[^\]]*\])?\s*({_IDENT})\s*=[^;]*;", re.M)
@@ -53,12 +63,6 @@ class Time0Report:
     ``instance.register`` names holding an X bit at the end."""
     never_ran: dict[str, list[int]] = field(default_factory=dict)
     x_registers: list[str] = field(default_factory=list)
-
-
-def _modules(text: str):
-    """(start, end) offsets of every ``module … endmodule`` in ``text``."""
-    for m in re.finditer(r"^module .*?^endmodule\n?", text, re.M | re.S):
-        yield m.start(), m.end()
 
 
 def _instrument_module(src: str, blocks: dict, name: str) -> str:
@@ -135,34 +139,3 @@ def parse_report(report: str) -> Time0Report:
             path, reg = rest.rsplit(" ", 1)
             rep.x_registers.append(f"{path}.{reg}")
     return rep
-
-
-def fire_trigger(text: str) -> str:
-    """``text`` with Yosys's time-0 trigger made to fire under SystemVerilog semantics too:
-    every module's trigger changes (0 to 1) at ``#0`` of time 0, when every ``always @*``
-    block already waits on it (the inactive region, after all processes started), so each
-    block runs once at time 0 as Verilog-2005 semantics (and Verilator) have it; the
-    one-statement ``always @*`` connections Yosys writes for part of a process's register (no
-    trigger at all) read it too. Inside ``ifndef SYNTHESIS``/``VERILATOR``: synthesis ignores
-    it, and Verilator (which evaluates every block at start anyway) needs no delay.
-    """
-    out, pos = [], 0
-    for start, end in _modules(text):
-        out.append(text[pos:start])
-        src = text[start:end]
-        decl = _TRIGGER_DECL.search(src)
-        if decl:
-            trigger = decl.group(2)
-            src = re.sub(r"^(\s*)always @\*\n(\s*)([^\n]*;)$",
-                         lambda m, t=trigger: f"{m.group(1)}always @* begin\n{m.group(2)}"
-                                             f"if ({t}) begin end\n{m.group(2)}{m.group(3)}\n"
-                                             f"{m.group(1)}end",
-                         src, flags=re.M)
-            src = src.replace(decl.group(0), decl.group(0) + (
-                "\n`ifndef SYNTHESIS\n`ifndef VERILATOR\n"
-                f"{decl.group(1)}initial #0 {trigger} = 1'b1;\n"
-                "`endif\n`endif"), 1)
-        out.append(src)
-        pos = end
-    out.append(text[pos:])
-    return "".join(out)

@@ -77,17 +77,20 @@ def _case(tmp_path, batches, p_stall, seed=0, config="tiny", model="tiny"):
 
 
 def _run(simulator, tmp_path, monkeypatch, batches=(4, 3), p_stall=0.3, transform=None,
-         config="tiny", model="tiny"):
-    """The kernel run on ``simulator``; ``transform`` rewrites its Verilog first."""
+         config="tiny", model="tiny", source=None, toplevel="recfabric_kernel"):
+    """The kernel run on ``simulator``; ``transform`` rewrites its Verilog first. ``source``:
+    a Verilog file to run as it is (top module ``toplevel``) instead of generating it."""
     cfg, case, expected, order = _case(tmp_path, batches, p_stall, config=config, model=model)
-    src = tmp_path / "recfabric_kernel.v"
-    text = generate_verilog(cfg)
-    src.write_text(transform(text) if transform else text)
+    src = source
+    if src is None:
+        src = tmp_path / "recfabric_kernel.v"
+        text = generate_verilog(cfg)
+        src.write_text(transform(text) if transform else text)
     out = tmp_path / "out.json"
     monkeypatch.setenv("KERNEL_CASE", str(case))
     monkeypatch.setenv("KERNEL_OUT", str(out))
     monkeypatch.syspath_prepend(str(COCOTB_DIR))
-    run_cocotb(simulator, sources=[src], toplevel="recfabric_kernel", test_module="cocotb_kernel",
+    run_cocotb(simulator, sources=[src], toplevel=toplevel, test_module="cocotb_kernel",
                build_dir=tmp_path / f"build_{simulator}", expect=["kernel_scores_match_golden"])
     got = json.loads(out.read_text())
     for run, want, batch in zip(got["runs"], expected, batches):
@@ -112,16 +115,15 @@ def test_kernel_verilator(tmp_path, monkeypatch):
     _run("verilator", tmp_path, monkeypatch)
 
 
-def _time0_audit(tmp_path, monkeypatch, fire=False, **kw):
-    """The kernel under Icarus (``-g2012``), instrumented by sim/icarus_time0.py (with the
-    trigger fired at time 0 if ``fire``): bit-exact as in ``_run``, and no register holds an X
-    bit at the end. Returns the audit's report (the ``always @*`` blocks that never ran, per
-    instance)."""
-    from recfabric.sim.icarus_time0 import REPORT_FILE, fire_trigger, instrument, parse_report
+def _time0_audit(tmp_path, monkeypatch, **kw):
+    """The kernel under Icarus (``-g2012``) as ``generate_verilog`` emits it, instrumented by
+    sim/icarus_time0.py: bit-exact as in ``_run``, and no register holds an X bit at the end.
+    Returns the audit's report (the ``always @*`` blocks that never ran, per instance)."""
+    from recfabric.sim.icarus_time0 import REPORT_FILE, instrument, parse_report
     counts = {}
 
     def audit(text):
-        out, blocks = instrument(fire_trigger(text) if fire else text)
+        out, blocks = instrument(text)
         counts.update(blocks)
         return out
 
@@ -137,24 +139,36 @@ def _time0_audit(tmp_path, monkeypatch, fire=False, **kw):
 def test_kernel_icarus(tmp_path, monkeypatch):
     """The kernel under Icarus, audited for the time-0 hazard (sim/icarus_time0.py). The
     instrumentation only adds flag writes that nothing reads and a ``final`` report: the run is
-    the original Verilog's. The one block that never runs in the `tiny` kernel is the
-    dispatcher's constant ``lk.desc`` (``always @* lk[..] = 0``), which no register copies."""
+    the emitted Verilog's. With the trigger fired (``generate_verilog`` applies
+    ``hw/time0.fire_trigger``) every ``always @*`` block runs, including the dispatcher's
+    constant ``lk.desc`` (``always @* lk[..] = 0``), which never ran before the fix."""
     require_simulator(have_icarus(), "Icarus Verilog >= 11")
     report = _time0_audit(tmp_path, monkeypatch)
-    assert set(report.never_ran) <= {"recfabric_kernel.kernel.dispatcher"}
+    assert report.never_ran == {}
 
 
-@pytest.mark.slow  # ~75 s: the small kernel under Icarus
+@pytest.mark.slow  # ~2 min: the small kernel under Icarus, after a `recfabric build`
 @pytest.mark.cocotb
-def test_small_kernel_icarus_with_the_trigger_fired(tmp_path, monkeypatch):
-    """The `small` kernel as generated hangs under Icarus (-g2012): its first run stops with
+def test_small_kernel_icarus_as_built(tmp_path, monkeypatch):
+    """The `small` kernel's Verilog exactly as ``recfabric build`` writes it, under Icarus
+    (cocotb's ``-g2012``), not instrumented: both runs bit-exact ``==`` golden. Before the
+    trigger was fired in ``generate_verilog`` this run hung: its first run stopped with
     requests_done 0 after the lookups (cycles 6,662, 401 polls), because blocks whose inputs
     keep their initial value for the run (the interaction's ``mode``, the kernel's bottom-MLP
-    enable, the MLP drains' and the bottom writer's selects) never run, and their X reaches
-    the interaction's registers (the audit: 10 such blocks besides the dispatcher's constant,
-    11 registers; README "Icarus and the time-0 trigger"). With the trigger fired at time 0
-    (``fire_trigger``) every block runs: bit-exact, no X."""
+    enable, the MLP drains' and the bottom writer's selects) never ran, and their X reached the
+    interaction's registers (README "Icarus and the time-0 trigger")."""
+    from recfabric.host.cli.main import main
+    from recfabric.hw.vitis_package import VERILOG_FILE, kernel_name
     require_simulator(have_icarus(), "Icarus Verilog >= 11")
-    report = _time0_audit(tmp_path, monkeypatch, fire=True, config="small", model="small",
-                          batches=(2, 1))
+    assert main(["build", "--config", "small", "-o", str(tmp_path / "build")]) == 0
+    _run("icarus", tmp_path, monkeypatch, config="small", model="small", batches=(2, 1),
+         source=tmp_path / "build" / VERILOG_FILE, toplevel=kernel_name(get_preset("small")))
+
+
+@pytest.mark.slow  # ~2 min: the small kernel under Icarus, instrumented
+@pytest.mark.cocotb
+def test_small_kernel_icarus_audit(tmp_path, monkeypatch):
+    """The audit of the `small` kernel as generated: every ``always @*`` block ran, no X."""
+    require_simulator(have_icarus(), "Icarus Verilog >= 11")
+    report = _time0_audit(tmp_path, monkeypatch, config="small", model="small", batches=(2, 1))
     assert report.never_ran == {}

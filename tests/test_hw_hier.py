@@ -22,6 +22,7 @@ from recfabric.hw.hier import HierarchicalEmitter
 from recfabric.hw.kernel import generate_verilog
 from recfabric.hw.mlp_engine import MLPPipeline
 from recfabric.hw.systolic_array import SystolicArray
+from recfabric.hw.time0 import fired_modules
 
 pytestmark = pytest.mark.skipif(shutil.which("iverilog") is None, reason="needs Icarus")
 
@@ -167,6 +168,8 @@ def test_kernel_verilog_is_hierarchical_by_default():
     assert len(mods) == len(set(mods)) >= 1
     assert not re.search(r"^module recfabric_kernel__", flat, re.M)
     assert _ports(hier, "recfabric_kernel") == _ports(flat, "recfabric_kernel")
+    for text in (hier, flat):  # both paths fire the time-0 trigger (hw/time0.py)
+        assert all(fired_modules(text).values()) and len(fired_modules(text)) >= 10
 
 
 def test_tiny_kernel_hierarchical_equals_flat(tmp_path):

