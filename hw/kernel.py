@@ -50,7 +50,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from .arith import carry_select_add
+from .arith import carry_select_add, pipelined_count
 from .axi4 import AXI4LiteSignature, AXI4Signature
 from .bag_combiner import BagCombiner
 from .concat_stage import ConcatStage
@@ -516,8 +516,12 @@ class RecFabricKernel(wiring.Component):
         lookups = Signal(32)
         stall_mem = Signal(32)
         stall_mlp = Signal(32)
-        issued_now = Signal(range(len(units) + 1))
-        m.d.comb += issued_now.eq(sum(u.i_lookup.valid & u.i_lookup.ready for u in units))
+        # The lookups of each cycle, counted over all units in two registered stages (one sum
+        # of 36 units into the 32-bit counter was 11.5 logic levels at u280); a run's status
+        # is read long after its last lookup, so the two cycles never show.
+        issued_now = pipelined_count(
+            m, Cat(u.i_lookup.valid & u.i_lookup.ready for u in units), clear=ctrl.start,
+            name="issued_now")
         mem_stall = Cat(u.i_lookup.valid & ~u.i_lookup.ready for u in self.units).any() \
             if self.units else Const(0)
         # Per-unit lookup counters (the dispatcher's, cleared at start): registers only.
