@@ -36,6 +36,41 @@ def test_reduced_block_has_at_most_8_logic_levels(block, tmp_path):
     assert 0 < r["levels"] <= rs.MAX_LEVELS, (block, r["levels"], r["levels_end"])
 
 
+def _lookup_counter(units, pipelined):
+    """The kernel glue's lookup counter for 36 units (u280: 28 lookup units + 8 on-chip
+    tables): a 32-bit counter adding each cycle's handshakes, counted in one sum (``pipelined``
+    False, as it was: 11.5 levels in the u280 kernel glue) or by
+    :func:`~recfabric.hw.arith.pipelined_count`."""
+    from amaranth.hdl import Module, Mux
+    from amaranth.lib import wiring
+    from amaranth.lib.wiring import In, Out
+
+    from recfabric.hw.arith import pipelined_count
+
+    class Counter(wiring.Component):
+        fired: In(units)
+        clear: In(1)
+        count: Out(32)
+
+        def elaborate(self, platform):
+            m = Module()
+            now = (pipelined_count(m, self.fired, clear=self.clear) if pipelined
+                   else sum(self.fired[i] for i in range(units)))
+            m.d.sync += self.count.eq(Mux(self.clear, 0, self.count + now))
+            return m
+
+    return Counter()
+
+
+@pytest.mark.parametrize("pipelined", [False, True])  # ~5 s each (Yosys)
+def test_the_lookup_counter_of_36_units_is_pipelined_to_8_levels(pipelined, tmp_path):
+    r = rs.synth_block(_lookup_counter(36, pipelined), cache_dir=tmp_path)
+    if pipelined:
+        assert 0 < r["levels"] <= rs.MAX_LEVELS, (r["levels"], r["levels_end"])
+    else:  # the depth this fixed: one sum of 36 bits into the counter
+        assert r["levels"] > rs.MAX_LEVELS, r["levels"]
+
+
 GLUE = ("kernel glue", "mlp pipeline glue")
 #: Blocks that exist only with a configuration option (bottom MLP, dot unit, split tables).
 OPTIONAL_BLOCKS = ("dense packer", "bottom pipeline glue", "dot interaction", "bag combiner")
