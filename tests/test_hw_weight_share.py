@@ -1,0 +1,198 @@
+"""Weight memories shared by ``weight_share`` row pairs of a broadcast column (issue 9.4): the
+same results as the golden model (``==``) with packed int8 and unpacked int16 engines, random
+stalls, several models loaded one after another into one pipeline without a reset, and models
+loaded through the kernel program format; the option refuses what it cannot do; the resource
+counting sees one wide memory per group."""
+
+import gc
+import random
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from recfabric.host import numerics as nx
+from recfabric.host.bench import resources as rs
+from recfabric.host.bench.mlp import golden_mlp, random_layers, simulate_mlp
+from recfabric.host.compiler.cycle_model import MLPCycleModel
+from recfabric.hw.config import ConfigError, get_preset
+from recfabric.hw.mlp import LayerEngine, MLPPipeline, mlp_load_image
+from recfabric.hw.systolic_array import SystolicArray
+from recfabric.sim.stream_testing import stream_get, stream_put
+
+from .test_hw_systolic_array import test_array_rows_equal_spec_dot_products as _array_check
+
+
+@pytest.mark.parametrize("R,C,acc,packed,wr,wc,seg,bc,ws", [
+    (10, 16, 32, True, 2, 4, 7, 3, 2),   # 5 pairs: banks of 4 + 4 + 2 rows
+    (9, 8, 32, True, 1, 3, 0, 2, 3),     # banks of 6 + 3 rows: the last holds a plain PE's row
+    (9, 4, 32, True, 3, 4, 0, 16, 4),    # banks of 8 + 1 rows; write groups of 3 rows span banks
+    (6, 9, 20, False, 2, 3, 4, 4, 2),    # unpacked: banks of 4 + 2 rows, cascade segments
+    (5, 8, 32, False, 1, 1, 0, 2, 3),    # unpacked, odd rows: one bank of all 5
+    (8, 5, 32, False, 3, 2, 0, 16, 4),   # unpacked: one 8-lane bank, rows written by 3 groups
+])
+def test_array_with_shared_weight_memories(R, C, acc, packed, wr, wc, seg, bc, ws):
+    """Every row's sums == the spec's dot products, through the wide write port."""
+    _array_check(R, C, acc, packed, wr, wc, seg, bc, ws)
+
+
+def _check(shapes, widths, bits, ws, *, broadcast=2, cascade=0, batch=4, p=0.3, seed=0):
+    rng = np.random.default_rng(seed)
+    layers = random_layers(rng, widths, bits=bits, top=True)
+    acc_bits = nx.default_acc_bits(bits)
+    pipe = MLPPipeline(shapes=shapes, data_bits=bits, acc_bits=acc_bits, max_in=widths[0],
+                       max_width=max(widths[1:]), cascade=cascade, broadcast=broadcast,
+                       weight_share=ws)
+    x = rng.integers(-(1 << (bits - 1)), 1 << (bits - 1), size=(batch, widths[0]))
+    res = simulate_mlp(pipe, layers, x, rng=random.Random(seed), p_idle=p, p_stall=p)
+    assert res["out"].tolist() == golden_mlp(layers, x, acc_bits).tolist()
+    return res, pipe
+
+
+@pytest.mark.parametrize("shapes,widths,bits,ws,cascade", [
+    ([(10, 9), (3, 10), (1, 3)], (18, 20, 6, 1), 8, 2, 5),    # packed, banks 4 + 4 + 2 rows
+    ([(9, 7), (4, 9), (1, 4)], (14, 9, 8, 1), 8, 3, 0),       # packed odd rows: 6 + 3
+    ([(6, 9), (3, 6), (1, 3)], (18, 12, 6, 1), 16, 2, 4),     # unpacked int16: 4 + 2 rows
+    ([(7, 5), (4, 7), (1, 4)], (10, 14, 8, 1), 16, 4, 0),     # one 7-row bank, one of 4
+])
+def test_pipelines_exact_with_stalls(shapes, widths, bits, ws, cascade):
+    """Random idle input and stalled output: every score == the golden model's."""
+    _, pipe = _check(shapes, widths, bits, ws, cascade=cascade, batch=3)
+    assert pipe.weight_share == ws
+    eng = LayerEngine(**pipe.engine_kwargs()[0])
+    eng._MustUse__silence = True  # built to read its fields, never elaborated
+    assert eng.weight_share == ws and eng.packed == (bits == 8)
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_cycle_model_latency_unchanged(bits):
+    """Sharing changes no timing: the simulated batch-1 latency is the cycle model's."""
+    shapes, widths = [(9, 7), (4, 9), (1, 4)], (14, 9, 8, 1)
+    one, pipe = _check(shapes, widths, bits, 4, batch=1, p=0.0, seed=4)
+    model = MLPCycleModel(shapes=shapes, widths=widths, banks=pipe.banks, packed=pipe.packed,
+                          broadcast=2)
+    assert one["out_last"][0] - one["in_first"][0] == model.latency
+
+
+def _run_models(pipe, runs, p, seed):
+    """Load each ``(layers, x)`` of ``runs`` into ``pipe`` in turn (one simulation, no reset:
+    each model overwrites the last one's weights once its requests are out) and run ``x``;
+    returns each run's outputs."""
+    rng = random.Random(seed)
+    outs = [np.zeros((len(x), layers[-1].shape[1]), dtype=np.int64) for layers, x in runs]
+    done = [False] * len(runs)
+    lanes = pipe.shapes[0][1]
+
+    async def driver(ctx):
+        for i, (layers, x) in enumerate(runs):
+            while i and not done[i - 1]:
+                await ctx.tick()
+            image = mlp_load_image(pipe, layers)
+            ctx.set(pipe.i_block.valid, 1)
+            for blk in image.blocks:
+                sel = pipe.block_sel.const(blk.sel).as_value().value
+                for k, beat in enumerate(blk.beats):
+                    ctx.set(pipe.i_block.payload, {"sel": sel, "addr": blk.addr + k,
+                                                   "data": beat})
+                    await ctx.tick()
+            ctx.set(pipe.i_block.valid, 0)
+            ctx.set(pipe.i_load.valid, 1)
+            for wd in image.descriptors:
+                ctx.set(pipe.i_load.payload, wd)
+                await ctx.tick()
+            ctx.set(pipe.i_load.valid, 0)
+            chunks = -(-x.shape[1] // lanes)
+            xp = np.zeros((len(x), chunks * lanes), dtype=np.int64)
+            xp[:, :x.shape[1]] = x
+            for row in xp:
+                for j in range(chunks):
+                    await stream_put(ctx, pipe.i_vector,
+                                     {"data": [int(v) for v in row[j * lanes:(j + 1) * lanes]],
+                                      "last": int(j == chunks - 1)}, rng=rng, p_idle=p)
+
+    async def consumer(ctx):
+        for i, out in enumerate(outs):
+            for b in range(out.shape[0]):
+                for j in range(out.shape[1]):
+                    got = await stream_get(ctx, pipe.o_scores, rng=rng, p_stall=p)
+                    out[b, j] = got.score
+            done[i] = True
+
+    sim = Simulator(pipe)
+    sim.add_clock(1e-8)
+    sim.add_testbench(driver)
+    sim.add_testbench(consumer)
+    sim.run()
+    return outs
+
+
+@pytest.mark.parametrize("bits,ws", [(8, 4), (16, 2)])
+def test_several_models_one_after_another_without_reset(bits, ws):
+    """Three models of different sizes (narrower ones identity-padded) loaded in turn into one
+    pipeline: each one's scores == the golden model's, so every word of a shared memory took
+    its own lane's weight and left the others' alone."""
+    shapes = [(6, 5), (4, 6), (1, 4)]
+    pipe = MLPPipeline(shapes=shapes, data_bits=bits, acc_bits=nx.default_acc_bits(bits),
+                       max_in=12, max_width=12, broadcast=2, weight_share=ws)
+    rng = np.random.default_rng(9)
+    runs = []
+    for widths in ((12, 12, 8, 1), (7, 5, 1), (12, 9, 12, 1)):
+        if bits == 8 and len(widths) < 4:
+            widths = (widths[0], 3, widths[1], 1)  # int8 top MLPs cannot be identity-padded
+        layers = random_layers(rng, widths, bits=bits)
+        x = rng.integers(-(1 << (bits - 1)), 1 << (bits - 1), size=(3, widths[0]))
+        runs.append((layers, x))
+    outs = _run_models(pipe, runs, p=0.25, seed=bits)
+    for (layers, x), out in zip(runs, outs):
+        assert out.tolist() == golden_mlp(layers, x, pipe.acc_bits).tolist()
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_weight_share_refuses_what_it_cannot_do():
+    small = get_preset("small")
+    with pytest.raises(ConfigError, match="mlp_weight_share needs mlp_broadcast >= 2.*is 0.*not 2"):
+        small.replace(mlp_weight_share=2)
+    with pytest.raises(ConfigError, match="mlp_weight_share must be at least 1, not 0"):
+        small.replace(mlp_broadcast=4, mlp_weight_share=0)
+    eng = dict(rows=4, cols=4, data_bits=8, acc_bits=32, max_in=8, max_out=8)
+    with pytest.raises(ValueError, match="weight_share 3 needs the activation broadcast .*not 0"):
+        LayerEngine(**eng, weight_share=3)
+    with pytest.raises(TypeError, match="weight_share must be a positive integer, not 0"):
+        LayerEngine(**eng, broadcast=2, weight_share=0)
+    with pytest.raises(ValueError, match="weight_share 2 needs the activation broadcast"):
+        SystolicArray(rows=4, cols=2, data_bits=8, acc_bits=32, depth=4, ctrl_bits=2,
+                      weight_share=2)
+    with pytest.raises(ValueError, match="weight_share 2 needs the activation broadcast"):
+        MLPPipeline(shapes=[(2, 2), (1, 2)], data_bits=8, acc_bits=32, max_in=4, max_width=4,
+                    weight_share=2)
+    # The field counts in the config hash only when set: presets keep theirs.
+    c = small.replace(mlp_broadcast=4)
+    assert c.replace(mlp_weight_share=2).config_hash != c.config_hash
+    assert c.replace(mlp_weight_share=1).config_hash == c.config_hash
+    assert (get_preset("tiny").config_hash, small.config_hash) == (1255732182, 4268313264)
+    gc.collect()
+
+
+def test_resource_counting_sees_one_wide_memory_per_group():
+    """u280-int8 with weight_share 4: engine 0 (80 x 68, 208 words) keeps 40 pairs a column in
+    10 memories of 64 bits, one RAMB36 each (512 x 72) instead of 40 RAMB18: half the BRAM36;
+    and an engine with rows left over counts them in one narrower memory."""
+    c = get_preset("u280-int8")
+    base = rs.weight_memories(c)
+    shared = rs.weight_memories(c.replace(mlp_weight_share=4))
+    e0 = next(e for e in base if e["mlp"] == "mlp" and e["engine"] == 0)
+    s0 = next(e for e in shared if e["mlp"] == "mlp" and e["engine"] == 0)
+    assert (e0["rows"], e0["cols"], e0["words"]) == (80, 68, 208)
+    assert e0["memories"] == [{"count": 40 * 68, "bits": 16, "lanes": 2}]
+    assert e0["BRAM36"] == 40 * 68 * 0.5 == 1360
+    assert s0["memories"] == [{"count": 10 * 68, "bits": 64, "lanes": 8}]
+    assert s0["BRAM36"] == 10 * 68 * 1 == e0["BRAM36"] / 2
+    assert s0["DSP48E2"] == e0["DSP48E2"]
+    # 3 pairs a memory: 80 rows = 13 groups of 6 and 2 rows left, per column
+    s3 = next(e for e in rs.weight_memories(c.replace(mlp_weight_share=3))
+              if e["mlp"] == "mlp" and e["engine"] == 0)
+    assert s3["memories"] == [{"count": 13 * 68, "bits": 48, "lanes": 6},
+                              {"count": 68, "bits": 16, "lanes": 2}]
+    assert s3["BRAM36"] == 13 * 68 * 1 + 68 * 0.5
+    total = rs.analytic_estimate(c.replace(mlp_weight_share=4))["total"]["BRAM36"]
+    assert total < rs.analytic_estimate(c)["total"]["BRAM36"] - 600
