@@ -44,11 +44,12 @@ each pair alone takes a RAMB18: half the block RAM at a shallow depth. Timing is
 Weights are written through a wide port, one ``write_rows`` x ``write_cols`` rectangle of PEs per
 write (:class:`~recfabric.hw.mlp.load_format.BeatPacking` picks the rectangle). A memory shared
 by rows ``2s`` and ``2s+1`` (packed pair or unpacked shared memory; or a weight bank's rows) has
-one byte lane per row, each enabled by its row's group: with an even ``write_rows`` (what ``BeatPacking`` picks when
-the group count allows it) both halves of a word are written by the same write.
+one byte lane per row, each enabled by its row's group: with an even ``write_rows`` (what
+``BeatPacking`` picks when the group count allows it) both halves of a word are written by the
+same write.
 
-Each PE, packed pair, shared memory and weight bank is built through :func:`~recfabric.hw.hier.separate`, so
-hierarchical Verilog emits each distinct one once.
+Each PE, packed pair, shared memory and weight bank is built through
+:func:`~recfabric.hw.hier.separate`, so hierarchical Verilog emits each distinct one once.
 """
 
 from amaranth.hdl import Cat, Const, Module, Signal, signed

@@ -15,11 +15,14 @@ from recfabric.host import numerics as nx
 from recfabric.host.bench import resources as rs
 from recfabric.host.bench.mlp import golden_mlp, random_layers, simulate_mlp
 from recfabric.host.compiler.cycle_model import MLPCycleModel
+from recfabric.host.model.synthetic import synthetic_batch
+from recfabric.host.runtime.accelerator import Accelerator
 from recfabric.hw.config import ConfigError, get_preset
 from recfabric.hw.mlp import LayerEngine, MLPPipeline, mlp_load_image
 from recfabric.hw.systolic_array import SystolicArray
 from recfabric.sim.stream_testing import stream_get, stream_put
 
+from .test_hw_program_load import INT8, WIDE, _compile, _golden, _spec
 from .test_hw_systolic_array import test_array_rows_equal_spec_dot_products as _array_check
 
 
@@ -194,5 +197,24 @@ def test_resource_counting_sees_one_wide_memory_per_group():
     assert s3["memories"] == [{"count": 13 * 68, "bits": 48, "lanes": 6},
                               {"count": 68, "bits": 16, "lanes": 2}]
     assert s3["BRAM36"] == 13 * 68 * 1 + 68 * 0.5
-    total = rs.analytic_estimate(c.replace(mlp_weight_share=4))["total"]["BRAM36"]
-    assert total < rs.analytic_estimate(c)["total"]["BRAM36"] - 600
+
+
+@pytest.mark.parametrize("cfg, top", [
+    pytest.param(WIDE.replace(name="tiny-wide-ws2", mlp_broadcast=2, mlp_weight_share=2),
+                 (14, 1), marks=pytest.mark.slow),  # ~25 s under load; int8 is the default
+    (INT8.replace(name="tiny-int8-ws3", mlp_broadcast=2, mlp_weight_share=3), (7, 3, 1)),
+], ids=["int16-ragged", "int8"])
+def test_kernel_program_weights_land_in_shared_memories(tmp_path, cfg, top):
+    """A compiled model's packed weight beats (ragged write groups, test_hw_program_load.py)
+    go through the kernel's program loader into the shared memories while every master
+    stalls at random: the scores equal the golden model's."""
+    spec = _spec(top)
+    d, cm = _compile(tmp_path, spec, cfg, seed=3)
+    assert cm.program.meta["counts"]["MLP weights"] > 0
+    with Accelerator.open("sim", cfg, p_stall=0.3, mem_latency=16, seed=5,
+                          max_cycles=60_000) as acc:
+        acc.load(d)
+        dense, sparse = synthetic_batch(spec, 3, seed=1)
+        r = acc.infer(dense, sparse)
+    assert np.array_equal(r.scores, _golden(cm, dense, sparse))
+    assert r.counters["errors"] == 0 and r.counters["requests_done"] == 3
