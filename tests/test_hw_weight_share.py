@@ -258,3 +258,19 @@ def test_yosys_maps_a_shared_memory_as_counted(tmp_path):
     assert got[1]["BRAM36"] == 8 * rs.block_ram36(169, 16) == 4
     assert got[4]["BRAM36"] == 2 * rs.block_ram36(169, 64) == 2
     assert got[1]["DSP48E2"] == got[4]["DSP48E2"] == 8
+
+
+def test_a_grown_first_engine_fits_the_block_ram_only_shared():
+    """The study's first u280-int8 row (docs/mlp.md, tools/size_engines.py): engine 0 grown to
+    104 x 68 (engines 52 x 104, 28 x 52, 1 x 28) takes microrec-large to 1.17x its MAC bound;
+    with one memory per pair its block RAM is over the 90% the presets keep (94%), with two
+    pairs a memory under it (47%), on the same DSP48E2."""
+    from recfabric.host.compiler.cycle_model import MLPCycleModel
+    grown = get_preset("u280-int8").replace(
+        mlp_top_shapes=((104, 68), (52, 104), (28, 52), (1, 28)))
+    one, two = (rs.analytic_estimate(grown.replace(mlp_weight_share=g)) for g in (1, 2))
+    assert one["utilization"]["BRAM36"] > 0.9 > 0.5 > two["utilization"]["BRAM36"]
+    assert one["total"]["DSP48E2"] == two["total"]["DSP48E2"] <= rs.CARDS["u280"]["DSP48E2"]
+    large = MLPCycleModel.for_config(grown.replace(mlp_weight_share=2),
+                                     (876, 1024, 512, 256, 1))
+    assert large.ii / large.bound <= 1.2
