@@ -174,6 +174,10 @@ def test_weight_share_refuses_what_it_cannot_do():
     c = small.replace(mlp_broadcast=4)
     assert c.replace(mlp_weight_share=2).config_hash != c.config_hash
     assert c.replace(mlp_weight_share=1).config_hash == c.config_hash
+    from recfabric.hw.config import AcceleratorConfig
+    shared = c.replace(mlp_weight_share=3)
+    assert AcceleratorConfig.from_json(shared.to_json()) == shared
+    assert MLPPipeline.config_kwargs(shared)["weight_share"] == 3
     assert (get_preset("tiny").config_hash, small.config_hash) == (1255732182, 4268313264)
     gc.collect()
 
