@@ -32,7 +32,7 @@ _LOGIT_BITS = 11
 
 #: Fields the config hash includes only when they differ from these values (their defaults).
 _HASHED_IF_NOT_DEFAULT = {"activation_banks": 4, "mlp_cascade": 0, "mlp_broadcast": 0,
-                          "split_pools": 0}
+                          "mlp_weight_share": 1, "split_pools": 0}
 
 
 class ConfigError(ValueError):
@@ -263,6 +263,13 @@ class AcceleratorConfig:
         Fanout of the registers that broadcast activations down every engine's columns (0:
         activations move one PE position per cycle, so rows finish one after another; else
         all rows finish together, ``ceil(log_fanout(slots)) - 1`` register levels down).
+    mlp_weight_share : int
+        Row pairs (int8 packed pairs, or int16 rows ``2s``, ``2s+1``) of an engine column that
+        share one weight memory (1: one ``2 * data_bits``-bit memory per pair). Needs
+        ``mlp_broadcast`` (a column's PEs then read the same address in the same cycle): ``G``
+        pairs' weights at one address make one ``2 * G * data_bits``-bit word, e.g. four int8
+        pairs fill one 512 x 72 RAMB36 where each alone takes a RAMB18
+        (:class:`~recfabric.hw.systolic_array.SystolicArray`). Same timing, same results.
     dot_lanes : int
         MACs per cycle of the :class:`~recfabric.hw.interaction.DotInteraction` block (DLRM's
         pairwise dot interaction); 0: no such block (concatenation only).
@@ -306,6 +313,7 @@ class AcceleratorConfig:
     activation_banks: int = 4
     mlp_cascade: int = 0
     mlp_broadcast: int = 0
+    mlp_weight_share: int = 1
     dot_lanes: int = 0
     max_outputs: int = 1
     inflight: int = 8
@@ -380,6 +388,10 @@ class AcceleratorConfig:
                  f"must be at most {_PACKED_SEGMENT} at int8 (the packed lower field's products)")
         need(self.mlp_broadcast == 0 or self.mlp_broadcast >= 2, "mlp_broadcast",
              "must be 0 (off) or a fanout of at least 2")
+        need(self.mlp_weight_share >= 1, "mlp_weight_share", "must be at least 1")
+        need(self.mlp_weight_share == 1 or self.mlp_broadcast >= 2, "mlp_weight_share",
+             f"needs mlp_broadcast >= 2 (a column's PEs read one address per cycle; "
+             f"mlp_broadcast is {self.mlp_broadcast})")
         need(0 <= self.dot_lanes <= self.mlp_top_shapes[0][1], "dot_lanes",
              f"must be in 0..{self.mlp_top_shapes[0][1]} (the first top engine's columns)")
         need(1 <= self.max_outputs <= self.mem_data_width // 16 - 1, "max_outputs",

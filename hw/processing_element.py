@@ -24,8 +24,8 @@ from amaranth.lib.wiring import In, Out
 # PE_LATENCY is defined with the array's timing arithmetic, which the host imports without Amaranth
 from .array_timing import PE_LATENCY
 
-__all__ = ["ProcessingElement", "PackedPEPair", "SharedWeights", "PE_LATENCY", "PACK_SHIFT",
-           "PACK_P_BITS", "RAM_STYLES", "packed_segment_len", "unpack"]
+__all__ = ["ProcessingElement", "PackedPEPair", "SharedWeights", "WeightBank", "PE_LATENCY",
+           "PACK_SHIFT", "PACK_P_BITS", "RAM_STYLES", "packed_segment_len", "unpack"]
 
 #: Bit offset of the upper row's field in a packed DSP word (WP486: 18).
 PACK_SHIFT = 18
@@ -222,6 +222,10 @@ class PackedPEPair(wiring.Component):
         Activation width (``<= 18``, the B port; defaults to ``data_bits``).
     ram_style : str, optional
         As :class:`ProcessingElement`.
+    weight_in : bool, optional
+        No local memory: the pair's two weights arrive on ``w_in`` (from a :class:`WeightBank`
+        shared with other pairs of its column), one cycle after ``addr_in``, as the memory's
+        read register would present them; there are no ``w_*`` write members then.
 
     Members
     -------
@@ -237,10 +241,17 @@ class PackedPEPair(wiring.Component):
     w_addr : In(range(depth))
     w_data : In(ArrayLayout(signed(data_bits), 2))
         The pair's two weights (lower row first).
+    w_in : In(ArrayLayout(signed(data_bits), 2))
+        (``weight_in``) The pair's two weights (lower row first) of the operand that entered
+        one cycle earlier.
     """
 
+    #: Weights from a shared :class:`WeightBank` (set on the instance only when True, so the
+    #: default's hierarchical fingerprint is unchanged).
+    weight_in = False
+
     def __init__(self, *, data_bits: int, depth: int, ctrl_bits: int, x_bits: int | None = None,
-                 ram_style: str | None = None):
+                 ram_style: str | None = None, weight_in: bool = False):
         x_bits = data_bits if x_bits is None else x_bits
         for name, v in (("data_bits", data_bits), ("depth", depth), ("ctrl_bits", ctrl_bits),
                         ("x_bits", x_bits)):
@@ -251,20 +262,24 @@ class PackedPEPair(wiring.Component):
         self.data_bits, self.depth = data_bits, depth
         self.ctrl_bits, self.x_bits = ctrl_bits, x_bits
         self.ram_style = _check_style(ram_style)
-        super().__init__({
-            **_array_ports(x_bits, depth, ctrl_bits, PACK_P_BITS),
-            "w_en": In(2),
-            "w_addr": In(range(depth)),
-            "w_data": In(data.ArrayLayout(signed(data_bits), 2)),
-        })
+        pair = data.ArrayLayout(signed(data_bits), 2)
+        if weight_in:
+            self.weight_in = True
+            ports = {"w_in": In(pair)}
+        else:
+            ports = {"w_en": In(2), "w_addr": In(range(depth)), "w_data": In(pair)}
+        super().__init__({**_array_ports(x_bits, depth, ctrl_bits, PACK_P_BITS), **ports})
 
     def elaborate(self, platform):
         m = Module()
-        # One memory of weight pairs (one 16-bit word per address: a single RAMB18 in 1K x 18
-        # mode), each row's weight written through its byte lane.
-        d = self.data_bits
-        pair = _weight_pair_memory(m, self, self.addr_in)
-        w_lo, w_hi = pair[:d].as_signed(), pair[d:].as_signed()
+        if self.weight_in:
+            w_lo, w_hi = self.w_in[0], self.w_in[1]
+        else:
+            # One memory of weight pairs (one 16-bit word per address: a single RAMB18 in
+            # 1K x 18 mode), each row's weight written through its byte lane.
+            d = self.data_bits
+            pair = _weight_pair_memory(m, self, self.addr_in)
+            w_lo, w_hi = pair[:d].as_signed(), pair[d:].as_signed()
         m.d.sync += [self.x_out.eq(self.x_in), self.addr_out.eq(self.addr_in),
                      self.ctrl_out.eq(self.ctrl_in), self.valid_out.eq(self.valid_in)]
         # Pre-adder (A:D): the packed weight pair.
@@ -342,6 +357,62 @@ class SharedWeights(wiring.Component):
             m.d.sync += self.w_lower.eq(pair[d:])
         else:
             m.d.comb += self.w_lower.eq(pair[d:])
+        return m
+
+
+class WeightBank(wiring.Component):
+    """One weight memory of ``lanes * data_bits``-bit words for ``lanes`` rows of one array
+    column whose PEs (built with ``weight_in``) all read the same address in the same cycle (a
+    broadcast column, :class:`~recfabric.hw.systolic_array.SystolicArray` ``weight_share``).
+
+    Four int8 packed pairs' weights (64 bits) at one address fill one 512 x 72 RAMB36 where each
+    pair alone takes a RAMB18; ``w_out`` is registered by the read like a PE's own memory (one
+    cycle after ``addr_in``).
+
+    Parameters
+    ----------
+    lanes : int
+        Rows (weights) per word.
+    data_bits, depth : int
+        As :class:`ProcessingElement`.
+    ram_style : str, optional
+        As :class:`ProcessingElement`.
+
+    Members
+    -------
+    addr_in : In(range(depth))
+    w_out : Out(ArrayLayout(signed(data_bits), lanes))
+        Lane ``j``: row ``j``'s weight of the operand that entered one cycle earlier.
+    w_en : In(lanes)
+        Byte-lane write enables: bit ``j`` writes row ``j``'s weight (``w_data[j]``); any
+        subset may be written in one cycle.
+    w_addr : In(range(depth))
+    w_data : In(ArrayLayout(signed(data_bits), lanes))
+    """
+
+    def __init__(self, *, lanes: int, data_bits: int, depth: int,
+                 ram_style: str | None = None):
+        for name, v in (("lanes", lanes), ("data_bits", data_bits), ("depth", depth)):
+            _check_positive(name, v)
+        self.lanes, self.data_bits, self.depth = lanes, data_bits, depth
+        self.ram_style = _check_style(ram_style)
+        words = data.ArrayLayout(signed(data_bits), lanes)
+        super().__init__({
+            "addr_in": In(range(depth)),
+            "w_out": Out(words),
+            "w_en": In(lanes),
+            "w_addr": In(range(depth)),
+            "w_data": In(words),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.weights = mem = Memory(shape=self.lanes * self.data_bits, depth=self.depth,
+                                            init=[], attrs=_attrs(self.ram_style))
+        wr = mem.write_port(granularity=self.data_bits)
+        rd = mem.read_port()
+        m.d.comb += [wr.en.eq(self.w_en), wr.addr.eq(self.w_addr), wr.data.eq(self.w_data),
+                     rd.addr.eq(self.addr_in), self.w_out.eq(rd.data)]
         return m
 
 

@@ -33,14 +33,23 @@ Unpacked, the PEs of rows ``2s`` and ``2s+1`` of a column share one weight memor
 take a RAMB18): the upper PE's address reads it; the lower PE, one cycle behind, gets its half
 through one more register (:class:`~recfabric.hw.processing_element.SharedWeights`).
 
+With ``broadcast``, ``weight_share = G`` (> 1) goes further: every PE of a column reads the
+same address in the same cycle, so the weights of ``2 * G`` consecutive rows of a column (``G``
+packed pairs, or ``G`` unpacked row pairs) live in ONE memory of ``2 * G * data_bits``-bit words
+(:class:`~recfabric.hw.processing_element.WeightBank`; a partial last group holds the rows that
+are left), read at the column's broadcast address, each PE (or packed pair, built with
+``weight_in``) taking its lanes. Four int8 pairs' 64-bit words fill one 512 x 72 RAMB36 where
+each pair alone takes a RAMB18: half the block RAM at a shallow depth. Timing is unchanged.
+
 Weights are written through a wide port, one ``write_rows`` x ``write_cols`` rectangle of PEs per
 write (:class:`~recfabric.hw.mlp.load_format.BeatPacking` picks the rectangle). A memory shared
-by rows ``2s`` and ``2s+1`` (packed pair or unpacked shared memory) has one byte lane per row,
-each enabled by its row's group: with an even ``write_rows`` (what ``BeatPacking`` picks when
-the group count allows it) both halves of a word are written by the same write.
+by rows ``2s`` and ``2s+1`` (packed pair or unpacked shared memory; or a weight bank's rows) has
+one byte lane per row, each enabled by its row's group: with an even ``write_rows`` (what
+``BeatPacking`` picks when the group count allows it) both halves of a word are written by the
+same write.
 
-Each PE, packed pair and shared memory is built through :func:`~recfabric.hw.hier.separate`, so
-hierarchical Verilog emits each distinct one once.
+Each PE, packed pair, shared memory and weight bank is built through
+:func:`~recfabric.hw.hier.separate`, so hierarchical Verilog emits each distinct one once.
 """
 
 from amaranth.hdl import Cat, Const, Module, Signal, signed
@@ -55,6 +64,7 @@ from .processing_element import (
     PackedPEPair,
     ProcessingElement,
     SharedWeights,
+    WeightBank,
     packed_segment_len,
 )
 
@@ -102,6 +112,9 @@ class SystolicArray(wiring.Component):
     broadcast : int, optional
         Fanout of the activation broadcast registers (0, default: activations move down one
         slot per cycle; at least 2 otherwise).
+    weight_share : int, optional
+        Row pairs (packed pairs, or unpacked rows ``2s``, ``2s+1``) per weight memory of a
+        column (1, default: one memory per pair; module doc). More than 1 needs ``broadcast``.
 
     Members
     -------
@@ -125,9 +138,9 @@ class SystolicArray(wiring.Component):
     def __init__(self, *, rows: int, cols: int, data_bits: int, acc_bits: int, depth: int,
                  ctrl_bits: int, x_bits: int | None = None, packed: bool = False,
                  write_rows: int = 1, write_cols: int = 1, ram_style: str | None = None,
-                 cascade: int = 0, broadcast: int = 0):
+                 cascade: int = 0, broadcast: int = 0, weight_share: int = 1):
         for name, v in (("rows", rows), ("cols", cols), ("write_rows", write_rows),
-                        ("write_cols", write_cols)):
+                        ("write_cols", write_cols), ("weight_share", weight_share)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise TypeError(f"{name} must be a positive integer, not {v!r}")
         for name, v in (("cascade", cascade), ("broadcast", broadcast)):
@@ -135,6 +148,10 @@ class SystolicArray(wiring.Component):
                 raise TypeError(f"{name} must be a non-negative integer, not {v!r}")
         if broadcast == 1:
             raise ValueError("broadcast fanout must be 0 (off) or at least 2, not 1")
+        if weight_share > 1 and not broadcast:
+            raise ValueError(f"weight_share {weight_share} needs the activation broadcast "
+                             f"(broadcast >= 2, not {broadcast}): only then do a column's PEs "
+                             f"read their weights in the same cycle")
         x_bits = data_bits if x_bits is None else x_bits
         self.packed = bool(packed) and rows >= 2
         # Set on the instance only when used: the class defaults keep the hierarchical
@@ -143,6 +160,8 @@ class SystolicArray(wiring.Component):
             self.cascade = cascade
         if broadcast:
             self.broadcast = broadcast
+        if weight_share > 1:
+            self.weight_share = weight_share
         if self.packed:
             if data_bits + PACK_SHIFT > 27 or x_bits > 18:
                 raise ValueError(f"packed arrays need data_bits <= {27 - PACK_SHIFT} and "
@@ -182,6 +201,8 @@ class SystolicArray(wiring.Component):
     cascade = 0
     #: Fanout of the activation broadcast registers (0: activations move one slot per cycle).
     broadcast = 0
+    #: Row pairs per weight memory of a column (1: one memory per pair; constructor).
+    weight_share = 1
 
     @property
     def timing(self) -> ArrayTiming:
@@ -246,6 +267,7 @@ class SystolicArray(wiring.Component):
             return group_en[self.group(row, col)], w_data[self.lane(row, col)]
 
         pes = [[None] * self.cols for _ in range(self.slots)]
+        banked = self.weight_share > 1  # weights from WeightBanks (wired after the rows)
         share = not self.packed
         feeds = ([self._broadcast_tree(m, c) for c in range(self.cols)] if self.broadcast
                  else None)
@@ -257,9 +279,10 @@ class SystolicArray(wiring.Component):
                 if pair:
                     pe = separate(platform, PackedPEPair, data_bits=self.data_bits,
                                   depth=self.depth, ctrl_bits=self.ctrl_bits, x_bits=self.x_bits,
-                                  ram_style=self.ram_style)
+                                  ram_style=self.ram_style,
+                                  **({"weight_in": True} if banked else {}))
                 else:
-                    shared = share and (r % 2 == 1 or r + 1 < self.rows)
+                    shared = banked or share and (r % 2 == 1 or r + 1 < self.rows)
                     pe = separate(platform, ProcessingElement, data_bits=self.data_bits,
                                   acc_bits=self.acc_bits, depth=self.depth,
                                   ctrl_bits=self.ctrl_bits, x_bits=self.x_bits,
@@ -278,7 +301,9 @@ class SystolicArray(wiring.Component):
                     up = pes[r - 1][c]
                     m.d.comb += [pe.x_in.eq(up.x_out), pe.addr_in.eq(up.addr_out),
                                  pe.ctrl_in.eq(up.ctrl_out), pe.valid_in.eq(up.valid_out)]
-                if pair:
+                if banked:
+                    pass  # written and read through the column's weight banks
+                elif pair:
                     self._pair_write(m, pe, 2 * r, c, wport, w_addr)
                 elif not shared:
                     en, lane = wport(2 * r if self.packed else r, c)
@@ -302,7 +327,33 @@ class SystolicArray(wiring.Component):
                 m.d.comb += [self.psum_row[row].eq(last.psum_out),
                              self.ctrl_row[row].eq(last.ctrl_p),
                              self.valid_row[row].eq(last.valid_p)]
+        if banked:
+            self._weight_banks(m, platform, pes, wport, w_addr)
         return m
+
+    def _weight_banks(self, m, platform, pes, wport, w_addr):
+        """One :class:`~recfabric.hw.processing_element.WeightBank` per ``2 * weight_share``
+        rows of each column (the last one holds the rows left), read at the address of its
+        first slot (every slot of a broadcast column sees the same one in the same cycle); each
+        PE or packed pair takes its rows' lanes, each lane is written by its row's group."""
+        span = 2 * self.weight_share
+        for r0 in range(0, self.rows, span):
+            rows = range(r0, min(r0 + span, self.rows))
+            for c in range(self.cols):
+                bank = separate(platform, WeightBank, lanes=len(rows), data_bits=self.data_bits,
+                                depth=self.depth, ram_style=self.ram_style)
+                m.submodules[f"bank_{r0}_{c}"] = bank
+                for j, row in enumerate(rows):
+                    en, lane = wport(row, c)
+                    m.d.comb += [bank.w_en[j].eq(en), bank.w_data[j].eq(lane)]
+                m.d.comb += [bank.w_addr.eq(w_addr),
+                             bank.addr_in.eq(pes[self.slot(r0)][c].addr_in)]
+                for row in rows:
+                    s = self.slot(row)
+                    if self.packed and 2 * s + 1 < self.rows:  # a pair: lane 0 row 2s, 1 2s+1
+                        m.d.comb += pes[s][c].w_in[row % 2].eq(bank.w_out[row - r0])
+                    else:
+                        m.d.comb += pes[s][c].w_in.eq(bank.w_out[row - r0])
 
     @staticmethod
     def _pair_write(m, unit, row, c, wport, w_addr):

@@ -34,7 +34,7 @@ def test_array_segments_and_broadcast(R, C, acc, packed, wr, wc, seg, bc):
     (5, 8, 32, False, 1, 1),
     (5, 8, 32, False, 2, 3),
 ])
-def test_array_rows_equal_spec_dot_products(R, C, acc, packed, wr, wc, seg=0, bc=0):
+def test_array_rows_equal_spec_dot_products(R, C, acc, packed, wr, wc, seg=0, bc=0, ws=1):
     """Weights written through the wide port (``wr`` x ``wc`` PEs per write, ragged edges
     included), then waves computed: every row equals the spec's dot product."""
     depth, bits = 5, 8
@@ -46,7 +46,7 @@ def test_array_rows_equal_spec_dot_products(R, C, acc, packed, wr, wc, seg=0, bc
     waves[:3] = [(0, np.full(C, -128)), (1, np.full(C, -128)), (1, np.full(C, 127))]
     dut = SystolicArray(rows=R, cols=C, data_bits=bits, acc_bits=acc, depth=depth, ctrl_bits=4,
                         packed=packed, write_rows=wr, write_cols=wc, cascade=seg,
-                        broadcast=bc)
+                        broadcast=bc, weight_share=ws)
     assert dut.dsp_count == (((R + 1) // 2) if packed else R) * C
     cg = -(-C // wc)
     writes = 0

@@ -154,7 +154,9 @@ def lut_ram(depth: int, lanes: int, lane_bits: int) -> int:
 def weight_memories(config) -> list:
     """Every MLP engine's weight (and bias) storage for ``config``, from the engines the kernel
     builds (per-engine depths: :attr:`AcceleratorConfig.top_engine_widths`). One dict per
-    engine: its shape, weight memories (count, words, bits, byte lanes, ``ram_style``) and
+    engine: its shape, weight memories (count, words, bits, byte lanes, ``ram_style``; with
+    ``mlp_weight_share = G`` one memory holds ``2 * G`` rows of a column, ``2 * G * data_bits``
+    bits wide, the last one the rows left) and
     their BRAM36 / LUT (LUT RAM) / URAM, the bias memories' LUT RAM, and the DSP48E2 of its
     multipliers (one per PE or packed pair)."""
     return [dict(e) for e in _weight_memories(config)]
@@ -171,10 +173,12 @@ def _weight_memories(config) -> tuple:
             continue
         for l, kw in enumerate(pipe.engine_kwargs()):
             e = LayerEngine(**kw)
-            d, pairs = e.data_bits, e.rows // 2
-            # memories of 2 * data_bits (two rows: packed pair or shared) and, for an odd
-            # last row, of data_bits (that row's PEs own theirs)
-            mems = [(pairs * e.cols, 2), ((e.rows % 2) * e.cols, 1)]
+            d, span = e.data_bits, 2 * e.weight_share
+            # per column: memories of span * data_bits (two rows, a packed pair or shared,
+            # or weight_share such pairs) and one of the rows left (an odd last row's PEs own
+            # theirs without weight sharing)
+            mems = [(e.rows // span * e.cols, span), (e.cols if e.rows % span else 0,
+                                                      e.rows % span)]
             bram = lut = 0.0
             for n, lanes in mems:
                 if not n:

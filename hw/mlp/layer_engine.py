@@ -86,6 +86,11 @@ class LayerEngine(wiring.Component):
         Fanout of the array's activation broadcast registers (0, default: activations move
         down a column one PE position per cycle, so rows finish one after another; else every
         row finishes in the same cycle).
+    weight_share : int, optional
+        Row pairs per weight memory of an array column (1, default: one memory per packed pair
+        or shared row pair; more needs ``broadcast``; see
+        :class:`~recfabric.hw.systolic_array.SystolicArray`): the same weights and timing in
+        fewer, wider memories.
 
     Members
     -------
@@ -106,7 +111,8 @@ class LayerEngine(wiring.Component):
                  max_in: int, max_out: int, banks: int = 4, out_bits: int | None = None,
                  load_layout: MLPLoadLayout | None = None, beat_bits: int = 512,
                  block_sel: MLPBlockSel | None = None, pack_int8: bool = True,
-                 weight_lutram_depth: int = 0, cascade: int = 0, broadcast: int = 0):
+                 weight_lutram_depth: int = 0, cascade: int = 0, broadcast: int = 0,
+                 weight_share: int = 1):
         for name, v in (("rows", rows), ("cols", cols), ("max_in", max_in),
                         ("max_out", max_out)):
             _pos(name, v)
@@ -140,6 +146,10 @@ class LayerEngine(wiring.Component):
                 raise TypeError(f"{name} must be a non-negative integer, not {v!r}")
         if broadcast == 1:
             raise ValueError("broadcast fanout must be 0 (off) or at least 2, not 1")
+        _pos("weight_share", weight_share)
+        if weight_share > 1 and not broadcast:
+            raise ValueError(f"weight_share {weight_share} needs the activation broadcast "
+                             f"(broadcast >= 2, not {broadcast})")
         if self.packed and packed_segment_len(data_bits, data_bits) < cascade < cols:
             raise ValueError(f"cascade {cascade} exceeds the "
                              f"{packed_segment_len(data_bits, data_bits)} "
@@ -150,6 +160,8 @@ class LayerEngine(wiring.Component):
             self.cascade = cascade
         if broadcast:
             self.broadcast = broadcast
+        if weight_share > 1:
+            self.weight_share = weight_share
         super().__init__({
             "act_in": Out(ActivationReadSignature(lanes=cols, bits=data_bits,
                                                   local_bits=self.in_local_bits, banks=banks)),
@@ -165,6 +177,8 @@ class LayerEngine(wiring.Component):
     cascade = 0
     #: Activation broadcast fanout (0: none; constructor).
     broadcast = 0
+    #: Row pairs per weight memory of a column (1: one per pair; constructor).
+    weight_share = 1
 
     @property
     def timing(self) -> ArrayTiming:
@@ -189,6 +203,8 @@ class LayerEngine(wiring.Component):
         pk = self.packing
         extra = {k: v for k, v in (("cascade", self.cascade), ("broadcast", self.broadcast))
                  if v}
+        if self.weight_share > 1:
+            extra["weight_share"] = self.weight_share
         m.submodules.array = arr = SystolicArray(
             rows=R, cols=C, data_bits=self.data_bits, acc_bits=self.acc_bits, depth=self.wdepth,
             ctrl_bits=ctrl_layout.size, packed=self.packed, write_rows=pk.g, write_cols=pk.w,

@@ -158,6 +158,9 @@ class MLPPipeline(wiring.Component):
     cascade, broadcast : int
         Every engine's row-cascade segment length and activation broadcast fanout (0: off;
         :class:`LayerEngine`).
+    weight_share : int
+        Row pairs per weight memory of every engine's array columns (1: one memory per pair;
+        more needs ``broadcast``; :class:`LayerEngine`).
 
     Members
     -------
@@ -179,7 +182,8 @@ class MLPPipeline(wiring.Component):
         """Constructor arguments of the ``which`` ("top" or "bottom") pipeline exactly as the
         kernel builds it from an :class:`~recfabric.hw.config.AcceleratorConfig`: engine shapes
         and widths, activation banks, weight memory placement and the latency options
-        (``mlp_cascade``, ``mlp_broadcast``); ``overrides`` replace any of them (the kernel
+        and weight sharing (``mlp_cascade``, ``mlp_broadcast``, ``mlp_weight_share``);
+        ``overrides`` replace any of them (the kernel
         passes ``beat_bits=MODEL_DATA_WIDTH``). Everything that builds a configuration's MLP (the
         kernel, the pruning study's simulation, the ECP5 timing block) uses
         ``MLPPipeline(**MLPPipeline.config_kwargs(config, which))`` (constructed in the caller's
@@ -196,14 +200,15 @@ class MLPPipeline(wiring.Component):
         args = dict(shapes=shapes, data_bits=c.data_bits, acc_bits=c.acc_bits, max_in=max_in,
                     max_width=c.max_width, sigmoid=sigmoid, max_widths=widths,
                     weight_lutram_depth=c.weight_lutram_depth, banks=c.activation_banks,
-                    cascade=c.mlp_cascade, broadcast=c.mlp_broadcast)
+                    cascade=c.mlp_cascade, broadcast=c.mlp_broadcast,
+                    weight_share=c.mlp_weight_share)
         args.update(overrides)
         return args
 
     def __init__(self, *, shapes, data_bits: int, acc_bits: int, max_in: int, max_width: int,
                  banks: int = 4, sigmoid: bool = True, beat_bits: int = 512,
                  pack_int8: bool = True, max_widths=None, weight_lutram_depth: int = 0,
-                 cascade: int = 0, broadcast: int = 0):
+                 cascade: int = 0, broadcast: int = 0, weight_share: int = 1):
         shapes = [tuple(s) for s in shapes]
         if not shapes:
             raise ValueError("An MLP pipeline needs at least one layer engine, not 0")
@@ -227,6 +232,11 @@ class MLPPipeline(wiring.Component):
         self.max_in, self.max_width, self.banks, self.sigmoid = max_in, max_width, banks, sigmoid
         self.pack_int8 = pack_int8
         self.cascade, self.broadcast = cascade, broadcast
+        _pos("weight_share", weight_share)
+        if weight_share > 1 and not broadcast:
+            raise ValueError(f"weight_share {weight_share} needs the activation broadcast "
+                             f"(broadcast >= 2, not {broadcast})")
+        self.weight_share = weight_share
         #: Whether the engines pack two int8 MACs per DSP (what the cycle model needs to know).
         self.packed = pack_int8 and data_bits <= 8
         self.out_bits = max(data_bits, nx.SIGMOID_IN.bits) if sigmoid else data_bits
@@ -269,7 +279,7 @@ class MLPPipeline(wiring.Component):
                      load_layout=self.load_layout, beat_bits=self.beat_bits,
                      block_sel=self.block_sel, pack_int8=self.pack_int8,
                      weight_lutram_depth=self.weight_lutram_depth, cascade=self.cascade,
-                     broadcast=self.broadcast)
+                     broadcast=self.broadcast, weight_share=self.weight_share)
                 for l, (r, c) in enumerate(self.shapes)]
 
     def elaborate(self, platform):
