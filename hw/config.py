@@ -559,17 +559,20 @@ PRESETS = {
     "tiny": _TINY,
     "small": _SMALL,
     "u280": _U280,
-    # int8: two MACs per DSP48E2 (hw/processing_element.py, PackedPEPair): 13,060 MACs in 6,540
-    # DSP48E2; II 91 (small) / 169 (large), cycle model. 4 activation-buffer banks suffice
-    # with the row-cascade segments and broadcast: a request holds a bank of engine 1's input
-    # for 225 cycles (bank term 56.25). Without them (413-420 cycles) the small model was
-    # bank-bound at II 103-105 with 4 banks and needed 8, which double every activation
-    # buffer's depth (+5,184 LUTs of LUT RAM; docs/mlp.md, "Sizing the u280 presets").
-    # Its 16-bit weight pairs are half as wide: block RAM from 129 words (the first engine's
-    # 208), so the 91-deep engines (LUT RAM) and the first (BRAM) share the load.
+    # int8: two MACs per DSP48E2 (hw/processing_element.py, PackedPEPair): 14,936 MACs in
+    # 7,480 DSP48E2 (top MLP); II 96 (microrec-small) / 120 (microrec-large: 1.15x its MAC
+    # bound, 86.6% MAC-busy), cycle model (`tools/size_engines.py u280-int8 --small-ii 96`).
+    # The first engine grew from 80x68 (large: 13 x 13 = 169 waves) to 88x88 (12 x 10 = 120)
+    # within the block RAM because two packed pairs of a column share one weight memory
+    # (`mlp_weight_share` 2: one 512 x 36 RAMB18 per two pairs, needs the broadcast): 968
+    # BRAM36 for engine 0 instead of 1,936. 4 activation-buffer banks suffice with the
+    # row-cascade segments and broadcast (without them the small model was bank-bound at II
+    # 103-105 and needed 8; docs/mlp.md, "Sizing the u280 presets"). Its 16-bit weight pairs
+    # are half as wide: block RAM from 129 words (the first engine's 144), so the 96- and
+    # 88-deep engines (LUT RAM) and the first (BRAM) share the load.
     "u280-int8": _U280.replace(name="u280-int8", data_bits=8, acc_bits=32,
-                               mlp_top_shapes=((80, 68), (76, 80), (20, 76), (1, 20)),
-                               weight_lutram_depth=128,
+                               mlp_top_shapes=((88, 88), (64, 88), (24, 64), (1, 24)),
+                               weight_lutram_depth=128, mlp_weight_share=2,
                                # segments of 7 columns: a packed segment's lower field holds
                                # 7 products without a drain (docs/mlp.md)
                                mlp_cascade=7),
