@@ -176,11 +176,13 @@ def build_key(*parts: str | bytes) -> str:
 
 
 def cache_root() -> Path:
-    """Folder of cached builds: ``$RECFABRIC_BUILD_DIR/verilator`` if set, else the checkout's
-    ``build/verilator`` (an editable install), else ``~/.cache/recfabric/verilator``."""
+    """Folder of cached builds: ``$RECFABRIC_BUILD_DIR/verilator`` if set (a relative path is
+    taken from the current directory, made absolute: Verilator runs inside the build folder),
+    else the checkout's ``build/verilator`` (an editable install), else
+    ``~/.cache/recfabric/verilator``."""
     env = os.environ.get("RECFABRIC_BUILD_DIR")
     if env:
-        return Path(env) / "verilator"
+        return Path(env).resolve() / "verilator"
     repo = Path(__file__).resolve().parents[1]
     if (repo / "pyproject.toml").is_file() and os.access(repo, os.W_OK):
         return repo / "build" / "verilator"

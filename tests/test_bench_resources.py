@@ -122,8 +122,9 @@ def test_blocks_mirror_the_kernel_and_engines_are_hierarchical():
     # every engine of both MLPs, whole (no extrapolation), synthesised hierarchically
     assert len(engines) == len(c.mlp_top_shapes) + len(c.mlp_bottom_shapes)
     assert all(b.hier and b.count == 1 for b in engines)
-    eng = blocks["mlp engine0 (80x68, 208 words)"].build()
-    assert (eng.rows, eng.cols, eng.wdepth, eng.weight_ram_style) == (80, 68, 208, "block")
+    eng = blocks["mlp engine0 (88x88, 144 words)"].build()
+    assert (eng.rows, eng.cols, eng.wdepth, eng.weight_ram_style) == (88, 88, 144, "block")
+    assert eng.weight_share == c.mlp_weight_share == 2
     assert sum(b.count for n, b in blocks.items() if n.startswith("mlp activation")) == 5
     assert sum(b.count for n, b in blocks.items() if n.startswith("bottom activation")) == 5
     assert {"dot interaction", "dense packer", "bottom drain", "mlp sigmoid"} <= set(blocks)

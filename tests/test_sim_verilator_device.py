@@ -353,3 +353,14 @@ def test_latency_options_on_verilator(tmp_path, bits):
                                         broadcast=cfg.mlp_broadcast).latency
     saved = cycles[base.name] - cycles[fast.name]
     assert saved == model[base.name] - model[fast.name] > 0, (cycles, model)
+
+
+def test_a_relative_build_dir_is_made_absolute(tmp_path, monkeypatch):
+    """Verilator runs inside the build folder, so a relative ``RECFABRIC_BUILD_DIR`` (e.g.
+    ``build``) must be resolved first: it once made the build look for
+    ``build/verilator/<hash>/build/verilator/<hash>/rf_sim_top.v``."""
+    from recfabric.sim.verilator_env import cache_root
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RECFABRIC_BUILD_DIR", "build")
+    assert cache_root() == tmp_path.resolve() / "build" / "verilator"
+    assert cache_root().is_absolute()
