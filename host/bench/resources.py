@@ -200,7 +200,7 @@ def _weight_memories(config) -> tuple:
 
 
 #: Deepest activation-buffer lane memory Yosys maps to LUT RAM (the buffers carry no
-#: ``ram_style``); deeper ones take block RAM. Measured (``docs/resources-u280-partial.json``,
+#: ``ram_style``); deeper ones take block RAM. Measured (``docs/resources-u280.json``,
 #: 4 banks): 52 lanes x 16 b x 128 words, 3,448 LUTs and no block RAM; 1 lane x 16 b x 256
 #: words, one RAMB18.
 ACTIVATION_LUTRAM_DEPTH = 128
