@@ -14,7 +14,7 @@ from amaranth.sim import Simulator
 
 from recfabric.host import numerics as nx
 from recfabric.host.bench import resources as rs
-from recfabric.host.bench.mlp import golden_mlp, random_layers, simulate_mlp
+from recfabric.host.bench.mlp import golden_mlp, load_image, random_layers, simulate_mlp
 from recfabric.host.compiler.cycle_model import MLPCycleModel
 from recfabric.host.model.synthetic import synthetic_batch
 from recfabric.host.runtime.accelerator import Accelerator
@@ -92,20 +92,7 @@ def _run_models(pipe, runs, p, seed):
         for i, (layers, x) in enumerate(runs):
             while i and not done[i - 1]:
                 await ctx.tick()
-            image = mlp_load_image(pipe, layers)
-            ctx.set(pipe.i_block.valid, 1)
-            for blk in image.blocks:
-                sel = pipe.block_sel.const(blk.sel).as_value().value
-                for k, beat in enumerate(blk.beats):
-                    ctx.set(pipe.i_block.payload, {"sel": sel, "addr": blk.addr + k,
-                                                   "data": beat})
-                    await ctx.tick()
-            ctx.set(pipe.i_block.valid, 0)
-            ctx.set(pipe.i_load.valid, 1)
-            for wd in image.descriptors:
-                ctx.set(pipe.i_load.payload, wd)
-                await ctx.tick()
-            ctx.set(pipe.i_load.valid, 0)
+            await load_image(ctx, pipe, mlp_load_image(pipe, layers))
             chunks = -(-x.shape[1] // lanes)
             xp = np.zeros((len(x), chunks * lanes), dtype=np.int64)
             xp[:, :x.shape[1]] = x
@@ -183,10 +170,13 @@ def test_weight_share_refuses_what_it_cannot_do():
 
 
 def test_resource_counting_sees_one_wide_memory_per_group():
-    """u280-int8 with weight_share 4: engine 0 (80 x 68, 208 words) keeps 40 pairs a column in
-    10 memories of 64 bits, one RAMB36 each (512 x 72) instead of 40 RAMB18: half the BRAM36;
-    and an engine with rows left over counts them in one narrower memory."""
-    c = get_preset("u280-int8")
+    """u280-int8's former engines with weight_share 4: engine 0 (80 x 68, 208 words) keeps 40
+    pairs a column in 10 memories of 64 bits, one RAMB36 each (512 x 72) instead of 40 RAMB18:
+    half the BRAM36; and an engine with rows left over counts them in one narrower memory. The
+    preset's own 88 x 88 engine 0 (weight_share 2, 144 words): 22 memories of 32 bits a column,
+    one RAMB18 (512 x 36) each."""
+    c = get_preset("u280-int8").replace(
+        mlp_top_shapes=((80, 68), (76, 80), (20, 76), (1, 20)), mlp_weight_share=1)
     base = rs.weight_memories(c)
     shared = rs.weight_memories(c.replace(mlp_weight_share=4))
     e0 = next(e for e in base if e["mlp"] == "mlp" and e["engine"] == 0)
@@ -203,6 +193,11 @@ def test_resource_counting_sees_one_wide_memory_per_group():
     assert s3["memories"] == [{"count": 13 * 68, "bits": 48, "lanes": 6},
                               {"count": 68, "bits": 16, "lanes": 2}]
     assert s3["BRAM36"] == 13 * 68 * 1 + 68 * 0.5
+    now = next(e for e in rs.weight_memories(get_preset("u280-int8"))
+               if e["mlp"] == "mlp" and e["engine"] == 0)
+    assert (now["rows"], now["cols"], now["words"]) == (88, 88, 144)
+    assert now["memories"] == [{"count": 22 * 88, "bits": 32, "lanes": 4}]
+    assert now["BRAM36"] == 22 * 88 * 0.5 == 968
 
 
 @pytest.mark.parametrize("cfg, top", [

@@ -23,7 +23,7 @@ from .. import numerics as nx
 from ..compiler.cycle_model import MLPCycleModel
 from ..reference.golden import QLayer, mlp_layer
 
-__all__ = ["simulate_mlp", "random_layers", "golden_mlp", "run_mlp_bench", "register",
+__all__ = ["simulate_mlp", "load_image", "random_layers", "golden_mlp", "run_mlp_bench", "register",
            "BENCH_CASES"]
 
 
@@ -67,6 +67,24 @@ def golden_mlp(layers, x, acc_bits: int, rounding=nx.Rounding.HALF_UP, sigmoid: 
     for layer in layers:
         x = mlp_layer(layer, x, acc_bits, rounding)
     return nx.sigmoid_lookup(x) if sigmoid else x
+
+
+async def load_image(ctx, pipe, image):
+    """Drive an :class:`~recfabric.hw.mlp.MLPPipeline`'s load ports in an Amaranth testbench:
+    every block write of ``image`` (:func:`~recfabric.hw.mlp.load_image.mlp_load_image`), one
+    beat per cycle, then its layer descriptors; the pipeline takes one of each per cycle."""
+    ctx.set(pipe.i_block.valid, 1)
+    for blk in image.blocks:
+        sel = pipe.block_sel.const(blk.sel).as_value().value
+        for k, beat in enumerate(blk.beats):
+            ctx.set(pipe.i_block.payload, {"sel": sel, "addr": blk.addr + k, "data": beat})
+            await ctx.tick()
+    ctx.set(pipe.i_block.valid, 0)
+    ctx.set(pipe.i_load.valid, 1)
+    for wd in image.descriptors:
+        ctx.set(pipe.i_load.payload, wd)
+        await ctx.tick()
+    ctx.set(pipe.i_load.valid, 0)
 
 
 def simulate_mlp(pipe, layers, x, *, rounding=nx.Rounding.HALF_UP, rng=None, p_idle=0.0,
@@ -113,18 +131,7 @@ def simulate_mlp(pipe, layers, x, *, rounding=nx.Rounding.HALF_UP, rng=None, p_i
             state["cycle"] += 1
 
     async def loader(ctx):
-        ctx.set(pipe.i_block.valid, 1)
-        for blk in image.blocks:
-            sel = pipe.block_sel.const(blk.sel).as_value().value
-            for k, beat in enumerate(blk.beats):
-                ctx.set(pipe.i_block.payload, {"sel": sel, "addr": blk.addr + k, "data": beat})
-                await ctx.tick()
-        ctx.set(pipe.i_block.valid, 0)
-        ctx.set(pipe.i_load.valid, 1)
-        for wd in image.descriptors:
-            ctx.set(pipe.i_load.payload, wd)
-            await ctx.tick()
-        ctx.set(pipe.i_load.valid, 0)
+        await load_image(ctx, pipe, image)
         await ctx.tick()
         res["load_cycles"] = state["cycle"]
         state["loaded"] = True
