@@ -29,7 +29,9 @@ def main(argv):
     cfg = get_preset(preset)
     for pair in argv[2:]:
         s, f = (int(v) for v in pair.split(","))
-        c = cfg.replace(mlp_cascade=s, mlp_broadcast=f)
+        # shared weight memories need the broadcast: without it, one memory per pair
+        c = cfg.replace(mlp_cascade=s, mlp_broadcast=f,
+                        mlp_weight_share=cfg.mlp_weight_share if f else 1)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UnusedElaboratable)
             kw = RecFabricKernel(c).mlp.engine_kwargs()[idx]

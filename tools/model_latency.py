@@ -45,7 +45,9 @@ def main(argv):
             for s, f in dict.fromkeys(opts):
                 if base.data_bits == 8 and s > 7:
                     continue
-                cfg = base.replace(mlp_cascade=s, mlp_broadcast=f)
+                # shared weight memories need the broadcast (they change no timing)
+                cfg = base.replace(mlp_cascade=s, mlp_broadcast=f,
+                                   mlp_weight_share=base.mlp_weight_share if f else 1)
                 print(json.dumps({"config": name, "model": model, "mlp_cascade": s,
                                   "mlp_broadcast": f, "how": "modelled",
                                   **modelled(model, cfg)}))
