@@ -84,3 +84,36 @@ def pytest_terminal_summary(terminalreporter):
     for nodeid, files in _written:
         for f in files:
             terminalreporter.write_line(f"{nodeid}: {f}")
+
+
+#: The long work a command may only start after its input checks: emitting or simulating the
+#: kernel, compiling or benchmarking a model, building request batches, running a tool.
+_WORK = [("recfabric.hw.kernel", "generate_verilog"),
+         ("recfabric.hw.boards.ecp5_timing", "run_timing"),
+         ("recfabric.host.compiler.steps", "compile_model"),
+         ("recfabric.host.model.synthetic", "synthetic_batch"),
+         ("recfabric.host.reference.quantize", "accuracy_report"),
+         ("recfabric.host.bench.compare", "run_compare"),
+         ("amaranth.back.verilog", "convert"),
+         ("amaranth.back.rtlil", "convert"),
+         ("amaranth.sim", "Simulator"),
+         ("subprocess", "run"),
+         ("subprocess", "Popen")]
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Make every long-work entry point (:data:`_WORK`) fail the test if it is called: a
+    user's mistake must be refused before any of it starts (what a wall-clock bound checked
+    before, without its noise on a loaded machine). Yields the list of calls (empty if none)."""
+    import importlib
+    calls = []
+    for module, name in _WORK:
+        mod = importlib.import_module(module)
+
+        def refuse(*args, _what=f"{module}.{name}", **kwargs):
+            calls.append(_what)
+            raise AssertionError(f"{_what} was called before the input was refused")
+        monkeypatch.setattr(mod, name, refuse)
+    yield calls
+    assert calls == [], calls

@@ -1,6 +1,5 @@
 """Board platforms: Alveo cards as Amaranth Xilinx platforms; bad --board refused before work."""
 
-import time
 
 import pytest
 from amaranth.vendor import XilinxPlatform
@@ -46,10 +45,9 @@ def test_config_must_fit_the_board():
     check_config(get_preset("u55c"), get_board("u55c"))
 
 
-def test_build_refuses_a_bad_board_before_generating(tmp_path, capsys):
-    t0 = time.perf_counter()
+def test_build_refuses_a_bad_board_before_generating(tmp_path, capsys, no_work):
     assert main(["build", "--config", "u280", "--board", "u999", "-o", str(tmp_path)]) == 2
-    assert time.perf_counter() - t0 < 5  # generating u280 Verilog takes minutes
+    assert no_work == []  # generating u280 Verilog (minutes) never started
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["recfabric build: error: unknown board 'u999'; boards: u280, u50, u55c"]
     assert not any(tmp_path.iterdir())

@@ -173,11 +173,20 @@ def test_calibrate_never_fits_a_negative_slope(small):
 
 
 def test_calibrate_measures_the_cpu_runner(small):
-    """On the real CPU runner and the real clock: a measured model that predicts a positive
-    batch time. The slope's sign on a shared machine is noise, tested above with a fake clock."""
-    m = dv.calibrate(dv.make_runner("cpu", small["dir"]), small["payload"], sizes=(1, 48))
-    assert m.source == "measured" and m.fixed >= 0 and m.per_row >= 0
-    assert m.predict(48) > 0
+    """On the real CPU runner and the real clock: each size run `repeats` times on a slice of
+    that many rows, and a measured model that predicts a positive batch time (the slope's
+    sign on a shared machine is noise: the fit itself is tested above on a fake clock)."""
+    cpu = dv.make_runner("cpu", small["dir"])
+    rows = []
+
+    class Counting:
+        def run(self, payload):
+            rows.append(dv.payload_rows(payload))
+            return cpu.run(payload)
+
+    m = dv.calibrate(Counting(), small["payload"], sizes=(1, 48), repeats=2)
+    assert rows == [1, 1, 48, 48]
+    assert m.source == "measured" and m.predict(48) > 0
 
 
 def test_fleet_simulation_small():

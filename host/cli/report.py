@@ -13,7 +13,14 @@ __all__ = ["register"]
 
 
 def _cmd_timing(args):
-    from ...hw.boards.ecp5_timing import BLOCKS, ROUTERS, ecp5_part, format_timing, run_timing
+    from ...hw.boards.ecp5_timing import (
+        BLOCKS,
+        ROUTERS,
+        check_synth_options,
+        ecp5_part,
+        format_timing,
+        run_timing,
+    )
     from ...hw.config import get_preset
     from .support import progress_for
     config = get_preset(args.config)  # unknown names fail here, before any tool runs
@@ -22,6 +29,7 @@ def _cmd_timing(args):
         raise ValueError(f"unknown block {args.block!r}; blocks: {', '.join(BLOCKS)}")
     if args.router not in ROUTERS:
         raise ValueError(f"unknown router {args.router!r}; routers: {', '.join(ROUTERS)}")
+    check_synth_options(args.synth_option)
     prog = progress_for(args)
     with prog.bar(3, f"timing {args.block} of {config.name}", unit="step") as bar:
         def say(msg):

@@ -34,8 +34,8 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["BLOCKS", "ECP5_BOARDS", "ROUTERS", "TimingError", "block_verilog", "ecp5_part",
-           "run_timing", "format_timing"]
+__all__ = ["BLOCKS", "ECP5_BOARDS", "ROUTERS", "TimingError", "block_verilog",
+           "check_synth_options", "ecp5_part", "run_timing", "format_timing"]
 
 #: Blocks :func:`run_timing` can place, with the top module name in their Verilog.
 BLOCKS = ("kernel", "mlp", "lookup")
@@ -108,6 +108,14 @@ def _run(step: str, cmd: list[str], cwd: Path, log: str, timeout: float | None):
         raise TimingError(f"{step} failed with exit code {r.returncode} (log: {cwd / log})")
 
 
+def check_synth_options(synth_options) -> None:
+    """Refuse an extra ``synth_ecp5`` option that is not a plain ``-flag`` (it goes into a Yosys
+    script): ``ValueError`` naming it."""
+    for opt in synth_options:
+        if not opt.startswith("-") or any(c in opt for c in ";'\"\n"):
+            raise ValueError(f"bad synth_ecp5 option {opt!r}; options look like -nowidelut")
+
+
 def run_timing(config, *, block: str = "kernel", board: str = "ulx3s-85f", route: bool = True,
                workdir=None, freq_mhz: float | None = None, seed: int = 1,
                timeout: float | None = None, progress=None, router: str = "router2",
@@ -162,9 +170,7 @@ def run_timing(config, *, block: str = "kernel", board: str = "ulx3s-85f", route
         raise ValueError(f"unknown block {block!r}; blocks: {', '.join(BLOCKS)}")
     if router not in ROUTERS:
         raise ValueError(f"unknown router {router!r}; routers: {', '.join(ROUTERS)}")
-    for opt in synth_options:
-        if not opt.startswith("-") or any(c in opt for c in ";'\"\n"):
-            raise ValueError(f"bad synth_ecp5 option {opt!r}; options look like -nowidelut")
+    check_synth_options(synth_options)
     target = float(freq_mhz or config.clock_mhz)
     wd = Path(workdir or Path("build") / f"timing-{config.name}-{block}")
     wd.mkdir(parents=True, exist_ok=True)
