@@ -200,25 +200,32 @@ def test_resource_counting_sees_one_wide_memory_per_group():
     assert now["BRAM36"] == 22 * 88 * 0.5 == 968
 
 
-@pytest.mark.parametrize("cfg, top", [
+@pytest.mark.parametrize("cfg, top, top2", [
     pytest.param(WIDE.replace(name="tiny-wide-ws2", mlp_broadcast=2, mlp_weight_share=2),
-                 (14, 1), marks=pytest.mark.slow),  # ~25 s under load; int8 is the default
-    (INT8.replace(name="tiny-int8-ws3", mlp_broadcast=2, mlp_weight_share=3), (7, 3, 1)),
+                 (14, 1), (9, 1), marks=pytest.mark.slow),  # ~25 s under load; int8 default
+    (INT8.replace(name="tiny-int8-ws3", mlp_broadcast=2, mlp_weight_share=3), (7, 3, 1),
+     (5, 2, 1)),
 ], ids=["int16-ragged", "int8"])
-def test_kernel_program_weights_land_in_shared_memories(tmp_path, cfg, top):
+def test_kernel_program_weights_land_in_shared_memories(tmp_path, cfg, top, top2):
     """A compiled model's packed weight beats (ragged write groups, test_hw_program_load.py)
     go through the kernel's program loader into the shared memories while every master
-    stalls at random: the scores equal the golden model's."""
-    spec = _spec(top)
-    d, cm = _compile(tmp_path, spec, cfg, seed=3)
-    assert cm.program.meta["counts"]["MLP weights"] > 0
+    stalls at random: the scores equal the golden model's; then a second model of other
+    widths is loaded into the same kernel without a reset (its weights overwrite part of
+    each shared word) and its scores equal its golden model's."""
+    runs = []
+    for k, t in enumerate((top, top2)):
+        spec = _spec(t)
+        d, cm = _compile(tmp_path / f"m{k}", spec, cfg, seed=3 + k)
+        assert cm.program.meta["counts"]["MLP weights"] > 0
+        runs.append((spec, d, cm))
     with Accelerator.open("sim", cfg, p_stall=0.3, mem_latency=16, seed=5,
                           max_cycles=60_000) as acc:
-        acc.load(d)
-        dense, sparse = synthetic_batch(spec, 3, seed=1)
-        r = acc.infer(dense, sparse)
-    assert np.array_equal(r.scores, _golden(cm, dense, sparse))
-    assert r.counters["errors"] == 0 and r.counters["requests_done"] == 3
+        for k, (spec, d, cm) in enumerate(runs):
+            acc.load(d)
+            dense, sparse = synthetic_batch(spec, 3, seed=1 + k)
+            r = acc.infer(dense, sparse)
+            assert np.array_equal(r.scores, _golden(cm, dense, sparse)), k
+            assert r.counters["errors"] == 0 and r.counters["requests_done"] == 3
 
 
 def _banked_array():
