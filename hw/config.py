@@ -32,7 +32,7 @@ _LOGIT_BITS = 11
 
 #: Fields the config hash includes only when they differ from these values (their defaults).
 _HASHED_IF_NOT_DEFAULT = {"activation_banks": 4, "mlp_cascade": 0, "mlp_broadcast": 0,
-                          "mlp_weight_share": 1, "split_pools": 0}
+                          "mlp_weight_share": 1, "split_pools": 0, "mlp_top_uram_engines": []}
 
 
 class ConfigError(ValueError):
@@ -270,6 +270,14 @@ class AcceleratorConfig:
         pairs' weights at one address make one ``2 * G * data_bits``-bit word, e.g. four int8
         pairs fill one 512 x 72 RAMB36 where each alone takes a RAMB18
         (:class:`~recfabric.hw.systolic_array.SystolicArray`). Same timing, same results.
+    mlp_top_uram_engines : tuple of int
+        Top MLP engines whose weight memories are UltraRAM (``ram_style "ultra"``) whatever
+        their depth (empty: none; the others follow ``weight_lutram_depth``). A URAM288 is
+        4,096 x 72, so each weight memory of such an engine must be at most 72 bits wide (with
+        ``mlp_weight_share`` 2, four int16 rows of a column per URAM) and it needs
+        ``mlp_weight_share`` >= 2 at int16 (one 32-bit row pair per URAM would waste half).
+        Frees block RAM or LUTs for the engines that stay there (the ``u50`` and ``u280``
+        presets).
     dot_lanes : int
         MACs per cycle of the :class:`~recfabric.hw.interaction.DotInteraction` block (DLRM's
         pairwise dot interaction); 0: no such block (concatenation only).
@@ -314,6 +322,7 @@ class AcceleratorConfig:
     mlp_cascade: int = 0
     mlp_broadcast: int = 0
     mlp_weight_share: int = 1
+    mlp_top_uram_engines: tuple = ()
     dot_lanes: int = 0
     max_outputs: int = 1
     inflight: int = 8
@@ -353,7 +362,7 @@ class AcceleratorConfig:
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             if f.name in ("mlp_top_shapes", "mlp_bottom_shapes", "mlp_top_widths",
-                          "mlp_bottom_widths"):
+                          "mlp_bottom_widths", "mlp_top_uram_engines"):
                 continue
             if f.name == "name":
                 need(isinstance(v, str) and v, "name", "must be a non-empty string")
@@ -392,6 +401,19 @@ class AcceleratorConfig:
         need(self.mlp_weight_share == 1 or self.mlp_broadcast >= 2, "mlp_weight_share",
              f"needs mlp_broadcast >= 2 (a column's PEs read one address per cycle; "
              f"mlp_broadcast is {self.mlp_broadcast})")
+        u = self.mlp_top_uram_engines
+        need(isinstance(u, (tuple, list)), "mlp_top_uram_engines", "must be a list of engines")
+        u = tuple(u)
+        object.__setattr__(self, "mlp_top_uram_engines", u)
+        need(all(isinstance(e, int) and not isinstance(e, bool)
+                 and 0 <= e < len(self.mlp_top_shapes) for e in u)
+             and list(u) == sorted(set(u)), "mlp_top_uram_engines",
+             f"must list top engines 0..{len(self.mlp_top_shapes) - 1} in increasing order")
+        need(not u or 2 * self.mlp_weight_share * self.data_bits in range(
+            2 * self.data_bits + 1, 73), "mlp_top_uram_engines",
+             f"needs weight memories of more than one row pair and at most 72 bits (a URAM288 "
+             f"word): 2 * mlp_weight_share * data_bits is "
+             f"{2 * self.mlp_weight_share * self.data_bits}")
         need(0 <= self.dot_lanes <= self.mlp_top_shapes[0][1], "dot_lanes",
              f"must be in 0..{self.mlp_top_shapes[0][1]} (the first top engine's columns)")
         need(1 <= self.max_outputs <= self.mem_data_width // 16 - 1, "max_outputs",
@@ -452,7 +474,7 @@ class AcceleratorConfig:
         out = dataclasses.asdict(self)
         for field in ("mlp_top_shapes", "mlp_bottom_shapes"):
             out[field] = [list(rc) for rc in out[field]]
-        for field in ("mlp_top_widths", "mlp_bottom_widths"):
+        for field in ("mlp_top_widths", "mlp_bottom_widths", "mlp_top_uram_engines"):
             out[field] = list(out[field])
         return out
 
@@ -531,8 +553,8 @@ _SMALL = AcceleratorConfig(
 # 256 KiB (URAM). MLP engines sized for MicroRec's 352/876-1024-512-256-1 top MLPs: one pipeline
 # cannot keep both >= 85% MAC-busy (the 876-wide first layer is 58% of the large model's MACs, the
 # 352-wide one 35% of the small's; the best common split is ~81% for both, docs/mlp.md), so the
-# engines keep the small model at II 176 and take the large one from II 448 to 272 (cycle model):
-# 7,184 MACs (of the U280's 9,024 DSP48E2). The U50 (5,952 DSP48E2) keeps the former 5,904.
+# engines keep the small model at II 176 and take the large one from II 448 to 240 (cycle model):
+# 7,696 MACs (of the U280's 9,024 DSP48E2). The U50 (5,952 DSP48E2) keeps the former 5,904.
 # Bottom MLP engines for DLRM Kaggle's 13-512-256-64-16: 704 MACs, initiation interval 256
 # cycles (modelled), under the 368 of the 16-MAC dot-interaction unit (one Kaggle pair per
 # cycle), which bounds Kaggle; up to 4 task heads per result record.
@@ -540,7 +562,7 @@ _U280 = AcceleratorConfig(
     name="u280", data_bits=16, acc_bits=48, mem_channels=28, mem_data_width=256, mem_id_width=6,
     channel_bytes=256 << 20, max_outstanding=64, onchip_units=8, onchip_bytes=256 << 10,
     max_features=128, max_bag=8, max_dim=64, max_dense=64, max_concat=1024, max_width=1024,
-    mlp_top_shapes=((64, 52), (48, 64), (16, 48), (1, 16)),
+    mlp_top_shapes=((64, 60), (48, 64), (16, 48), (1, 16)),
     mlp_bottom_shapes=((32, 1), (16, 32), (8, 16), (4, 8)), dot_lanes=16, max_outputs=4,
     inflight=32, clock_mhz=250.0,
     # DIN's two 10M-row multi-hot tables are split over 3 channels each (docs/lookup.md)
@@ -553,7 +575,13 @@ _U280 = AcceleratorConfig(
     # Batch-1 latency (issue 9): row cascades in segments of 8 columns summed by adder trees,
     # activations broadcast down the columns at fanout 16. microrec-small 981 -> 720 cycles
     # modelled (the int16 waves alone, sum T_l = 480, keep it above 600 + memory latency).
-    mlp_cascade=8, mlp_broadcast=16)
+    mlp_cascade=8, mlp_broadcast=16,
+    # Engine 1's weights (176 words x 48 rows x 64 columns) in UltraRAM: four rows of a column
+    # per URAM288 (two row pairs share a 64-bit memory, `mlp_weight_share` 2; the same block
+    # RAM and LUT RAM elsewhere as one pair per memory), 768 URAM instead of ~270k LUTs of LUT
+    # RAM; that room took engine 0 from 64x52 to 64x60 (microrec-large II 272 -> 240: 1.19x its
+    # MAC bound; cycle model).
+    mlp_weight_share=2, mlp_top_uram_engines=(1,))
 
 PRESETS = {
     "tiny": _TINY,
@@ -573,6 +601,7 @@ PRESETS = {
     "u280-int8": _U280.replace(name="u280-int8", data_bits=8, acc_bits=32,
                                mlp_top_shapes=((88, 88), (64, 88), (24, 64), (1, 24)),
                                weight_lutram_depth=128, mlp_weight_share=2,
+                               mlp_top_uram_engines=(),
                                # segments of 7 columns: a packed segment's lower field holds
                                # 7 products without a drain (docs/mlp.md)
                                mlp_cascade=7),
@@ -589,14 +618,19 @@ PRESETS = {
                              # weight memories up to 320 words deep (engine 3's) in LUT RAM, the
                              # rest in block RAM: 1,712 BRAM36 (85%) and 226k LUTs (counted,
                              # tests/test_weight_memory_sizing.py); at 256, 1,952 BRAM36 (97%)
-                             weight_lutram_depth=320),
+                             weight_lutram_depth=320, mlp_weight_share=1,
+                             mlp_top_uram_engines=()),
     # U50: 5,952 DSP48E2. Top engines of 5,744 MACs + 16 dot lanes = 5,760 (96.8%), leaving 192
     # slices for the kernel's other multipliers; MicroRec II 192 small / 448 large (cycle model;
     # the U280's former 5,904-MAC engines gave 176 but left 32 slices). With u280's 704-MAC
     # bottom MLP they would need 6,464 slices, so the u50 has no bottom MLP: models with one
     # (kaggle, rmc*) do not run on it, and `recfabric models --config u50` says so.
+    # Its first engine's weights (512 words) are UltraRAM (576 of 640 URAM with the on-chip
+    # tables), so engines 1 and 2 (192 words) fit block RAM (1,344 BRAM36): as LUT RAM they
+    # took 327k LUTs (counted) and the kernel 111.6% of the U50's LUTs (Yosys, docs/).
     "u50": _U280.replace(name="u50", mlp_top_shapes=((64, 32), (46, 64), (16, 46), (1, 16)),
-                         mlp_bottom_shapes=(), mlp_bottom_widths=()),
+                         mlp_bottom_shapes=(), mlp_bottom_widths=(), weight_lutram_depth=128,
+                         mlp_top_uram_engines=(0,)),
     "u55c": _U280.replace(name="u55c", channel_bytes=512 << 20),
 }
 

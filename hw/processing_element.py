@@ -54,8 +54,9 @@ def unpack(p: int, shift: int = PACK_SHIFT) -> tuple[int, int]:
     return lo - (sign << shift), (p >> shift) + sign
 
 
-#: ``ram_style`` values a weight memory takes (None: no attribute).
-RAM_STYLES = (None, "block", "distributed")
+#: ``ram_style`` values a weight memory takes (None: no attribute; ``"ultra"``: UltraRAM, as
+#: Vivado and Yosys ``synth_xilinx -uram`` read it).
+RAM_STYLES = (None, "block", "distributed", "ultra")
 
 
 def _check_style(style):

@@ -122,15 +122,16 @@ def test_cycle_model_covers_bottom_dot_and_heads():
                            **opts)
     top = MLPCycleModel(shapes=list(u280.mlp_top_shapes), widths=(367, 512, 256, 1), **opts)
     # The bottom MLP runs beside the lookups; the dot unit and the top MLP follow them (the top
-    # MLP's writer takes its ceil(367 / 52) = 8 input chunks as the dot unit packs them).
+    # MLP's writer takes its ceil(367 / 60) = 7 input chunks as the dot unit packs them).
     # The lookup branch's own overhead cycles count only when the lookups are the later branch.
+    assert u280.mlp_top_shapes[0] == (64, 60)
     assert latency == (KERNEL_OVERHEAD_CYCLES - LOOKUP_BRANCH_CYCLES
                        + max(MEM_LATENCY_CYCLES + LOOKUP_BRANCH_CYCLES, bottom.latency)
-                       + dot_latency + top.latency - 8)
-    # top engines 64x52, 48x64, 16x48, 1x16: engine 0's 8 x 8 tiles bound the top MLP (the bank
-    # term, 89.5 before the cascade segments and broadcast cut the engines' latency, is 39)
-    assert (bottom.ii, top.ii) == (256, 64)
-    assert top.ii == top.stage_ii["engine0"] and top.stage_ii["banks"] == 39
+                       + dot_latency + top.latency - 7)
+    # top engines 64x60, 48x64, 16x48, 1x16: engine 0's 7 x 8 tiles bound the top MLP (the bank
+    # term is 37)
+    assert (bottom.ii, top.ii) == (256, 56)
+    assert top.ii == top.stage_ii["engine0"] and top.stage_ii["banks"] == 37
     # Multi-task heads are the top MLP's last layers: mt-wnd needs a fifth engine.
     with pytest.raises(ValueError, match="5 layers do not fit 4 engines"):
         kernel_batch_cycles(get_model("mt-wnd"), u280, 1, 1)

@@ -70,8 +70,9 @@ def test_engine_depths_follow_the_per_engine_widths(name):
         for l, ((r, col), e) in enumerate(zip(shapes, engines)):
             assert (e["max_in"], e["max_out"]) == (ins[l], widths[l])
             assert e["words"] == math.ceil(ins[l] / col) * math.ceil(widths[l] / r)
-            assert e["ram_style"] == ("distributed" if e["words"] <= c.weight_lutram_depth
-                                      else "block")
+            assert e["ram_style"] == (
+                "ultra" if label == "mlp" and l in c.mlp_top_uram_engines
+                else "distributed" if e["words"] <= c.weight_lutram_depth else "block")
     # The last top engine only ever produces logits (its weights: max_outputs rows).
     assert c.top_engine_widths[-1] == c.max_outputs
     assert sum(e["DSP48E2"] for e in rs.weight_memories(c)) == c.mlp_dsp_slices

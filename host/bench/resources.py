@@ -157,7 +157,8 @@ def weight_memories(config) -> list:
     engine: its shape, weight memories (count, words, bits, byte lanes, ``ram_style``; with
     ``mlp_weight_share = G`` one memory holds ``2 * G`` rows of a column, ``2 * G * data_bits``
     bits wide, the last one the rows left) and
-    their BRAM36 / LUT (LUT RAM) / URAM, the bias memories' LUT RAM, and the DSP48E2 of its
+    their BRAM36 / LUT (LUT RAM) / URAM (``ram_style "ultra"``: one URAM288 per 72 bits of
+    width per 4,096 words), the bias memories' LUT RAM, and the DSP48E2 of its
     multipliers (one per PE or packed pair)."""
     return [dict(e) for e in _weight_memories(config)]
 
@@ -180,10 +181,14 @@ def _weight_memories(config) -> tuple:
             mems = [(e.rows // span * e.cols, span), (e.cols if e.rows % span else 0,
                                                       e.rows % span)]
             bram = lut = 0.0
+            uram = 0
             for n, lanes in mems:
                 if not n:
                     continue
-                if e.weight_ram_style == "distributed" or (
+                if e.weight_ram_style == "ultra":
+                    uram += n * math.ceil(lanes * d / URAM_SHAPE[1]) * math.ceil(
+                        e.wdepth / URAM_SHAPE[0])
+                elif e.weight_ram_style == "distributed" or (
                         e.weight_ram_style is None and e.wdepth <= 64):
                     lut += n * lut_ram(e.wdepth, lanes, d)
                 else:
@@ -194,7 +199,7 @@ def _weight_memories(config) -> tuple:
                         "ram_style": e.weight_ram_style,
                         "memories": [{"count": n, "bits": lanes * d, "lanes": lanes}
                                      for n, lanes in mems if n],
-                        "BRAM36": bram, "LUT": lut + bias, "URAM": 0,
+                        "BRAM36": bram, "LUT": lut + bias, "URAM": uram,
                         "DSP48E2": e.slots * e.cols})
     return tuple(out)
 

@@ -78,6 +78,10 @@ class LayerEngine(wiring.Component):
         The PEs' weight memories (:attr:`wdepth` words) are LUT RAM (``ram_style
         "distributed"``) when at most this deep, else block RAM (``"block"``); 0 (default): no
         attribute, the synthesis tool chooses.
+    weight_uram : bool, optional
+        The weight memories are UltraRAM (``ram_style "ultra"``) whatever their depth
+        (overrides ``weight_lutram_depth``; default False). A URAM288 is 4,096 x 72: with
+        ``weight_share`` 2 an int16 column's memories (four rows, 64 bits) take one each.
     cascade : int, optional
         Columns per row-cascade segment of the array (0, default: one cascade per row; see
         :class:`~recfabric.hw.systolic_array.SystolicArray`): the input skew spans ``cascade``
@@ -112,7 +116,7 @@ class LayerEngine(wiring.Component):
                  load_layout: MLPLoadLayout | None = None, beat_bits: int = 512,
                  block_sel: MLPBlockSel | None = None, pack_int8: bool = True,
                  weight_lutram_depth: int = 0, cascade: int = 0, broadcast: int = 0,
-                 weight_share: int = 1):
+                 weight_share: int = 1, weight_uram: bool = False):
         for name, v in (("rows", rows), ("cols", cols), ("max_in", max_in),
                         ("max_out", max_out)):
             _pos(name, v)
@@ -128,7 +132,9 @@ class LayerEngine(wiring.Component):
         self.in_local_bits = _bits_for(self.k_tiles_max)
         self.out_local_bits = _bits_for(self.n_tiles_max)
         self.wdepth = self.k_tiles_max * self.n_tiles_max
-        self.weight_ram_style = (None if not weight_lutram_depth else "distributed"
+        self.weight_uram = bool(weight_uram)
+        self.weight_ram_style = ("ultra" if self.weight_uram else
+                                 None if not weight_lutram_depth else "distributed"
                                  if self.wdepth <= weight_lutram_depth else "block")
         if load_layout is None:
             load_layout = MLPLoadLayout(engines=index + 1, rows=rows, cols=cols,

@@ -161,6 +161,9 @@ class MLPPipeline(wiring.Component):
     weight_share : int
         Row pairs per weight memory of every engine's array columns (1: one memory per pair;
         more needs ``broadcast``; :class:`LayerEngine`).
+    uram_engines : sequence of int, optional
+        Engines whose weight memories are UltraRAM (:class:`LayerEngine` ``weight_uram``;
+        default none).
 
     Members
     -------
@@ -202,16 +205,25 @@ class MLPPipeline(wiring.Component):
                     weight_lutram_depth=c.weight_lutram_depth, banks=c.activation_banks,
                     cascade=c.mlp_cascade, broadcast=c.mlp_broadcast,
                     weight_share=c.mlp_weight_share)
+        if which == "top" and c.mlp_top_uram_engines:
+            args["uram_engines"] = c.mlp_top_uram_engines
         args.update(overrides)
         return args
 
     def __init__(self, *, shapes, data_bits: int, acc_bits: int, max_in: int, max_width: int,
                  banks: int = 4, sigmoid: bool = True, beat_bits: int = 512,
                  pack_int8: bool = True, max_widths=None, weight_lutram_depth: int = 0,
-                 cascade: int = 0, broadcast: int = 0, weight_share: int = 1):
+                 cascade: int = 0, broadcast: int = 0, weight_share: int = 1,
+                 uram_engines=()):
         shapes = [tuple(s) for s in shapes]
         if not shapes:
             raise ValueError("An MLP pipeline needs at least one layer engine, not 0")
+        uram_engines = tuple(uram_engines)
+        for e in uram_engines:
+            if not isinstance(e, int) or isinstance(e, bool) or not 0 <= e < len(shapes):
+                raise ValueError(f"uram_engines must name engines 0..{len(shapes) - 1}, "
+                                 f"not {uram_engines!r}")
+        self.uram_engines = uram_engines
         for i, (r, c) in enumerate(shapes):
             _pos(f"shapes[{i}] rows", r)
             _pos(f"shapes[{i}] cols", c)
@@ -279,7 +291,8 @@ class MLPPipeline(wiring.Component):
                      load_layout=self.load_layout, beat_bits=self.beat_bits,
                      block_sel=self.block_sel, pack_int8=self.pack_int8,
                      weight_lutram_depth=self.weight_lutram_depth, cascade=self.cascade,
-                     broadcast=self.broadcast, weight_share=self.weight_share)
+                     broadcast=self.broadcast, weight_share=self.weight_share,
+                     **({"weight_uram": True} if l in self.uram_engines else {}))
                 for l, (r, c) in enumerate(self.shapes)]
 
     def elaborate(self, platform):
