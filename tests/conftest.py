@@ -108,8 +108,11 @@ def no_work(monkeypatch):
     before, without its noise on a loaded machine). Yields the list of calls (empty if none)."""
     import importlib
     calls = []
-    for module, name in _WORK:
-        mod = importlib.import_module(module)
+    # Import every module before patching any: a module first imported while another one's
+    # entry point is patched would bind the refusing stand-in for good (quantize.py imports
+    # synthetic_batch by name), and later tests in the same process would call it.
+    mods = [importlib.import_module(module) for module, _ in _WORK]
+    for mod, (module, name) in zip(mods, _WORK):
 
         def refuse(*args, _what=f"{module}.{name}", **kwargs):
             calls.append(_what)

@@ -25,6 +25,7 @@ import time
 
 from ..model.spec import SpecError
 from ..model.zoo import DEFAULT_MODEL, ZOO, get_model
+from .support import progress_for
 
 __all__ = ["main"]
 
@@ -113,7 +114,7 @@ def _cmd_accuracy(args):
     t0 = time.perf_counter()
     report = accuracy_report(random_weights(spec, seed=args.seed), bits=args.bits or 16,
                              batch=args.requests, seed=args.seed,
-                             progress=None if args.json else _say,
+                             progress=progress_for(args),
                              formats=args.formats or "per-table")
     report["seconds"] = round(time.perf_counter() - t0, 3)
     print(json.dumps(report, indent=1) if args.json else _format_accuracy(report))
@@ -124,7 +125,7 @@ def _cmd_accuracy_trained(args):
     """Trained weights and labelled data: float vs int16 vs int8 with bootstrap intervals."""
     from ..bench.trained import VARIANTS, accuracy_trained, accuracy_user, format_report
     from ..model.training import TRAINED_MODELS
-    say = None if args.json else _say
+    say = progress_for(args)
     variants = [v for v in VARIANTS if args.bits in (None, v[0])
                 and args.formats in (None, v[1])]
     kw = {"resamples": args.bootstrap, "progress": say, "variants": variants}
@@ -158,9 +159,9 @@ def _cmd_demo(args):
     from ..model.weights import random_weights
     from ..reference.golden import float_forward
     from ..runtime.accelerator import Accelerator
-    from .support import check_batch, check_file, progress_for
+    from .support import check_batch, check_file
 
-    say = progress_for(args)  # status lines and bars; quiet with --json or off a terminal
+    say = progress_for(args)  # status lines (with --json only on a terminal) and bars
     spec = get_model(args.model)
     config = get_preset(args.config)
     # User mistakes are refused here, before compiling or simulating anything.

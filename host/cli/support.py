@@ -1,9 +1,9 @@
 """Command-line support shared by the verbs: progress reporting and user-input checks.
 
 :func:`progress_for` gives a verb's long work one object to report through: calling it prints a
-status line on stderr (not with ``--json``), and ``.bar(total, desc)`` opens a tqdm progress bar
-that is shown only when stderr is a terminal and ``--json`` is off (a no-op otherwise), so pipes,
-logs and machine-readable output stay clean.
+status line on stderr (with ``--json`` only when stderr is a terminal), and ``.bar(total, desc)``
+opens a tqdm progress bar that is shown only when stderr is a terminal and ``--json`` is off (a
+no-op otherwise), so pipes, logs and machine-readable output stay clean.
 """
 
 from __future__ import annotations
@@ -88,8 +88,14 @@ class Progress:
 
 
 def progress_for(args) -> Progress:
-    """The :class:`Progress` of a parsed command (``--json`` makes it quiet)."""
-    return Progress(quiet=bool(getattr(args, "json", False)))
+    """The :class:`Progress` of a parsed command. With ``--json`` (the JSON goes to stdout) it
+    is quiet unless stderr is a terminal, where status lines stay and bars do not: a user who
+    runs ``recfabric report resources --json > r.json`` sees a long run progress, while pipes
+    and logs get nothing on stderr."""
+    if not getattr(args, "json", False):
+        return Progress()
+    tty = getattr(sys.stderr, "isatty", lambda: False)()
+    return Progress(quiet=not tty, bars=False)
 
 
 # ---- user-input checks, before any long work ----------------------------------------------------
