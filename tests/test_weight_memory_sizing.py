@@ -33,7 +33,7 @@ def test_block_ram_and_lut_ram_counting_rules():
 #: words): docs/resources-u280.json (`recfabric report resources --config u280`).
 U280_BUFFERS_MEASURED = {
     ("bottom", 1, 256): (17, 0.5), ("bottom", 32, 64): (784, 0), ("bottom", 16, 64): (400, 0),
-    ("bottom", 8, 32): (144, 0), ("bottom", 4, 16): (80, 0), ("mlp", 52, 128): (3448, 0),
+    ("bottom", 8, 32): (144, 0), ("bottom", 4, 16): (80, 0), ("mlp", 60, 128): (3976, 0),
     ("mlp", 64, 64): (1552, 0), ("mlp", 48, 64): (1168, 0), ("mlp", 16, 64): (400, 0),
     ("mlp", 1, 16): (32, 0)}
 
