@@ -35,6 +35,13 @@ _HASHED_IF_NOT_DEFAULT = {"activation_banks": 4, "mlp_cascade": 0, "mlp_broadcas
                           "mlp_weight_share": 1, "split_pools": 0, "mlp_top_uram_engines": []}
 
 
+def uram_word_fits(weight_share: int, data_bits: int) -> bool:
+    """Whether a column's shared weight memory (``2 * weight_share * data_bits`` bits) suits
+    a URAM288: wider than a 32-bit pair (one pair alone would waste more than half of the 72-bit
+    word) and at most 72 bits."""
+    return 32 < 2 * weight_share * data_bits <= 72
+
+
 class ConfigError(ValueError):
     """An accelerator configuration is invalid; the message names the field and the value."""
 
@@ -401,19 +408,23 @@ class AcceleratorConfig:
         need(self.mlp_weight_share == 1 or self.mlp_broadcast >= 2, "mlp_weight_share",
              f"needs mlp_broadcast >= 2 (a column's PEs read one address per cycle; "
              f"mlp_broadcast is {self.mlp_broadcast})")
-        u = self.mlp_top_uram_engines
-        need(isinstance(u, (tuple, list)), "mlp_top_uram_engines", "must be a list of engines")
-        u = tuple(u)
+        raw = self.mlp_top_uram_engines
+        need(isinstance(raw, (tuple, list)), "mlp_top_uram_engines", "must be a list of engines")
+        u = tuple(raw)
+        if not (all(isinstance(e, int) and not isinstance(e, bool)
+                    and 0 <= e < len(self.mlp_top_shapes) for e in u)
+                and list(u) == sorted(set(u))):
+            raise ConfigError(f"mlp_top_uram_engines must list top engines "
+                              f"0..{len(self.mlp_top_shapes) - 1} in increasing order, not "
+                              f"{raw!r}")
         object.__setattr__(self, "mlp_top_uram_engines", u)
-        need(all(isinstance(e, int) and not isinstance(e, bool)
-                 and 0 <= e < len(self.mlp_top_shapes) for e in u)
-             and list(u) == sorted(set(u)), "mlp_top_uram_engines",
-             f"must list top engines 0..{len(self.mlp_top_shapes) - 1} in increasing order")
-        need(not u or 2 * self.mlp_weight_share * self.data_bits in range(
-            2 * self.data_bits + 1, 73), "mlp_top_uram_engines",
-             f"needs weight memories of more than one row pair and at most 72 bits (a URAM288 "
-             f"word): 2 * mlp_weight_share * data_bits is "
-             f"{2 * self.mlp_weight_share * self.data_bits}")
+        width = uram_word_fits(self.mlp_weight_share, self.data_bits)
+        if u and not width:
+            raise ConfigError(
+                f"mlp_top_uram_engines {list(u)} needs weight memories of 33..72 bits (more "
+                f"than one 32-bit URAM288 half, at most its 72-bit word), not "
+                f"{2 * self.mlp_weight_share * self.data_bits} (2 * mlp_weight_share "
+                f"{self.mlp_weight_share} * data_bits {self.data_bits})")
         need(0 <= self.dot_lanes <= self.mlp_top_shapes[0][1], "dot_lanes",
              f"must be in 0..{self.mlp_top_shapes[0][1]} (the first top engine's columns)")
         need(1 <= self.max_outputs <= self.mem_data_width // 16 - 1, "max_outputs",
@@ -532,6 +543,24 @@ class AcceleratorConfig:
     def replace(self, **changes) -> AcceleratorConfig:
         return dataclasses.replace(self, **changes)
 
+    def with_weight_share(self, share: int) -> AcceleratorConfig:
+        """This configuration with ``mlp_weight_share`` ``share``; its UltraRAM engines
+        (``mlp_top_uram_engines``) are kept when that width suits a URAM288 word, else dropped
+        (their memories then follow ``weight_lutram_depth``). For studies that vary the
+        sharing."""
+        keep = uram_word_fits(share, self.data_bits)
+        return self.replace(mlp_weight_share=share,
+                            mlp_top_uram_engines=self.mlp_top_uram_engines if keep else ())
+
+    def with_latency_options(self, cascade: int, broadcast: int) -> AcceleratorConfig:
+        """This configuration with ``mlp_cascade`` ``cascade`` and ``mlp_broadcast``
+        ``broadcast``; without the broadcast, no shared weight memories (they need it) and so
+        no UltraRAM engines. For studies of the latency options."""
+        c = self.replace(mlp_cascade=cascade, mlp_broadcast=broadcast,
+                         mlp_weight_share=self.mlp_weight_share if broadcast else 1,
+                         mlp_top_uram_engines=self.mlp_top_uram_engines if broadcast else ())
+        return c
+
 
 _TINY = AcceleratorConfig(
     name="tiny", data_bits=16, acc_bits=48, mem_channels=2, mem_data_width=256, mem_id_width=4,
@@ -573,8 +602,9 @@ _U280 = AcceleratorConfig(
     mlp_top_widths=(1024, 512, 256, 4), mlp_bottom_widths=(512, 256, 64, 16),
     weight_lutram_depth=256,
     # Batch-1 latency (issue 9): row cascades in segments of 8 columns summed by adder trees,
-    # activations broadcast down the columns at fanout 16. microrec-small 981 -> 720 cycles
-    # modelled (the int16 waves alone, sum T_l = 480, keep it above 600 + memory latency).
+    # activations broadcast down the columns at fanout 16. microrec-small 1,011 -> 742 cycles
+    # modelled and simulated (the int16 waves alone, sum T_l = 464, keep it above 600 + memory
+    # latency; docs/mlp.md).
     mlp_cascade=8, mlp_broadcast=16,
     # Engine 1's weights (176 words x 48 rows x 64 columns) in UltraRAM: four rows of a column
     # per URAM288 (two row pairs share a 64-bit memory, `mlp_weight_share` 2; the same block

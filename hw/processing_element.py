@@ -124,7 +124,8 @@ class ProcessingElement(wiring.Component):
         Width of the activation operand (defaults to ``data_bits``).
     ram_style : str, optional
         ``ram_style`` attribute of the weight memory (``"block"``: block RAM,
-        ``"distributed"``: LUT RAM, as Vivado and Yosys read it; None: the tool chooses).
+        ``"distributed"``: LUT RAM, ``"ultra"``: UltraRAM, as Vivado and Yosys read it; None:
+        the tool chooses).
     weight_in : bool, optional
         No local memory: the weight arrives on ``w_in`` (from a memory shared with the PE above,
         :class:`~recfabric.hw.systolic_array.SystolicArray`), one cycle after ``addr_in``, as the

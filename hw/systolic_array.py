@@ -104,8 +104,8 @@ class SystolicArray(wiring.Component):
     write_rows, write_cols : int, optional
         Shape of the PE rectangle one host write fills (default 1 x 1).
     ram_style : str, optional
-        ``ram_style`` attribute of the weight memories (``"block"``, ``"distributed"``; None:
-        the synthesis tool chooses).
+        ``ram_style`` attribute of the weight memories (``"block"``, ``"distributed"``,
+        ``"ultra"``: UltraRAM; None: the synthesis tool chooses).
     cascade : int, optional
         Columns per row-cascade segment (0, default: one cascade through all columns; module
         doc). Column ``c``'s input skew is then :meth:`input_skew` ``(c)``, not ``c``.

@@ -107,16 +107,27 @@ def no_work(monkeypatch):
     user's mistake must be refused before any of it starts (what a wall-clock bound checked
     before, without its noise on a loaded machine). Yields the list of calls (empty if none)."""
     import importlib
+    import sys
+
+    from recfabric.host.cli.main import build_parser
     calls = []
-    # Import every module before patching any: a module first imported while another one's
-    # entry point is patched would bind the refusing stand-in for good (quantize.py imports
-    # synthetic_batch by name), and later tests in the same process would call it.
+    # Import every module before patching any (the CLI's verbs too: building the parser
+    # imports them), and patch every loaded module that bound an entry point by name
+    # (quantize.py and the soak bench import synthetic_batch so): a module first imported
+    # while an entry point is patched would bind the refusing stand-in for good, and later
+    # tests in the same process would call it.
+    build_parser()
     mods = [importlib.import_module(module) for module, _ in _WORK]
     for mod, (module, name) in zip(mods, _WORK):
+        original = getattr(mod, name)
 
         def refuse(*args, _what=f"{module}.{name}", **kwargs):
             calls.append(_what)
             raise AssertionError(f"{_what} was called before the input was refused")
         monkeypatch.setattr(mod, name, refuse)
+        for other in list(sys.modules.values()):
+            if (other is not mod and getattr(other, "__name__", "").startswith("recfabric.")
+                    and getattr(other, name, None) is original):
+                monkeypatch.setattr(other, name, refuse)
     yield calls
     assert calls == [], calls

@@ -29,9 +29,8 @@ def main(argv):
     cfg = get_preset(preset)
     for pair in argv[2:]:
         s, f = (int(v) for v in pair.split(","))
-        # shared weight memories need the broadcast: without it, one memory per pair
-        c = cfg.replace(mlp_cascade=s, mlp_broadcast=f,
-                        mlp_weight_share=cfg.mlp_weight_share if f else 1)
+        # shared weight memories (and so UltraRAM engines) need the broadcast
+        c = cfg.with_latency_options(s, f)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UnusedElaboratable)
             kw = RecFabricKernel(c).mlp.engine_kwargs()[idx]

@@ -45,9 +45,9 @@ def main(argv):
             for s, f in dict.fromkeys(opts):
                 if base.data_bits == 8 and s > 7:
                     continue
-                # shared weight memories need the broadcast (they change no timing)
-                cfg = base.replace(mlp_cascade=s, mlp_broadcast=f,
-                                   mlp_weight_share=base.mlp_weight_share if f else 1)
+                # shared weight memories (and so UltraRAM engines) need the broadcast; they
+                # change no timing
+                cfg = base.with_latency_options(s, f)
                 print(json.dumps({"config": name, "model": model, "mlp_cascade": s,
                                   "mlp_broadcast": f, "how": "modelled",
                                   **modelled(model, cfg)}))

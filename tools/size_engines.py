@@ -1,7 +1,7 @@
 """Engine shapes with shared weight memories (``mlp_weight_share``) for the u280-class presets:
 which top-MLP shapes bring microrec-large within ``--ratio`` (1.2) of its MAC bound while keeping
-microrec-small's II and batch-1 latency, within the card's DSP48E2, BRAM36 and LUTs (docs/mlp.md,
-"Sizing the u280 presets"; issue 9.4). A study: it changes no preset.
+microrec-small's II and batch-1 latency, within the card's DSP48E2, BRAM36, URAM and LUTs
+(docs/mlp.md, "Sizing the u280 presets"; issue 9.4). A study: it changes no preset.
 
     .venv/bin/python tools/size_engines.py u280-int8          # the table in docs/mlp.md
     .venv/bin/python tools/size_engines.py u280                # limits: the preset's own
@@ -15,8 +15,9 @@ bound from :meth:`~recfabric.host.compiler.cycle_model.MLPCycleModel.for_config`
 memories; it leaves the control logic out, so the LUT limit is a floor). Four top engines
 ``R0 x C0, R1 x R0, R2 x R1, 1 x R2`` (the presets' chain) are searched on a grid; for each
 shape that meets the cycle goals, every ``weight_share`` up to one 72-bit block RAM word is
-counted, and the first one that fits is kept. Prints one JSON line per row: the preset, then
-the fitting shapes, fewest DSP48E2 first (``--sort ratio``: best ratio first).
+counted, and the first one that fits is kept (the preset's UltraRAM engines stay in URAM where
+that sharing suits it: ``AcceleratorConfig.with_weight_share``). Prints one JSON line per row:
+the preset, then the fitting shapes, fewest DSP48E2 first (``--sort ratio``: best ratio first).
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def row(cfg, card: str = "u280") -> dict:
             "weight_share": cfg.mlp_weight_share, "MACs": s.mac_units,
             "DSP48E2": cfg.mlp_dsp_slices + cfg.dot_lanes,
             "BRAM36": est["total"]["BRAM36"], "BRAM36_util": est["utilization"]["BRAM36"],
-            "LUT_util": est["utilization"]["LUT"], "engine0_words": e0["words"],
+            "LUT_util": est["utilization"]["LUT"], "URAM_util": est["utilization"]["URAM"],
+            "uram_engines": list(cfg.mlp_top_uram_engines), "engine0_words": e0["words"],
             "engine0_BRAM36": e0["BRAM36"], "ii_small": s.ii, "ii_large": lg.ii,
             "bound_large": round(lg.bound, 1), "ratio_large": round(lg.ii / lg.bound, 3),
             "util_large": round(lg.utilization, 3),
@@ -89,9 +91,9 @@ def search(base, *, ratio: float, small_ii: float, latency: int, limit: float = 
         if modelled("microrec-small", cfg)["latency"] > latency:
             continue
         for g in shares:
-            c = cfg.replace(mlp_weight_share=g)
+            c = cfg.with_weight_share(g)
             r = row(c, card)
-            if r["BRAM36_util"] <= limit and r["LUT_util"] <= limit:
+            if max(r["BRAM36_util"], r["LUT_util"], r["URAM_util"]) <= limit:
                 rows.append(r)
                 break
         if len(rows) >= top:

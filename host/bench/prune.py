@@ -28,7 +28,6 @@ outputs checked ``==`` the golden model).
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import replace
 
@@ -230,15 +229,12 @@ def prune_report(weights: ModelWeights, train: Dataset, test: Dataset, config, *
 
 # ---- command line ---------------------------------------------------------------------------
 
-def _say(msg):
-    print(f"[recfabric] {msg}", file=sys.stderr, flush=True)
-
-
 def _cmd_prune(args):
     from recfabric.hw.config import get_preset
 
+    from ..cli.support import progress_for
     from ..model.zoo import get_model
-    say = None if args.json else _say
+    say = progress_for(args)
     config = get_preset(args.config)
     if args.trained:
         if args.model or args.weights or args.data:

@@ -176,12 +176,13 @@ def _cmd_loadtest(args):
 
 
 def _cmd_fleet(args):
+    from ..cli.support import progress_for
     from .fleet import format_table, sweep
     rows = sweep(cards=[int(c) for c in args.cards.split(",")],
                  loads=[float(x) for x in args.loads.split(",")],
                  cards_per_host=args.cards_per_host, model=args.model, config=args.config,
                  study=args.study, sla_ms=args.sla_ms, queries=args.queries, items=args.items,
-                 seed=args.seed, progress=None if args.json else _say)
+                 seed=args.seed, progress=progress_for(args))
     if args.json:
         print(json.dumps(rows, indent=1))
     else:

@@ -218,12 +218,12 @@ class MLPPipeline(wiring.Component):
         shapes = [tuple(s) for s in shapes]
         if not shapes:
             raise ValueError("An MLP pipeline needs at least one layer engine, not 0")
-        uram_engines = tuple(uram_engines)
-        for e in uram_engines:
-            if not isinstance(e, int) or isinstance(e, bool) or not 0 <= e < len(shapes):
-                raise ValueError(f"uram_engines must name engines 0..{len(shapes) - 1}, "
-                                 f"not {uram_engines!r}")
-        self.uram_engines = uram_engines
+        if not (isinstance(uram_engines, (tuple, list)) and all(
+                isinstance(e, int) and not isinstance(e, bool) and 0 <= e < len(shapes)
+                for e in uram_engines) and list(uram_engines) == sorted(set(uram_engines))):
+            raise ValueError(f"uram_engines must list engines 0..{len(shapes) - 1} in "
+                             f"increasing order, not {uram_engines!r}")
+        self.uram_engines = tuple(uram_engines)
         for i, (r, c) in enumerate(shapes):
             _pos(f"shapes[{i}] rows", r)
             _pos(f"shapes[{i}] cols", c)
