@@ -28,6 +28,7 @@ outputs checked ``==`` the golden model).
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import replace
 
@@ -229,12 +230,17 @@ def prune_report(weights: ModelWeights, train: Dataset, test: Dataset, config, *
 
 # ---- command line ---------------------------------------------------------------------------
 
+def _say(msg):
+    print(f"[recfabric] {msg}", file=sys.stderr, flush=True)
+
+
 def _cmd_prune(args):
     from recfabric.hw.config import get_preset
 
-    from ..cli.support import progress_for
     from ..model.zoo import get_model
-    say = progress_for(args)
+    # status lines on stderr; with --json only when stderr is a terminal (the CLI's rule,
+    # cli.support.progress_for, which this layer does not import)
+    say = _say if not args.json or sys.stderr.isatty() else None
     config = get_preset(args.config)
     if args.trained:
         if args.model or args.weights or args.data:
