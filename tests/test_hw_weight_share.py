@@ -6,7 +6,6 @@ counting sees one wide memory per group."""
 
 import gc
 import random
-import shutil
 
 import numpy as np
 import pytest
@@ -233,7 +232,6 @@ def _banked_array():
                          packed=True, write_rows=2, write_cols=4, broadcast=2, weight_share=2)
 
 
-@pytest.mark.skipif(shutil.which("iverilog") is None, reason="needs Icarus")
 def test_hierarchical_verilog_of_a_banked_array_equals_flat(tmp_path):
     """Built hierarchically (what ``recfabric build`` emits), 5 int8 rows at weight_share 2:
     per column one 4-row bank (two pairs) and one 1-row bank (the plain last row), each kind

@@ -177,8 +177,7 @@ def test_synthesis_and_verilator_do_not_see_the_fix(tmp_path):
                                 re.sub(r"^\s*attribute .*\n", "", il, flags=re.M))
     assert netlists["plain"] == netlists["fixed"]
     assert "rf_" not in netlists["fixed"] and "initial" not in netlists["fixed"]
-    if not have_verilator():
-        pytest.skip("needs Verilator")
+    require_simulator(have_verilator(), "Verilator")
     env = {**os.environ, **verilator_env()}
     kinds = {}
     for name in texts:
