@@ -280,9 +280,10 @@ class AcceleratorConfig:
     mlp_top_uram_engines : tuple of int
         Top MLP engines whose weight memories are UltraRAM (``ram_style "ultra"``) whatever
         their depth (empty: none; the others follow ``weight_lutram_depth``). A URAM288 is
-        4,096 x 72, so each weight memory of such an engine must be at most 72 bits wide (with
-        ``mlp_weight_share`` 2, four int16 rows of a column per URAM) and it needs
-        ``mlp_weight_share`` >= 2 at int16 (one 32-bit row pair per URAM would waste half).
+        4,096 x 72, so each weight memory of such an engine (``2 * mlp_weight_share *
+        data_bits`` bits) must be 33..72 bits wide (:func:`uram_word_fits`): int16 needs
+        ``mlp_weight_share`` 2 (four rows of a column per URAM), int8 3 or 4; one 32-bit pair
+        per URAM would waste more than half of it.
         Frees block RAM or LUTs for the engines that stay there (the ``u50`` and ``u280``
         presets).
     dot_lanes : int
@@ -418,8 +419,7 @@ class AcceleratorConfig:
                               f"0..{len(self.mlp_top_shapes) - 1} in increasing order, not "
                               f"{raw!r}")
         object.__setattr__(self, "mlp_top_uram_engines", u)
-        width = uram_word_fits(self.mlp_weight_share, self.data_bits)
-        if u and not width:
+        if u and not uram_word_fits(self.mlp_weight_share, self.data_bits):
             raise ConfigError(
                 f"mlp_top_uram_engines {list(u)} needs weight memories of 33..72 bits (more "
                 f"than one 32-bit URAM288 half, at most its 72-bit word), not "
@@ -556,10 +556,9 @@ class AcceleratorConfig:
         """This configuration with ``mlp_cascade`` ``cascade`` and ``mlp_broadcast``
         ``broadcast``; without the broadcast, no shared weight memories (they need it) and so
         no UltraRAM engines. For studies of the latency options."""
-        c = self.replace(mlp_cascade=cascade, mlp_broadcast=broadcast,
-                         mlp_weight_share=self.mlp_weight_share if broadcast else 1,
-                         mlp_top_uram_engines=self.mlp_top_uram_engines if broadcast else ())
-        return c
+        return self.replace(mlp_cascade=cascade, mlp_broadcast=broadcast,
+                            mlp_weight_share=self.mlp_weight_share if broadcast else 1,
+                            mlp_top_uram_engines=self.mlp_top_uram_engines if broadcast else ())
 
 
 _TINY = AcceleratorConfig(
